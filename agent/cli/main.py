@@ -1,0 +1,48 @@
+"""`tfwb-agent`: the command-line entry point. Each command lives in its own small module."""
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from .. import __version__
+from .common import Context
+
+# One module per command, each exposing `command` (a click command or group).
+COMMAND_MODULES = [
+    "status", "runs", "scan", "daemon", "config_cmd",
+    "keys", "seal", "inspect", "export", "import_",
+    "redact", "audit",
+    "sync", "targets", "approve",
+    "demo",
+]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--config", "config_path", metavar="PATH", envvar="TFWB_AGENT_CONFIG", show_envvar=True,
+              help="Agent config (TOML). Default: /etc/tfwb-agent/agent.toml.")
+@click.version_option(__version__, prog_name="tfwb-agent")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """Watch offline wandb runs on a shared volume, redact and seal them into encrypted, signed
+    bundles, and deliver each exactly once to a W&B server, or carry it across an air gap.
+
+    \b
+    Typical use:
+      tfwb-agent config check          validate the config and show what is in force
+      tfwb-agent daemon                watch, classify, redact and seal (under systemd)
+      tfwb-agent status                every run, where it is, how it ended
+      tfwb-agent sync --to NAME        deliver sealed runs to a configured target
+    """
+    ctx.obj = Context(config_path)
+
+
+for _name in COMMAND_MODULES:
+    try:
+        _module = importlib.import_module(f"{__package__}.{_name}")
+    except ModuleNotFoundError as exc:
+        # A command whose module is not part of this build; any other missing import is a bug.
+        if exc.name != f"{__package__}.{_name}":
+            raise
+        continue
+    cli.add_command(_module.command)

@@ -1,0 +1,207 @@
+"""The agent's configuration: one TOML file, validated at start.
+
+Where it comes from: ``--config PATH``, else ``$TFWB_AGENT_CONFIG``, else
+``/etc/tfwb-agent/agent.toml``. Every error names the file, the key and what is wrong.
+Secrets are never written inline: a config names a file or an environment variable, and
+``describe()`` shows only where a secret comes from.
+
+Sections owned by other parts of the agent (``[redact]``, ``[keys]``, ``[targets.*]``,
+``[sync]``, ``[[policy]]``) are kept as raw tables here and validated by their own modules
+through ``SECTION_VALIDATORS``, so this module stays the one place that reads the file.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+DEFAULT_PATH = "/etc/tfwb-agent/agent.toml"
+ENV_VAR = "TFWB_AGENT_CONFIG"
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used. The message says where and what to do."""
+
+    def __init__(self, source: str, key: str | None, problem: str) -> None:
+        where = f"{source}: {key}" if key else source
+        super().__init__(f"{where}: {problem}")
+        self.source, self.key, self.problem = source, key, problem
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    roots: tuple[Path, ...] = ()
+    mode: str = "inotify"
+    quiet_seconds: float = 120.0
+    reconcile_seconds: float = 60.0
+    poll_seconds: float = 2.0
+    lease_seconds: float = 60.0
+    claims_dir: Path | None = None  # default: <root>/.tfwb-agent/claims
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    state_dir: Path
+    node_name: str
+    watch: WatchConfig
+    path_map: tuple[tuple[str, Path], ...] = ()
+    sections: dict[str, Any] = field(default_factory=dict)  # validated raw sections
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.state_dir / "ledger.sqlite3"
+
+    def claims_dir_for(self, root: Path) -> Path:
+        return self.watch.claims_dir or root / ".tfwb-agent" / "claims"
+
+    def map_path(self, container_path: str) -> Path:
+        """Translate a path a training container wrote into this host's path."""
+        for prefix, host in self.path_map:
+            if container_path == prefix or container_path.startswith(prefix.rstrip("/") + "/"):
+                return host / container_path[len(prefix):].lstrip("/")
+        return Path(container_path)
+
+
+# Other modules register a validator for their section: f(source, raw_table) -> parsed value.
+SECTION_VALIDATORS: dict[str, Callable[[str, Any], Any]] = {}
+_KNOWN_TOP = {"state_dir", "node_name", "watch", "path_map"}
+
+
+def resolve_path(cli_path: str | None) -> str:
+    return cli_path or os.environ.get(ENV_VAR) or DEFAULT_PATH
+
+
+def load(cli_path: str | None = None) -> Config:
+    path = resolve_path(cli_path)
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(path, None, "no such file; pass --config PATH or set "
+                          f"{ENV_VAR} (`tfwb-agent config example` prints a starting point)") from None
+    except PermissionError:
+        raise ConfigError(path, None, "permission denied; run as the agent's user or fix the file's mode") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, None, f"not valid TOML: {exc}") from None
+    return parse(raw, path)
+
+
+def _type(source: str, key: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    if isinstance(value, bool) and kind in (int, float, (int, float)):
+        raise ConfigError(source, key, f"must be {what}, not a boolean")
+    if not isinstance(value, kind):
+        raise ConfigError(source, key, f"must be {what}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _positive(source: str, key: str, value: Any) -> float:
+    _type(source, key, value, (int, float), "a number of seconds")
+    if value <= 0:
+        raise ConfigError(source, key, f"must be greater than 0, got {value}")
+    return float(value)
+
+
+def _abs_path(source: str, key: str, value: Any) -> Path:
+    _type(source, key, value, str, "a path (string)")
+    if not value.startswith("/"):
+        raise ConfigError(source, key, f"must be an absolute path, got {value!r}")
+    return Path(value)
+
+
+def parse(raw: dict[str, Any], source: str = "<config>") -> Config:
+    for key in raw:
+        if key not in _KNOWN_TOP and key not in SECTION_VALIDATORS:
+            known = ", ".join(sorted(_KNOWN_TOP | set(SECTION_VALIDATORS)))
+            raise ConfigError(source, key, f"unknown key (known: {known})")
+    state_dir = _abs_path(source, "state_dir", raw.get("state_dir", "/var/lib/tfwb-agent"))
+    node_name = _type(source, "node_name", raw.get("node_name", socket.gethostname()), str, "a string")
+    if not node_name or "/" in node_name:
+        raise ConfigError(source, "node_name", "must be a non-empty name without '/'")
+
+    w = _type(source, "watch", raw.get("watch", {}), dict, "a table")
+    allowed = {"roots", "mode", "quiet_seconds", "reconcile_seconds", "poll_seconds", "lease_seconds", "claims_dir"}
+    for key in w:
+        if key not in allowed:
+            raise ConfigError(source, f"watch.{key}", f"unknown key (known: {', '.join(sorted(allowed))})")
+    roots = _type(source, "watch.roots", w.get("roots", []), list, "a list of directories")
+    mode = w.get("mode", "inotify")
+    if mode not in ("inotify", "poll"):
+        raise ConfigError(source, "watch.mode", f"must be 'inotify' or 'poll', got {mode!r}")
+    watch = WatchConfig(
+        roots=tuple(_abs_path(source, f"watch.roots[{i}]", r) for i, r in enumerate(roots)),
+        mode=mode,
+        quiet_seconds=_positive(source, "watch.quiet_seconds", w.get("quiet_seconds", 120)),
+        reconcile_seconds=_positive(source, "watch.reconcile_seconds", w.get("reconcile_seconds", 60)),
+        poll_seconds=_positive(source, "watch.poll_seconds", w.get("poll_seconds", 2)),
+        lease_seconds=_positive(source, "watch.lease_seconds", w.get("lease_seconds", 60)),
+        claims_dir=_abs_path(source, "watch.claims_dir", w["claims_dir"]) if "claims_dir" in w else None,
+    )
+
+    pm = _type(source, "path_map", raw.get("path_map", {}), dict, "a table of container path = host path")
+    path_map = tuple(
+        sorted(((_abs_path(source, f"path_map.{k!r}", k).as_posix(),
+                 _abs_path(source, f"path_map.{k!r}", v)) for k, v in pm.items()),
+               key=lambda kv: -len(kv[0]))  # longest prefix first
+    )
+    sections = {name: validate(source, raw[name]) for name, validate in SECTION_VALIDATORS.items() if name in raw}
+    return Config(source, state_dir, node_name, watch, path_map, sections)
+
+
+def describe(cfg: Config) -> dict[str, Any]:
+    """The effective config as plain data, secrets shown only as where they come from."""
+    out: dict[str, Any] = {
+        "source": cfg.source,
+        "state_dir": str(cfg.state_dir),
+        "node_name": cfg.node_name,
+        "watch": {
+            "roots": [str(r) for r in cfg.watch.roots],
+            "mode": cfg.watch.mode,
+            "quiet_seconds": cfg.watch.quiet_seconds,
+            "reconcile_seconds": cfg.watch.reconcile_seconds,
+            "poll_seconds": cfg.watch.poll_seconds,
+            "lease_seconds": cfg.watch.lease_seconds,
+            "claims_dir": str(cfg.watch.claims_dir) if cfg.watch.claims_dir else "<root>/.tfwb-agent/claims",
+        },
+        "path_map": {k: str(v) for k, v in cfg.path_map},
+    }
+    for name, value in cfg.sections.items():
+        out[name] = value.describe() if hasattr(value, "describe") else value
+    return out
+
+
+def secret_source(table: dict[str, Any], source: str, key_prefix: str, stem: str) -> tuple[str, str]:
+    """Validate a secret reference: exactly one of ``<stem>_file`` / ``<stem>_env``.
+
+    Inline secrets (``<stem> = "..."``) are refused so they never sit in a config file.
+    Returns ``("file", path)`` or ``("env", NAME)``.
+    """
+    if stem in table:
+        raise ConfigError(source, f"{key_prefix}.{stem}", f"secrets are never inline; use {stem}_file or {stem}_env")
+    has_file, has_env = f"{stem}_file" in table, f"{stem}_env" in table
+    if has_file == has_env:
+        raise ConfigError(source, key_prefix, f"set exactly one of {stem}_file or {stem}_env")
+    if has_file:
+        return "file", _abs_path(source, f"{key_prefix}.{stem}_file", table[f"{stem}_file"]).as_posix()
+    return "env", _type(source, f"{key_prefix}.{stem}_env", table[f"{stem}_env"], str, "an environment variable name")
+
+
+def read_secret(ref: tuple[str, str]) -> bytes:
+    """Read a secret from where ``secret_source`` said it lives. Never log the result."""
+    kind, where = ref
+    if kind == "env":
+        value = os.environ.get(where)
+        if not value:
+            raise ConfigError(f"${where}", None, "environment variable is not set or empty")
+        return value.encode()
+    if where.startswith("/run/credentials/") is False and "CREDENTIALS_DIRECTORY" in os.environ:
+        cred = Path(os.environ["CREDENTIALS_DIRECTORY"]) / Path(where).name
+        if cred.exists() and not Path(where).exists():
+            where = str(cred)
+    try:
+        return Path(where).read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(where, None, f"cannot read secret file: {exc.strerror}") from None
