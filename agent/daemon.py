@@ -1,0 +1,177 @@
+"""The daemon's event loop: filesystem events and periodic reconcile passes drive ``reconcile``.
+
+Threads: watchdog's observer thread only notes which run directories changed; the main
+thread does all the work (reading, ledger writes, later steps of the pipeline), so the ledger
+has one writer per process. Signals only set flags: SIGTERM/SIGINT stop, SIGHUP reloads.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from . import config as config_mod
+from . import runs
+from .ledger import Ledger
+from .reconcile import PassResult, reconcile
+
+log = logging.getLogger("tfwb_agent.daemon")
+
+# Later stages of the pipeline (seal, deliver) hook in here; each gets (ledger, cfg) after a pass.
+Stage = Callable[[Ledger, config_mod.Config], None]
+
+
+class _Changes(FileSystemEventHandler):
+    def __init__(self, roots: tuple[Path, ...], wake: threading.Event) -> None:
+        self.roots = roots
+        self.wake = wake
+        self.lock = threading.Lock()
+        self.pending: set[Path] = set()
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        for p in (event.src_path, getattr(event, "dest_path", "")):
+            if not p:
+                continue
+            run_dir = runs.run_dir_of(Path(os.fsdecode(p)), self.roots)
+            if run_dir is not None:
+                with self.lock:
+                    self.pending.add(run_dir)
+                self.wake.set()
+
+    def take(self) -> set[Path]:
+        with self.lock:
+            out, self.pending = self.pending, set()
+        return out
+
+
+class DaemonError(Exception):
+    pass
+
+
+class Daemon:
+    def __init__(self, config_path: str | None, stages: list[Stage] | None = None) -> None:
+        self.config_path = config_path
+        self.cfg = config_mod.load(config_path)
+        self.stages = stages or []
+        self.wake = threading.Event()
+        self.stopping = False
+        self.reload_requested = False
+        self.recheck: dict[Path, float] = {}
+        self._lock_fd: int | None = None
+
+    # --- signals ----------------------------------------------------------------------------
+
+    def _on_stop(self, signum: int, _frame: object) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        self.stopping = True
+        self.wake.set()
+
+    def _on_hup(self, _signum: int, _frame: object) -> None:
+        self.reload_requested = True
+        self.wake.set()
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def _lock_state_dir(self) -> None:
+        self.cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.cfg.state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DaemonError(f"another tfwb-agent daemon already uses {self.cfg.state_dir}; "
+                              "stop it first or give this one its own state_dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _start_observer(self) -> tuple[object, _Changes]:
+        handler = _Changes(self.cfg.watch.roots, self.wake)
+        if self.cfg.watch.mode == "poll":
+            observer = PollingObserver(timeout=self.cfg.watch.poll_seconds)
+        else:
+            observer = Observer()
+        for root in self.cfg.watch.roots:
+            if not root.is_dir():
+                log.warning("watch root %s does not exist yet; the reconcile pass will pick it up", root)
+                continue
+            observer.schedule(handler, str(root), recursive=True)
+        observer.start()
+        return observer, handler
+
+    def _reload(self, observer: object) -> tuple[object, _Changes] | None:
+        self.reload_requested = False
+        try:
+            new = config_mod.load(self.config_path)
+        except config_mod.ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return None
+        if new.state_dir != self.cfg.state_dir:
+            log.error("reload refused: state_dir cannot change while running (restart the daemon)")
+            return None
+        log.info("config reloaded from %s", new.source)
+        self.cfg = new
+        observer.stop()  # type: ignore[attr-defined]
+        observer.join()  # type: ignore[attr-defined]
+        return self._start_observer()
+
+    def run(self) -> int:
+        self._lock_state_dir()
+        ledger = Ledger(self.cfg.ledger_path)
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        observer, changes = self._start_observer()
+        log.info("watching %s (%s); state in %s", ", ".join(map(str, self.cfg.watch.roots)) or "no roots",
+                 self.cfg.watch.mode, self.cfg.state_dir)
+        next_full = 0.0  # a full pass at start finds what arrived while we were down
+        try:
+            while not self.stopping:
+                if self.reload_requested:
+                    restarted = self._reload(observer)
+                    if restarted:
+                        observer, changes = restarted
+                        next_full = 0.0
+                now = time.time()
+                if now >= next_full:
+                    changes.take()  # a full pass covers them
+                    self._absorb(reconcile(ledger, self.cfg, now=now))
+                    next_full = time.time() + self.cfg.watch.reconcile_seconds
+                else:
+                    due = {d for d, t in self.recheck.items() if t <= now}
+                    batch = changes.take() | due
+                    for d in due:
+                        self.recheck.pop(d, None)
+                    if batch:
+                        self._absorb(reconcile(ledger, self.cfg, only=sorted(batch), now=now))
+                for stage in self.stages:
+                    if self.stopping:
+                        break
+                    try:
+                        stage(ledger, self.cfg)
+                    except Exception:  # one stage failing must not stop watching
+                        log.exception("stage %s failed", getattr(stage, "__name__", stage))
+                wait_until = min([next_full, *self.recheck.values()])
+                timeout = max(0.0, wait_until - time.time())
+                self.wake.wait(timeout)
+                self.wake.clear()
+        finally:
+            observer.stop()  # type: ignore[attr-defined]
+            observer.join(timeout=3)  # type: ignore[attr-defined]
+            ledger.close()
+            log.info("stopped")
+        return 0
+
+    def _absorb(self, result: PassResult) -> None:
+        self.recheck.update(result.rechecks)

@@ -1,0 +1,132 @@
+"""One look at a run: claim it, read what is new, classify it, record it in the ledger.
+
+Used by ``tfwb-agent scan`` (every run once) and by the daemon (runs named by filesystem
+events, plus the periodic full pass). Whatever goes wrong with one run is recorded on that run;
+the pass goes on.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import claims, runs
+from .config import Config
+from .ledger import Ledger
+
+log = logging.getLogger("tfwb_agent.reconcile")
+
+# Pipeline states past classification: the watcher never moves a run back out of them.
+DOWNSTREAM = {"sealed", "exported", "delivered", "quarantined"}
+
+
+@dataclass
+class PassResult:
+    seen: int = 0
+    changed: list[str] = field(default_factory=list)
+    claimed_elsewhere: int = 0
+    rechecks: dict[Path, float] = field(default_factory=dict)  # live runs: when their quiet period ends
+
+
+def facts_from_row(row: dict[str, Any]) -> runs.RunFacts:
+    facts = dict(row["facts"])
+    return runs.RunFacts(
+        run_id=row["run_id"], project=row["project"], entity=row["entity"],
+        wandb_version=row["wandb_version"], log_path=row["log_path"],
+        read_offset=row["read_offset"], size=row["size"], mtime=row["mtime"] or 0.0,
+        records=row["records"], steps=row["steps"], exit_code=row["exit_code"],
+        torn_at=row["torn_at"], torn_reason=facts.pop("torn_reason", None),
+        error=facts.pop("error", None), has_run_record=facts.pop("has_run_record", False), extra=facts,
+    )
+
+
+def row_from(key: str, f: runs.RunFacts, v: runs.Verdict, cfg: Config, prev: dict[str, Any] | None) -> dict[str, Any]:
+    facts = dict(f.extra, has_run_record=f.has_run_record)
+    if f.torn_reason:
+        facts["torn_reason"] = f.torn_reason
+    if f.error:
+        facts["error"] = f.error
+    if "artifact_files" in f.extra:
+        facts["staging"] = runs.staging_report(f, cfg.map_path)
+    row = {
+        "key": key, "run_id": f.run_id, "project": f.project, "entity": f.entity,
+        "wandb_version": (f.wandb_version or "").split("+")[0] or None, "log_path": f.log_path,
+        "state": v.state, "ended": v.ended, "reason": v.reason,
+        "read_offset": f.read_offset, "size": f.size, "steps": f.steps, "records": f.records,
+        "exit_code": f.exit_code, "torn_at": f.torn_at, "facts": facts, "mtime": f.mtime,
+        "last_error": v.reason if v.state == "invalid" else (prev or {}).get("last_error"),
+    }
+    if prev:
+        row["first_seen"] = prev["first_seen"]
+    return row
+
+
+def look(ledger: Ledger, cfg: Config, run_dir: Path, root: Path, now: float | None = None) -> tuple[bool, float | None] | None:
+    """Examine one run directory. Returns (changed, recheck_at), or None if another agent holds it."""
+    now = time.time() if now is None else now
+    key = str(run_dir)
+    if not claims.acquire(cfg.claims_dir_for(root), run_dir.name, cfg.node_name, cfg.watch.lease_seconds, now):
+        return None
+    prev = ledger.run(key)
+    if prev and prev["state"] in DOWNSTREAM:
+        return False, None
+    before = facts_from_row(prev) if prev else None
+    try:
+        facts = runs.inspect(run_dir, before)
+    except Exception as exc:  # the daemon survives bad input: record it on the run, go on
+        log.exception("reading %s failed", run_dir)
+        facts = before or runs.RunFacts()
+        facts.error = f"internal error while reading: {type(exc).__name__}: {exc}"
+    verdict = runs.classify(facts, now, cfg.watch.quiet_seconds)
+    row = row_from(key, facts, verdict, cfg, prev)
+    changed = prev is None or any(prev.get(k) != row[k] for k in ("state", "ended", "reason", "size", "steps"))
+    if changed or (prev and prev.get("mtime") != row["mtime"]):
+        with ledger.tx() as db:
+            ledger.save_run(db, row)
+    if changed:
+        log.info("%s: %s%s%s", run_dir.name, verdict.state, f" ({verdict.ended})" if verdict.ended else "",
+                 f": {verdict.reason}" if verdict.reason else "")
+    return changed, verdict.recheck_at
+
+
+def reconcile(ledger: Ledger, cfg: Config, only: Iterable[Path] | None = None, now: float | None = None) -> PassResult:
+    """Look at every run under the roots (or just ``only``) once."""
+    result = PassResult()
+    targets: Iterable[tuple[Path, Path]]
+    if only is None:
+        targets = ((d, root) for root in cfg.watch.roots for d in runs.discover(root))
+    else:
+        targets = ((d, _root_of(d, cfg)) for d in only)
+    for run_dir, root in targets:
+        result.seen += 1
+        outcome = look(ledger, cfg, run_dir, root, now)
+        if outcome is None:
+            result.claimed_elsewhere += 1
+            continue
+        changed, recheck = outcome
+        if changed:
+            result.changed.append(str(run_dir))
+        if recheck is not None:
+            result.rechecks[run_dir] = recheck
+    if only is None:
+        _forget_vanished(ledger, cfg)
+    return result
+
+
+def _root_of(run_dir: Path, cfg: Config) -> Path:
+    for root in cfg.watch.roots:
+        if run_dir.is_relative_to(root):
+            return root
+    return run_dir.parent
+
+
+def _forget_vanished(ledger: Ledger, cfg: Config) -> None:
+    """A run directory deleted before it was sealed is marked, not silently dropped."""
+    for row in ledger.runs():
+        if row["state"] in DOWNSTREAM or row["state"] == "invalid":
+            continue
+        if not Path(row["key"]).is_dir():
+            ledger.set_run_state(row["key"], "invalid", reason="the run directory disappeared before it was sealed",
+                                 last_error="the run directory disappeared before it was sealed")

@@ -1,0 +1,269 @@
+"""Runs on the shared volume: finding them, reading what they hold, deciding how they ended.
+
+``discover`` walks the roots without following symlinks. ``inspect`` reads a run's `.wandb`
+file from a saved offset and folds the new records into the run's facts. ``classify`` is a
+pure function from those facts and the clock to a state.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .wandb_log import FILE_HEADER_LEN, CorruptLog, LogReader, NotAWandbLog
+
+RUN_DIR_PREFIX = "offline-run-"
+AGENT_DIR = ".tfwb-agent"
+
+
+def discover(root: Path) -> Iterator[Path]:
+    """Yield every ``offline-run-*`` directory under ``root``, at any depth, once.
+
+    Symlinks are never followed (the corpus's ``latest-run`` link would double a run, and a
+    link may point outside the volume). Run directories are not descended into.
+    """
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            it = os.scandir(d)
+        except OSError:
+            continue  # vanished or unreadable: the next reconcile sees it again
+        with it:
+            for entry in it:
+                try:
+                    if not entry.is_dir(follow_symlinks=False):
+                        continue
+                except OSError:
+                    continue
+                if entry.name.startswith(RUN_DIR_PREFIX):
+                    yield Path(entry.path)
+                elif entry.name != AGENT_DIR:
+                    stack.append(Path(entry.path))
+
+
+def run_dir_of(path: Path, roots: tuple[Path, ...]) -> Path | None:
+    """The run directory that ``path`` (a file or directory event) belongs to, if any."""
+    for parent in (path, *path.parents):
+        if parent.name.startswith(RUN_DIR_PREFIX):
+            return parent
+        if parent in roots:
+            return None
+    return None
+
+
+@dataclass
+class RunFacts:
+    """What the agent has learnt from a run's `.wandb` file so far (kept in the ledger)."""
+
+    run_id: str | None = None
+    project: str | None = None
+    entity: str | None = None
+    wandb_version: str | None = None
+    log_path: str | None = None
+    read_offset: int = 0
+    size: int = 0
+    mtime: float = 0.0
+    records: int = 0
+    steps: int = 0
+    exit_code: int | None = None
+    torn_at: int | None = None
+    torn_reason: str | None = None
+    error: str | None = None  # the file cannot be read as a run (with why)
+    has_run_record: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # artifact paths, sensitive keys
+
+    @property
+    def finished(self) -> bool:
+        return self.exit_code is not None
+
+
+def find_log(run_dir: Path) -> Path | None:
+    """The run's `run-<id>.wandb` file: a regular file directly inside the run directory."""
+    candidates = []
+    try:
+        with os.scandir(run_dir) as it:
+            for e in it:
+                if e.name.endswith(".wandb") and e.name.startswith("run-") and e.is_file(follow_symlinks=False):
+                    candidates.append(e.name)
+    except OSError:
+        return None
+    if not candidates:
+        return None
+    suffix = run_dir.name.rsplit("-", 1)[-1]
+    candidates.sort(key=lambda n: (n != f"run-{suffix}.wandb", n))
+    return run_dir / candidates[0]
+
+
+def _fold(facts: RunFacts, rec: Any) -> None:
+    """Learn from one record."""
+    kind = rec.WhichOneof("record_type")
+    facts.records += 1
+    if kind == "run":
+        r = rec.run
+        facts.has_run_record = True
+        facts.run_id = r.run_id or facts.run_id
+        facts.project = r.project or facts.project
+        facts.entity = r.entity or facts.entity
+        sens = _sensitive_from_config(r.config)
+        if sens:
+            facts.extra["sensitive"] = sens
+    elif kind == "history":
+        facts.steps += 1
+    elif kind == "exit":
+        facts.exit_code = rec.exit.exit_code
+    elif kind == "header":
+        v = rec.header.version_info.producer
+        if v:
+            facts.wandb_version = v
+    elif kind == "telemetry":
+        cli_version = rec.telemetry.cli_version
+        if cli_version and not facts.wandb_version:
+            facts.wandb_version = cli_version
+    elif kind == "artifact":
+        paths = facts.extra.setdefault("artifact_files", [])
+        for entry in rec.artifact.manifest.contents:
+            if entry.local_path and entry.local_path not in paths:
+                paths.append(entry.local_path)
+    elif kind == "config":
+        sens = _sensitive_from_config(rec.config)
+        if sens:
+            facts.extra["sensitive"] = sens
+
+
+def _sensitive_from_config(cfg: Any) -> list[str]:
+    """The trainer plugin records sensitive key globs under config ``tfwb.sensitive``."""
+    import json
+
+    for item in cfg.update:
+        key = item.key or "/".join(item.nested_key)
+        if key == "tfwb":
+            try:
+                value = json.loads(item.value_json)
+            except ValueError:
+                return []
+            value = value.get("value", value) if isinstance(value, dict) else {}
+            sens = value.get("sensitive") if isinstance(value, dict) else None
+            return [s for s in sens if isinstance(s, str)] if isinstance(sens, list) else []
+    return []
+
+
+def inspect(run_dir: Path, before: RunFacts | None = None) -> RunFacts:
+    """Read what is new in the run's `.wandb` file since ``before`` and return updated facts.
+
+    Never raises for a bad run: the problem goes into ``facts.error``.
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    before = before or RunFacts()
+    facts = _copy(before)
+    log = find_log(run_dir)
+    if log is None:
+        facts.error = "no run-*.wandb file in the run directory"
+        try:
+            facts.mtime = run_dir.lstat().st_mtime
+        except OSError:
+            pass
+        return facts
+    if facts.log_path and facts.log_path != str(log):
+        facts = before = RunFacts()  # a different file: start over
+    facts.log_path = str(log)
+
+    def failed(reason: str) -> RunFacts:
+        # Keep only what was learnt before this read, so a later read never counts twice.
+        out = _copy(before)
+        out.log_path, out.error = str(log), reason
+        return out
+
+    try:
+        fd = os.open(log, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        return failed(_os_reason(exc, log))
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            return failed(f"{log.name} is not a regular file")
+        if (st.st_size, st.st_mtime) == (before.size, before.mtime) and before.read_offset and not before.error:
+            return facts  # nothing new
+        facts.error = None
+        facts.mtime, facts.size = st.st_mtime, st.st_size
+        if st.st_size < FILE_HEADER_LEN:
+            facts.torn_at, facts.torn_reason = 0, "shorter than the .wandb header"
+            return facts
+        start = max(facts.read_offset, FILE_HEADER_LEN)
+        if facts.read_offset > st.st_size:
+            return failed(f"{log.name} shrank from {facts.read_offset} to {st.st_size} bytes; it was rewritten")
+        reader = LogReader(f, start)
+        try:
+            for offset, payload in reader:
+                rec = pb.Record()
+                try:
+                    rec.ParseFromString(payload)
+                except Exception as exc:  # protobuf's DecodeError
+                    raise CorruptLog(f"a record that is not a wandb Record ({exc})", offset) from None
+                _fold(facts, rec)
+        except NotAWandbLog as exc:
+            return failed(f"not a wandb run log: {exc}")
+        except CorruptLog as exc:
+            return failed(f"corrupt .wandb file: {exc}")
+        except OSError as exc:
+            return failed(_os_reason(exc, log))
+        tail = reader.tail
+        assert tail is not None
+        facts.read_offset = tail.end
+        facts.torn_at, facts.torn_reason = tail.torn_at, tail.reason
+    return facts
+
+
+def _copy(facts: RunFacts) -> RunFacts:
+    return replace(facts, extra={k: list(v) if isinstance(v, list) else v for k, v in facts.extra.items()})
+
+
+def _os_reason(exc: OSError, path: Path) -> str:
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"cannot read {path.name}: permission denied (give the agent's user read access)"
+    if exc.errno == errno.ELOOP:
+        return f"{path.name} is a symlink; the agent never follows links out of a run"
+    return f"cannot read {path.name}: {exc.strerror}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ended: str | None  # finished | crashed | None (live or invalid)
+    state: str  # live | ended | invalid
+    reason: str | None = None
+    recheck_at: float | None = None  # when a live run's quiet period runs out
+
+
+def classify(facts: RunFacts, now: float, quiet_seconds: float) -> Verdict:
+    """How a run stands, from what was read and how long the file has been still."""
+    quiet_until = facts.mtime + quiet_seconds
+    quiet = now >= quiet_until
+    if facts.error:
+        # A missing `.wandb` file in a fresh directory is a run that is just starting.
+        if facts.log_path is None and not quiet:
+            return Verdict(None, "live", "waiting for the .wandb file", quiet_until)
+        return Verdict(None, "invalid", facts.error)
+    if facts.finished:
+        return Verdict("finished", "ended", None if facts.exit_code == 0 else f"exit code {facts.exit_code}")
+    if not quiet:
+        return Verdict(None, "live", None, quiet_until)
+    if not facts.has_run_record:
+        what = "only the file header" if facts.records == 0 else "no run record"
+        return Verdict(None, "invalid", f"not a run: the .wandb file holds {what} and stopped growing")
+    if facts.torn_at is not None:
+        return Verdict("crashed", "ended", f"no exit record; torn tail at byte {facts.torn_at} "
+                       f"({facts.torn_reason}); kept everything before it")
+    return Verdict("crashed", "ended", f"no exit record and no growth for {quiet_seconds:g}s")
+
+
+def staging_report(facts: RunFacts, map_path: Callable[[str], Path]) -> dict[str, list[str]]:
+    """The artifact staging files a run names, found through ``path_map``, and the missing ones."""
+    found, missing = [], []
+    for p in facts.extra.get("artifact_files", []):
+        host = map_path(p)
+        (found if host.is_file() else missing).append(str(host))
+    return {"found": found, "missing": missing}
