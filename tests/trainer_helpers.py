@@ -1,0 +1,195 @@
+"""Helpers for the trainer plugin tests: run the examples under each interpreter, read runs.
+
+Also runnable as a script (``python tests/trainer_helpers.py count-reads …``) so that the
+custom-loop read-count check runs inside the interpreter under test.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+TF213_ENV = "TFWB_TF213_PYTHON"
+
+
+def interpreters() -> list[tuple[str, str | None]]:
+    """(label, python path or None when missing) for both version pairs."""
+    return [("tf221-wandb031", sys.executable), ("tf213-wandb015", os.environ.get(TF213_ENV) or None)]
+
+
+def require_python(label: str, python: str | None) -> str:
+    """The interpreter path, or a test failure saying how to provide it (never a silent skip)."""
+    import pytest
+
+    if python is None:
+        pytest.fail(f"{label}: {TF213_ENV} is not set. Create the TF 2.13 + wandb 0.15.12 venv with "
+                    f"`.ci/setup_tf213.sh` and export {TF213_ENV}=<the path it prints>.", pytrace=False)
+    if not Path(python).is_file():
+        pytest.fail(f"{label}: {TF213_ENV}={python} does not exist; re-run `.ci/setup_tf213.sh`.", pytrace=False)
+    return python
+
+
+def child_env(runs_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "TFWB_RUN_ID"}
+    env.update({"TFWB_RUNS_DIR": str(runs_dir), "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
+                "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1", "HOME": str(runs_dir.parent / "home")})
+    (runs_dir.parent / "home").mkdir(exist_ok=True)
+    env.update(extra)
+    return env
+
+
+def run_example(python: str, script: str, args: list[str], env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run([python, str(EXAMPLES / script), *args], env=env, cwd=str(ROOT),
+                       capture_output=True, text=True, timeout=timeout)
+    if p.returncode != 0:
+        raise AssertionError(f"{script} exited {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-5000:]}")
+    return p
+
+
+def run_until_hold_then_kill(python: str, script: str, args: list[str], env: dict[str, str], timeout: float = 240) -> str:
+    """Start training, wait for its ``HOLD n`` line, SIGKILL its whole process group.
+
+    The group matters: a killed container takes wandb's writer process with it, which is the
+    case where buffered records are lost and the resume logic has to make up for it.
+    """
+    p = subprocess.Popen([python, str(EXAMPLES / script), *args], env=env, cwd=str(ROOT), text=True,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         start_new_session=True)
+    out = []
+    try:
+        assert p.stdout is not None
+        for line in p.stdout:  # blocks on the child's output: no sleeping
+            out.append(line)
+            if line.startswith("HOLD "):
+                os.killpg(p.pid, signal.SIGKILL)
+                break
+        p.wait(timeout=timeout)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    text = "".join(out)
+    if not any(l.startswith("HOLD ") for l in out):
+        raise AssertionError(f"{script} never reached its hold point\nstdout:\n{text}\nstderr:\n{p.stderr.read()[-5000:] if p.stderr else ''}")
+    assert p.returncode == -signal.SIGKILL, p.returncode
+    return text
+
+
+@dataclass
+class RunData:
+    path: Path
+    run_id: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    rows: dict[int, dict[str, Any]] = field(default_factory=dict)  # step -> merged row
+    row_count: dict[int, int] = field(default_factory=dict)  # step -> history records seen
+    summary: dict[str, Any] = field(default_factory=dict)
+    exited: bool = False
+    torn: bool = False
+
+
+def _key(item: Any) -> str:
+    return item.key or "/".join(item.nested_key)
+
+
+def read_run(wandb_file: Path) -> RunData:
+    """Everything the tests check, read from the `.wandb` file with the agent's reader."""
+    from tfwb_agent.wandb_log import read_records
+
+    rd = RunData(wandb_file)
+    gen = read_records(wandb_file)
+    while True:
+        try:
+            _, rec = next(gen)
+        except StopIteration as stop:
+            tail = stop.value
+            rd.torn = tail is not None and tail.torn_at is not None
+            break
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            rd.run_id = rec.run.run_id
+            for it in rec.run.config.update:
+                rd.config[_key(it)] = json.loads(it.value_json)
+        elif kind == "config":
+            for it in rec.config.update:
+                rd.config[_key(it)] = json.loads(it.value_json)
+        elif kind == "history":
+            vals = {_key(it): json.loads(it.value_json) for it in rec.history.item}
+            step = int(rec.history.step.num) if rec.history.HasField("step") else int(vals["_step"])
+            rd.rows.setdefault(step, {}).update(vals)
+            rd.row_count[step] = rd.row_count.get(step, 0) + 1
+        elif kind == "summary":
+            for it in rec.summary.update:
+                rd.summary[_key(it)] = json.loads(it.value_json)
+        elif kind == "exit":
+            rd.exited = True
+    return rd
+
+
+def config_value(rd: RunData, key: str) -> Any:
+    v = rd.config[key]
+    # wandb stores each config value as {"value": …, "desc": …}
+    return v["value"] if isinstance(v, dict) and "value" in v else v
+
+
+def run_files(runs_dir: Path) -> list[Path]:
+    wd = runs_dir / "wandb"
+    return sorted(f for d in wd.iterdir() if not d.is_symlink() and d.is_dir() for f in d.glob("run-*.wandb"))
+
+
+# --------------------------------------------------------------------------------------------
+# Script mode: the custom-loop read count, run inside the interpreter under test.
+# --------------------------------------------------------------------------------------------
+
+def _count_reads(runs_dir: str, steps: int, every: int) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    import tfwb_trainer
+
+    class Counted:
+        """A real tensor that counts every way of reading its value to the host."""
+
+        reads = 0
+
+        def __init__(self, t: Any) -> None:
+            self.t = t
+
+        def numpy(self) -> Any:
+            Counted.reads += 1
+            return self.t.numpy()
+
+        def __float__(self) -> float:
+            Counted.reads += 1
+            return float(self.t.numpy())
+
+        def __array__(self, *a: Any, **k: Any) -> Any:
+            Counted.reads += 1
+            return self.t.numpy().__array__(*a, **k)
+
+    calls = {"n": 0}
+
+    def lazy() -> Any:
+        calls["n"] += 1
+        return tf.constant(1.0)
+
+    tfwb_trainer.init(project="count", runs_dir=runs_dir)
+    log = tfwb_trainer.StepLogger(every_n=every, batch_size=4)
+    v = tf.Variable(0.0)
+    logged = []
+    for i in range(steps):
+        v.assign_add(1.0)  # real device work every step
+        if log.log_step({"loss": Counted(v * 2.0), "lazy": lazy}):
+            logged.append(log.global_step)
+    tfwb_trainer.finish()
+    print(json.dumps({"reads": Counted.reads, "lazy_calls": calls["n"], "logged": logged}))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "count-reads":
+        _count_reads(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
