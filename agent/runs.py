@@ -47,6 +47,8 @@ def discover(root: Path) -> Iterator[Path]:
 
 def run_dir_of(path: Path, roots: tuple[Path, ...]) -> Path | None:
     """The run directory that ``path`` (a file or directory event) belongs to, if any."""
+    if AGENT_DIR in path.parts:
+        return None  # the agents' own claims, named after runs
     for parent in (path, *path.parents):
         if parent.name.startswith(RUN_DIR_PREFIX):
             return parent

@@ -23,6 +23,7 @@ def run_view(row: dict[str, Any], now: float | None = None) -> dict[str, Any]:
         "records": row["records"],
         "exit_code": row["exit_code"],
         "torn_at": row["torn_at"],
+        "mtime": row.get("mtime"),
         "idle_seconds": round(now - row["mtime"], 1) if row.get("mtime") else None,
         "first_seen": row["first_seen"],
         "updated": row["updated"],
