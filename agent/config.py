@@ -11,6 +11,7 @@ through ``SECTION_VALIDATORS``, so this module stays the one place that reads th
 """
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import tomllib
@@ -69,6 +70,17 @@ class Config:
 # Other modules register a validator for their section: f(source, raw_table) -> parsed value.
 SECTION_VALIDATORS: dict[str, Callable[[str, Any], Any]] = {}
 _KNOWN_TOP = {"state_dir", "node_name", "watch", "path_map"}
+# The modules that own a section; importing one registers its validator.
+SECTION_MODULES = ("tfwb_agent.redact.policy", "tfwb_agent.seal.keyconfig", "tfwb_agent.deliver.settings")
+
+
+def _register_sections() -> None:
+    for name in SECTION_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # a section module of this build with a broken import is a bug
+                raise
 
 
 def resolve_path(cli_path: str | None) -> str:
@@ -113,6 +125,7 @@ def _abs_path(source: str, key: str, value: Any) -> Path:
 
 
 def parse(raw: dict[str, Any], source: str = "<config>") -> Config:
+    _register_sections()
     for key in raw:
         if key not in _KNOWN_TOP and key not in SECTION_VALIDATORS:
             known = ", ".join(sorted(_KNOWN_TOP | set(SECTION_VALIDATORS)))
