@@ -1,0 +1,148 @@
+"""History and summary items: find the media among them and rewrite only those.
+
+An item is a protobuf ``HistoryItem`` / ``SummaryItem`` (``key`` or ``nested_key``, and
+``value_json``). Items that carry no media come back as the very same objects, so their bytes
+are unchanged: the property test relies on it.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Sequence
+
+from . import media
+from .media import Decide, Resolve, TextTag
+
+Path_ = tuple[str, ...]
+
+
+def item_path(item: Any) -> Path_:
+    return tuple(item.nested_key) if len(item.nested_key) else (item.key,)
+
+
+def display_key(path: Path_) -> str:
+    return ".".join(path)
+
+
+def _may_hold_media(raw: str) -> bool:
+    # Cheap test before parsing: media objects are JSON objects (or lists of them).
+    s = raw.lstrip()
+    return s[:1] in ("{", "[")
+
+
+def _media_roots(items: Sequence[Any]) -> set[Path_]:
+    """Roots of media objects that wandb 0.31 flattened into one item per field."""
+    roots: set[Path_] = set()
+    for it in items:
+        path = item_path(it)
+        if len(path) >= 2 and path[-1] == "_type":
+            try:
+                t = json.loads(it.value_json)
+            except ValueError:
+                continue
+            if isinstance(t, str) and t in media.KINDS:
+                roots.add(path[:-1])
+    return roots
+
+
+def _root_of(path: Path_, roots: set[Path_]) -> Path_ | None:
+    for n in range(1, len(path)):
+        if path[:n] in roots:
+            return path[:n]
+    return None
+
+
+def redact_items(items: Sequence[Any], new_item: Callable[[Path_, str], Any], decide: Decide,
+                 resolve: Resolve, text_tag: TextTag,
+                 count: Callable[[Any, str, str], None],
+                 sensitive: Callable[[str], bool] = lambda key: False) -> list[Any] | None:
+    """Return the rewritten item list, or None when nothing needed a change.
+
+    ``new_item(path, value_json)`` builds an item of the caller's type. Plain values under a
+    key the training code declared ``sensitive`` are replaced by their keyed tag (wandb's own
+    ``_step``/``_runtime``/``_timestamp`` never are)."""
+    roots = _media_roots(items)
+    groups: dict[Path_, list[Any]] = {}
+    for it in items:
+        r = _root_of(item_path(it), roots) if roots else None
+        if r is not None:
+            groups.setdefault(r, []).append(it)
+    out: list[Any] = []
+    changed = False
+    emitted: set[Path_] = set()
+    for it in items:
+        path = item_path(it)
+        r = _root_of(path, roots) if roots else None
+        if r is not None:
+            if r in emitted:
+                continue
+            emitted.add(r)
+            group = groups[r]
+            node: dict[str, Any] = {}
+            for g in group:
+                _insert(node, item_path(g)[len(r):], json.loads(g.value_json))
+            new = media.transform_node(node, display_key(r), decide, resolve, text_tag, count)
+            if new is node:          # kept: the original items, untouched
+                out.extend(group)
+                continue
+            changed = True
+            if isinstance(new, dict):
+                out.extend(new_item(r + (k,), media.dumps(v)) for k, v in new.items())
+            else:
+                out.append(new_item(r, media.dumps(new)))
+            continue
+        if _may_hold_media(it.value_json):
+            try:
+                value = json.loads(it.value_json)
+            except ValueError:
+                out.append(it)
+                continue
+            if media.contains_media(value):
+                nv, c = media.transform_value(value, display_key(path), decide, resolve, text_tag, count)
+                if c:
+                    changed = True
+                    out.append(new_item(path, media.dumps(nv)))
+                    continue
+        key = display_key(path)
+        if not key.startswith("_") and sensitive(key):
+            changed = True
+            out.append(new_item(path, media.dumps(f"hash:{text_tag('value', it.value_json)}")))
+            continue
+        out.append(it)
+    return out if changed else None
+
+
+def _insert(node: dict[str, Any], rel: Path_, value: Any) -> None:
+    for part in rel[:-1]:
+        node = node.setdefault(part, {})
+    node[rel[-1]] = value
+
+
+def media_in_items(items: Sequence[Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(key, media object) for every media object in the items: the planning pass uses it."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    roots = _media_roots(items)
+    groups: dict[Path_, dict[str, Any]] = {}
+    for it in items:
+        path = item_path(it)
+        r = _root_of(path, roots) if roots else None
+        if r is not None:
+            _insert(groups.setdefault(r, {}), path[len(r):], json.loads(it.value_json))
+        elif _may_hold_media(it.value_json):
+            try:
+                _walk(json.loads(it.value_json), display_key(path), found)
+            except ValueError:
+                pass
+    found += [(display_key(r), node) for r, node in groups.items()]
+    return found
+
+
+def _walk(value: Any, key: str, found: list[tuple[str, dict[str, Any]]]) -> None:
+    if isinstance(value, dict):
+        if media.media_kind(value) is not None:
+            found.append((key, value))
+            return
+        for k, v in value.items():
+            _walk(v, f"{key}.{k}" if key else str(k), found)
+    elif isinstance(value, list):
+        for v in value:
+            _walk(v, key, found)

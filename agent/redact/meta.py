@@ -1,0 +1,204 @@
+"""Config, run metadata and console text: secrets and local paths out, the rest as it was.
+
+Pure functions over protobuf records and plain data; ``run.py`` feeds them records.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+from typing import Any, Callable
+
+from .policy import Policy
+from .report import RedactionReport
+from .secrets import Scrubber
+
+# Metadata fields (wandb-metadata.json / the `e` entries in config `_wandb`) that name the
+# machine, the person or the places on disk.
+_META_IDENTITY = ("host", "hostname", "username", "email", "colab")
+_META_PATHS = ("program", "codePath", "codePathLocal", "code_path", "code_path_local", "root",
+               "executable", "root_dir", "python_executable")
+_META_DROP = ("slurm", "docker_image_local")
+
+
+def redact_config_value(key: str, value: Any, policy: Policy, scrub: Scrubber,
+                        tag: Callable[[str, str], str], report: RedactionReport,
+                        sensitive: tuple[str, ...]) -> tuple[Any, bool]:
+    """One top-level config entry. Returns (value, changed)."""
+    if key == "_wandb":
+        return _redact_wandb_internal(value, policy, scrub, tag, report)
+    if policy.config_key_redacted(key) or any(fnmatch.fnmatchcase(key, g) for g in sensitive):
+        report.config_keys.add(key)
+        return f"[redacted:config:{tag('config', json.dumps(value, sort_keys=True))}]", True
+    return _scrub_strings(value, key, policy, scrub, tag, report)
+
+
+def _scrub_strings(value: Any, key: str, policy: Policy, scrub: Scrubber, tag: Callable[[str, str], str],
+                   report: RedactionReport) -> tuple[Any, bool]:
+    if isinstance(value, str):
+        new, counts = scrub.scrub(value)
+        if counts:
+            report.add_scrub(counts)
+            report.config_keys.add(key)
+            return new, True
+        return value, False
+    if isinstance(value, dict):
+        changed, out = False, {}
+        for k, v in value.items():
+            sub = f"{key}.{k}"
+            if policy.config_key_redacted(str(k)):
+                report.config_keys.add(sub)
+                out[k], changed = f"[redacted:config:{tag('config', json.dumps(v, sort_keys=True))}]", True
+                continue
+            out[k], c = _scrub_strings(v, sub, policy, scrub, tag, report)
+            changed |= c
+        return (out if changed else value), changed
+    if isinstance(value, list):
+        changed, out = False, []
+        for v in value:
+            nv, c = _scrub_strings(v, key, policy, scrub, tag, report)
+            out.append(nv)
+            changed |= c
+        return (out if changed else value), changed
+    return value, False
+
+
+def _redact_wandb_internal(value: Any, policy: Policy, scrub: Scrubber, tag: Callable[[str, str], str],
+                           report: RedactionReport) -> tuple[Any, bool]:
+    # `_wandb` holds wandb's own bookkeeping; its `e` entries repeat the run metadata.
+    if not isinstance(value, dict) or policy.metadata == "keep":
+        return value, False
+    changed, out = False, dict(value)
+    if isinstance(value.get("e"), dict):
+        out["e"] = {k: redact_metadata(v, scrub, tag, report)[0] if isinstance(v, dict) else v
+                    for k, v in value["e"].items()}
+        changed = out["e"] != value["e"]
+    for k in ("code_path", "root_dir"):
+        if isinstance(value.get(k), str):
+            nv, counts = scrub.scrub(value[k])
+            if counts:
+                out[k], changed = nv, True
+    return (out if changed else value), changed
+
+
+def redact_metadata(meta: dict[str, Any], scrub: Scrubber, tag: Callable[[str, str], str],
+                    report: RedactionReport) -> tuple[dict[str, Any], bool]:
+    """wandb-metadata.json as a dict (also the `e` entries of config `_wandb`)."""
+    out = dict(meta)
+    for k in list(out):
+        v = out[k]
+        if k in _META_DROP:
+            del out[k]
+            report.metadata_fields.add(k)
+        elif k in _META_IDENTITY and isinstance(v, str) and v:
+            out[k] = f"{'host' if 'host' in k else k}-{tag(k, v)[:12]}"
+            report.metadata_fields.add(k)
+        elif k in _META_PATHS and isinstance(v, str) and v:
+            out[k] = scrub_path(v, scrub, tag)
+            if out[k] != v:
+                report.metadata_fields.add(k)
+        elif k == "args" and isinstance(v, list):
+            new = [scrub_arg(a, scrub, tag) if isinstance(a, str) else a for a in v]
+            if new != v:
+                out[k] = new
+                report.metadata_fields.add(k)
+        elif k == "git" and isinstance(v, dict):
+            g = dict(v)
+            for gk in ("remote", "remote_url"):
+                if isinstance(g.get(gk), str) and g[gk]:
+                    g[gk] = f"remote-{tag('git', g[gk])[:12]}"
+                    report.metadata_fields.add(f"git.{gk}")
+            out[k] = g
+        elif k == "disk" and isinstance(v, dict):
+            out[k] = {(key if key == "/" else scrub_path(key, scrub, tag)): dv for key, dv in v.items()}
+    return out, out != meta
+
+
+def scrub_path(value: str, scrub: Scrubber, tag: Callable[[str, str], str]) -> str:
+    """A path field: absolute or home-relative paths go whole; relative names stay."""
+    if value.startswith(("/", "~")):
+        return f"[redacted:path:{tag('path', value)}]"
+    return scrub.scrub(value)[0]
+
+
+def scrub_arg(value: str, scrub: Scrubber, tag: Callable[[str, str], str]) -> str:
+    if value.startswith(("/", "~")):
+        return f"[redacted:path:{tag('path', value)}]"
+    return scrub.scrub(value)[0]
+
+
+def redact_environment(env: Any, scrub: Scrubber, tag: Callable[[str, str], str], report: RedactionReport) -> None:
+    """In place on an ``EnvironmentRecord`` (wandb 0.31 keeps the metadata there)."""
+    for f in ("host", "username", "email", "colab"):
+        v = getattr(env, f)
+        if v:
+            setattr(env, f, f"{'host' if f == 'host' else f}-{tag(f if f != 'host' else 'host', v)[:12]}")
+            report.metadata_fields.add(f)
+    for f in ("program", "code_path", "code_path_local", "root", "executable"):
+        v = getattr(env, f)
+        if v:
+            nv = scrub_path(v, scrub, tag)
+            if nv != v:
+                setattr(env, f, nv)
+                report.metadata_fields.add(f)
+    if len(env.args):
+        new = [scrub_arg(a, scrub, tag) for a in env.args]
+        if new != list(env.args):
+            del env.args[:]
+            env.args.extend(new)
+            report.metadata_fields.add("args")
+    if env.git.remote_url:
+        env.git.remote_url = f"remote-{tag('git', env.git.remote_url)[:12]}"
+        report.metadata_fields.add("git.remote_url")
+    if len(env.slurm):
+        env.ClearField("slurm")
+        report.metadata_fields.add("slurm")
+    for k in [k for k in env.disk if k != "/"]:
+        v = env.disk[k]
+        env.disk[scrub_path(k, scrub, tag)].CopyFrom(v)
+        del env.disk[k]
+
+
+def redact_run_identity(run: Any, scrub: Scrubber, tag: Callable[[str, str], str], report: RedactionReport) -> None:
+    """In place on a ``RunRecord``: host, git remote; secrets in free-text fields."""
+    if run.host:
+        run.host = f"host-{tag('host', run.host)[:12]}"
+        report.metadata_fields.add("host")
+    if run.git.remote_url:
+        run.git.remote_url = f"remote-{tag('git', run.git.remote_url)[:12]}"
+        report.metadata_fields.add("git.remote_url")
+
+
+def scrub_run_text(run: Any, scrub: Scrubber, report: RedactionReport) -> None:
+    for f in ("display_name", "notes", "run_group", "job_type"):
+        v = getattr(run, f)
+        if v:
+            nv, counts = scrub.scrub(v)
+            if counts:
+                setattr(run, f, nv)
+                report.add_scrub(counts)
+    if len(run.tags):
+        new = []
+        for t in run.tags:
+            nv, counts = scrub.scrub(t)
+            report.add_scrub(counts)
+            new.append(nv)
+        if new != list(run.tags):
+            del run.tags[:]
+            run.tags.extend(new)
+
+
+def console_line(line: str, policy: Policy, scrub: Scrubber, report: RedactionReport) -> str | None:
+    """One console line under the policy: as is, scrubbed, or None (dropped)."""
+    if policy.console == "drop":
+        report.console["dropped"] += 1
+        return None
+    if policy.console == "keep":
+        report.console["kept"] += 1
+        return line
+    new, counts = scrub.scrub(line)
+    if counts:
+        report.add_scrub(counts)
+        report.console["scrubbed"] += 1
+    else:
+        report.console["unchanged"] += 1
+    return new

@@ -1,0 +1,196 @@
+"""The site's redaction policy: the ``[redact]`` section of the agent config.
+
+Rules are tried in order and the first match wins. A media item that no rule matches is
+hashed: keeping is always explicit. With no ``[redact]`` section the default policy applies,
+which is the safe one (every media item hashed, console scrubbed, metadata redacted, config
+values under secret-looking keys redacted).
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import config as config_mod
+
+MEDIA_KINDS = ("image", "audio", "video", "html", "table", "object3d", "molecule", "any")
+ACTIONS = ("keep", "hash", "drop")
+DEFAULT_CONFIG_KEYS = ("*token*", "*secret*", "*password*", "*passwd*", "*api_key*", "*apikey*",
+                       "*access_key*", "*private_key*", "*credential*")
+DEFAULT_DROP_FILES = ("diff.patch", "upstream_diff_*.patch", "code/*")
+DEFAULT_SECRET_NAME = "redact.key"
+
+
+@dataclass(frozen=True)
+class Rule:
+    key: str                               # glob over the history/summary key
+    media: tuple[str, ...]                 # kinds this rule covers ("any" = all)
+    action: str                            # keep | hash | drop
+    columns: tuple[tuple[str, str], ...] = ()  # table column -> keep | hash | drop
+    label: str = ""
+
+    def matches(self, key: str, kind: str) -> bool:
+        return ("any" in self.media or kind in self.media) and fnmatch.fnmatchcase(key, self.key)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What happens to one media item, and which rule said so (for the report).
+
+    For a table, ``hash`` means "rewrite": ``columns`` name per-column actions and ``rest`` is
+    the action for the columns not named."""
+    action: str
+    rule: str
+    columns: tuple[tuple[str, str], ...] = ()
+    rest: str = "hash"
+
+
+@dataclass(frozen=True)
+class Policy:
+    secret_ref: tuple[str, str] | None = None   # ("file", path) | ("env", NAME); None: default file
+    console: str = "scrub"                      # keep | scrub | drop
+    metadata: str = "redact"                    # keep | redact
+    config_keys: tuple[str, ...] = DEFAULT_CONFIG_KEYS
+    patterns: tuple[str, ...] = ()              # site patterns, added to the built-in ones
+    scrub_paths: bool = True                    # local paths in config values and console
+    rules: tuple[Rule, ...] = ()
+    artifacts: str = "drop"                     # non-table artifacts: keep | drop
+    drop_files: tuple[str, ...] = DEFAULT_DROP_FILES
+    compiled: tuple[re.Pattern[str], ...] = field(default=(), compare=False, repr=False)
+
+    def decide(self, key: str, kind: str, sensitive: tuple[str, ...] = ()) -> Decision:
+        """First matching rule; no match hashes. Keys the training code declared sensitive
+        are never kept, whatever the rule says (drop stays drop: it is stricter)."""
+        decision = Decision("hash", "default")
+        for rule in self.rules:
+            if rule.matches(key, kind):
+                decision = Decision(rule.action, rule.label, (), rule.action)
+                if kind == "table" and rule.columns and rule.action != "drop":
+                    rewrite = rule.action == "hash" or any(a != "keep" for _, a in rule.columns)
+                    decision = Decision("hash" if rewrite else "keep", rule.label, rule.columns, rule.action)
+                break
+        if is_sensitive(key, sensitive) and "keep" in (decision.action, decision.rest):
+            return Decision("hash", "sensitive", tuple((c, "hash" if a == "keep" else a) for c, a in decision.columns), "hash")
+        return decision
+
+    def config_key_redacted(self, key: str) -> bool:
+        return any(fnmatch.fnmatchcase(key.lower(), g.lower()) for g in self.config_keys)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "secret": "default <state_dir>/redact.key" if self.secret_ref is None
+            else f"{self.secret_ref[0]}: {self.secret_ref[1]}",
+            "console": self.console, "metadata": self.metadata,
+            "config_keys": list(self.config_keys), "patterns": list(self.patterns),
+            "scrub_paths": self.scrub_paths, "artifacts": self.artifacts,
+            "drop_files": list(self.drop_files),
+            "rules": [{"key": r.key, "media": list(r.media), "action": r.action,
+                       **({"columns": dict(r.columns)} if r.columns else {})} for r in self.rules],
+        }
+
+
+def is_sensitive(key: str, sensitive: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(key, g) for g in sensitive)
+
+
+DEFAULT_POLICY = Policy()
+
+
+def _str_list(source: str, key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise config_mod.ConfigError(source, key, f"must be a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _choice(source: str, key: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise config_mod.ConfigError(source, key, f"must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def _rule(source: str, i: int, raw: Any) -> Rule:
+    where = f"redact.rule[{i}]"
+    if not isinstance(raw, dict):
+        raise config_mod.ConfigError(source, where, "must be a table")
+    unknown = set(raw) - {"key", "media", "action", "columns"}
+    if unknown:
+        raise config_mod.ConfigError(source, f"{where}.{sorted(unknown)[0]}", "unknown key (known: key, media, action, columns)")
+    if not isinstance(raw.get("key"), str) or not raw["key"]:
+        raise config_mod.ConfigError(source, f"{where}.key", "must be a non-empty key glob")
+    media = _str_list(source, f"{where}.media", raw.get("media", ["any"]))
+    for m in media:
+        _choice(source, f"{where}.media", m, MEDIA_KINDS)
+    cols_raw = raw.get("columns", {})
+    if not isinstance(cols_raw, dict):
+        raise config_mod.ConfigError(source, f"{where}.columns", "must be a table of column = keep|hash|drop")
+    columns = tuple((str(c), _choice(source, f"{where}.columns.{c}", a, ACTIONS)) for c, a in cols_raw.items())
+    # A rule that lists columns is the explicit statement about its table: columns it does not
+    # name are kept unless it says otherwise. Without columns, the action must be given.
+    if "action" in raw:
+        action = _choice(source, f"{where}.action", raw["action"], ACTIONS)
+    elif columns:
+        action = "keep"
+    else:
+        raise config_mod.ConfigError(source, f"{where}.action", "missing: say keep, hash or drop")
+    label = f"rule[{i}] {raw['key']} {'/'.join(media)} -> {action}" + (" + columns" if columns else "")
+    return Rule(raw["key"], media, action, columns, label)
+
+
+def parse_policy(source: str, raw: Any) -> Policy:
+    """Validate a ``[redact]`` table (registered as the config's section validator)."""
+    if not isinstance(raw, dict):
+        raise config_mod.ConfigError(source, "redact", "must be a table")
+    known = {"secret_file", "secret_env", "secret", "console", "metadata", "config_keys", "patterns",
+             "scrub_paths", "rule", "artifacts", "drop_files"}
+    for key in raw:
+        if key not in known:
+            raise config_mod.ConfigError(source, f"redact.{key}", f"unknown key (known: {', '.join(sorted(known))})")
+    secret_ref = None
+    if any(k in raw for k in ("secret", "secret_file", "secret_env")):
+        secret_ref = config_mod.secret_source(raw, source, "redact", "secret")
+    patterns = _str_list(source, "redact.patterns", raw.get("patterns", []))
+    for i, p in enumerate(patterns):
+        try:
+            re.compile(p)
+        except re.error as exc:
+            raise config_mod.ConfigError(source, f"redact.patterns[{i}]", f"not a valid regular expression: {exc}") from None
+    rules_raw = raw.get("rule", [])
+    if not isinstance(rules_raw, list):
+        raise config_mod.ConfigError(source, "redact.rule", "must be an array of tables ([[redact.rule]])")
+    scrub_paths = raw.get("scrub_paths", True)
+    if not isinstance(scrub_paths, bool):
+        raise config_mod.ConfigError(source, "redact.scrub_paths", "must be true or false")
+    return Policy(
+        secret_ref=secret_ref,
+        console=_choice(source, "redact.console", raw.get("console", "scrub"), ("keep", "scrub", "drop")),
+        metadata=_choice(source, "redact.metadata", raw.get("metadata", "redact"), ("keep", "redact")),
+        config_keys=_str_list(source, "redact.config_keys", raw.get("config_keys", list(DEFAULT_CONFIG_KEYS))),
+        patterns=patterns,
+        scrub_paths=scrub_paths,
+        rules=tuple(_rule(source, i, r) for i, r in enumerate(rules_raw)),
+        artifacts=_choice(source, "redact.artifacts", raw.get("artifacts", "drop"), ("keep", "drop")),
+        drop_files=_str_list(source, "redact.drop_files", raw.get("drop_files", list(DEFAULT_DROP_FILES))),
+    )
+
+
+config_mod.SECTION_VALIDATORS["redact"] = parse_policy
+
+
+def policy_from_config(cfg: config_mod.Config) -> Policy:
+    return cfg.sections.get("redact") or DEFAULT_POLICY
+
+
+def load_secret(policy: Policy, cfg: config_mod.Config) -> bytes:
+    """The site secret for keyed tags. Never print it."""
+    ref = policy.secret_ref or ("file", str(Path(cfg.state_dir) / DEFAULT_SECRET_NAME))
+    if ref[0] == "file" and not Path(ref[1]).exists():
+        raise config_mod.ConfigError(cfg.source, "redact.secret_file",
+                                     f"{ref[1]} does not exist; create it once with "
+                                     f"`head -c 32 /dev/urandom > {ref[1]}` and keep it: "
+                                     "tags only match across runs under the same secret")
+    secret = config_mod.read_secret(ref)
+    if len(secret) < 16:
+        raise config_mod.ConfigError(cfg.source, "redact.secret", "the redaction secret must be at least 16 bytes")
+    return secret

@@ -1,0 +1,527 @@
+"""Redact one run directory into a complete, syncable copy: the I/O edge of redaction.
+
+Two passes over the `.wandb` file. The first finds every media object, the key it is logged
+under and the files it names, and the keys the training code declared sensitive; the second
+rewrites the records, writing each media file's placeholder the first time any record (a
+files record, a history row, a summary) refers to it, so every reference gets the same new
+name. Then ``files/`` is walked for what no record named. ``logs/`` and debug logs are never
+copied. The source is only read.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from wandb.proto import wandb_internal_pb2 as pb
+
+from ..wandb_log import LogWriter, read_records
+from . import items as items_mod
+from . import meta, placeholders
+from .media import FileOutcome, referenced_files, media_kind
+from .policy import Decision, Policy, is_sensitive
+from .report import RedactionReport
+from .secrets import Scrubber, compile_patterns
+from .tables import redact_table
+
+STAGING = "_staging"
+_RENAME_RX = re.compile(r"^(?P<dir>(?:.*/)?)(?P<stem>[^/]+)_(?P<hash>[0-9a-f]{20})(?P<ext>\.[^/]+)$")
+_NEW_EXT = {"image": ".png", "audio": ".wav", "video": ".gif", "html": ".html", "table": ".table.json"}
+_NEW_FMT = {"image": "png", "audio": "wav", "video": "gif"}
+_DIR_KIND = {"images": "image", "audio": "audio", "videos": "video", "html": "html", "table": "table",
+             "object3D": "object3d", "molecule": "molecule"}
+_STRICT = {"keep": 0, "hash": 1, "drop": 2}
+
+
+class RedactError(Exception):
+    """A run that cannot be redacted (no `.wandb` file, a file escaping the run ...)."""
+
+
+@dataclass
+class _Run:
+    """State of one redaction. ``dst`` None: dry run, nothing is written."""
+    src: Path
+    dst: Path | None
+    policy: Policy
+    secret: bytes
+    map_path: Callable[[str], Path]
+    report: RedactionReport = field(default_factory=RedactionReport)
+    sensitive: tuple[str, ...] = ()
+    planned: dict[str, tuple[str, str]] = field(default_factory=dict)   # file -> (kind, key)
+    done: dict[str, FileOutcome | None] = field(default_factory=dict)
+    written: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.scrubber = Scrubber(compile_patterns(self.policy.patterns), self.text_tag, self.policy.scrub_paths)
+
+    # -- small helpers ---------------------------------------------------------------------
+    def text_tag(self, kind: str, value: str) -> str:
+        return placeholders.text_tag(self.secret, kind, value)
+
+    def decide(self, key: str, kind: str) -> Decision:
+        return self.policy.decide(key, kind, self.sensitive)
+
+    def count(self, d: Decision, kind: str, key: str) -> None:
+        self.report.count_media(d.rule, kind, d.action, key)
+
+    def is_sensitive(self, key: str) -> bool:
+        return is_sensitive(key, self.sensitive)
+
+    def write(self, rel: str, data: bytes) -> None:
+        self.report.bytes_out += len(data)
+        if self.dst is None or rel in self.written:
+            return
+        out = self.dst / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data)
+        self.written.add(rel)
+
+    # -- media files -----------------------------------------------------------------------
+    def resolve(self, path: str, kind: str, d: Decision, key: str) -> FileOutcome | None:
+        """The one place a media file is decided and written; later references reuse it."""
+        if path in self.done:
+            return self.done[path]
+        outcome = self._resolve(path, kind, d, key)
+        self.done[path] = outcome
+        return outcome
+
+    def _resolve(self, path: str, kind: str, d: Decision, key: str) -> FileOutcome | None:
+        src = _inside(self.src / "files", path)
+        if src is None or not src.is_file():
+            self.report.files["missing_or_outside"] += 1
+            return None
+        if d.action == "drop":
+            self.report.files["dropped"] += 1
+            return None
+        data = src.read_bytes()
+        self.report.bytes_in += len(data)
+        if d.action == "keep":
+            self.report.files["kept"] += 1
+            self.write("files/" + path, data)
+            return FileOutcome(path, hashlib.sha256(data).hexdigest(), len(data))
+        tag = placeholders.tag(self.secret, data)
+        new = self._placeholder(kind, data, tag, d, key)
+        sha = hashlib.sha256(new).hexdigest()
+        m = _RENAME_RX.match(path)
+        ext = _NEW_EXT.get(kind, m.group("ext") if m else Path(path).suffix)
+        new_path = (f"{m.group('dir')}{m.group('stem')}_{sha[:20]}{ext}" if m
+                    else f"{Path(path).parent.as_posix()}/redacted_{sha[:20]}{ext}".lstrip("./"))
+        self.report.files["hashed"] += 1
+        self.write("files/" + new_path, new)
+        return FileOutcome(new_path, sha, len(new), tag, _NEW_FMT.get(kind, ""))
+
+    def _placeholder(self, kind: str, data: bytes, tag: str, d: Decision, key: str) -> bytes:
+        if kind == "image":
+            return placeholders.image_png(*placeholders.image_size(data), tag)
+        if kind == "audio":
+            return placeholders.silent_wav(*placeholders.audio_shape(data), tag)
+        if kind == "video":
+            from PIL import Image  # noqa: F401  (only to fail loudly if Pillow is missing)
+            size = (1, 1)
+            try:
+                import io
+                with Image.open(io.BytesIO(data)) as im:
+                    size = im.size
+            except Exception:
+                pass
+            return placeholders.video_gif(size[0], size[1], tag)
+        if kind == "html":
+            return placeholders.html_page(tag)
+        if kind == "table":
+            try:
+                table = json.loads(data)
+            except ValueError:
+                return placeholders.text_placeholder(tag)
+            return json.dumps(redact_table(table, d, self.text_tag, self.report.columns, key)).encode()
+        return placeholders.text_placeholder(tag)
+
+
+def _inside(base: Path, rel: str) -> Path | None:
+    """``base/rel`` if it stays inside ``base`` and crosses no symlink; else None."""
+    if not rel or rel.startswith("/") or "\\" in rel or any(p in ("..", "") for p in rel.split("/")):
+        return None
+    p = base
+    for part in rel.split("/"):
+        p = p / part
+        if p.is_symlink():
+            return None
+    return p
+
+
+def _find_log(src: Path) -> Path:
+    logs = [p for p in src.glob("*.wandb") if p.is_file() and not p.is_symlink()]
+    if len(logs) != 1:
+        raise RedactError(f"{src}: expected one .wandb file, found {len(logs)}")
+    return logs[0]
+
+
+def _records(path: Path, report: RedactionReport):
+    gen = read_records(path)
+    while True:
+        try:
+            _, rec = next(gen)
+        except StopIteration as stop:
+            tail = stop.value
+            report.torn_tail = tail is not None and tail.torn_at is not None
+            return
+        yield rec
+
+
+# -- pass 1: plan ---------------------------------------------------------------------------
+
+def _sensitive_from_config(updates: Any) -> tuple[str, ...]:
+    for u in updates:
+        if (u.key or (u.nested_key[0] if len(u.nested_key) else "")) == "tfwb":
+            try:
+                value = json.loads(u.value_json)
+            except ValueError:
+                continue
+            if len(u.nested_key) == 2 and u.nested_key[1] == "sensitive":
+                value = {"sensitive": value}
+            if isinstance(value, dict) and isinstance(value.get("value"), dict):
+                value = value["value"]  # config.yaml style {"value": ...}
+            globs = value.get("sensitive") if isinstance(value, dict) else None
+            if isinstance(globs, list):
+                return tuple(str(g) for g in globs)
+    return ()
+
+
+def _plan(r: _Run, log: Path) -> None:
+    sensitive: list[str] = []
+    for rec in _records(log, RedactionReport()):
+        t = rec.WhichOneof("record_type")
+        if t == "run":
+            sensitive += _sensitive_from_config(rec.run.config.update)
+        elif t == "config":
+            sensitive += _sensitive_from_config(rec.config.update)
+        elif t in ("history", "summary"):
+            its = rec.history.item if t == "history" else rec.summary.update
+            for key, node in items_mod.media_in_items(its):
+                kind = media_kind(node) or "any"
+                for f in referenced_files(node):
+                    r.planned.setdefault(f, (kind, key))
+    r.sensitive = tuple(dict.fromkeys(sensitive))
+    r.report.sensitive_keys = r.sensitive
+
+
+def _unplanned(path: str) -> tuple[str, str]:
+    """Kind and key of a media file no record described, from wandb's naming scheme."""
+    parts = path.split("/")
+    kind = _DIR_KIND.get(parts[1], "any") if len(parts) > 2 and parts[0] == "media" else "any"
+    m = _RENAME_RX.match("/".join(parts[2:]) if len(parts) > 2 else path)
+    key = m.group("stem").rsplit("_", 1)[0] if m else ""
+    return kind, key
+
+
+def _file_outcome(r: _Run, path: str) -> FileOutcome | None:
+    if path in r.done:
+        return r.done[path]
+    kind, key = r.planned.get(path) or _unplanned(path)
+    return r.resolve(path, kind, r.decide(key, kind), key)
+
+
+# -- pass 2: rewrite records ----------------------------------------------------------------
+
+def _redact_config(r: _Run, updates: Any) -> None:
+    for u in updates:
+        key = u.key or ".".join(u.nested_key)
+        try:
+            value = json.loads(u.value_json)
+        except ValueError:
+            continue
+        nv, changed = meta.redact_config_value(key, value, r.policy, r.scrubber, r.text_tag, r.report, r.sensitive)
+        if changed:
+            u.value_json = json.dumps(nv)
+
+
+def _rewrite_items(r: _Run, container: Any, new_item: Callable[[tuple[str, ...], str], Any]) -> None:
+    new = items_mod.redact_items(container, new_item, r.decide, r.resolve, r.text_tag, r.count, r.is_sensitive)
+    if new is not None:
+        copies = [x if isinstance(x, type(new_item(("k",), "0"))) else x for x in new]
+        del container[:]
+        container.extend(copies)
+
+
+def _make(cls: Any) -> Callable[[tuple[str, ...], str], Any]:
+    def build(path: tuple[str, ...], value_json: str) -> Any:
+        it = cls(value_json=value_json)
+        if len(path) == 1:
+            it.key = path[0]
+        else:
+            it.nested_key.extend(path)
+        return it
+    return build
+
+
+def _rewrite_files(r: _Run, rec: Any) -> bool:
+    keep = []
+    for f in rec.files.files:
+        if f.path.startswith("media/"):
+            o = _file_outcome(r, f.path)
+            if o is None:
+                continue
+            f.path = o.path
+        elif any(_glob(f.path, g) for g in r.policy.drop_files):
+            continue
+        keep.append(f)
+    del rec.files.files[:]
+    rec.files.files.extend(keep)
+    return bool(keep)
+
+
+def _glob(path: str, pattern: str) -> bool:
+    import fnmatch
+    return fnmatch.fnmatchcase(path, pattern)
+
+
+def _rewrite_artifact(r: _Run, rec: Any, num: int) -> bool:
+    art = rec.artifact
+    table_artifact = art.type == "run_table"
+    if not table_artifact and r.policy.artifacts == "drop":
+        r.report.artifacts["dropped"] += 1
+        return False
+    keep = []
+    for e in art.manifest.contents:
+        if e.ref and not e.local_path:
+            keep.append(e)            # a reference: no bytes of ours travel with it
+            continue
+        if table_artifact and not e.path.endswith(".table.json"):
+            r.report.artifacts["entries_dropped"] += 1
+            continue
+        src = r.map_path(e.local_path) if e.local_path else None
+        if src is None or not src.is_file() or src.is_symlink():
+            r.report.artifacts["entries_missing"] += 1
+            continue
+        data = src.read_bytes()
+        r.report.bytes_in += len(data)
+        if table_artifact:
+            key = e.path[: -len(".table.json")]
+            d = r.decide(key, "table")
+            if d.action == "drop":
+                r.report.artifacts["entries_dropped"] += 1
+                continue
+            if d.action == "hash":
+                data = json.dumps(redact_table(json.loads(data), d, r.text_tag, r.report.columns,
+                                               f"{key} (artifact)")).encode()
+        rel = f"{STAGING}/{num}/{e.path}"
+        if _inside(Path("/x"), rel) is None:
+            r.report.artifacts["entries_dropped"] += 1
+            continue
+        r.write(rel, data)
+        e.local_path = str((r.dst or Path("/dry-run")) / rel)
+        e.digest = base64.b64encode(hashlib.md5(data).digest()).decode()
+        e.size = len(data)
+        keep.append(e)
+    if not keep:
+        r.report.artifacts["dropped"] += 1
+        return False
+    del art.manifest.contents[:]
+    art.manifest.contents.extend(keep)
+    h = hashlib.md5(b"wandb-artifact-manifest-v1\n")
+    for e in sorted(keep, key=lambda e: e.path):
+        h.update(f"{e.path}:{e.digest}\n".encode())
+    art.digest = h.hexdigest()
+    r.report.artifacts["rewritten"] += 1
+    return True
+
+
+def _rewrite_record(r: _Run, rec: Any) -> bool:
+    """Rewrite in place; False: leave the record out."""
+    t = rec.WhichOneof("record_type")
+    redact_meta = r.policy.metadata == "redact"
+    if t == "run":
+        _redact_config(r, rec.run.config.update)
+        if redact_meta:
+            meta.redact_run_identity(rec.run, r.scrubber, r.text_tag, r.report)
+        meta.scrub_run_text(rec.run, r.scrubber, r.report)
+        _rewrite_items(r, rec.run.summary.update, _make(pb.SummaryItem))
+    elif t == "config":
+        _redact_config(r, rec.config.update)
+    elif t == "environment":
+        if redact_meta:
+            meta.redact_environment(rec.environment, r.scrubber, r.text_tag, r.report)
+    elif t == "history":
+        _rewrite_items(r, rec.history.item, _make(pb.HistoryItem))
+    elif t == "summary":
+        _rewrite_items(r, rec.summary.update, _make(pb.SummaryItem))
+    elif t == "files":
+        return _rewrite_files(r, rec)
+    elif t in ("output_raw", "output"):
+        out = getattr(rec, t)
+        line = meta.console_line(out.line, r.policy, r.scrubber, r.report)
+        if line is None:
+            return False
+        out.line = line
+    elif t == "artifact":
+        return _rewrite_artifact(r, rec, rec.num)
+    elif t == "alert":
+        for f in ("title", "text"):
+            new, counts = r.scrubber.scrub(getattr(rec.alert, f))
+            r.report.add_scrub(counts)
+            setattr(rec.alert, f, new)
+    return True
+
+
+# -- files/ ---------------------------------------------------------------------------------
+
+def _copy_files_dir(r: _Run) -> None:
+    base = r.src / "files"
+    if not base.is_dir():
+        return
+    for dirpath, dirnames, filenames in os.walk(base):   # os.walk does not follow symlinks
+        for name in filenames:
+            p = Path(dirpath) / name
+            rel = p.relative_to(base).as_posix()
+            if p.is_symlink():
+                r.report.dropped_paths["symlinks"] += 1
+                continue
+            if rel.startswith("media/"):
+                _file_outcome(r, rel)
+            elif any(_glob(rel, g) for g in r.policy.drop_files):
+                r.report.files["dropped"] += 1
+            elif rel == "wandb-metadata.json":
+                _json_file(r, rel, p, lambda d: meta.redact_metadata(d, r.scrubber, r.text_tag, r.report)[0]
+                           if r.policy.metadata == "redact" else d)
+            elif rel == "wandb-summary.json":
+                _json_file(r, rel, p, lambda d: _summary_dict(r, d))
+            elif rel == "output.log":
+                _output_log(r, rel, p)
+            elif rel == "config.yaml":
+                _config_yaml(r, rel, p)
+            else:
+                data = p.read_bytes()
+                r.report.bytes_in += len(data)
+                r.report.files["copied_other"] += 1
+                r.write("files/" + rel, data)
+
+
+def _json_file(r: _Run, rel: str, p: Path, fn: Callable[[Any], Any]) -> None:
+    data = p.read_bytes()
+    r.report.bytes_in += len(data)
+    try:
+        value = json.loads(data)
+    except ValueError:
+        r.report.files["dropped_unparsable"] += 1
+        return
+    r.write("files/" + rel, json.dumps(fn(value), indent=2).encode())
+
+
+def _summary_dict(r: _Run, d: Any) -> Any:
+    if not isinstance(d, dict):
+        return d
+    out = {}
+    for k, v in d.items():
+        nv, _ = items_mod.media.transform_value(v, k, r.decide, r.resolve, r.text_tag, lambda *a: None)
+        if not k.startswith("_") and r.is_sensitive(k) and nv is v and items_mod.media.media_kind(v) is None:
+            nv = f"hash:{r.text_tag('value', json.dumps(v))}"
+        out[k] = nv
+    return out
+
+
+def _output_log(r: _Run, rel: str, p: Path) -> None:
+    data = p.read_bytes()
+    r.report.bytes_in += len(data)
+    if r.policy.console == "drop":
+        r.report.files["dropped"] += 1
+        return
+    lines = data.decode("utf-8", "replace").splitlines(keepends=True)
+    if r.policy.console == "scrub":
+        lines = [r.scrubber.scrub(line)[0] for line in lines]
+    r.write("files/" + rel, "".join(lines).encode())
+
+
+def _config_yaml(r: _Run, rel: str, p: Path) -> None:
+    import yaml
+    data = p.read_bytes()
+    r.report.bytes_in += len(data)
+    try:
+        cfg = yaml.safe_load(data)
+    except yaml.YAMLError:
+        r.report.files["dropped_unparsable"] += 1
+        return
+    if isinstance(cfg, dict):
+        for k, v in list(cfg.items()):
+            inner = v.get("value") if isinstance(v, dict) and "value" in v else v
+            nv, changed = meta.redact_config_value(str(k), inner, r.policy, r.scrubber, r.text_tag, r.report, r.sensitive)
+            if changed:
+                cfg[k] = {**v, "value": nv} if isinstance(v, dict) and "value" in v else nv
+    r.write("files/" + rel, yaml.safe_dump(cfg, sort_keys=False).encode())
+
+
+# -- entry points ---------------------------------------------------------------------------
+
+def _redact(src: Path, dst: Path | None, policy: Policy, secret: bytes,
+            map_path: Callable[[str], Path]) -> RedactionReport:
+    src = Path(src)
+    log = _find_log(src)
+    r = _Run(src, dst, policy, secret, map_path)
+    r.report.run_id = log.stem.removeprefix("run-")
+    _plan(r, log)
+    writer, out = None, None
+    if dst is not None:
+        dst.mkdir(parents=True, exist_ok=True)
+        if any(dst.iterdir()):
+            raise RedactError(f"{dst}: the destination is not empty")
+        out = open(dst / log.name, "wb")
+        writer = LogWriter(out)
+    try:
+        for rec in _records(log, r.report):
+            r.report.records_in += 1
+            if _rewrite_record(r, rec):
+                r.report.records_out += 1
+                if writer is not None:
+                    writer.write(rec)
+        _copy_files_dir(r)
+    finally:
+        if out is not None:
+            out.close()
+    for p in src.iterdir():
+        if p.name not in ("files", log.name):
+            r.report.dropped_paths[p.name if p.is_dir() else "other files"] += 1
+    return r.report
+
+
+def redact_run(src_run_dir: Path, dst_dir: Path, policy: Policy, secret: bytes,
+               map_path: Callable[[str], Path]) -> RedactionReport:
+    """Write a redacted copy of ``src_run_dir`` into ``dst_dir`` (created; must be empty).
+
+    ``dst_dir`` becomes a run directory: give it a name wandb sync recognises
+    (``offline-run-...``; ``redact_run(src, out / src.name, ...)``). Run-table artifacts'
+    files are copied into ``dst_dir/_staging`` and the records point there by absolute path;
+    call ``relocate_staging`` after moving the directory."""
+    return _redact(Path(src_run_dir), Path(dst_dir), policy, secret, map_path)
+
+
+def plan_run(src_run_dir: Path, policy: Policy, secret: bytes,
+             map_path: Callable[[str], Path]) -> RedactionReport:
+    """What ``redact_run`` would do, computed the same way, with nothing written."""
+    return _redact(Path(src_run_dir), None, policy, secret, map_path)
+
+
+def relocate_staging(run_dir: Path) -> int:
+    """Point artifact records at ``run_dir/_staging`` after the run directory moved (e.g. out
+    of a bundle on the gateway). Rewrites the `.wandb` file; returns entries repointed."""
+    run_dir = Path(run_dir).resolve()
+    log = _find_log(run_dir)
+    tmp = log.with_name(log.name + ".relocate")
+    n = 0
+    with open(tmp, "wb") as f:
+        w = LogWriter(f)
+        for rec in _records(log, RedactionReport()):
+            if rec.WhichOneof("record_type") == "artifact":
+                for e in rec.artifact.manifest.contents:
+                    i = e.local_path.find(f"/{STAGING}/")
+                    if i >= 0:
+                        e.local_path = str(run_dir) + e.local_path[i:]
+                        n += 1
+            w.write(rec)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, log)
+    return n
