@@ -103,6 +103,8 @@ def read_run(wandb_file: Path) -> RunData:
     from tfwb_agent.wandb_log import read_records
 
     rd = RunData(wandb_file)
+    if wandb_file.stat().st_size == 0:
+        return rd  # killed before the writer flushed its first block: nothing on disk
     gen = read_records(wandb_file)
     while True:
         try:
@@ -136,6 +138,23 @@ def config_value(rd: RunData, key: str) -> Any:
     v = rd.config[key]
     # wandb stores each config value as {"value": …, "desc": …}
     return v["value"] if isinstance(v, dict) and "value" in v else v
+
+
+def readonly(path: Path, argv: list[str]) -> list[str]:
+    """``argv`` run with ``path`` read-only, the way a volume mounted ``ro`` looks.
+
+    As root, file modes do not stop writes, so the child gets its own mount namespace with a
+    read-only bind mount of ``path``; nothing outside the child sees it. Non-root: chmod.
+    """
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        return argv
+    script = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" "$0" && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(path), *argv]
+
+
+def media_tables(run_dir: Path, prefix: str) -> list[Path]:
+    return sorted((run_dir / "files" / "media" / "table").glob(f"{prefix}*.table.json"))
 
 
 def run_files(runs_dir: Path) -> list[Path]:
