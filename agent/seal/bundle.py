@@ -1,0 +1,568 @@
+"""Bundles: a run directory as tar (MANIFEST.json first) -> zstd -> age, and back.
+
+Sealing reads the run twice: once to hash every member (the manifest comes first and lists
+every hash), once to stream the tar. Memory stays bounded: files move in 1 MiB chunks, the
+compressor and the encryptor each hold a small window, and the two stages run in two threads
+joined by a pipe (zstd and the hashes release the GIL, so the stages overlap on two cores).
+
+Opening checks, in order: the signature against the trusted node keys, then while streaming
+age -> zstd -> tar: the manifest (first member), every member's type, name, size and SHA-256.
+Anything wrong raises ``Refused`` with a reason code from ``REASONS``; the caller throws the
+partial staging directory away, so a refused bundle leaves nothing behind.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import fcntl
+import hashlib
+import os
+import shutil
+import stat
+import tarfile
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterable, Sequence
+
+import pyrage
+import zstandard
+from pyrage import x25519
+
+from . import manifest as mf
+from . import minisign
+from .keystore import OpenKeys, TrustedKey
+from .streams import HashingReader, HashingWriter, ZstdMixedWriter
+
+CHUNK = 1 << 20
+# Already-compressed formats: zstd cannot shrink them, so they are stored (see streams.py).
+STORED_SUFFIXES = frozenset({
+    ".png", ".jpg", ".jpeg", ".gif", ".webp", ".avif", ".heic", ".gz", ".tgz", ".zst", ".zip",
+    ".bz2", ".xz", ".lz4", ".7z", ".npz", ".mp4", ".webm", ".mov", ".mp3", ".ogg", ".flac", ".pt",
+})
+ZSTD_MAX_WINDOW = 1 << 27  # a bundle asking for a larger window is refused (bounds memory)
+
+REASONS = {
+    "unknown_signer": "signed by a key that is not among the trusted node keys",
+    "bad_signature": "the signature does not match the bundle",
+    "not_for_this_identity": "not encrypted to this gateway's identity (or its recipient stanza was altered)",
+    "corrupt_header": "the age header is damaged",
+    "damaged_ciphertext": "the ciphertext is truncated or altered",
+    "bad_archive": "the decrypted stream is not a well-formed zstd/tar archive",
+    "manifest_mismatch": "the content does not match the manifest",
+    "bad_member": "a tar member that may not be extracted (.., absolute path, link, device, unexpected)",
+    "replay": "this content was imported before",
+}
+Progress = Callable[..., None]
+
+
+class SealError(Exception):
+    """Sealing could not finish (a file changed or vanished, a write failed)."""
+
+
+class Refused(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        assert reason in REASONS, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+def _no_progress(event: str, **info: Any) -> None:
+    pass
+
+
+# --- sealing -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PlannedMember:
+    member: mf.Member
+    path: Path
+    mtime: int
+    stat_key: tuple[int, int, int, int]  # dev, ino, size, mtime_ns at hashing time
+
+
+@dataclass(frozen=True)
+class SealPlan:
+    run_dir: Path
+    members: tuple[PlannedMember, ...]  # in tar order: compressible first, then stored
+    skipped: tuple[dict[str, str], ...]
+    log_name: str | None
+    log_size: int | None
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(p.member.size for p in self.members)
+
+
+def _walk(run_dir: Path) -> tuple[list[tuple[str, Path]], list[dict[str, str]]]:
+    """Regular files under ``run_dir`` (relative names), never following a symlink."""
+    files: list[tuple[str, Path]] = []
+    skipped: list[dict[str, str]] = []
+    stack = [(run_dir, "")]
+    while stack:
+        d, rel = stack.pop()
+        with os.scandir(d) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            name = f"{rel}{e.name}"
+            try:
+                e.name.encode("utf-8")
+            except UnicodeEncodeError:
+                skipped.append({"name": name.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
+                                "why": "name is not UTF-8"})
+                continue
+            if e.is_symlink():
+                skipped.append({"name": name, "why": "symlink (never followed)"})
+            elif e.is_dir(follow_symlinks=False):
+                stack.append((Path(e.path), f"{name}/"))
+            elif e.is_file(follow_symlinks=False):
+                files.append((name, Path(e.path)))
+            else:
+                skipped.append({"name": name, "why": "not a regular file"})
+    return files, skipped
+
+
+def _hash_file(path: Path, limit: int | None) -> tuple[int, str, int, tuple[int, int, int, int]]:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SealError(f"{path} is no longer a regular file")
+        size = st.st_size if limit is None else limit
+        if size > st.st_size:
+            raise SealError(f"{path} holds {st.st_size} bytes, fewer than the {limit} to seal")
+        h, left, buf = hashlib.sha256(), size, bytearray(CHUNK)
+        view = memoryview(buf)
+        while left:
+            n = f.readinto(view[:min(CHUNK, left)])
+            if not n:
+                raise SealError(f"{path} shrank while being hashed")
+            h.update(view[:n])
+            left -= n
+        return size, h.hexdigest(), int(st.st_mtime), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def plan_run(run_dir: Path, log_path: Path | None = None, byte_end: int | None = None,
+             workers: int = 2, progress: Progress = _no_progress) -> SealPlan:
+    """Pass one: list and hash every member. ``byte_end`` limits the `.wandb` log to its first
+    ``byte_end`` bytes (a live run keeps growing while it is sealed)."""
+    run_dir = Path(run_dir)
+    files, skipped = _walk(run_dir)
+    prefix = run_dir.name
+    log_rel = str(log_path.relative_to(run_dir)) if log_path else None
+
+    def one(item: tuple[str, Path]) -> PlannedMember:
+        rel, path = item
+        limit = byte_end if (rel == log_rel and byte_end is not None) else None
+        size, digest, mtime, key = _hash_file(path, limit)
+        progress("hashed", name=rel, size=size)
+        stored = path.suffix.lower() in STORED_SUFFIXES
+        return PlannedMember(mf.Member(f"{prefix}/{rel}", size, digest, stored), path, mtime, key)
+
+    # hashlib releases the GIL: two workers hash two files at once.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        planned = list(pool.map(one, files))
+    planned.sort(key=lambda p: (p.member.stored, p.member.name))  # one switch to stored frames
+    log_size = next((p.member.size for p in planned if log_rel and p.member.name == f"{prefix}/{log_rel}"), None)
+    return SealPlan(run_dir, tuple(planned), tuple(skipped), log_rel and f"{prefix}/{log_rel}", log_size)
+
+
+def _tar_header(name: str, size: int, mtime: int) -> bytes:
+    ti = tarfile.TarInfo(name)
+    ti.size, ti.mtime, ti.mode = size, mtime, 0o644
+    ti.uid = ti.gid = 0
+    ti.uname = ti.gname = ""  # no local user names leave the node
+    return ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def _pad(size: int) -> bytes:
+    return bytes(-size % tarfile.BLOCKSIZE)
+
+
+def _write_member(zw: ZstdMixedWriter, p: PlannedMember, progress: Progress) -> None:
+    m = p.member
+    zw.write(_tar_header(m.name, m.size, p.mtime), m.stored)
+    fd = os.open(p.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != p.stat_key[:2]:
+            raise SealError(f"{p.path} was replaced while sealing")
+        # Unchanged since hashing (same size and mtime): trust the hash. Otherwise (a live log
+        # that grew) hash again and compare, so the manifest never lies about a member.
+        recheck = (st.st_size, st.st_mtime_ns) != p.stat_key[2:]
+        h = hashlib.sha256() if recheck else None
+        left = m.size
+        while left:
+            block = f.read(min(CHUNK, left))
+            if not block:
+                raise SealError(f"{p.path} shrank while sealing")
+            if h:
+                h.update(block)
+            zw.write(block, m.stored)
+            left -= len(block)
+        if h and h.hexdigest() != m.sha256:
+            raise SealError(f"{p.path} changed while sealing")
+    zw.write(_pad(m.size), m.stored)
+    progress("packed", name=m.name, size=m.size)
+
+
+def write_tar_zst(plan: SealPlan, manifest_bytes: bytes, manifest_mtime: int, sink: Callable[[bytes], object],
+                  level: int = 3, progress: Progress = _no_progress) -> None:
+    """The plaintext of a bundle: tar (MANIFEST.json first) through zstd, into ``sink``."""
+    zw = ZstdMixedWriter(sink, level)
+    zw.compressed(_tar_header(mf.MANIFEST_NAME, len(manifest_bytes), manifest_mtime))
+    zw.compressed(manifest_bytes + _pad(len(manifest_bytes)))
+    for p in plan.members:
+        _write_member(zw, p, progress)
+    zw.compressed(bytes(2 * tarfile.BLOCKSIZE))  # end of archive
+    zw.close()
+
+
+class _PipeWriter:
+    """Whole writes to a pipe fd (os.write may write part)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __call__(self, data: bytes) -> None:
+        mv = memoryview(data)
+        while mv:
+            mv = mv[os.write(self.fd, mv):]
+
+
+def encrypt_stream(produce: Callable[[Callable[[bytes], object]], None], out: BinaryIO,
+                   recipients: Sequence[x25519.Recipient]) -> tuple[bytes, int]:
+    """Run ``produce(sink)`` in a thread and age-encrypt what it writes into ``out``.
+
+    Returns the BLAKE2b-512 and the length of the ciphertext (what the signature covers).
+    """
+    r, w = os.pipe()
+    try:
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, CHUNK)  # fewer wake-ups between the two stages
+    except OSError:
+        pass
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            produce(_PipeWriter(w))
+        except BaseException as exc:  # reported by the caller after join
+            errors.append(exc)
+        finally:
+            os.close(w)
+
+    t = threading.Thread(target=run, name="seal-producer", daemon=True)
+    t.start()
+    hw = HashingWriter(out, minisign.new_hash())
+    try:
+        with os.fdopen(r, "rb", buffering=CHUNK) as rf:
+            pyrage.encrypt_io(rf, hw, list(recipients))
+    except BrokenPipeError:
+        pass
+    except BaseException:
+        t.join()
+        raise
+    t.join()
+    if errors:
+        if isinstance(errors[0], BrokenPipeError):
+            raise SealError("the encryptor stopped early")
+        raise errors[0]
+    hw.flush()
+    return hw.hasher.digest(), hw.size
+
+
+def new_bundle_id() -> str:
+    return uuid.uuid4().hex
+
+
+# --- opening -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Verified:
+    signer: TrustedKey
+    signature: minisign.Signature
+    digest: bytes  # BLAKE2b-512 of the bundle as verified
+    size: int
+    facts: mf.SignedFacts | None
+
+
+def verify_signature(bundle: BinaryIO, sig_text: str | None, trusted: Sequence[TrustedKey]) -> Verified:
+    """Check the bundle's minisign signature against the trusted node keys."""
+    if sig_text is None:
+        raise Refused("bad_signature", "no .minisig file beside the bundle")
+    try:
+        sig = minisign.parse_signature(sig_text)
+    except minisign.MinisignError as exc:
+        raise Refused("bad_signature", str(exc)) from None
+    signer = next((t for t in trusted if t.key.key_id == sig.key_id), None)
+    if signer is None:
+        raise Refused("unknown_signer", f"key id {minisign.format_key_id(sig.key_id)} is not among the "
+                                        f"{len(trusted)} trusted node key(s)")
+    bundle.seek(0)
+    h = minisign.new_hash()
+    size = 0
+    while block := bundle.read(CHUNK):
+        h.update(block)
+        size += len(block)
+    digest = h.digest()
+    try:
+        minisign.verify_digest(signer.key, sig, digest)
+    except minisign.BadSignature as exc:
+        raise Refused("bad_signature", f"{exc} (key {signer.label})") from None
+    return Verified(signer, sig, digest, size, mf.SignedFacts.from_comment(sig.trusted_comment))
+
+
+def _decrypt_reason(exc: BaseException) -> Refused:
+    text = str(exc)
+    low = text.lower()
+    if "no matching keys" in low:
+        return Refused("not_for_this_identity", text)
+    if isinstance(exc, pyrage.DecryptError) or "header" in low or "age format" in low:
+        return Refused("corrupt_header", text.splitlines()[0] if text else type(exc).__name__)
+    return Refused("damaged_ciphertext", text or type(exc).__name__)
+
+
+def _kind(ti: tarfile.TarInfo) -> str:
+    if ti.issym():
+        return "symlink"
+    if ti.islnk():
+        return "hard link"
+    if ti.ischr() or ti.isblk():
+        return "device file"
+    if ti.isfifo():
+        return "fifo"
+    if ti.isdir():
+        return "directory"
+    return f"member of type {ti.type!r}"
+
+
+class Staging:
+    """A fresh private directory to extract into; files are created beneath it only.
+
+    Every path component is opened relative to its parent's fd with O_NOFOLLOW, and files with
+    O_EXCL, so even a name that slipped past the checks could not leave the directory.
+    """
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.root = root
+        self.path = root / f".tmp-{uuid.uuid4().hex}"
+        os.mkdir(self.path, 0o700)
+        self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+
+    def create(self, name: str) -> BinaryIO:
+        parts = name.split("/")
+        fd = os.dup(self._fd)
+        try:
+            for comp in parts[:-1]:
+                try:
+                    os.mkdir(comp, 0o700, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                nfd = os.open(comp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+            ffd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          0o600, dir_fd=fd)
+        finally:
+            os.close(fd)
+        return os.fdopen(ffd, "wb")
+
+    def commit(self, final_name: str) -> Path:
+        """Make the extraction durable, then give it its final name in one rename."""
+        for dirpath, _dirs, _files in os.walk(self.path):
+            dfd = os.open(dirpath, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        final = self.root / final_name
+        os.rename(self.path, final)  # fails if final exists: never merges two imports
+        rfd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(rfd)
+        finally:
+            os.close(rfd)
+        self.close()
+        return final
+
+    def discard(self) -> None:
+        self.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def clean_staging_leftovers(root: Path) -> None:
+    """Temporary extraction directories left by a crash are never valid: remove them."""
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(".tmp-"):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+@dataclass
+class Opened:
+    verified: Verified
+    manifest: dict[str, Any]
+    members: list[dict[str, Any]] = field(default_factory=list)
+    staged: Path | None = None
+
+
+def _read_archive(stream: BinaryIO, verified: Verified, staging: Staging | None,
+                  on_manifest: Callable[[dict[str, Any]], None], progress: Progress) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Walk the decrypted, decompressed tar; check (and extract) every member."""
+    tf = tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK)
+    first = tf.next()
+    if first is None or first.name != mf.MANIFEST_NAME or not first.isreg():
+        raise Refused("manifest_mismatch", "the first member is not MANIFEST.json")
+    if first.size > mf.MANIFEST_MAX:
+        raise Refused("manifest_mismatch", f"MANIFEST.json is {first.size} bytes, more than allowed")
+    raw = tf.extractfile(first).read()  # type: ignore[union-attr]
+    try:
+        manifest = mf.parse(raw)
+    except mf.ManifestError as exc:
+        raise Refused("manifest_mismatch", str(exc)) from None
+    facts = verified.facts
+    if facts is None or facts.bundle_id != manifest["bundle_id"] or facts.content_id != manifest["content_id"]:
+        raise Refused("manifest_mismatch", "the signed trusted comment does not name this manifest's bundle")
+    on_manifest(manifest)
+    expected = {e["name"]: e for e in manifest["members"]}
+    seen: list[dict[str, Any]] = []
+    done: set[str] = set()
+    while (ti := tf.next()) is not None:
+        if not ti.isreg():
+            raise Refused("bad_member", f"{ti.name!r} is a {_kind(ti)}")
+        why = mf.check_member_name(ti.name)
+        if why:
+            raise Refused("bad_member", f"{ti.name!r}: {why}")
+        e = expected.get(ti.name)
+        if e is None:
+            raise Refused("bad_member", f"{ti.name!r} is not in the manifest")
+        if ti.name in done:
+            raise Refused("bad_member", f"{ti.name!r} appears twice")
+        done.add(ti.name)
+        if ti.size != e["size"]:
+            raise Refused("manifest_mismatch", f"{ti.name}: {ti.size} bytes, manifest says {e['size']}")
+        src = tf.extractfile(ti)
+        assert src is not None
+        h = hashlib.sha256()
+        out = staging.create(ti.name) if staging else None
+        try:
+            while block := src.read(CHUNK):
+                h.update(block)
+                if out:
+                    out.write(block)
+            if out:
+                out.flush()
+                os.fsync(out.fileno())
+        finally:
+            if out:
+                out.close()
+        if h.hexdigest() != e["sha256"]:
+            raise Refused("manifest_mismatch", f"{ti.name}: SHA-256 differs from the manifest")
+        seen.append({"name": ti.name, "size": ti.size, "sha256": e["sha256"]})
+        progress("member", name=ti.name, size=ti.size)
+    missing = [n for n in expected if n not in done]
+    if missing:
+        raise Refused("manifest_mismatch", f"{len(missing)} member(s) in the manifest are missing, e.g. {missing[0]!r}")
+    # Read to the very end: only then has age authenticated the last chunk.
+    while block := stream.read(CHUNK):
+        if block.count(0) != len(block):
+            raise Refused("bad_archive", "data after the end of the tar archive")
+    return manifest, seen
+
+
+def open_bundle(bundle_path: Path, keys: OpenKeys, *, sig_text: str | None = None,
+                staging_root: Path | None = None,
+                on_manifest: Callable[[dict[str, Any]], None] = lambda m: None,
+                progress: Progress = _no_progress) -> Opened:
+    """Verify, decrypt and check a bundle; with ``staging_root``, extract it there as
+    ``<staging_root>/<bundle_id>/``. Raises ``Refused``; a refusal leaves nothing staged."""
+    if sig_text is None:
+        sig_path = Path(f"{bundle_path}.minisig")
+        sig_text = sig_path.read_text(errors="replace") if sig_path.is_file() else None
+    fd = os.open(bundle_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Refused("bad_signature", f"{bundle_path} is not a regular file")
+        verified = verify_signature(f, sig_text, keys.trusted)
+        if not keys.identities:
+            raise Refused("not_for_this_identity", "no age identity at hand to decrypt with")
+        f.seek(0)
+        staging = Staging(staging_root) if staging_root is not None else None
+        try:
+            manifest, members = _decrypt_and_read(f, verified, keys.identities, staging, on_manifest, progress)
+            staged = staging.commit(manifest["bundle_id"]) if staging else None
+        except BaseException:
+            if staging:
+                staging.discard()
+            raise
+    return Opened(verified, manifest, members, staged)
+
+
+def _decrypt_and_read(f: BinaryIO, verified: Verified, identities: Sequence[x25519.Identity],
+                      staging: Staging | None, on_manifest: Callable[[dict[str, Any]], None],
+                      progress: Progress) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    src = HashingReader(f, minisign.new_hash())
+    r, w = os.pipe()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            pyrage.decrypt_io(src, _PipeFile(w), list(identities))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            os.close(w)
+
+    t = threading.Thread(target=run, name="open-decrypt", daemon=True)
+    t.start()
+    main_error: BaseException | None = None
+    result = None
+    rf = os.fdopen(r, "rb", buffering=CHUNK)
+    try:
+        dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
+        with dctx.stream_reader(rf, read_size=CHUNK, read_across_frames=True, closefd=False) as zr:
+            result = _read_archive(zr, verified, staging, on_manifest, progress)  # type: ignore[arg-type]
+    except BaseException as exc:
+        main_error = exc
+    finally:
+        rf.close()  # the decrypting thread, if still writing, now gets EPIPE and stops
+        t.join()
+    dec_error = next((e for e in errors if not isinstance(e, BrokenPipeError)), None)
+    if dec_error is not None:
+        if isinstance(main_error, Refused) and main_error.reason == "replay":
+            raise main_error
+        raise _decrypt_reason(dec_error)
+    if main_error is not None:
+        if isinstance(main_error, Refused):
+            raise main_error
+        if isinstance(main_error, (tarfile.TarError, zstandard.ZstdError, EOFError)):
+            raise Refused("bad_archive", str(main_error) or type(main_error).__name__)
+        raise main_error
+    if src.hasher.digest() != verified.digest or src.size != verified.size:
+        raise Refused("bad_signature", "the bundle changed between checking its signature and decrypting it")
+    assert result is not None
+    return result
+
+
+class _PipeFile:
+    """A writable for pyrage: whole writes to a pipe fd."""
+
+    def __init__(self, fd: int) -> None:
+        self._w = _PipeWriter(fd)
+
+    def write(self, data: bytes) -> int:
+        self._w(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def iter_bundles(directory: Path) -> Iterable[Path]:
+    return sorted(p for p in directory.glob("*.tar.zst.age") if p.is_file() and not p.name.startswith("."))

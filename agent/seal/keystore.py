@@ -1,0 +1,162 @@
+"""Reading and writing key files: the I/O edge around ``minisign`` and ``agekeys``.
+
+Private files are created 0600 with O_EXCL (never overwritten by accident) and fsynced; a
+private file that others may read is refused. Nothing here prints or logs key material.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from pyrage import x25519
+
+from . import agekeys, minisign
+from .keyconfig import KeysConfig
+
+
+class KeyFileError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    name: str  # the .pub file's stem: which node this is
+    path: Path
+    key: minisign.PublicKey
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.key.key_id_hex})"
+
+
+@dataclass(frozen=True)
+class SealKeys:
+    """What sealing needs: our signing key and who may open the bundles."""
+    signer: minisign.SecretKey
+    recipients: tuple[x25519.Recipient, ...]
+
+    def __repr__(self) -> str:
+        return f"SealKeys(signer={self.signer!r}, recipients={len(self.recipients)})"
+
+
+@dataclass(frozen=True)
+class OpenKeys:
+    """What opening needs: whose signatures we accept and our age identities."""
+    trusted: tuple[TrustedKey, ...]
+    identities: tuple[x25519.Identity, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"OpenKeys(trusted={[t.label for t in self.trusted]}, identities={len(self.identities)})"
+
+
+def write_file(path: Path, text: str, mode: int, overwrite: bool = False) -> None:
+    """Write ``text`` durably with ``mode`` set at creation (no window with looser bits)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    target = tmp if overwrite else path
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(target, flags, mode)
+    except FileExistsError:
+        raise KeyFileError(f"{path} already exists; refusing to overwrite a key (use --force)") from None
+    try:
+        os.fchmod(fd, mode)  # the umask may have removed bits we want; never adds any
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if overwrite:
+        os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def read_private(path: Path, what: str) -> str:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise KeyFileError(f"{what} {path} does not exist (tfwb-agent keys init creates it)") from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot read {what} {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"{what} {path} is not a regular file")
+        if st.st_mode & 0o007:
+            raise KeyFileError(f"{what} {path} is readable by others (mode {stat.S_IMODE(st.st_mode):o}); "
+                               f"run: chmod 600 {path}")
+        try:
+            return f.read().decode()
+        except UnicodeDecodeError:
+            raise KeyFileError(f"{what} {path} is not a text key file") from None
+
+
+def _read_public(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def load_node_key(path: Path) -> minisign.SecretKey:
+    try:
+        return minisign.parse_secret_key(read_private(path, "node key"))
+    except minisign.MinisignError as exc:
+        raise KeyFileError(f"{path}: {exc}") from None
+
+
+def load_public_key(path: Path) -> minisign.PublicKey:
+    try:
+        return minisign.parse_public_key(_read_public(path))
+    except minisign.MinisignError as exc:
+        raise KeyFileError(f"{path}: {exc}") from None
+
+
+def load_identities(path: Path) -> list[x25519.Identity]:
+    try:
+        return agekeys.parse_identities(read_private(path, "age identity"), str(path))
+    except agekeys.AgeKeyError as exc:
+        raise KeyFileError(str(exc)) from None
+
+
+def load_trusted(patterns: Sequence[str]) -> list[TrustedKey]:
+    """Every public key matching the ``trusted_nodes`` globs, in a stable order."""
+    out: list[TrustedKey] = []
+    seen: set[Path] = set()
+    for pattern in patterns:
+        for p in sorted(glob.glob(pattern)):
+            path = Path(p)
+            if path in seen or not path.is_file():
+                continue
+            seen.add(path)
+            name = path.name[:-4] if path.name.endswith(".pub") else path.name
+            if name.endswith(".key"):
+                name = name[:-4]  # node.key.pub -> node
+            out.append(TrustedKey(name, path, load_public_key(path)))
+    return out
+
+
+def seal_keys(kc: KeysConfig) -> SealKeys:
+    if kc.node_key is None:
+        raise KeyFileError("no keys.node_key in the config: this node cannot sign bundles")
+    if not kc.recipients:
+        raise KeyFileError("no keys.recipients in the config: nobody could open the bundles")
+    recipients = tuple(agekeys.parse_recipient(r) for r in kc.recipients)
+    return SealKeys(load_node_key(kc.node_key), recipients)
+
+
+def open_keys(kc: KeysConfig, need_identity: bool = True) -> OpenKeys:
+    trusted = load_trusted(kc.trusted_nodes)
+    identities: list[x25519.Identity] = []
+    if kc.identity is not None and (need_identity or kc.identity.exists()):
+        identities = load_identities(kc.identity)
+    elif need_identity:
+        raise KeyFileError("no keys.identity in the config: this host cannot open bundles")
+    return OpenKeys(tuple(trusted), tuple(identities))

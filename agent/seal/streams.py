@@ -1,0 +1,121 @@
+"""Small stream pieces for sealing: zstd that stores already-compressed data, hashing writers.
+
+A zstd stream may be any sequence of frames, and ``zstd -d`` decodes them one after another.
+Compressible data goes into ordinary level-3 frames. Data that is already compressed (PNG,
+JPEG, gzip, ...) goes into *raw* frames: a frame whose blocks are stored as they are (zstd
+format, RFC 8878 sections 3.1.1, 3.1.1.2). Storing costs one copy instead of a futile search
+for matches, which is where most of zstd's time goes on incompressible input.
+"""
+from __future__ import annotations
+
+import hashlib
+import struct
+from typing import BinaryIO, Callable
+
+import zstandard
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_BLOCK_MAX = 128 * 1024           # the largest block any zstd frame may hold
+RAW_FRAME_MAX = 1 << 20            # content per raw frame: keeps the decoder's window small
+# Frame header descriptor: content size in 4 bytes (flag 2), single segment (window = content
+# size), no checksum (age authenticates every byte), no dictionary.
+_FHD_RAW = 0b1010_0000
+
+
+def raw_frame(data: bytes | memoryview) -> bytes:
+    """One zstd frame holding ``data`` in raw (stored) blocks. ``len(data) <= RAW_FRAME_MAX``."""
+    n = len(data)
+    assert 0 < n <= RAW_FRAME_MAX
+    parts = [ZSTD_MAGIC, bytes([_FHD_RAW]), struct.pack("<I", n)]
+    mv = memoryview(data)
+    for off in range(0, n, _BLOCK_MAX):
+        block = mv[off:off + _BLOCK_MAX]
+        last = 1 if off + _BLOCK_MAX >= n else 0
+        # Block header, 3 bytes little-endian: size << 3 | type (0 = raw) << 1 | last.
+        parts.append((len(block) << 3 | last).to_bytes(3, "little"))
+        parts.append(block)  # type: ignore[arg-type]
+    return b"".join(parts)
+
+
+class ZstdMixedWriter:
+    """Write through zstd, choosing per call whether to compress (level ``level``) or store.
+
+    Consecutive compressed writes share one frame; switching to stored ends that frame.
+    """
+
+    def __init__(self, sink: Callable[[bytes], object], level: int = 3) -> None:
+        self._sink = sink
+        self._cctx = zstandard.ZstdCompressor(level=level)
+        self._cobj: zstandard.ZstdCompressionObj | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def _emit(self, data: bytes) -> None:
+        if data:
+            self._sink(data)
+            self.bytes_out += len(data)
+
+    def compressed(self, data: bytes | memoryview) -> None:
+        if not len(data):
+            return
+        if self._cobj is None:
+            self._cobj = self._cctx.compressobj()
+        self.bytes_in += len(data)
+        self._emit(self._cobj.compress(data))
+
+    def stored(self, data: bytes | memoryview) -> None:
+        if not len(data):
+            return
+        self._end_frame()
+        self.bytes_in += len(data)
+        mv = memoryview(data)
+        for off in range(0, len(mv), RAW_FRAME_MAX):
+            self._emit(raw_frame(mv[off:off + RAW_FRAME_MAX]))
+
+    def write(self, data: bytes | memoryview, store: bool = False) -> None:
+        (self.stored if store else self.compressed)(data)
+
+    def _end_frame(self) -> None:
+        if self._cobj is not None:
+            self._emit(self._cobj.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))
+            self._cobj = None
+
+    def close(self) -> None:
+        self._end_frame()
+
+
+class HashingWriter:
+    """Pass writes on to ``out`` and keep a running hash of them (for the signature)."""
+
+    def __init__(self, out: BinaryIO, hasher: "hashlib._Hash") -> None:
+        self.out, self.hasher, self.size = out, hasher, 0
+
+    def write(self, data: bytes) -> int:
+        self.hasher.update(data)
+        self.out.write(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+class HashingReader:
+    """Read from ``src`` and hash what was read: proves the bytes decrypted are the bytes whose
+    signature was checked, even if the file changed on its medium in between."""
+
+    def __init__(self, src: BinaryIO, hasher: "hashlib._Hash") -> None:
+        self.src, self.hasher, self.size = src, hasher, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.src.read(n)
+        self.hasher.update(data)
+        self.size += len(data)
+        return data
+
+    def readinto(self, b: bytearray | memoryview) -> int:
+        n = self.src.readinto(b)  # type: ignore[attr-defined]
+        if n:
+            self.hasher.update(memoryview(b)[:n])
+            self.size += n
+        return n or 0
