@@ -65,6 +65,7 @@ class Refused(Exception):
         assert reason in REASONS, reason
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail = reason, detail
+        self.verified: "Verified | None" = None  # set once the signature was checked
 
 
 def _no_progress(event: str, **info: Any) -> None:
@@ -490,13 +491,19 @@ def open_bundle(bundle_path: Path, keys: OpenKeys, *, sig_text: str | None = Non
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise Refused("bad_signature", f"{bundle_path} is not a regular file")
         verified = verify_signature(f, sig_text, keys.trusted)
-        if not keys.identities:
-            raise Refused("not_for_this_identity", "no age identity at hand to decrypt with")
-        f.seek(0)
-        staging = Staging(staging_root) if staging_root is not None else None
+        staging = None
         try:
+            if not keys.identities:
+                raise Refused("not_for_this_identity", "no age identity at hand to decrypt with")
+            f.seek(0)
+            staging = Staging(staging_root) if staging_root is not None else None
             manifest, members = _decrypt_and_read(f, verified, keys.identities, staging, on_manifest, progress)
             staged = staging.commit(manifest["bundle_id"]) if staging else None
+        except Refused as exc:
+            exc.verified = verified  # who signed it and what the signature says it holds
+            if staging:
+                staging.discard()
+            raise
         except BaseException:
             if staging:
                 staging.discard()

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from .. import __version__
+from .. import audit
 from ..config import Config
 from ..ledger import Ledger
 from . import bundle as bd
@@ -69,6 +70,11 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def audit_event(cfg: Config, event: dict[str, Any]) -> None:
+    """Record a transition in the hash-chained audit log (after the ledger has it)."""
+    audit.append(cfg.state_dir / "audit.log", event)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -186,6 +192,10 @@ def seal_run(cfg: Config, keys: SealKeys, ledger: Ledger, run_dir: Path, run: mf
             sealed = SealedBundle(bundle_id, cid, run.run_id, seg.number, seg.byte_start, byte_end,
                                   final, size, reused)
             _record(ledger, sealed, run_key, on_sealed)
+            audit_event(cfg, {"kind": "sealed", "bundle": name, "bundle_id": bundle_id, "content_id": cid,
+                              "run_id": run.run_id, "segment": seg.number, "byte_range": [seg.byte_start, byte_end],
+                              "size": size, "reused": reused, "node": cfg.node_name,
+                              "redaction": manifest["redaction"]})
             progress("recorded", bundle_id=bundle_id, reused=reused)
             return sealed
 

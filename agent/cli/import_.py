@@ -1,0 +1,42 @@
+"""`tfwb-agent import DIR`: on the gateway, verify, decrypt, check and stage carried bundles."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..seal import REASONS, keys_config, keystore
+from ..seal.carry import import_dir
+from .common import Context, echo_json, pass_ctx
+
+
+@click.command("import")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per bundle.")
+@pass_ctx
+def command(ctx: Context, directory: Path, as_json: bool) -> None:
+    """Import every bundle in DIRECTORY: signature against keys.trusted_nodes, decryption with
+    keys.identity, every hash against the manifest; extract into <state_dir>/staging/<bundle_id>/
+    and queue for delivery. A refused bundle is copied into <state_dir>/quarantine/ with its
+    reason. Exits 1 if any bundle was refused."""
+    try:
+        keys = keystore.open_keys(keys_config(ctx.config))
+    except keystore.KeyFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not keys.trusted:
+        raise click.ClickException("keys.trusted_nodes matches no public key file: every bundle would be refused")
+    outcomes = import_dir(ctx.config, keys, ctx.ledger(), directory)
+    if as_json:
+        echo_json([o.as_dict() for o in outcomes])
+    else:
+        for o in outcomes:
+            if o.status == "imported":
+                click.echo(f"imported {o.name}: run {o.run_id} segment {o.segment}, signed by {o.signer}, "
+                           f"staged in {o.staged}")
+            else:
+                click.echo(f"refused  {o.name}: {o.reason} ({REASONS[o.reason or 'bad_signature']}): {o.detail}; "
+                           f"quarantined in {o.quarantined}")
+        if not outcomes:
+            click.echo(f"no bundles (*.tar.zst.age) in {directory}", err=True)
+    if any(o.status != "imported" for o in outcomes):
+        raise SystemExit(1)

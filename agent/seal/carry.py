@@ -1,0 +1,286 @@
+"""Carrying bundles across the gap: ``export_to`` removable media, ``import_dir`` on the gateway.
+
+Export is all or nothing: every bundle and signature is copied under a temporary name,
+fsynced, dropped from the page cache and read back from the medium, its signature checked
+against this node's key; only when every copy is good are they renamed into place, the index
+written, and the bundles marked ``exported`` in one transaction. Any failure (a full medium
+included) removes everything this export wrote and marks nothing.
+
+Import takes every ``*.tar.zst.age`` in a directory: verify, decrypt, check, extract into
+``<state_dir>/staging/<bundle_id>/``, record it in ``imports`` and ``bundles`` (state
+``imported``: the queue delivery takes from). A refused bundle is copied, with its signature
+and a ``.reason.json``, into ``<state_dir>/quarantine/`` and nothing of it stays in staging.
+The medium itself is never modified.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..ledger import Ledger
+from . import bundle as bd
+from . import minisign
+from .keystore import OpenKeys
+from .outbox import SIG_SUFFIX, audit_event, fsync_dir
+
+INDEX_NAME = "tfwb-index.json"
+TMP_PREFIX = ".tfwb-tmp-"
+
+
+class ExportError(Exception):
+    pass
+
+
+@dataclass
+class ExportReport:
+    target: str
+    exported: list[dict[str, Any]] = field(default_factory=list)
+    index: str | None = None
+
+
+def _copy_file(src: Path, dst: Path) -> None:
+    """Copy with fsync; the destination is created exclusively (never clobbers)."""
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
+        shutil.copyfileobj(fin, fout, bd.CHUNK)
+        fout.flush()
+        os.fsync(fout.fileno())
+
+
+def _reread_digest(path: Path) -> bytes:
+    """BLAKE2b-512 of what the medium holds, not of what the page cache remembers."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return minisign.hash_file(f)
+    finally:
+        os.close(fd)
+
+
+def _free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _read_index(dest: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((dest / INDEX_NAME).read_text())
+        if isinstance(data, dict) and isinstance(data.get("bundles"), list):
+            return data
+    except (OSError, ValueError):
+        pass
+    return {"format": "tfwb-export-index", "format_version": 1, "bundles": []}
+
+
+def export_to(cfg: Config, ledger: Ledger, dest: Path, node_pub: minisign.PublicKey) -> ExportReport:
+    """Copy every sealed, not yet exported bundle (and its signature) to ``dest``."""
+    dest = Path(dest)
+    if not dest.is_dir():
+        raise ExportError(f"{dest} is not a directory (is the medium mounted?)")
+    rows = [dict(r) for r in ledger.db.execute(
+        "SELECT * FROM bundles WHERE state = 'sealed' ORDER BY created, bundle_id")]
+    report = ExportReport(str(dest))
+    if not rows:
+        return report
+    for r in rows:
+        if not Path(r["path"]).is_file() or not Path(r["path"] + SIG_SUFFIX).is_file():
+            raise ExportError(f"bundle {r['name']} is recorded as sealed but its file or signature is missing "
+                              f"from {Path(r['path']).parent}; nothing was exported")
+    need = sum(Path(r["path"]).stat().st_size + Path(r["path"] + SIG_SUFFIX).stat().st_size for r in rows)
+    need_total = need + 4096 * (2 * len(rows) + 2)  # room for the index and directory entries
+    free = _free_bytes(dest)
+    if need_total > free:
+        raise ExportError(f"not enough space on {dest}: {len(rows)} bundle(s) need {need_total} bytes, "
+                          f"{free} are free; nothing was exported")
+
+    written: list[Path] = []  # everything this export created, removed again on failure
+    try:
+        staged = []
+        for r in rows:
+            src = Path(r["path"])
+            tmp_b = dest / f"{TMP_PREFIX}{r['name']}"
+            tmp_s = dest / f"{TMP_PREFIX}{r['name']}{SIG_SUFFIX}"
+            for p in (tmp_b, tmp_s):
+                p.unlink(missing_ok=True)  # our own leftover from an interrupted export
+            written += [tmp_b, tmp_s]
+            _copy_file(src, tmp_b)
+            _copy_file(Path(f"{src}{SIG_SUFFIX}"), tmp_s)
+            digest = _reread_digest(tmp_b)
+            try:
+                sig = minisign.parse_signature(tmp_s.read_text())
+                minisign.verify_digest(node_pub, sig, digest)
+            except (minisign.MinisignError, UnicodeDecodeError) as exc:
+                raise ExportError(f"the copy of {r['name']} on {dest} does not verify ({exc}); "
+                                  "the medium may be failing; nothing was exported") from None
+            staged.append((r, tmp_b, tmp_s, digest))
+        fsync_dir(dest)
+        index = _read_index(dest)
+        entries = {e.get("name"): e for e in index["bundles"] if isinstance(e, dict)}
+        for r, tmp_b, tmp_s, digest in staged:
+            final_b, final_s = dest / r["name"], dest / f"{r['name']}{SIG_SUFFIX}"
+            os.rename(tmp_s, final_s)  # signature first: a bundle name never stands alone
+            written.append(final_s)
+            os.rename(tmp_b, final_b)
+            written.append(final_b)
+            entry = {"name": r["name"], "bundle_id": r["bundle_id"], "content_id": r["content_id"],
+                     "run_id": r["run_id"], "segment": r["segment"], "byte_start": r["byte_start"],
+                     "byte_end": r["byte_end"], "size": final_b.stat().st_size,
+                     "blake2b512": digest.hex(), "node": cfg.node_name, "node_key_id": node_pub.key_id_hex}
+            entries[r["name"]] = entry
+            report.exported.append(entry)
+        index["bundles"] = sorted(entries.values(), key=lambda e: str(e.get("name")))
+        index["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        tmp_i = dest / f"{TMP_PREFIX}{INDEX_NAME}"
+        tmp_i.unlink(missing_ok=True)
+        written.append(tmp_i)
+        fd = os.open(tmp_i, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "w") as f:
+            json.dump(index, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_i, dest / INDEX_NAME)
+        fsync_dir(dest)
+        report.index = str(dest / INDEX_NAME)
+    except (OSError, ExportError) as exc:
+        for p in written:
+            try:
+                p.unlink()
+            except OSError:
+                pass
+        if isinstance(exc, ExportError):
+            raise
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise ExportError(f"{dest} ran out of space while copying ({exc.strerror}); the partial copies "
+                              "were removed and nothing was marked exported") from None
+        raise ExportError(f"cannot write to {dest}: {exc.strerror or exc}; the partial copies were removed "
+                          "and nothing was marked exported") from None
+    now = time.time()
+    with ledger.tx() as db:
+        for r in rows:
+            db.execute("UPDATE bundles SET state = 'exported', exported_at = ? WHERE bundle_id = ? AND state = 'sealed'",
+                       (now, r["bundle_id"]))
+    for e in report.exported:
+        audit_event(cfg, {"kind": "exported", "to": str(dest), **{k: e[k] for k in (
+            "name", "bundle_id", "content_id", "run_id", "segment", "size", "blake2b512")}})
+    return report
+
+
+@dataclass
+class ImportOutcome:
+    name: str
+    status: str  # imported | refused
+    reason: str | None = None
+    detail: str | None = None
+    signer: str | None = None
+    bundle_id: str | None = None
+    run_id: str | None = None
+    segment: int | None = None
+    content_id: str | None = None
+    staged: str | None = None
+    quarantined: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def staging_root(cfg: Config) -> Path:
+    return cfg.state_dir / "staging"
+
+
+def quarantine_root(cfg: Config) -> Path:
+    return cfg.state_dir / "quarantine"
+
+
+def import_dir(cfg: Config, keys: OpenKeys, ledger: Ledger, directory: Path) -> list[ImportOutcome]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} is not a directory")
+    root = staging_root(cfg)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    bd.clean_staging_leftovers(root)
+    return [import_one(cfg, keys, ledger, path) for path in bd.iter_bundles(directory)]
+
+
+def import_one(cfg: Config, keys: OpenKeys, ledger: Ledger, path: Path) -> ImportOutcome:
+    root = staging_root(cfg)
+
+    def on_manifest(m: dict[str, Any]) -> None:
+        row = ledger.db.execute("SELECT bundle_id, imported_at FROM imports WHERE content_id = ?",
+                                (m["content_id"],)).fetchone()
+        if row is not None:
+            when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(row["imported_at"]))
+            raise bd.Refused("replay", f"content {m['content_id']} was imported on {when} as bundle {row['bundle_id']}")
+        leftover = root / m["bundle_id"]
+        if leftover.exists():  # extracted before a crash, never recorded: start again
+            shutil.rmtree(leftover)
+
+    try:
+        opened = bd.open_bundle(path, keys, staging_root=root, on_manifest=on_manifest)
+    except bd.Refused as exc:
+        return _quarantine(cfg, ledger, path, exc)
+    m, signer = opened.manifest, opened.verified.signer
+    seg = m["segment"]
+    assert opened.staged is not None
+    with ledger.tx() as db:
+        now = time.time()
+        db.execute("INSERT INTO imports (content_id, bundle_id, run_id, segment, signer, staging, imported_at) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   (m["content_id"], m["bundle_id"], m["run"]["run_id"], seg["number"], signer.label,
+                    str(opened.staged), now))
+        db.execute("INSERT OR REPLACE INTO bundles (bundle_id, run_key, run_id, segment, name, path, content_id, "
+                   "byte_start, byte_end, state, created) VALUES (?, NULL, ?, ?, ?, ?, ?, ?, ?, 'imported', ?)",
+                   (m["bundle_id"], m["run"]["run_id"], seg["number"], path.name, str(opened.staged),
+                    m["content_id"], seg.get("byte_start"), seg.get("byte_end"), now))
+    audit_event(cfg, {"kind": "imported", "bundle": path.name, "from": str(path.parent), "bundle_id": m["bundle_id"],
+                      "content_id": m["content_id"], "run_id": m["run"]["run_id"], "segment": seg["number"],
+                      "signer": signer.label, "source_node": m.get("source_node"), "redaction": m.get("redaction")})
+    return ImportOutcome(path.name, "imported", signer=signer.label, bundle_id=m["bundle_id"],
+                         run_id=m["run"]["run_id"], segment=seg["number"], content_id=m["content_id"],
+                         staged=str(opened.staged))
+
+
+def _quarantine(cfg: Config, ledger: Ledger, path: Path, exc: bd.Refused) -> ImportOutcome:
+    qroot = quarantine_root(cfg)
+    qroot.mkdir(parents=True, exist_ok=True, mode=0o700)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    qdir = qroot / f"{stamp}-{path.name}"
+    n = 1
+    while qdir.exists():
+        n += 1
+        qdir = qroot / f"{stamp}-{n}-{path.name}"
+    qdir.mkdir(mode=0o700)
+    for src in (path, Path(f"{path}{SIG_SUFFIX}")):
+        if src.is_file() and not src.is_symlink():
+            shutil.copyfile(src, qdir / src.name)
+    v = exc.verified
+    facts = v.facts if v else None
+    info = {"bundle": path.name, "source": str(path), "reason": exc.reason, "meaning": bd.REASONS[exc.reason],
+            "detail": exc.detail, "signer": v.signer.label if v else None,
+            "signed_facts": asdict(facts) if facts else None, "quarantined_at": stamp}
+    (qdir / "reason.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+    bundle_id = facts.bundle_id if facts else f"unverified-{path.name}"
+    with ledger.tx() as db:
+        db.execute("INSERT OR IGNORE INTO bundles (bundle_id, run_key, run_id, segment, name, path, content_id, "
+                   "state, created, reason) VALUES (?, NULL, ?, ?, ?, ?, ?, 'quarantined', ?, ?)",
+                   (bundle_id, facts.run_id if facts else "", facts.segment if facts else -1, path.name,
+                    str(qdir), facts.content_id if facts else "", time.time(), f"{exc.reason}: {exc.detail}"))
+    audit_event(cfg, {"kind": "quarantined", "bundle": path.name, "from": str(path.parent), "reason": exc.reason,
+                      "detail": exc.detail, "signer": info["signer"], "signed_facts": info["signed_facts"]})
+    return ImportOutcome(path.name, "refused", reason=exc.reason, detail=exc.detail,
+                         signer=v.signer.label if v else None, bundle_id=facts.bundle_id if facts else None,
+                         run_id=facts.run_id if facts else None, quarantined=str(qdir))
+
+
+def imported_bundles(ledger: Ledger) -> list[dict[str, Any]]:
+    """The delivery queue on a gateway: imported bundles, oldest first (``path`` is the staged
+    directory; the run directory inside it is ``<path>/<run_dir>``)."""
+    return [dict(r) for r in ledger.db.execute(
+        "SELECT * FROM bundles WHERE state = 'imported' ORDER BY created, bundle_id")]
