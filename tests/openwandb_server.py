@@ -1,0 +1,136 @@
+"""A real W&B-compatible server for tests: OpenWandb, started on a free port.
+
+    server = start_openwandb(tmp_path)
+    try:
+        ... WANDB_BASE_URL=server.url WANDB_API_KEY=server.api_key wandb sync ...
+        rows = server.query("SELECT ... FROM metrics WHERE run_id = ?", (run_id,))
+    finally:
+        server.stop()
+
+Readiness is observed, never assumed: the key is read from the server's own start-up output,
+and the helper polls the HTTP port until it answers. OpenWandb is test-only (its licence is
+non-commercial); nothing in the agent imports this.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import sqlite3
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENTITY = "admin"  # OpenWandb's default user; runs synced with this key land under it
+_KEY_RX = re.compile(r"WANDB_API_KEY=(\S+)")
+
+
+@dataclass
+class Server:
+    url: str
+    api_key: str
+    db_path: Path
+    data_dir: Path
+    log_path: Path
+    process: subprocess.Popen = field(repr=False)
+    entity: str = ENTITY
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 10 s). Safe to call twice."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Read what arrived from the server's SQLite database (tables runs, metrics, files)."""
+        con = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
+        try:
+            return con.execute(sql, params).fetchall()
+        finally:
+            con.close()
+
+    def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        req = urllib.request.Request(
+            f"{self.url}/graphql", data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+            headers={"Content-Type": "application/json",
+                     "Authorization": "Basic " + _basic("api", self.api_key)})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def sync_env(self) -> dict[str, str]:
+        """Environment for a `wandb sync` subprocess aimed at this server."""
+        env = dict(os.environ)
+        env.update(WANDB_BASE_URL=self.url, WANDB_API_KEY=self.api_key, WANDB_SILENT="true")
+        env.pop("WANDB_MODE", None)
+        return env
+
+
+def _basic(user: str, password: str) -> str:
+    import base64
+    return base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/", timeout=2) as resp:
+            return resp.status < 500
+    except urllib.error.HTTPError as exc:
+        return exc.code < 500
+    except (urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout):
+        return False
+
+
+def start_openwandb(tmp_path: Path, timeout: float = 60.0) -> Server:
+    """Start ``openwandb serve`` with its data under ``tmp_path``; return once it answers."""
+    exe = shutil.which("openwandb")
+    if exe is None:
+        raise RuntimeError("openwandb is not installed (pip install -e '.[test]')")
+    last_error = ""
+    for _attempt in range(3):  # a free port can be taken between choosing and binding it
+        port = _free_port()
+        data_dir = Path(tmp_path) / f"openwandb-{port}"
+        data_dir.mkdir(parents=True)
+        log_path = data_dir.parent / f"openwandb-{port}.log"
+        log = open(log_path, "wb")
+        proc = subprocess.Popen([exe, "serve", "--host", "127.0.0.1", "--port", str(port),
+                                 "--data-dir", str(data_dir), "--log-level", "warning"],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout
+        key = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            if key is None:
+                m = _KEY_RX.search(log_path.read_text(errors="replace"))
+                key = m.group(1) if m else None
+            if key is not None and _answers(url):
+                return Server(url, key, data_dir / "openwandb.db", data_dir, log_path, proc)
+            time.sleep(0.1)  # polling interval between observations, not a wait for readiness
+        last_error = log_path.read_text(errors="replace")[-2000:]
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=10)
+            raise RuntimeError(f"openwandb did not answer on {url} within {timeout:.0f}s:\n{last_error}")
+    raise RuntimeError(f"openwandb exited at start three times; last output:\n{last_error}")
+
+
+def wandb_sync(server: Server, run_dir: Path, project: str, timeout: float = 300.0) -> subprocess.CompletedProcess:
+    """`wandb sync` one run directory (a copy: sync writes into it) to the server."""
+    return subprocess.run(["wandb", "sync", "--project", project, "--entity", server.entity, str(run_dir)],
+                          env=server.sync_env(), capture_output=True, text=True, timeout=timeout)

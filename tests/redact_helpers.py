@@ -1,0 +1,105 @@
+"""Shared pieces of the redaction tests: the corpus copy, the corpus policy, leak strings."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import struct
+from pathlib import Path
+from typing import Callable, Iterator
+
+from tfwb_agent.redact.policy import Policy, parse_policy
+
+CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+if not CORPUS.is_dir():
+    CORPUS = Path("/work/shared/corpus")
+
+# The policy the corpus README describes: hash samples/* images, hash patient_id and drop
+# email in the predictions table, scrub secrets and local paths from config, metadata, console.
+CORPUS_POLICY_TOML = {
+    "secret_env": "TFWB_TEST_UNUSED",
+    "console": "scrub",
+    "metadata": "redact",
+    "config_keys": ["*token*", "*secret*", "*password*", "*api_key*", "data_dir"],
+    "patterns": ["hf_[A-Za-z0-9]{30,}"],
+    "rule": [
+        {"key": "samples/*", "media": ["image"], "action": "hash"},
+        {"key": "predictions", "media": ["table"], "columns": {"patient_id": "hash", "email": "drop"}},
+    ],
+}
+
+# Strings that must never appear in a redacted run (from the corpus README).
+LEAK_STRINGS = [
+    b"hf_aBcDeFgHiJkLmNoPqRsTuVwXyZ012345",
+    b"/home/alice/secret",
+    b"/data/patients/ct-scans",
+    b"/home/alice",
+]
+LEAK_PATTERNS = [
+    re.compile(rb"P\d{4}"),                         # patient ids
+    re.compile(rb"person\d*@hospital\.example"),    # e-mail addresses
+    re.compile(rb"patient-\d+-\d+"),                # image captions
+]
+
+
+def corpus_policy() -> Policy:
+    return parse_policy("test", CORPUS_POLICY_TOML)
+
+
+def copy_corpus(dst: Path) -> Path:
+    """A writable copy of the read-only corpus (symlinks kept as links)."""
+    shutil.copytree(CORPUS, dst, symlinks=True)
+    for dirpath, dirnames, filenames in os.walk(dst):
+        for n in dirnames + filenames:
+            p = Path(dirpath) / n
+            if not p.is_symlink():
+                p.chmod(p.stat().st_mode | 0o200)
+    return dst
+
+
+def corpus_runs(root: Path) -> list[Path]:
+    """The four run directories (not through the latest-run links)."""
+    runs = sorted(p for p in root.glob("wandb-*/wandb/offline-run-*") if p.is_dir() and not p.is_symlink())
+    assert len(runs) == 4, runs
+    return runs
+
+
+def map_path_for(root: Path) -> Callable[[str], Path]:
+    """path_map "/runs" -> the corpus copy, as the agent config would say."""
+    def map_path(p: str) -> Path:
+        if p == "/runs" or p.startswith("/runs/"):
+            return root / p[len("/runs/"):]
+        return Path(p)
+    return map_path
+
+
+def all_files(root: Path) -> Iterator[Path]:
+    for dirpath, _, filenames in os.walk(root):
+        for n in filenames:
+            p = Path(dirpath) / n
+            if p.is_file() and not p.is_symlink():
+                yield p
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in all_files(root)}
+
+
+def png_tag(data: bytes) -> str | None:
+    """The tfwb-redacted tag in a placeholder PNG's tEXt chunk."""
+    pos = 8
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"tEXt" and body.startswith(b"tfwb-redacted\x00"):
+            return body.split(b"\x00", 1)[1].decode()
+        pos += 12 + length
+    return None
+
+
+def leaks(data: bytes, extra: list[bytes] = ()) -> list[str]:
+    """Which forbidden strings occur in ``data`` (names only, for an assertion message)."""
+    found = [s.decode() for s in LEAK_STRINGS + list(extra) if s in data]
+    found += [rx.pattern.decode() for rx in LEAK_PATTERNS if rx.search(data)]
+    return found
