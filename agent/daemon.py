@@ -22,7 +22,7 @@ from watchdog.observers.polling import PollingObserver
 from . import config as config_mod
 from . import runs
 from .ledger import Ledger
-from .reconcile import PassResult, reconcile
+from .reconcile import ClaimBook, PassResult, reconcile
 
 log = logging.getLogger("tfwb_agent.daemon")
 
@@ -133,6 +133,7 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
         observer, changes = self._start_observer()
+        book = ClaimBook(self.cfg)
         log.info("watching %s (%s); state in %s", ", ".join(map(str, self.cfg.watch.roots)) or "no roots",
                  self.cfg.watch.mode, self.cfg.state_dir)
         next_full = 0.0  # a full pass at start finds what arrived while we were down
@@ -142,11 +143,13 @@ class Daemon:
                     restarted = self._reload(observer)
                     if restarted:
                         observer, changes = restarted
+                        book = ClaimBook(self.cfg)
                         next_full = 0.0
                 now = time.time()
+                book.heartbeat(now)
                 if now >= next_full:
                     changes.take()  # a full pass covers them
-                    self._absorb(reconcile(ledger, self.cfg, now=now))
+                    self._absorb(reconcile(ledger, self.cfg, now=now, book=book))
                     next_full = time.time() + self.cfg.watch.reconcile_seconds
                 else:
                     due = {d for d, t in self.recheck.items() if t <= now}
@@ -154,7 +157,7 @@ class Daemon:
                     for d in due:
                         self.recheck.pop(d, None)
                     if batch:
-                        self._absorb(reconcile(ledger, self.cfg, only=sorted(batch), now=now))
+                        self._absorb(reconcile(ledger, self.cfg, only=sorted(batch), now=now, book=book))
                 for stage in self.stages:
                     if self.stopping:
                         break
@@ -162,7 +165,8 @@ class Daemon:
                         stage(ledger, self.cfg)
                     except Exception:  # one stage failing must not stop watching
                         log.exception("stage %s failed", getattr(stage, "__name__", stage))
-                wait_until = min([next_full, *self.recheck.values()])
+                # Wake for the next full pass, the next quiet deadline, and in time to renew our lease.
+                wait_until = min([next_full, *self.recheck.values(), time.time() + self.cfg.watch.lease_seconds / 3])
                 timeout = max(0.0, wait_until - time.time())
                 self.wake.wait(timeout)
                 self.wake.clear()

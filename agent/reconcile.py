@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import claims, runs
+from . import runs
+from .claims import Claims
 from .config import Config
 from .ledger import Ledger
 
@@ -63,15 +64,34 @@ def row_from(key: str, f: runs.RunFacts, v: runs.Verdict, cfg: Config, prev: dic
     return row
 
 
-def look(ledger: Ledger, cfg: Config, run_dir: Path, root: Path, now: float | None = None) -> tuple[bool, float | None] | None:
+class ClaimBook:
+    """The claims this agent holds, one ``Claims`` per claims directory, kept across passes."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.books: dict[Path, Claims] = {}
+
+    def for_root(self, root: Path) -> Claims:
+        d = self.cfg.claims_dir_for(root)
+        if d not in self.books:
+            self.books[d] = Claims(d, self.cfg.node_name, self.cfg.watch.lease_seconds)
+        return self.books[d]
+
+    def heartbeat(self, now: float | None = None) -> None:
+        for c in self.books.values():
+            c.heartbeat(now)
+
+
+def look(ledger: Ledger, cfg: Config, run_dir: Path, root: Path, book: ClaimBook,
+         now: float | None = None) -> tuple[bool, float | None] | None:
     """Examine one run directory. Returns (changed, recheck_at), or None if another agent holds it."""
     now = time.time() if now is None else now
     key = str(run_dir)
-    if not claims.acquire(cfg.claims_dir_for(root), run_dir.name, cfg.node_name, cfg.watch.lease_seconds, now):
-        return None
     prev = ledger.run(key)
     if prev and prev["state"] in DOWNSTREAM:
-        return False, None
+        return False, None  # ours, and past the watcher's part
+    if not book.for_root(root).acquire(run_dir.name, now):
+        return None
     before = facts_from_row(prev) if prev else None
     try:
         facts = runs.inspect(run_dir, before)
@@ -91,28 +111,48 @@ def look(ledger: Ledger, cfg: Config, run_dir: Path, root: Path, now: float | No
     return changed, verdict.recheck_at
 
 
-def reconcile(ledger: Ledger, cfg: Config, only: Iterable[Path] | None = None, now: float | None = None) -> PassResult:
+def reconcile(ledger: Ledger, cfg: Config, only: Iterable[Path] | None = None, now: float | None = None,
+              book: ClaimBook | None = None) -> PassResult:
     """Look at every run under the roots (or just ``only``) once."""
+    book = book or ClaimBook(cfg)
     result = PassResult()
     targets: Iterable[tuple[Path, Path]]
     if only is None:
         targets = ((d, root) for root in cfg.watch.roots for d in runs.discover(root))
     else:
         targets = ((d, _root_of(d, cfg)) for d in only)
-    for run_dir, root in targets:
-        result.seen += 1
-        outcome = look(ledger, cfg, run_dir, root, now)
-        if outcome is None:
-            result.claimed_elsewhere += 1
-            continue
-        changed, recheck = outcome
-        if changed:
-            result.changed.append(str(run_dir))
-        if recheck is not None:
-            result.rechecks[run_dir] = recheck
+    batch = iter(targets)
+    while True:
+        # Commit in batches: one fsync per batch instead of per run on a large first pass.
+        with ledger.tx():
+            chunk = 0
+            for run_dir, root in batch:
+                _look_into(result, ledger, cfg, run_dir, root, book, now)
+                chunk += 1
+                if chunk == BATCH:
+                    break
+        if chunk < BATCH:
+            break
     if only is None:
         _forget_vanished(ledger, cfg)
     return result
+
+
+BATCH = 200
+
+
+def _look_into(result: PassResult, ledger: Ledger, cfg: Config, run_dir: Path, root: Path, book: ClaimBook,
+               now: float | None) -> None:
+    result.seen += 1
+    outcome = look(ledger, cfg, run_dir, root, book, now)
+    if outcome is None:
+        result.claimed_elsewhere += 1
+        return
+    changed, recheck = outcome
+    if changed:
+        result.changed.append(str(run_dir))
+    if recheck is not None:
+        result.rechecks[run_dir] = recheck
 
 
 def _root_of(run_dir: Path, cfg: Config) -> Path:
