@@ -201,6 +201,8 @@ def _write_member(zw: ZstdMixedWriter, p: PlannedMember, progress: Progress) -> 
                 h.update(block)
             zw.write(block, m.stored)
             left -= len(block)
+            if left and m.size > CHUNK:
+                progress("packing", name=m.name, done=m.size - left)
         if h and h.hexdigest() != m.sha256:
             raise SealError(f"{p.path} changed while sealing")
     zw.write(_pad(m.size), m.stored)
