@@ -66,29 +66,31 @@ def redact_items(items: Sequence[Any], new_item: Callable[[Path_, str], Any], de
         r = _root_of(item_path(it), roots) if roots else None
         if r is not None:
             groups.setdefault(r, []).append(it)
+    # Each flattened media object is decided once, in order of first appearance. A kept one
+    # leaves its items where they were; a rewritten one takes its first item's place.
+    results: dict[Path_, Any] = {}
+    for r, group in groups.items():
+        node: dict[str, Any] = {}
+        for g in group:
+            _insert(node, item_path(g)[len(r):], json.loads(g.value_json))
+        new = media.transform_node(node, display_key(r), decide, resolve, text_tag, count)
+        results[r] = None if new is node else new
     out: list[Any] = []
-    changed = False
+    changed = any(v is not None for v in results.values())
     emitted: set[Path_] = set()
     for it in items:
         path = item_path(it)
         r = _root_of(path, roots) if roots else None
         if r is not None:
-            if r in emitted:
-                continue
-            emitted.add(r)
-            group = groups[r]
-            node: dict[str, Any] = {}
-            for g in group:
-                _insert(node, item_path(g)[len(r):], json.loads(g.value_json))
-            new = media.transform_node(node, display_key(r), decide, resolve, text_tag, count)
-            if new is node:          # kept: the original items, untouched
-                out.extend(group)
-                continue
-            changed = True
-            if isinstance(new, dict):
-                out.extend(new_item(r + (k,), media.dumps(v)) for k, v in new.items())
-            else:
-                out.append(new_item(r, media.dumps(new)))
+            new = results[r]
+            if new is None:
+                out.append(it)
+            elif r not in emitted:
+                emitted.add(r)
+                if isinstance(new, dict):
+                    out.extend(new_item(r + (k,), media.dumps(v)) for k, v in new.items())
+                else:
+                    out.append(new_item(r, media.dumps(new)))
             continue
         if _may_hold_media(it.value_json):
             try:
