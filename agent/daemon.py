@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (DirCreatedEvent, DirDeletedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent,
+                             FileDeletedEvent, FileModifiedEvent, FileMovedEvent, FileSystemEvent,
+                             FileSystemEventHandler)
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
@@ -25,6 +27,12 @@ from .ledger import Ledger
 from .reconcile import ClaimBook, PassResult, reconcile
 
 log = logging.getLogger("tfwb_agent.daemon")
+
+# Only writes and namespace changes. Without this filter inotify also reports every open and
+# read, and the agent's own reading of 10,000 runs overflows the kernel's queue, whose recovery
+# (a re-walk of the tree) opens every directory again: a loop that keeps a core busy.
+EVENTS = [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent,
+          DirCreatedEvent, DirMovedEvent, DirDeletedEvent]
 
 # Later stages of the pipeline (seal, deliver) hook in here; each gets (ledger, cfg) after a pass.
 Stage = Callable[[Ledger, config_mod.Config], None]
@@ -38,8 +46,6 @@ class _Changes(FileSystemEventHandler):
         self.pending: set[Path] = set()
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in ("opened", "closed_no_write"):
-            return
         for p in (event.src_path, getattr(event, "dest_path", "")):
             if not p:
                 continue
@@ -106,7 +112,7 @@ class Daemon:
             if not root.is_dir():
                 log.warning("watch root %s does not exist yet; the reconcile pass will pick it up", root)
                 continue
-            observer.schedule(handler, str(root), recursive=True)
+            observer.schedule(handler, str(root), recursive=True, event_filter=EVENTS)
         observer.start()
         return observer, handler
 

@@ -164,6 +164,14 @@ class Ledger:
     def runs(self) -> list[dict[str, Any]]:
         return [_run_dict(r) for r in self.db.execute("SELECT * FROM runs ORDER BY first_seen, key")]
 
+    def runs_in_state(self, state: str) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM runs WHERE state = ? ORDER BY first_seen, key", (state,))
+        return [_run_dict(r) for r in rows]
+
+    @staticmethod
+    def encode_facts(facts: dict[str, Any]) -> str:
+        return json.dumps(facts, sort_keys=True)
+
     def find_runs(self, ident: str) -> list[dict[str, Any]]:
         """Runs whose run id, directory or directory name is ``ident``."""
         rows = self.db.execute(
@@ -175,7 +183,7 @@ class Ledger:
     def save_run(self, db: sqlite3.Connection, row: dict[str, Any]) -> None:
         """Insert or replace a run row (inside a ``tx()``)."""
         row = dict(row)
-        row["facts"] = json.dumps(row.get("facts") or {}, sort_keys=True)
+        row["facts"] = self.encode_facts(row.get("facts") or {})
         now = time.time()
         row.setdefault("first_seen", now)
         row["updated"] = now

@@ -193,7 +193,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gb", type=float, default=1.0)
     ap.add_argument("--runs", type=int, default=10000)
-    ap.add_argument("--idle-seconds", type=float, default=60)
+    ap.add_argument("--idle-seconds", type=float, default=180)  # three full reconcile passes
     ap.add_argument("--samples", type=int, default=20)
     ap.add_argument("--only", choices=["reader", "idle", "latency"], action="append")
     args = ap.parse_args()

@@ -24,6 +24,18 @@ CORPUS_RUNS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _no_stray_daemons():
+    """A test that fails midway must not leave daemons running into the next one."""
+    yield
+    from daemon_helpers import STARTED
+
+    while STARTED:
+        d = STARTED.pop()
+        if d.alive():
+            d.kill()
+
+
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
     """A writable copy of shared/corpus whose files look long untouched (mtimes an hour back)."""

@@ -14,6 +14,9 @@ from conftest import REPO, status
 WRITER = REPO / "tests" / "writers" / "write_run.py"
 
 
+STARTED: list["DaemonProc"] = []  # conftest stops whatever a failing test left running
+
+
 class DaemonProc:
     def __init__(self, config: Path, log: Path, unprivileged: bool = False) -> None:
         self.config, self.log = config, log
@@ -26,6 +29,7 @@ class DaemonProc:
         self._out = open(self.log, "ab")
         self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "tfwb_agent", "daemon"], stdout=self._out,
                                      stderr=subprocess.STDOUT, env=dict(os.environ, TFWB_AGENT_CONFIG=str(self.config)))
+        STARTED.append(self)
         wait_for(lambda: b"watching" in self.log.read_bytes(), 30, "daemon start", self)
         return self
 

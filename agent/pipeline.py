@@ -1,0 +1,140 @@
+"""The daemon's stages after classification: redact and seal each ended run, then deliver.
+
+A stage is ``fn(ledger, cfg)``, run by the daemon after every pass. Each is idempotent: after a
+crash the next call repeats whatever had not reached the ledger, with the same result.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from . import config as config_mod
+from .ledger import Ledger
+
+log = logging.getLogger("tfwb_agent.pipeline")
+
+RETRY_SECONDS = 60.0  # a run whose sealing failed for a passing reason (disk full) waits this long
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message)
+
+
+def ensure_redaction_secret(cfg: config_mod.Config) -> None:
+    """Create the default site secret once, if the config names none (0600, 32 random bytes)."""
+    from .redact.policy import DEFAULT_SECRET_NAME, policy_from_config
+
+    if policy_from_config(cfg).secret_ref is not None:
+        return
+    path = cfg.state_dir / DEFAULT_SECRET_NAME
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secrets.token_bytes(32))
+        f.flush()
+        os.fsync(f.fileno())
+    log.warning("created a redaction secret at %s; copy it to every node of the site (redact.secret_file) "
+                "so that equal samples get equal tags across nodes", path)
+
+
+def seal_one(ledger: Ledger, cfg: config_mod.Config, row: dict[str, Any], keys: Any, policy: Any,
+             secret: bytes) -> Path:
+    """Redact one ended run into a private work directory and seal it; mark it sealed."""
+    from .redact.run import redact_run
+    from .seal import RunIdentity, seal_run
+
+    run_dir = Path(row["key"])
+    work = cfg.state_dir / "work" / run_dir.name
+    shutil.rmtree(work, ignore_errors=True)  # a crash mid-redaction leaves a partial copy
+    work.mkdir(parents=True, mode=0o700)
+    try:
+        redacted = work / run_dir.name
+        report = redact_run(run_dir, redacted, policy, secret, cfg.map_path)
+
+        def mark_sealed(db: Any, sealed: Any) -> None:
+            db.execute("UPDATE runs SET state = 'sealed', last_error = NULL, updated = ? WHERE key = ?",
+                       (time.time(), row["key"]))
+
+        sealed = seal_run(cfg, keys, ledger, redacted,
+                          RunIdentity(row["run_id"], row["project"], row["entity"], row["wandb_version"]),
+                          0, report.to_dict(), run_key=row["key"], on_sealed=mark_sealed)
+        if sealed.reused:  # already sealed before a crash: make sure the run says so
+            ledger.set_run_state(row["key"], "sealed", last_error=None)
+        return sealed.path
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def seal_stage(ledger: Ledger, cfg: config_mod.Config) -> None:
+    """Seal every ended run this node holds."""
+    rows = ledger.runs_in_state("ended")
+    if not rows:
+        return
+    from .redact.policy import load_secret, policy_from_config
+    from .redact.run import RedactError
+    from .seal import SealError, keys_config, seal_keys
+    from .seal.keystore import KeyFileError
+
+    try:
+        keys = seal_keys(keys_config(cfg))
+    except (KeyFileError, ValueError, config_mod.ConfigError) as exc:
+        _warn_once("keys", f"runs wait unsealed: {exc} (run `tfwb-agent keys init --node` and set [keys] in the config)")
+        return
+    try:
+        ensure_redaction_secret(cfg)
+        policy = policy_from_config(cfg)
+        secret = load_secret(policy, cfg)
+    except (config_mod.ConfigError, OSError) as exc:
+        _warn_once("secret", f"runs wait unsealed: {exc}")
+        return
+    now = time.time()
+    for row in rows:
+        failed_at = row["facts"].get("seal_failed_at", 0)
+        if now - failed_at < RETRY_SECONDS:
+            continue
+        try:
+            path = seal_one(ledger, cfg, row, keys, policy, secret)
+            log.info("%s: sealed into %s", row["run_id"], path.name)
+        except RedactError as exc:
+            _quarantine(ledger, row, f"redaction failed: {exc}")
+        except SealError as exc:
+            _retry_later(ledger, row, f"sealing failed, will retry: {exc}")
+        except OSError as exc:
+            _retry_later(ledger, row, f"sealing failed, will retry: {exc}")
+        except Exception as exc:  # one bad run must not stop the others
+            log.exception("sealing %s failed", row["key"])
+            _quarantine(ledger, row, f"internal error while sealing: {type(exc).__name__}: {exc}")
+
+
+def _quarantine(ledger: Ledger, row: dict[str, Any], reason: str) -> None:
+    log.error("%s: quarantined: %s", row["key"], reason)
+    ledger.set_run_state(row["key"], "quarantined", last_error=reason)
+
+
+def _retry_later(ledger: Ledger, row: dict[str, Any], reason: str) -> None:
+    log.warning("%s: %s", row["key"], reason)
+    facts = dict(row["facts"], seal_failed_at=time.time())
+    ledger.set_run_state(row["key"], "ended", last_error=reason, facts=ledger.encode_facts(facts))
+
+
+def _delivery_stage() -> list[Callable[[Ledger, config_mod.Config], None]]:
+    try:
+        from .deliver.engine import deliver_stage
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}.deliver.engine":
+            raise
+        return []  # a build without delivery
+    return [deliver_stage]
+
+
+STAGES: list[Callable[[Ledger, config_mod.Config], None]] = [seal_stage, *_delivery_stage()]
