@@ -144,7 +144,7 @@ def _hash_file(path: Path, limit: int | None) -> tuple[int, str, int, tuple[int,
 
 
 def plan_run(run_dir: Path, log_path: Path | None = None, byte_end: int | None = None,
-             workers: int = 2, progress: Progress = _no_progress) -> SealPlan:
+             workers: int = 2, progress: Progress = _no_progress, store_compressed: bool = True) -> SealPlan:
     """Pass one: list and hash every member. ``byte_end`` limits the `.wandb` log to its first
     ``byte_end`` bytes (a live run keeps growing while it is sealed)."""
     run_dir = Path(run_dir)
@@ -157,7 +157,7 @@ def plan_run(run_dir: Path, log_path: Path | None = None, byte_end: int | None =
         limit = byte_end if (rel == log_rel and byte_end is not None) else None
         size, digest, mtime, key = _hash_file(path, limit)
         progress("hashed", name=rel, size=size)
-        stored = path.suffix.lower() in STORED_SUFFIXES
+        stored = store_compressed and path.suffix.lower() in STORED_SUFFIXES
         return PlannedMember(mf.Member(f"{prefix}/{rel}", size, digest, stored), path, mtime, key)
 
     # hashlib releases the GIL: two workers hash two files at once.

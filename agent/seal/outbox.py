@@ -33,6 +33,7 @@ from . import bundle as bd
 from . import manifest as mf
 from . import minisign
 from .keystore import SealKeys
+from .streams import EarlyWritebackFile
 
 SUFFIX = ".tar.zst.age"
 SIG_SUFFIX = ".minisig"
@@ -142,9 +143,9 @@ def _write_temp(outbox: Path, name: str, write: Callable[[Any], Any]) -> Path:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "wb", buffering=bd.CHUNK) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            w = EarlyWritebackFile(f)
+            write(w)
+            w.fsync()
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -155,13 +156,15 @@ def seal_run(cfg: Config, keys: SealKeys, ledger: Ledger, run_dir: Path, run: mf
              segment: int | mf.Segment = 0, redaction_report: Mapping[str, Any] | None = None, *,
              run_key: str | None = None, log_path: Path | None = None,
              on_sealed: Callable[[sqlite3.Connection, SealedBundle], None] | None = None,
-             progress: bd.Progress = bd._no_progress, level: int = 3) -> SealedBundle:
+             progress: bd.Progress = bd._no_progress, level: int = 3,
+             store_compressed: bool = True) -> SealedBundle:
     """Seal ``run_dir`` (already redacted) as one segment of ``run`` into the outbox.
 
     ``segment``: a number, or ``Segment(number, byte_start, byte_end)`` where the byte range is
     the part of the run's `.wandb` log this segment covers; ``byte_end`` also limits how much of
     the log in ``run_dir`` is packed (a live log keeps growing). ``on_sealed(db, sealed)`` runs
     inside the ledger transaction that records the bundle, for the caller's own bookkeeping.
+    ``store_compressed=False`` recompresses already-compressed media too (for measuring).
     Idempotent: the same content sealed again returns the bundle already there (``reused``).
     Raises ``bd.SealError`` (a file changed, the disk filled) leaving no bundle behind.
     """
@@ -177,7 +180,7 @@ def seal_run(cfg: Config, keys: SealKeys, ledger: Ledger, run_dir: Path, run: mf
         log_path = find_log(run_dir)
     with _name_lock(outbox, name):
         progress("plan", run_dir=str(run_dir))
-        plan = bd.plan_run(run_dir, log_path, seg.byte_end, progress=progress)
+        plan = bd.plan_run(run_dir, log_path, seg.byte_end, progress=progress, store_compressed=store_compressed)
         created = datetime.now(timezone.utc).replace(microsecond=0)
         manifest = mf.build(
             bundle_id=bd.new_bundle_id(), run=run, run_dir_name=run_dir.name, segment=seg,
