@@ -1,0 +1,92 @@
+"""The daemon's whole node-side pipeline: watch → classify → redact → seal, on the corpus."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from seal_helpers import make_site, minisign_ok, tool_list
+
+from conftest import CORPUS_RUNS, status
+from daemon_helpers import DaemonProc, run_states, wait_for
+from redact_helpers import leaks
+
+POLICY = """
+[redact]
+secret_file = "{secret}"
+console = "scrub"
+metadata = "redact"
+config_keys = ["*token*", "*secret*", "*password*", "*api_key*", "data_dir"]
+patterns = ['hf_[A-Za-z0-9]{{30,}}']
+[[redact.rule]]
+key = "samples/*"
+media = ["image"]
+action = "hash"
+[[redact.rule]]
+key = "predictions"
+media = ["table"]
+columns = {{ "patient_id" = "hash", "email" = "drop" }}
+"""
+
+
+def node_site(tmp_path: Path, corpus: Path):
+    site = make_site(tmp_path / "site")
+    secret = tmp_path / "site" / "keys" / "redact.key"
+    secret.write_bytes(os.urandom(32))
+    secret.chmod(0o600)
+    with open(site.node_cfg, "a") as f:
+        f.write(f'[watch]\nroots = ["{corpus}"]\nquiet_seconds = 2\nreconcile_seconds = 30\n'
+                f'[path_map]\n"/runs" = "{corpus}"\n' + POLICY.format(secret=secret))
+    return site
+
+
+def test_daemon_redacts_and_seals_every_ended_run(tmp_path, corpus):
+    site = node_site(tmp_path, corpus)
+    d = DaemonProc(site.node_cfg, tmp_path / "daemon.log").start()
+    st = wait_for(lambda: (s := run_states(site.node_cfg)) and len(s) == 4
+                  and all(r["state"] == "sealed" for r in s.values()) and s, 120, "4 runs sealed", d)
+    assert {rid: r["ended"] for rid, r in st.items()} == {rid: how for rid, (_, how) in CORPUS_RUNS.items()}
+    bundles = sorted(site.outbox.glob("*.tar.zst.age"))
+    assert [b.name.split("-")[0] for b in bundles] == sorted(CORPUS_RUNS)
+
+    originals = {p.read_bytes() for p in corpus.glob("wandb-*/wandb/offline-run-*/files/media/images/**/*.png")}
+    assert originals
+    for b in bundles:
+        assert minisign_ok(b, site.node_pub)
+        names = tool_list(b, site.gw_identity)
+        assert names[0] == "MANIFEST.json"
+        assert not any(n.startswith(("logs/", "/")) or "/logs/" in n or ".." in n for n in names), names
+        # Open with the standard tools and look at every byte for what must not leave.
+        out = tmp_path / "opened" / b.name
+        out.mkdir(parents=True)
+        subprocess.run(["bash", "-o", "pipefail", "-c",
+                        f"age -d -i '{site.gw_identity}' '{b}' | zstd -d -q | tar -xf - -C '{out}'"], check=True)
+        manifest = json.loads((out / "MANIFEST.json").read_text())
+        assert manifest["run"]["run_id"] == b.name.split("-")[0]
+        assert manifest["redaction"]  # the report travels with the bundle
+        for f in out.rglob("*"):
+            if f.is_file():
+                data = f.read_bytes()
+                assert not leaks(data), f"{b.name}:{f.relative_to(out)} leaks {leaks(data)}"
+                assert not any(o[8:200] in data for o in originals), f"{b.name}:{f.name} holds an original image"
+
+    # A restart changes nothing: the same bundles, no second copy.
+    before = {b.name: b.stat().st_mtime_ns for b in bundles}
+    d.kill()
+    d = DaemonProc(site.node_cfg, tmp_path / "daemon2.log").start()
+    wait_for(lambda: "watching" in d.output(), 10, "restart", d)
+    agent_status = status(site.node_cfg)
+    assert agent_status["counts"] == {"sealed": 4}
+    assert {b.name: b.stat().st_mtime_ns for b in site.outbox.glob("*.tar.zst.age")} == before
+    d.terminate()
+
+
+def test_runs_wait_unsealed_without_keys_and_say_why(tmp_path, corpus, make_config):
+    cfg = make_config([corpus], quiet_seconds=2, reconcile_seconds=30)
+    d = DaemonProc(cfg, tmp_path / "daemon.log").start()
+    wait_for(lambda: (s := run_states(cfg)) and len(s) == 4 and all(r["state"] == "ended" for r in s.values()),
+             30, "4 ended runs", d)
+    wait_for(lambda: "runs wait unsealed" in d.output(), 10, "a warning about missing keys", d)
+    assert "keys init --node" in d.output()
+    d.terminate()
