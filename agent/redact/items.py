@@ -61,9 +61,10 @@ def redact_items(items: Sequence[Any], new_item: Callable[[Path_, str], Any], de
     key the training code declared ``sensitive`` are replaced by their keyed tag (wandb's own
     ``_step``/``_runtime``/``_timestamp`` never are)."""
     roots = _media_roots(items)
+    paths = [item_path(it) for it in items]
     groups: dict[Path_, list[Any]] = {}
-    for it in items:
-        r = _root_of(item_path(it), roots) if roots else None
+    owner: list[Path_ | None] = [_root_of(p, roots) if roots else None for p in paths]
+    for it, r in zip(items, owner):
         if r is not None:
             groups.setdefault(r, []).append(it)
     # Each flattened media object is decided once, in order of first appearance. A kept one
@@ -78,9 +79,7 @@ def redact_items(items: Sequence[Any], new_item: Callable[[Path_, str], Any], de
     out: list[Any] = []
     changed = any(v is not None for v in results.values())
     emitted: set[Path_] = set()
-    for it in items:
-        path = item_path(it)
-        r = _root_of(path, roots) if roots else None
+    for it, path, r in zip(items, paths, owner):
         if r is not None:
             new = results[r]
             if new is None:
