@@ -21,7 +21,10 @@ TF213_ENV = "TFWB_TF213_PYTHON"
 
 def interpreters() -> list[tuple[str, str | None]]:
     """(label, python path or None when missing) for both version pairs."""
-    return [("tf221-wandb031", sys.executable), ("tf213-wandb015", os.environ.get(TF213_ENV) or None)]
+    # scripts/install-test-deps builds the venv at its default place; the variable overrides it.
+    default = ROOT / ".venv-tf213" / "bin" / "python"
+    tf213 = os.environ.get(TF213_ENV) or (str(default) if default.is_file() else None)
+    return [("tf221-wandb031", sys.executable), ("tf213-wandb015", tf213)]
 
 
 def require_python(label: str, python: str | None) -> str:
