@@ -29,11 +29,10 @@ def _may_hold_media(raw: str) -> bool:
     return s[:1] in ("{", "[")
 
 
-def _media_roots(items: Sequence[Any]) -> set[Path_]:
+def _media_roots(items: Sequence[Any], paths: Sequence[Path_]) -> set[Path_]:
     """Roots of media objects that wandb 0.31 flattened into one item per field."""
     roots: set[Path_] = set()
-    for it in items:
-        path = item_path(it)
+    for it, path in zip(items, paths):
         if len(path) >= 2 and path[-1] == "_type":
             try:
                 t = json.loads(it.value_json)
@@ -60,8 +59,8 @@ def redact_items(items: Sequence[Any], new_item: Callable[[Path_, str], Any], de
     ``new_item(path, value_json)`` builds an item of the caller's type. Plain values under a
     key the training code declared ``sensitive`` are replaced by their keyed tag (wandb's own
     ``_step``/``_runtime``/``_timestamp`` never are)."""
-    roots = _media_roots(items)
     paths = [item_path(it) for it in items]
+    roots = _media_roots(items, paths)
     groups: dict[Path_, list[Any]] = {}
     owner: list[Path_ | None] = [_root_of(p, roots) if roots else None for p in paths]
     for it, r in zip(items, owner):
@@ -121,10 +120,10 @@ def _insert(node: dict[str, Any], rel: Path_, value: Any) -> None:
 def media_in_items(items: Sequence[Any]) -> list[tuple[str, dict[str, Any]]]:
     """(key, media object) for every media object in the items: the planning pass uses it."""
     found: list[tuple[str, dict[str, Any]]] = []
-    roots = _media_roots(items)
+    paths = [item_path(it) for it in items]
+    roots = _media_roots(items, paths)
     groups: dict[Path_, dict[str, Any]] = {}
-    for it in items:
-        path = item_path(it)
+    for it, path in zip(items, paths):
         r = _root_of(path, roots) if roots else None
         if r is not None:
             _insert(groups.setdefault(r, {}), path[len(r):], json.loads(it.value_json))
