@@ -137,3 +137,25 @@ def test_metadata_and_config_redaction() -> None:
     value, changed = meta.redact_config_value("opt", {"data": "/data/x/y", "beta": 0.9}, DEFAULT_POLICY, s, tag, rep, ())
     assert changed and "/data/x/y" not in json.dumps(value) and value["beta"] == 0.9
     assert "gpu-node-17" not in json.dumps(rep.to_dict())
+
+
+def test_console_drop_and_metadata_keep_on_a_corpus_run(tmp_path: Path) -> None:
+    from redact_helpers import copy_corpus, corpus_runs, map_path_for
+    from tfwb_agent.redact.run import redact_run
+    from tfwb_agent.wandb_log import read_records
+    root = copy_corpus(tmp_path / "runs")
+    src = corpus_runs(root)[2]                      # 0.31.0, finished
+    pol = parse_policy("t", {"console": "drop", "metadata": "keep"})
+    dst = tmp_path / "out" / src.name
+    report = redact_run(src, dst, pol, SECRET, map_path_for(root))
+    kinds = [rec.WhichOneof("record_type") for _, rec in read_records(next(dst.glob("*.wandb")))]
+    assert "output_raw" not in kinds and not (dst / "files" / "output.log").exists()
+    assert report.console["dropped"] == 2
+    hosts = [rec.environment.host for _, rec in read_records(next(dst.glob("*.wandb")))
+             if rec.WhichOneof("record_type") == "environment" and rec.environment.host]
+    assert hosts == ["vm"]                          # metadata kept, as the policy says
+    # The config's token is still redacted: the default config_keys apply.
+    run = [rec.run for _, rec in read_records(next(dst.glob("*.wandb"))) if rec.WhichOneof("record_type") == "run"][0]
+    cfg = {u.key: u.value_json for u in run.config.update}
+    assert "hf_aBc" not in cfg["hf_token"]
+    assert json.loads(cfg["lr"]) == 0.001

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,6 @@ class Policy:
     rules: tuple[Rule, ...] = ()
     artifacts: str = "drop"                     # non-table artifacts: keep | drop
     drop_files: tuple[str, ...] = DEFAULT_DROP_FILES
-    compiled: tuple[re.Pattern[str], ...] = field(default=(), compare=False, repr=False)
 
     def decide(self, key: str, kind: str, sensitive: tuple[str, ...] = ()) -> Decision:
         """First matching rule; no match hashes. Keys the training code declared sensitive

@@ -327,9 +327,8 @@ def _redact_config(r: _Run, updates: Any) -> None:
 def _rewrite_items(r: _Run, container: Any, new_item: Callable[[tuple[str, ...], str], Any]) -> None:
     new = items_mod.redact_items(container, new_item, r.decide, r.resolve, r.text_tag, r.count, r.is_sensitive)
     if new is not None:
-        copies = [x if isinstance(x, type(new_item(("k",), "0"))) else x for x in new]
-        del container[:]
-        container.extend(copies)
+        del container[:]          # the kept items survive in ``new`` (protobuf copies on extend)
+        container.extend(new)
 
 
 def _make(cls: Any) -> Callable[[tuple[str, ...], str], Any]:
