@@ -1,9 +1,10 @@
 """Bundles: a run directory as tar (MANIFEST.json first) -> zstd -> age, and back.
 
-Sealing reads the run twice: once to hash every member (the manifest comes first and lists
-every hash), once to stream the tar. Memory stays bounded: files move in 1 MiB chunks, the
-compressor and the encryptor each hold a small window, and the two stages run in two threads
-joined by a pipe (zstd and the hashes release the GIL, so the stages overlap on two cores).
+Sealing reads the run twice: once to hash every member (two threads: the manifest comes first
+and lists every hash), once to stream the tar. Memory stays bounded: files move in 1 MiB
+chunks, the compressor and the encryptor each hold a small window, and pyrage pulls the
+compressed tar from a generator in the same thread (a producer thread and a pipe were slower:
+the GIL changed hands on every small read).
 
 Opening checks, in order: the signature against the trusted node keys, then while streaming
 age -> zstd -> tar: the manifest (first member), every member's type, name, size and SHA-256.
@@ -13,7 +14,6 @@ partial staging directory away, so a refused bundle leaves nothing behind.
 from __future__ import annotations
 
 import concurrent.futures
-import fcntl
 import hashlib
 import os
 import shutil
@@ -23,7 +23,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import pyrage
 import zstandard
@@ -180,7 +180,7 @@ def _pad(size: int) -> bytes:
     return bytes(-size % tarfile.BLOCKSIZE)
 
 
-def _write_member(zw: ZstdMixedWriter, p: PlannedMember, progress: Progress) -> None:
+def _member_chunks(zw: ZstdMixedWriter, out: list[bytes], p: PlannedMember, progress: Progress) -> Iterator[bytes]:
     m = p.member
     zw.write(_tar_header(m.name, m.size, p.mtime), m.stored)
     fd = os.open(p.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -201,6 +201,7 @@ def _write_member(zw: ZstdMixedWriter, p: PlannedMember, progress: Progress) -> 
                 h.update(block)
             zw.write(block, m.stored)
             left -= len(block)
+            yield from _drain(out)
             if left and m.size > CHUNK:
                 progress("packing", name=m.name, done=m.size - left)
         if h and h.hexdigest() != m.sha256:
@@ -209,16 +210,66 @@ def _write_member(zw: ZstdMixedWriter, p: PlannedMember, progress: Progress) -> 
     progress("packed", name=m.name, size=m.size)
 
 
-def write_tar_zst(plan: SealPlan, manifest_bytes: bytes, manifest_mtime: int, sink: Callable[[bytes], object],
-                  level: int = 3, progress: Progress = _no_progress) -> None:
-    """The plaintext of a bundle: tar (MANIFEST.json first) through zstd, into ``sink``."""
-    zw = ZstdMixedWriter(sink, level)
+def _drain(out: list[bytes]) -> Iterator[bytes]:
+    if out:
+        data = b"".join(out) if len(out) > 1 else out[0]
+        out.clear()
+        yield data
+
+
+def iter_tar_zst(plan: SealPlan, manifest_bytes: bytes, manifest_mtime: int, level: int = 3,
+                 progress: Progress = _no_progress) -> Iterator[bytes]:
+    """The plaintext of a bundle, piece by piece: tar (MANIFEST.json first) through zstd."""
+    out: list[bytes] = []
+    zw = ZstdMixedWriter(out.append, level)
     zw.compressed(_tar_header(mf.MANIFEST_NAME, len(manifest_bytes), manifest_mtime))
     zw.compressed(manifest_bytes + _pad(len(manifest_bytes)))
     for p in plan.members:
-        _write_member(zw, p, progress)
+        yield from _member_chunks(zw, out, p, progress)
     zw.compressed(bytes(2 * tarfile.BLOCKSIZE))  # end of archive
     zw.close()
+    yield from _drain(out)
+
+
+def write_tar_zst(plan: SealPlan, manifest_bytes: bytes, manifest_mtime: int, sink: Callable[[bytes], object],
+                  level: int = 3, progress: Progress = _no_progress) -> None:
+    for data in iter_tar_zst(plan, manifest_bytes, manifest_mtime, level, progress):
+        sink(data)
+
+
+class PullReader:
+    """A readable over an iterator of byte strings, for pyrage to pull from. One thread: two
+    threads joined by a pipe were slower here, the GIL changing hands on every small read."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._it = iter(chunks)
+        self._buf = memoryview(b"")
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._buf:
+            nxt = next(self._it, None)
+            if nxt is None:
+                return b""
+            self._buf = memoryview(nxt)
+        if n < 0 or n >= len(self._buf):
+            data, self._buf = bytes(self._buf), memoryview(b"")
+        else:
+            data, self._buf = bytes(self._buf[:n]), self._buf[n:]
+        return data
+
+    def readinto(self, b: bytearray | memoryview) -> int:
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+
+def encrypt_chunks(chunks: Iterable[bytes], out: BinaryIO, recipients: Sequence[x25519.Recipient]) -> tuple[bytes, int]:
+    """age-encrypt the concatenation of ``chunks`` into ``out``; returns the BLAKE2b-512 and the
+    length of the ciphertext (what the signature covers)."""
+    hw = HashingWriter(out, minisign.new_hash())
+    pyrage.encrypt_io(PullReader(chunks), hw, list(recipients))
+    hw.flush()
+    return hw.hasher.digest(), hw.size
 
 
 class _PipeWriter:
@@ -231,47 +282,6 @@ class _PipeWriter:
         mv = memoryview(data)
         while mv:
             mv = mv[os.write(self.fd, mv):]
-
-
-def encrypt_stream(produce: Callable[[Callable[[bytes], object]], None], out: BinaryIO,
-                   recipients: Sequence[x25519.Recipient]) -> tuple[bytes, int]:
-    """Run ``produce(sink)`` in a thread and age-encrypt what it writes into ``out``.
-
-    Returns the BLAKE2b-512 and the length of the ciphertext (what the signature covers).
-    """
-    r, w = os.pipe()
-    try:
-        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, CHUNK)  # fewer wake-ups between the two stages
-    except OSError:
-        pass
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            produce(_PipeWriter(w))
-        except BaseException as exc:  # reported by the caller after join
-            errors.append(exc)
-        finally:
-            os.close(w)
-
-    t = threading.Thread(target=run, name="seal-producer", daemon=True)
-    t.start()
-    hw = HashingWriter(out, minisign.new_hash())
-    try:
-        with os.fdopen(r, "rb", buffering=CHUNK) as rf:
-            pyrage.encrypt_io(rf, hw, list(recipients))
-    except BrokenPipeError:
-        pass
-    except BaseException:
-        t.join()
-        raise
-    t.join()
-    if errors:
-        if isinstance(errors[0], BrokenPipeError):
-            raise SealError("the encryptor stopped early")
-        raise errors[0]
-    hw.flush()
-    return hw.hasher.digest(), hw.size
 
 
 def new_bundle_id() -> str:

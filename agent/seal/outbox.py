@@ -217,9 +217,8 @@ def seal_run(cfg: Config, keys: SealKeys, ledger: Ledger, run_dir: Path, run: mf
         result: dict[str, Any] = {}
 
         def write_bundle(f: Any) -> None:
-            def produce(sink: Callable[[bytes], object]) -> None:
-                bd.write_tar_zst(plan, manifest_bytes, int(created.timestamp()), sink, level, progress)
-            result["digest"], result["size"] = bd.encrypt_stream(produce, f, keys.recipients)
+            chunks = bd.iter_tar_zst(plan, manifest_bytes, int(created.timestamp()), level, progress)
+            result["digest"], result["size"] = bd.encrypt_chunks(chunks, f, keys.recipients)
 
         progress("write", total=plan.total_bytes)
         try:

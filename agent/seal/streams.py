@@ -46,9 +46,9 @@ class ZstdMixedWriter:
     Consecutive compressed writes share one frame; switching to stored ends that frame.
     """
 
-    def __init__(self, sink: Callable[[bytes], object], level: int = 3) -> None:
+    def __init__(self, sink: Callable[[bytes], object], level: int = 3, threads: int = 0) -> None:
         self._sink = sink
-        self._cctx = zstandard.ZstdCompressor(level=level)
+        self._cctx = zstandard.ZstdCompressor(level=level, threads=threads)
         self._cobj: zstandard.ZstdCompressionObj | None = None
         self.bytes_in = 0
         self.bytes_out = 0
