@@ -75,5 +75,10 @@ def test_placeholders_keep_kind_and_shape() -> None:
     gif = placeholders.video_gif(64, 48, "ef" * 32)
     with Image.open(io.BytesIO(gif)) as im:
         assert im.size == (64, 48) and im.format == "GIF"
+    for fmt in ("JPEG", "GIF", "PNG"):
+        buf = io.BytesIO()
+        Image.new("RGB", (33, 21)).save(buf, fmt)
+        assert placeholders.image_size(buf.getvalue()) == (33, 21), fmt
+    assert placeholders.image_size(b"not an image", (7, 5)) == (7, 5)
     page = placeholders.html_page("01" * 32)
     assert b"0101" in page and b"<p>" in page

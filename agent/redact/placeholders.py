@@ -52,16 +52,24 @@ def image_png(width: int, height: int, tag_hex: str) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + ihdr + text + _gray_idat(width, height) + _chunk(b"IEND", b"")
 
 
-def image_size(data: bytes) -> tuple[int, int]:
-    """(width, height) of an image; PNG read from its header, other formats through Pillow."""
+def image_size(data: bytes, hint: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(width, height) of a PNG, GIF or JPEG, read from its header (no image library needed);
+    else ``hint`` (the width/height wandb recorded), else 1x1."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
         return struct.unpack(">II", data[16:24])
-    try:
-        from PIL import Image
-        with Image.open(io.BytesIO(data)) as im:
-            return im.size
-    except Exception:  # an unreadable image still gets a placeholder, of a nominal size
-        return (1, 1)
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return struct.unpack("<HH", data[6:10])
+    if data[:2] == b"\xff\xd8":
+        pos = 2
+        while pos + 9 < len(data) and data[pos] == 0xFF:
+            marker, length = data[pos + 1], struct.unpack(">H", data[pos + 2:pos + 4])[0]
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                h, w = struct.unpack(">HH", data[pos + 5:pos + 9])
+                return w, h
+            pos += 2 + length
+    if hint and all(isinstance(v, int) and v > 0 for v in hint):
+        return hint
+    return (1, 1)
 
 
 # --- audio ------------------------------------------------------------------------------
@@ -96,12 +104,21 @@ def silent_wav(frames: int, rate: int, channels: int, tag_hex: str) -> bytes:
 # --- video, html, other -----------------------------------------------------------------
 
 def video_gif(width: int, height: int, tag_hex: str) -> bytes:
-    """A one-frame grey GIF of the video's frame size, the tag in a GIF comment."""
-    from PIL import Image
-    buf = io.BytesIO()
-    Image.new("L", (max(1, int(width)), max(1, int(height))), 128).save(
-        buf, "GIF", comment=f"{TAG_KEYWORD} {tag_hex}".encode())
-    return buf.getvalue()
+    """A one-frame grey GIF of the video's frame size, the tag in a GIF comment.
+
+    Written by hand (no image library at run time): every pixel is colour 0, coded as 8-bit
+    LZW literals with a clear code every 125 pixels so the code width never grows."""
+    w, h = max(1, int(width)), max(1, int(height))
+    palette = bytes([128, 128, 128]) + b"\x00" * (128 * 3 - 3)
+    head = b"GIF89a" + struct.pack("<HHBBB", w, h, 0x80 | (6 << 4) | 6, 0, 0) + palette
+    comment = f"{TAG_KEYWORD} {tag_hex}".encode()
+    ext = b"\x21\xfe" + bytes([len(comment)]) + comment + b"\x00"
+    n = w * h
+    full, rest = divmod(n, 125)
+    codes = (b"\x80" + b"\x00" * 125) * full + ((b"\x80" + b"\x00" * rest) if rest else b"") + b"\x81"
+    blocks = b"".join(bytes([len(codes[i:i + 255])]) + codes[i:i + 255] for i in range(0, len(codes), 255))
+    image = b"\x2c" + struct.pack("<HHHHB", 0, 0, w, h, 0) + b"\x07" + blocks + b"\x00"
+    return head + ext + image + b"\x3b"
 
 
 def html_page(tag_hex: str) -> bytes:

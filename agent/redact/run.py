@@ -56,6 +56,7 @@ class _Run:
     report: RedactionReport = field(default_factory=RedactionReport)
     sensitive: tuple[str, ...] = ()
     planned: dict[str, tuple[str, str]] = field(default_factory=dict)   # file -> (kind, key)
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)     # file -> wandb's width, height
     done: dict[str, FileOutcome | None] = field(default_factory=dict)
     written: set[str] = field(default_factory=set)
 
@@ -190,7 +191,7 @@ class _Run:
             self.write("files/" + path, data, rep)
             return FileOutcome(path, hashlib.sha256(data).hexdigest(), len(data))
         tag = self.media_tag(data)
-        new = self._placeholder(kind, data, tag, d, key, rep)
+        new = self._placeholder(path, kind, data, tag, d, key, rep)
         sha = hashlib.sha256(new).hexdigest()
         m = _RENAME_RX.match(path)
         ext = _NEW_EXT.get(kind, m.group("ext") if m else Path(path).suffix)
@@ -200,21 +201,16 @@ class _Run:
         self.write("files/" + new_path, new, rep)
         return FileOutcome(new_path, sha, len(new), tag, _NEW_FMT.get(kind, ""))
 
-    def _placeholder(self, kind: str, data: bytes, tag: str, d: Decision, key: str, rep: RedactionReport) -> bytes:
+    def _placeholder(self, path: str, kind: str, data: bytes, tag: str, d: Decision, key: str,
+                     rep: RedactionReport) -> bytes:
+        hint = self.sizes.get(path)
         if kind == "image":
-            return placeholders.image_png(*placeholders.image_size(data), tag)
+            return placeholders.image_png(*placeholders.image_size(data, hint), tag)
         if kind == "audio":
             return placeholders.silent_wav(*placeholders.audio_shape(data), tag)
         if kind == "video":
-            from PIL import Image  # noqa: F401  (only to fail loudly if Pillow is missing)
-            size = (1, 1)
-            try:
-                import io
-                with Image.open(io.BytesIO(data)) as im:
-                    size = im.size
-            except Exception:
-                pass
-            return placeholders.video_gif(size[0], size[1], tag)
+            # wandb recorded the frame size; a GIF original also says it in its header.
+            return placeholders.video_gif(*placeholders.image_size(data, hint), tag)
         if kind == "html":
             return placeholders.html_page(tag)
         if kind == "table":
@@ -290,6 +286,9 @@ def _plan(r: _Run, log: Path) -> None:
                 kind = media_kind(node) or "any"
                 for f in referenced_files(node):
                     r.planned.setdefault(f, (kind, key))
+                if isinstance(node.get("width"), int) and isinstance(node.get("height"), int):
+                    for f in referenced_files(node):
+                        r.sizes.setdefault(f, (node["width"], node["height"]))
     r.sensitive = tuple(dict.fromkeys(sensitive))
     r.report.sensitive_keys = r.sensitive
 
