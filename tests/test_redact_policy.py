@@ -159,3 +159,16 @@ def test_console_drop_and_metadata_keep_on_a_corpus_run(tmp_path: Path) -> None:
     cfg = {u.key: u.value_json for u in run.config.update}
     assert "hf_aBc" not in cfg["hf_token"]
     assert json.loads(cfg["lr"]) == 0.001
+
+
+def test_damaged_log_is_a_redact_error(tmp_path: Path) -> None:
+    from redact_helpers import copy_corpus, corpus_runs, map_path_for
+    from tfwb_agent.redact.run import RedactError, redact_run
+    root = copy_corpus(tmp_path / "runs")
+    src = corpus_runs(root)[2]
+    log = next(src.glob("*.wandb"))
+    data = bytearray(log.read_bytes())
+    data[100] ^= 0xFF                      # a flipped byte in the first block: corruption
+    log.write_bytes(bytes(data))
+    with pytest.raises(RedactError, match="cannot read"):
+        redact_run(src, tmp_path / "out" / src.name, DEFAULT_POLICY, SECRET, map_path_for(root))

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from wandb.proto import wandb_internal_pb2 as pb
 
-from ..wandb_log import LogWriter, read_records
+from ..wandb_log import LogError, LogWriter, read_records
 from . import items as items_mod
 from . import meta, placeholders
 from .media import FileOutcome, referenced_files, media_kind
@@ -573,6 +573,18 @@ def _redact(src: Path, dst: Path | None, policy: Policy, secret: bytes,
     return r.report
 
 
+def _guarded(src: Path, dst: Path | None, policy: Policy, secret: bytes,
+             map_path: Callable[[str], Path]) -> RedactionReport:
+    # A damaged log or an unparsable record is this run's problem, not the agent's: say so in
+    # the one exception type callers quarantine on.
+    try:
+        return _redact(src, dst, policy, secret, map_path)
+    except LogError as exc:
+        raise RedactError(f"{src}: cannot read the .wandb file: {exc}") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RedactError(f"{src}: malformed content: {exc}") from exc
+
+
 def redact_run(src_run_dir: Path, dst_dir: Path, policy: Policy, secret: bytes,
                map_path: Callable[[str], Path]) -> RedactionReport:
     """Write a redacted copy of ``src_run_dir`` into ``dst_dir`` (created; must be empty).
@@ -581,13 +593,13 @@ def redact_run(src_run_dir: Path, dst_dir: Path, policy: Policy, secret: bytes,
     (``offline-run-...``; ``redact_run(src, out / src.name, ...)``). Run-table artifacts'
     files are copied into ``dst_dir/_staging`` and the records point there by absolute path;
     call ``relocate_staging`` after moving the directory."""
-    return _redact(Path(src_run_dir), Path(dst_dir), policy, secret, map_path)
+    return _guarded(Path(src_run_dir), Path(dst_dir), policy, secret, map_path)
 
 
 def plan_run(src_run_dir: Path, policy: Policy, secret: bytes,
              map_path: Callable[[str], Path]) -> RedactionReport:
     """What ``redact_run`` would do, computed the same way, with nothing written."""
-    return _redact(Path(src_run_dir), None, policy, secret, map_path)
+    return _guarded(Path(src_run_dir), None, policy, secret, map_path)
 
 
 def relocate_staging(run_dir: Path) -> int:
