@@ -20,6 +20,7 @@ log = logging.getLogger("tfwb_agent.pipeline")
 
 RETRY_SECONDS = 60.0  # a run whose sealing failed for a passing reason (disk full) waits this long
 _warned: set[str] = set()
+_recovered: set[Path] = set()  # outboxes cleaned of a previous crash's temporary files
 
 
 def _warn_once(key: str, message: str) -> None:
@@ -77,13 +78,19 @@ def seal_one(ledger: Ledger, cfg: config_mod.Config, row: dict[str, Any], keys: 
 
 def seal_stage(ledger: Ledger, cfg: config_mod.Config) -> None:
     """Seal every ended run this node holds."""
+    from .redact.policy import load_secret, policy_from_config
+    from .redact.run import RedactError
+    from .seal import SealError, keys_config, outbox_dir, recover_outbox, seal_keys
+    from .seal.keystore import KeyFileError
+
+    outbox = outbox_dir(cfg)
+    if outbox not in _recovered and outbox.is_dir():
+        for leftover in recover_outbox(outbox):
+            log.info("removed %s, left by a crash while sealing", leftover)
+        _recovered.add(outbox)
     rows = ledger.runs_in_state("ended")
     if not rows:
         return
-    from .redact.policy import load_secret, policy_from_config
-    from .redact.run import RedactError
-    from .seal import SealError, keys_config, seal_keys
-    from .seal.keystore import KeyFileError
 
     try:
         keys = seal_keys(keys_config(cfg))
