@@ -45,6 +45,58 @@ class RedactError(Exception):
     """A run that cannot be redacted (no `.wandb` file, a file escaping the run ...)."""
 
 
+def _write_new(out: str, data: bytes, rel: str) -> None:
+    """Create ``out``. O_EXCL: the destination starts empty, so an existing file means two
+    originals claimed one name. Raw fds: with 10,000s of small media files, the buffered-file
+    machinery costs more than the bytes."""
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        # Only a placeholder can meet its own name again (two equal originals: the name
+        # embeds the content's hash, so the bytes are the same). Nothing to write.
+        if not rel.startswith("files/media/"):
+            raise
+        return
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+class _BackgroundWriter:
+    """One thread that creates the output files while the caller goes on: file creation is
+    kernel time, tags, placeholders and records are Python time, and the two overlap."""
+
+    def __init__(self) -> None:
+        import queue
+        import threading
+        self.q: "queue.Queue[tuple[str, bytes, str] | None]" = queue.Queue(maxsize=4096)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="redact-writer", daemon=True)
+        self.thread.start()
+
+    def put(self, out: str, data: bytes, rel: str) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put((out, data, rel))
+
+    def _run(self) -> None:
+        while (job := self.q.get()) is not None:
+            if self.error is None:
+                try:
+                    _write_new(*job)
+                except BaseException as exc:  # re-raised in the caller's thread by close()
+                    self.error = exc
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 @dataclass
 class _Run:
     """State of one redaction. ``dst`` None: dry run, nothing is written."""
@@ -64,6 +116,7 @@ class _Run:
         self.dst_str = str(self.dst) if self.dst is not None else ""
         self.dirs: set[str] = set()
         self.ok_dirs: set[str] = set()
+        self.writer: _BackgroundWriter | None = None
         self._hmac = hmac.new(self.secret, b"media\x00", hashlib.sha256)
         self.scrubber = Scrubber(compile_patterns(self.policy.patterns), self.text_tag, self.policy.scrub_paths)
 
@@ -96,24 +149,11 @@ class _Run:
         if parent not in self.dirs:
             os.makedirs(parent, exist_ok=True)
             self.dirs.add(parent)
-        # O_EXCL: the destination starts empty, so an existing file means two originals
-        # claimed one name; fail rather than overwrite. Raw fds: with 10,000s of small media
-        # files, the buffered-file machinery costs more than the bytes.
-        try:
-            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            # Only a placeholder can meet its own name again (two equal originals: the name
-            # embeds the content's hash, so the bytes are the same). Nothing to write.
-            if not rel.startswith("files/media/"):
-                raise
-            return
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
         self.written.add(rel)
+        if self.writer is not None:
+            self.writer.put(out, data, rel)
+        else:
+            _write_new(out, data, rel)
 
     def source_file(self, rel: str) -> str | None:
         """``files/rel`` of the source run if it is a regular file inside it, reached through
@@ -153,26 +193,29 @@ class _Run:
     def prepare(self, workers: int = 1) -> None:
         """Decide and write every media file the records name, before the records are rewritten.
 
-        ``workers > 1`` runs tasks on threads (reading, hashing and writing release the GIL).
-        Measured on a 2-core VM it did not pay: file creation in one directory serialises in
-        the kernel. Each task counts into its own report, merged here, so counts stay exact."""
+        Files are created by the background writer, so one thread here suffices; ``workers``
+        adds threads for the reading and hashing (measured: no gain on a 2-core VM once the
+        writer runs). Each task counts into its own report, merged here, so the counts stay
+        exact and do not depend on the order tasks finish."""
         from concurrent.futures import ThreadPoolExecutor
 
-        def task(item: tuple[str, tuple[str, str]]) -> tuple[str, FileOutcome | None, RedactionReport]:
-            path, (kind, key) = item
+        def task(chunk: list[tuple[str, tuple[str, str]]]) -> tuple[list[tuple[str, FileOutcome | None]], RedactionReport]:
             rep = RedactionReport()
-            return path, self._resolve(path, kind, self.decide(key, kind), key, rep), rep
+            return [(path, self._resolve(path, kind, self.decide(key, kind), key, rep))
+                    for path, (kind, key) in chunk], rep
 
         items = list(self.planned.items())
-        if workers <= 1:
-            results = map(task, items)
+        # Chunks, not one future per file: a future costs more than a small image.
+        chunks = [items[i:i + 256] for i in range(0, len(items), 256)]
+        if workers <= 1 or len(chunks) <= 1:
+            results = map(task, chunks)
         else:
             pool = ThreadPoolExecutor(max_workers=workers)
-            results = pool.map(task, items, chunksize=64)
-        for path, outcome, rep in results:
-            self.done[path] = outcome
+            results = pool.map(task, chunks)
+        for outcomes, rep in results:
+            self.done.update(outcomes)
             self.report.merge(rep)
-        if workers > 1:
+        if workers > 1 and len(chunks) > 1:
             pool.shutdown()
 
     def _resolve(self, path: str, kind: str, d: Decision, key: str, rep: RedactionReport) -> FileOutcome | None:
@@ -555,6 +598,7 @@ def _redact(src: Path, dst: Path | None, policy: Policy, secret: bytes,
             raise RedactError(f"{dst}: the destination is not empty")
         out = open(dst / log.name, "wb")
         writer = LogWriter(out)
+        r.writer = _BackgroundWriter()
     try:
         r.prepare()
         for rec in _records(log, r.report):
@@ -567,6 +611,8 @@ def _redact(src: Path, dst: Path | None, policy: Policy, secret: bytes,
     finally:
         if out is not None:
             out.close()
+        if r.writer is not None:
+            r.writer.close()     # every file is on disk (or its error raised) before we return
     for p in src.iterdir():
         if p.name not in ("files", log.name):
             r.report.dropped_paths[p.name if p.is_dir() else "other files"] += 1
