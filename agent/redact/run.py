@@ -15,7 +15,6 @@ import hmac
 import json
 import os
 import re
-import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
