@@ -22,6 +22,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -448,6 +449,79 @@ def test_agent_works_under_memory_deny_write_execute(tmp_path, corpus):
     agent("scan")
     status = json.loads(agent("status", "--json").stdout)
     assert len(status["runs"]) == 1 and status["runs"][0]["ended"] in ("finished", "crashed"), status
+
+
+def _tree(root: Path) -> dict[str, tuple[int, float]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime)
+            for p in root.rglob("*") if ".tfwb-agent" not in p.parts and p.is_file()}
+
+
+def test_daemon_works_inside_the_units_file_sandbox(tmp_path, corpus):
+    """The daemon under what tfwb-agent.service grants it: the runs volume read-only
+    (ReadOnlyPaths), only its claims directory writable (ReadWritePaths), /proc reduced to
+    processes (ProtectProc=invisible, ProcSubset=pid) and no writable+executable memory
+    (MemoryDenyWriteExecute). It must still claim, redact and seal every run there."""
+    exe = tool("tfwb-agent")
+    runs = tmp_path / "watched"
+    for src in sorted(corpus.glob("wandb-*/wandb/offline-run-*")):
+        shutil.copytree(src, runs / src.parent.parent.name / src.name)
+    (runs / ".tfwb-agent").mkdir()           # the mount point of the writable claims directory
+    claims_src = tmp_path / "claims-src"     # what the volume's .tfwb-agent really holds
+    claims_src.mkdir()
+    before = _tree(runs)
+    keys, state = tmp_path / "keys", tmp_path / "state"
+    keys.mkdir()
+    state.mkdir(mode=0o700)
+    (state / "redact.key").write_text(os.urandom(32).hex())
+    cfg = tmp_path / "agent.toml"
+    base = (f'state_dir = "{state}"\nnode_name = "sandboxed"\n[watch]\nroots = ["{runs}"]\n'
+            f'mode = "poll"\npoll_seconds = 0.5\nquiet_seconds = 2\n'
+            f'[keys]\nnode_key = "{keys / "node.key"}"\nidentity = "{keys / "gateway.agekey"}"\n')
+    cfg.write_text(base)
+    env = {k: v for k, v in os.environ.items() if k != "TFWB_AGENT_CONFIG"}
+    assert run([exe, "--config", str(cfg), "keys", "init", "--node"], env=env).returncode == 0
+    gw = run([exe, "--config", str(cfg), "keys", "init", "--gateway"], env=env)
+    recipient = re.search(r"age1[0-9a-z]+", gw.stdout + gw.stderr).group(0)
+    cfg.write_text(base + f'recipients = ["{recipient}"]\n')
+
+    sandbox = (
+        'set -e\n'
+        'mount -t proc -o subset=pid,hidepid=invisible proc /proc\n'
+        'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" "$1"\n'
+        'mount --bind "$2" "$1/.tfwb-agent"\n'
+        'if touch "$1/.tfwb-write-probe" 2>/dev/null; then echo "runs volume still writable" >&2; exit 90; fi\n'
+        'test ! -e /proc/meminfo || { echo "/proc not reduced to pids" >&2; exit 91; }\n'
+        'shift 2\n'
+        'exec "$@"\n'
+    )
+    cmd = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child=SIGTERM",
+           "sh", "-c", sandbox, "sh", str(runs), str(claims_src),
+           sys.executable, "-c", MDWE_WRAPPER, exe, "--config", str(cfg), "daemon"]
+    log = open(tmp_path / "daemon.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    want = {p.name.rsplit("-", 1)[-1] for p in runs.glob("*/offline-run-*")}
+    views: dict = {}
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            res = run([exe, "--config", str(cfg), "status", "--json"], env=env)
+            if res.returncode == 0:
+                views = {r["run_id"]: r for r in json.loads(res.stdout)["runs"]}
+                if want <= views.keys() and all(views[r]["state"] == "sealed" for r in want):
+                    break
+            time.sleep(0.5)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    out = (tmp_path / "daemon.log").read_text()
+    assert want and want <= views.keys(), (views, out[-3000:])
+    assert {r: views[r]["state"] for r in want} == {r: "sealed" for r in want}, (views, out[-3000:])
+    assert _tree(runs) == before, "the daemon changed the read-only runs volume"
+    assert any(claims_src.rglob("*")), "no claim was written to the claims directory"
 
 
 # --------------------------------------------------------------------------------------------
