@@ -235,6 +235,13 @@ def test_entrypoint_refuses_a_missing_volume(tmp_path, case):
     assert not runs.is_dir(), "the entrypoint must not create the mount point itself"
 
 
+def test_entrypoint_is_executable_in_the_repository():
+    # The Dockerfile copies it without --chmod: the mode in git is the mode in the image.
+    staged = run(["git", "ls-files", "-s", str(ENTRYPOINT.relative_to(ROOT))], cwd=ROOT).stdout
+    assert staged.startswith("100755 "), staged
+    assert ENTRYPOINT.read_text().startswith("#!/usr/bin/env bash\n")
+
+
 def test_entrypoint_without_a_script_prints_usage(tmp_path):
     res = run(["bash", str(ENTRYPOINT)], env=_entry_env(tmp_path))
     assert res.returncode == 64 and "usage: tfwb-train-entrypoint SCRIPT.py" in res.stderr
