@@ -10,6 +10,7 @@ copied. The source is only read.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -316,10 +317,14 @@ def _sensitive_from_config(updates: Any) -> tuple[str, ...]:
 
 def _plan(r: _Run, log: Path) -> None:
     sensitive: list[str] = []
+    identity: set[str] = set()
     for rec in _records(log, RedactionReport()):
         t = rec.WhichOneof("record_type")
         if t == "run":
             sensitive += _sensitive_from_config(rec.run.config.update)
+            identity |= {rec.run.host}
+        elif t == "environment":
+            identity |= {getattr(rec.environment, f, "") for f in ("host", "username", "email")}
         elif t == "config":
             sensitive += _sensitive_from_config(rec.config.update)
         elif t in ("history", "summary"):
@@ -333,6 +338,29 @@ def _plan(r: _Run, log: Path) -> None:
                         r.sizes.setdefault(f, (node["width"], node["height"]))
     r.sensitive = tuple(dict.fromkeys(sensitive))
     r.report.sensitive_keys = r.sensitive
+    if r.policy.metadata == "redact":
+        identity |= _metadata_identity(r.src)
+        r.scrubber = _with_identity(r.scrubber, identity)
+
+
+def _metadata_identity(src: Path) -> set[str]:
+    """Host, user and e-mail from wandb 0.15's files/wandb-metadata.json."""
+    try:
+        meta = json.loads((src / "files" / "wandb-metadata.json").read_text())
+    except (OSError, ValueError):
+        return set()
+    return {str(meta[k]) for k in ("host", "username", "email") if isinstance(meta, dict) and meta.get(k)}
+
+
+def _with_identity(scrubber: Scrubber, values: set[str]) -> Scrubber:
+    """Scrub the run's own host, user and e-mail wherever they occur as a whole word: in
+    config values (the trainer plugin's fingerprint records the host), console lines, paths.
+    Metadata fields are replaced by name already; this catches every other place."""
+    words = sorted((v for v in values if v and len(v) >= 2), key=len, reverse=True)
+    if not words:
+        return scrubber
+    rx = re.compile(r"(?<![\w.@-])(?:" + "|".join(re.escape(w) for w in words) + r")(?![\w-])")
+    return dataclasses.replace(scrubber, patterns=(("identity", rx), *scrubber.patterns))
 
 
 def _unplanned(path: str) -> tuple[str, str]:
