@@ -1,0 +1,93 @@
+"""The config: where it comes from, what a mistake looks like, what `config check` shows."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tfwb_agent import config
+
+from conftest import agent
+
+
+def parse(text: str):
+    import tomllib
+
+    return config.parse(tomllib.loads(text), "agent.toml")
+
+
+@pytest.mark.parametrize("text, key, words", [
+    ('stat_dir = "/x"', "stat_dir", "unknown key"),
+    ('state_dir = "relative/path"', "state_dir", "absolute path"),
+    ('[watch]\nmode = "fanotify"', "watch.mode", "'inotify' or 'poll'"),
+    ('[watch]\nquiet_seconds = -1', "watch.quiet_seconds", "greater than 0"),
+    ('[watch]\nquiet_seconds = true', "watch.quiet_seconds", "not a boolean"),
+    ('[watch]\nroots = "/srv"', "watch.roots", "a list"),
+    ('[watch]\nroot = ["/srv"]', "watch.root", "unknown key"),
+    ('[path_map]\n"/runs" = "srv"', "path_map", "absolute path"),
+])
+def test_errors_name_the_file_the_key_and_the_problem(text, key, words):
+    with pytest.raises(config.ConfigError) as err:
+        parse(text)
+    msg = str(err.value)
+    assert msg.startswith("agent.toml: ") and key in msg and words in msg, msg
+
+
+def test_path_map_prefers_the_longest_prefix_and_whole_components():
+    cfg = parse('[path_map]\n"/runs" = "/srv/a"\n"/runs/special" = "/srv/b"\n')
+    assert str(cfg.map_path("/runs/x/y")) == "/srv/a/x/y"
+    assert str(cfg.map_path("/runs/special/z")) == "/srv/b/z"
+    assert str(cfg.map_path("/runsX/z")) == "/runsX/z"  # not a path under /runs
+    assert str(cfg.map_path("/elsewhere/z")) == "/elsewhere/z"
+
+
+def test_where_the_config_comes_from(tmp_path):
+    a, b = tmp_path / "a.toml", tmp_path / "b.toml"
+    a.write_text(f'state_dir = "{tmp_path}/sa"\n')
+    b.write_text(f'state_dir = "{tmp_path}/sb"\n')
+    env = {"TFWB_AGENT_CONFIG": str(b)}
+    out = json.loads(agent(None, "config", "check", "--json", env=env).stdout)
+    assert out["source"] == str(b)
+    out = json.loads(agent(None, "--config", str(a), "config", "check", "--json", env=env).stdout)
+    assert out["source"] == str(a)  # --config wins over the environment
+    e = {k: v for k, v in os.environ.items() if k != "TFWB_AGENT_CONFIG"}
+    proc = subprocess_run_without_env(e)
+    assert proc.returncode != 0
+    assert config.DEFAULT_PATH in proc.stderr and "--config" in proc.stderr
+
+
+def subprocess_run_without_env(env):
+    import subprocess
+    import sys
+
+    if os.path.exists(config.DEFAULT_PATH):
+        raise AssertionError(f"{config.DEFAULT_PATH} exists on this machine; the default can't be tested")
+    return subprocess.run([sys.executable, "-m", "tfwb_agent", "config", "check"], env=env,
+                          capture_output=True, text=True)
+
+
+def test_a_broken_config_is_reported_not_a_traceback(tmp_path):
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('state_dir = "/x"\n[watch]\nmode = "fanotify"\n')
+    proc = agent(cfg, "status", check=False)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert f"{cfg}: watch.mode" in proc.stderr
+    cfg.write_text("state_dir = \n")
+    proc = agent(cfg, "status", check=False)
+    assert "not valid TOML" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_secrets_are_shown_only_as_where_they_come_from(tmp_path):
+    key_file = tmp_path / "redact.key"
+    key_file.write_bytes(b"0123456789abcdef0123456789abcdef-SECRET")
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'state_dir = "{tmp_path}/s"\n[redact]\nsecret_file = "{key_file}"\n')
+    out = agent(cfg, "config", "check").stdout + agent(cfg, "config", "check", "--json").stdout
+    assert str(key_file) in out
+    assert "SECRET" not in out
+    cfg.write_text(f'state_dir = "{tmp_path}/s"\n[redact]\nsecret = "inline-value"\n')
+    proc = agent(cfg, "config", "check", check=False)
+    assert proc.returncode != 0 and "inline-value" not in proc.stderr + proc.stdout
+    assert "redact.secret" in proc.stderr
