@@ -34,8 +34,9 @@ log = logging.getLogger("tfwb_agent.daemon")
 EVENTS = [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent,
           DirCreatedEvent, DirMovedEvent, DirDeletedEvent]
 
-# Later stages of the pipeline (seal, deliver) hook in here; each gets (ledger, cfg) after a pass.
-Stage = Callable[[Ledger, config_mod.Config], None]
+# Later stages of the pipeline (seal, deliver) hook in here; each gets (ledger, cfg) after a pass
+# and returns True when it left work for the next round.
+Stage = Callable[[Ledger, config_mod.Config], "bool | None"]
 
 
 class _Changes(FileSystemEventHandler):
@@ -168,7 +169,8 @@ class Daemon:
                     if self.stopping:
                         break
                     try:
-                        stage(ledger, self.cfg)
+                        if stage(ledger, self.cfg):
+                            self.wake.set()  # more work waiting: come straight back after events
                     except Exception:  # one stage failing must not stop watching
                         log.exception("stage %s failed", getattr(stage, "__name__", stage))
                 # Wake for the next full pass, the next quiet deadline, and in time to renew our lease.

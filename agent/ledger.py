@@ -164,8 +164,9 @@ class Ledger:
     def runs(self) -> list[dict[str, Any]]:
         return [_run_dict(r) for r in self.db.execute("SELECT * FROM runs ORDER BY first_seen, key")]
 
-    def runs_in_state(self, state: str) -> list[dict[str, Any]]:
-        rows = self.db.execute("SELECT * FROM runs WHERE state = ? ORDER BY first_seen, key", (state,))
+    def runs_in_state(self, state: str, limit: int = -1) -> list[dict[str, Any]]:
+        """Runs in ``state``, the longest untouched first (a run that just failed goes last)."""
+        rows = self.db.execute("SELECT * FROM runs WHERE state = ? ORDER BY updated, key LIMIT ?", (state, limit))
         return [_run_dict(r) for r in rows]
 
     @staticmethod

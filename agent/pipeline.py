@@ -18,6 +18,7 @@ from .ledger import Ledger
 
 log = logging.getLogger("tfwb_agent.pipeline")
 
+SEAL_BATCH = 20
 RETRY_SECONDS = 60.0  # a run whose sealing failed for a passing reason (disk full) waits this long
 _warned: set[str] = set()
 _recovered: set[Path] = set()  # outboxes cleaned of a previous crash's temporary files
@@ -76,8 +77,8 @@ def seal_one(ledger: Ledger, cfg: config_mod.Config, row: dict[str, Any], keys: 
         shutil.rmtree(work, ignore_errors=True)
 
 
-def seal_stage(ledger: Ledger, cfg: config_mod.Config) -> None:
-    """Seal every ended run this node holds."""
+def seal_stage(ledger: Ledger, cfg: config_mod.Config) -> bool:
+    """Seal a batch of the ended runs this node holds; True if more are waiting."""
     from .redact.policy import load_secret, policy_from_config
     from .redact.run import RedactError
     from .seal import SealError, keys_config, outbox_dir, recover_outbox, seal_keys
@@ -88,24 +89,24 @@ def seal_stage(ledger: Ledger, cfg: config_mod.Config) -> None:
         for leftover in recover_outbox(outbox):
             log.info("removed %s, left by a crash while sealing", leftover)
         _recovered.add(outbox)
-    rows = ledger.runs_in_state("ended")
-    if not rows:
-        return
-
+    if not ledger.db.execute("SELECT 1 FROM runs WHERE state = 'ended' LIMIT 1").fetchone():
+        return False  # the common idle case: no key or policy file read
     try:
         keys = seal_keys(keys_config(cfg))
     except (KeyFileError, ValueError, config_mod.ConfigError) as exc:
         _warn_once("keys", f"runs wait unsealed: {exc} (run `tfwb-agent keys init --node` and set [keys] in the config)")
-        return
+        return False
     try:
         ensure_redaction_secret(cfg)
         policy = policy_from_config(cfg)
         secret = load_secret(policy, cfg)
     except (config_mod.ConfigError, OSError) as exc:
         _warn_once("secret", f"runs wait unsealed: {exc}")
-        return
+        return False
     now = time.time()
-    for row in rows:
+    # A batch per call: the daemon goes back to its events between batches.
+    batch = ledger.runs_in_state("ended", limit=SEAL_BATCH)
+    for row in batch:
         failed_at = row["facts"].get("seal_failed_at", 0)
         if now - failed_at < RETRY_SECONDS:
             continue
@@ -121,6 +122,7 @@ def seal_stage(ledger: Ledger, cfg: config_mod.Config) -> None:
         except Exception as exc:  # one bad run must not stop the others
             log.exception("sealing %s failed", row["key"])
             _quarantine(ledger, row, f"internal error while sealing: {type(exc).__name__}: {exc}")
+    return len(batch) == SEAL_BATCH
 
 
 def _quarantine(ledger: Ledger, row: dict[str, Any], reason: str) -> None:
@@ -134,7 +136,7 @@ def _retry_later(ledger: Ledger, row: dict[str, Any], reason: str) -> None:
     ledger.set_run_state(row["key"], "ended", last_error=reason, facts=ledger.encode_facts(facts))
 
 
-def _delivery_stage() -> list[Callable[[Ledger, config_mod.Config], None]]:
+def _delivery_stage() -> list[Callable[[Ledger, config_mod.Config], bool | None]]:
     try:
         from .deliver.engine import deliver_stage
     except ModuleNotFoundError as exc:
@@ -144,4 +146,4 @@ def _delivery_stage() -> list[Callable[[Ledger, config_mod.Config], None]]:
     return [deliver_stage]
 
 
-STAGES: list[Callable[[Ledger, config_mod.Config], None]] = [seal_stage, *_delivery_stage()]
+STAGES: list[Callable[[Ledger, config_mod.Config], bool | None]] = [seal_stage, *_delivery_stage()]

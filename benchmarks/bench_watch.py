@@ -72,6 +72,16 @@ def bench_reader(work: Path, gb: float) -> dict:
     plain()  # warm the page cache so every variant reads from memory
     res = {"file_bytes": size, "plain_read_s": timed(plain), "frames_s": timed(frames), "records_s": timed(records),
            "records": n[0]}
+    # Peak memory of a process that only streams the records of the whole file.
+    code = ("import resource,sys\nfrom tfwb_agent.wandb_log import read_records\n"
+            "for _ in read_records(sys.argv[1]): pass\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    base = ("import resource\nimport tfwb_agent.wandb_log\nfrom wandb.proto import wandb_internal_pb2\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    res["peak_rss_MiB"] = int(subprocess.run([sys.executable, "-c", code, str(big)], capture_output=True, text=True,
+                                             check=True).stdout) / 1024
+    res["baseline_rss_MiB"] = int(subprocess.run([sys.executable, "-c", base], capture_output=True, text=True,
+                                                 check=True).stdout) / 1024
     for k in ("plain_read", "frames", "records"):
         res[f"{k}_MBps"] = size / 1e6 / res[f"{k}_s"]
     big.unlink()
@@ -205,7 +215,8 @@ def main() -> None:
             out["reader"] = r = bench_reader(work, args.gb)
             print(f"reader, {r['file_bytes'] / 1e9:.2f} GB: plain read {r['plain_read_MBps']:.0f} MB/s | "
                   f"framing only {r['frames_MBps']:.0f} MB/s | records parsed {r['records_MBps']:.0f} MB/s "
-                  f"({r['records']} records); ratio parsed/plain {r['records_MBps'] / r['plain_read_MBps']:.3f}")
+                  f"({r['records']} records); ratio parsed/plain {r['records_MBps'] / r['plain_read_MBps']:.3f}; "
+                  f"peak RSS {r['peak_rss_MiB']:.0f} MiB (interpreter + wandb protos alone: {r['baseline_rss_MiB']:.0f} MiB)")
         if "latency" in only:
             out["latency_inotify"] = a = bench_latency(work, "inotify", args.samples)
             out["latency_poll"] = b = bench_latency(work, "poll", args.samples)
