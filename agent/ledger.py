@@ -97,6 +97,19 @@ MIGRATIONS: list[str] = [
         approved_by TEXT
     );
     """,
+    # 4: delivery bookkeeping: who is uploading (pid + kernel start time), when to try again,
+    # what the server held and what was sent; the policy's verdict in words.
+    """
+    ALTER TABLE deliveries ADD COLUMN uploader_pid INTEGER;
+    ALTER TABLE deliveries ADD COLUMN uploader_start INTEGER;
+    ALTER TABLE deliveries ADD COLUMN next_attempt REAL;
+    ALTER TABLE deliveries ADD COLUMN server_rows INTEGER;
+    ALTER TABLE deliveries ADD COLUMN rows_sent INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE deliveries ADD COLUMN bytes_sent INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE deliveries ADD COLUMN reason TEXT;
+    ALTER TABLE deliveries ADD COLUMN confirmed_at REAL;
+    CREATE INDEX deliveries_state ON deliveries(target, state);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,100 @@
+"""Upload one prepared run directory with the installed wandb's own ``wandb sync``.
+
+The server URL and API key travel in the child's environment only, never on its command line
+(``ps`` shows argv to every user) and never in a log. wandb's own config, cache and data
+directories point into the private work directory, so the child neither reads nor writes the
+agent user's ``~/.netrc`` or ``~/.config/wandb``. The child runs in its own session: if the
+agent is killed mid-upload, the upload finishes by itself, and the next agent waits for it
+(its pid and start time are in the ledger) before asking the server what arrived.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+# Variables of the agent's own environment that would change what wandb sync does.
+_DROP = ("WANDB_MODE", "WANDB_DISABLED", "WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_ENTITY", "WANDB_PROJECT",
+         "WANDB_RUN_ID", "WANDB_RESUME", "WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR",
+         "WANDB_SILENT", "WANDB_NETRC")
+
+
+def wandb_exe() -> list[str]:
+    """The wandb CLI installed beside this Python (the agent's own wandb), else on PATH."""
+    beside = Path(sys.executable).parent / "wandb"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return [str(beside)]
+    return [sys.executable, "-m", "wandb"]
+
+
+def sync_env(base_url: str, api_key: str, home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _DROP}
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    env.update(WANDB_BASE_URL=base_url, WANDB_API_KEY=api_key, WANDB_CONFIG_DIR=str(home / "config"),
+               WANDB_CACHE_DIR=str(home / "cache"), WANDB_DATA_DIR=str(home / "data"),
+               WANDB_NETRC=str(home / "netrc"), WANDB_SILENT="false", WANDB_CONSOLE="off",
+               WANDB_DISABLE_GIT="true", WANDB_ERROR_REPORTING="false", WANDB_X_ERROR_REPORTING="false")
+    return env
+
+
+def sync_argv(run_dir: Path, project: str, entity: str | None) -> list[str]:
+    argv = [*wandb_exe(), "sync", "--include-synced", "--include-online", "--project", project]
+    if entity:
+        argv += ["--entity", entity]
+    return argv + [str(run_dir)]
+
+
+@dataclass
+class Upload:
+    proc: subprocess.Popen
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+def start(run_dir: Path, base_url: str, api_key: str, project: str, entity: str | None,
+          home: Path, log_path: Path) -> Upload:
+    """Start ``wandb sync`` of ``run_dir`` (a private copy: sync writes into it)."""
+    log = open(log_path, "ab")
+    try:
+        proc = subprocess.Popen(sync_argv(run_dir, project, entity), env=sync_env(base_url, api_key, home),
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=str(home), start_new_session=True, close_fds=True)
+    finally:
+        log.close()
+    return Upload(proc, log_path)
+
+
+def tail(log_path: Path, n: int = 2000) -> str:
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - n))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def process_start_time(pid: int) -> int | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot): with the pid, it names one
+    process, so a recycled pid is never mistaken for our uploader."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[19])
+
+
+def alive(pid: int, start_time: int | None) -> bool:
+    st = process_start_time(pid)
+    if st is None or (start_time is not None and st != start_time):
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+        return state[state.rindex(")") + 2] != "Z"
+    except (OSError, ValueError):
+        return False

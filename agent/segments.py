@@ -1,0 +1,204 @@
+"""Segments of a run's `.wandb` log: what a log holds, and the part of it still to send.
+
+A server that already holds the first ``H`` history rows of a run gets only the rest: a new
+`.wandb` file with the file header, the run's header and run records (the run record marked
+``resumed``), then only the records after the ``H``-th history record. Stock ``wandb sync`` of
+such a file appends to the run on the server, so every step arrives once (DESIGN.md,
+"Segments of a live run"). The same cut serves a live run's next segment and a delivery that
+a crash or a dying server interrupted halfway.
+
+Reading is streaming (one record at a time); the decisions are plain functions over the facts.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .wandb_log import FILE_HEADER_LEN, LogReader, LogWriter
+
+
+@dataclass
+class LogFacts:
+    """What a `.wandb` log carries, as far as delivery cares."""
+    size: int = 0
+    end: int = FILE_HEADER_LEN          # after the last whole record
+    torn: bool = False
+    history_rows: int = 0
+    history_ends: list[int] = field(default_factory=list)  # offset just after each history record
+    first_step: int | None = None
+    last_step: int | None = None
+    history_keys: set[str] = field(default_factory=set)    # numeric keys seen in history
+    metric_values: int = 0              # numeric (key, step) values in history: rows a server stores
+    summary: dict[str, Any] = field(default_factory=dict)  # the run's summary as wandb computes it
+    run_id: str | None = None
+    project: str | None = None
+    entity: str | None = None
+    exit_code: int | None = None        # None: no exit record (still live, or crashed)
+
+    def rows_before(self, offset: int) -> int:
+        """History rows whose records lie wholly before ``offset``."""
+        import bisect
+        return bisect.bisect_right(self.history_ends, offset)
+
+
+def _key(item: Any) -> str:
+    return item.key if item.key else "/".join(item.nested_key)
+
+
+def _top_level(item: Any) -> bool:
+    """wandb 0.31 also writes the fields of a media value as nested keys (``samples/ct`` ->
+    ``count``); a server keeps only the top-level values of a history row."""
+    return bool(item.key) or len(item.nested_key) == 1
+
+
+def _value(item: Any) -> Any:
+    try:
+        return json.loads(item.value_json)
+    except ValueError:
+        return None
+
+
+def _numeric(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def read_facts(log: Path, limit: int | None = None) -> LogFacts:
+    """Fold the log's whole records (up to byte ``limit``) into ``LogFacts``."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    facts = LogFacts()
+    with open(log, "rb") as f:
+        facts.size = os.fstat(f.fileno()).st_size
+        reader = LogReader(f)
+        for offset, payload in reader:
+            if limit is not None and offset >= limit:
+                break
+            rec = pb.Record()
+            rec.ParseFromString(payload)
+            kind = rec.WhichOneof("record_type")
+            if kind == "history":
+                end = _record_end(offset, len(payload))
+                facts.history_ends.append(end)
+                facts.history_rows += 1
+                step = rec.history.step.num if rec.history.HasField("step") else None
+                for item in rec.history.item:
+                    k, v = _key(item), _value(item)
+                    if k == "_step" and _numeric(v):
+                        step = int(v)
+                    if k.startswith("_") or not _top_level(item):
+                        continue
+                    facts.summary[k] = v
+                    if _numeric(v):
+                        facts.history_keys.add(k)
+                        facts.metric_values += 1
+                if step is not None:
+                    facts.first_step = step if facts.first_step is None else facts.first_step
+                    facts.last_step = step
+            elif kind == "summary":
+                for item in rec.summary.update:
+                    if _top_level(item):
+                        facts.summary[_key(item)] = _value(item)
+                for item in rec.summary.remove:
+                    facts.summary.pop(_key(item), None)
+            elif kind == "run":
+                facts.run_id = rec.run.run_id or facts.run_id
+                facts.project = rec.run.project or facts.project
+                facts.entity = rec.run.entity or facts.entity
+            elif kind == "exit":
+                facts.exit_code = rec.exit.exit_code
+        tail = reader.tail
+    if tail is not None:
+        facts.end = tail.end if limit is None else min(tail.end, limit)
+        facts.torn = tail.torn_at is not None and limit is None
+    elif limit is not None:
+        facts.end = limit
+    return facts
+
+
+def _record_end(offset: int, length: int) -> int:
+    """The offset just after a record of ``length`` bytes written from ``offset``: walk the
+    chunks the way the writer laid them out (a chunk never crosses a 32 KiB block)."""
+    from .wandb_log import BLOCK_LEN, CHUNK_HEADER_LEN
+    pos, left = offset, length
+    while True:
+        room = BLOCK_LEN - pos % BLOCK_LEN
+        if room < CHUNK_HEADER_LEN:
+            pos += room
+            continue
+        piece = min(left, room - CHUNK_HEADER_LEN)
+        pos += CHUNK_HEADER_LEN + piece
+        left -= piece
+        if left == 0:
+            return pos
+
+
+def comparable_summary(summary: dict[str, Any]) -> dict[str, float]:
+    """The part of a summary every W&B-compatible server keeps as is: numeric top-level values
+    of keys that are not wandb-internal (``_step``, ``_runtime`` ...)."""
+    return {k: float(v) for k, v in summary.items() if not k.startswith("_") and _numeric(v)}
+
+
+@dataclass(frozen=True)
+class Cut:
+    """What to send: records of ``log`` from ``start`` to ``end``; with ``resumed``, after the
+    header and run records (the run record marked resumed)."""
+    start: int
+    end: int
+    resumed: bool
+    rows: int  # history rows this cut carries
+
+
+def plan_cut(facts: LogFacts, server_rows: int) -> Cut | None:
+    """The records to send so that a server holding ``server_rows`` history rows of this run
+    ends holding every row of ``facts`` once. None: it already holds them all."""
+    if server_rows >= facts.history_rows:
+        return None
+    if server_rows <= 0:
+        return Cut(FILE_HEADER_LEN, facts.end, False, facts.history_rows)
+    return Cut(facts.history_ends[server_rows - 1], facts.end, True, facts.history_rows - server_rows)
+
+
+def write_cut(src: Path, dst: Path, cut: Cut) -> int:
+    """Write the `.wandb` file for ``cut`` to ``dst``; return its size. A whole log is copied
+    byte for byte (cut at its last whole record); a resumed cut is re-framed."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    if not cut.resumed:
+        with open(src, "rb") as fin, open(dst, "wb") as fout:
+            left = cut.end
+            while left > 0:
+                block = fin.read(min(left, 1 << 20))
+                if not block:
+                    break
+                fout.write(block)
+                left -= len(block)
+            fout.flush()
+            os.fsync(fout.fileno())
+            return fout.tell()
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        w = LogWriter(fout)
+        for offset, payload in LogReader(fin):
+            if offset >= cut.end:
+                break
+            if offset < cut.start:
+                rec = pb.Record()
+                rec.ParseFromString(payload)
+                kind = rec.WhichOneof("record_type")
+                if kind == "header":
+                    w.write(payload)
+                elif kind == "run":
+                    rec.run.resumed = True
+                    w.write(rec)
+                continue
+            rec = pb.Record()
+            rec.ParseFromString(payload)
+            if rec.WhichOneof("record_type") in ("header", "run"):
+                continue  # already written at the top
+            w.write(payload)
+        fout.flush()
+        os.fsync(fout.fileno())
+        return w.offset
