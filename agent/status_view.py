@@ -24,7 +24,8 @@ def run_view(row: dict[str, Any], now: float | None = None) -> dict[str, Any]:
         "exit_code": row["exit_code"],
         "torn_at": row["torn_at"],
         "mtime": row.get("mtime"),
-        "idle_seconds": round(now - row["mtime"], 1) if row.get("mtime") else None,
+        "idle_seconds": round(now - row["mtime"], 1) if row.get("mtime") else None,  # since the last write
+        "age_seconds": round(now - row["first_seen"], 1),  # since the agent first saw it
         "first_seen": row["first_seen"],
         "updated": row["updated"],
         "last_error": row["last_error"],

@@ -35,11 +35,12 @@ def command(ctx: Context, as_json: bool) -> None:
                       " Is the daemon running? `tfwb-agent scan` looks once.")
     else:
         table = Table(box=None, pad_edge=False)
-        for col in ("RUN", "PROJECT", "STATE", "ENDED", "SIZE", "STEPS", "IDLE", "NOTE"):
+        for col in ("RUN", "PROJECT", "STATE", "ENDED", "SIZE", "STEPS", "AGE", "IDLE", "NOTE"):
             table.add_column(col, no_wrap=col != "NOTE")
         for v in views:
             table.add_row(v["run_id"] or "?", v["project"] or "-", v["state"], v["ended"] or "-",
-                          human_size(v["size"]), str(v["steps"]), human_age(v["idle_seconds"]),
+                          human_size(v["size"]), str(v["steps"]), human_age(v["age_seconds"]),
+                          human_age(v["idle_seconds"]),
                           v["last_error"] or v["reason"] or "")
         console.print(table)
     console.print("  ".join(f"{state}: {n}" for state, n in sorted(counts.items())) or "")
