@@ -257,9 +257,9 @@ def classify(facts: RunFacts, now: float, quiet_seconds: float) -> Verdict:
         what = "only the file header" if facts.records == 0 else "no run record"
         return Verdict(None, "invalid", f"not a run: the .wandb file holds {what} and stopped growing")
     if facts.torn_at is not None:
-        return Verdict("crashed", "ended", f"no exit record; torn tail at byte {facts.torn_at} "
-                       f"({facts.torn_reason}); kept everything before it")
-    return Verdict("crashed", "ended", f"no exit record and no growth for {quiet_seconds:g}s")
+        return Verdict("crashed", "ended", f"no exit record; torn tail cut at byte {facts.torn_at} "
+                       f"({facts.torn_reason})")
+    return Verdict("crashed", "ended", f"no exit record, no growth for {quiet_seconds:g}s")
 
 
 def staging_report(facts: RunFacts, map_path: Callable[[str], Path]) -> dict[str, list[str]]:

@@ -1,11 +1,10 @@
 """`tfwb-agent status`: every run, where it is in the pipeline and how it ended."""
 from __future__ import annotations
 
+import shutil
 import time
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from ..status_view import human_age, human_size, run_view
 from .common import Context, echo_json, pass_ctx
@@ -29,20 +28,21 @@ def command(ctx: Context, as_json: bool) -> None:
     if as_json:
         echo_json({"runs": views, "counts": counts, "targets": targets, "node": ctx.config.node_name})
         return
-    console = Console()
     if not views:
-        console.print(f"No runs yet under {', '.join(map(str, ctx.config.watch.roots)) or '(no roots configured)'}."
+        click.echo(f"No runs yet under {', '.join(map(str, ctx.config.watch.roots)) or '(no roots configured)'}."
                       " Is the daemon running? `tfwb-agent scan` looks once.")
     else:
-        table = Table(box=None, pad_edge=False)
-        for col in ("RUN", "PROJECT", "STATE", "ENDED", "SIZE", "STEPS", "AGE", "IDLE", "NOTE"):
-            table.add_column(col, no_wrap=col != "NOTE")
-        for v in views:
-            table.add_row(v["run_id"] or "?", v["project"] or "-", v["state"], v["ended"] or "-",
-                          human_size(v["size"]), str(v["steps"]), human_age(v["age_seconds"]),
-                          human_age(v["idle_seconds"]),
-                          v["last_error"] or v["reason"] or "")
-        console.print(table)
-    console.print("  ".join(f"{state}: {n}" for state, n in sorted(counts.items())) or "")
+        rows = [(v["run_id"] or "?", v["project"] or "-", v["state"], v["ended"] or "-", human_size(v["size"]),
+                 str(v["steps"]), human_age(v["age_seconds"]), human_age(v["idle_seconds"]),
+                 v["last_error"] or v["reason"] or "") for v in views]
+        headers = ("RUN", "PROJECT", "STATE", "ENDED", "SIZE", "STEPS", "AGE", "IDLE", "NOTE")
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers[:-1])]
+        room = max(20, shutil.get_terminal_size((120, 24)).columns - sum(widths) - 2 * len(widths))
+        for r in [headers, *rows]:
+            note = r[-1] if len(r[-1]) <= room else r[-1][: room - 1] + "…"
+            click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + note)
+        if any(len(r[-1]) > room for r in rows):
+            click.echo("(the whole note: tfwb-agent runs show RUN)")
+    click.echo("  ".join(f"{state}: {n}" for state, n in sorted(counts.items())) or "")
     for t in targets:
-        console.print(f"target {t['name']}: {t['status']}" + (f" ({t['detail']})" if t["detail"] else ""))
+        click.echo(f"target {t['name']}: {t['status']}" + (f" ({t['detail']})" if t["detail"] else ""))
