@@ -1,0 +1,134 @@
+"""`tfwb-agent sync --to NAME`: deliver sealed (or imported) runs to a configured target.
+
+Thin: parse, call ``deliver.engine.deliver_round`` in a loop, print. Without ``--once`` it keeps
+going, waiting out a target's back-off, until nothing it may send is left unconfirmed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+import click
+
+from .. import config as config_mod
+from .common import Context, echo_json, pass_ctx
+
+
+class _Lines:
+    """Plain log lines (journald keeps them) on a non-terminal."""
+
+    def __call__(self, event: str, **info: Any) -> None:
+        if event == "upload_start":
+            click.echo(f"sending {info['run_id']} segment {info['segment']}: {info['rows']} rows, {info['bytes']} bytes")
+        elif event == "segment_done":
+            o = info["outcome"]
+            click.echo(f"{o.run_id} segment {o.segment} -> {o.target}: {o.state}: {o.detail}")
+
+    def close(self) -> None:
+        pass
+
+
+class _Bars:
+    """Rich progress bars on a terminal: segments done, bytes sent."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+        self.p = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                          transient=False)
+        self.bytes = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn())
+        self.p.start()
+        self.runs = self.p.add_task("segments", total=0)
+        self.sent = self.p.add_task("bytes queued/sent", total=0)
+
+    def __call__(self, event: str, **info: Any) -> None:
+        if event == "round_start":
+            self.p.update(self.runs, total=(self.p.tasks[self.runs].total or 0) + info["segments"])
+        elif event == "upload_start":
+            self.p.update(self.sent, total=(self.p.tasks[self.sent].total or 0) + info["bytes"])
+        elif event == "upload_end":
+            self.p.advance(self.sent, info["bytes"])
+        elif event == "segment_done":
+            o = info["outcome"]
+            self.p.advance(self.runs, 1)
+            self.p.console.print(f"{o.run_id} segment {o.segment}: {o.state} ({o.detail})")
+
+    def close(self) -> None:
+        self.p.stop()
+
+
+@click.command("sync")
+@click.option("--to", "target", required=True, metavar="NAME", help="A target from [targets.NAME].")
+@click.option("--once", is_flag=True, help="One round, then exit (do not wait out a back-off).")
+@click.option("--run", "run_id", metavar="RUN_ID", help="Only this run.")
+@click.option("--dry-run", is_flag=True, help="Say what policy would let go now; send nothing.")
+@click.option("--retry-failed", is_flag=True, help="Try segments marked failed again.")
+@click.option("--timeout", type=float, default=None, metavar="SECONDS", help="Give up waiting after this long.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object with every outcome.")
+@pass_ctx
+def command(ctx: Context, target: str, once: bool, run_id: str | None, dry_run: bool, retry_failed: bool,
+            timeout: float | None, as_json: bool) -> None:
+    """Deliver sealed runs to target NAME, exactly once, as policy and connectivity allow."""
+    from ..deliver import engine
+
+    cfg = ctx.config
+    if not as_json:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+    ledger = ctx.ledger()
+    reporter = _Quiet() if as_json else (_Bars() if sys.stdout.isatty() else _Lines())
+    rounds: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout if timeout else None
+    first = True
+    try:
+        while True:
+            if engine.sync_settings(cfg).live and not dry_run:
+                from ..deliver.live import seal_live_segments
+                seal_live_segments(ledger, cfg)
+            try:
+                rr = engine.deliver_round(ledger, cfg, target, only_run=run_id, dry_run=dry_run, force_probe=first,
+                                          wait_uploads=True, retry_failed=retry_failed and first, report=reporter)
+            except config_mod.ConfigError as exc:
+                raise click.ClickException(str(exc)) from None
+            first = False
+            rounds.append(rr.as_dict())
+            busy = rr.waiting or any(o.state in ("pending", "uploading") for o in rr.outcomes)
+            if once or dry_run or not busy:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            row = engine.target_row(ledger, target) or {}
+            nxt = row.get("next_attempt") or 0
+            # Wait out the back-off the engine chose (a schedule, not a synchronisation guess).
+            time.sleep(min(max(nxt - time.time(), 0.5), 30.0))
+    finally:
+        reporter.close()
+    last = rounds[-1]
+    summary = _summary(ledger, target, run_id)
+    if as_json:
+        echo_json({"target": target, "status": last["status"], "detail": last["detail"], "rounds": len(rounds),
+                   "outcomes": [o for r in rounds for o in r["outcomes"]], "deliveries": summary})
+    else:
+        click.echo(f"target {target}: {last['status'] or 'not probed'}" + (f" ({last['detail']})" if last["detail"] else ""))
+        click.echo("  ".join(f"{k}: {v}" for k, v in sorted(summary["counts"].items())) or "nothing to deliver")
+    if last["status"] == "key_rejected":
+        sys.exit(3)
+
+
+class _Quiet:
+    def __call__(self, event: str, **info: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _summary(ledger: Any, target: str, run_id: str | None) -> dict[str, Any]:
+    q = "SELECT run_id, segment, state, attempts, rows_sent, bytes_sent, server_rows, reason, last_error " \
+        "FROM deliveries WHERE target = ?" + (" AND run_id = ?" if run_id else "") + " ORDER BY run_id, segment"
+    rows = [dict(r) for r in ledger.db.execute(q, (target, run_id) if run_id else (target,))]
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    return {"counts": counts, "rows": rows}

@@ -1,0 +1,53 @@
+"""`tfwb-agent targets check`: is each target reachable, and is its key accepted?"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import config as config_mod
+from .common import Context, echo_json, pass_ctx
+
+
+@click.group("targets")
+def command() -> None:
+    """Delivery targets from [targets.NAME]."""
+
+
+@command.command("check")
+@click.option("--json", "as_json", is_flag=True)
+@click.argument("names", nargs=-1)
+@pass_ctx
+def check(ctx: Context, as_json: bool, names: tuple[str, ...]) -> None:
+    """Probe each target (or NAMES): reachable? key accepted? Records the answer for `status`.
+    Exit status: 0 all online, 1 some offline, 3 some key rejected."""
+    from ..deliver import engine, probe
+    from ..deliver.settings import check_references, sync_settings, targets
+
+    cfg = ctx.config
+    all_t = targets(cfg)
+    if not all_t:
+        raise click.ClickException(f"no [targets.NAME] in {cfg.source}")
+    unknown = [n for n in names if n not in all_t]
+    if unknown:
+        raise click.ClickException(f"no such target: {', '.join(unknown)} (known: {', '.join(sorted(all_t))})")
+    ledger = ctx.ledger()
+    out = []
+    for name in names or sorted(all_t):
+        t = all_t[name]
+        try:
+            res = probe.probe(t.base_url, t.api_key(), t.timeout)
+        except config_mod.ConfigError as exc:
+            res = probe.ProbeResult(probe.KEY_REJECTED, f"no API key: {exc}")
+        engine.record_probe(ledger, name, res, sync_settings(cfg))
+        out.append({"name": name, "base_url": t.base_url, "status": res.status, "detail": res.detail})
+    warnings = check_references(cfg)
+    if as_json:
+        echo_json({"targets": out, "warnings": warnings})
+    else:
+        for o in out:
+            click.echo(f"{o['name']}: {o['status'].replace('_', ' ')} - {o['detail']}")
+        for w in warnings:
+            click.echo(f"warning: {w}", err=True)
+    statuses = {o["status"] for o in out}
+    sys.exit(3 if "key_rejected" in statuses else 1 if "offline" in statuses else 0)

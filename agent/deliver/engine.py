@@ -1,0 +1,462 @@
+"""The delivery loop: every sealed or imported segment to every target policy allows, once.
+
+The ledger holds one ``deliveries`` row per (run, segment, target). One round for a target:
+ 1. list the segments waiting (bundles ``sealed``/``exported`` in this node's outbox, or
+    ``imported`` into this gateway's staging) and ask the policy about each (pure);
+ 2. probe the target unless its back-off says not yet; record online/offline/key_rejected;
+ 3. per segment: open and verify the bundle into a private work directory, ask the server how
+    many history rows of the run it holds, send only what it lacks (``segments.plan_cut``) with
+    stock ``wandb sync``, then ask the server again; only its answer marks ``confirmed``.
+A crash anywhere is settled the same way: the next round asks the server before sending, so an
+upload that finished before the crash is confirmed without sending it again, and one that
+stopped halfway is completed from where the server's rows end. An upload still running from a
+killed agent (it runs in its own session) is waited for, never raced.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import audit
+from .. import config as config_mod
+from ..ledger import Ledger
+from ..runs import find_log
+from ..segments import LogFacts, plan_cut, read_facts, write_cut
+from . import backoff, confirm, policy, probe, upload
+from .settings import SyncSettings, Target, policies, sync_settings, targets
+
+log = logging.getLogger("tfwb_agent.deliver")
+
+Reporter = Callable[..., None]
+
+
+def _quiet(event: str, **info: Any) -> None:
+    pass
+
+
+class DeliveryError(Exception):
+    """A segment that cannot be delivered now; the message says why, in words."""
+
+
+@dataclass
+class Unit:
+    """One segment of one run, ready to be considered for delivery."""
+    run_id: str
+    segment: int
+    content_id: str
+    bundle_id: str
+    source: str                 # outbox | staged
+    path: Path                  # the bundle file (outbox) or the staged directory
+    created: float
+    project: str | None = None
+    entity: str | None = None
+
+
+@dataclass
+class Outcome:
+    run_id: str
+    segment: int
+    target: str
+    state: str                  # confirmed | pending | held | failed | uploading | skipped
+    detail: str
+    rows_sent: int = 0
+    bytes_sent: int = 0
+
+
+@dataclass
+class RoundReport:
+    target: str
+    status: str | None = None   # the target's status after this round
+    detail: str | None = None
+    outcomes: list[Outcome] = field(default_factory=list)
+    waiting: int = 0            # segments allowed but not sent this round (offline, back-off, uploads running)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "status": self.status, "detail": self.detail, "waiting": self.waiting,
+                "outcomes": [o.__dict__ for o in self.outcomes]}
+
+
+# --- where segments come from ---------------------------------------------------------
+
+def _staged_run_dir(staged: Path) -> Path | None:
+    dirs = [p for p in staged.iterdir() if p.is_dir() and not p.is_symlink()] if staged.is_dir() else []
+    return dirs[0] if len(dirs) == 1 else None
+
+
+def _identity_from_log(run_dir: Path) -> tuple[str | None, str | None]:
+    log_path = find_log(run_dir)
+    if log_path is None:
+        return None, None
+    from ..wandb_log import read_records
+    for _off, rec in read_records(log_path):
+        if rec.WhichOneof("record_type") == "run":
+            return rec.run.project or None, rec.run.entity or None
+    return None, None
+
+
+class _Peeked(Exception):
+    def __init__(self, manifest: dict[str, Any]) -> None:
+        self.manifest = manifest
+
+
+_peek_cache: dict[str, tuple[str | None, str | None]] = {}
+
+
+def _identity_from_bundle(cfg: config_mod.Config | None, u: Unit) -> tuple[str | None, str | None]:
+    """The run's project and entity from a bundle's manifest (verified, decrypted just as far as
+    the manifest): for bundles sealed by hand, with no run row in this ledger."""
+    if cfg is None:
+        return None, None
+    if u.bundle_id in _peek_cache:
+        return _peek_cache[u.bundle_id]
+    from ..seal import Refused, keys_config, open_bundle, open_keys
+
+    def stop(m: dict[str, Any]) -> None:
+        raise _Peeked(m)
+
+    found: tuple[str | None, str | None] = (None, None)
+    try:
+        open_bundle(u.path, open_keys(keys_config(cfg)), on_manifest=stop)
+    except _Peeked as p:
+        run = p.manifest.get("run") or {}
+        found = (run.get("project"), run.get("entity"))
+    except (Refused, OSError, ValueError, config_mod.ConfigError, Exception):
+        return None, None  # delivery itself opens it again and says what is wrong
+    _peek_cache[u.bundle_id] = found
+    return found
+
+
+def pending_units(ledger: Ledger, cfg: config_mod.Config | None = None) -> list[Unit]:
+    """Every bundle this host could deliver, oldest run first, segments in order."""
+    rows = ledger.db.execute(
+        "SELECT b.*, r.project AS r_project, r.entity AS r_entity FROM bundles b "
+        "LEFT JOIN runs r ON r.key = b.run_key "
+        "WHERE b.state IN ('sealed', 'exported', 'imported') ORDER BY b.run_id, b.segment, b.created").fetchall()
+    units: dict[tuple[str, int], Unit] = {}
+    for r in rows:
+        source = "staged" if r["state"] == "imported" else "outbox"
+        u = Unit(r["run_id"], r["segment"], r["content_id"], r["bundle_id"], source, Path(r["path"]), r["created"],
+                 r["r_project"], r["r_entity"])
+        if source == "staged" and u.project is None:
+            rd = _staged_run_dir(u.path)
+            if rd is not None:
+                u.project, u.entity = _identity_from_log(rd)
+        elif u.project is None:
+            u.project, u.entity = _identity_from_bundle(cfg, u)
+        units[(u.run_id, u.segment)] = u  # a newer bundle of the same segment replaces an older one
+    return sorted(units.values(), key=lambda u: (u.created if u.segment == 0 else 0, u.run_id, u.segment))
+
+
+# --- ledger bookkeeping -------------------------------------------------------------------
+
+_db_lock = threading.RLock()  # one sqlite connection, shared by the upload threads
+
+
+def _delivery(ledger: Ledger, u: Unit, target: str) -> dict[str, Any] | None:
+    with _db_lock:
+        row = ledger.db.execute("SELECT * FROM deliveries WHERE run_id = ? AND segment = ? AND target = ?",
+                                (u.run_id, u.segment, target)).fetchone()
+    return dict(row) if row else None
+
+
+def _set(ledger: Ledger, u: Unit, target: str, state: str, **fields: Any) -> None:
+    now = time.time()
+    with _db_lock, ledger.tx() as db:
+        db.execute("INSERT OR IGNORE INTO deliveries (run_id, segment, target, content_id, state, updated) "
+                   "VALUES (?, ?, ?, ?, ?, ?)", (u.run_id, u.segment, target, u.content_id, state, now))
+        fields = {"content_id": u.content_id, "state": state, "updated": now, **fields}
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        db.execute(f"UPDATE deliveries SET {sets} WHERE run_id = ? AND segment = ? AND target = ?",
+                   (*fields.values(), u.run_id, u.segment, target))
+        if state == "confirmed":
+            # A run whose every bundle reached some target is delivered (for `status`).
+            db.execute("UPDATE runs SET state = 'delivered', updated = ? WHERE run_id = ? AND state IN "
+                       "('sealed', 'exported') AND NOT EXISTS (SELECT 1 FROM bundles b WHERE b.run_id = runs.run_id "
+                       "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.run_id = b.run_id AND "
+                       "d.segment = b.segment AND d.state = 'confirmed'))", (now, u.run_id))
+
+
+def target_row(ledger: Ledger, name: str) -> dict[str, Any] | None:
+    with _db_lock:
+        row = ledger.db.execute("SELECT * FROM targets WHERE name = ?", (name,)).fetchone()
+    return dict(row) if row else None
+
+
+def record_probe(ledger: Ledger, name: str, result: probe.ProbeResult, settings: SyncSettings,
+                 now: float | None = None) -> dict[str, Any]:
+    """Store a probe's verdict and when to probe next (back-off while offline)."""
+    now = time.time() if now is None else now
+    prev = target_row(ledger, name) or {"failures": 0}
+    if result.status == probe.ONLINE:
+        failures, nxt = 0, None
+    elif result.status == probe.OFFLINE:
+        failures = prev["failures"] + 1
+        nxt = now + backoff.delay(failures, settings.backoff_base, settings.backoff_cap)
+    else:  # key rejected: wait long; an operator fixes the key and runs `targets check` or `sync`
+        failures = prev["failures"] + 1
+        nxt = now + settings.key_rejected_retry
+    with _db_lock, ledger.tx() as db:
+        db.execute("INSERT INTO targets (name, status, detail, failures, next_attempt, updated) VALUES (?, ?, ?, ?, ?, ?) "
+                   "ON CONFLICT(name) DO UPDATE SET status = excluded.status, detail = excluded.detail, "
+                   "failures = excluded.failures, next_attempt = excluded.next_attempt, updated = excluded.updated",
+                   (name, result.status, result.detail, failures, nxt, now))
+    return {"name": name, "status": result.status, "detail": result.detail, "failures": failures, "next_attempt": nxt}
+
+
+def _approved(ledger: Ledger, run_id: str) -> bool:
+    with _db_lock:
+        return ledger.db.execute("SELECT 1 FROM approvals WHERE run_id = ?", (run_id,)).fetchone() is not None
+
+
+# --- one segment ----------------------------------------------------------------------------
+
+def materialize(cfg: config_mod.Config, u: Unit, work: Path) -> Path:
+    """A private, writable run directory holding the segment: opened and verified from the
+    outbox bundle, or copied from the gateway's staging (verified when it was imported)."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, mode=0o700)
+    if u.source == "staged":
+        src = _staged_run_dir(u.path)
+        if src is None:
+            raise DeliveryError(f"staged bundle {u.path} holds no single run directory")
+        dst = work / src.name
+        shutil.copytree(src, dst, symlinks=True)
+        return dst
+    from ..seal import Refused, keys_config, open_bundle, open_keys
+    from ..seal.keystore import KeyFileError
+    try:
+        keys = open_keys(keys_config(cfg))
+    except (KeyFileError, ValueError, config_mod.ConfigError) as exc:
+        raise DeliveryError(f"cannot open this node's bundles: {exc} (set keys.identity and keys.trusted_nodes)") from None
+    try:
+        opened = open_bundle(u.path, keys, staging_root=work)
+    except Refused as exc:
+        raise DeliveryError(f"bundle {u.path.name} refused: {exc}") from None
+    except OSError as exc:
+        raise DeliveryError(f"cannot read bundle {u.path}: {exc}") from None
+    assert opened.staged is not None
+    rd = opened.staged / opened.manifest["run_dir"]
+    if not rd.is_dir():
+        raise DeliveryError(f"bundle {u.path.name} holds no run directory {opened.manifest['run_dir']!r}")
+    return rd
+
+
+def destination(t: Target, u: Unit, facts: LogFacts) -> tuple[str, str | None]:
+    project = t.project or u.project or facts.project or "uncategorized"
+    entity = t.entity or u.entity or facts.entity or None
+    return project, entity
+
+
+class _Settle:
+    """Deliver one unit to one target: ask, send what is missing, ask again."""
+
+    def __init__(self, ledger: Ledger, cfg: config_mod.Config, t: Target, key: str, settings: SyncSettings,
+                 report: Reporter) -> None:
+        self.ledger, self.cfg, self.t, self.key, self.settings, self.report = ledger, cfg, t, key, settings, report
+
+    def ask(self, facts: LogFacts, project: str, entity: str | None, run_id: str) -> confirm.Judgement:
+        server = confirm.fetch_run(self.t.base_url, self.key, entity, project, run_id, self.t.timeout)
+        return confirm.judge(facts, server)
+
+    def __call__(self, u: Unit) -> Outcome:
+        t, ledger = self.t, self.ledger
+        work = self.cfg.state_dir / "deliver" / t.name / f"{u.run_id}-{u.segment}"
+        try:
+            run_dir = materialize(self.cfg, u, work / "open")
+            log_path = find_log(run_dir)
+            if log_path is None:
+                raise DeliveryError(f"segment {u.segment} of {u.run_id} holds no .wandb log")
+            facts = read_facts(log_path)
+            project, entity = destination(t, u, facts)
+            j = self.ask(facts, project, entity, u.run_id)
+            if j.kind == confirm.COMPLETE:
+                return self.confirmed(u, j, 0, 0, "already on the server")
+            if j.kind == confirm.MISMATCH:
+                return self.failed(u, f"the server holds this run but not as sent: {j.detail}; not sending again "
+                                      "(that would duplicate rows)", j.server_rows)
+            cut = plan_cut(facts, j.server_rows)
+            assert cut is not None
+            upload_log = log_path.with_name(log_path.name + ".cut")
+            size = write_cut(log_path, upload_log, cut)
+            upload_log.replace(log_path)
+            home = work / "wandb-home"
+            out_log = work / "wandb-sync.log"
+            self.report("upload_start", run_id=u.run_id, segment=u.segment, bytes=size, rows=cut.rows)
+            up = upload.start(run_dir, t.base_url, self.key, project, entity, home, out_log)
+            _set(ledger, u, t.name, "uploading", uploader_pid=up.pid,
+                 uploader_start=upload.process_start_time(up.pid), server_rows=j.server_rows,
+                 attempts=(_delivery(ledger, u, t.name) or {}).get("attempts", 0) + 1,
+                 reason=f"sending {cut.rows} history rows" + (" (resumed)" if cut.resumed else ""))
+            try:
+                rc = up.proc.wait(timeout=self.settings.upload_timeout)
+            except Exception:
+                up.proc.kill()
+                up.proc.wait()
+                rc = None
+            self.report("upload_end", run_id=u.run_id, segment=u.segment, bytes=size, returncode=rc)
+            after = self.ask(facts, project, entity, u.run_id)
+            if after.kind == confirm.COMPLETE:
+                return self.confirmed(u, after, cut.rows, size, "sent and confirmed")
+            why = upload.tail(out_log, 600).replace(self.key, "<key>").strip().splitlines()
+            last = why[-1] if why else ""
+            return self.retry(u, f"not confirmed after wandb sync (exit {rc}): {after.detail}"
+                                 + (f"; wandb said: {last[:300]}" if last else ""), after.server_rows)
+        except DeliveryError as exc:
+            return self.failed(u, str(exc), None)
+        except (confirm.srv.Unreachable, confirm.srv.KeyRejected) as exc:
+            return self.retry(u, f"server trouble: {exc}", None)
+        except confirm.srv.ServerError as exc:
+            return self.retry(u, f"server answered oddly: {exc}", None)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def confirmed(self, u: Unit, j: confirm.Judgement, rows: int, size: int, how: str) -> Outcome:
+        now = time.time()
+        prev = _delivery(self.ledger, u, self.t.name) or {}
+        _set(self.ledger, u, self.t.name, "confirmed", last_error=None, reason=f"{how}: {j.detail}",
+             server_rows=j.server_rows, rows_sent=prev.get("rows_sent", 0) + rows,
+             bytes_sent=prev.get("bytes_sent", 0) + size, confirmed_at=now, next_attempt=None,
+             uploader_pid=None, uploader_start=None)
+        audit.append(self.cfg.state_dir / "audit.log", {
+            "kind": "delivered", "run_id": u.run_id, "segment": u.segment, "content_id": u.content_id,
+            "bundle_id": u.bundle_id, "target": self.t.name, "base_url": self.t.base_url, "rows_sent": rows,
+            "bytes_sent": size, "server_rows": j.server_rows, "how": how})
+        log.info("%s segment %d -> %s: confirmed (%s; %d rows, %d bytes sent)", u.run_id, u.segment, self.t.name,
+                 how, rows, size)
+        return Outcome(u.run_id, u.segment, self.t.name, "confirmed", how, rows, size)
+
+    def retry(self, u: Unit, why: str, server_rows: int | None) -> Outcome:
+        prev = _delivery(self.ledger, u, self.t.name) or {}
+        n = max(1, prev.get("attempts", 0))
+        nxt = time.time() + backoff.delay(n, self.settings.backoff_base, self.settings.backoff_cap)
+        _set(self.ledger, u, self.t.name, "pending", last_error=why, next_attempt=nxt, server_rows=server_rows,
+             uploader_pid=None, uploader_start=None)
+        log.warning("%s segment %d -> %s: will retry: %s", u.run_id, u.segment, self.t.name, why)
+        return Outcome(u.run_id, u.segment, self.t.name, "pending", why)
+
+    def failed(self, u: Unit, why: str, server_rows: int | None) -> Outcome:
+        _set(self.ledger, u, self.t.name, "failed", last_error=why, server_rows=server_rows,
+             uploader_pid=None, uploader_start=None, next_attempt=None)
+        log.error("%s segment %d -> %s: failed: %s", u.run_id, u.segment, self.t.name, why)
+        return Outcome(u.run_id, u.segment, self.t.name, "failed", why)
+
+
+# --- one round for one target ----------------------------------------------------------------
+
+def deliver_round(ledger: Ledger, cfg: config_mod.Config, target_name: str, *, only_run: str | None = None,
+                  dry_run: bool = False, force_probe: bool = False, wait_uploads: bool = False,
+                  retry_failed: bool = False, report: Reporter = _quiet, now: float | None = None) -> RoundReport:
+    """Deliver what policy allows now to ``target_name``; return what happened, per segment."""
+    all_targets = targets(cfg)
+    if target_name not in all_targets:
+        known = ", ".join(sorted(all_targets)) or "none configured"
+        raise config_mod.ConfigError(cfg.source, f"targets.{target_name}", f"no such target (known: {known})")
+    t = all_targets[target_name]
+    settings = sync_settings(cfg)
+    rules = policies(cfg)
+    now = time.time() if now is None else now
+    local_now = datetime.fromtimestamp(now)
+    rr = RoundReport(target_name)
+    to_send: list[Unit] = []
+    for u in pending_units(ledger, cfg):
+        if only_run and u.run_id != only_run:
+            continue
+        d = _delivery(ledger, u, target_name)
+        if d and d["state"] == "confirmed" and d["content_id"] == u.content_id:
+            continue  # delivered: nothing to ask, nothing to send
+        if d and d["state"] == "failed" and d["content_id"] == u.content_id and not retry_failed:
+            continue  # needs an operator (`sync --retry-failed` after looking)
+        dec = policy.decide(rules, u.project, target_name, now=local_now, age_days=(now - u.created) / 86400,
+                            approved=_approved(ledger, u.run_id))
+        if not dec.may_send:
+            state = "pending" if dec.verdict == policy.WAIT else "held"
+            if not dry_run and (d is None or d["state"] != state or d["reason"] != dec.reason):
+                _set(ledger, u, target_name, state, reason=dec.reason,
+                     next_attempt=dec.next_open.timestamp() if dec.next_open else None)
+            rr.outcomes.append(Outcome(u.run_id, u.segment, target_name, "held" if state == "held" else "waiting",
+                                       dec.reason))
+            continue
+        if d and d["state"] == "uploading" and d["uploader_pid"] and upload.alive(d["uploader_pid"], d["uploader_start"]):
+            if not wait_uploads:
+                rr.waiting += 1
+                rr.outcomes.append(Outcome(u.run_id, u.segment, target_name, "uploading",
+                                           f"an upload started earlier (pid {d['uploader_pid']}) is still running"))
+                continue
+            while upload.alive(d["uploader_pid"], d["uploader_start"]):
+                time.sleep(0.5)  # a poll interval: the earlier uploader's exit is what we wait for
+        if d and d["state"] == "pending" and d["next_attempt"] and d["next_attempt"] > now and not force_probe:
+            rr.waiting += 1
+            continue
+        to_send.append(u)
+    if not to_send:
+        row = target_row(ledger, target_name)
+        rr.status, rr.detail = (row["status"], row["detail"]) if row else (None, None)
+        return rr
+    if dry_run:
+        for u in to_send:
+            rr.outcomes.append(Outcome(u.run_id, u.segment, target_name, "would_send", "policy allows it now"))
+        return rr
+
+    row = target_row(ledger, target_name)
+    if row and row["status"] != probe.ONLINE and row["next_attempt"] and row["next_attempt"] > now and not force_probe:
+        rr.status, rr.detail, rr.waiting = row["status"], row["detail"], rr.waiting + len(to_send)
+        return rr
+    try:
+        key = t.api_key()
+    except config_mod.ConfigError as exc:
+        res = probe.ProbeResult(probe.KEY_REJECTED, f"no API key: {exc}")
+    else:
+        res = probe.probe(t.base_url, key, t.timeout)
+    rec = record_probe(ledger, target_name, res, settings, now)
+    rr.status, rr.detail = rec["status"], rec["detail"]
+    if res.status != probe.ONLINE:
+        log.warning("target %s is %s: %s; next attempt in %.0fs", target_name, res.status, res.detail,
+                    (rec["next_attempt"] or now) - now)
+        rr.waiting += len(to_send)
+        return rr
+
+    settle = _Settle(ledger, cfg, t, key, settings, report)
+    report("round_start", target=target_name, segments=len(to_send))
+    # Segments of one run go in order, one after the other; different runs in parallel.
+    by_run: dict[str, list[Unit]] = {}
+    for u in to_send:
+        by_run.setdefault(u.run_id, []).append(u)
+
+    def one_run(units: list[Unit]) -> list[Outcome]:
+        outs = []
+        for u in sorted(units, key=lambda x: x.segment):
+            o = settle(u)
+            report("segment_done", outcome=o)
+            outs.append(o)
+            if o.state != "confirmed":
+                break  # a later segment waits for this one
+        return outs
+
+    with ThreadPoolExecutor(max_workers=settings.max_parallel, thread_name_prefix="deliver") as pool:
+        for outs in pool.map(one_run, by_run.values()):
+            rr.outcomes.extend(outs)
+    return rr
+
+
+def deliver_stage(ledger: Ledger, cfg: config_mod.Config) -> None:
+    """The daemon's stage: one round for every configured target (after cutting live segments)."""
+    if not targets(cfg):
+        return
+    if sync_settings(cfg).live:
+        try:
+            from .live import seal_live_segments
+            seal_live_segments(ledger, cfg)
+        except Exception:  # live segments are an extra; delivery of the rest goes on
+            log.exception("cutting live segments failed")
+    for name in targets(cfg):
+        try:
+            deliver_round(ledger, cfg, name)
+        except Exception:
+            log.exception("delivery to %s failed", name)
