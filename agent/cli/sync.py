@@ -94,7 +94,7 @@ def command(ctx: Context, target: str, once: bool, run_id: str | None, dry_run: 
             first = False
             rounds.append(rr.as_dict())
             busy = rr.waiting or any(o.state in ("pending", "uploading") for o in rr.outcomes)
-            if once or dry_run or not busy:
+            if once or dry_run or not busy or rr.status == "key_rejected":  # a key needs a person
                 break
             if deadline is not None and time.monotonic() > deadline:
                 break
