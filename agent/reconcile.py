@@ -7,6 +7,7 @@ the pass goes on.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ class PassResult:
     seen: int = 0
     changed: list[str] = field(default_factory=list)
     claimed_elsewhere: int = 0
+    seen_keys: set[str] = field(default_factory=set)
     rechecks: dict[Path, float] = field(default_factory=dict)  # live runs: when their quiet period ends
 
 
@@ -82,11 +84,36 @@ class ClaimBook:
             c.heartbeat(now)
 
 
+# States in which a run changes only if its file does: a full pass skips them after one stat.
+SETTLED = {"ended", "invalid"}
+
+
+def _settled_and_unchanged(light: tuple[str, int, float | None, str | None] | None) -> bool:
+    """A run already classified whose log has the same size and mtime as last time."""
+    if light is None:
+        return False
+    state, size, mtime, log_path = light
+    if state in DOWNSTREAM:
+        return True
+    if state not in SETTLED or not log_path:
+        return False
+    try:
+        st = os.stat(log_path, follow_symlinks=False)
+    except OSError:
+        return False
+    return (st.st_size, st.st_mtime) == (size, mtime)
+
+
 def look(ledger: Ledger, cfg: Config, run_dir: Path, root: Path, book: ClaimBook,
-         now: float | None = None) -> tuple[bool, float | None] | None:
-    """Examine one run directory. Returns (changed, recheck_at), or None if another agent holds it."""
+         now: float | None = None, light: tuple | None = None) -> tuple[bool, float | None] | None:
+    """Examine one run directory. Returns (changed, recheck_at), or None if another agent holds it.
+
+    ``light``: what a full pass already knows of the run (state, size, mtime, log path); an
+    unchanged, settled run then costs one stat, not a read of its log and its ledger row."""
     now = time.time() if now is None else now
     key = str(run_dir)
+    if _settled_and_unchanged(light) and (light[0] in DOWNSTREAM or book.for_root(root).acquire(run_dir.name, now)):
+        return False, None
     prev = ledger.run(key)
     if prev and prev["state"] in DOWNSTREAM:
         return False, None  # ours, and past the watcher's part
@@ -116,6 +143,9 @@ def reconcile(ledger: Ledger, cfg: Config, only: Iterable[Path] | None = None, n
     """Look at every run under the roots (or just ``only``) once."""
     book = book or ClaimBook(cfg)
     result = PassResult()
+    known: dict[str, tuple] = {}
+    if only is None:  # one query for the whole pass instead of one per run
+        known = {r[0]: tuple(r[1:]) for r in ledger.db.execute("SELECT key, state, size, mtime, log_path FROM runs")}
     targets: Iterable[tuple[Path, Path]]
     if only is None:
         targets = ((d, root) for root in cfg.watch.roots for d in runs.discover(root))
@@ -127,14 +157,14 @@ def reconcile(ledger: Ledger, cfg: Config, only: Iterable[Path] | None = None, n
         with ledger.tx():
             chunk = 0
             for run_dir, root in batch:
-                _look_into(result, ledger, cfg, run_dir, root, book, now)
+                _look_into(result, ledger, cfg, run_dir, root, book, now, known.get(str(run_dir)))
                 chunk += 1
                 if chunk == BATCH:
                     break
         if chunk < BATCH:
             break
     if only is None:
-        _forget_vanished(ledger, cfg)
+        _mark_vanished(ledger, known, result.seen_keys)
     return result
 
 
@@ -142,9 +172,10 @@ BATCH = 200
 
 
 def _look_into(result: PassResult, ledger: Ledger, cfg: Config, run_dir: Path, root: Path, book: ClaimBook,
-               now: float | None) -> None:
+               now: float | None, light: tuple | None = None) -> None:
     result.seen += 1
-    outcome = look(ledger, cfg, run_dir, root, book, now)
+    result.seen_keys.add(str(run_dir))
+    outcome = look(ledger, cfg, run_dir, root, book, now, light)
     if outcome is None:
         result.claimed_elsewhere += 1
         return
@@ -162,11 +193,9 @@ def _root_of(run_dir: Path, cfg: Config) -> Path:
     return run_dir.parent
 
 
-def _forget_vanished(ledger: Ledger, cfg: Config) -> None:
+def _mark_vanished(ledger: Ledger, known: dict[str, tuple], seen: set[str]) -> None:
     """A run directory deleted before it was sealed is marked, not silently dropped."""
-    for row in ledger.runs():
-        if row["state"] in DOWNSTREAM or row["state"] == "invalid":
-            continue
-        if not Path(row["key"]).is_dir():
-            ledger.set_run_state(row["key"], "invalid", reason="the run directory disappeared before it was sealed",
-                                 last_error="the run directory disappeared before it was sealed")
+    reason = "the run directory disappeared before it was sealed"
+    for key, (state, *_rest) in known.items():
+        if key not in seen and state not in DOWNSTREAM and state != "invalid" and not Path(key).is_dir():
+            ledger.set_run_state(key, "invalid", reason=reason, last_error=reason)
