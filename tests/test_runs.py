@@ -123,3 +123,14 @@ def test_bad_inputs_each_get_a_clear_state_and_reason(tmp_path, corpus, make_con
     assert "corrupt" in got["crcmid11"]["last_error"] and "offset" in got["crcmid11"]["last_error"]
     assert "no run-*.wandb file" in got["nolog111"]["last_error"]
     assert "permission denied" in got["unread11"]["last_error"]
+
+
+def test_a_run_deleted_before_sealing_is_marked_not_forgotten(corpus, make_config):
+    cfg = make_config([corpus], quiet_seconds=60)
+    agent(cfg, "scan")
+    path = by_run_id(status(cfg))["5okzpcus"]["path"]
+    shutil.rmtree(path)
+    agent(cfg, "scan")
+    r = by_run_id(status(cfg))["5okzpcus"]
+    assert r["state"] == "invalid" and "disappeared" in r["last_error"]
+    assert by_run_id(status(cfg))["itokze55"]["state"] == "ended"
