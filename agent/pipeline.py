@@ -49,6 +49,15 @@ def ensure_redaction_secret(cfg: config_mod.Config) -> None:
                 "so that equal samples get equal tags across nodes", path)
 
 
+def part_number(ledger: Ledger, row: dict[str, Any]) -> int:
+    """Which part of its run this directory is. A job killed and restarted with the same run id
+    writes a second ``offline-run-<time>-<id>`` directory that resumes the run: the parts are
+    its segments, in the order of their start times (the directory names)."""
+    keys = [r[0] for r in ledger.db.execute("SELECT key FROM runs WHERE run_id = ? AND state != 'invalid'",
+                                            (row["run_id"],))]
+    return sorted(keys, key=lambda k: (Path(k).name, k)).index(row["key"])
+
+
 def seal_one(ledger: Ledger, cfg: config_mod.Config, row: dict[str, Any], keys: Any, policy: Any,
              secret: bytes) -> Path:
     """Redact one ended run into a private work directory and seal it; mark it sealed."""
@@ -69,7 +78,7 @@ def seal_one(ledger: Ledger, cfg: config_mod.Config, row: dict[str, Any], keys: 
 
         sealed = seal_run(cfg, keys, ledger, redacted,
                           RunIdentity(row["run_id"], row["project"], row["entity"], row["wandb_version"]),
-                          0, report.to_dict(), run_key=row["key"], on_sealed=mark_sealed)
+                          part_number(ledger, row), report.to_dict(), run_key=row["key"], on_sealed=mark_sealed)
         if sealed.reused:  # already sealed before a crash: make sure the run says so
             ledger.set_run_state(row["key"], "sealed", last_error=None)
         return sealed.path
