@@ -1,0 +1,158 @@
+"""Delivery vs plain `wandb sync`, same server, same benchmark run; and a run grown by 10%.
+
+    python benchmarks/bench_sync.py [--runs N] [--steps S] [--parallel P] [--out FILE]
+
+1. N runs of S steps written by real wandb (offline). Each is sealed into a bundle (outside the
+   timing); `tfwb-agent sync --to bench` (verify, decrypt, ask the server, wandb sync, confirm)
+   is timed against `wandb sync -n P` of plain copies of the same runs, to the same OpenWandb.
+   OpenWandb keys runs by id across projects, so the plain copies carry the same records under
+   another run id (re-framed with the agent's own writer: same bytes per record otherwise).
+2. One delivered run that then grows by 10%: the second delivery's rows and bytes sent (the
+   agent sends only the new part) beside a plain re-sync of the whole grown run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from deliver_helpers import RestartableServer, make_deliver_site, metric_rows, seal_dirs, write_runs  # noqa: E402
+
+from tfwb_agent.runs import find_log  # noqa: E402
+from tfwb_agent.segments import read_facts  # noqa: E402
+from tfwb_agent.wandb_log import LogReader, LogWriter  # noqa: E402
+
+
+def renamed_copy(src: Path, dst_root: Path, suffix: str) -> tuple[Path, str]:
+    """A copy of run dir ``src`` whose run id is ``<id><suffix>`` (records otherwise unchanged)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+    log = find_log(src)
+    rid = src.name.rsplit("-", 1)[1]
+    new_id = rid + suffix
+    dst = dst_root / (src.name[: -len(rid)] + new_id)
+    shutil.copytree(src, dst, symlinks=True)
+    (dst / log.name).unlink()
+    with open(log, "rb") as fin, open(dst / f"run-{new_id}.wandb", "wb") as fout:
+        w = LogWriter(fout)
+        for _off, payload in LogReader(fin):
+            rec = pb.Record()
+            rec.ParseFromString(payload)
+            if rec.WhichOneof("record_type") == "run":
+                rec.run.run_id = new_id
+                payload = rec.SerializeToString()
+            w.write(payload)
+    return dst, new_id
+
+
+def truncated_copy(src: Path, dst_root: Path, rows: int) -> Path:
+    """A copy of ``src`` whose log stops after its first ``rows`` history rows (as it was before it grew)."""
+    dst = dst_root / src.name
+    shutil.copytree(src, dst, symlinks=True)
+    log = find_log(dst)
+    facts = read_facts(log)
+    with open(log, "r+b") as f:
+        f.truncate(facts.history_ends[rows - 1])
+    return dst
+
+
+def agent_env(cfg: Path) -> dict[str, str]:
+    return dict(os.environ, TFWB_AGENT_CONFIG=str(cfg))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--parallel", type=int, default=8)
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "sync.json")
+    a = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-sync-"))
+    server = RestartableServer(tmp).start()
+    try:
+        t0 = time.perf_counter()
+        runs = write_runs(tmp / "written", a.runs + 1, a.steps, project="ct-bench")
+        grow_src, runs = runs[-1], runs[:-1]
+        print(f"wrote {len(runs) + 1} runs of {a.steps} steps in {time.perf_counter() - t0:.1f}s", flush=True)
+        site = make_deliver_site(tmp / "site", server.url, server.api_key, target="bench",
+                                 sync=f"max_parallel = {a.parallel}\n")
+        seal_dirs(site, runs)
+        plain_root = tmp / "plain" / "wandb"
+        plain_root.mkdir(parents=True)
+        plain = [renamed_copy(r, plain_root, "p") for r in runs]
+        expect = {read_facts(find_log(r)).run_id: read_facts(find_log(r)).metric_values for r in runs}
+
+        t = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "tfwb_agent", "sync", "--to", "bench", "--json"],
+                             env=agent_env(site.cfg), capture_output=True, text=True)
+        agent_s = time.perf_counter() - t
+        assert out.returncode == 0, out.stderr[-3000:]
+        counts = json.loads(out.stdout)["deliveries"]["counts"]
+
+        env = dict(os.environ, WANDB_BASE_URL=server.url, WANDB_API_KEY=server.api_key or "", WANDB_SILENT="true")
+        env.pop("WANDB_MODE", None)
+        t = time.perf_counter()
+        p = subprocess.run(["wandb", "sync", "-n", str(a.parallel), "--project", "ct-bench-plain", "--entity", "admin",
+                            *[str(d) for d, _ in plain]], env=env, capture_output=True, text=True)
+        plain_s = time.perf_counter() - t
+        assert p.returncode == 0, p.stderr[-2000:]
+        agent_ok = sum(metric_rows(server, rid) == n for rid, n in expect.items())
+        plain_ok = sum(metric_rows(server, nid) == expect[d.name.rsplit("-", 1)[1][:-1]] for d, nid in plain)
+
+        # 2. A delivered run grows by 10%.
+        facts = read_facts(find_log(grow_src))
+        first_rows = round(facts.history_rows / 1.1)
+        before = truncated_copy(grow_src, tmp / "before", first_rows)
+        site2 = make_deliver_site(tmp / "site2", server.url, server.api_key, target="bench")
+        from tfwb_agent.seal import RunIdentity, Segment, keys_config, seal_keys, seal_run
+        seal_dirs(site2, [before])
+        o1 = subprocess.run([sys.executable, "-m", "tfwb_agent", "sync", "--to", "bench", "--json"],
+                            env=agent_env(site2.cfg), capture_output=True, text=True)
+        assert o1.returncode == 0, o1.stderr[-2000:]
+        cfg2 = site2.config()
+        led = site2.ledger()
+        seal_run(cfg2, seal_keys(keys_config(cfg2)), led, grow_src,
+                 RunIdentity(facts.run_id, facts.project, facts.entity, None),
+                 Segment(1, read_facts(find_log(before)).end, None), {"note": "bench"})
+        t = time.perf_counter()
+        o2 = subprocess.run([sys.executable, "-m", "tfwb_agent", "sync", "--to", "bench", "--json"],
+                            env=agent_env(site2.cfg), capture_output=True, text=True)
+        grow_s = time.perf_counter() - t
+        assert o2.returncode == 0, o2.stderr[-2000:]
+        seg1 = next(r for r in json.loads(o2.stdout)["deliveries"]["rows"] if r["segment"] == 1)
+        grown_rows_ok = metric_rows(server, facts.run_id) == facts.metric_values
+        # Plain re-sync of the grown run (to a fresh id, so it cannot disturb the run above).
+        replain, _ = renamed_copy(grow_src, tmp / "plain", "g")
+        t = time.perf_counter()
+        subprocess.run(["wandb", "sync", "--project", "ct-bench-plain", "--entity", "admin", str(replain)],
+                       env=env, capture_output=True, text=True)
+        regrow_plain_s = time.perf_counter() - t
+        result = {
+            "runs": a.runs, "steps": a.steps, "parallel": a.parallel, "cpus": os.cpu_count(),
+            "agent_sync_s": round(agent_s, 2), "wandb_sync_s": round(plain_s, 2),
+            "ratio_agent_over_wandb": round(agent_s / plain_s, 3),
+            "agent_counts": counts, "agent_runs_exact": agent_ok, "plain_runs_exact": plain_ok,
+            "grow": {"rows_before": first_rows, "rows_after": facts.history_rows,
+                     "agent_rows_sent": seg1["rows_sent"], "agent_bytes_sent": seg1["bytes_sent"],
+                     "agent_s": round(grow_s, 2), "server_rows_exact": grown_rows_ok,
+                     "plain_rows_sent": facts.history_rows, "plain_bytes_sent": find_log(grow_src).stat().st_size,
+                     "plain_s": round(regrow_plain_s, 2)},
+        }
+        print(json.dumps(result, indent=1))
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(result, indent=1) + "\n")
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
