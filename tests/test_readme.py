@@ -265,6 +265,10 @@ def test_tour_runs_node_to_gateway(tour):
     staged = list((tri / "gateway-state" / "staging").iterdir())
     assert len(staged) == 1, staged
     assert "imported " in proc.stdout and "chain intact" in proc.stdout
+    # the sync dry run on the gateway: the imported run may go, nothing was sent
+    plan = json.loads((tri / "sync-plan.json").read_text())
+    states = [(o["run_id"], o["state"]) for o in plan["outcomes"]]
+    assert states == [(bundles[0].name.split("-")[0], "would_send")], plan
     # the README's claim: a second import of the same medium is refused as a replay
     env = dict(env, TFWB_AGENT_CONFIG=str(tri / "gateway.toml"))
     again = subprocess.run(["tfwb-agent", "import", str(usb)], env=env, capture_output=True, text=True, timeout=120)
