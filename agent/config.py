@@ -202,6 +202,16 @@ def secret_source(table: dict[str, Any], source: str, key_prefix: str, stem: str
     return "env", _type(source, f"{key_prefix}.{stem}_env", table[f"{stem}_env"], str, "an environment variable name")
 
 
+def credential_path(path: str) -> Path:
+    """``path``, or under systemd the credential of the same name when ``path`` is absent:
+    a unit's ``LoadCredential=NAME:...`` puts it in $CREDENTIALS_DIRECTORY/NAME."""
+    p = Path(path)
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds and not p.exists() and (Path(creds) / p.name).exists():
+        return Path(creds) / p.name
+    return p
+
+
 def read_secret(ref: tuple[str, str]) -> bytes:
     """Read a secret from where ``secret_source`` said it lives. Never log the result."""
     kind, where = ref
@@ -210,10 +220,7 @@ def read_secret(ref: tuple[str, str]) -> bytes:
         if not value:
             raise ConfigError(f"${where}", None, "environment variable is not set or empty")
         return value.encode()
-    if where.startswith("/run/credentials/") is False and "CREDENTIALS_DIRECTORY" in os.environ:
-        cred = Path(os.environ["CREDENTIALS_DIRECTORY"]) / Path(where).name
-        if cred.exists() and not Path(where).exists():
-            where = str(cred)
+    where = str(credential_path(where))
     try:
         return Path(where).read_bytes().strip()
     except OSError as exc:

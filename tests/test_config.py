@@ -91,3 +91,18 @@ def test_secrets_are_shown_only_as_where_they_come_from(tmp_path):
     proc = agent(cfg, "config", "check", check=False)
     assert proc.returncode != 0 and "inline-value" not in proc.stderr + proc.stdout
     assert "redact.secret" in proc.stderr
+
+
+def test_a_missing_secret_file_is_found_among_systemd_credentials(tmp_path, monkeypatch):
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    (creds / "redact.key").write_bytes(b"k" * 32)
+    ref = ("file", "/etc/tfwb-agent/does-not-exist/redact.key")
+    with pytest.raises(config.ConfigError):
+        config.read_secret(ref)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert config.read_secret(ref) == b"k" * 32
+    from tfwb_agent.redact.policy import load_secret, parse_policy
+
+    cfg = parse(f'state_dir = "{tmp_path}/s"\n[redact]\nsecret_file = "{ref[1]}"\n')
+    assert load_secret(parse_policy("t", {"secret_file": ref[1]}), cfg) == b"k" * 32

@@ -184,7 +184,7 @@ def policy_from_config(cfg: config_mod.Config) -> Policy:
 def load_secret(policy: Policy, cfg: config_mod.Config) -> bytes:
     """The site secret for keyed tags. Never print it."""
     ref = policy.secret_ref or ("file", str(Path(cfg.state_dir) / DEFAULT_SECRET_NAME))
-    if ref[0] == "file" and not Path(ref[1]).exists():
+    if ref[0] == "file" and not config_mod.credential_path(ref[1]).exists():
         raise config_mod.ConfigError(cfg.source, "redact.secret_file",
                                      f"{ref[1]} does not exist; create it once with "
                                      f"`head -c 32 /dev/urandom > {ref[1]}` and keep it: "
