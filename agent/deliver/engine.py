@@ -248,6 +248,15 @@ def materialize(cfg: config_mod.Config, u: Unit, work: Path) -> Path:
     return rd
 
 
+def _relocate(run_dir: Path) -> Path:
+    """Redacted runs carry run-table artifact files in ``_staging`` by absolute path: point
+    those at where this copy lives, or wandb sync cannot find them."""
+    if (run_dir / "_staging").is_dir():
+        from ..redact.run import relocate_staging
+        relocate_staging(run_dir)
+    return run_dir
+
+
 def destination(t: Target, u: Unit, facts: LogFacts) -> tuple[str, str | None]:
     project = t.project or u.project or facts.project or "uncategorized"
     entity = t.entity or u.entity or facts.entity or None
@@ -269,7 +278,7 @@ class _Settle:
         t, ledger = self.t, self.ledger
         work = self.cfg.state_dir / "deliver" / t.name / f"{u.run_id}-{u.segment}"
         try:
-            run_dir = materialize(self.cfg, u, work / "open")
+            run_dir = _relocate(materialize(self.cfg, u, work / "open"))
             log_path = find_log(run_dir)
             if log_path is None:
                 raise DeliveryError(f"segment {u.segment} of {u.run_id} holds no .wandb log")

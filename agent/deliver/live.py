@@ -1,0 +1,99 @@
+"""Live runs (``sync.live = true``): seal what a run still being written holds, as segments.
+
+Every ``sync.live_interval`` seconds a live run that has new history rows is redacted as it
+stands (whole records only) and sealed as its next segment; when the run has ended, one last
+segment carries how it ended, and the run is marked sealed (so the whole-run sealing stage
+leaves it alone). Each segment's bundle holds the redacted log from its start: delivery asks
+the server how many rows it holds and sends only the rest (``segments.plan_cut``), so a
+segment adds only its new steps, whatever was delivered before.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import config as config_mod
+from ..ledger import Ledger
+from ..runs import find_log
+from ..segments import read_facts
+from .settings import sync_settings
+
+log = logging.getLogger("tfwb_agent.deliver.live")
+
+
+def _due(facts: dict[str, Any], now: float, interval: float) -> bool:
+    return now - facts.get("live_cut_at", 0) >= interval
+
+
+def seal_live_segments(ledger: Ledger, cfg: config_mod.Config, now: float | None = None) -> list[str]:
+    """Cut and seal the next segment of every live run that grew; close runs that ended."""
+    from ..pipeline import ensure_redaction_secret
+    from ..redact.policy import load_secret, policy_from_config
+    from ..redact.run import redact_run
+    from ..seal import RunIdentity, Segment, keys_config, seal_keys, seal_run
+
+    now = time.time() if now is None else now
+    settings = sync_settings(cfg)
+    rows = [r for r in ledger.runs_in_state("live")] + \
+           [r for r in ledger.runs_in_state("ended") if r["facts"].get("live_segments")]
+    if not rows:
+        return []
+    keys = seal_keys(keys_config(cfg))
+    ensure_redaction_secret(cfg)
+    policy = policy_from_config(cfg)
+    secret = load_secret(policy, cfg)
+    done = []
+    for row in rows:
+        facts = dict(row["facts"])
+        ended = row["state"] == "ended"
+        if not ended and not _due(facts, now, settings.live_interval):
+            continue
+        run_dir = Path(row["key"])
+        src_log = find_log(run_dir)
+        if src_log is None or not row["run_id"]:
+            continue
+        seen = read_facts(src_log)
+        if not ended and seen.history_rows <= facts.get("live_rows", 0):
+            continue
+        k = facts.get("live_segments", 0)
+        work = cfg.state_dir / "work" / f"live-{run_dir.name}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True, mode=0o700)
+        try:
+            # A still-growing log: redact a snapshot cut at its last whole record.
+            snap = work / "snapshot" / run_dir.name
+            shutil.copytree(run_dir, snap, symlinks=True, ignore=shutil.ignore_patterns("*.wandb"))
+            with open(src_log, "rb") as fin, open(snap / src_log.name, "wb") as fout:
+                fout.write(fin.read(seen.end))
+            redacted = work / "out" / run_dir.name
+            report = redact_run(snap, redacted, policy, secret, cfg.map_path)
+            red_log = find_log(redacted)
+            red = read_facts(red_log) if red_log else None
+            end_state = {}
+
+            def mark(db: Any, sealed: Any) -> None:
+                f = dict(facts, live_segments=k + 1, live_rows=seen.history_rows, live_cut_at=now,
+                         live_byte_end=red.end if red else 0)
+                if ended:
+                    db.execute("UPDATE runs SET state = 'sealed', facts = ?, updated = ? WHERE key = ?",
+                               (ledger.encode_facts(f), time.time(), row["key"]))
+                else:
+                    db.execute("UPDATE runs SET facts = ?, updated = ? WHERE key = ?",
+                               (ledger.encode_facts(f), time.time(), row["key"]))
+                end_state["ok"] = True
+
+            seal_run(cfg, keys, ledger, redacted,
+                     RunIdentity(row["run_id"], row["project"], row["entity"], row["wandb_version"]),
+                     Segment(k, facts.get("live_byte_end", 0), None), report.to_dict(),
+                     run_key=row["key"], on_sealed=mark)
+            log.info("%s: sealed live segment %d (%d history rows%s)", row["run_id"], k, seen.history_rows,
+                     ", final" if ended else "")
+            done.append(f"{row['run_id']}-{k}")
+        except Exception as exc:  # one run's trouble must not stop the others
+            log.warning("%s: live segment %d not sealed: %s", row["run_id"], k, exc)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return done
