@@ -9,7 +9,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from . import session as _session
-from .values import to_host
+from .values import add_throughput, to_host
 
 Metrics = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
 
@@ -47,12 +47,7 @@ class StepLogger:
                 lr = lr(self.optimizer.iterations)  # a schedule
             if lr is not None:
                 row[f"{self.prefix}/learning_rate"] = to_host(lr)
-        steps = step - self._mark_step
-        if steps > 0 and now > self._mark_t:
-            # The read above waited for the device, so wall time over the interval is honest.
-            row["perf/step_time_s"] = (now - self._mark_t) / steps
-            if self.batch_size:
-                row["perf/examples_per_sec"] = self.batch_size * steps / (now - self._mark_t)
+        add_throughput(row, step - self._mark_step, now - self._mark_t, self.batch_size)
         self.session.log(row, step=step)
         self._mark_t, self._mark_step = time.perf_counter(), step
         return True

@@ -15,7 +15,7 @@ from . import session as _session
 from .best import BestKeeper
 from .checkpoint import TrainingCheckpoint
 from .evaluation import log_evaluation
-from .values import to_host
+from .values import add_throughput, to_host
 
 
 class MetricsCallback(WandbMetricsLogger):
@@ -94,11 +94,7 @@ class MetricsCallback(WandbMetricsLogger):
         lr = self._lr()
         if lr is not None:
             row["batch/learning_rate"] = lr
-        steps = step - self._mark_step
-        if steps > 0 and now > self._mark_t:
-            row["perf/step_time_s"] = (now - self._mark_t) / steps
-            if self.batch_size:
-                row["perf/examples_per_sec"] = self.batch_size * steps / (now - self._mark_t)
+        add_throughput(row, step - self._mark_step, now - self._mark_t, self.batch_size)
         self.session.log(row, step=step)
         self._reset_clock()
 

@@ -17,3 +17,12 @@ def to_host(value: Any) -> Any:
         return value.item() if hasattr(value, "item") and getattr(value, "size", 1) == 1 else float(value)
     except (TypeError, ValueError):
         return value
+
+
+def add_throughput(row: dict, steps: int, elapsed: float, batch_size: int | None) -> None:
+    """Step time and examples/s over the last ``steps`` steps, into ``row``. The caller read a
+    value from the device just before, so the wall time covers finished work."""
+    if steps > 0 and elapsed > 0:
+        row["perf/step_time_s"] = elapsed / steps
+        if batch_size:
+            row["perf/examples_per_sec"] = batch_size * steps / elapsed
