@@ -296,3 +296,42 @@ def test_live_run_delivered_in_segments_each_step_once(tmp_path):
     finally:
         writer.kill()
         server.stop()
+
+
+def test_a_restarted_runs_parts_add_up_once(tmp_path):
+    """A job restarted with the same run id leaves a second directory that resumes the run; the
+    pipeline seals each directory as a segment whose log starts afresh (byte_start 0). Its rows
+    add to the first part's on the server: all arrive, none twice, a second sync adds nothing."""
+    import shutil as sh
+
+    from tfwb_agent.seal import RunIdentity, Segment, keys_config, seal_keys, seal_run
+    from tfwb_agent.segments import Cut, write_cut
+
+    server = RestartableServer(tmp_path).start()
+    try:
+        (src,) = write_runs(tmp_path / "w", 1, 200)
+        log = find_log(src)
+        facts = read_facts(log)
+        half = facts.history_ends[99]
+        part0, part1 = tmp_path / "p0" / src.name, tmp_path / "p1" / src.name.replace("-2", "-3", 1)
+        sh.copytree(src, part0)
+        with open(find_log(part0), "r+b") as f:
+            f.truncate(half)
+        sh.copytree(src, part1)
+        write_cut(log, find_log(part1), Cut(half, facts.end, True, 100))
+        site = make_deliver_site(tmp_path / "site", server.url, server.api_key)
+        cfg, ledger = site.config(), site.ledger()
+        keys = seal_keys(keys_config(cfg))
+        ident = RunIdentity(facts.run_id, facts.project, facts.entity, None)
+        seal_run(cfg, keys, ledger, part1, ident, Segment(1), {})  # sealed first: order comes from the segment
+        seal_run(cfg, keys, ledger, part0, ident, Segment(0), {})
+        out = json.loads(sync(site).stdout)
+        assert out["deliveries"]["counts"] == {"confirmed": 2}, out
+        assert metric_rows(server, facts.run_id) == facts.metric_values
+        assert duplicate_rows(server, facts.run_id) == 0
+        assert [r["rows_sent"] for r in out["deliveries"]["rows"]] == [100, 100]
+        again = json.loads(sync(site, "--retry-failed").stdout)
+        assert again["deliveries"]["counts"] == {"confirmed": 2}
+        assert metric_rows(server, facts.run_id) == facts.metric_values
+    finally:
+        server.stop()

@@ -86,11 +86,18 @@ def _close(a: Any, b: float) -> bool:
     return isinstance(a, (int, float)) and not isinstance(a, bool) and math.isclose(float(a), b, rel_tol=1e-9, abs_tol=1e-12)
 
 
-def judge(sent: LogFacts, server: ServerRun) -> Judgement:
-    """Pure: does ``server`` hold everything of ``sent`` (a log up to a segment's end)?"""
+def judge(sent: LogFacts, server: ServerRun, base: int = 0) -> Judgement:
+    """Pure: does ``server`` hold everything of ``sent`` (a log up to a segment's end)? ``base``:
+    rows of this run the server holds from earlier parts, before ``sent``'s first row.
+    ``server_rows`` in the answer counts the server's rows of ``sent`` alone."""
     if not server.exists:
+        if base:
+            return Judgement(MISMATCH, 0, f"the server has no such run, yet earlier segments brought {base} rows")
         return Judgement(ABSENT, 0, "the server has no such run")
-    rows = server.history_rows
+    if server.history_rows < base:
+        return Judgement(MISMATCH, server.history_rows, f"the server holds {server.history_rows} history rows, fewer "
+                         f"than the {base} earlier segments brought")
+    rows = server.history_rows - base
     if rows < sent.history_rows:
         return Judgement(PARTIAL, rows, f"the server holds {rows} of {sent.history_rows} history rows")
     if rows == sent.history_rows:

@@ -41,6 +41,10 @@ def _quiet(event: str, **info: Any) -> None:
     pass
 
 
+class _NotYet(Exception):
+    """An earlier segment must be confirmed first."""
+
+
 class DeliveryError(Exception):
     """A segment that cannot be delivered now; the message says why, in words."""
 
@@ -57,6 +61,13 @@ class Unit:
     created: float
     project: str | None = None
     entity: str | None = None
+    byte_start: int = 0
+
+    @property
+    def separate_part(self) -> bool:
+        """A later segment whose log starts afresh (a restarted job's own run directory), not a
+        longer prefix of the same log (a live run's next cut): its rows add to the earlier ones."""
+        return self.segment > 0 and not self.byte_start
 
 
 @dataclass
@@ -143,7 +154,7 @@ def pending_units(ledger: Ledger, cfg: config_mod.Config | None = None) -> list[
     for r in rows:
         source = "staged" if r["state"] == "imported" else "outbox"
         u = Unit(r["run_id"], r["segment"], r["content_id"], r["bundle_id"], source, Path(r["path"]), r["created"],
-                 r["r_project"], r["r_entity"])
+                 r["r_project"], r["r_entity"], r["byte_start"] or 0)
         if source == "staged" and u.project is None:
             rd = _staged_run_dir(u.path)
             if rd is not None:
@@ -270,9 +281,19 @@ class _Settle:
                  report: Reporter) -> None:
         self.ledger, self.cfg, self.t, self.key, self.settings, self.report = ledger, cfg, t, key, settings, report
 
-    def ask(self, facts: LogFacts, project: str, entity: str | None, run_id: str) -> confirm.Judgement:
+    def ask(self, facts: LogFacts, project: str, entity: str | None, run_id: str, base: int = 0) -> confirm.Judgement:
         server = confirm.fetch_run(self.t.base_url, self.key, entity, project, run_id, self.t.timeout)
-        return confirm.judge(facts, server)
+        return confirm.judge(facts, server, base)
+
+    def base_rows(self, u: Unit) -> int:
+        """History rows the server holds of this run before a separate part begins: what the
+        earlier segments, confirmed in order, brought."""
+        if not u.separate_part:
+            return 0
+        prev = _delivery(self.ledger, Unit(u.run_id, u.segment - 1, "", "", "", Path(), 0), self.t.name)
+        if not prev or prev["state"] != "confirmed" or prev["server_rows"] is None:
+            raise _NotYet(f"segment {u.segment - 1} of {u.run_id} is not confirmed on {self.t.name} yet")
+        return int(prev["server_rows"])
 
     def __call__(self, u: Unit) -> Outcome:
         t, ledger = self.t, self.ledger
@@ -284,9 +305,10 @@ class _Settle:
                 raise DeliveryError(f"segment {u.segment} of {u.run_id} holds no .wandb log")
             facts = read_facts(log_path)
             project, entity = destination(t, u, facts)
-            j = self.ask(facts, project, entity, u.run_id)
+            base = self.base_rows(u)
+            j = self.ask(facts, project, entity, u.run_id, base)
             if j.kind == confirm.COMPLETE:
-                return self.confirmed(u, j, 0, 0, "already on the server")
+                return self.confirmed(u, j, 0, 0, "already on the server", base + facts.history_rows)
             if j.kind == confirm.MISMATCH:
                 return self.failed(u, f"the server holds this run but not as sent: {j.detail}; not sending again "
                                       "(that would duplicate rows)", j.server_rows)
@@ -300,7 +322,7 @@ class _Settle:
             self.report("upload_start", run_id=u.run_id, segment=u.segment, bytes=size, rows=cut.rows)
             up = upload.start(run_dir, t.base_url, self.key, project, entity, home, out_log)
             _set(ledger, u, t.name, "uploading", uploader_pid=up.pid,
-                 uploader_start=upload.process_start_time(up.pid), server_rows=j.server_rows,
+                 uploader_start=upload.process_start_time(up.pid), server_rows=base + j.server_rows,
                  attempts=(_delivery(ledger, u, t.name) or {}).get("attempts", 0) + 1,
                  reason=f"sending {cut.rows} history rows" + (" (resumed)" if cut.resumed else ""))
             try:
@@ -310,13 +332,15 @@ class _Settle:
                 up.proc.wait()
                 rc = None
             self.report("upload_end", run_id=u.run_id, segment=u.segment, bytes=size, returncode=rc)
-            after = self.ask(facts, project, entity, u.run_id)
+            after = self.ask(facts, project, entity, u.run_id, base)
             if after.kind == confirm.COMPLETE:
-                return self.confirmed(u, after, cut.rows, size, "sent and confirmed")
+                return self.confirmed(u, after, cut.rows, size, "sent and confirmed", base + facts.history_rows)
             why = upload.tail(out_log, 600).replace(self.key, "<key>").strip().splitlines()
             last = why[-1] if why else ""
             return self.retry(u, f"not confirmed after wandb sync (exit {rc}): {after.detail}"
                                  + (f"; wandb said: {last[:300]}" if last else ""), after.server_rows)
+        except _NotYet as exc:
+            return self.retry(u, str(exc), None)
         except DeliveryError as exc:
             return self.failed(u, str(exc), None)
         except (confirm.srv.Unreachable, confirm.srv.KeyRejected) as exc:
@@ -326,17 +350,18 @@ class _Settle:
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def confirmed(self, u: Unit, j: confirm.Judgement, rows: int, size: int, how: str) -> Outcome:
+    def confirmed(self, u: Unit, j: confirm.Judgement, rows: int, size: int, how: str, through: int) -> Outcome:
         now = time.time()
         prev = _delivery(self.ledger, u, self.t.name) or {}
+        # server_rows: the run's history rows through this segment (what a later part builds on).
         _set(self.ledger, u, self.t.name, "confirmed", last_error=None, reason=f"{how}: {j.detail}",
-             server_rows=j.server_rows, rows_sent=prev.get("rows_sent", 0) + rows,
+             server_rows=through, rows_sent=prev.get("rows_sent", 0) + rows,
              bytes_sent=prev.get("bytes_sent", 0) + size, confirmed_at=now, next_attempt=None,
              uploader_pid=None, uploader_start=None)
         audit.append(self.cfg.state_dir / "audit.log", {
             "kind": "delivered", "run_id": u.run_id, "segment": u.segment, "content_id": u.content_id,
             "bundle_id": u.bundle_id, "target": self.t.name, "base_url": self.t.base_url, "rows_sent": rows,
-            "bytes_sent": size, "server_rows": j.server_rows, "how": how})
+            "bytes_sent": size, "server_rows": through, "how": how})
         log.info("%s segment %d -> %s: confirmed (%s; %d rows, %d bytes sent)", u.run_id, u.segment, self.t.name,
                  how, rows, size)
         return Outcome(u.run_id, u.segment, self.t.name, "confirmed", how, rows, size)
