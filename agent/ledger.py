@@ -179,7 +179,11 @@ class Ledger:
 
     def runs_in_state(self, state: str, limit: int = -1) -> list[dict[str, Any]]:
         """Runs in ``state``, the longest untouched first (a run that just failed goes last)."""
-        rows = self.db.execute("SELECT * FROM runs WHERE state = ? ORDER BY updated, key LIMIT ?", (state, limit))
+        return self.runs_where("state = ?", (state,), limit)
+
+    def runs_where(self, condition: str, params: tuple = (), limit: int = -1) -> list[dict[str, Any]]:
+        """Runs matching an SQL condition (written by the caller, values as parameters)."""
+        rows = self.db.execute(f"SELECT * FROM runs WHERE {condition} ORDER BY updated, key LIMIT ?", (*params, limit))
         return [_run_dict(r) for r in rows]
 
     @staticmethod

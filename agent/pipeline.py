@@ -98,7 +98,9 @@ def seal_stage(ledger: Ledger, cfg: config_mod.Config) -> bool:
         for leftover in recover_outbox(outbox):
             log.info("removed %s, left by a crash while sealing", leftover)
         _recovered.add(outbox)
-    if not ledger.db.execute("SELECT 1 FROM runs WHERE state = 'ended' LIMIT 1").fetchone():
+    # Runs delivered live are closed by their last live segment (deliver/live.py), not here.
+    waiting = "state = 'ended' AND json_extract(facts, '$.live_segments') IS NULL"
+    if not ledger.db.execute(f"SELECT 1 FROM runs WHERE {waiting} LIMIT 1").fetchone():
         return False  # the common idle case: no key or policy file read
     try:
         keys = seal_keys(keys_config(cfg))
@@ -114,7 +116,7 @@ def seal_stage(ledger: Ledger, cfg: config_mod.Config) -> bool:
         return False
     now = time.time()
     # A batch per call: the daemon goes back to its events between batches.
-    batch = ledger.runs_in_state("ended", limit=SEAL_BATCH)
+    batch = ledger.runs_where(waiting, limit=SEAL_BATCH)
     for row in batch:
         failed_at = row["facts"].get("seal_failed_at", 0)
         if now - failed_at < RETRY_SECONDS:
