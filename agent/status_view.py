@@ -34,6 +34,40 @@ def run_view(row: dict[str, Any], now: float | None = None) -> dict[str, Any]:
     }
 
 
+def delivery_views(ledger_db: Any) -> dict[str, list[dict[str, Any]]]:
+    """Per run id: each (segment, target) delivery with its state and, in words, why."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for d in ledger_db.execute("SELECT * FROM deliveries ORDER BY run_id, segment, target"):
+        d = dict(d)
+        out.setdefault(d["run_id"], []).append({
+            "segment": d["segment"], "target": d["target"], "state": d["state"],
+            "why": d.get("reason") or d.get("last_error"), "next_attempt": d.get("next_attempt"),
+            "attempts": d["attempts"]})
+    return out
+
+
+def imported_views(ledger_db: Any) -> list[dict[str, Any]]:
+    """On a gateway: the bundles imported from removable media (their runs are not watched here)."""
+    return [dict(r) for r in ledger_db.execute(
+        "SELECT i.run_id, i.segment, i.bundle_id, i.signer, i.imported_at, b.name FROM imports i "
+        "LEFT JOIN bundles b ON b.bundle_id = i.bundle_id ORDER BY i.imported_at")]
+
+
+def delivery_note(deliveries: list[dict[str, Any]]) -> str:
+    """One line for the status table: where each target stands for this run."""
+    by_target: dict[str, list[dict[str, Any]]] = {}
+    for d in deliveries:
+        by_target.setdefault(d["target"], []).append(d)
+    parts = []
+    for target, ds in sorted(by_target.items()):
+        if all(d["state"] == "confirmed" for d in ds):
+            parts.append(f"{target}: delivered")
+        else:
+            worst = next(d for d in ds if d["state"] != "confirmed")
+            parts.append(f"{target}: {worst['state']}" + (f" ({worst['why']})" if worst["why"] else ""))
+    return "; ".join(parts)
+
+
 def human_size(n: int | None) -> str:
     n = n or 0
     for unit in ("B", "KiB", "MiB", "GiB"):

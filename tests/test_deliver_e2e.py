@@ -223,7 +223,7 @@ def test_policy_keeps_runs_from_targets_and_windows_and_holds(tmp_path, corpus):
                   '[[policy]]\nprojects = ["ct-fresh"]\ntargets = ["local"]\nhold = true\n')
         dirs = corpus_dirs(corpus)  # project ct-classifier
         site = make_deliver_site(tmp_path / "site", server.url, server.api_key, policy=policy)
-        seal_dirs(site, dirs[:2])
+        dirs_ids = seal_dirs(site, dirs[:2])
         out = json.loads(sync(site).stdout)
         assert out["deliveries"]["counts"] == {"pending": 2}
         assert all("outside its window" in r["reason"] and closed in r["reason"] for r in out["deliveries"]["rows"])
@@ -240,6 +240,10 @@ def test_policy_keeps_runs_from_targets_and_windows_and_holds(tmp_path, corpus):
         assert rows[ids[2]]["state"] == "held" and "no [[policy]] rule" in rows[ids[2]]["reason"]
         assert rows[ids[0]]["state"] == "held" and "approve" in rows[ids[0]]["reason"]
         assert server.query("SELECT COUNT(*) FROM runs")[0][0] == 0
+        # `status` says why, too.
+        why = {d["run_id"]: d for d in status(site.cfg)["deliveries"]}
+        assert why[ids[2]]["state"] == "held" and "no [[policy]] rule" in why[ids[2]]["why"]
+        assert "approve" in why[ids[0]]["why"] and "outside its window" in why[dirs_ids[0]]["why"]
         agent(site.cfg, "approve", ids[0])
         out = json.loads(sync(site).stdout)
         rows = {r["run_id"]: r for r in out["deliveries"]["rows"]}

@@ -6,7 +6,7 @@ import time
 
 import click
 
-from ..status_view import human_age, human_size, run_view
+from ..status_view import delivery_note, delivery_views, human_age, human_size, imported_views, run_view
 from .common import Context, echo_json, pass_ctx
 
 
@@ -22,19 +22,30 @@ def command(ctx: Context, as_json: bool) -> None:
     """
     ledger = ctx.ledger()
     now = time.time()
-    views = [run_view(r, now) for r in ledger.runs()]
+    deliveries = delivery_views(ledger.db)
+    views = [dict(run_view(r, now), deliveries=deliveries.get(r["run_id"], [])) for r in ledger.runs()]
     counts = ledger.counts()
     targets = [dict(r) for r in ledger.db.execute("SELECT * FROM targets ORDER BY name")]
+    imported = imported_views(ledger.db)
+    for i in imported:
+        i["deliveries"] = [d for d in deliveries.get(i["run_id"], []) if d["segment"] == i["segment"]]
     if as_json:
-        echo_json({"runs": views, "counts": counts, "targets": targets, "node": ctx.config.node_name})
+        echo_json({"runs": views, "counts": counts, "targets": targets, "imported": imported,
+                   "deliveries": [dict(d, run_id=rid) for rid, ds in deliveries.items() for d in ds],
+                   "node": ctx.config.node_name})
         return
-    if not views:
+    if not views and imported:
+        click.echo(f"{len(imported)} imported bundle(s) (this is a gateway):")
+        for i in imported:
+            click.echo(f"  {i['name'] or i['bundle_id']}  from {i['signer']}  "
+                       f"{delivery_note(i['deliveries']) or 'not delivered yet'}")
+    elif not views:
         click.echo(f"No runs yet under {', '.join(map(str, ctx.config.watch.roots)) or '(no roots configured)'}."
                       " Is the daemon running? `tfwb-agent scan` looks once.")
     else:
         rows = [(v["run_id"] or "?", v["project"] or "-", v["state"], v["ended"] or "-", human_size(v["size"]),
                  str(v["steps"]), human_age(v["age_seconds"]), human_age(v["idle_seconds"]),
-                 v["last_error"] or v["reason"] or "") for v in views]
+                 v["last_error"] or delivery_note(v["deliveries"]) or v["reason"] or "") for v in views]
         headers = ("RUN", "PROJECT", "STATE", "ENDED", "SIZE", "STEPS", "AGE", "IDLE", "NOTE")
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers[:-1])]
         room = max(20, shutil.get_terminal_size((120, 24)).columns - sum(widths) - 2 * len(widths))
