@@ -33,12 +33,15 @@ class DemoReport:
     leaks: list[str] = field(default_factory=list)
     checked_files: int = 0
     delivered: list[dict[str, Any]] = field(default_factory=list)
+    to_url: str | None = None
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
+        delivered = not self.to_url or (len(self.delivered) == len(self.imported)
+                                         and all(d["state"] == "confirmed" for d in self.delivered))
         return (bool(self.runs) and all(r["state"] == "exported" for r in self.runs)
-                and len(self.imported) == len(self.runs) and not self.leaks)
+                and len(self.imported) == len(self.runs) and not self.leaks and delivered)
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "work": str(self.work), "runs": self.runs, "bundles": self.bundles,
@@ -130,7 +133,7 @@ def run_demo(work: Path, say: Say, to_url: str | None = None, api_key_env: str =
     from .seal.keystore import load_public_key
 
     t0 = time.time()
-    report = DemoReport(work)
+    report = DemoReport(work, to_url=to_url)
     volume = work / "volume"
     volume.mkdir(parents=True)
     node_cfg_path, gw_cfg_path = _write_configs(work)
@@ -214,5 +217,6 @@ def _deliver(gw_cfg_path: Path, gw_ledger: Ledger, url: str, api_key_env: str, s
     try:
         result = json.loads(proc.stdout)
     except ValueError:
-        return [{"output": proc.stdout[-2000:]}]
-    return result if isinstance(result, list) else [result]
+        raise RuntimeError(f"delivery printed no report:\n{proc.stdout[-2000:]}") from None
+    rounds = result if isinstance(result, list) else [result]
+    return [row for r in rounds for row in r.get("deliveries", {}).get("rows", [])]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -24,3 +25,27 @@ def test_demo_seals_every_run_and_leaks_nothing(tmp_path):
     identity = (work / "keys" / "gateway.agekey").read_text().split("AGE-SECRET-KEY-")[1][:20]
     assert identity not in proc.stdout + proc.stderr
     assert "hf_DemoToken" not in proc.stdout + proc.stderr
+
+
+def test_demo_delivers_to_a_server_with_to(tmp_path):
+    from openwandb_server import start_openwandb
+
+    server = start_openwandb(tmp_path / "server")
+    try:
+        env = dict(os.environ, WANDB_API_KEY=server.api_key)
+        proc = subprocess.run([sys.executable, "-m", "tfwb_agent", "demo", "--json", "--to", server.url,
+                               "--work-dir", str(tmp_path / "demo")], capture_output=True, text=True,
+                              timeout=600, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        report = json.loads(proc.stdout)
+        assert report["ok"] and len(report["delivered"]) == 2
+        assert all(d["state"] == "confirmed" for d in report["delivered"])
+        steps = {r["run_id"]: r["steps"] for r in report["runs"]}
+        for d in report["delivered"]:
+            assert d["server_rows"] == steps[d["run_id"]] > 0  # every history row the run logged
+            dup = server.query("SELECT key, step FROM metrics WHERE run_id = ? GROUP BY key, step "
+                               "HAVING COUNT(*) > 1", (d["run_id"],))
+            assert dup == [] and server.query("SELECT COUNT(*) FROM metrics WHERE run_id = ?", (d["run_id"],))[0][0]
+        assert server.api_key not in proc.stdout + proc.stderr
+    finally:
+        server.stop()

@@ -71,5 +71,5 @@ def _print(r) -> None:
         click.echo(f"leak check: no secret, host or home path and no original media bytes in any of "
                    f"{r.checked_files} decrypted files")
     for d in r.delivered:
-        click.echo(f"delivered: {d}")
+        click.echo(f"delivery of {d['run_id']} (segment {d['segment']}): {d['state']}: {d.get('reason') or d.get('last_error')}")
     click.echo(f"{'OK' if r.ok else 'FAILED'} in {r.seconds:.0f}s")
