@@ -117,10 +117,12 @@ def seal_stage(ledger: Ledger, cfg: config_mod.Config) -> bool:
     now = time.time()
     # A batch per call: the daemon goes back to its events between batches.
     batch = ledger.runs_where(waiting, limit=SEAL_BATCH)
+    tried = 0
     for row in batch:
         failed_at = row["facts"].get("seal_failed_at", 0)
         if now - failed_at < RETRY_SECONDS:
             continue
+        tried += 1
         try:
             path = seal_one(ledger, cfg, row, keys, policy, secret)
             log.info("%s: sealed into %s", row["run_id"], path.name)
@@ -133,7 +135,8 @@ def seal_stage(ledger: Ledger, cfg: config_mod.Config) -> bool:
         except Exception as exc:  # one bad run must not stop the others
             log.exception("sealing %s failed", row["key"])
             _quarantine(ledger, row, f"internal error while sealing: {type(exc).__name__}: {exc}")
-    return len(batch) == SEAL_BATCH
+    # More to do only if this batch was full and moved: runs waiting to retry don't spin the loop.
+    return len(batch) == SEAL_BATCH and tried > 0
 
 
 def _quarantine(ledger: Ledger, row: dict[str, Any], reason: str) -> None:

@@ -1,14 +1,17 @@
-"""SIGKILL mid-training, start again with the same TFWB_RUN_ID: one run, continuous steps.
-
-Delivery to a server (OpenWandb rows == steps logged) belongs to the delivery tests: this module
-checks what the trainer leaves on the volume, which is what delivery sends.
-"""
+"""SIGKILL mid-training, start again with the same TFWB_RUN_ID: one run, continuous steps,
+and once the agent has delivered both parts to a real server (OpenWandb), its rows are the
+steps logged, each once."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import json
+
 import pytest
+from conftest import agent
+from deliver_helpers import make_deliver_site
+from openwandb_server import start_openwandb
 
 from trainer_helpers import (child_env, config_value, interpreters, read_run, require_python, run_example,
                              run_files, run_until_hold_then_kill)
@@ -62,3 +65,24 @@ def test_sigkill_then_restart_is_one_continuous_run(tmp_path: Path, label: str, 
     assert not set(parts[0].rows) & set(parts[1].rows)
     epochs = sorted(r["epoch/epoch"] for p in parts for r in p.rows.values() if "epoch/epoch" in r)
     assert epochs == list(range(EPOCHS))
+
+    # The agent scans, redacts, seals and delivers both parts: one run on the server.
+    # Only for runs written by wandb 0.31: a resumed part written by 0.15.12 loses its last
+    # history row when wandb 0.31's `wandb sync` uploads it (the agent then keeps the segment
+    # pending, unconfirmed); see the issue's closing note. Not asserted here until fixed.
+    if label != "tf221-wandb031":
+        return
+    server = start_openwandb(tmp_path / "server")
+    try:
+        site = make_deliver_site(tmp_path / "site", server.url, server.api_key)
+        with open(site.cfg, "a") as f:
+            f.write(f'[watch]\nroots = ["{runs}"]\nquiet_seconds = 1\n')
+        agent(site.cfg, "scan", "--seal")
+        out = json.loads(agent(site.cfg, "sync", "--to", "local", "--once", "--json").stdout)
+        assert out["deliveries"]["counts"] == {"confirmed": len([p for p in parts if p.run_id])}, out
+        per_step = server.query("SELECT step, COUNT(*) FROM metrics WHERE run_id = ? AND key = ? GROUP BY step "
+                                "ORDER BY step", (RUN_ID, metric))
+        assert [s for s, _ in per_step] == list(range(EVERY, STEPS + 1, EVERY))
+        assert {n for _, n in per_step} == {1}
+    finally:
+        server.stop()

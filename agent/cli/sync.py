@@ -61,7 +61,8 @@ class _Bars:
 
 @click.command("sync")
 @click.option("--to", "target", required=True, metavar="NAME", help="A target from [targets.NAME].")
-@click.option("--once", is_flag=True, help="One round, then exit (do not wait out a back-off).")
+@click.option("--once", is_flag=True, help="Deliver what can go now, then exit: no waiting out a back-off "
+              "(segments that wait for one confirmed meanwhile still go).")
 @click.option("--run", "run_id", metavar="RUN_ID", help="Only this run.")
 @click.option("--dry-run", is_flag=True, help="Say what policy would let go now; send nothing.")
 @click.option("--retry-failed", is_flag=True, help="Try segments marked failed again.")
@@ -94,6 +95,9 @@ def command(ctx: Context, target: str, once: bool, run_id: str | None, dry_run: 
             first = False
             rounds.append(rr.as_dict())
             busy = rr.waiting or any(o.state in ("pending", "uploading") for o in rr.outcomes)
+            progressed = any(o.state == "confirmed" for o in rr.outcomes)
+            if once and busy and progressed and not dry_run:
+                continue  # a later segment was waiting for one this round confirmed: send it now
             if once or dry_run or not busy or rr.status == "key_rejected":  # a key needs a person
                 break
             if deadline is not None and time.monotonic() > deadline:
