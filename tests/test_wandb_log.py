@@ -159,7 +159,10 @@ def test_memory_stays_bounded_on_a_large_file(tmp_path):
         "for _ in read_records(sys.argv[1]): n+=1\n"
         "print(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, check=True).stdout
+    # A clean environment: what earlier tests left in os.environ must not change the child.
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
+    out = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, check=True,
+                         env=env).stdout
     n, maxrss_kb = map(int, out.split())
     assert n > 30000
     assert maxrss_kb < 200 * 1024, f"peak RSS {maxrss_kb} KiB while reading a 200 MB file"
