@@ -73,11 +73,11 @@ def bench_reader(work: Path, gb: float) -> dict:
     res = {"file_bytes": size, "plain_read_s": timed(plain), "frames_s": timed(frames), "records_s": timed(records),
            "records": n[0]}
     # Peak memory of a process that only streams the records of the whole file.
-    code = ("import resource,sys\nfrom tfwb_agent.wandb_log import read_records\n"
-            "for _ in read_records(sys.argv[1]): pass\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-    base = ("import resource\nimport tfwb_agent.wandb_log\nfrom wandb.proto import wandb_internal_pb2\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    # VmHWM is this process's own peak; ru_maxrss would carry over the peak of its parent.
+    hwm = "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])"
+    code = ("import sys\nfrom tfwb_agent.wandb_log import read_records\n"
+            "for _ in read_records(sys.argv[1]): pass\n" + hwm)
+    base = "import tfwb_agent.wandb_log\nfrom wandb.proto import wandb_internal_pb2\n" + hwm
     res["peak_rss_MiB"] = int(subprocess.run([sys.executable, "-c", code, str(big)], capture_output=True, text=True,
                                              check=True).stdout) / 1024
     res["baseline_rss_MiB"] = int(subprocess.run([sys.executable, "-c", base], capture_output=True, text=True,

@@ -47,5 +47,15 @@ def test_demo_delivers_to_a_server_with_to(tmp_path):
                                "HAVING COUNT(*) > 1", (d["run_id"],))
             assert dup == [] and server.query("SELECT COUNT(*) FROM metrics WHERE run_id = ?", (d["run_id"],))[0][0]
         assert server.api_key not in proc.stdout + proc.stderr
+        # Nothing the server stored (database and files) holds what must stay on the site.
+        from tfwb_agent.demo_train import DEMO_DATA_DIR, DEMO_TOKEN
+        import socket
+
+        forbidden = [DEMO_TOKEN.encode(), DEMO_DATA_DIR.encode(), json.dumps(socket.gethostname()).encode()]
+        stored = [p for p in server.data_dir.rglob("*") if p.is_file()]
+        assert any(p.name == "openwandb.db" for p in stored) and len(stored) > 3
+        for p in stored:
+            data = p.read_bytes()
+            assert not [f for f in forbidden if f in data], f"{p.relative_to(server.data_dir)} holds a site secret"
     finally:
         server.stop()
