@@ -49,6 +49,35 @@ def ensure_redaction_secret(cfg: config_mod.Config) -> None:
                 "so that equal samples get equal tags across nodes", path)
 
 
+def mark_crashed(run_dir: Path, reason: str | None) -> None:
+    """Append to a crashed run's (redacted) log a summary saying so. wandb sync shows a run
+    with no exit record as finished, and servers differ in what they make of that; a summary
+    key arrives everywhere and is what a dashboard can filter on."""
+    import json
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    from .runs import find_log
+    from .wandb_log import LogReader, LogWriter
+
+    log_path = find_log(run_dir)
+    if log_path is None:
+        return
+    with open(log_path, "r+b") as f:
+        reader = LogReader(f)
+        for _ in reader:
+            pass
+        assert reader.tail is not None
+        rec = pb.Record()
+        for key, value in (("tfwb/ended", "crashed"), ("tfwb/ended_reason", reason or "no exit record")):
+            item = rec.summary.update.add()
+            item.key, item.value_json = key, json.dumps(value)
+        f.truncate(reader.tail.end)  # the redactor writes whole records; never append after a torn one
+        LogWriter(f, append_at=reader.tail.end).write(rec)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def part_number(ledger: Ledger, row: dict[str, Any]) -> int:
     """Which part of its run this directory is. A job killed and restarted with the same run id
     writes a second ``offline-run-<time>-<id>`` directory that resumes the run: the parts are
@@ -71,6 +100,8 @@ def seal_one(ledger: Ledger, cfg: config_mod.Config, row: dict[str, Any], keys: 
     try:
         redacted = work / run_dir.name
         report = redact_run(run_dir, redacted, policy, secret, cfg.map_path)
+        if row["ended"] == "crashed":
+            mark_crashed(redacted, row["reason"])
 
         def mark_sealed(db: Any, sealed: Any) -> None:
             db.execute("UPDATE runs SET state = 'sealed', last_error = NULL, updated = ? WHERE key = ?",

@@ -195,11 +195,18 @@ def read_records(path: str | os.PathLike, start: int = FILE_HEADER_LEN):
 class LogWriter:
     """Write records in the framing that `wandb sync` reads."""
 
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: BinaryIO, append_at: int | None = None) -> None:
+        """A new log (writes the file header), or with ``append_at`` the end of an existing log
+        whose last record is whole: records then follow it in the same framing."""
         self._f = f
-        self._pos = 0
-        f.write(FILE_HEADER)
-        self._pos = FILE_HEADER_LEN
+        if append_at is None:
+            f.write(FILE_HEADER)
+            self._pos = FILE_HEADER_LEN
+        else:
+            if append_at < FILE_HEADER_LEN:
+                raise ValueError(f"cannot append at {append_at}: inside the file header")
+            f.seek(append_at)
+            self._pos = append_at
 
     @property
     def offset(self) -> int:

@@ -166,3 +166,19 @@ def test_memory_stays_bounded_on_a_large_file(tmp_path):
     n, maxrss_kb = map(int, out.split())
     assert n > 30000
     assert maxrss_kb < 200 * 1024, f"peak RSS {maxrss_kb} KiB while reading a 200 MB file"
+
+
+def test_writer_appends_to_an_existing_log(tmp_path):
+    src = next(p for p in corpus_logs() if "5okzpcus" in p.name)
+    p = tmp_path / "a.wandb"
+    p.write_bytes(src.read_bytes())
+    before, tail = read_all(p)
+    extra = [os.urandom(n) for n in (10, BLOCK_LEN, 5)]
+    with open(p, "r+b") as f:
+        w = LogWriter(f, append_at=tail.end)
+        offsets = [w.write(pl) for pl in extra]
+    with open(p, "rb") as f:
+        r = LogReader(f)
+        got = list(r)
+    assert [pl for _, pl in got[len(before):]] == extra and [o for o, _ in got[len(before):]] == offsets
+    assert r.tail.torn_at is None and len(got) == len(before) + 3

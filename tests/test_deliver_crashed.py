@@ -1,0 +1,32 @@
+"""A crashed run arrives marked as crashed, with every record before its torn tail."""
+from __future__ import annotations
+
+import json
+
+from conftest import CORPUS_RUNS, agent, by_run_id, status
+from deliver_helpers import make_deliver_site, server_summary
+from openwandb_server import start_openwandb
+
+
+def test_crashed_runs_arrive_marked_and_whole_up_to_the_tear(tmp_path, corpus):
+    server = start_openwandb(tmp_path / "server")
+    try:
+        site = make_deliver_site(tmp_path / "site", server.url, server.api_key)
+        with open(site.cfg, "a") as f:
+            f.write(f'[watch]\nroots = ["{corpus}"]\nquiet_seconds = 60\n[path_map]\n"/runs" = "{corpus}"\n')
+        agent(site.cfg, "scan", "--seal")
+        steps = {rid: r["steps"] for rid, r in by_run_id(status(site.cfg)).items()}
+        out = json.loads(agent(site.cfg, "sync", "--to", "local", "--once", "--json").stdout)
+        assert out["deliveries"]["counts"] == {"confirmed": 4}, out["deliveries"]
+        rows = {r["run_id"]: r for r in out["deliveries"]["rows"]}
+        for run_id, (_version, how) in CORPUS_RUNS.items():
+            summary = server_summary(server, run_id)
+            assert rows[run_id]["server_rows"] == steps[run_id]  # all history before the tear
+            if how == "crashed":
+                assert summary.get("tfwb/ended") == "crashed", (run_id, summary.keys())
+                assert "no exit record" in summary.get("tfwb/ended_reason", "")
+            else:
+                assert "tfwb/ended" not in summary
+        assert steps["s900mviu"] == 143  # the 0.31 run, cut back at its torn tail
+    finally:
+        server.stop()
