@@ -60,7 +60,7 @@ def _wait(cond, timeout: float, what: str):
 
 @pytest.fixture
 def fresh_runs(tmp_path_factory):
-    return write_runs(tmp_path_factory.mktemp("fresh"), 4, 120)
+    return write_runs(tmp_path_factory.mktemp("fresh"), 16, 120)  # with the corpus's 4: 20 runs
 
 
 def test_runs_arrive_once_complete_and_a_second_sync_adds_nothing(tmp_path, corpus, fresh_runs):
@@ -68,12 +68,12 @@ def test_runs_arrive_once_complete_and_a_second_sync_adds_nothing(tmp_path, corp
     try:
         dirs = corpus_dirs(corpus) + fresh_runs
         want = expected(dirs)
-        assert len(want) == 8
+        assert len(want) == 20
         site = make_deliver_site(tmp_path / "site", server.url, server.api_key)
         seal_dirs(site, dirs)
         out = json.loads(sync(site).stdout)
         assert out["status"] == "online"
-        assert out["deliveries"]["counts"] == {"confirmed": 8}, out["deliveries"]
+        assert out["deliveries"]["counts"] == {"confirmed": 20}, out["deliveries"]
         assert_exactly_once(server, want)
         for rid, w in want.items():
             got = server_summary(server, rid)
@@ -88,17 +88,18 @@ def test_runs_arrive_once_complete_and_a_second_sync_adds_nothing(tmp_path, corp
             assert "wandb-metadata.json" in files or "config.yaml" in files
         rows_before = server.query("SELECT COUNT(*) FROM metrics")[0][0]
         again = json.loads(sync(site).stdout)
-        assert again["deliveries"]["counts"] == {"confirmed": 8}
+        assert again["deliveries"]["counts"] == {"confirmed": 20}
         assert all(r["rows_sent"] > 0 for r in again["deliveries"]["rows"])  # counted once, not twice
         # The ledger lost (a new gateway, a restored backup): the server is asked, nothing resent.
         os.unlink(site.config().ledger_path)
         seal_dirs(site, dirs)
         third = json.loads(sync(site).stdout)
-        assert third["deliveries"]["counts"] == {"confirmed": 8}
+        assert third["deliveries"]["counts"] == {"confirmed": 20}
         assert {o["detail"] for o in third["outcomes"]} == {"already on the server"}
         assert server.query("SELECT COUNT(*) FROM metrics")[0][0] == rows_before
         audit = (site.config().state_dir / "audit.log").read_text().splitlines()
-        assert sum(json.loads(line)["event"]["kind"] == "delivered" for line in audit) == 16
+        # delivered twice per run: once sent, once found already on the server after the ledger was lost
+        assert sum(json.loads(line)["event"]["kind"] == "delivered" for line in audit) == 2 * len(want)
         assert server.api_key not in (tmp_path / "site").joinpath("node-state", "audit.log").read_text()
     finally:
         server.stop()
@@ -164,19 +165,19 @@ def test_agent_sigkilled_at_random_moments_every_row_once(tmp_path, corpus, fres
     log = tmp_path / "sync.log"
     kills = 0
     try:
-        for _ in range(5):
+        for _ in range(10):
             proc = _popen_sync(site, log=log)
             time.sleep(rng.uniform(0.5, 6.0))  # a random moment to strike: the perturbation under test
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGKILL)
                 kills += 1
             proc.wait()
-        assert kills >= 3
+        assert kills >= 8
         final = _popen_sync(site, "--timeout", "300", log=log)
         assert final.wait(timeout=400) == 0, log.read_text()[-3000:]
         assert_exactly_once(server, want)
         st = json.loads(agent(site.cfg, "sync", "--to", "local", "--json", "--once").stdout)
-        assert st["deliveries"]["counts"] == {"confirmed": 8}
+        assert st["deliveries"]["counts"] == {"confirmed": 20}
     finally:
         server.stop()
 
@@ -255,9 +256,8 @@ def test_policy_keeps_runs_from_targets_and_windows_and_holds(tmp_path, corpus):
 
 
 def test_live_run_delivered_in_segments_each_step_once(tmp_path):
-    """A run written live by real wandb for ~40 s (the issue says 60; scaled for the shared
-    machine), scanned and synced every 10 s: each sync adds only new steps; at the end the
-    server holds every logged step once."""
+    """A run written live by real wandb for ~60 s, scanned and synced every 10 s: each sync
+    adds only new steps; at the end the server holds every logged step once."""
     server = RestartableServer(tmp_path).start()
     root = tmp_path / "volume"
     root.mkdir()
@@ -276,7 +276,7 @@ def test_live_run_delivered_in_segments_each_step_once(tmp_path):
         with open(site.cfg, "a") as f:
             f.write(f'[watch]\nroots = ["{root}"]\nquiet_seconds = 600\n')
         seen_rows = []
-        for _ in range(4):
+        for _ in range(6):
             time.sleep(10)  # the delivery cadence under test (every 10 s), not a wait for an event
             agent(site.cfg, "scan")
             out = json.loads(agent(site.cfg, "sync", "--to", "local", "--once", "--json").stdout)
