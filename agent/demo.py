@@ -104,10 +104,10 @@ def _forbidden(volume: Path) -> tuple[list[bytes], list[bytes]]:
     """What must not leave: the demo's secrets, host and home, and every original media file."""
     from .demo_train import DEMO_DATA_DIR, DEMO_TOKEN
 
-    strings = [DEMO_TOKEN.encode(), DEMO_DATA_DIR.encode(), json.dumps(socket.gethostname()).encode()]
-    home = os.path.expanduser("~")
-    if len(home) > 5:
-        strings.append(home.encode())
+    home = os.path.expanduser("~").rstrip("/")
+    # Short names ("vm", "/root") only count where they stand as a whole value or path.
+    strings = [DEMO_TOKEN.encode(), DEMO_DATA_DIR.encode(), json.dumps(socket.gethostname()).encode(),
+               json.dumps(home).encode(), f"{home}/".encode()]
     media = [p.read_bytes() for p in volume.rglob("files/media/**/*") if p.is_file() and p.suffix != ".json"]
     return strings, media
 

@@ -51,7 +51,9 @@ def test_demo_delivers_to_a_server_with_to(tmp_path):
         from tfwb_agent.demo_train import DEMO_DATA_DIR, DEMO_TOKEN
         import socket
 
-        forbidden = [DEMO_TOKEN.encode(), DEMO_DATA_DIR.encode(), json.dumps(socket.gethostname()).encode()]
+        home = os.path.expanduser("~").rstrip("/")
+        forbidden = [DEMO_TOKEN.encode(), DEMO_DATA_DIR.encode(), json.dumps(socket.gethostname()).encode(),
+                     json.dumps(home).encode(), f"{home}/".encode()]
         stored = [p for p in server.data_dir.rglob("*") if p.is_file()]
         assert any(p.name == "openwandb.db" for p in stored) and len(stored) > 3
         for p in stored:
