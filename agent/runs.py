@@ -110,7 +110,7 @@ def _fold(facts: RunFacts, rec: Any) -> None:
         facts.run_id = r.run_id or facts.run_id
         facts.project = r.project or facts.project
         facts.entity = r.entity or facts.entity
-        sens = _sensitive_from_config(r.config)
+        sens = list(sensitive_globs(r.config.update))
         if sens:
             facts.extra["sensitive"] = sens
     elif kind == "history":
@@ -131,26 +131,30 @@ def _fold(facts: RunFacts, rec: Any) -> None:
             if entry.local_path and entry.local_path not in paths:
                 paths.append(entry.local_path)
     elif kind == "config":
-        sens = _sensitive_from_config(rec.config)
+        sens = list(sensitive_globs(rec.config.update))
         if sens:
             facts.extra["sensitive"] = sens
 
 
-def _sensitive_from_config(cfg: Any) -> list[str]:
-    """The trainer plugin records sensitive key globs under config ``tfwb.sensitive``."""
+def sensitive_globs(updates: Any) -> tuple[str, ...]:
+    """The key globs the trainer plugin declared sensitive, from config updates (``tfwb`` →
+    ``sensitive``, whole or as a nested key); () when there are none."""
     import json
 
-    for item in cfg.update:
-        key = item.key or "/".join(item.nested_key)
-        if key == "tfwb":
+    for u in updates:
+        if (u.key or (u.nested_key[0] if len(u.nested_key) else "")) == "tfwb":
             try:
-                value = json.loads(item.value_json)
+                value = json.loads(u.value_json)
             except ValueError:
-                return []
-            value = value.get("value", value) if isinstance(value, dict) else {}
-            sens = value.get("sensitive") if isinstance(value, dict) else None
-            return [s for s in sens if isinstance(s, str)] if isinstance(sens, list) else []
-    return []
+                continue
+            if len(u.nested_key) == 2 and u.nested_key[1] == "sensitive":
+                value = {"sensitive": value}
+            if isinstance(value, dict) and isinstance(value.get("value"), dict):
+                value = value["value"]  # config.yaml style {"value": ...}
+            globs = value.get("sensitive") if isinstance(value, dict) else None
+            if isinstance(globs, list):
+                return tuple(str(g) for g in globs)
+    return ()
 
 
 def inspect(run_dir: Path, before: RunFacts | None = None) -> RunFacts:

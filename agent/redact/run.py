@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from wandb.proto import wandb_internal_pb2 as pb
 
+from ..runs import sensitive_globs
 from ..wandb_log import LogError, LogWriter, read_records
 from . import items as items_mod
 from . import meta, placeholders
@@ -298,35 +299,18 @@ def _records(path: Path, report: RedactionReport):
 
 # -- pass 1: plan ---------------------------------------------------------------------------
 
-def _sensitive_from_config(updates: Any) -> tuple[str, ...]:
-    for u in updates:
-        if (u.key or (u.nested_key[0] if len(u.nested_key) else "")) == "tfwb":
-            try:
-                value = json.loads(u.value_json)
-            except ValueError:
-                continue
-            if len(u.nested_key) == 2 and u.nested_key[1] == "sensitive":
-                value = {"sensitive": value}
-            if isinstance(value, dict) and isinstance(value.get("value"), dict):
-                value = value["value"]  # config.yaml style {"value": ...}
-            globs = value.get("sensitive") if isinstance(value, dict) else None
-            if isinstance(globs, list):
-                return tuple(str(g) for g in globs)
-    return ()
-
-
 def _plan(r: _Run, log: Path) -> None:
     sensitive: list[str] = []
     identity: set[str] = set()
     for rec in _records(log, RedactionReport()):
         t = rec.WhichOneof("record_type")
         if t == "run":
-            sensitive += _sensitive_from_config(rec.run.config.update)
+            sensitive += sensitive_globs(rec.run.config.update)
             identity |= {rec.run.host}
         elif t == "environment":
             identity |= {getattr(rec.environment, f, "") for f in ("host", "username", "email")}
         elif t == "config":
-            sensitive += _sensitive_from_config(rec.config.update)
+            sensitive += sensitive_globs(rec.config.update)
         elif t in ("history", "summary"):
             its = rec.history.item if t == "history" else rec.summary.update
             for key, node in items_mod.media_in_items(its):
