@@ -1,9 +1,8 @@
 """A crashed run arrives marked as crashed, with every record before its torn tail."""
 from __future__ import annotations
 
-import json
 
-from conftest import CORPUS_RUNS, agent, by_run_id, status
+from conftest import CORPUS_RUNS, by_run_id, status
 from deliver_helpers import make_deliver_site, server_summary
 from openwandb_server import start_openwandb
 
@@ -12,11 +11,8 @@ def test_crashed_runs_arrive_marked_and_whole_up_to_the_tear(tmp_path, corpus):
     server = start_openwandb(tmp_path / "server")
     try:
         site = make_deliver_site(tmp_path / "site", server.url, server.api_key)
-        with open(site.cfg, "a") as f:
-            f.write(f'[watch]\nroots = ["{corpus}"]\nquiet_seconds = 60\n[path_map]\n"/runs" = "{corpus}"\n')
-        agent(site.cfg, "scan", "--seal")
+        out = site.scan_seal_sync(corpus, quiet_seconds=60, container_root="/runs")
         steps = {rid: r["steps"] for rid, r in by_run_id(status(site.cfg)).items()}
-        out = json.loads(agent(site.cfg, "sync", "--to", "local", "--once", "--json").stdout)
         assert out["deliveries"]["counts"] == {"confirmed": 4}, out["deliveries"]
         rows = {r["run_id"]: r for r in out["deliveries"]["rows"]}
         for run_id, (_version, how) in CORPUS_RUNS.items():

@@ -6,10 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import json
 
 import pytest
-from conftest import agent
 from deliver_helpers import make_deliver_site
 from openwandb_server import start_openwandb
 
@@ -75,10 +73,7 @@ def test_sigkill_then_restart_is_one_continuous_run(tmp_path: Path, label: str, 
     server = start_openwandb(tmp_path / "server")
     try:
         site = make_deliver_site(tmp_path / "site", server.url, server.api_key)
-        with open(site.cfg, "a") as f:
-            f.write(f'[watch]\nroots = ["{runs}"]\nquiet_seconds = 1\n')
-        agent(site.cfg, "scan", "--seal")
-        out = json.loads(agent(site.cfg, "sync", "--to", "local", "--once", "--json").stdout)
+        out = site.scan_seal_sync(runs, quiet_seconds=1)
         assert out["deliveries"]["counts"] == {"confirmed": len([p for p in parts if p.run_id])}, out
         per_step = server.query("SELECT step, COUNT(*) FROM metrics WHERE run_id = ? AND key = ? GROUP BY step "
                                 "ORDER BY step", (RUN_ID, metric))
