@@ -1,10 +1,11 @@
 """Bundles: a run directory as tar (MANIFEST.json first) -> zstd -> age, and back.
 
-Sealing reads the run twice: once to hash every member (two threads: the manifest comes first
-and lists every hash), once to stream the tar. Memory stays bounded: files move in 1 MiB
-chunks, the compressor and the encryptor each hold a small window, and pyrage pulls the
-compressed tar from a generator in the same thread (a producer thread and a pipe were slower:
-the GIL changed hands on every small read).
+Sealing reads the run twice: once to hash every member (two threads, largest files first: the
+manifest comes first and lists every hash), once to stream the tar. Memory stays bounded: files
+move in 1 MiB chunks, the compressor and the encryptor each hold a small window. The work of
+the second pass is spread over both cores of a small node: libzstd's own worker threads
+compress, this thread reads, encrypts (agefmt) and writes, and one more thread computes the
+BLAKE2b that the minisign signature covers; all three run outside the GIL for most of the time.
 
 Opening checks, in order: the signature against the trusted node keys, then while streaming
 age -> zstd -> tar: the manifest (first member), every member's type, name, size and SHA-256.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import os
+import queue
 import shutil
 import stat
 import tarfile
@@ -29,12 +31,14 @@ import pyrage
 import zstandard
 from pyrage import x25519
 
+from . import agefmt
 from . import manifest as mf
 from . import minisign
 from .keystore import OpenKeys, TrustedKey
-from .streams import HashingReader, HashingWriter, ZstdMixedWriter
+from .streams import HashingReader, ZstdMixedWriter
 
 CHUNK = 1 << 20
+ZSTD_THREADS = 2  # libzstd worker threads (no GIL): compression overlaps encryption and hashing
 # Already-compressed formats: zstd cannot shrink them, so they are stored (see streams.py).
 STORED_SUFFIXES = frozenset({
     ".png", ".jpg", ".jpeg", ".gif", ".webp", ".avif", ".heic", ".gz", ".tgz", ".zst", ".zip",
@@ -143,6 +147,13 @@ def _hash_file(path: Path, limit: int | None) -> tuple[int, str, int, tuple[int,
         return size, h.hexdigest(), int(st.st_mtime), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def _size_or_zero(path: Path) -> int:
+    try:
+        return path.stat(follow_symlinks=False).st_size
+    except OSError:
+        return 0  # hashing it will say what is wrong
+
+
 def plan_run(run_dir: Path, log_path: Path | None = None, byte_end: int | None = None,
              workers: int = 2, progress: Progress = _no_progress, store_compressed: bool = True) -> SealPlan:
     """Pass one: list and hash every member. ``byte_end`` limits the `.wandb` log to its first
@@ -160,9 +171,11 @@ def plan_run(run_dir: Path, log_path: Path | None = None, byte_end: int | None =
         stored = store_compressed and path.suffix.lower() in STORED_SUFFIXES
         return PlannedMember(mf.Member(f"{prefix}/{rel}", size, digest, stored), path, mtime, key)
 
-    # hashlib releases the GIL: two workers hash two files at once.
+    # hashlib releases the GIL: two workers hash two files at once. Largest first, so that no
+    # worker is left hashing one big file alone at the end.
+    by_size = sorted(files, key=lambda item: _size_or_zero(item[1]), reverse=True)
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        planned = list(pool.map(one, files))
+        planned = list(pool.map(one, by_size))
     planned.sort(key=lambda p: (p.member.stored, p.member.name))  # one switch to stored frames
     log_size = next((p.member.size for p in planned if log_rel and p.member.name == f"{prefix}/{log_rel}"), None)
     return SealPlan(run_dir, tuple(planned), tuple(skipped), log_rel and f"{prefix}/{log_rel}", log_size)
@@ -211,17 +224,16 @@ def _member_chunks(zw: ZstdMixedWriter, out: list[bytes], p: PlannedMember, prog
 
 
 def _drain(out: list[bytes]) -> Iterator[bytes]:
-    if out:
-        data = b"".join(out) if len(out) > 1 else out[0]
-        out.clear()
-        yield data
+    # Pieces as they are: joining them would copy every stored byte once more.
+    yield from out
+    out.clear()
 
 
 def iter_tar_zst(plan: SealPlan, manifest_bytes: bytes, manifest_mtime: int, level: int = 3,
                  progress: Progress = _no_progress) -> Iterator[bytes]:
     """The plaintext of a bundle, piece by piece: tar (MANIFEST.json first) through zstd."""
     out: list[bytes] = []
-    zw = ZstdMixedWriter(out.append, level)
+    zw = ZstdMixedWriter(out.append, level, threads=ZSTD_THREADS)
     zw.compressed(_tar_header(mf.MANIFEST_NAME, len(manifest_bytes), manifest_mtime))
     zw.compressed(manifest_bytes + _pad(len(manifest_bytes)))
     for p in plan.members:
@@ -231,45 +243,66 @@ def iter_tar_zst(plan: SealPlan, manifest_bytes: bytes, manifest_mtime: int, lev
     yield from _drain(out)
 
 
-def write_tar_zst(plan: SealPlan, manifest_bytes: bytes, manifest_mtime: int, sink: Callable[[bytes], object],
-                  level: int = 3, progress: Progress = _no_progress) -> None:
-    for data in iter_tar_zst(plan, manifest_bytes, manifest_mtime, level, progress):
-        sink(data)
-
-
-class PullReader:
-    """A readable over an iterator of byte strings, for pyrage to pull from. One thread: two
-    threads joined by a pipe were slower here, the GIL changing hands on every small read."""
-
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._it = iter(chunks)
-        self._buf = memoryview(b"")
-
-    def read(self, n: int = -1) -> bytes:
-        while not self._buf:
-            nxt = next(self._it, None)
-            if nxt is None:
-                return b""
-            self._buf = memoryview(nxt)
-        if n < 0 or n >= len(self._buf):
-            data, self._buf = bytes(self._buf), memoryview(b"")
-        else:
-            data, self._buf = bytes(self._buf[:n]), self._buf[n:]
-        return data
-
-    def readinto(self, b: bytearray | memoryview) -> int:
-        data = self.read(len(b))
-        b[:len(data)] = data
-        return len(data)
-
-
 def encrypt_chunks(chunks: Iterable[bytes], out: BinaryIO, recipients: Sequence[x25519.Recipient]) -> tuple[bytes, int]:
     """age-encrypt the concatenation of ``chunks`` into ``out``; returns the BLAKE2b-512 and the
-    length of the ciphertext (what the signature covers)."""
-    hw = HashingWriter(out, minisign.new_hash())
-    pyrage.encrypt_io(PullReader(chunks), hw, list(recipients))
-    hw.flush()
-    return hw.hasher.digest(), hw.size
+    length of the ciphertext (what the signature covers).
+
+    A second thread hashes the ciphertext (hashlib releases the GIL) while this one reads,
+    compresses, encrypts and writes; the queue between them holds a few MiB."""
+    hasher = minisign.new_hash()
+    size = 0
+
+    def hash_pieces(pieces: list[bytes]) -> None:
+        for piece in pieces:
+            hasher.update(piece)
+
+    write_many = getattr(out, "write_many", None) or (lambda pieces: [out.write(p) for p in pieces])
+    with _BackgroundSink(hash_pieces) as hash_later:
+        def sink(pieces: list[bytes]) -> None:
+            nonlocal size
+            hash_later(pieces)
+            write_many(pieces)
+            size += sum(map(len, pieces))
+        aw = agefmt.AgeWriter(sink, [agefmt.recipient_key(r) for r in recipients])
+        for data in chunks:
+            aw.write(data)
+        aw.close()
+    out.flush()
+    return hasher.digest(), size
+
+
+class _BackgroundSink:
+    """Call ``write`` on another thread, in order, with at most ``depth`` blocks waiting.
+    An error there is raised here, at the next call or on leaving the ``with``."""
+
+    def __init__(self, write: Callable[[list[bytes]], object], depth: int = 8) -> None:
+        self._write = write
+        self._q: queue.Queue[list[bytes] | None] = queue.Queue(depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="bundle-hasher", daemon=True)
+
+    def _run(self) -> None:
+        while (data := self._q.get()) is not None:
+            if self._error is None:
+                try:
+                    self._write(data)
+                except BaseException as exc:  # noqa: BLE001 - handed to the producer
+                    self._error = exc
+
+    def __call__(self, data: list[bytes]) -> None:
+        if self._error is not None:
+            raise self._error
+        self._q.put(data)
+
+    def __enter__(self) -> "_BackgroundSink":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._q.put(None)
+        self._thread.join()
+        if self._error is not None and exc[0] is None:
+            raise self._error
 
 
 class _PipeWriter:

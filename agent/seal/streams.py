@@ -25,19 +25,20 @@ RAW_FRAME_MAX = 1 << 20            # content per raw frame: keeps the decoder's 
 _FHD_RAW = 0b1010_0000
 
 
-def raw_frame(data: bytes | memoryview) -> bytes:
-    """One zstd frame holding ``data`` in raw (stored) blocks. ``len(data) <= RAW_FRAME_MAX``."""
+def raw_frame(data: bytes | memoryview) -> list[bytes | memoryview]:
+    """One zstd frame holding ``data`` in raw (stored) blocks, as pieces that reference
+    ``data`` rather than copy it. ``len(data) <= RAW_FRAME_MAX``."""
     n = len(data)
     assert 0 < n <= RAW_FRAME_MAX
-    parts = [ZSTD_MAGIC, bytes([_FHD_RAW]), struct.pack("<I", n)]
+    parts: list[bytes | memoryview] = [ZSTD_MAGIC + bytes([_FHD_RAW]) + struct.pack("<I", n)]
     mv = memoryview(data)
     for off in range(0, n, _BLOCK_MAX):
         block = mv[off:off + _BLOCK_MAX]
         last = 1 if off + _BLOCK_MAX >= n else 0
         # Block header, 3 bytes little-endian: size << 3 | type (0 = raw) << 1 | last.
         parts.append((len(block) << 3 | last).to_bytes(3, "little"))
-        parts.append(block)  # type: ignore[arg-type]
-    return b"".join(parts)
+        parts.append(block)
+    return parts
 
 
 class ZstdMixedWriter:
@@ -46,14 +47,14 @@ class ZstdMixedWriter:
     Consecutive compressed writes share one frame; switching to stored ends that frame.
     """
 
-    def __init__(self, sink: Callable[[bytes], object], level: int = 3, threads: int = 0) -> None:
+    def __init__(self, sink: Callable[[bytes | memoryview], object], level: int = 3, threads: int = 0) -> None:
         self._sink = sink
         self._cctx = zstandard.ZstdCompressor(level=level, threads=threads)
         self._cobj: zstandard.ZstdCompressionObj | None = None
         self.bytes_in = 0
         self.bytes_out = 0
 
-    def _emit(self, data: bytes) -> None:
+    def _emit(self, data: bytes | memoryview) -> None:
         if data:
             self._sink(data)
             self.bytes_out += len(data)
@@ -73,7 +74,8 @@ class ZstdMixedWriter:
         self.bytes_in += len(data)
         mv = memoryview(data)
         for off in range(0, len(mv), RAW_FRAME_MAX):
-            self._emit(raw_frame(mv[off:off + RAW_FRAME_MAX]))
+            for part in raw_frame(mv[off:off + RAW_FRAME_MAX]):
+                self._emit(part)
 
     def write(self, data: bytes | memoryview, store: bool = False) -> None:
         (self.stored if store else self.compressed)(data)
@@ -85,22 +87,6 @@ class ZstdMixedWriter:
 
     def close(self) -> None:
         self._end_frame()
-
-
-class HashingWriter:
-    """Pass writes on to ``out`` and keep a running hash of them (for the signature)."""
-
-    def __init__(self, out: BinaryIO, hasher: "hashlib._Hash") -> None:
-        self.out, self.hasher, self.size = out, hasher, 0
-
-    def write(self, data: bytes) -> int:
-        self.hasher.update(data)
-        self.out.write(data)
-        self.size += len(data)
-        return len(data)
-
-    def flush(self) -> None:
-        self.out.flush()
 
 
 class HashingReader:
@@ -154,12 +140,31 @@ class EarlyWritebackFile:
 
     def write(self, data: bytes) -> int:
         n = self.f.write(data)
-        self.written += len(data)
+        self._wrote(len(data))
+        return n or len(data)
+
+    def write_many(self, pieces: list[bytes]) -> None:
+        """Many pieces in one system call (writev), none of them copied on the way."""
+        self.f.flush()
+        total = sum(map(len, pieces))
+        views = [memoryview(p) for p in pieces]
+        done = 0
+        while done < total:
+            n = os.writev(self.fd, views[:1024])  # IOV_MAX
+            done += n
+            while n and views:  # drop what was written (a short writev is rare but legal)
+                if n >= len(views[0]):
+                    n -= len(views.pop(0))
+                else:
+                    views[0], n = views[0][n:], 0
+        self._wrote(total)
+
+    def _wrote(self, n: int) -> None:
+        self.written += n
         if _start_writeback is not None and self.written - self.flushed_to >= WRITEBACK_EVERY:
             self.f.flush()
             _start_writeback(self.fd, self.flushed_to, self.written - self.flushed_to)
             self.flushed_to = self.written
-        return n or len(data)
 
     def flush(self) -> None:
         self.f.flush()
