@@ -7,8 +7,8 @@ An identity file, as ``age-keygen`` writes it::
     AGE-SECRET-KEY-1...
 
 Any number of ``AGE-SECRET-KEY-1`` lines may appear; ``#`` lines and blank lines are ignored.
-The cryptography is pyrage's (the Rust ``age`` crate); this module only reads and writes text,
-and never puts a secret into an error message.
+Keys are pyrage's (the Rust ``age`` crate), which also decrypts; bundles are encrypted by
+``agefmt``. This module only reads and writes text, and never puts a secret into an error message.
 """
 from __future__ import annotations
 
