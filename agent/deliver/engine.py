@@ -45,6 +45,9 @@ class _NotYet(Exception):
     """An earlier segment must be confirmed first."""
 
 
+NOT_CONFIRMED = "not confirmed after wandb sync"
+
+
 class DeliveryError(Exception):
     """A segment that cannot be delivered now; the message says why, in words."""
 
@@ -79,6 +82,26 @@ class Outcome:
     detail: str
     rows_sent: int = 0
     bytes_sent: int = 0
+
+
+@dataclass
+class Prepared:
+    """A segment opened into its work directory and cut to what the server lacks."""
+    unit: Unit
+    work: Path
+    run_dir: Path
+    facts: LogFacts
+    project: str
+    entity: str | None
+    base: int                   # rows of earlier parts the server holds (separate parts only)
+    server_rows: int            # rows of this part the server already holds
+    rows: int                   # rows to send
+    resumed: bool
+    size: int                   # bytes of the cut log
+
+    @property
+    def batch_key(self) -> tuple[str, str | None]:
+        return self.project, self.entity
 
 
 @dataclass
@@ -295,9 +318,11 @@ class _Settle:
             raise _NotYet(f"segment {u.segment - 1} of {u.run_id} is not confirmed on {self.t.name} yet")
         return int(prev["server_rows"])
 
-    def __call__(self, u: Unit) -> Outcome:
-        t, ledger = self.t, self.ledger
+    def prepare(self, u: Unit) -> "Prepared | Outcome":
+        """Open the segment, ask the server, cut what it lacks: ready to send, or settled."""
+        t = self.t
         work = self.cfg.state_dir / "deliver" / t.name / f"{u.run_id}-{u.segment}"
+        keep = False
         try:
             run_dir = _relocate(materialize(self.cfg, u, work / "open"))
             log_path = find_log(run_dir)
@@ -317,38 +342,72 @@ class _Settle:
             upload_log = log_path.with_name(log_path.name + ".cut")
             size = write_cut(log_path, upload_log, cut)
             upload_log.replace(log_path)
-            home = work / "wandb-home"
-            out_log = work / "wandb-sync.log"
-            self.report("upload_start", run_id=u.run_id, segment=u.segment, bytes=size, rows=cut.rows)
-            up = upload.start(run_dir, t.base_url, self.key, project, entity, home, out_log)
-            _set(ledger, u, t.name, "uploading", uploader_pid=up.pid,
-                 uploader_start=upload.process_start_time(up.pid), server_rows=base + j.server_rows,
-                 attempts=(_delivery(ledger, u, t.name) or {}).get("attempts", 0) + 1,
-                 reason=f"sending {cut.rows} history rows" + (" (resumed)" if cut.resumed else ""))
+            keep = True
+            return Prepared(u, work, run_dir, facts, project, entity, base, j.server_rows, cut.rows, cut.resumed, size)
+        except Exception as exc:
+            return self.settle_error(u, exc)
+        finally:
+            if not keep:
+                shutil.rmtree(work, ignore_errors=True)
+
+    def send(self, batch: list["Prepared"]) -> list[Outcome]:
+        """One ``wandb sync`` for the whole batch (same project and entity), then the server's
+        word on each segment."""
+        t, ledger, first = self.t, self.ledger, batch[0]
+        scratch = first.work.parent / f"sync-{first.unit.run_id}-{first.unit.segment}"
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True, mode=0o700)
+        out_log = scratch / "wandb-sync.log"
+        try:
+            for p in batch:
+                self.report("upload_start", run_id=p.unit.run_id, segment=p.unit.segment, bytes=p.size, rows=p.rows)
+            up = upload.start([p.run_dir for p in batch], t.base_url, self.key, first.project, first.entity,
+                              scratch / "wandb-home", out_log, self.settings.max_parallel)
+            started = upload.process_start_time(up.pid)
+            for p in batch:
+                _set(ledger, p.unit, t.name, "uploading", uploader_pid=up.pid, uploader_start=started,
+                     server_rows=p.base + p.server_rows,
+                     attempts=(_delivery(ledger, p.unit, t.name) or {}).get("attempts", 0) + 1,
+                     reason=f"sending {p.rows} history rows" + (" (resumed)" if p.resumed else ""))
+            rounds = -(-len(batch) // max(1, self.settings.max_parallel))
             try:
-                rc = up.proc.wait(timeout=self.settings.upload_timeout)
+                rc = up.proc.wait(timeout=self.settings.upload_timeout * rounds)
             except Exception:
                 up.proc.kill()
                 up.proc.wait()
                 rc = None
-            self.report("upload_end", run_id=u.run_id, segment=u.segment, bytes=size, returncode=rc)
-            after = self.ask(facts, project, entity, u.run_id, base)
-            if after.kind == confirm.COMPLETE:
-                return self.confirmed(u, after, cut.rows, size, "sent and confirmed", base + facts.history_rows)
-            why = upload.tail(out_log, 600).replace(self.key, "<key>").strip().splitlines()
-            last = why[-1] if why else ""
-            return self.retry(u, f"not confirmed after wandb sync (exit {rc}): {after.detail}"
-                                 + (f"; wandb said: {last[:300]}" if last else ""), after.server_rows)
-        except _NotYet as exc:
-            return self.retry(u, str(exc), None)
-        except DeliveryError as exc:
-            return self.failed(u, str(exc), None)
-        except (confirm.srv.Unreachable, confirm.srv.KeyRejected) as exc:
-            return self.retry(u, f"server trouble: {exc}", None)
-        except confirm.srv.ServerError as exc:
-            return self.retry(u, f"server answered oddly: {exc}", None)
+            for p in batch:
+                self.report("upload_end", run_id=p.unit.run_id, segment=p.unit.segment, bytes=p.size, returncode=rc)
+            with ThreadPoolExecutor(max_workers=self.settings.max_parallel, thread_name_prefix="confirm") as pool:
+                return list(pool.map(lambda p: self.judge_sent(p, rc, out_log), batch))
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(scratch, ignore_errors=True)
+            for p in batch:
+                shutil.rmtree(p.work, ignore_errors=True)
+
+    def judge_sent(self, p: "Prepared", rc: int | None, out_log: Path) -> Outcome:
+        u = p.unit
+        try:
+            after = self.ask(p.facts, p.project, p.entity, u.run_id, p.base)
+        except Exception as exc:
+            return self.settle_error(u, exc)
+        if after.kind == confirm.COMPLETE:
+            return self.confirmed(u, after, p.rows, p.size, "sent and confirmed", p.base + p.facts.history_rows)
+        why = upload.tail(out_log, 600).replace(self.key, "<key>").strip().splitlines()
+        last = why[-1] if why else ""
+        return self.retry(u, f"{NOT_CONFIRMED} (exit {rc}): {after.detail}"
+                             + (f"; wandb said: {last[:300]}" if last else ""), after.server_rows)
+
+    def settle_error(self, u: Unit, exc: Exception) -> Outcome:
+        if isinstance(exc, _NotYet):
+            return self.retry(u, str(exc), None)
+        if isinstance(exc, DeliveryError):
+            return self.failed(u, str(exc), None)
+        if isinstance(exc, (confirm.srv.Unreachable, confirm.srv.KeyRejected)):
+            return self.retry(u, f"server trouble: {exc}", None)
+        if isinstance(exc, confirm.srv.ServerError):
+            return self.retry(u, f"server answered oddly: {exc}", None)
+        raise exc
 
     def confirmed(self, u: Unit, j: confirm.Judgement, rows: int, size: int, how: str, through: int) -> Outcome:
         now = time.time()
@@ -458,25 +517,51 @@ def deliver_round(ledger: Ledger, cfg: config_mod.Config, target_name: str, *, o
 
     settle = _Settle(ledger, cfg, t, key, settings, report)
     report("round_start", target=target_name, segments=len(to_send))
-    # Segments of one run go in order, one after the other; different runs in parallel.
-    by_run: dict[str, list[Unit]] = {}
-    for u in to_send:
-        by_run.setdefault(u.run_id, []).append(u)
-
-    def one_run(units: list[Unit]) -> list[Outcome]:
-        outs = []
-        for u in sorted(units, key=lambda x: x.segment):
-            o = settle(u)
-            report("segment_done", outcome=o)
-            outs.append(o)
-            if o.state != "confirmed":
-                break  # a later segment waits for this one
-        return outs
-
+    # Segments of one run go in order, one wave after the other; different runs side by side.
+    queues: dict[str, list[Unit]] = {}
+    for u in sorted(to_send, key=lambda x: x.segment):
+        queues.setdefault(u.run_id, []).append(u)
     with ThreadPoolExecutor(max_workers=settings.max_parallel, thread_name_prefix="deliver") as pool:
-        for outs in pool.map(one_run, by_run.values()):
-            rr.outcomes.extend(outs)
+        while queues:
+            for o in _deliver_wave(settle, [q[0] for q in queues.values()], pool):
+                report("segment_done", outcome=o)
+                rr.outcomes.append(o)
+                q = queues[o.run_id]
+                q.pop(0)
+                if o.state != "confirmed" or not q:
+                    del queues[o.run_id]  # done, or a later segment waits for this one
     return rr
+
+
+BATCH_MAX = 64  # runs per wandb sync process: bounds its argv and how long confirmations wait
+
+
+def _deliver_wave(settle: _Settle, wave: list[Unit], pool: ThreadPoolExecutor) -> list[Outcome]:
+    prepared = list(pool.map(settle.prepare, wave))
+    outcomes = [p for p in prepared if isinstance(p, Outcome)]
+    ready = [p for p in prepared if isinstance(p, Prepared)]
+    for outs in pool.map(settle.send, batches(ready, settle.ledger, settle.t.name)):
+        outcomes.extend(outs)
+    return outcomes
+
+
+def batches(ready: list[Prepared], ledger: Ledger, target: str) -> list[list[Prepared]]:
+    """Group segments into uploads: one per project and entity, except a segment whose last
+    upload was not confirmed, which goes alone (one run that wandb cannot take must not hold
+    back the others again), and every segment alone where wandb sync cannot take several."""
+    if not upload.syncs_in_parallel():
+        return [[p] for p in ready]
+    out: list[list[Prepared]] = []
+    groups: dict[tuple[str, str | None], list[Prepared]] = {}
+    for p in ready:
+        d = _delivery(ledger, p.unit, target) or {}
+        if d.get("state") == "pending" and (d.get("last_error") or "").startswith(NOT_CONFIRMED):
+            out.append([p])
+        else:
+            groups.setdefault(p.batch_key, []).append(p)
+    for group in groups.values():
+        out.extend(group[i:i + BATCH_MAX] for i in range(0, len(group), BATCH_MAX))
+    return out
 
 
 def deliver_stage(ledger: Ledger, cfg: config_mod.Config) -> None:
