@@ -86,18 +86,20 @@ class Outcome:
 
 @dataclass
 class Prepared:
-    """A segment opened into its work directory and cut to what the server lacks."""
+    """A segment opened into its work directory; once the server has answered, cut down to
+    what the server lacks."""
     unit: Unit
     work: Path
     run_dir: Path
+    log_path: Path
     facts: LogFacts
     project: str
     entity: str | None
     base: int                   # rows of earlier parts the server holds (separate parts only)
-    server_rows: int            # rows of this part the server already holds
-    rows: int                   # rows to send
-    resumed: bool
-    size: int                   # bytes of the cut log
+    server_rows: int = 0        # rows of this part the server already holds
+    rows: int = 0               # rows to send
+    resumed: bool = False
+    size: int = 0               # bytes of the cut log
 
     @property
     def batch_key(self) -> tuple[str, str | None]:
@@ -298,15 +300,17 @@ def destination(t: Target, u: Unit, facts: LogFacts) -> tuple[str, str | None]:
 
 
 class _Settle:
-    """Deliver one unit to one target: ask, send what is missing, ask again."""
+    """Deliver segments to one target: open them, ask the server, send what it lacks, ask again."""
 
     def __init__(self, ledger: Ledger, cfg: config_mod.Config, t: Target, key: str, settings: SyncSettings,
                  report: Reporter) -> None:
         self.ledger, self.cfg, self.t, self.key, self.settings, self.report = ledger, cfg, t, key, settings, report
 
-    def ask(self, facts: LogFacts, project: str, entity: str | None, run_id: str, base: int = 0) -> confirm.Judgement:
-        server = confirm.fetch_run(self.t.base_url, self.key, entity, project, run_id, self.t.timeout)
-        return confirm.judge(facts, server, base)
+    def ask(self, opened: list["Prepared"]) -> list[confirm.Judgement]:
+        """The server's word on each opened segment, in one request for many (raises on server trouble)."""
+        wanted = [confirm.Wanted(p.entity, p.project, p.unit.run_id) for p in opened]
+        found = confirm.fetch_runs(self.t.base_url, self.key, wanted, self.t.timeout)
+        return [confirm.judge(p.facts, srv_run, p.base) for p, srv_run in zip(opened, found)]
 
     def base_rows(self, u: Unit) -> int:
         """History rows the server holds of this run before a separate part begins: what the
@@ -318,37 +322,43 @@ class _Settle:
             raise _NotYet(f"segment {u.segment - 1} of {u.run_id} is not confirmed on {self.t.name} yet")
         return int(prev["server_rows"])
 
-    def prepare(self, u: Unit) -> "Prepared | Outcome":
-        """Open the segment, ask the server, cut what it lacks: ready to send, or settled."""
-        t = self.t
-        work = self.cfg.state_dir / "deliver" / t.name / f"{u.run_id}-{u.segment}"
-        keep = False
+    def open(self, u: Unit) -> "Prepared | Outcome":
+        """Open the segment into its private work directory and read its facts."""
+        work = self.cfg.state_dir / "deliver" / self.t.name / f"{u.run_id}-{u.segment}"
         try:
             run_dir = _relocate(materialize(self.cfg, u, work / "open"))
             log_path = find_log(run_dir)
             if log_path is None:
                 raise DeliveryError(f"segment {u.segment} of {u.run_id} holds no .wandb log")
             facts = read_facts(log_path)
-            project, entity = destination(t, u, facts)
-            base = self.base_rows(u)
-            j = self.ask(facts, project, entity, u.run_id, base)
+            project, entity = destination(self.t, u, facts)
+            return Prepared(u, work, run_dir, log_path, facts, project, entity, self.base_rows(u))
+        except Exception as exc:
+            shutil.rmtree(work, ignore_errors=True)
+            return self.settle_error(u, exc)
+
+    def cut(self, p: "Prepared", j: confirm.Judgement) -> "Prepared | Outcome":
+        """Settled by the server's answer, or cut down to what the server lacks."""
+        u, keep = p.unit, False
+        try:
             if j.kind == confirm.COMPLETE:
-                return self.confirmed(u, j, 0, 0, "already on the server", base + facts.history_rows)
+                return self.confirmed(u, j, 0, 0, "already on the server", p.base + p.facts.history_rows)
             if j.kind == confirm.MISMATCH:
                 return self.failed(u, f"the server holds this run but not as sent: {j.detail}; not sending again "
                                       "(that would duplicate rows)", j.server_rows)
-            cut = plan_cut(facts, j.server_rows)
+            cut = plan_cut(p.facts, j.server_rows)
             assert cut is not None
-            upload_log = log_path.with_name(log_path.name + ".cut")
-            size = write_cut(log_path, upload_log, cut)
-            upload_log.replace(log_path)
+            upload_log = p.log_path.with_name(p.log_path.name + ".cut")
+            p.size = write_cut(p.log_path, upload_log, cut)
+            upload_log.replace(p.log_path)
+            p.server_rows, p.rows, p.resumed = j.server_rows, cut.rows, cut.resumed
             keep = True
-            return Prepared(u, work, run_dir, facts, project, entity, base, j.server_rows, cut.rows, cut.resumed, size)
+            return p
         except Exception as exc:
             return self.settle_error(u, exc)
         finally:
             if not keep:
-                shutil.rmtree(work, ignore_errors=True)
+                shutil.rmtree(p.work, ignore_errors=True)
 
     def send(self, batch: list["Prepared"]) -> list[Outcome]:
         """One ``wandb sync`` for the whole batch (same project and entity), then the server's
@@ -378,19 +388,18 @@ class _Settle:
                 rc = None
             for p in batch:
                 self.report("upload_end", run_id=p.unit.run_id, segment=p.unit.segment, bytes=p.size, returncode=rc)
-            with ThreadPoolExecutor(max_workers=self.settings.max_parallel, thread_name_prefix="confirm") as pool:
-                return list(pool.map(lambda p: self.judge_sent(p, rc, out_log), batch))
+            try:
+                judged = self.ask(batch)
+            except Exception as exc:
+                return [self.settle_error(p.unit, exc) for p in batch]
+            return [self.judge_sent(p, after, rc, out_log) for p, after in zip(batch, judged)]
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
             for p in batch:
                 shutil.rmtree(p.work, ignore_errors=True)
 
-    def judge_sent(self, p: "Prepared", rc: int | None, out_log: Path) -> Outcome:
+    def judge_sent(self, p: "Prepared", after: confirm.Judgement, rc: int | None, out_log: Path) -> Outcome:
         u = p.unit
-        try:
-            after = self.ask(p.facts, p.project, p.entity, u.run_id, p.base)
-        except Exception as exc:
-            return self.settle_error(u, exc)
         if after.kind == confirm.COMPLETE:
             return self.confirmed(u, after, p.rows, p.size, "sent and confirmed", p.base + p.facts.history_rows)
         why = upload.tail(out_log, 600).replace(self.key, "<key>").strip().splitlines()
@@ -537,11 +546,21 @@ BATCH_MAX = 64  # runs per wandb sync process: bounds its argv and how long conf
 
 
 def _deliver_wave(settle: _Settle, wave: list[Unit], pool: ThreadPoolExecutor) -> list[Outcome]:
-    prepared = list(pool.map(settle.prepare, wave))
-    outcomes = [p for p in prepared if isinstance(p, Outcome)]
-    ready = [p for p in prepared if isinstance(p, Prepared)]
-    for outs in pool.map(settle.send, batches(ready, settle.ledger, settle.t.name)):
-        outcomes.extend(outs)
+    opened = list(pool.map(settle.open, wave))
+    outcomes = [o for o in opened if isinstance(o, Outcome)]
+    ready = [p for p in opened if isinstance(p, Prepared)]
+    if ready:
+        try:
+            judged = settle.ask(ready)
+        except Exception as exc:
+            for p in ready:
+                shutil.rmtree(p.work, ignore_errors=True)
+            return outcomes + [settle.settle_error(p.unit, exc) for p in ready]
+        cut = list(pool.map(settle.cut, ready, judged))
+        outcomes += [o for o in cut if isinstance(o, Outcome)]
+        to_send = [p for p in cut if isinstance(p, Prepared)]
+        for outs in pool.map(settle.send, batches(to_send, settle.ledger, settle.t.name)):
+            outcomes.extend(outs)
     return outcomes
 
 
