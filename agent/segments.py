@@ -38,6 +38,7 @@ class LogFacts:
     project: str | None = None
     entity: str | None = None
     exit_code: int | None = None        # None: no exit record (still live, or crashed)
+    data_after_exit: bool = False       # history or summary written after the exit record
 
     def rows_before(self, offset: int) -> int:
         """History rows whose records lie wholly before ``offset``."""
@@ -80,6 +81,8 @@ def read_facts(log: Path, limit: int | None = None) -> LogFacts:
             rec = pb.Record()
             rec.ParseFromString(payload)
             kind = rec.WhichOneof("record_type")
+            if facts.exit_code is not None and kind in ("history", "summary"):
+                facts.data_after_exit = True
             if kind == "history":
                 end = _record_end(offset, len(payload))
                 facts.history_ends.append(end)
@@ -150,6 +153,7 @@ class Cut:
     end: int
     resumed: bool
     rows: int  # history rows this cut carries
+    exit_last: bool = False  # move the exit record after the data that follows it
 
 
 def plan_cut(facts: LogFacts, server_rows: int) -> Cut | None:
@@ -158,16 +162,22 @@ def plan_cut(facts: LogFacts, server_rows: int) -> Cut | None:
     if server_rows >= facts.history_rows:
         return None
     if server_rows <= 0:
-        return Cut(FILE_HEADER_LEN, facts.end, False, facts.history_rows)
-    return Cut(facts.history_ends[server_rows - 1], facts.end, True, facts.history_rows - server_rows)
+        return Cut(FILE_HEADER_LEN, facts.end, False, facts.history_rows, facts.data_after_exit)
+    return Cut(facts.history_ends[server_rows - 1], facts.end, True, facts.history_rows - server_rows,
+               facts.data_after_exit)
 
 
 def write_cut(src: Path, dst: Path, cut: Cut) -> int:
     """Write the `.wandb` file for ``cut`` to ``dst``; return its size. A whole log is copied
-    byte for byte (cut at its last whole record); a resumed cut is re-framed."""
+    byte for byte (cut at its last whole record); a resumed cut is re-framed.
+
+    wandb 0.15 writes a run's last history row and its summary *after* the exit record when
+    steps are given explicitly (``log(..., step=n)``), and wandb 0.31's sync stops reading at
+    the exit record: that row never reached the server. With ``exit_last`` the exit record (and
+    the end markers after it) go last, after the data that followed them."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    if not cut.resumed:
+    if not cut.resumed and not cut.exit_last:
         with open(src, "rb") as fin, open(dst, "wb") as fout:
             left = cut.end
             while left > 0:
@@ -179,25 +189,29 @@ def write_cut(src: Path, dst: Path, cut: Cut) -> int:
             fout.flush()
             os.fsync(fout.fileno())
             return fout.tell()
+    held: list[bytes] = []  # the exit record and the end markers after it
     with open(src, "rb") as fin, open(dst, "wb") as fout:
         w = LogWriter(fout)
         for offset, payload in LogReader(fin):
             if offset >= cut.end:
                 break
-            if offset < cut.start:
-                rec = pb.Record()
-                rec.ParseFromString(payload)
-                kind = rec.WhichOneof("record_type")
+            rec = pb.Record()
+            rec.ParseFromString(payload)
+            kind = rec.WhichOneof("record_type")
+            if cut.resumed and offset < cut.start:
                 if kind == "header":
                     w.write(payload)
                 elif kind == "run":
                     rec.run.resumed = True
                     w.write(rec)
                 continue
-            rec = pb.Record()
-            rec.ParseFromString(payload)
-            if rec.WhichOneof("record_type") in ("header", "run"):
+            if cut.resumed and kind in ("header", "run"):
                 continue  # already written at the top
+            if cut.exit_last and (kind == "exit" or (held and kind in ("final", "footer"))):
+                held.append(payload)
+                continue
+            w.write(payload)
+        for payload in held:
             w.write(payload)
         fout.flush()
         os.fsync(fout.fileno())

@@ -111,13 +111,13 @@ class DeliverSite:
         return Ledger(self.config().ledger_path)
 
     def scan_seal_sync(self, root: Path, quiet_seconds: float, container_root: str | None = None) -> dict:
-        """Watch ``root`` too, then do what cron would without a daemon: `scan --seal`, then
-        `sync --to local --once`; returns sync's JSON report."""
-
-        with open(self.cfg, "a") as f:
-            f.write(f'[watch]\nroots = ["{root}"]\nquiet_seconds = {quiet_seconds}\n')
-            if container_root:
-                f.write(f'[path_map]\n"{container_root}" = "{root}"\n')
+        """Watch ``root`` too (the first time), then do what cron would without a daemon:
+        `scan --seal`, then `sync --to local --once`; returns sync's JSON report."""
+        if "[watch]" not in self.cfg.read_text():
+            with open(self.cfg, "a") as f:
+                f.write(f'[watch]\nroots = ["{root}"]\nquiet_seconds = {quiet_seconds}\n')
+                if container_root:
+                    f.write(f'[path_map]\n"{container_root}" = "{root}"\n')
         agent(self.cfg, "scan", "--seal")
         return json.loads(agent(self.cfg, "sync", "--to", "local", "--once", "--json").stdout)
 

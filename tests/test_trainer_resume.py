@@ -64,12 +64,8 @@ def test_sigkill_then_restart_is_one_continuous_run(tmp_path: Path, label: str, 
     epochs = sorted(r["epoch/epoch"] for p in parts for r in p.rows.values() if "epoch/epoch" in r)
     assert epochs == list(range(EPOCHS))
 
-    # The agent scans, redacts, seals and delivers both parts: one run on the server.
-    # Only for runs written by wandb 0.31: a resumed part written by 0.15.12 loses its last
-    # history row when wandb 0.31's `wandb sync` uploads it (the agent then keeps the segment
-    # pending, unconfirmed); see the issue's closing note. Not asserted here until fixed.
-    if label != "tf221-wandb031":
-        return
+    # The agent scans, redacts, seals and delivers both parts: one run on the server. (For
+    # wandb 0.15.12 this needs the exit record moved last: tests/test_deliver_wandb015.py.)
     server = start_openwandb(tmp_path / "server")
     try:
         site = make_deliver_site(tmp_path / "site", server.url, server.api_key)
