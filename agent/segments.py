@@ -56,11 +56,20 @@ def _top_level(item: Any) -> bool:
     return bool(item.key) or len(item.nested_key) == 1
 
 
-def _value(item: Any) -> Any:
+def _loads(raw: str) -> Any:
     try:
-        return json.loads(item.value_json)
+        return json.loads(raw)
     except ValueError:
         return None
+
+
+def _number(raw: str) -> float | None:
+    """The finite number a JSON value holds, else None (strings, booleans, objects, NaN)."""
+    try:
+        v = float(raw)
+    except ValueError:
+        return None
+    return v if math.isfinite(v) else None
 
 
 def _numeric(v: Any) -> bool:
@@ -72,6 +81,9 @@ def read_facts(log: Path, limit: int | None = None) -> LogFacts:
     from wandb.proto import wandb_internal_pb2 as pb
 
     facts = LogFacts()
+    # The last value of each key, still as JSON text: decoding every value of every row was
+    # most of the time this took; only the summary's values are decoded, once, at the end.
+    last_raw: dict[str, str] = {}
     with open(log, "rb") as f:
         facts.size = os.fstat(f.fileno()).st_size
         reader = LogReader(f)
@@ -89,13 +101,15 @@ def read_facts(log: Path, limit: int | None = None) -> LogFacts:
                 facts.history_rows += 1
                 step = rec.history.step.num if rec.history.HasField("step") else None
                 for item in rec.history.item:
-                    k, v = _key(item), _value(item)
-                    if k == "_step" and _numeric(v):
-                        step = int(v)
-                    if k.startswith("_") or not _top_level(item):
+                    k = item.key or "/".join(item.nested_key)
+                    if k.startswith("_"):
+                        if k == "_step" and (v := _number(item.value_json)) is not None:
+                            step = int(v)
                         continue
-                    facts.summary[k] = v
-                    if _numeric(v):
+                    if not _top_level(item):
+                        continue
+                    last_raw[k] = item.value_json
+                    if _number(item.value_json) is not None:
                         facts.history_keys.add(k)
                         facts.metric_values += 1
                 if step is not None:
@@ -104,9 +118,9 @@ def read_facts(log: Path, limit: int | None = None) -> LogFacts:
             elif kind == "summary":
                 for item in rec.summary.update:
                     if _top_level(item):
-                        facts.summary[_key(item)] = _value(item)
+                        last_raw[_key(item)] = item.value_json
                 for item in rec.summary.remove:
-                    facts.summary.pop(_key(item), None)
+                    last_raw.pop(_key(item), None)
             elif kind == "run":
                 facts.run_id = rec.run.run_id or facts.run_id
                 facts.project = rec.run.project or facts.project
@@ -114,6 +128,7 @@ def read_facts(log: Path, limit: int | None = None) -> LogFacts:
             elif kind == "exit":
                 facts.exit_code = rec.exit.exit_code
         tail = reader.tail
+    facts.summary = {k: _loads(raw) for k, raw in last_raw.items()}
     if tail is not None:
         facts.end = tail.end if limit is None else min(tail.end, limit)
         facts.torn = tail.torn_at is not None and limit is None
