@@ -6,9 +6,16 @@ model.fit:   (a) no wandb  (a+) no logging, but an offline wandb run open  (b) w
              (c) tfwb MetricsCallback at its defaults  (d) tfwb MetricsCallback every batch
 custom loop: (a) no logging  (a+) likewise with a run open  (b) naive wandb.log(float(loss)) every step
              (c) tfwb StepLogger at its defaults  (d) tfwb StepLogger every step
-Variants run interleaved, `--rounds` times, each in its own offline run; the median seconds per
-step of each variant is compared with its (a). Results: a table on stdout and a JSON file in
-benchmarks/results/.
+Variants run interleaved, `--rounds` times, each in its own offline run. Three figures per variant:
+  step ms      the median of the per-step times within each measurement (a clock callback for
+               fit, the loop's own clock), then the median over rounds: robust to the scheduler's
+               occasional doubled step on a shared machine;
+  ratio to (a) the median over rounds of (variant / (a) of the same round), paired so that drift
+               between rounds cancels;
+  in-hook      the time spent inside the tfwb callback's or logger's own methods, per step, as a
+               share of the step: the overhead of our code measured directly, free of the noise
+               that an A/B comparison of two 6 ms steps carries.
+Results: a table on stdout and a JSON file in benchmarks/results/.
 """
 from __future__ import annotations
 
@@ -90,18 +97,55 @@ def main() -> int:
     def start_run() -> None:
         tfwb_trainer.init(project="bench", runs_dir=tmp, settings=wandb.Settings(**stats_off))
 
+    class StepClock(keras.callbacks.Callback):
+        """Marks the end of every batch (for every fit variant alike, (a) included)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self._supports_tf_logs = True  # never asks Keras to turn logs into numbers
+            self.marks: list[float] = []
+
+        def on_train_batch_end(self, batch, logs=None) -> None:
+            self.marks.append(time.perf_counter())
+
+    def per_step(marks: list[float]) -> float:
+        return statistics.median(b - a for a, b in zip(marks, marks[1:]))
+
     def fit(callbacks) -> float:
-        t = time.perf_counter()
-        model.fit(ds, steps_per_epoch=a.steps, epochs=1, verbose=0, callbacks=callbacks)
-        return (time.perf_counter() - t) / a.steps
+        clock = StepClock()
+        model.fit(ds, steps_per_epoch=a.steps, epochs=1, verbose=0, callbacks=[clock, *callbacks])
+        return per_step(clock.marks)
 
     def loop(on_step) -> float:
-        t = time.perf_counter()
+        marks = []
         for _ in range(a.steps):
             loss = train_step(*next(it))
             on_step(loss)
+            marks.append(time.perf_counter())
         float(loss)  # wait for the last step: every variant ends synchronised
-        return (time.perf_counter() - t) / a.steps
+        return per_step(marks)
+
+    hook_seconds: dict[str, list[float]] = {}
+
+    def timed(obj, names: tuple[str, ...], key: str):
+        """Wrap ``obj``'s methods ``names`` to add their time to ``hook_seconds[key]``."""
+        box = hook_seconds.setdefault(key, [])
+        box.append(0.0)
+        for name in names:
+            fn = getattr(obj, name)
+
+            def wrapper(*args, _fn=fn, **kw):
+                t = time.perf_counter()
+                try:
+                    return _fn(*args, **kw)
+                finally:
+                    box[-1] += time.perf_counter() - t
+            setattr(obj, name, wrapper)
+        return obj
+
+    def tfwb_callback(n: int, key: str):
+        cb = tfwb_trainer.MetricsCallback(n, BATCH, best_monitor=None)
+        return timed(cb, ("on_train_batch_end", "on_epoch_end", "on_train_begin", "on_epoch_begin"), key)
 
     def with_run(fn):
         def run():
@@ -120,9 +164,9 @@ def main() -> int:
             wandb.log({"loss": float(loss)}, step=s["n"])
         return loop(on)
 
-    def steplogger(n):
+    def steplogger(n, key):
         def f():
-            lg = tfwb_trainer.StepLogger(every_n=n, batch_size=BATCH)
+            lg = timed(tfwb_trainer.StepLogger(every_n=n, batch_size=BATCH), ("log_step",), key)
             return loop(lambda loss: lg.log_step({"loss": loss}))
         return f
 
@@ -130,19 +174,18 @@ def main() -> int:
         ("fit", "a"): ("no wandb", lambda: fit([])),
         ("fit", "a+"): ("no logging, offline wandb run open", with_run(lambda: fit([]))),
         ("fit", "b"): ("WandbMetricsLogger every batch", with_run(lambda: fit([WandbMetricsLogger(log_freq=1)]))),
-        ("fit", "c"): ("tfwb MetricsCallback defaults (100)",
-                       with_run(lambda: fit([tfwb_trainer.MetricsCallback(batch_size=BATCH, best_monitor=None)]))),
-        ("fit", "d"): ("tfwb MetricsCallback every batch",
-                       with_run(lambda: fit([tfwb_trainer.MetricsCallback(1, BATCH, best_monitor=None)]))),
+        ("fit", "c"): ("tfwb MetricsCallback defaults (100)", with_run(lambda: fit([tfwb_callback(100, "fit/c")]))),
+        ("fit", "d"): ("tfwb MetricsCallback every batch", with_run(lambda: fit([tfwb_callback(1, "fit/d")]))),
         ("loop", "a"): ("no logging", lambda: loop(lambda loss: None)),
         ("loop", "a+"): ("no logging, offline wandb run open", with_run(lambda: loop(lambda loss: None))),
         ("loop", "b"): ("naive wandb.log(float(loss)) every step", with_run(naive)),
-        ("loop", "c"): ("tfwb StepLogger defaults (100)", with_run(steplogger(100))),
-        ("loop", "d"): ("tfwb StepLogger every step", with_run(steplogger(1))),
+        ("loop", "c"): ("tfwb StepLogger defaults (100)", with_run(steplogger(100, "loop/c"))),
+        ("loop", "d"): ("tfwb StepLogger every step", with_run(steplogger(1, "loop/d"))),
     }
     times: dict[tuple[str, str], list[float]] = {k: [] for k in variants}
     for k in variants:  # one unmeasured pass: first-call costs (fit's iterator, wandb start-up)
         variants[k][1]()
+    hook_seconds.clear()
     for r in range(a.rounds):
         order = list(variants)
         if r % 2:
@@ -153,13 +196,20 @@ def main() -> int:
 
     rows = []
     for (kind, v), (desc, _) in variants.items():
-        med = statistics.median(times[(kind, v)])
-        base = statistics.median(times[(kind, "a")])
+        mine, base = times[(kind, v)], times[(kind, "a")]
+        med = statistics.median(mine)
+        hooks = hook_seconds.get(f"{kind}/{v}")
+        hook_ms = statistics.median(hooks) / a.steps * 1e3 if hooks else None
         rows.append({"kind": kind, "variant": v, "what": desc, "median_step_ms": med * 1e3,
-                     "ratio_to_a": med / base, "all_step_ms": [t * 1e3 for t in times[(kind, v)]]})
-    print(f"\n{'':5} {'variant':44} {'step ms':>8} {'ratio to (a)':>13}")
+                     "ratio_to_a": statistics.median(m / b for m, b in zip(mine, base)),
+                     "in_hook_ms_per_step": hook_ms,
+                     "in_hook_share_of_step": hook_ms / (med * 1e3) if hook_ms is not None else None,
+                     "all_step_ms": [t * 1e3 for t in mine]})
+    print(f"\n{'':5} {'variant':44} {'step ms':>8} {'ratio to (a)':>13} {'in-hook':>10}")
     for row in rows:
-        print(f"{row['kind']:5} {'(' + row['variant'] + ')':4} {row['what']:39} {row['median_step_ms']:8.3f} {row['ratio_to_a']:13.4f}")
+        share = f"{row['in_hook_share_of_step']:.3%}" if row["in_hook_share_of_step"] is not None else ""
+        print(f"{row['kind']:5} {'(' + row['variant'] + ')':4} {row['what']:39} {row['median_step_ms']:8.3f} "
+              f"{row['ratio_to_a']:13.4f} {share:>10}")
     meta = {"steps": a.steps, "rounds": a.rounds, "batch": BATCH, "tensorflow": tf.__version__,
             "wandb": wandb.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
