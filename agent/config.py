@@ -202,13 +202,20 @@ def secret_source(table: dict[str, Any], source: str, key_prefix: str, stem: str
     return "env", _type(source, f"{key_prefix}.{stem}_env", table[f"{stem}_env"], str, "an environment variable name")
 
 
-def credential_path(path: str) -> Path:
-    """``path``, or under systemd the credential of the same name when ``path`` is absent:
-    a unit's ``LoadCredential=NAME:...`` puts it in $CREDENTIALS_DIRECTORY/NAME."""
+CREDENTIAL_PREFIX = "tfwb_"  # the units load the whole credstore: LoadCredential=tfwb:/etc/tfwb-agent/credstore
+
+
+def credential_path(path: str | Path) -> Path:
+    """``path``, or under systemd the credential of the same name when ``path`` cannot be seen
+    (the service may not read the root-only source): a unit's ``LoadCredential=NAME:FILE``
+    puts it in $CREDENTIALS_DIRECTORY/NAME, and ``LoadCredential=tfwb:DIR`` loads every file
+    of DIR as $CREDENTIALS_DIRECTORY/tfwb_FILE."""
     p = Path(path)
     creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if creds and not p.exists() and (Path(creds) / p.name).exists():
-        return Path(creds) / p.name
+    if creds and not p.exists():
+        for name in (p.name, CREDENTIAL_PREFIX + p.name):
+            if (Path(creds) / name).exists():
+                return Path(creds) / name
     return p
 
 

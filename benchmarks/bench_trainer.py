@@ -1,6 +1,6 @@
 """Step-time overhead of logging a small CNN on the CPU, as ratios to training with no wandb.
 
-    python benchmarks/bench_trainer.py [--steps 200] [--rounds 5]
+    python benchmarks/bench_trainer.py [--steps 200] [--rounds 7]
 
 model.fit:   (a) no wandb  (a+) no logging, but an offline wandb run open  (b) wandb's WandbMetricsLogger every batch
              (c) tfwb MetricsCallback at its defaults  (d) tfwb MetricsCallback every batch
@@ -58,7 +58,7 @@ def build(keras):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=200, help="training steps per measurement")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=7)
     a = ap.parse_args()
 
     import tensorflow as tf

@@ -106,3 +106,39 @@ def test_a_missing_secret_file_is_found_among_systemd_credentials(tmp_path, monk
 
     cfg = parse(f'state_dir = "{tmp_path}/s"\n[redact]\nsecret_file = "{ref[1]}"\n')
     assert load_secret(parse_policy("t", {"secret_file": ref[1]}), cfg) == b"k" * 32
+
+
+def test_keys_and_secrets_come_from_a_credstore_loaded_as_a_directory(tmp_path, monkeypatch):
+    """The units load /etc/tfwb-agent/credstore whole (LoadCredential=tfwb:DIR): every file
+    arrives as tfwb_<file>, and the config still names the source paths, which the service
+    cannot read. Keys created by the CLI into a store, then read the way the service sees them."""
+    store = tmp_path / "credstore"
+    cfg_path = tmp_path / "agent.toml"
+    cfg_path.write_text(f'state_dir = "{tmp_path}/s"\n[keys]\nnode_key = "{store}/node.key"\n'
+                        f'identity = "{store}/gateway.agekey"\n'
+                        f'[targets.t]\nbase_url = "http://127.0.0.1:9"\napi_key_file = "{store}/wandb-api-key"\n')
+    store.mkdir(mode=0o700)
+    agent(cfg_path, "keys", "init", "--node")
+    agent(cfg_path, "keys", "init", "--gateway")
+    (store / "wandb-api-key").write_text("key-123\n")
+    recipient = next(l.split(": ", 1)[1] for l in (store / "gateway.agekey").read_text().splitlines()
+                     if l.startswith("# public key: "))
+    cfg_path.write_text(cfg_path.read_text().replace("[keys]\n", f'[keys]\nrecipients = ["{recipient}"]\n'))
+    # What systemd makes of the store: private copies named tfwb_<file>; the source is gone
+    # from the service's view.
+    creds = tmp_path / "run-credentials"
+    creds.mkdir()
+    for f in store.iterdir():
+        (creds / f"tfwb_{f.name}").write_bytes(f.read_bytes())
+        (creds / f"tfwb_{f.name}").chmod(0o600)
+    hidden = tmp_path / "credstore-hidden"
+    store.rename(hidden)
+    from tfwb_agent.seal import keys_config, open_keys, seal_keys
+
+    cfg = parse(cfg_path.read_text())
+    with pytest.raises(Exception, match="does not exist"):
+        seal_keys(keys_config(cfg))
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert seal_keys(keys_config(cfg)).signer is not None
+    assert len(open_keys(keys_config(cfg)).identities) == 1
+    assert config.read_secret(("file", f"{store}/wandb-api-key")) == b"key-123"

@@ -15,6 +15,7 @@ from typing import Sequence
 from pyrage import x25519
 
 from . import agekeys, minisign
+from ..config import credential_path
 from .keyconfig import KeysConfig
 
 
@@ -106,6 +107,7 @@ def _read_public(path: Path) -> str:
 
 
 def load_node_key(path: Path) -> minisign.SecretKey:
+    path = credential_path(path)
     try:
         return minisign.parse_secret_key(read_private(path, "node key"))
     except minisign.MinisignError as exc:
@@ -120,6 +122,7 @@ def load_public_key(path: Path) -> minisign.PublicKey:
 
 
 def load_identities(path: Path) -> list[x25519.Identity]:
+    path = credential_path(path)
     try:
         return agekeys.parse_identities(read_private(path, "age identity"), str(path))
     except agekeys.AgeKeyError as exc:
@@ -155,7 +158,7 @@ def seal_keys(kc: KeysConfig) -> SealKeys:
 def open_keys(kc: KeysConfig, need_identity: bool = True) -> OpenKeys:
     trusted = load_trusted(kc.trusted_nodes)
     identities: list[x25519.Identity] = []
-    if kc.identity is not None and (need_identity or kc.identity.exists()):
+    if kc.identity is not None and (need_identity or credential_path(kc.identity).exists()):
         identities = load_identities(kc.identity)
     elif need_identity:
         raise KeyFileError("no keys.identity in the config: this host cannot open bundles")
