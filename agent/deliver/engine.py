@@ -4,9 +4,11 @@ The ledger holds one ``deliveries`` row per (run, segment, target). One round fo
  1. list the segments waiting (bundles ``sealed``/``exported`` in this node's outbox, or
     ``imported`` into this gateway's staging) and ask the policy about each (pure);
  2. probe the target unless its back-off says not yet; record online/offline/key_rejected;
- 3. per segment: open and verify the bundle into a private work directory, ask the server how
-    many history rows of the run it holds, send only what it lacks (``segments.plan_cut``) with
-    stock ``wandb sync``, then ask the server again; only its answer marks ``confirmed``.
+ 3. in waves (the first waiting segment of every run, then the next ...): open and verify each
+    bundle into a private work directory, ask the server how many history rows of each run it
+    holds (one GraphQL request for the whole wave), cut each log to what the server lacks
+    (``segments.plan_cut``), send them with one stock ``wandb sync -n P`` per project and
+    entity, then ask the server again; only its answer marks a segment ``confirmed``.
 A crash anywhere is settled the same way: the next round asks the server before sending, so an
 upload that finished before the crash is confirmed without sending it again, and one that
 stopped halfway is completed from where the server's rows end. An upload still running from a
