@@ -1,12 +1,14 @@
-"""Delivery vs plain `wandb sync`, same server, same benchmark run; and a run grown by 10%.
+"""Delivery vs plain `wandb sync`, same benchmark run; and a run grown by 10%.
 
     python benchmarks/bench_sync.py [--runs N] [--steps S] [--parallel P] [--out FILE]
 
 1. N runs of S steps written by real wandb (offline). Each is sealed into a bundle (outside the
    timing); `tfwb-agent sync --to bench` (verify, decrypt, ask the server, wandb sync, confirm)
-   is timed against `wandb sync -n P` of plain copies of the same runs, to the same OpenWandb.
-   OpenWandb keys runs by id across projects, so the plain copies carry the same records under
-   another run id (re-framed with the agent's own writer: same bytes per record otherwise).
+   is timed against `wandb sync -n P` of plain copies of the same runs. Each side gets its own
+   fresh OpenWandb, started before either is timed: a server whose database already holds the
+   other side's rows is slower, which would favour whichever side goes first. The plain copies
+   carry the same records under another run id (re-framed with the agent's own writer: same
+   bytes per record otherwise).
 2. One delivered run that then grows by 10%: the second delivery's rows and bytes sent (the
    agent sends only the new part) beside a plain re-sync of the whole grown run.
 """
@@ -77,6 +79,7 @@ def main() -> None:
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-sync-"))
     server = RestartableServer(tmp).start()
+    plain_server = RestartableServer(tmp / "plain-server").start()
     try:
         t0 = time.perf_counter()
         runs = write_runs(tmp / "written", a.runs + 1, a.steps, project="ct-bench")
@@ -97,7 +100,8 @@ def main() -> None:
         assert out.returncode == 0, out.stderr[-3000:]
         counts = json.loads(out.stdout)["deliveries"]["counts"]
 
-        env = dict(os.environ, WANDB_BASE_URL=server.url, WANDB_API_KEY=server.api_key or "", WANDB_SILENT="true")
+        env = dict(os.environ, WANDB_BASE_URL=plain_server.url, WANDB_API_KEY=plain_server.api_key or "",
+                   WANDB_SILENT="true")
         env.pop("WANDB_MODE", None)
         t = time.perf_counter()
         p = subprocess.run(["wandb", "sync", "-n", str(a.parallel), "--project", "ct-bench-plain", "--entity", "admin",
@@ -105,7 +109,7 @@ def main() -> None:
         plain_s = time.perf_counter() - t
         assert p.returncode == 0, p.stderr[-2000:]
         agent_ok = sum(metric_rows(server, rid) == n for rid, n in expect.items())
-        plain_ok = sum(metric_rows(server, nid) == expect[d.name.rsplit("-", 1)[1][:-1]] for d, nid in plain)
+        plain_ok = sum(metric_rows(plain_server, nid) == expect[d.name.rsplit("-", 1)[1][:-1]] for d, nid in plain)
 
         # 2. A delivered run grows by 10%.
         facts = read_facts(find_log(grow_src))
@@ -151,6 +155,7 @@ def main() -> None:
         a.out.write_text(json.dumps(result, indent=1) + "\n")
     finally:
         server.stop()
+        plain_server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
