@@ -23,6 +23,8 @@ class _Lines:
     def __call__(self, event: str, **info: Any) -> None:
         if event == "upload_start":
             click.echo(f"sending {info['run_id']} segment {info['segment']}: {info['rows']} rows, {info['bytes']} bytes")
+        elif event == "upload_end":
+            click.echo(f"wandb sync is done with {info['run_id']} segment {info['segment']}; the server's word decides")
         elif event == "segment_done":
             o = info["outcome"]
             click.echo(f"{o.run_id} segment {o.segment} -> {o.target}: {o.state}: {o.detail}")

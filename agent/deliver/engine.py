@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -382,14 +383,7 @@ class _Settle:
                      attempts=(_delivery(ledger, p.unit, t.name) or {}).get("attempts", 0) + 1,
                      reason=f"sending {p.rows} history rows" + (" (resumed)" if p.resumed else ""))
             rounds = -(-len(batch) // max(1, self.settings.max_parallel))
-            try:
-                rc = up.proc.wait(timeout=self.settings.upload_timeout * rounds)
-            except Exception:
-                up.proc.kill()
-                up.proc.wait()
-                rc = None
-            for p in batch:
-                self.report("upload_end", run_id=p.unit.run_id, segment=p.unit.segment, bytes=p.size, returncode=rc)
+            rc = self.wait(up, batch, self.settings.upload_timeout * rounds)
             try:
                 judged = self.ask(batch)
             except Exception as exc:
@@ -399,6 +393,28 @@ class _Settle:
             shutil.rmtree(scratch, ignore_errors=True)
             for p in batch:
                 shutil.rmtree(p.work, ignore_errors=True)
+
+    def wait(self, up: upload.Upload, batch: list["Prepared"], timeout: float) -> int | None:
+        """Wait for the upload to end (killed after ``timeout``); meanwhile report each run whose
+        ``.synced`` marker wandb wrote (for progress only: the server's answer decides)."""
+        deadline = time.monotonic() + timeout
+        waiting = list(batch)
+        rc: int | None = None
+        while True:
+            try:
+                rc = up.proc.wait(timeout=PROGRESS_POLL)
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() > deadline:
+                    up.proc.kill()
+                    up.proc.wait()
+                    break
+            for p in [p for p in waiting if p.log_path.with_name(p.log_path.name + ".synced").exists()]:
+                waiting.remove(p)
+                self.report("upload_end", run_id=p.unit.run_id, segment=p.unit.segment, bytes=p.size, returncode=None)
+        for p in waiting:
+            self.report("upload_end", run_id=p.unit.run_id, segment=p.unit.segment, bytes=p.size, returncode=rc)
+        return rc
 
     def judge_sent(self, p: "Prepared", after: confirm.Judgement, rc: int | None, out_log: Path) -> Outcome:
         u = p.unit
@@ -544,6 +560,7 @@ def deliver_round(ledger: Ledger, cfg: config_mod.Config, target_name: str, *, o
     return rr
 
 
+PROGRESS_POLL = 1.0  # seconds between looks for wandb's per-run .synced markers while it uploads
 BATCH_MAX = 64  # runs per wandb sync process: bounds its argv and how long confirmations wait
 
 
