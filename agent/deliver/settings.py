@@ -44,7 +44,7 @@ class SyncSettings:
     backoff_base: float = 5.0         # first retry after an offline probe (seconds, before jitter)
     backoff_cap: float = 600.0        # never wait longer than this between probes
     key_rejected_retry: float = 3600.0  # a rejected key is probed again this rarely (no storm)
-    upload_timeout: float = 3600.0    # one `wandb sync` of one segment
+    upload_timeout: float = 3600.0    # a `wandb sync`, per max_parallel runs it uploads
     live_interval: float = 60.0       # how often a live run is cut into a new segment
 
     def describe(self) -> dict[str, Any]:
