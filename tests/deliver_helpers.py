@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from openwandb_server import Server, _answers, _free_port
+from openwandb_server import Server, _free_port, launch, stop_process, wait_ready
 
 from conftest import REPO, agent
 
-KEY_RX = re.compile(r"WANDB_API_KEY=(\S+)")
 WRITER = REPO / "tests" / "writers" / "write_run.py"
 
 
@@ -44,19 +40,12 @@ class RestartableServer:
     def start(self, timeout: float = 60.0) -> "RestartableServer":
         self.starts += 1
         log_path = self.data_dir.parent / f"openwandb-{self.port}-{self.starts}.log"
-        with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [shutil.which("openwandb") or "openwandb", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--data-dir", str(self.data_dir), "--log-level", "warning"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            m = KEY_RX.search(log_path.read_text(errors="replace"))
-            if m and _answers(self.url):
-                self.api_key = m.group(1)
-                return self
-            time.sleep(0.1)  # poll interval
-        raise RuntimeError(f"openwandb did not come up: {log_path.read_text(errors='replace')[-2000:]}")
+        self.proc = launch(self.port, self.data_dir, log_path)
+        key = wait_ready(self.proc, self.url, log_path, timeout)
+        if key is None:
+            raise RuntimeError(f"openwandb did not come up: {log_path.read_text(errors='replace')[-2000:]}")
+        self.api_key = key
+        return self
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -64,13 +53,8 @@ class RestartableServer:
             self.proc.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        if self.proc:
+            stop_process(self.proc)
 
     def query(self, sql: str, params: tuple = ()) -> list[tuple]:
         return Server.query(self, sql, params)  # type: ignore[arg-type]

@@ -43,13 +43,7 @@ class Server:
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after 10 s). Safe to call twice."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Read what arrived from the server's SQLite database (tables runs, metrics, files)."""
@@ -96,36 +90,59 @@ def _answers(url: str) -> bool:
         return False
 
 
-def start_openwandb(tmp_path: Path, timeout: float = 60.0) -> Server:
-    """Start ``openwandb serve`` with its data under ``tmp_path``; return once it answers."""
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 10 s. Safe to call twice."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def launch(port: int, data_dir: Path, log_path: Path) -> subprocess.Popen:
+    """``openwandb serve`` on 127.0.0.1:``port`` with its data in ``data_dir``, output to ``log_path``."""
     exe = shutil.which("openwandb")
     if exe is None:
         raise RuntimeError("openwandb is not installed (pip install -e '.[test]')")
+    with open(log_path, "wb") as log:
+        return subprocess.Popen([exe, "serve", "--host", "127.0.0.1", "--port", str(port),
+                                 "--data-dir", str(data_dir), "--log-level", "warning"],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_ready(proc: subprocess.Popen, url: str, log_path: Path, timeout: float) -> str | None:
+    """The API key, once the server printed it and its port answers; None if it exited or the
+    time ran out."""
+    deadline = time.monotonic() + timeout
+    key = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        if key is None:
+            m = _KEY_RX.search(log_path.read_text(errors="replace"))
+            key = m.group(1) if m else None
+        if key is not None and _answers(url):
+            return key
+        time.sleep(0.1)  # polling interval between observations, not a wait for readiness
+    return None
+
+
+def start_openwandb(tmp_path: Path, timeout: float = 60.0) -> Server:
+    """Start ``openwandb serve`` with its data under ``tmp_path``; return once it answers."""
     last_error = ""
     for _attempt in range(3):  # a free port can be taken between choosing and binding it
         port = _free_port()
         data_dir = Path(tmp_path) / f"openwandb-{port}"
         data_dir.mkdir(parents=True)
         log_path = data_dir.parent / f"openwandb-{port}.log"
-        log = open(log_path, "wb")
-        proc = subprocess.Popen([exe, "serve", "--host", "127.0.0.1", "--port", str(port),
-                                 "--data-dir", str(data_dir), "--log-level", "warning"],
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
+        proc = launch(port, data_dir, log_path)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + timeout
-        key = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            if key is None:
-                m = _KEY_RX.search(log_path.read_text(errors="replace"))
-                key = m.group(1) if m else None
-            if key is not None and _answers(url):
-                return Server(url, key, data_dir / "openwandb.db", data_dir, log_path, proc)
-            time.sleep(0.1)  # polling interval between observations, not a wait for readiness
+        key = wait_ready(proc, url, log_path, timeout)
+        if key is not None:
+            return Server(url, key, data_dir / "openwandb.db", data_dir, log_path, proc)
         last_error = log_path.read_text(errors="replace")[-2000:]
         if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=10)
+            stop_process(proc)
             raise RuntimeError(f"openwandb did not answer on {url} within {timeout:.0f}s:\n{last_error}")
     raise RuntimeError(f"openwandb exited at start three times; last output:\n{last_error}")
 
