@@ -51,12 +51,14 @@ def seal_live_segments(ledger: Ledger, cfg: config_mod.Config, now: float | None
         ended = row["state"] == "ended"
         if not ended and not _due(facts, now, settings.live_interval):
             continue
+        # What the watcher has read of the log (whole records up to read_offset, `steps` history
+        # rows): whether the run grew is known without reading it again.
+        rows_now, cut_end = row["steps"], row["read_offset"]
+        if not ended and rows_now <= facts.get("live_rows", 0):
+            continue
         run_dir = Path(row["key"])
         src_log = find_log(run_dir)
         if src_log is None or not row["run_id"]:
-            continue
-        seen = read_facts(src_log)
-        if not ended and seen.history_rows <= facts.get("live_rows", 0):
             continue
         k = facts.get("live_segments", 0)
         work = cfg.state_dir / "work" / f"live-{run_dir.name}"
@@ -67,7 +69,7 @@ def seal_live_segments(ledger: Ledger, cfg: config_mod.Config, now: float | None
             snap = work / "snapshot" / run_dir.name
             shutil.copytree(run_dir, snap, symlinks=True, ignore=shutil.ignore_patterns("*.wandb"))
             with open(src_log, "rb") as fin, open(snap / src_log.name, "wb") as fout:
-                fout.write(fin.read(seen.end))
+                fout.write(fin.read(cut_end))
             redacted = work / "out" / run_dir.name
             report = redact_run(snap, redacted, policy, secret, cfg.map_path)
             red_log = find_log(redacted)
@@ -75,7 +77,7 @@ def seal_live_segments(ledger: Ledger, cfg: config_mod.Config, now: float | None
             end_state = {}
 
             def mark(db: Any, sealed: Any) -> None:
-                f = dict(facts, live_segments=k + 1, live_rows=seen.history_rows, live_cut_at=now,
+                f = dict(facts, live_segments=k + 1, live_rows=rows_now, live_cut_at=now,
                          live_byte_end=red.end if red else 0)
                 if ended:
                     db.execute("UPDATE runs SET state = 'sealed', facts = ?, updated = ? WHERE key = ?",
@@ -89,7 +91,7 @@ def seal_live_segments(ledger: Ledger, cfg: config_mod.Config, now: float | None
                      RunIdentity(row["run_id"], row["project"], row["entity"], row["wandb_version"]),
                      Segment(k, facts.get("live_byte_end", 0), None), report.to_dict(),
                      run_key=row["key"], on_sealed=mark)
-            log.info("%s: sealed live segment %d (%d history rows%s)", row["run_id"], k, seen.history_rows,
+            log.info("%s: sealed live segment %d (%d history rows%s)", row["run_id"], k, rows_now,
                      ", final" if ended else "")
             done.append(f"{row['run_id']}-{k}")
         except Exception as exc:  # one run's trouble must not stop the others
