@@ -148,14 +148,12 @@ class _Peeked(Exception):
 _peek_cache: dict[str, tuple[str | None, str | None]] = {}
 
 
-def _identity_from_bundle(cfg: config_mod.Config | None, u: Unit) -> tuple[str | None, str | None]:
+def _identity_from_bundle(cfg: config_mod.Config, u: Unit) -> tuple[str | None, str | None]:
     """The run's project and entity from a bundle's manifest (verified, decrypted just as far as
     the manifest): for bundles sealed by hand, with no run row in this ledger."""
-    if cfg is None:
-        return None, None
     if u.bundle_id in _peek_cache:
         return _peek_cache[u.bundle_id]
-    from ..seal import Refused, keys_config, open_bundle, open_keys
+    from ..seal import keys_config, open_bundle, open_keys
 
     def stop(m: dict[str, Any]) -> None:
         raise _Peeked(m)
@@ -166,13 +164,26 @@ def _identity_from_bundle(cfg: config_mod.Config | None, u: Unit) -> tuple[str |
     except _Peeked as p:
         run = p.manifest.get("run") or {}
         found = (run.get("project"), run.get("entity"))
-    except (Refused, OSError, ValueError, config_mod.ConfigError, Exception):
-        return None, None  # delivery itself opens it again and says what is wrong
+    except Exception:  # noqa: BLE001 - delivery itself opens it again and says what is wrong
+        return None, None
     _peek_cache[u.bundle_id] = found
     return found
 
 
-def pending_units(ledger: Ledger, cfg: config_mod.Config | None = None) -> list[Unit]:
+def _resolve_identity(cfg: config_mod.Config, u: Unit) -> None:
+    """Fill in the project and entity of a unit with no run row in this ledger (imported, or
+    sealed by hand). Only for units still to decide about: it reads the log or the bundle."""
+    if u.project is not None:
+        return
+    if u.source == "staged":
+        rd = _staged_run_dir(u.path)
+        if rd is not None:
+            u.project, u.entity = _identity_from_log(rd)
+    else:
+        u.project, u.entity = _identity_from_bundle(cfg, u)
+
+
+def pending_units(ledger: Ledger) -> list[Unit]:
     """Every bundle this host could deliver, oldest run first, segments in order."""
     rows = ledger.db.execute(
         "SELECT b.*, r.project AS r_project, r.entity AS r_entity FROM bundles b "
@@ -183,12 +194,6 @@ def pending_units(ledger: Ledger, cfg: config_mod.Config | None = None) -> list[
         source = "staged" if r["state"] == "imported" else "outbox"
         u = Unit(r["run_id"], r["segment"], r["content_id"], r["bundle_id"], source, Path(r["path"]), r["created"],
                  r["r_project"], r["r_entity"], r["byte_start"] or 0)
-        if source == "staged" and u.project is None:
-            rd = _staged_run_dir(u.path)
-            if rd is not None:
-                u.project, u.entity = _identity_from_log(rd)
-        elif u.project is None:
-            u.project, u.entity = _identity_from_bundle(cfg, u)
         units[(u.run_id, u.segment)] = u  # a newer bundle of the same segment replaces an older one
     return sorted(units.values(), key=lambda u: (u.created if u.segment == 0 else 0, u.run_id, u.segment))
 
@@ -485,7 +490,7 @@ def deliver_round(ledger: Ledger, cfg: config_mod.Config, target_name: str, *, o
     local_now = datetime.fromtimestamp(now)
     rr = RoundReport(target_name)
     to_send: list[Unit] = []
-    for u in pending_units(ledger, cfg):
+    for u in pending_units(ledger):
         if only_run and u.run_id != only_run:
             continue
         d = _delivery(ledger, u, target_name)
@@ -493,6 +498,7 @@ def deliver_round(ledger: Ledger, cfg: config_mod.Config, target_name: str, *, o
             continue  # delivered: nothing to ask, nothing to send
         if d and d["state"] == "failed" and d["content_id"] == u.content_id and not retry_failed:
             continue  # needs an operator (`sync --retry-failed` after looking)
+        _resolve_identity(cfg, u)
         dec = policy.decide(rules, u.project, target_name, now=local_now, age_days=(now - u.created) / 86400,
                             approved=_approved(ledger, u.run_id))
         if not dec.may_send:
