@@ -86,11 +86,6 @@ def fetch_runs(base_url: str, api_key: str, wanted: Sequence[Wanted], timeout: f
     return out
 
 
-def fetch_run(base_url: str, api_key: str, entity: str | None, project: str, run_id: str,
-              timeout: float = 20.0) -> ServerRun:
-    return fetch_runs(base_url, api_key, [Wanted(entity, project, run_id)], timeout)[0]
-
-
 def _server_run(base_url: str, api_key: str, run: dict[str, Any] | None, timeout: float) -> ServerRun:
     if not run:
         return ServerRun(False)
