@@ -5,7 +5,6 @@ import sys
 
 import click
 
-from .. import config as config_mod
 from .common import Context, echo_json, pass_ctx
 
 
@@ -21,7 +20,7 @@ def command() -> None:
 def check(ctx: Context, as_json: bool, names: tuple[str, ...]) -> None:
     """Probe each target (or NAMES): reachable? key accepted? Records the answer for `status`.
     Exit status: 0 all online, 1 some offline, 3 some key rejected."""
-    from ..deliver import engine, probe
+    from ..deliver import engine
     from ..deliver.settings import check_references, sync_settings, targets
 
     cfg = ctx.config
@@ -35,11 +34,7 @@ def check(ctx: Context, as_json: bool, names: tuple[str, ...]) -> None:
     out = []
     for name in names or sorted(all_t):
         t = all_t[name]
-        try:
-            res = probe.probe(t.base_url, t.api_key(), t.timeout)
-        except config_mod.ConfigError as exc:
-            res = probe.ProbeResult(probe.KEY_REJECTED, f"no API key: {exc}")
-        engine.record_probe(ledger, name, res, sync_settings(cfg))
+        res, _row, _key = engine.probe_target(ledger, name, t, sync_settings(cfg))
         out.append({"name": name, "base_url": t.base_url, "status": res.status, "detail": res.detail})
     warnings = check_references(cfg)
     if as_json:

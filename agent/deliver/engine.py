@@ -254,6 +254,19 @@ def record_probe(ledger: Ledger, name: str, result: probe.ProbeResult, settings:
     return {"name": name, "status": result.status, "detail": result.detail, "failures": failures, "next_attempt": nxt}
 
 
+def probe_target(ledger: Ledger, name: str, t: Target, settings: SyncSettings,
+                 now: float | None = None) -> tuple[probe.ProbeResult, dict[str, Any], str]:
+    """Probe target ``name`` with its key and record the verdict; returns the probe's result,
+    the recorded row and the key ("" when it could not be read: then the verdict says so)."""
+    try:
+        key = t.api_key()
+    except config_mod.ConfigError as exc:
+        res, key = probe.ProbeResult(probe.KEY_REJECTED, f"no API key: {exc}"), ""
+    else:
+        res = probe.probe(t.base_url, key, t.timeout)
+    return res, record_probe(ledger, name, res, settings, now), key
+
+
 def _approved(ledger: Ledger, run_id: str) -> bool:
     with _db_lock:
         return ledger.db.execute("SELECT 1 FROM approvals WHERE run_id = ?", (run_id,)).fetchone() is not None
@@ -534,13 +547,7 @@ def deliver_round(ledger: Ledger, cfg: config_mod.Config, target_name: str, *, o
     if row and row["status"] != probe.ONLINE and row["next_attempt"] and row["next_attempt"] > now and not force_probe:
         rr.status, rr.detail, rr.waiting = row["status"], row["detail"], rr.waiting + len(to_send)
         return rr
-    try:
-        key = t.api_key()
-    except config_mod.ConfigError as exc:
-        res = probe.ProbeResult(probe.KEY_REJECTED, f"no API key: {exc}")
-    else:
-        res = probe.probe(t.base_url, key, t.timeout)
-    rec = record_probe(ledger, target_name, res, settings, now)
+    res, rec, key = probe_target(ledger, target_name, t, settings, now)
     rr.status, rr.detail = rec["status"], rec["detail"]
     if res.status != probe.ONLINE:
         log.warning("target %s is %s: %s; next attempt in %.0fs", target_name, res.status, res.detail,
