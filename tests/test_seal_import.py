@@ -118,11 +118,14 @@ def test_damaged_ciphertext_is_refused_wherever_the_damage(corpus: Path, tmp_pat
             outcomes = import_only(site, media)
             want = "bad_signature" if not resigned else ("corrupt_header" if label == "header" else "damaged_ciphertext")
             assert_refused(site, outcomes, want)
-    # Flipping the X25519 share makes the stanza unopenable: not for this identity.
+    # Another X25519 share makes the stanza unopenable: not for this identity. (The share is
+    # random: a bit flip can leave base64 altogether, 'A' -> '@', which is a corrupt header
+    # instead; so one base64 character is replaced by another.)
     media = tmp_path / "share"
     media.mkdir()
     b = media / pristine.name
-    b.write_bytes(flip(data, data.index(b"X25519 ") + 10))
+    at = data.index(b"X25519 ") + 10
+    b.write_bytes(data[:at] + (b"B" if data[at:at + 1] == b"A" else b"A") + data[at + 1:])
     resign(b, site.node_key, comment_from=sig)
     assert_refused(site, import_only(site, media), "not_for_this_identity")
     # The undamaged bundle still imports.
