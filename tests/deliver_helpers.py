@@ -80,6 +80,12 @@ def server_files(server, run_id: str) -> set[str]:
     return {r[0] for r in server.query("SELECT name FROM files WHERE run_id = ?", (run_id,))}
 
 
+def server_file_text(server, run_id: str, name: str) -> str | None:
+    """The content of a run's file as the server stored it (None when it has no such file)."""
+    rows = server.query("SELECT path FROM files WHERE run_id = ? AND name = ?", (run_id, name))
+    return Path(rows[0][0]).read_text(errors="replace") if rows else None
+
+
 @dataclass
 class DeliverSite:
     root: Path

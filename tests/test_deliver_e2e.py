@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +21,8 @@ import pytest
 
 from conftest import agent, status
 from deliver_helpers import (RestartableServer, corpus_dirs, duplicate_rows, make_deliver_site, metric_rows,
-                             seal_dirs, server_files, server_summary, sync, write_runs)
+                             seal_dirs, server_file_text, server_files, server_summary, sync,
+                             write_runs)
 
 from tfwb_agent.runs import find_log
 from tfwb_agent.segments import comparable_summary, read_facts
@@ -31,8 +33,14 @@ def expected(run_dirs: list[Path]) -> dict[str, dict]:
     for d in run_dirs:
         f = read_facts(find_log(d))
         out[f.run_id] = {"rows": f.metric_values, "summary": comparable_summary(f.summary),
-                         "files": {p.relative_to(d / "files").as_posix() for p in (d / "files").rglob("*.png")}}
+                         "files": {p.relative_to(d / "files").as_posix() for p in (d / "files").rglob("*.png")},
+                         "console": _console_lines(d)}
     return out
+
+
+def _console_lines(run_dir: Path) -> list[str]:
+    out = run_dir / "files" / "output.log"
+    return [line for line in out.read_text().splitlines() if line.strip()] if out.exists() else []
 
 
 def assert_exactly_once(server, want: dict[str, dict]) -> None:
@@ -86,6 +94,13 @@ def test_runs_arrive_once_complete_and_a_second_sync_adds_nothing(tmp_path, corp
             files = server_files(server, rid)
             assert w["files"] <= files, (rid, w["files"] - files)
             assert "wandb-metadata.json" in files or "config.yaml" in files
+            if w["console"]:  # what the training process printed arrives too
+                console = server_file_text(server, rid, "output.log")
+                assert console is not None, (rid, files)
+                # OpenWandb keeps the uploaded output.log and appends the streamed console lines
+                # (time-stamped) to it, as it does for a plain `wandb sync`: the same lines, no others.
+                lines = {re.sub(r"^\d{4}-\d\d-\d\dT[\d:.]+ ", "", line) for line in console.splitlines() if line.strip()}
+                assert lines == set(w["console"]), rid
         rows_before = server.query("SELECT COUNT(*) FROM metrics")[0][0]
         again = json.loads(sync(site).stdout)
         assert again["deliveries"]["counts"] == {"confirmed": 20}

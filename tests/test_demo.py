@@ -56,6 +56,11 @@ def test_demo_delivers_to_a_server_with_to(tmp_path):
                      json.dumps(home).encode(), f"{home}/".encode()]
         stored = [p for p in server.data_dir.rglob("*") if p.is_file()]
         assert any(p.name == "openwandb.db" for p in stored) and len(stored) > 3
+        # The console arrived, scrubbed (so the scan below reads it): the line that named the token
+        # is there, with a placeholder where the token was.
+        consoles = [p.read_text() for p in stored if p.name == "output.log"]
+        assert len(consoles) == 2, [p.name for p in stored]
+        assert all("loading data from" in c and "with token" in c for c in consoles)
         for p in stored:
             data = p.read_bytes()
             assert not [f for f in forbidden if f in data], f"{p.relative_to(server.data_dir)} holds a site secret"
