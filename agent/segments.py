@@ -50,26 +50,11 @@ def _key(item: Any) -> str:
     return item.key if item.key else "/".join(item.nested_key)
 
 
-def _top_level(item: Any) -> bool:
-    """wandb 0.31 also writes the fields of a media value as nested keys (``samples/ct`` ->
-    ``count``); a server keeps only the top-level values of a history row."""
-    return bool(item.key) or len(item.nested_key) == 1
-
-
 def _loads(raw: str) -> Any:
     try:
         return json.loads(raw)
     except ValueError:
         return None
-
-
-def _number(raw: str) -> float | None:
-    """The finite number a JSON value holds, else None (strings, booleans, objects, NaN)."""
-    try:
-        v = float(raw)
-    except ValueError:
-        return None
-    return v if math.isfinite(v) else None
 
 
 def _numeric(v: Any) -> bool:
@@ -83,7 +68,12 @@ def read_facts(log: Path, limit: int | None = None) -> LogFacts:
     facts = LogFacts()
     # The last value of each key, still as JSON text: decoding every value of every row was
     # most of the time this took; only the summary's values are decoded, once, at the end.
+    # The loops below are the hot path of opening a segment for delivery (wandb 0.31 writes a
+    # summary record beside every history record): names are bound locally on purpose.
     last_raw: dict[str, str] = {}
+    history_ends, history_keys = facts.history_ends, facts.history_keys
+    metric_values = 0
+    isfinite = math.isfinite
     with open(log, "rb") as f:
         facts.size = os.fstat(f.fileno()).st_size
         reader = LogReader(f)
@@ -93,32 +83,43 @@ def read_facts(log: Path, limit: int | None = None) -> LogFacts:
             rec = pb.Record()
             rec.ParseFromString(payload)
             kind = rec.WhichOneof("record_type")
-            if facts.exit_code is not None and kind in ("history", "summary"):
-                facts.data_after_exit = True
             if kind == "history":
-                end = _record_end(offset, len(payload))
-                facts.history_ends.append(end)
-                facts.history_rows += 1
+                if facts.exit_code is not None:
+                    facts.data_after_exit = True
+                history_ends.append(_record_end(offset, len(payload)))
                 step = rec.history.step.num if rec.history.HasField("step") else None
                 for item in rec.history.item:
-                    k = item.key or "/".join(item.nested_key)
+                    k = item.key
+                    if not k:
+                        nested = item.nested_key
+                        if len(nested) != 1:
+                            continue  # wandb 0.31 also writes a media value's fields as nested keys; servers keep top-level values only
+                        k = nested[0]
+                    raw = item.value_json
+                    try:
+                        v = float(raw)
+                    except ValueError:
+                        v = None
                     if k.startswith("_"):
-                        if k == "_step" and (v := _number(item.value_json)) is not None:
+                        if k == "_step" and v is not None and isfinite(v):
                             step = int(v)
                         continue
-                    if not _top_level(item):
-                        continue
-                    last_raw[k] = item.value_json
-                    if _number(item.value_json) is not None:
-                        facts.history_keys.add(k)
-                        facts.metric_values += 1
+                    last_raw[k] = raw
+                    if v is not None and isfinite(v):
+                        history_keys.add(k)
+                        metric_values += 1
                 if step is not None:
-                    facts.first_step = step if facts.first_step is None else facts.first_step
+                    if facts.first_step is None:
+                        facts.first_step = step
                     facts.last_step = step
             elif kind == "summary":
+                if facts.exit_code is not None:
+                    facts.data_after_exit = True
                 for item in rec.summary.update:
-                    if _top_level(item):
-                        last_raw[_key(item)] = item.value_json
+                    if item.key:
+                        last_raw[item.key] = item.value_json
+                    elif len(item.nested_key) == 1:
+                        last_raw[item.nested_key[0]] = item.value_json
                 for item in rec.summary.remove:
                     last_raw.pop(_key(item), None)
             elif kind == "run":
@@ -128,6 +129,8 @@ def read_facts(log: Path, limit: int | None = None) -> LogFacts:
             elif kind == "exit":
                 facts.exit_code = rec.exit.exit_code
         tail = reader.tail
+    facts.history_rows = len(history_ends)
+    facts.metric_values = metric_values
     facts.summary = {k: _loads(raw) for k, raw in last_raw.items()}
     if tail is not None:
         facts.end = tail.end if limit is None else min(tail.end, limit)

@@ -8,7 +8,8 @@ The ledger holds one ``deliveries`` row per (run, segment, target). One round fo
     bundle into a private work directory, ask the server how many history rows of each run it
     holds (one GraphQL request for the whole wave), cut each log to what the server lacks
     (``segments.plan_cut``), send them with one stock ``wandb sync -n P`` per project and
-    entity, then ask the server again; only its answer marks a segment ``confirmed``.
+    entity, then ask the server again; only its answer marks a segment ``confirmed``. A long
+    wave's first P segments start uploading while the rest are opened (``wave_parts``).
 A crash anywhere is settled the same way: the next round asks the server before sending, so an
 upload that finished before the crash is confirmed without sending it again, and one that
 stopped halfway is completed from where the server's rows end. An upload still running from a
@@ -577,23 +578,45 @@ PROGRESS_POLL = 1.0  # seconds between looks for wandb's per-run .synced markers
 BATCH_MAX = 64  # runs per wandb sync process: bounds its argv and how long confirmations wait
 
 
+def wave_parts(wave: list[Unit], parallel: int) -> list[list[Unit]]:
+    """Pure: the order a wave is opened and sent in. A long wave goes in two parts: its first
+    ``parallel`` segments start uploading while the rest are opened (decrypting, verifying and
+    reading a bundle is ~0.1 s of this process's CPU each, time the server would otherwise sit
+    idle); a short one, or one wandb cannot take many of at once, goes whole."""
+    if len(wave) <= 2 * parallel or not upload.syncs_in_parallel():
+        return [wave]
+    return [wave[:parallel], wave[parallel:]]
+
+
 def _deliver_wave(settle: _Settle, wave: list[Unit], pool: ThreadPoolExecutor) -> list[Outcome]:
-    opened = list(pool.map(settle.open, wave))
+    outcomes: list[Outcome] = []
+    with ThreadPoolExecutor(max_workers=settle.settings.max_parallel, thread_name_prefix="send") as senders:
+        sending = []
+        for part in wave_parts(wave, settle.settings.max_parallel):
+            ready, settled = _prepare(settle, part, pool)
+            outcomes += settled
+            sending += [senders.submit(settle.send, b) for b in batches(ready, settle.ledger, settle.t.name)]
+        for f in sending:
+            outcomes.extend(f.result())
+    return outcomes
+
+
+def _prepare(settle: _Settle, units: list[Unit], pool: ThreadPoolExecutor) -> tuple[list[Prepared], list[Outcome]]:
+    """Open ``units``, ask the server about them in one request, cut each to what it lacks:
+    the segments to send, and the outcomes of those settled already (or refused)."""
+    opened = list(pool.map(settle.open, units))
     outcomes = [o for o in opened if isinstance(o, Outcome)]
     ready = [p for p in opened if isinstance(p, Prepared)]
-    if ready:
-        try:
-            judged = settle.ask(ready)
-        except Exception as exc:
-            for p in ready:
-                shutil.rmtree(p.work, ignore_errors=True)
-            return outcomes + [settle.settle_error(p.unit, exc) for p in ready]
-        cut = list(pool.map(settle.cut, ready, judged))
-        outcomes += [o for o in cut if isinstance(o, Outcome)]
-        to_send = [p for p in cut if isinstance(p, Prepared)]
-        for outs in pool.map(settle.send, batches(to_send, settle.ledger, settle.t.name)):
-            outcomes.extend(outs)
-    return outcomes
+    if not ready:
+        return [], outcomes
+    try:
+        judged = settle.ask(ready)
+    except Exception as exc:
+        for p in ready:
+            shutil.rmtree(p.work, ignore_errors=True)
+        return [], outcomes + [settle.settle_error(p.unit, exc) for p in ready]
+    cut = list(pool.map(settle.cut, ready, judged))
+    return [p for p in cut if isinstance(p, Prepared)], outcomes + [o for o in cut if isinstance(o, Outcome)]
 
 
 def batches(ready: list[Prepared], ledger: Ledger, target: str) -> list[list[Prepared]]:
