@@ -66,6 +66,13 @@ def truncated_copy(src: Path, dst_root: Path, rows: int) -> Path:
     return dst
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) the process has used so far, all its threads."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def agent_env(cfg: Path) -> dict[str, str]:
     return dict(os.environ, TFWB_AGENT_CONFIG=str(cfg))
 
@@ -93,20 +100,20 @@ def main() -> None:
         plain = [renamed_copy(r, plain_root, "p") for r in runs]
         expect = {read_facts(find_log(r)).run_id: read_facts(find_log(r)).metric_values for r in runs}
 
-        t = time.perf_counter()
+        cpu0, t = cpu_seconds(server.proc.pid), time.perf_counter()
         out = subprocess.run([sys.executable, "-m", "tfwb_agent", "sync", "--to", "bench", "--json"],
                              env=agent_env(site.cfg), capture_output=True, text=True)
-        agent_s = time.perf_counter() - t
+        agent_s, agent_server_cpu = time.perf_counter() - t, cpu_seconds(server.proc.pid) - cpu0
         assert out.returncode == 0, out.stderr[-3000:]
         counts = json.loads(out.stdout)["deliveries"]["counts"]
 
         env = dict(os.environ, WANDB_BASE_URL=plain_server.url, WANDB_API_KEY=plain_server.api_key or "",
                    WANDB_SILENT="true")
         env.pop("WANDB_MODE", None)
-        t = time.perf_counter()
+        cpu0, t = cpu_seconds(plain_server.proc.pid), time.perf_counter()
         p = subprocess.run(["wandb", "sync", "-n", str(a.parallel), "--project", "ct-bench-plain", "--entity", "admin",
                             *[str(d) for d, _ in plain]], env=env, capture_output=True, text=True)
-        plain_s = time.perf_counter() - t
+        plain_s, plain_server_cpu = time.perf_counter() - t, cpu_seconds(plain_server.proc.pid) - cpu0
         assert p.returncode == 0, p.stderr[-2000:]
         agent_ok = sum(metric_rows(server, rid) == n for rid, n in expect.items())
         plain_ok = sum(metric_rows(plain_server, nid) == expect[d.name.rsplit("-", 1)[1][:-1]] for d, nid in plain)
@@ -143,6 +150,10 @@ def main() -> None:
             "runs": a.runs, "steps": a.steps, "parallel": a.parallel, "cpus": os.cpu_count(),
             "agent_sync_s": round(agent_s, 2), "wandb_sync_s": round(plain_s, 2),
             "ratio_agent_over_wandb": round(agent_s / plain_s, 3),
+            # The server's own CPU time while each side ran: OpenWandb is one process on one core
+            # and checks the API key with bcrypt on every request, so this is the floor of each
+            # side's time; the difference is what confirming on the server costs it.
+            "server_cpu_s": {"agent": round(agent_server_cpu, 2), "wandb": round(plain_server_cpu, 2)},
             "agent_counts": counts, "agent_runs_exact": agent_ok, "plain_runs_exact": plain_ok,
             "grow": {"rows_before": first_rows, "rows_after": facts.history_rows,
                      "agent_rows_sent": seg1["rows_sent"], "agent_bytes_sent": seg1["bytes_sent"],

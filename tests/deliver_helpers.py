@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -80,10 +81,15 @@ def server_files(server, run_id: str) -> set[str]:
     return {r[0] for r in server.query("SELECT name FROM files WHERE run_id = ?", (run_id,))}
 
 
-def server_file_text(server, run_id: str, name: str) -> str | None:
-    """The content of a run's file as the server stored it (None when it has no such file)."""
-    rows = server.query("SELECT path FROM files WHERE run_id = ? AND name = ?", (run_id, name))
-    return Path(rows[0][0]).read_text(errors="replace") if rows else None
+def server_console(server, run_id: str) -> set[str] | None:
+    """The run's console lines as the server stored them (None: no output.log). OpenWandb keeps
+    the uploaded output.log and appends the streamed lines to it, stamped with the time they
+    arrived (as it does for a plain `wandb sync`): the stamp is taken off."""
+    rows = server.query("SELECT path FROM files WHERE run_id = ? AND name = 'output.log'", (run_id,))
+    if not rows:
+        return None
+    text = Path(rows[0][0]).read_text(errors="replace")
+    return {re.sub(r"^\d{4}-\d\d-\d\dT[\d:.]+ ", "", line) for line in text.splitlines() if line.strip()}
 
 
 @dataclass

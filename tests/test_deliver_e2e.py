@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import pytest
 
 from conftest import agent, status
 from deliver_helpers import (RestartableServer, corpus_dirs, duplicate_rows, make_deliver_site, metric_rows,
-                             seal_dirs, server_file_text, server_files, server_summary, sync,
+                             seal_dirs, server_console, server_files, server_summary, sync,
                              write_runs)
 
 from tfwb_agent.runs import find_log
@@ -95,12 +94,7 @@ def test_runs_arrive_once_complete_and_a_second_sync_adds_nothing(tmp_path, corp
             assert w["files"] <= files, (rid, w["files"] - files)
             assert "wandb-metadata.json" in files or "config.yaml" in files
             if w["console"]:  # what the training process printed arrives too
-                console = server_file_text(server, rid, "output.log")
-                assert console is not None, (rid, files)
-                # OpenWandb keeps the uploaded output.log and appends the streamed console lines
-                # (time-stamped) to it, as it does for a plain `wandb sync`: the same lines, no others.
-                lines = {re.sub(r"^\d{4}-\d\d-\d\dT[\d:.]+ ", "", line) for line in console.splitlines() if line.strip()}
-                assert lines == set(w["console"]), rid
+                assert server_console(server, rid) == set(w["console"]), (rid, files)
         rows_before = server.query("SELECT COUNT(*) FROM metrics")[0][0]
         again = json.loads(sync(site).stdout)
         assert again["deliveries"]["counts"] == {"confirmed": 20}
