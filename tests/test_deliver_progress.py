@@ -1,8 +1,16 @@
-"""What `tfwb-agent sync` prints where no terminal is attached (journald): for every run, when
+"""What `tfwb-agent sync` prints. Where no terminal is attached (journald): for every run, when
 it is handed to wandb, when wandb is done with it (runs of one upload finish one by one), and
-what the server's answer made of it."""
+what the server's answer made of it. On a terminal (a real pseudo-terminal here): progress bars
+of segments and bytes, and one line per outcome."""
 from __future__ import annotations
 
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from conftest import agent
@@ -23,5 +31,55 @@ def test_plain_lines_follow_each_run(tmp_path: Path) -> None:
             assert kinds == ["sending", "done", "outcome"], mine
             assert mine[2].endswith(": confirmed: sent and confirmed"), mine[2]
         assert server.api_key not in "\n".join(out)
+    finally:
+        server.stop()
+
+
+def _run_in_terminal(argv: list[str], env: dict[str, str], timeout: float = 300) -> tuple[int, str]:
+    """Run ``argv`` with a pseudo-terminal as its stdin, stdout and stderr; its exit status and
+    everything it wrote, terminal control sequences taken out."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: every writer of the terminal is gone
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif proc.poll() is not None:
+                break
+        rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        os.close(master)
+    text = b"".join(chunks).decode(errors="replace")
+    return rc, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\r", "", text)
+
+
+def test_a_terminal_gets_progress_bars(tmp_path: Path) -> None:
+    server = RestartableServer(tmp_path).start()
+    try:
+        runs = write_runs(tmp_path / "runs", 2, 300, project="ct-progress")
+        site = make_deliver_site(tmp_path / "site", server.url, server.api_key)
+        ids = seal_dirs(site, runs)
+        env = dict(os.environ, TFWB_AGENT_CONFIG=str(site.cfg), TERM="xterm-256color", COLUMNS="120", LINES="40")
+        rc, text = _run_in_terminal([sys.executable, "-m", "tfwb_agent", "sync", "--to", "local", "--once"], env)
+        assert rc == 0, text[-3000:]
+        for rid in ids:
+            assert f"{rid} segment 0: confirmed (sent and confirmed" in text, text[-3000:]
+        # The bars as they were left: both segments settled, every byte queued was sent.
+        segments = re.findall(r"segments\s.*?(\d+)/(\d+)", text)
+        assert segments and segments[-1] == ("2", "2"), segments[-3:]
+        sent = re.findall(r"bytes sent\s.*?([\d.]+ [kMG]?B)/([\d.]+ [kMG]?B)", text)
+        assert sent and sent[-1][0] == sent[-1][1] and sent[-1][0] != "0 B", sent[-3:]
+        assert "sending " not in text and "INFO " not in text  # plain log lines are for non-terminals
+        assert server.api_key not in text
     finally:
         server.stop()

@@ -34,16 +34,21 @@ class _Lines:
 
 
 class _Bars:
-    """Rich progress bars on a terminal: segments done, bytes sent."""
+    """Rich progress bars on a terminal: segments settled, bytes sent (as wandb finishes each run)."""
 
     def __init__(self) -> None:
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
-        self.p = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                          transient=False)
-        self.bytes = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn())
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        self.p = Progress(TextColumn("{task.description:<14}"), BarColumn(), TextColumn("{task.fields[shown]}"),
+                          TimeElapsedColumn(), transient=False)
         self.p.start()
-        self.runs = self.p.add_task("segments", total=0)
-        self.sent = self.p.add_task("bytes queued/sent", total=0)
+        self.runs = self.p.add_task("segments", total=0, shown="")
+        self.sent = self.p.add_task("bytes sent", total=0, shown="")
+
+    def _show(self) -> None:
+        from rich.filesize import decimal
+        runs, sent = self.p.tasks[self.runs], self.p.tasks[self.sent]
+        self.p.update(self.runs, shown=f"{int(runs.completed)}/{int(runs.total or 0)}")
+        self.p.update(self.sent, shown=f"{decimal(int(sent.completed))}/{decimal(int(sent.total or 0))}")
 
     def __call__(self, event: str, **info: Any) -> None:
         if event == "round_start":
@@ -56,6 +61,7 @@ class _Bars:
             o = info["outcome"]
             self.p.advance(self.runs, 1)
             self.p.console.print(f"{o.run_id} segment {o.segment}: {o.state} ({o.detail})")
+        self._show()
 
     def close(self) -> None:
         self.p.stop()
@@ -77,10 +83,16 @@ def command(ctx: Context, target: str, once: bool, run_id: str | None, dry_run: 
     from ..deliver import engine
 
     cfg = ctx.config
-    if not as_json:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     ledger = ctx.ledger()
     reporter = _Quiet() if as_json else (_Bars() if sys.stdout.isatty() else _Lines())
+    if isinstance(reporter, _Bars):
+        # The bars print each outcome; the log adds only what needs a look (retries, failures),
+        # printed above the bars instead of through them.
+        from rich.logging import RichHandler
+        logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[
+            RichHandler(console=reporter.p.console, show_time=False, show_path=False)])
+    elif not as_json:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     rounds: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout if timeout else None
     first = True
