@@ -13,26 +13,34 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import agent
 from deliver_helpers import RestartableServer, make_deliver_site, seal_dirs, write_runs
 
 
-def test_plain_lines_follow_each_run(tmp_path: Path) -> None:
+@pytest.fixture
+def sealed(tmp_path: Path):
+    """A server, and a site holding three sealed runs of 300 steps for it."""
     server = RestartableServer(tmp_path).start()
     try:
         runs = write_runs(tmp_path / "runs", 3, 300, project="ct-progress")
         site = make_deliver_site(tmp_path / "site", server.url, server.api_key)
-        ids = seal_dirs(site, runs)
-        out = agent(site.cfg, "sync", "--to", "local", "--once").stdout.splitlines()
-        for rid in ids:
-            mine = [l for l in out if rid in l]
-            kinds = [("sending" if l.startswith("sending ") else "done" if l.startswith("wandb sync is done")
-                      else "outcome") for l in mine]
-            assert kinds == ["sending", "done", "outcome"], mine
-            assert mine[2].endswith(": confirmed: sent and confirmed"), mine[2]
-        assert server.api_key not in "\n".join(out)
+        yield server, site, seal_dirs(site, runs)
     finally:
         server.stop()
+
+
+def test_plain_lines_follow_each_run(sealed) -> None:
+    server, site, ids = sealed
+    out = agent(site.cfg, "sync", "--to", "local", "--once").stdout.splitlines()
+    for rid in ids:
+        mine = [l for l in out if rid in l]
+        kinds = [("sending" if l.startswith("sending ") else "done" if l.startswith("wandb sync is done")
+                  else "outcome") for l in mine]
+        assert kinds == ["sending", "done", "outcome"], mine
+        assert mine[2].endswith(": confirmed: sent and confirmed"), mine[2]
+    assert server.api_key not in "\n".join(out)
 
 
 def _run_in_terminal(argv: list[str], env: dict[str, str], timeout: float = 300) -> tuple[int, str]:
@@ -63,23 +71,17 @@ def _run_in_terminal(argv: list[str], env: dict[str, str], timeout: float = 300)
     return rc, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\r", "", text)
 
 
-def test_a_terminal_gets_progress_bars(tmp_path: Path) -> None:
-    server = RestartableServer(tmp_path).start()
-    try:
-        runs = write_runs(tmp_path / "runs", 2, 300, project="ct-progress")
-        site = make_deliver_site(tmp_path / "site", server.url, server.api_key)
-        ids = seal_dirs(site, runs)
-        env = dict(os.environ, TFWB_AGENT_CONFIG=str(site.cfg), TERM="xterm-256color", COLUMNS="120", LINES="40")
-        rc, text = _run_in_terminal([sys.executable, "-m", "tfwb_agent", "sync", "--to", "local", "--once"], env)
-        assert rc == 0, text[-3000:]
-        for rid in ids:
-            assert f"{rid} segment 0: confirmed (sent and confirmed" in text, text[-3000:]
-        # The bars as they were left: both segments settled, every byte queued was sent.
-        segments = re.findall(r"segments\s.*?(\d+)/(\d+)", text)
-        assert segments and segments[-1] == ("2", "2"), segments[-3:]
-        sent = re.findall(r"bytes sent\s.*?([\d.]+ [kMG]?B)/([\d.]+ [kMG]?B)", text)
-        assert sent and sent[-1][0] == sent[-1][1] and sent[-1][0] != "0 B", sent[-3:]
-        assert "sending " not in text and "INFO " not in text  # plain log lines are for non-terminals
-        assert server.api_key not in text
-    finally:
-        server.stop()
+def test_a_terminal_gets_progress_bars(sealed) -> None:
+    server, site, ids = sealed
+    env = dict(os.environ, TFWB_AGENT_CONFIG=str(site.cfg), TERM="xterm-256color", COLUMNS="120", LINES="40")
+    rc, text = _run_in_terminal([sys.executable, "-m", "tfwb_agent", "sync", "--to", "local", "--once"], env)
+    assert rc == 0, text[-3000:]
+    for rid in ids:
+        assert f"{rid} segment 0: confirmed (sent and confirmed" in text, text[-3000:]
+    # The bars as they were left: every segment settled, every byte queued sent.
+    segments = re.findall(r"segments\s.*?(\d+)/(\d+)", text)
+    assert segments and segments[-1] == ("3", "3"), segments[-3:]
+    sent = re.findall(r"bytes sent\s.*?([\d.]+ [kMG]?B)/([\d.]+ [kMG]?B)", text)
+    assert sent and sent[-1][0] == sent[-1][1] and sent[-1][0] != "0 B", sent[-3:]
+    assert "sending " not in text and "INFO " not in text  # plain log lines are for non-terminals
+    assert server.api_key not in text
