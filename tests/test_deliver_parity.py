@@ -35,6 +35,7 @@ def stored(server, run_id: str) -> dict:
         "summary": json.loads(summary),
         "metrics": sorted(server.query("SELECT key, step, value FROM metrics WHERE run_id = ?", (run_id,))),
         "system": sorted(server.query("SELECT key, value FROM system_metrics WHERE run_id = ?", (run_id,))),
+        "artifacts": sorted(server.query("SELECT name, artifact_type, size FROM artifacts WHERE run_id = ?", (run_id,))),
         # The content as stored (the database's md5 column is empty for some media the server
         # registered from a history row before the file came).
         "files": {name: _content(Path(path)) for name, path in
@@ -83,6 +84,7 @@ def test_the_agent_delivers_everything_plain_wandb_sync_does(tmp_path, corpus):
             assert a["head"] == b["head"], rid
             assert a["config"] == b["config"], rid
             assert a["metrics"] == b["metrics"] and a["metrics"], rid
+            assert a["artifacts"] == b["artifacts"], rid
             assert set(b["system"]) <= set(a["system"]), rid
             assert b["summary"].items() <= a["summary"].items(), rid
             assert set(b["files"]) <= set(a["files"]), (rid, set(b["files"]) - set(a["files"]))
