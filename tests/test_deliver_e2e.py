@@ -1,9 +1,9 @@
 """Delivery to a real W&B-compatible server (OpenWandb on 127.0.0.1), read back from its database.
 
-Scaled for a shared 2-core machine: the issue's 20 runs are the 4 corpus runs plus 4 fresh runs
-written by real wandb (8 in all); the kill test SIGKILLs the agent 5 times during an 8-run
-delivery. Exactly once is judged the same way at any scale: per (key, step) one row, and
-rows == what the log carries.
+The issue's 20 runs are the 4 corpus runs plus 16 fresh runs of 120 steps written by real wandb;
+the kill test starts the agent 10 times during that 20-run delivery and SIGKILLs it at a random
+moment each time (at least 8 of the 10 land before it is done). Exactly once is judged per
+(key, step): one row each, and rows == what the log carries.
 """
 from __future__ import annotations
 
