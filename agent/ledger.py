@@ -85,7 +85,7 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE targets (
         name         TEXT PRIMARY KEY,
-        status       TEXT NOT NULL,           -- online | offline | key_rejected | unknown
+        status       TEXT NOT NULL,           -- online | offline | key_rejected | no_key | unknown
         detail       TEXT,
         failures     INTEGER NOT NULL DEFAULT 0,
         next_attempt REAL,

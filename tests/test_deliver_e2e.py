@@ -222,6 +222,30 @@ def test_wrong_key_is_reported_not_retried_and_nothing_is_sent(tmp_path, corpus)
         server.stop()
 
 
+def test_a_missing_key_is_named_and_delivery_starts_once_it_is_there(tmp_path, corpus):
+    server = RestartableServer(tmp_path).start()
+    try:
+        dirs = corpus_dirs(corpus)[:2]
+        site = make_deliver_site(tmp_path / "site", server.url, server.api_key)
+        site.key_file.unlink()  # the config names a key file nobody has put in place yet
+        seal_dirs(site, dirs)
+        check = agent(site.cfg, "targets", "check", check=False)
+        assert check.returncode == 3, check.stdout + check.stderr
+        assert "no key" in check.stdout and str(site.key_file) in check.stdout and "[targets.local]" in check.stdout
+        assert "rejected" not in check.stdout  # the server never saw a key: it rejected nothing
+        proc = sync(site, "--once", check=False)
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        assert json.loads(proc.stdout)["status"] == "no_key"
+        assert server.query("SELECT COUNT(*) FROM runs")[0][0] == 0
+        assert status(site.cfg)["targets"][0]["status"] == "no_key"
+        site.key_file.write_text(server.api_key + "\n")
+        site.key_file.chmod(0o600)
+        out = json.loads(sync(site).stdout)
+        assert out["status"] == "online" and out["deliveries"]["counts"] == {"confirmed": 2}, out["deliveries"]
+    finally:
+        server.stop()
+
+
 def test_policy_keeps_runs_from_targets_and_windows_and_holds(tmp_path, corpus):
     server = RestartableServer(tmp_path).start()
     try:

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from .. import config as config_mod
+from ..deliver.probe import NEEDS_A_PERSON
 from .common import Context, echo_json, pass_ctx
 
 
@@ -112,7 +113,7 @@ def command(ctx: Context, target: str, once: bool, run_id: str | None, dry_run: 
             progressed = any(o.state == "confirmed" for o in rr.outcomes)
             if once and busy and progressed and not dry_run:
                 continue  # a later segment was waiting for one this round confirmed: send it now
-            if once or dry_run or not busy or rr.status == "key_rejected":  # a key needs a person
+            if once or dry_run or not busy or rr.status in NEEDS_A_PERSON:
                 break
             if deadline is not None and time.monotonic() > deadline:
                 break
@@ -130,7 +131,7 @@ def command(ctx: Context, target: str, once: bool, run_id: str | None, dry_run: 
     else:
         click.echo(f"target {target}: {last['status'] or 'not probed'}" + (f" ({last['detail']})" if last["detail"] else ""))
         click.echo("  ".join(f"{k}: {v}" for k, v in sorted(summary["counts"].items())) or "nothing to deliver")
-    if last["status"] == "key_rejected":
+    if last["status"] in NEEDS_A_PERSON:
         sys.exit(3)
 
 

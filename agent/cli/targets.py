@@ -5,6 +5,7 @@ import sys
 
 import click
 
+from ..deliver.probe import NEEDS_A_PERSON
 from .common import Context, echo_json, pass_ctx
 
 
@@ -19,7 +20,7 @@ def command() -> None:
 @pass_ctx
 def check(ctx: Context, as_json: bool, names: tuple[str, ...]) -> None:
     """Probe each target (or NAMES): reachable? key accepted? Records the answer for `status`.
-    Exit status: 0 all online, 1 some offline, 3 some key rejected."""
+    Exit status: 0 all online, 1 some offline, 3 some key rejected or missing."""
     from ..deliver import engine
     from ..deliver.settings import check_references, sync_settings, targets
 
@@ -45,4 +46,4 @@ def check(ctx: Context, as_json: bool, names: tuple[str, ...]) -> None:
         for w in warnings:
             click.echo(f"warning: {w}", err=True)
     statuses = {o["status"] for o in out}
-    sys.exit(3 if "key_rejected" in statuses else 1 if "offline" in statuses else 0)
+    sys.exit(3 if statuses & set(NEEDS_A_PERSON) else 1 if "offline" in statuses else 0)

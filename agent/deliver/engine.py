@@ -3,7 +3,7 @@
 The ledger holds one ``deliveries`` row per (run, segment, target). One round for a target:
  1. list the segments waiting (bundles ``sealed``/``exported`` in this node's outbox, or
     ``imported`` into this gateway's staging) and ask the policy about each (pure);
- 2. probe the target unless its back-off says not yet; record online/offline/key_rejected;
+ 2. probe the target unless its back-off says not yet; record online/offline/key_rejected/no_key;
  3. in waves (the first waiting segment of every run, then the next ...): open and verify each
     bundle into a private work directory, ask the server how many history rows of each run it
     holds (one GraphQL request for the whole wave), cut each log to what the server lacks
@@ -241,7 +241,9 @@ def record_probe(ledger: Ledger, name: str, result: probe.ProbeResult, settings:
     prev = target_row(ledger, name) or {"failures": 0}
     if result.status == probe.ONLINE:
         failures, nxt = 0, None
-    elif result.status == probe.OFFLINE:
+    elif result.status in (probe.OFFLINE, probe.NO_KEY):
+        # No key to send yet: reading it again costs nothing on the network, so it is looked for
+        # on the offline schedule and delivery starts by itself once the key is in place.
         failures = prev["failures"] + 1
         nxt = now + backoff.delay(failures, settings.backoff_base, settings.backoff_cap)
     else:  # key rejected: wait long; an operator fixes the key and runs `targets check` or `sync`
@@ -262,7 +264,8 @@ def probe_target(ledger: Ledger, name: str, t: Target, settings: SyncSettings,
     try:
         key = t.api_key()
     except config_mod.ConfigError as exc:
-        res, key = probe.ProbeResult(probe.KEY_REJECTED, f"no API key: {exc}"), ""
+        res, key = probe.ProbeResult(probe.NO_KEY, f"no API key: {exc}; put the key where [targets.{name}] "
+                                     "says (api_key_file, api_key_env or a systemd credential)"), ""
     else:
         res = probe.probe(t.base_url, key, t.timeout)
     return res, record_probe(ledger, name, res, settings, now), key

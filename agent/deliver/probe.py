@@ -11,19 +11,20 @@ from dataclasses import dataclass
 
 from . import server as srv
 
-ONLINE, OFFLINE, KEY_REJECTED = "online", "offline", "key_rejected"
+ONLINE, OFFLINE, KEY_REJECTED, NO_KEY = "online", "offline", "key_rejected", "no_key"
+NEEDS_A_PERSON = (KEY_REJECTED, NO_KEY)  # retrying by itself cannot help: someone fixes the key
 
 
 @dataclass(frozen=True)
 class ProbeResult:
-    status: str         # online | offline | key_rejected
+    status: str         # online | offline | key_rejected (by the server) | no_key (none to send)
     detail: str         # in words; never contains the key
     viewer: str | None = None
 
 
 def probe(base_url: str, api_key: str, timeout: float = 10.0) -> ProbeResult:
     if not api_key:
-        return ProbeResult(KEY_REJECTED, "the API key is empty")
+        return ProbeResult(NO_KEY, "the API key is empty")
     try:
         data = srv.graphql(base_url, api_key, "query Viewer { viewer { id username entity } }", timeout=timeout)
     except srv.KeyRejected as exc:
