@@ -88,3 +88,13 @@ def human_age(seconds: float | None) -> str:
     if s < 172800:
         return f"{s // 3600}h"
     return f"{s // 86400}d"
+
+
+def target_line(t: dict[str, Any], now: float) -> str:
+    """One line per delivery target for `status`: its state, why, and when it is tried next."""
+    line = f"target {t['name']}: {t['status'].replace('_', ' ')}" + (f" ({t['detail']})" if t["detail"] else "")
+    nxt = t.get("next_attempt")
+    if t["status"] != "online" and nxt:
+        when = "now (at the next round)" if nxt <= now else f"in {human_age(nxt - now)}"
+        line += f"; next attempt {when}, after {t['failures']} failed probe(s)"
+    return line

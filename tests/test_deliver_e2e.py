@@ -127,6 +127,8 @@ def test_server_down_at_start_then_up_everything_arrives(tmp_path, corpus):
         row = _wait(lambda: ledger.db.execute("SELECT * FROM targets WHERE name = 'local'").fetchone(), 30,
                     "a first probe")
         assert row["status"] == "offline" and row["next_attempt"] > row["updated"]
+        shown = agent(site.cfg, "status").stdout
+        assert "target local: offline (unreachable" in shown and "; next attempt " in shown, shown
         t_down = time.monotonic()
         while time.monotonic() - t_down < 10:  # the outage lasts 10 s, whatever the agent does
             assert proc.poll() is None, log.read_text()[-3000:]

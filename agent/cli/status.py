@@ -6,7 +6,8 @@ import time
 
 import click
 
-from ..status_view import delivery_note, delivery_views, human_age, human_size, imported_views, run_view
+from ..status_view import (delivery_note, delivery_views, human_age, human_size, imported_views, run_view,
+                           target_line)
 from .common import Context, echo_json, pass_ctx
 
 
@@ -56,4 +57,4 @@ def command(ctx: Context, as_json: bool) -> None:
             click.echo("(the whole note: tfwb-agent runs show RUN)")
     click.echo("  ".join(f"{state}: {n}" for state, n in sorted(counts.items())) or "")
     for t in targets:
-        click.echo(f"target {t['name']}: {t['status']}" + (f" ({t['detail']})" if t["detail"] else ""))
+        click.echo(target_line(t, now))

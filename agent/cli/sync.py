@@ -80,7 +80,23 @@ class _Bars:
 @pass_ctx
 def command(ctx: Context, target: str, once: bool, run_id: str | None, dry_run: bool, retry_failed: bool,
             timeout: float | None, as_json: bool) -> None:
-    """Deliver sealed runs to target NAME, exactly once, as policy and connectivity allow."""
+    """Deliver sealed runs to target NAME, exactly once, as policy and connectivity allow.
+
+    Each round probes NAME, opens the bundles the [[policy]] rules let go now, asks the server
+    how much of each run it already holds, uploads only the rest with the installed `wandb
+    sync`, and counts a segment delivered only when the server confirms it. Without --once it
+    waits out an offline target's back-off until everything allowed is confirmed.
+
+    \b
+    Examples:
+      tfwb-agent sync --to local-server --dry-run   what policy lets go now, and why not the rest
+      tfwb-agent sync --to local-server --once      one round (what the systemd timer runs)
+      tfwb-agent sync --to local-server --run ID    one run only
+
+    Exit status: 0 the rounds ran (what arrived and what still waits, and why, is in the
+    output; an offline target is not an error); 3 the target's key is rejected or missing
+    (see `targets check`); 1 any other error.
+    """
     from ..deliver import engine
 
     cfg = ctx.config
