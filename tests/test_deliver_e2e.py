@@ -248,6 +248,15 @@ def test_a_missing_key_is_named_and_delivery_starts_once_it_is_there(tmp_path, c
         server.stop()
 
 
+def test_sync_of_a_run_this_host_does_not_hold_says_so(tmp_path, corpus):
+    site = make_deliver_site(tmp_path / "site", "http://127.0.0.1:9", "k" * 40)  # never reached
+    ids = seal_dirs(site, corpus_dirs(corpus)[:1])
+    proc = sync(site, "--run", "nosuchrun", "--once", check=False)
+    assert proc.returncode == 1 and "holds no run or bundle 'nosuchrun'" in proc.stderr, proc.stderr
+    dry = json.loads(sync(site, "--run", ids[0], "--dry-run").stdout)
+    assert [o["state"] for o in dry["outcomes"]] == ["would_send"]
+
+
 def test_policy_keeps_runs_from_targets_and_windows_and_holds(tmp_path, corpus):
     server = RestartableServer(tmp_path).start()
     try:
