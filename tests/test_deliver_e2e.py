@@ -189,6 +189,28 @@ def test_agent_sigkilled_at_random_moments_every_row_once(tmp_path, corpus, fres
         assert_exactly_once(server, want)
         st = json.loads(agent(site.cfg, "sync", "--to", "local", "--json", "--once").stdout)
         assert st["deliveries"]["counts"] == {"confirmed": 20}
+        # What killed agents left behind (rebuilt runs, wandb's scratch) is cleared, not kept forever.
+        work = site.config().state_dir / "deliver" / "local"
+        assert not (list(work.iterdir()) if work.exists() else []), sorted(p.name for p in work.iterdir())
+    finally:
+        server.stop()
+
+
+def test_two_agents_delivering_at_once_send_every_row_once(tmp_path, corpus, fresh_runs):
+    """The daemon's stage and a `sync` by hand, or two `sync`s: one delivers, the other waits."""
+    server = RestartableServer(tmp_path).start()
+    try:
+        dirs = corpus_dirs(corpus) + fresh_runs
+        want = expected(dirs)
+        site = make_deliver_site(tmp_path / "site", server.url, server.api_key)
+        seal_dirs(site, dirs)
+        logs = [tmp_path / "sync-a.log", tmp_path / "sync-b.log"]
+        procs = [_popen_sync(site, log=log) for log in logs]
+        for proc, log in zip(procs, logs):
+            assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+        assert_exactly_once(server, want)
+        said = [log.read_text() for log in logs]
+        assert sum("another tfwb-agent process is delivering to local" in text for text in said) == 1, said
     finally:
         server.stop()
 

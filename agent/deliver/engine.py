@@ -17,7 +17,10 @@ killed agent (it runs in its own session) is waited for, never raced.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 import shutil
 import subprocess
 import threading
@@ -26,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .. import audit
 from .. import config as config_mod
@@ -495,12 +498,67 @@ class _Settle:
 def deliver_round(ledger: Ledger, cfg: config_mod.Config, target_name: str, *, only_run: str | None = None,
                   dry_run: bool = False, force_probe: bool = False, wait_uploads: bool = False,
                   retry_failed: bool = False, report: Reporter = _quiet, now: float | None = None) -> RoundReport:
-    """Deliver what policy allows now to ``target_name``; return what happened, per segment."""
+    """Deliver what policy allows now to ``target_name``; return what happened, per segment.
+
+    One process at a time delivers to a target (the daemon's stage and a `sync` by hand would
+    otherwise both find a run absent on the server and both send it): with ``wait_uploads`` the
+    round waits for the other process, without it it leaves the target to that process."""
     all_targets = targets(cfg)
     if target_name not in all_targets:
         known = ", ".join(sorted(all_targets)) or "none configured"
         raise config_mod.ConfigError(cfg.source, f"targets.{target_name}", f"no such target (known: {known})")
-    t = all_targets[target_name]
+    args = dict(only_run=only_run, force_probe=force_probe, wait_uploads=wait_uploads, retry_failed=retry_failed,
+                report=report, now=now)
+    if dry_run:
+        return _round(ledger, cfg, target_name, all_targets[target_name], dry_run=True, **args)
+    with _target_lock(cfg, target_name, wait=wait_uploads) as held:
+        if not held:
+            row = target_row(ledger, target_name) or {}
+            return RoundReport(target_name, row.get("status"), f"another tfwb-agent process is delivering to "
+                               f"{target_name} now", waiting=1)
+        return _round(ledger, cfg, target_name, all_targets[target_name], dry_run=False, **args)
+
+
+@contextlib.contextmanager
+def _target_lock(cfg: config_mod.Config, target_name: str, wait: bool) -> Iterator[bool]:
+    """Hold the target's delivery lock (an flock, so a killed process lets go of it); yields
+    whether it is held. Uploaders started under it do not inherit it (close_fds)."""
+    root = cfg.state_dir / "deliver"
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(root / f"{target_name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = True
+        except BlockingIOError:
+            held = False
+            if wait:
+                log.warning("another tfwb-agent process is delivering to %s; waiting for it to finish", target_name)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                held = True
+        yield held
+    finally:
+        os.close(fd)
+
+
+def _sweep_leftovers(ledger: Ledger, cfg: config_mod.Config, target_name: str) -> None:
+    """Clear what killed agents left in the target's work directory (rebuilt runs, wandb's
+    scratch), unless an upload one of them started is still running and reading it."""
+    root = cfg.state_dir / "deliver" / target_name
+    if not root.is_dir():
+        return
+    with _db_lock:
+        rows = ledger.db.execute("SELECT uploader_pid, uploader_start FROM deliveries WHERE target = ? AND "
+                                 "state = 'uploading' AND uploader_pid IS NOT NULL", (target_name,)).fetchall()
+    if any(upload.alive(r["uploader_pid"], r["uploader_start"]) for r in rows):
+        return
+    for p in root.iterdir():
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _round(ledger: Ledger, cfg: config_mod.Config, target_name: str, t: Target, *, only_run: str | None,
+           dry_run: bool, force_probe: bool, wait_uploads: bool, retry_failed: bool, report: Reporter,
+           now: float | None) -> RoundReport:
     settings = sync_settings(cfg)
     rules = policies(cfg)
     now = time.time() if now is None else now
@@ -559,6 +617,7 @@ def deliver_round(ledger: Ledger, cfg: config_mod.Config, target_name: str, *, o
         rr.waiting += len(to_send)
         return rr
 
+    _sweep_leftovers(ledger, cfg, target_name)
     settle = _Settle(ledger, cfg, t, key, settings, report)
     report("round_start", target=target_name, segments=len(to_send))
     # Segments of one run go in order, one wave after the other; different runs side by side.
