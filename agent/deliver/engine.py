@@ -25,7 +25,7 @@ import shutil
 import subprocess
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -650,17 +650,17 @@ def wave_parts(wave: list[Unit], parallel: int) -> list[list[Unit]]:
     return [wave[:parallel], wave[parallel:]]
 
 
-def _deliver_wave(settle: _Settle, wave: list[Unit], pool: ThreadPoolExecutor) -> list[Outcome]:
-    outcomes: list[Outcome] = []
+def _deliver_wave(settle: _Settle, wave: list[Unit], pool: ThreadPoolExecutor) -> Iterator[Outcome]:
+    """The wave's outcomes as they are settled (an upload's as soon as the server confirmed it),
+    so that progress follows the server, not the slowest upload of the wave."""
     with ThreadPoolExecutor(max_workers=settle.settings.max_parallel, thread_name_prefix="send") as senders:
         sending = []
         for part in wave_parts(wave, settle.settings.max_parallel):
             ready, settled = _prepare(settle, part, pool)
-            outcomes += settled
+            yield from settled
             sending += [senders.submit(settle.send, b) for b in batches(ready, settle.ledger, settle.t.name)]
-        for f in sending:
-            outcomes.extend(f.result())
-    return outcomes
+        for f in as_completed(sending):
+            yield from f.result()
 
 
 def _prepare(settle: _Settle, units: list[Unit], pool: ThreadPoolExecutor) -> tuple[list[Prepared], list[Outcome]]:
