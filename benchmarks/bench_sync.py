@@ -107,9 +107,7 @@ def main() -> None:
         assert out.returncode == 0, out.stderr[-3000:]
         counts = json.loads(out.stdout)["deliveries"]["counts"]
 
-        env = dict(os.environ, WANDB_BASE_URL=plain_server.url, WANDB_API_KEY=plain_server.api_key or "",
-                   WANDB_SILENT="true")
-        env.pop("WANDB_MODE", None)
+        env = plain_server.sync_env()
         cpu0, t = cpu_seconds(plain_server.proc.pid), time.perf_counter()
         p = subprocess.run(["wandb", "sync", "-n", str(a.parallel), "--project", "ct-bench-plain", "--entity", "admin",
                             *[str(d) for d, _ in plain]], env=env, capture_output=True, text=True)

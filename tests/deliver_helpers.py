@@ -60,6 +60,9 @@ class RestartableServer:
     def query(self, sql: str, params: tuple = ()) -> list[tuple]:
         return Server.query(self, sql, params)  # type: ignore[arg-type]
 
+    def sync_env(self) -> dict[str, str]:
+        return Server.sync_env(self)  # type: ignore[arg-type]
+
 
 def metric_rows(server, run_id: str) -> int:
     if not Path(server.db_path).exists():

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -71,8 +70,7 @@ def test_the_agent_delivers_everything_plain_wandb_sync_does(tmp_path, corpus):
         run_ids = seal_dirs(site, dirs)
         out = json.loads(sync(site).stdout)
         assert out["deliveries"]["counts"] == {"confirmed": len(dirs)}, out["deliveries"]
-        env = dict(os.environ, WANDB_BASE_URL=plain.url, WANDB_API_KEY=plain.api_key, WANDB_SILENT="true")
-        env.pop("WANDB_MODE", None)
+        env = plain.sync_env()
         for d in dirs:
             copy = tmp_path / "plain-runs" / d.name
             shutil.copytree(d, copy, symlinks=True)

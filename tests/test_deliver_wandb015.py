@@ -63,10 +63,8 @@ def test_last_row_after_exit_arrives(tmp_path: Path) -> None:
         plain.mkdir()
         write_part(py, plain, 0, 5, "w015plain")
         copy = next(plain.glob("wandb/offline-run-*"))
-        env = dict(os.environ, WANDB_BASE_URL=server.url, WANDB_API_KEY=server.api_key, WANDB_SILENT="true")
-        env.pop("WANDB_MODE", None)
-        subprocess.run(["wandb", "sync", "--project", "ct-w015", "--entity", "admin", str(copy)], env=env,
-                       check=True, capture_output=True, timeout=300)
+        subprocess.run(["wandb", "sync", "--project", "ct-w015", "--entity", "admin", str(copy)],
+                       env=server.sync_env(), check=True, capture_output=True, timeout=300)
         assert steps_on_server(server, "w015plain") == [0, 1, 2, 3], "plain wandb sync no longer drops the row"
 
         site = make_deliver_site(tmp_path / "site", server.url, server.api_key)
