@@ -124,7 +124,7 @@ def command(ctx: Context, target: str, once: bool, run_id: str | None, dry_run: 
                 seal_live_segments(ledger, cfg)
             try:
                 rr = engine.deliver_round(ledger, cfg, target, only_run=run_id, dry_run=dry_run, force_probe=first,
-                                          wait_uploads=True, retry_failed=retry_failed and first, report=reporter)
+                                          wait_for_others=True, retry_failed=retry_failed and first, report=reporter)
             except config_mod.ConfigError as exc:
                 raise click.ClickException(str(exc)) from None
             first = False

@@ -496,22 +496,23 @@ class _Settle:
 # --- one round for one target ----------------------------------------------------------------
 
 def deliver_round(ledger: Ledger, cfg: config_mod.Config, target_name: str, *, only_run: str | None = None,
-                  dry_run: bool = False, force_probe: bool = False, wait_uploads: bool = False,
+                  dry_run: bool = False, force_probe: bool = False, wait_for_others: bool = False,
                   retry_failed: bool = False, report: Reporter = _quiet, now: float | None = None) -> RoundReport:
     """Deliver what policy allows now to ``target_name``; return what happened, per segment.
 
     One process at a time delivers to a target (the daemon's stage and a `sync` by hand would
-    otherwise both find a run absent on the server and both send it): with ``wait_uploads`` the
-    round waits for the other process, without it it leaves the target to that process."""
+    otherwise both find a run absent on the server and both send it). With ``wait_for_others``
+    the round waits for such a process, and for uploads a killed one left running; without it
+    (the daemon) it leaves those to finish and goes on with the rest."""
     all_targets = targets(cfg)
     if target_name not in all_targets:
         known = ", ".join(sorted(all_targets)) or "none configured"
         raise config_mod.ConfigError(cfg.source, f"targets.{target_name}", f"no such target (known: {known})")
-    args = dict(only_run=only_run, force_probe=force_probe, wait_uploads=wait_uploads, retry_failed=retry_failed,
+    args = dict(only_run=only_run, force_probe=force_probe, wait_for_others=wait_for_others, retry_failed=retry_failed,
                 report=report, now=now)
     if dry_run:
         return _round(ledger, cfg, target_name, all_targets[target_name], dry_run=True, **args)
-    with _target_lock(cfg, target_name, wait=wait_uploads) as held:
+    with _target_lock(cfg, target_name, wait=wait_for_others) as held:
         if not held:
             row = target_row(ledger, target_name) or {}
             return RoundReport(target_name, row.get("status"), f"another tfwb-agent process is delivering to "
@@ -557,7 +558,7 @@ def _sweep_leftovers(ledger: Ledger, cfg: config_mod.Config, target_name: str) -
 
 
 def _round(ledger: Ledger, cfg: config_mod.Config, target_name: str, t: Target, *, only_run: str | None,
-           dry_run: bool, force_probe: bool, wait_uploads: bool, retry_failed: bool, report: Reporter,
+           dry_run: bool, force_probe: bool, wait_for_others: bool, retry_failed: bool, report: Reporter,
            now: float | None) -> RoundReport:
     settings = sync_settings(cfg)
     rules = policies(cfg)
@@ -585,7 +586,7 @@ def _round(ledger: Ledger, cfg: config_mod.Config, target_name: str, t: Target, 
                                        dec.reason))
             continue
         if d and d["state"] == "uploading" and d["uploader_pid"] and upload.alive(d["uploader_pid"], d["uploader_start"]):
-            if not wait_uploads:
+            if not wait_for_others:
                 rr.waiting += 1
                 rr.outcomes.append(Outcome(u.run_id, u.segment, target_name, "uploading",
                                            f"an upload started earlier (pid {d['uploader_pid']}) is still running"))
