@@ -102,7 +102,7 @@ def command(ctx: Context, target: str, once: bool, run_id: str | None, dry_run: 
     cfg = ctx.config
     ledger = ctx.ledger()
     if run_id and not any(u.run_id == run_id for u in engine.pending_units(ledger)) \
-            and not any(r["run_id"] == run_id for r in ledger.runs()):
+            and not ledger.runs_where("run_id = ?", (run_id,), limit=1):
         raise click.ClickException(f"this host holds no run or bundle {run_id!r} (`tfwb-agent status` lists its runs, "
                                    "`tfwb-agent import` takes bundles carried in)")
     reporter = _Quiet() if as_json else (_Bars() if sys.stdout.isatty() else _Lines())
