@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from ..deliver.probe import NEEDS_A_PERSON
+from ..deliver.probe import NEEDS_A_PERSON, OFFLINE
 from .common import Context, echo_json, pass_ctx
 
 
@@ -46,4 +46,4 @@ def check(ctx: Context, as_json: bool, names: tuple[str, ...]) -> None:
         for w in warnings:
             click.echo(f"warning: {w}", err=True)
     statuses = {o["status"] for o in out}
-    sys.exit(3 if statuses & set(NEEDS_A_PERSON) else 1 if "offline" in statuses else 0)
+    sys.exit(3 if statuses & NEEDS_A_PERSON else 1 if OFFLINE in statuses else 0)

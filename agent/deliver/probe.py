@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from . import server as srv
 
 ONLINE, OFFLINE, KEY_REJECTED, NO_KEY = "online", "offline", "key_rejected", "no_key"
-NEEDS_A_PERSON = (KEY_REJECTED, NO_KEY)  # retrying by itself cannot help: someone fixes the key
+NEEDS_A_PERSON = frozenset({KEY_REJECTED, NO_KEY})  # retrying by itself cannot help: someone fixes the key
 
 
 @dataclass(frozen=True)
