@@ -35,7 +35,7 @@ from . import agefmt
 from . import manifest as mf
 from . import minisign
 from .keystore import OpenKeys, TrustedKey
-from .streams import HashingReader, ZstdMixedWriter
+from .streams import EarlyWritebackFile, HashingReader, ZstdMixedWriter
 
 CHUNK = 1 << 20
 ZSTD_THREADS = 2  # libzstd worker threads (no GIL): compression overlaps encryption and hashing
@@ -243,32 +243,30 @@ def iter_tar_zst(plan: SealPlan, manifest_bytes: bytes, manifest_mtime: int, lev
     yield from _drain(out)
 
 
-def encrypt_chunks(chunks: Iterable[bytes], out: BinaryIO, recipients: Sequence[x25519.Recipient]) -> tuple[bytes, int]:
+def encrypt_chunks(chunks: Iterable[bytes], out: EarlyWritebackFile,
+                   recipients: Sequence[x25519.Recipient]) -> tuple[bytes, int]:
     """age-encrypt the concatenation of ``chunks`` into ``out``; returns the BLAKE2b-512 and the
     length of the ciphertext (what the signature covers).
 
     A second thread hashes the ciphertext (hashlib releases the GIL) while this one reads,
     compresses, encrypts and writes; the queue between them holds a few MiB."""
     hasher = minisign.new_hash()
-    size = 0
+    start = out.written
 
     def hash_pieces(pieces: list[bytes]) -> None:
         for piece in pieces:
             hasher.update(piece)
 
-    write_many = getattr(out, "write_many", None) or (lambda pieces: [out.write(p) for p in pieces])
     with _BackgroundSink(hash_pieces) as hash_later:
         def sink(pieces: list[bytes]) -> None:
-            nonlocal size
             hash_later(pieces)
-            write_many(pieces)
-            size += sum(map(len, pieces))
+            out.write_many(pieces)
         aw = agefmt.AgeWriter(sink, [agefmt.recipient_key(r) for r in recipients])
         for data in chunks:
             aw.write(data)
         aw.close()
     out.flush()
-    return hasher.digest(), size
+    return hasher.digest(), out.written - start
 
 
 class _BackgroundSink:
