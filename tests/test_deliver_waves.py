@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tfwb_agent.deliver import engine, upload
+from tfwb_agent.deliver import engine
 
 
 def _units(n: int) -> list[engine.Unit]:
@@ -18,7 +18,7 @@ def test_every_segment_once_in_order(n, parallel):
     wave = _units(n)
     parts = engine.wave_parts(wave, parallel)
     assert [u for part in parts for u in part] == wave
-    long = n > 2 * parallel and upload.syncs_in_parallel()
+    long = n > 2 * parallel
     assert len(parts) == (2 if long else 1)
     if long:
         assert len(parts[0]) == parallel

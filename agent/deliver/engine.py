@@ -645,8 +645,8 @@ def wave_parts(wave: list[Unit], parallel: int) -> list[list[Unit]]:
     """Pure: the order a wave is opened and sent in. A long wave goes in two parts: its first
     ``parallel`` segments start uploading while the rest are opened (decrypting, verifying and
     reading a bundle is ~0.1 s of this process's CPU each, time the server would otherwise sit
-    idle); a short one, or one wandb cannot take many of at once, goes whole."""
-    if len(wave) <= 2 * parallel or not upload.syncs_in_parallel():
+    idle); a short one goes whole."""
+    if len(wave) <= 2 * parallel:
         return [wave]
     return [wave[:parallel], wave[parallel:]]
 
