@@ -90,7 +90,7 @@ TOKENS = {
     "gitlab_token": "glpat-" + "xY9_" * 5,
     "jwt": "eyJhbGciOiJIUzI1NiJ9" + "." + "eyJzdWIiOiIxMjM0In0" + "." + "dBjftJeZ4CVPmB92K27uhbUJU1p1r_wW1gFWFOEjXk",
     "pem_private_key": "-----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJBAK\n-----END RSA PRIVATE KEY-----",
-    "config_assignment": "db_password=hunter2hunter2",
+    "key_value": "db_password=hunter2hunter2",
 }
 
 
@@ -118,8 +118,9 @@ def test_scrub_is_keyed_and_stable_and_keeps_plain_text() -> None:
 
 
 def test_metadata_and_config_redaction() -> None:
+    from tfwb_agent.redact.outgoing import Outgoing
     rep = RedactionReport()
-    s = scrubber()
+    s = Outgoing(scrubber(), DEFAULT_POLICY, rep)
     tag = lambda k, v: placeholders.text_tag(SECRET, k, v)
     md = {"host": "gpu-node-17", "username": "alice", "email": "alice@example.org", "program": "/home/alice/train.py",
           "args": ["--data", "/data/patients/ct-scans", "--epochs", "3"], "codePath": "train.py",

@@ -1,16 +1,21 @@
-"""Config, run metadata and console text: secrets and local paths out, the rest as it was.
+"""Config and run metadata: secrets, identity and local paths out, the rest as it was.
 
-Pure functions over protobuf records and plain data; ``run.py`` feeds them records.
+Pure functions over protobuf records and plain data; ``records.py`` feeds them records. Every
+string they leave in place still passes ``Outgoing`` afterwards: these functions do what needs
+knowing the field (a host name becomes a tag, a path field goes whole, the value after
+``--password`` goes), not the general scrub.
 """
 from __future__ import annotations
 
 import fnmatch
 import json
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .policy import Policy
 from .report import RedactionReport
-from .secrets import Scrubber
+
+if TYPE_CHECKING:
+    from .outgoing import Outgoing
 
 # Metadata fields (wandb-metadata.json / the `e` entries in config `_wandb`) that name the
 # machine, the person or the places on disk.
@@ -20,7 +25,7 @@ _META_PATHS = ("program", "codePath", "codePathLocal", "code_path", "code_path_l
 _META_DROP = ("slurm", "docker_image_local")
 
 
-def redact_config_value(key: str, value: Any, policy: Policy, scrub: Scrubber,
+def redact_config_value(key: str, value: Any, policy: Policy, scrub: "Outgoing",
                         tag: Callable[[str, str], str], report: RedactionReport,
                         sensitive: tuple[str, ...]) -> tuple[Any, bool]:
     """One top-level config entry. Returns (value, changed)."""
@@ -32,12 +37,11 @@ def redact_config_value(key: str, value: Any, policy: Policy, scrub: Scrubber,
     return _scrub_strings(value, key, policy, scrub, tag, report)
 
 
-def _scrub_strings(value: Any, key: str, policy: Policy, scrub: Scrubber, tag: Callable[[str, str], str],
+def _scrub_strings(value: Any, key: str, policy: Policy, scrub: "Outgoing", tag: Callable[[str, str], str],
                    report: RedactionReport) -> tuple[Any, bool]:
     if isinstance(value, str):
-        new, counts = scrub.scrub(value)
-        if counts:
-            report.add_scrub(counts)
+        new = scrub.text(value, "config")
+        if new != value:
             report.config_keys.add(key)
             return new, True
         return value, False
@@ -62,7 +66,7 @@ def _scrub_strings(value: Any, key: str, policy: Policy, scrub: Scrubber, tag: C
     return value, False
 
 
-def _redact_wandb_internal(value: Any, policy: Policy, scrub: Scrubber, tag: Callable[[str, str], str],
+def _redact_wandb_internal(value: Any, policy: Policy, scrub: "Outgoing", tag: Callable[[str, str], str],
                            report: RedactionReport) -> tuple[Any, bool]:
     # `_wandb` holds wandb's own bookkeeping; its `e` entries repeat the run metadata.
     if not isinstance(value, dict) or policy.metadata == "keep":
@@ -73,14 +77,18 @@ def _redact_wandb_internal(value: Any, policy: Policy, scrub: Scrubber, tag: Cal
                     for k, v in value["e"].items()}
         changed = out["e"] != value["e"]
     for k in ("code_path", "root_dir"):
-        if isinstance(value.get(k), str):
-            nv, counts = scrub.scrub(value[k])
-            if counts:
-                out[k], changed = nv, True
+        if isinstance(value.get(k), str) and value[k]:
+            out[k] = scrub_path(value[k], scrub, tag)
+            changed |= out[k] != value[k]
+    if isinstance(value.get("m"), list):
+        # Metric definitions name history keys: as names, so they match the keys' new names.
+        out["m"] = [{mk: scrub.name(mv) if isinstance(mv, str) else mv for mk, mv in m.items()}
+                    if isinstance(m, dict) else m for m in value["m"]]
+        changed |= out["m"] != value["m"]
     return (out if changed else value), changed
 
 
-def redact_metadata(meta: dict[str, Any], scrub: Scrubber, tag: Callable[[str, str], str],
+def redact_metadata(meta: dict[str, Any], scrub: "Outgoing", tag: Callable[[str, str], str],
                     report: RedactionReport) -> tuple[dict[str, Any], bool]:
     """wandb-metadata.json as a dict (also the `e` entries of config `_wandb`)."""
     out = dict(meta)
@@ -96,8 +104,8 @@ def redact_metadata(meta: dict[str, Any], scrub: Scrubber, tag: Callable[[str, s
             out[k] = scrub_path(v, scrub, tag)
             if out[k] != v:
                 report.metadata_fields.add(k)
-        elif k == "args" and isinstance(v, list):
-            new = [scrub_arg(a, scrub, tag) if isinstance(a, str) else a for a in v]
+        elif k == "args" and isinstance(v, list) and all(isinstance(a, str) for a in v):
+            new = scrub_args(v, scrub, tag)
             if new != v:
                 out[k] = new
                 report.metadata_fields.add(k)
@@ -113,20 +121,20 @@ def redact_metadata(meta: dict[str, Any], scrub: Scrubber, tag: Callable[[str, s
     return out, out != meta
 
 
-def scrub_path(value: str, scrub: Scrubber, tag: Callable[[str, str], str]) -> str:
-    """A path field: absolute or home-relative paths go whole; relative names stay."""
+def scrub_path(value: str, scrub: "Outgoing", tag: Callable[[str, str], str]) -> str:
+    """A path field: absolute or home-relative paths go whole; relative names are scrubbed."""
     if value.startswith(("/", "~")):
         return f"[redacted:path:{tag('path', value)}]"
-    return scrub.scrub(value)[0]
+    return scrub.text(value, "metadata")
 
 
-def scrub_arg(value: str, scrub: Scrubber, tag: Callable[[str, str], str]) -> str:
-    if value.startswith(("/", "~")):
-        return f"[redacted:path:{tag('path', value)}]"
-    return scrub.scrub(value)[0]
+def scrub_args(args: list[str], scrub: "Outgoing", tag: Callable[[str, str], str]) -> list[str]:
+    """A command line: paths go whole, and the argument after ``--password`` goes whole."""
+    return scrub.args([f"[redacted:path:{tag('path', a)}]" if a.startswith(("/", "~")) else a for a in args],
+                      "metadata")
 
 
-def redact_environment(env: Any, scrub: Scrubber, tag: Callable[[str, str], str], report: RedactionReport) -> None:
+def redact_environment(env: Any, scrub: "Outgoing", tag: Callable[[str, str], str], report: RedactionReport) -> None:
     """In place on an ``EnvironmentRecord`` (wandb 0.31 keeps the metadata there)."""
     for f in ("host", "username", "email", "colab"):
         v = getattr(env, f)
@@ -141,7 +149,7 @@ def redact_environment(env: Any, scrub: Scrubber, tag: Callable[[str, str], str]
                 setattr(env, f, nv)
                 report.metadata_fields.add(f)
     if len(env.args):
-        new = [scrub_arg(a, scrub, tag) for a in env.args]
+        new = scrub_args(list(env.args), scrub, tag)
         if new != list(env.args):
             del env.args[:]
             env.args.extend(new)
@@ -158,47 +166,11 @@ def redact_environment(env: Any, scrub: Scrubber, tag: Callable[[str, str], str]
         del env.disk[k]
 
 
-def redact_run_identity(run: Any, scrub: Scrubber, tag: Callable[[str, str], str], report: RedactionReport) -> None:
-    """In place on a ``RunRecord``: host, git remote; secrets in free-text fields."""
+def redact_run_identity(run: Any, tag: Callable[[str, str], str], report: RedactionReport) -> None:
+    """In place on a ``RunRecord``: host, git remote."""
     if run.host:
         run.host = f"host-{tag('host', run.host)[:12]}"
         report.metadata_fields.add("host")
     if run.git.remote_url:
         run.git.remote_url = f"remote-{tag('git', run.git.remote_url)[:12]}"
         report.metadata_fields.add("git.remote_url")
-
-
-def scrub_run_text(run: Any, scrub: Scrubber, report: RedactionReport) -> None:
-    for f in ("display_name", "notes", "run_group", "job_type"):
-        v = getattr(run, f)
-        if v:
-            nv, counts = scrub.scrub(v)
-            if counts:
-                setattr(run, f, nv)
-                report.add_scrub(counts)
-    if len(run.tags):
-        new = []
-        for t in run.tags:
-            nv, counts = scrub.scrub(t)
-            report.add_scrub(counts)
-            new.append(nv)
-        if new != list(run.tags):
-            del run.tags[:]
-            run.tags.extend(new)
-
-
-def console_line(line: str, policy: Policy, scrub: Scrubber, report: RedactionReport) -> str | None:
-    """One console line under the policy: as is, scrubbed, or None (dropped)."""
-    if policy.console == "drop":
-        report.console["dropped"] += 1
-        return None
-    if policy.console == "keep":
-        report.console["kept"] += 1
-        return line
-    new, counts = scrub.scrub(line)
-    if counts:
-        report.add_scrub(counts)
-        report.console["scrubbed"] += 1
-    else:
-        report.console["unchanged"] += 1
-    return new

@@ -21,6 +21,10 @@ DEFAULT_CONFIG_KEYS = ("*token*", "*secret*", "*password*", "*passwd*", "*api_ke
                        "*access_key*", "*private_key*", "*credential*")
 DEFAULT_DROP_FILES = ("diff.patch", "upstream_diff_*.patch", "code/*")
 DEFAULT_SECRET_NAME = "redact.key"
+# Where outgoing strings come from (outgoing.Outgoing counts per place). A site may name places
+# in ``keep_strings`` to leave their strings unscrubbed: looser, and explicit.
+PLACES = ("config", "summary", "history", "key_names", "file_names", "console", "metadata", "artifacts",
+          "alerts", "tables", "stats", "telemetry", "run", "files", "other")
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,10 @@ class Policy:
     rules: tuple[Rule, ...] = ()
     artifacts: str = "drop"                     # non-table artifacts: keep | drop
     drop_files: tuple[str, ...] = DEFAULT_DROP_FILES
+    mode: str = "strict"                        # the only mode: what is not understood stays
+    keep_strings: tuple[str, ...] = ()          # places whose strings are not scrubbed
+    keep_files: tuple[str, ...] = ()            # globs under files/ copied as they are
+    scrub_files: bool = False                   # other text files: scrubbed (true) or dropped
 
     def decide(self, key: str, kind: str, sensitive: tuple[str, ...] = ()) -> Decision:
         """First matching rule; no match hashes. Keys the training code declared sensitive
@@ -84,7 +92,9 @@ class Policy:
             "console": self.console, "metadata": self.metadata,
             "config_keys": list(self.config_keys), "patterns": list(self.patterns),
             "scrub_paths": self.scrub_paths, "artifacts": self.artifacts,
-            "drop_files": list(self.drop_files),
+            "drop_files": list(self.drop_files), "mode": self.mode,
+            "keep_strings": list(self.keep_strings), "keep_files": list(self.keep_files),
+            "scrub_files": self.scrub_files,
             "rules": [{"key": r.key, "media": list(r.media), "action": r.action,
                        **({"columns": dict(r.columns)} if r.columns else {})} for r in self.rules],
         }
@@ -106,6 +116,12 @@ def _str_list(source: str, key: str, value: Any) -> tuple[str, ...]:
 def _choice(source: str, key: str, value: Any, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise config_mod.ConfigError(source, key, f"must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def _bool(source: str, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise config_mod.ConfigError(source, f"redact.{key}", "must be true or false")
     return value
 
 
@@ -142,7 +158,8 @@ def parse_policy(source: str, raw: Any) -> Policy:
     if not isinstance(raw, dict):
         raise config_mod.ConfigError(source, "redact", "must be a table")
     known = {"secret_file", "secret_env", "secret", "console", "metadata", "config_keys", "patterns",
-             "scrub_paths", "rule", "artifacts", "drop_files"}
+             "scrub_paths", "rule", "artifacts", "drop_files", "mode", "keep_strings", "keep_files",
+             "scrub_files"}
     for key in raw:
         if key not in known:
             raise config_mod.ConfigError(source, f"redact.{key}", f"unknown key (known: {', '.join(sorted(known))})")
@@ -158,12 +175,16 @@ def parse_policy(source: str, raw: Any) -> Policy:
     rules_raw = raw.get("rule", [])
     if not isinstance(rules_raw, list):
         raise config_mod.ConfigError(source, "redact.rule", "must be an array of tables ([[redact.rule]])")
-    scrub_paths = raw.get("scrub_paths", True)
-    if not isinstance(scrub_paths, bool):
-        raise config_mod.ConfigError(source, "redact.scrub_paths", "must be true or false")
+    scrub_paths, scrub_files = (_bool(source, k, raw.get(k, d)) for k, d in (("scrub_paths", True), ("scrub_files", False)))
+    keep_strings = _str_list(source, "redact.keep_strings", raw.get("keep_strings", []))
+    for place in keep_strings:
+        _choice(source, "redact.keep_strings", place, PLACES)
+    console = _choice(source, "redact.console", raw.get("console", "scrub"), ("keep", "scrub", "drop"))
+    if console == "keep" and "console" not in keep_strings:
+        keep_strings += ("console",)
     return Policy(
         secret_ref=secret_ref,
-        console=_choice(source, "redact.console", raw.get("console", "scrub"), ("keep", "scrub", "drop")),
+        console=console,
         metadata=_choice(source, "redact.metadata", raw.get("metadata", "redact"), ("keep", "redact")),
         config_keys=_str_list(source, "redact.config_keys", raw.get("config_keys", list(DEFAULT_CONFIG_KEYS))),
         patterns=patterns,
@@ -171,6 +192,10 @@ def parse_policy(source: str, raw: Any) -> Policy:
         rules=tuple(_rule(source, i, r) for i, r in enumerate(rules_raw)),
         artifacts=_choice(source, "redact.artifacts", raw.get("artifacts", "drop"), ("keep", "drop")),
         drop_files=_str_list(source, "redact.drop_files", raw.get("drop_files", list(DEFAULT_DROP_FILES))),
+        mode=_choice(source, "redact.mode", raw.get("mode", "strict"), ("strict",)),
+        keep_strings=keep_strings,
+        keep_files=_str_list(source, "redact.keep_files", raw.get("keep_files", [])),
+        scrub_files=scrub_files,
     )
 
 

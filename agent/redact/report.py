@@ -1,14 +1,16 @@
 """What a redaction did, in counts and names, never an original value.
 
 The report goes into the bundle's manifest (``to_dict()`` is JSON-able) and is what
-``tfwb-agent redact --dry-run`` prints. Keys, rule labels, config key names and file kinds
-are policy-level facts; values, captions, paths and host names never appear here.
+``tfwb-agent redact --dry-run`` prints: every file dropped or scrubbed, every record type
+dropped, strings scrubbed per place. Rule labels and file kinds are policy-level facts; key,
+column and file names appear as the scrubber renamed them; values, captions, local paths and
+host names never appear here.
 """
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 
 @dataclass
@@ -34,6 +36,13 @@ class RedactionReport:
     artifacts: Counter = field(default_factory=Counter)       # rewritten / dropped / kept
     dropped_paths: Counter = field(default_factory=Counter)   # logs/, debug logs, unknown: count
     sensitive_keys: tuple[str, ...] = ()
+    strings: Counter = field(default_factory=Counter)         # place -> strings changed by the scrubber
+    records_dropped: Counter = field(default_factory=Counter) # record type -> records left out
+    unknown_fields: Counter = field(default_factory=Counter)  # record type -> records that lost unknown fields
+    console_joined: int = 0                                   # console records merged into whole lines
+    file_list: list[tuple[str, str]] = field(default_factory=list)  # (new path, dropped: why | scrubbed)
+    # Key and column names leave in the manifest: as the scrubber renamed them (set by the run).
+    rename: Callable[[str], str] = field(default=lambda s: s, repr=False, compare=False)
 
     def count_media(self, rule: str, kind: str, action: str, key: str, n: int = 1) -> None:
         self.media[(rule, kind, action)] += n
@@ -42,6 +51,9 @@ class RedactionReport:
     def merge(self, other: "RedactionReport") -> None:
         """Add the file-level counts of a worker's report (see ``run._Run.prepare``)."""
         self.files.update(other.files)
+        self.strings.update(other.strings)
+        self.secrets.update(other.secrets)
+        self.file_list += other.file_list
         self.columns.update(other.columns)
         self.bytes_in += other.bytes_in
         self.bytes_out += other.bytes_out
@@ -52,19 +64,24 @@ class RedactionReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
-            "records": {"in": self.records_in, "out": self.records_out, "torn_tail_cut": self.torn_tail},
+            "records": {"in": self.records_in, "out": self.records_out, "torn_tail_cut": self.torn_tail,
+                        "dropped_by_type": dict(sorted(self.records_dropped.items())),
+                        "unknown_fields_dropped": dict(sorted(self.unknown_fields.items())),
+                        "console_pieces_joined": self.console_joined},
             "media_by_rule": [{"rule": r, "kind": k, "action": a, "items": n}
                               for (r, k, a), n in sorted(self.media.items())],
-            "media_by_key": [{"key": k, "action": a, "items": n} for (k, a), n in sorted(self.keys.items())],
+            "media_by_key": [{"key": self.rename(k), "action": a, "items": n} for (k, a), n in sorted(self.keys.items())],
             "files": dict(sorted(self.files.items())),
+            "files_dropped_or_scrubbed": [{"path": p, "action": a} for p, a in sorted(self.file_list)],
+            "strings_scrubbed": dict(sorted(self.strings.items())),
             "bytes": {"in": self.bytes_in, "out": self.bytes_out},
-            "table_columns": [{"key": k, "column": c, "action": a, "cells": n}
+            "table_columns": [{"key": self.rename(k), "column": self.rename(c), "action": a, "cells": n}
                               for (k, c, a), n in sorted(self.columns.items())],
-            "config_keys_redacted": sorted(self.config_keys),
+            "config_keys_redacted": sorted(map(self.rename, self.config_keys)),
             "metadata_fields_redacted": sorted(self.metadata_fields),
             "secrets_scrubbed": dict(sorted(self.secrets.items())),
             "console_lines": dict(sorted(self.console.items())),
             "artifacts": dict(sorted(self.artifacts.items())),
             "not_copied": dict(sorted(self.dropped_paths.items())),
-            "sensitive_key_globs": list(self.sensitive_keys),
+            "sensitive_key_globs": list(map(self.rename, self.sensitive_keys)),
         }

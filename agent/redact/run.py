@@ -1,16 +1,15 @@
 """Redact one run directory into a complete, syncable copy: the I/O edge of redaction.
 
 Two passes over the `.wandb` file. The first finds every media object, the key it is logged
-under and the files it names, and the keys the training code declared sensitive; the second
-rewrites the records, writing each media file's placeholder the first time any record (a
-files record, a history row, a summary) refers to it, so every reference gets the same new
-name. Then ``files/`` is walked for what no record named. ``logs/`` and debug logs are never
-copied. The source is only read.
+under and the files it names, the keys the training code declared sensitive, and the run's
+identity (host, user, e-mail); the second rewrites the records (``records.py``: what is not
+understood does not leave), writing each media file's placeholder the first time any record
+refers to it, so every reference gets the same new name. Then ``files/`` is walked for what no
+record named (``files.py`` decides each file). ``logs/`` and debug logs are never copied. The
+source is only read; files are copied block by block, so memory does not grow with their size.
 """
 from __future__ import annotations
 
-import base64
-import dataclasses
 import hashlib
 import hmac
 import json
@@ -21,19 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from wandb.proto import wandb_internal_pb2 as pb
-
 from ..runs import sensitive_globs
 from ..wandb_log import LogError, LogWriter, read_records
+from . import files as files_mod
 from . import items as items_mod
 from . import meta, placeholders
+from .console import TextStream
 from .media import FileOutcome, referenced_files, media_kind
+from .outgoing import Outgoing
 from .policy import Decision, Policy, is_sensitive
+from .records import STAGING, Console, rewrite
 from .report import RedactionReport
 from .secrets import Scrubber, compile_patterns
 from .tables import redact_table
-
-STAGING = "_staging"
 _RENAME_RX = re.compile(r"^(?P<dir>(?:.*/)?)(?P<stem>[^/]+)_(?P<hash>[0-9a-f]{20})(?P<ext>\.[^/]+)$")
 _NEW_EXT = {"image": ".png", "audio": ".wav", "video": ".gif", "html": ".html", "table": ".table.json"}
 _NEW_FMT = {"image": "png", "audio": "wav", "video": "gif"}
@@ -120,6 +119,13 @@ class _Run:
         self.writer: _BackgroundWriter | None = None
         self._hmac = hmac.new(self.secret, b"media\x00", hashlib.sha256)
         self.scrubber = Scrubber(compile_patterns(self.policy.patterns), self.text_tag, self.policy.scrub_paths)
+        self.out = Outgoing(self.scrubber, self.policy, self.report)
+        self.report.rename = self.out.name
+
+    def add_identity(self, words: set[str]) -> None:
+        """The run's own host, user and e-mail are scrubbed wherever they occur as a word."""
+        self.scrubber = self.scrubber.with_words("identity", words)
+        self.out.scrubber = self.scrubber
 
     # -- small helpers ---------------------------------------------------------------------
     def media_tag(self, data: bytes) -> str:
@@ -140,6 +146,24 @@ class _Run:
 
     def is_sensitive(self, key: str) -> bool:
         return is_sensitive(key, self.sensitive)
+
+    def out_path(self, rel: str) -> str | None:
+        """Where ``rel`` of the copy is written (None in a dry run); its directory exists."""
+        if self.dst is None:
+            return None
+        out = os.path.join(self.dst_str, rel)
+        parent = os.path.dirname(out)
+        if parent not in self.dirs:
+            os.makedirs(parent, exist_ok=True)
+            self.dirs.add(parent)
+        self.written.add(rel)
+        return out
+
+    def file_outcome(self, path: str) -> FileOutcome | None:
+        if path in self.done:
+            return self.done[path]
+        kind, key = self.planned.get(path) or _unplanned(path)
+        return self.resolve(path, kind, self.decide(key, kind), key)
 
     def write(self, rel: str, data: bytes, rep: RedactionReport | None = None) -> None:
         (rep or self.report).bytes_out += len(data)
@@ -227,20 +251,45 @@ class _Run:
         if d.action == "drop":
             rep.files["dropped"] += 1
             return None
-        with open(src, "rb") as f:
-            data = f.read()
-        rep.bytes_in += len(data)
+        size = os.stat(src).st_size
+        rep.bytes_in += size
         if d.action == "keep":
             rep.files["kept"] += 1
-            self.write("files/" + path, data, rep)
-            return FileOutcome(path, hashlib.sha256(data).hexdigest(), len(data))
-        tag = self.media_tag(data)
+            new_path = self.out.path(path)
+            if size <= files_mod.BLOCK:
+                with open(src, "rb") as f:
+                    data = f.read()
+                self.write("files/" + new_path, data, rep)
+                return FileOutcome(new_path, hashlib.sha256(data).hexdigest(), len(data))
+            sink = files_mod.Sink(self.out_path("files/" + new_path))
+            try:
+                files_mod.copy_stream(src, sink)
+            finally:
+                sink.close()
+            rep.bytes_out += sink.size
+            return FileOutcome(new_path, sink.sha.hexdigest(), sink.size)
+        h = self._hmac.copy()
+        with open(src, "rb") as f:
+            # The placeholder needs the original's header (its size) and, for a table, its
+            # cells; the tag needs every byte, read block by block.
+            head = f.read(files_mod.BLOCK)
+            h.update(head)
+            data = head
+            if kind == "table":
+                data = head + f.read()
+                h.update(data[len(head):])
+            else:
+                while block := f.read(files_mod.BLOCK):
+                    h.update(block)
+        tag = h.hexdigest()
         new = self._placeholder(path, kind, data, tag, d, key, rep)
         sha = hashlib.sha256(new).hexdigest()
-        m = _RENAME_RX.match(path)
-        ext = _NEW_EXT.get(kind, m.group("ext") if m else Path(path).suffix)
+        scrubbed = self.out.path(path)
+        m = _RENAME_RX.match(scrubbed)
+        ext = _NEW_EXT.get(kind, m.group("ext") if m else Path(scrubbed).suffix)
         new_path = (f"{m.group('dir')}{m.group('stem')}_{sha[:20]}{ext}" if m
-                    else f"{Path(path).parent.as_posix()}/redacted_{sha[:20]}{ext}".lstrip("./"))
+                    else f"{Path(scrubbed).parent.as_posix()}/redacted_{sha[:20]}{ext}".lstrip("./"))
+        self.out.produced.add(new_path)
         rep.files["hashed"] += 1
         self.write("files/" + new_path, new, rep)
         return FileOutcome(new_path, sha, len(new), tag, _NEW_FMT.get(kind, ""))
@@ -262,20 +311,8 @@ class _Run:
                 table = json.loads(data)
             except ValueError:
                 return placeholders.text_placeholder(tag)
-            return json.dumps(redact_table(table, d, self.text_tag, rep.columns, key)).encode()
+            return json.dumps(redact_table(table, d, self.text_tag, rep.columns, key, self.out)).encode()
         return placeholders.text_placeholder(tag)
-
-
-def _inside(base: Path, rel: str) -> Path | None:
-    """``base/rel`` if it stays inside ``base`` and crosses no symlink; else None."""
-    if not rel or rel.startswith("/") or "\\" in rel or any(p in ("..", "") for p in rel.split("/")):
-        return None
-    p = base
-    for part in rel.split("/"):
-        p = p / part
-        if p.is_symlink():
-            return None
-    return p
 
 
 def _find_log(src: Path) -> Path:
@@ -323,8 +360,7 @@ def _plan(r: _Run, log: Path) -> None:
     r.sensitive = tuple(dict.fromkeys(sensitive))
     r.report.sensitive_keys = r.sensitive
     if r.policy.metadata == "redact":
-        identity |= _metadata_identity(r.src)
-        r.scrubber = _with_identity(r.scrubber, identity)
+        r.add_identity(identity | _metadata_identity(r.src))
 
 
 def _metadata_identity(src: Path) -> set[str]:
@@ -336,17 +372,6 @@ def _metadata_identity(src: Path) -> set[str]:
     return {str(meta[k]) for k in ("host", "username", "email") if isinstance(meta, dict) and meta.get(k)}
 
 
-def _with_identity(scrubber: Scrubber, values: set[str]) -> Scrubber:
-    """Scrub the run's own host, user and e-mail wherever they occur as a whole word: in
-    config values (the trainer plugin's fingerprint records the host), console lines, paths.
-    Metadata fields are replaced by name already; this catches every other place."""
-    words = sorted((v for v in values if v and len(v) >= 2), key=len, reverse=True)
-    if not words:
-        return scrubber
-    rx = re.compile(r"(?<![\w.@-])(?:" + "|".join(re.escape(w) for w in words) + r")(?![\w-])")
-    return dataclasses.replace(scrubber, patterns=(("identity", rx), *scrubber.patterns))
-
-
 def _unplanned(path: str) -> tuple[str, str]:
     """Kind and key of a media file no record described, from wandb's naming scheme."""
     parts = path.split("/")
@@ -354,154 +379,6 @@ def _unplanned(path: str) -> tuple[str, str]:
     m = _RENAME_RX.match("/".join(parts[2:]) if len(parts) > 2 else path)
     key = m.group("stem").rsplit("_", 1)[0] if m else ""
     return kind, key
-
-
-def _file_outcome(r: _Run, path: str) -> FileOutcome | None:
-    if path in r.done:
-        return r.done[path]
-    kind, key = r.planned.get(path) or _unplanned(path)
-    return r.resolve(path, kind, r.decide(key, kind), key)
-
-
-# -- pass 2: rewrite records ----------------------------------------------------------------
-
-def _redact_config(r: _Run, updates: Any) -> None:
-    for u in updates:
-        key = u.key or ".".join(u.nested_key)
-        try:
-            value = json.loads(u.value_json)
-        except ValueError:
-            continue
-        nv, changed = meta.redact_config_value(key, value, r.policy, r.scrubber, r.text_tag, r.report, r.sensitive)
-        if changed:
-            u.value_json = json.dumps(nv)
-
-
-def _rewrite_items(r: _Run, container: Any, new_item: Callable[[tuple[str, ...], str], Any]) -> None:
-    new = items_mod.redact_items(container, new_item, r.decide, r.resolve, r.text_tag, r.count, r.is_sensitive)
-    if new is not None:
-        del container[:]          # the kept items survive in ``new`` (protobuf copies on extend)
-        container.extend(new)
-
-
-def _make(cls: Any) -> Callable[[tuple[str, ...], str], Any]:
-    def build(path: tuple[str, ...], value_json: str) -> Any:
-        it = cls(value_json=value_json)
-        if len(path) == 1:
-            it.key = path[0]
-        else:
-            it.nested_key.extend(path)
-        return it
-    return build
-
-
-def _rewrite_files(r: _Run, rec: Any) -> bool:
-    keep = []
-    for f in rec.files.files:
-        if f.path.startswith("media/"):
-            o = _file_outcome(r, f.path)
-            if o is None:
-                continue
-            f.path = o.path
-        elif any(_glob(f.path, g) for g in r.policy.drop_files):
-            continue
-        keep.append(f)
-    del rec.files.files[:]
-    rec.files.files.extend(keep)
-    return bool(keep)
-
-
-def _glob(path: str, pattern: str) -> bool:
-    import fnmatch
-    return fnmatch.fnmatchcase(path, pattern)
-
-
-def _rewrite_artifact(r: _Run, rec: Any, num: int) -> bool:
-    art = rec.artifact
-    table_artifact = art.type == "run_table"
-    if not table_artifact and r.policy.artifacts == "drop":
-        r.report.artifacts["dropped"] += 1
-        return False
-    keep = []
-    for e in art.manifest.contents:
-        if e.ref and not e.local_path:
-            keep.append(e)            # a reference: no bytes of ours travel with it
-            continue
-        if table_artifact and not e.path.endswith(".table.json"):
-            r.report.artifacts["entries_dropped"] += 1
-            continue
-        src = r.map_path(e.local_path) if e.local_path else None
-        if src is None or not src.is_file() or src.is_symlink():
-            r.report.artifacts["entries_missing"] += 1
-            continue
-        data = src.read_bytes()
-        r.report.bytes_in += len(data)
-        if table_artifact:
-            key = e.path[: -len(".table.json")]
-            d = r.decide(key, "table")
-            if d.action == "drop":
-                r.report.artifacts["entries_dropped"] += 1
-                continue
-            if d.action == "hash":
-                data = json.dumps(redact_table(json.loads(data), d, r.text_tag, r.report.columns,
-                                               f"{key} (artifact)")).encode()
-        rel = f"{STAGING}/{num}/{e.path}"
-        if _inside(Path("/x"), rel) is None:
-            r.report.artifacts["entries_dropped"] += 1
-            continue
-        r.write(rel, data)
-        e.local_path = str((r.dst or Path("/dry-run")) / rel)
-        e.digest = base64.b64encode(hashlib.md5(data).digest()).decode()
-        e.size = len(data)
-        keep.append(e)
-    if not keep:
-        r.report.artifacts["dropped"] += 1
-        return False
-    del art.manifest.contents[:]
-    art.manifest.contents.extend(keep)
-    h = hashlib.md5(b"wandb-artifact-manifest-v1\n")
-    for e in sorted(keep, key=lambda e: e.path):
-        h.update(f"{e.path}:{e.digest}\n".encode())
-    art.digest = h.hexdigest()
-    r.report.artifacts["rewritten"] += 1
-    return True
-
-
-def _rewrite_record(r: _Run, rec: Any) -> bool:
-    """Rewrite in place; False: leave the record out."""
-    t = rec.WhichOneof("record_type")
-    redact_meta = r.policy.metadata == "redact"
-    if t == "run":
-        _redact_config(r, rec.run.config.update)
-        if redact_meta:
-            meta.redact_run_identity(rec.run, r.scrubber, r.text_tag, r.report)
-        meta.scrub_run_text(rec.run, r.scrubber, r.report)
-        _rewrite_items(r, rec.run.summary.update, _make(pb.SummaryItem))
-    elif t == "config":
-        _redact_config(r, rec.config.update)
-    elif t == "environment":
-        if redact_meta:
-            meta.redact_environment(rec.environment, r.scrubber, r.text_tag, r.report)
-    elif t == "history":
-        _rewrite_items(r, rec.history.item, _make(pb.HistoryItem))
-    elif t == "summary":
-        _rewrite_items(r, rec.summary.update, _make(pb.SummaryItem))
-    elif t == "files":
-        return _rewrite_files(r, rec)
-    elif t in ("output_raw", "output"):
-        out = getattr(rec, t)
-        line = meta.console_line(out.line, r.policy, r.scrubber, r.report)
-        if line is None:
-            return False
-        out.line = line
-    elif t == "artifact":
-        return _rewrite_artifact(r, rec, rec.num)
-    elif t == "alert":
-        for f in ("title", "text"):
-            new, counts = r.scrubber.scrub(getattr(rec.alert, f))
-            r.report.add_scrub(counts)
-            setattr(rec.alert, f, new)
-    return True
 
 
 # -- files/ ---------------------------------------------------------------------------------
@@ -512,32 +389,61 @@ def _copy_files_dir(r: _Run) -> None:
         return
     prefix = len(str(base)) + 1
     for dirpath, dirnames, filenames in os.walk(base):   # os.walk does not follow symlinks
-        for name in filenames:
+        dirnames.sort()
+        for name in sorted(filenames):
             rel = os.path.join(dirpath, name)[prefix:].replace(os.sep, "/")
             if rel in r.done:
                 continue       # a media file the records named: already written
             p = Path(dirpath) / name
-            if p.is_symlink():
-                r.report.dropped_paths["symlinks"] += 1
+            if p.is_symlink() or not p.is_file():
+                r.report.dropped_paths["symlinks" if p.is_symlink() else "special files"] += 1
                 continue
-            if rel.startswith("media/"):
-                _file_outcome(r, rel)
-            elif any(_glob(rel, g) for g in r.policy.drop_files):
-                r.report.files["dropped"] += 1
-            elif rel == "wandb-metadata.json":
-                _json_file(r, rel, p, lambda d: meta.redact_metadata(d, r.scrubber, r.text_tag, r.report)[0]
-                           if r.policy.metadata == "redact" else d)
-            elif rel == "wandb-summary.json":
-                _json_file(r, rel, p, lambda d: _summary_dict(r, d))
-            elif rel == "output.log":
-                _output_log(r, rel, p)
-            elif rel == "config.yaml":
-                _config_yaml(r, rel, p)
-            else:
-                data = p.read_bytes()
-                r.report.bytes_in += len(data)
-                r.report.files["copied_other"] += 1
-                r.write("files/" + rel, data)
+            _one_file(r, rel, p)
+
+
+def _one_file(r: _Run, rel: str, p: Path) -> None:
+    action = files_mod.file_action(rel, r.policy)
+    if action == "media":
+        r.file_outcome(rel)
+    elif action.startswith("drop"):
+        why = action.split(":", 1)[1]
+        r.report.files["dropped" if why != "unknown" else "dropped_unknown"] += 1
+        r.report.file_list.append((r.out.path(rel), f"dropped: {why}"))
+    elif action == "keep":
+        sink = files_mod.Sink(r.out_path("files/" + r.out.path(rel)))
+        try:
+            n = files_mod.copy_stream(str(p), sink)
+        finally:
+            sink.close()
+        r.report.bytes_in += n
+        r.report.bytes_out += n
+        r.report.files["kept_by_policy"] += 1
+    elif action == "metadata":
+        _json_file(r, rel, p, lambda d: r.out.value(
+            meta.redact_metadata(d, r.out, r.text_tag, r.report)[0] if r.policy.metadata == "redact"
+            and isinstance(d, dict) else d, "metadata"))
+    elif action == "summary":
+        _json_file(r, rel, p, lambda d: _summary_dict(r, d))
+    elif action == "config":
+        _config_yaml(r, rel, p)
+    elif action == "console" and r.policy.console == "drop":
+        r.report.files["dropped"] += 1
+        r.report.file_list.append((rel, "dropped: console policy"))
+    elif action in ("console", "text") or (action == "scrub" and files_mod.is_text(str(p))):
+        place = "console" if action == "console" else "files"
+        new_rel = r.out.path(rel)
+        sink = files_mod.Sink(r.out_path("files/" + new_rel))
+        try:
+            n = files_mod.scrub_text_file(str(p), sink, TextStream(lambda s: r.out.text(s, place)))
+        finally:
+            sink.close()
+        r.report.bytes_in += n
+        r.report.bytes_out += sink.size
+        r.report.files["scrubbed_text"] += 1
+        r.report.file_list.append((new_rel, "scrubbed"))
+    else:
+        r.report.files["dropped_not_text"] += 1
+        r.report.file_list.append((r.out.path(rel), "dropped: not text"))
 
 
 def _json_file(r: _Run, rel: str, p: Path, fn: Callable[[Any], Any]) -> None:
@@ -547,32 +453,21 @@ def _json_file(r: _Run, rel: str, p: Path, fn: Callable[[Any], Any]) -> None:
         value = json.loads(data)
     except ValueError:
         r.report.files["dropped_unparsable"] += 1
+        r.report.file_list.append((rel, "dropped: not valid JSON"))
         return
     r.write("files/" + rel, json.dumps(fn(value), indent=2).encode())
 
 
 def _summary_dict(r: _Run, d: Any) -> Any:
     if not isinstance(d, dict):
-        return d
+        return r.out.value(d, "summary")
     out = {}
     for k, v in d.items():
         nv, _ = items_mod.media.transform_value(v, k, r.decide, r.resolve, r.text_tag, lambda *a: None)
         if not k.startswith("_") and r.is_sensitive(k) and nv is v and items_mod.media.media_kind(v) is None:
             nv = f"hash:{r.text_tag('value', json.dumps(v))}"
-        out[k] = nv
+        out[r.out.name(k)] = r.out.value(nv, "summary", k)
     return out
-
-
-def _output_log(r: _Run, rel: str, p: Path) -> None:
-    data = p.read_bytes()
-    r.report.bytes_in += len(data)
-    if r.policy.console == "drop":
-        r.report.files["dropped"] += 1
-        return
-    lines = data.decode("utf-8", "replace").splitlines(keepends=True)
-    if r.policy.console == "scrub":
-        lines = [r.scrubber.scrub(line)[0] for line in lines]
-    r.write("files/" + rel, "".join(lines).encode())
 
 
 def _config_yaml(r: _Run, rel: str, p: Path) -> None:
@@ -583,20 +478,21 @@ def _config_yaml(r: _Run, rel: str, p: Path) -> None:
         cfg = yaml.safe_load(data)
     except yaml.YAMLError:
         r.report.files["dropped_unparsable"] += 1
+        r.report.file_list.append((rel, "dropped: not valid YAML"))
         return
     if isinstance(cfg, dict):
         for k, v in list(cfg.items()):
             inner = v.get("value") if isinstance(v, dict) and "value" in v else v
-            nv, changed = meta.redact_config_value(str(k), inner, r.policy, r.scrubber, r.text_tag, r.report, r.sensitive)
+            nv, changed = meta.redact_config_value(str(k), inner, r.policy, r.out, r.text_tag, r.report, r.sensitive)
             if changed:
                 cfg[k] = {**v, "value": nv} if isinstance(v, dict) and "value" in v else nv
-    r.write("files/" + rel, yaml.safe_dump(cfg, sort_keys=False).encode())
+    r.write("files/" + rel, yaml.safe_dump(r.out.value(cfg, "config"), sort_keys=False).encode())
 
 
 # -- entry points ---------------------------------------------------------------------------
 
 def _redact(src: Path, dst: Path | None, policy: Policy, secret: bytes,
-            map_path: Callable[[str], Path]) -> RedactionReport:
+            map_path: Callable[[str], Path], complete: bool) -> RedactionReport:
     src = Path(src)
     log = _find_log(src)
     r = _Run(src, dst, policy, secret, map_path)
@@ -610,32 +506,42 @@ def _redact(src: Path, dst: Path | None, policy: Policy, secret: bytes,
         out = open(dst / log.name, "wb")
         writer = LogWriter(out)
         r.writer = _BackgroundWriter()
+    console = Console(r)
     try:
         r.prepare()
         for rec in _records(log, r.report):
             r.report.records_in += 1
-            if _rewrite_record(r, rec):
+            for o in rewrite(r, rec, console):
                 r.report.records_out += 1
                 if writer is not None:
-                    writer.write(rec)
+                    writer.write(o)
+        # Console text still held (a line without its end) leaves only with the whole log: a
+        # live snapshot keeps it for the next segment, so each segment's copy is a prefix of
+        # the next one's.
+        if complete:
+            for o in console.close():
+                r.out.message(o, "console")
+                r.report.records_out += 1
+                if writer is not None:
+                    writer.write(o)
         _copy_files_dir(r)
     finally:
         if out is not None:
             out.close()
         if r.writer is not None:
             r.writer.close()     # every file is on disk (or its error raised) before we return
-    for p in src.iterdir():
+    for p in sorted(src.iterdir()):
         if p.name not in ("files", log.name):
             r.report.dropped_paths[p.name if p.is_dir() else "other files"] += 1
     return r.report
 
 
 def _guarded(src: Path, dst: Path | None, policy: Policy, secret: bytes,
-             map_path: Callable[[str], Path]) -> RedactionReport:
+             map_path: Callable[[str], Path], complete: bool = True) -> RedactionReport:
     # A damaged log or an unparsable record is this run's problem, not the agent's: say so in
     # the one exception type callers quarantine on.
     try:
-        return _redact(src, dst, policy, secret, map_path)
+        return _redact(src, dst, policy, secret, map_path, complete)
     except LogError as exc:
         raise RedactError(f"{src}: cannot read the .wandb file: {exc}") from exc
     except (ValueError, UnicodeDecodeError) as exc:
@@ -643,14 +549,17 @@ def _guarded(src: Path, dst: Path | None, policy: Policy, secret: bytes,
 
 
 def redact_run(src_run_dir: Path, dst_dir: Path, policy: Policy, secret: bytes,
-               map_path: Callable[[str], Path]) -> RedactionReport:
+               map_path: Callable[[str], Path], complete: bool = True) -> RedactionReport:
     """Write a redacted copy of ``src_run_dir`` into ``dst_dir`` (created; must be empty).
 
     ``dst_dir`` becomes a run directory: give it a name wandb sync recognises
     (``offline-run-...``; ``redact_run(src, out / src.name, ...)``). Run-table artifacts'
     files are copied into ``dst_dir/_staging`` and the records point there by absolute path;
-    call ``relocate_staging`` after moving the directory."""
-    return _guarded(Path(src_run_dir), Path(dst_dir), policy, secret, map_path)
+    call ``relocate_staging`` after moving the directory.
+
+    ``complete=False`` for a snapshot of a run still being written (a live segment): console
+    text whose line has not ended yet is kept back for the next snapshot."""
+    return _guarded(Path(src_run_dir), Path(dst_dir), policy, secret, map_path, complete)
 
 
 def plan_run(src_run_dir: Path, policy: Policy, secret: bytes,

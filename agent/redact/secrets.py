@@ -1,78 +1,195 @@
-"""Secret patterns and the text scrubber used on config values, metadata and console lines.
+"""What counts as a secret in a string, and the scrubber that takes it out.
 
-The scrubber replaces a match with ``[redacted:<name>:<tag>]``: the tag is a keyed hash
-(see ``placeholders.text_tag``), so the same secret shows as the same marker everywhere on the
-site without revealing it.
+Three kinds of rules, applied together to every outgoing string (see ``outgoing.py``):
+
+- **Token rules**: the maintained rule set of the `detect-secrets` library (its regex plugins,
+  loaded from the installed library at run time, so a new release's rules come with it), plus
+  the formats it lacks or matches too narrowly (bare W&B keys, OpenAI, Slack, Hugging Face,
+  bare AWS secret keys, PEM blocks, high-entropy tokens). The whole match goes.
+- **Context rules**: the value after a secret-looking key or flag: ``password: X``,
+  ``--api-key X``, ``Authorization: Bearer X``. Only the value goes; the key stays readable.
+- **Site rules**: the site's own ``patterns``, the run's identity (host, user, e-mail), and
+  absolute local paths.
+
+A match becomes ``[redacted:<rule>:<tag>]`` in text and ``redacted-<rule>-<tag>`` in names
+(keys, file names: no brackets or colons, which some file systems and URLs mangle). The tag is
+a keyed hash (``placeholders.text_tag``): the same secret shows as the same marker everywhere on
+the site without revealing it, and the same name always maps to the same new name.
 """
 from __future__ import annotations
 
+import functools
+import math
 import re
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-# name -> regex. Each match is replaced whole. Order matters only for overlaps: the first
-# pattern that claims a span wins (see ``scrub``), so the specific token formats come first.
-BUILTIN_PATTERNS: tuple[tuple[str, str], ...] = (
-    ("pem_private_key", r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----(?:[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|[\s\S]*)"),
-    ("wandb_api_key", r"(?i)\bwandb[_-]?api[_-]?key\b\s*[=:]\s*[\"']?[0-9a-f]{40}\b"),
+# detect-secrets plugins left out: not secrets (public IPs), or keyword heuristics that the
+# context rules below do on every string (KeywordDetector is not regex-based anyway).
+_SKIPPED_PLUGINS = {"IPPublicDetector"}
+
+# Formats detect-secrets lacks or matches too narrowly for what training code prints.
+EXTRA_TOKEN_RULES: tuple[tuple[str, str], ...] = (
+    ("pem_private_key", r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----(?:[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|[\s\S]*)"),
+    # W&B API keys: 40 hex characters (and the local-/v1 forms of W&B Server).
+    ("wandb_api_key", r"(?<![0-9A-Fa-f])[0-9a-f]{40}(?![0-9A-Fa-f])"),
     ("wandb_local_key", r"\blocal-[0-9a-f]{40}\b"),
     ("wandb_v1_key", r"\bwandb_v1_[A-Za-z0-9_]{20,}"),
+    ("openai_key", r"\bsk-(?:proj-|ant-|svcacct-)?[A-Za-z0-9_-]{20,}"),
+    ("slack_token", r"\bxox[abposre]-[A-Za-z0-9-]{10,}"),
     ("huggingface_token", r"\bhf_[A-Za-z0-9]{30,}\b"),
-    ("aws_access_key_id", r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b"),
-    ("aws_secret_access_key", r"(?i)\baws_secret_access_key\b\s*[=:]\s*[\"']?[A-Za-z0-9/+=]{40}"),
     ("github_token", r"\bgh[pousr]_[A-Za-z0-9]{36,255}\b"),
     ("github_pat", r"\bgithub_pat_[A-Za-z0-9_]{22,255}\b"),
-    ("gitlab_token", r"\bgl(?:pat|dt|rt|ptt|soat|ft|cbt|imt|agent|oas)-[A-Za-z0-9_\-]{20,}"),
+    ("aws_access_key_id", r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b"),
+    # A bare AWS secret access key: 40 characters of base64 with upper, lower and digits.
+    ("aws_secret_access_key", r"(?<![A-Za-z0-9/+=])(?=[A-Za-z0-9/+]{0,39}[A-Z])(?=[A-Za-z0-9/+]{0,39}[a-z])"
+                              r"(?=[A-Za-z0-9/+]{0,39}[0-9])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"),
     ("jwt", r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}"),
-    # "password=...", "token: ..." in config dumps and command lines: the value goes.
-    ("config_assignment", r"(?i)\b[\w.-]*(?:password|passwd|secret|token|api[_-]?key|access[_-]?key)[\w.-]*\s*[=:]\s*[\"']?[^\s\"',;]{4,}"),
-    # URLs with credentials: scheme://user:pass@host
     ("url_credentials", r"\b[a-z][a-z0-9+.-]*://[^\s/:@]+:[^\s/@]+@"),
+    ("high_entropy_token", r"(?<![A-Za-z0-9+_=-])[A-Za-z0-9+_-]{32,}={0,2}(?![A-Za-z0-9+_=-])"),
+)
+
+_KEYWORDS = (r"pass(?:word|wd|phrase)?|pwd|secret|api[-_]?key|apikey|access[-_]?key|private[-_]?key"
+             r"|credentials?|auth[-_]?token|access[-_]?token|client[-_]?secret|session[-_]?key")
+# The value after a secret-looking key or flag. Group ``v`` is what goes.
+CONTEXT_RULES: tuple[tuple[str, str], ...] = (
+    ("flag_value", rf"(?i)(?<![\w-])--?[\w-]*(?:{_KEYWORDS}|token)[\w-]*(?:=|\s+)[\"']?(?P<v>[^\s\"',;]+)"),
+    ("key_value", rf"(?i)\b[\w.-]*(?:{_KEYWORDS})[\w.-]*[\"']?\s*[:=]\s*[\"']?(?P<v>[^\s\"',;]+)"),
+    # "tokens: 512" is a count, not a secret: a token's value must not be a plain number.
+    ("key_value", r"(?i)\b[\w.-]*token[\w.-]*[\"']?\s*[:=]\s*[\"']?(?P<v>(?!\d+(?:[.,]\d+)?(?:[\s\"',;]|$))[^\s\"',;]+)"),
+    ("authorization", r"(?i)\bauthorization[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token|digest)\s+)?(?P<v>[^\s\"',;]+)"),
+    ("bearer_token", r"(?i)\bbearer\s+(?P<v>[A-Za-z0-9._~+/=-]{8,})"),
 )
 
 # Absolute POSIX paths of two components or more, and home-relative ones. A URL's path is
 # left alone (the lookbehind refuses a slash that follows ':' or '/' or a word character).
 PATH_PATTERN = r"(?<![\w:/.~-])(?:~|/[^\s/\"'<>|:;,()\[\]{}=]+)(?:/[^\s/\"'<>|:;,()\[\]{}=]+)+/?"
 
+# A command-line flag whose next argument is a secret (``--password X``, ``-p X`` is too vague).
+SECRET_FLAG = re.compile(rf"(?i)^--?[\w-]*(?:{_KEYWORDS}|token)[\w-]*$")
+
+
+def _entropy(s: str) -> float:
+    n = len(s)
+    return -sum(c / n * math.log2(c / n) for c in Counter(s).values())
+
+
+def _high_entropy(token: str) -> bool:
+    """Random-looking: lower, upper and digits, and characters spread like random ones (a long
+    CamelCase metric or checkpoint name repeats its letters: about 4.2 bits a character,
+    random base64 of that length about 5)."""
+    body = token.rstrip("=")
+    if not (any(c.islower() for c in body) and any(c.isupper() for c in body) and any(c.isdigit() for c in body)):
+        return False
+    return _entropy(body) >= 4.5
+
+
+# A rule that needs more than its regex to decide: match -> keep it as a secret?
+_CHECKS: dict[str, Callable[[str], bool]] = {"high_entropy_token": _high_entropy}
+
+
+@functools.lru_cache(maxsize=1)
+def detect_secrets_rules() -> tuple[tuple[str, re.Pattern[str]], ...]:
+    """The regex plugins of the installed detect-secrets, as (rule name, pattern)."""
+    from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
+    from detect_secrets.plugins.base import RegexBasedDetector
+
+    rules = []
+    for cls in get_mapping_from_secret_type_to_class().values():
+        if not issubclass(cls, RegexBasedDetector) or cls.__name__ in _SKIPPED_PLUGINS:
+            continue
+        name = re.sub(r"\W+", "_", cls.secret_type.lower()).strip("_")
+        for rx in cls().denylist:
+            rules.append((name, rx))
+    return tuple(rules)
+
+
+def compile_patterns(extra: Iterable[str] = ()) -> tuple[tuple[str, re.Pattern[str]], ...]:
+    """Token rules: ours, then detect-secrets', then the site's own (``site_0``, ``site_1`` ...)."""
+    out = [(name, re.compile(rx)) for name, rx in EXTRA_TOKEN_RULES]
+    out += list(detect_secrets_rules())
+    out += [(f"site_{i}", re.compile(rx)) for i, rx in enumerate(extra)]
+    return tuple(out)
+
+
+_CONTEXT = tuple((name, re.compile(rx)) for name, rx in CONTEXT_RULES)
+_PATH_RX = re.compile(PATH_PATTERN)
+_NAME_SAFE = re.compile(r"[^A-Za-z0-9_]")
+_MARKER = re.compile(r"\[redacted:[\w-]+:[0-9a-f]{16}\]|redacted-\w+?-[0-9a-f]{16}(?![0-9a-f])")
+
 
 @dataclass(frozen=True)
 class Scrubber:
-    """Compiled patterns plus the tagger; ``scrub(text)`` returns (new_text, {name: count})."""
+    """Compiled rules plus the tagger. ``scrub(text)`` returns (new_text, {rule: count})."""
 
     patterns: tuple[tuple[str, re.Pattern[str]], ...]
     tag: Callable[[str, str], str]  # (kind, value) -> short keyed tag
     paths: bool = True
+    context: tuple[tuple[str, re.Pattern[str]], ...] = field(default=_CONTEXT)
 
-    def scrub(self, text: str) -> tuple[str, dict[str, int]]:
-        counts: dict[str, int] = {}
-        spans: list[tuple[int, int, str]] = []
+    def spans(self, text: str) -> list[tuple[int, int, str]]:
+        """Non-overlapping (start, end, rule) to replace, in order. Earlier rules win."""
+        # Markers already in the text are left as they are: scrubbing is idempotent, so a name
+        # scrubbed once (a file's new name) is the same wherever it is scrubbed again.
+        spans: list[tuple[int, int, str]] = [(m.start(), m.end(), "") for m in _MARKER.finditer(text)] \
+            if "redacted" in text else []
+
+        def add(s: int, e: int, name: str) -> None:
+            if e > s and not any(a < e and s < b for a, b, _ in spans):
+                spans.append((s, e, name))
+
         for name, rx in self.patterns:
+            check = _CHECKS.get(name)
             for m in rx.finditer(text):
-                if m.end() > m.start() and not any(s < m.end() and m.start() < e for s, e, _ in spans):
-                    spans.append((m.start(), m.end(), name))
+                if check is None or check(m.group(0)):
+                    add(m.start(), m.end(), name)
+        for name, rx in self.context:
+            for m in rx.finditer(text):
+                add(m.start("v"), m.end("v"), name)
         if self.paths:
             for m in _PATH_RX.finditer(text):
-                if not any(s < m.end() and m.start() < e for s, e, _ in spans):
-                    spans.append((m.start(), m.end(), "local_path"))
+                add(m.start(), m.end(), "local_path")
+        return sorted(s for s in spans if s[2])
+
+    def _replace(self, text: str, name_form: bool) -> tuple[str, dict[str, int]]:
+        spans = self.spans(text)
         if not spans:
-            return text, counts
-        spans.sort()
+            return text, {}
+        counts: dict[str, int] = {}
         out, pos = [], 0
         for s, e, name in spans:
             out.append(text[pos:s])
-            kind = "path" if name == "local_path" else "secret"
-            out.append(f"[redacted:{name}:{self.tag(kind, text[s:e])}]")
+            t = self.tag("path" if name == "local_path" else "secret", text[s:e])
+            out.append(f"redacted-{_NAME_SAFE.sub('_', name)}-{t}" if name_form else f"[redacted:{name}:{t}]")
             counts[name] = counts.get(name, 0) + 1
             pos = e
         out.append(text[pos:])
         return "".join(out), counts
 
+    def scrub(self, text: str) -> tuple[str, dict[str, int]]:
+        return self._replace(text, name_form=False)
 
-_PATH_RX = re.compile(PATH_PATTERN)
+    def scrub_name(self, name: str) -> tuple[str, dict[str, int]]:
+        """A key or file name: the same rules, a marker that is itself a safe name."""
+        return self._replace(name, name_form=True)
+
+    def with_words(self, rule: str, words: Iterable[str]) -> "Scrubber":
+        """Also take out these exact words (the run's host, user, e-mail) wherever they stand
+        as a whole word."""
+        ws = sorted({w for w in words if w and len(w) >= 2}, key=len, reverse=True)
+        if not ws:
+            return self
+        rx = re.compile(r"(?<![\w.@-])(?:" + "|".join(re.escape(w) for w in ws) + r")(?![\w-])")
+        return Scrubber(((rule, rx), *self.patterns), self.tag, self.paths, self.context)
 
 
-def compile_patterns(extra: Iterable[str] = ()) -> tuple[tuple[str, re.Pattern[str]], ...]:
-    """The built-in patterns followed by the site's own (named ``site_0``, ``site_1`` ...)."""
-    out = [(name, re.compile(rx)) for name, rx in BUILTIN_PATTERNS]
-    out += [(f"site_{i}", re.compile(rx)) for i, rx in enumerate(extra)]
-    return tuple(out)
+def scrub_args(args: list[str], scrub: Callable[[str], str], secret_value: Callable[[str], str]) -> list[str]:
+    """A command line: every argument scrubbed, and the argument after a secret-looking flag
+    (``--password X``) replaced whole."""
+    out: list[str] = []
+    after_flag = False
+    for a in args:
+        out.append(secret_value(a) if after_flag else scrub(a))
+        after_flag = bool(SECRET_FLAG.match(a))
+    return out

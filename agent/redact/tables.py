@@ -2,13 +2,18 @@
 
 Columns a rule names get that action; the others get the rule's own action (``keep`` for a
 rule that lists columns without an action, ``hash`` when no rule matched). Media objects in
-kept cells are replaced by their tag too: their files are not carried along.
+kept cells are replaced by their tag too: their files are not carried along. Kept string cells
+and every column name still pass the scrubber (``out``): keeping a column keeps its numbers and
+words, not a secret or a patient id among them.
 """
 from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from .outgoing import Outgoing
 
 from .policy import Decision
 
@@ -22,7 +27,7 @@ def column_actions(columns: list[Any], decision: Decision) -> list[str]:
 
 
 def redact_table(table: dict[str, Any], decision: Decision, text_tag: Callable[[str, str], str],
-                 counts: Counter, key: str) -> dict[str, Any]:
+                 counts: Counter, key: str, out: "Outgoing") -> dict[str, Any]:
     """Return the table with hashed cells and without dropped columns."""
     columns = list(table.get("columns", []))
     actions = column_actions(columns, decision)
@@ -35,7 +40,7 @@ def redact_table(table: dict[str, Any], decision: Decision, text_tag: Callable[[
             counts[(key, col, "hash")] += 1
             return f"hash:{text_tag('cell', json.dumps(value, sort_keys=True))}"
         counts[(key, col, "keep")] += 1
-        return value
+        return out.text(value, "tables") if isinstance(value, str) else value
 
     data = []
     for row in table.get("data", []):
@@ -45,9 +50,10 @@ def redact_table(table: dict[str, Any], decision: Decision, text_tag: Callable[[
             if a == "drop" and i < len(row):
                 counts[(key, str(columns[i]), "drop")] += 1
         data.append([cell(row[i], actions[i], str(columns[i])) for i in keep_idx if i < len(row)])
-    out = {k: v for k, v in table.items() if k not in ("columns", "data", "column_types")}
-    out["columns"] = [columns[i] for i in keep_idx]
-    out["data"] = data
+    names = {str(c): out.name(str(c)) if isinstance(c, str) else c for c in columns}
+    res = {k: out.value(v, "tables") for k, v in table.items() if k not in ("columns", "data", "column_types")}
+    res["columns"] = [names[str(columns[i])] for i in keep_idx]
+    res["data"] = data
     ct = table.get("column_types")
     if isinstance(ct, dict):
         ct = json.loads(json.dumps(ct))
@@ -58,7 +64,8 @@ def redact_table(table: dict[str, Any], decision: Decision, text_tag: Callable[[
                     type_map.pop(str(c), None)
                 elif actions[i] == "hash" and str(c) in type_map:
                     type_map[str(c)] = _STRING_TYPE
-        out["column_types"] = ct
+            ct["params"]["type_map"] = {names.get(k, k): v for k, v in type_map.items()}
+        res["column_types"] = ct
     # Key order as wandb writes it (column_types, columns, data first): cosmetic only.
-    order = [k for k in ("_type", "column_types", "columns", "data") if k in out]
-    return {k: out[k] for k in order + [k for k in out if k not in order]}
+    order = [k for k in ("_type", "column_types", "columns", "data") if k in res]
+    return {k: res[k] for k in order + [k for k in res if k not in order]}

@@ -1,0 +1,108 @@
+"""Files under a run's ``files/``: what each one is, and how it leaves (or does not).
+
+Fail closed: a file leaves only if it is one the redactor understands (wandb's own metadata,
+summary, config, console and requirements files, rewritten; media, decided by the policy's
+rules), or the site named it in ``keep_files``. Any other file — a text file training code
+wrote into ``run.dir``, a ``wandb.save()``d dump, TensorBoard event files — is dropped, or,
+with ``scrub_files = true``, scrubbed if it is text. The decision is the same for the files
+record that names a file and for the file itself (``file_action``).
+
+Copies stream in blocks: memory stays bounded whatever a file's size.
+"""
+from __future__ import annotations
+
+import codecs
+import fnmatch
+import hashlib
+import os
+from typing import Any, BinaryIO, Callable
+
+from .policy import Policy
+
+BLOCK = 1 << 20
+# wandb's own files, each with its rewrite (see run.py).
+KNOWN = {"wandb-metadata.json": "metadata", "wandb-summary.json": "summary", "config.yaml": "config",
+         "output.log": "console", "requirements.txt": "text", "conda-environment.yaml": "text"}
+
+
+def _glob(path: str, globs: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(path, g) for g in globs)
+
+
+def is_tensorboard(rel: str) -> bool:
+    return "tfevents" in rel.rsplit("/", 1)[-1]
+
+
+def file_action(rel: str, policy: Policy) -> str:
+    """``media``, one of ``KNOWN``'s kinds, ``keep``, ``scrub``, or ``drop:<why>``."""
+    if is_tensorboard(rel):
+        return "drop:tensorboard"
+    if _glob(rel, policy.drop_files):
+        return "drop:policy"
+    if rel.startswith("media/"):
+        return "media"
+    if _glob(rel, policy.keep_files):
+        return "keep"
+    if rel in KNOWN:
+        return KNOWN[rel]
+    return "scrub" if policy.scrub_files else "drop:unknown"
+
+
+class Sink:
+    """Where a streamed copy goes: a new file (created exclusively), or nowhere (dry run)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.f: BinaryIO | None = None
+        if path is not None:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self.f = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "wb")
+        self.size = 0
+        self.sha = hashlib.sha256()
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        self.sha.update(data)
+        if self.f is not None:
+            self.f.write(data)
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+
+
+def copy_stream(src: str, sink: Sink, also: Callable[[bytes], Any] | None = None) -> int:
+    """Copy ``src`` into ``sink`` block by block; ``also`` sees every block (a hash)."""
+    n = 0
+    with open(src, "rb") as f:
+        while block := f.read(BLOCK):
+            sink.write(block)
+            if also is not None:
+                also(block)
+            n += len(block)
+    return n
+
+
+def is_text(src: str) -> bool:
+    """UTF-8 without NUL bytes in its first block: text we can scrub. Anything else is not."""
+    with open(src, "rb") as f:
+        head = f.read(BLOCK)
+    if b"\x00" in head:
+        return False
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def scrub_text_file(src: str, sink: Sink, stream: Any) -> int:
+    """Stream a text file through a ``console.TextStream`` (whole lines, PEM blocks held).
+    Bytes that are not UTF-8 pass the scrubber as U+FFFD: they never leave as they were."""
+    dec = codecs.getincrementaldecoder("utf-8")("replace")
+    n = 0
+    with open(src, "rb") as f:
+        while block := f.read(BLOCK):
+            n += len(block)
+            sink.write(stream.feed(dec.decode(block)).encode())
+    sink.write((stream.feed(dec.decode(b"", final=True)) + stream.close()).encode())
+    return n

@@ -1,0 +1,229 @@
+"""The one choke point every outgoing string passes through.
+
+Whatever the record-specific rules did first (media, config keys, identity), ``Outgoing``
+then walks the whole record — every string field of every message, generically, from the
+protobuf descriptors — and every file's text, and scrubs each string by what it is:
+
+- a **name** (history/summary/config/stats keys, metric names, file paths, table columns):
+  scrubbed into a marker that is itself a valid name, the same way everywhere, so references
+  stay consistent (``val/P7126/dice`` and ``media/images/val/P7126/dice_0_x.png`` change alike);
+- **JSON** (``value_json``, artifact metadata): parsed, keys as names, strings as text, strings
+  under a secret-looking key replaced whole, then written back;
+- **text**: everything else.
+
+Only the fields in ``STRUCTURAL`` skip the scrubber: identifiers that route and join the run
+(run id, entity, project, digests, the writer's version) and wandb's own bookkeeping. A new
+wandb version's new string field is therefore scrubbed as text without anyone listing it.
+Counts of changed strings per place go into the report; places the policy names in
+``keep_strings`` are left as they are (and counted as kept).
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from google.protobuf.descriptor import FieldDescriptor
+
+from .policy import Policy
+from .report import RedactionReport
+from .secrets import Scrubber, scrub_args
+
+# (message name, field) -> never scrubbed: identifiers and wandb's own bookkeeping.
+STRUCTURAL = frozenset({
+    ("Record", "uuid"), ("_RecordInfo", "stream_id"), ("_RecordInfo", "_tracelog_id"),
+    ("Control", "relay_id"), ("Control", "mailbox_slot"), ("Control", "connection_id"),
+    ("RunRecord", "run_id"), ("RunRecord", "entity"), ("RunRecord", "project"),
+    ("RunRecord", "storage_id"), ("RunRecord", "sweep_id"),
+    ("ArtifactRecord", "run_id"), ("ArtifactRecord", "project"), ("ArtifactRecord", "entity"),
+    ("ArtifactRecord", "digest"), ("ArtifactRecord", "distributed_id"), ("ArtifactRecord", "client_id"),
+    ("ArtifactRecord", "sequence_client_id"), ("ArtifactRecord", "base_id"),
+    ("ArtifactRecord", "digest_algorithm"), ("ArtifactRecord", "type"),
+    ("ArtifactManifest", "storage_policy"), ("ArtifactManifestEntry", "digest"),
+    ("ArtifactManifestEntry", "birth_artifact_id"), ("ArtifactManifestEntry", "local_path"),
+    ("ArtifactManifestEntry", "mimetype"),
+    ("VersionInfo", "producer"), ("VersionInfo", "min_consumer"),
+    ("GitRepoRecord", "commit"), ("GitInfo", "commit"),
+    ("TelemetryRecord", "python_version"), ("TelemetryRecord", "cli_version"),
+    ("TelemetryRecord", "core_version"), ("TelemetryRecord", "platform"),
+    ("EnvironmentRecord", "writer_id"), ("AlertRecord", "level"),
+})
+# (message name, field) -> how the string is read. Anything not listed is text.
+NAMES = frozenset({
+    ("HistoryItem", "key"), ("HistoryItem", "nested_key"), ("SummaryItem", "key"), ("SummaryItem", "nested_key"),
+    ("ConfigItem", "key"), ("ConfigItem", "nested_key"), ("StatsItem", "key"), ("SettingsItem", "key"),
+    ("ExtraItem", "key"), ("StoragePolicyConfigItem", "key"), ("FilesItem", "path"),
+    ("MetricRecord", "name"), ("MetricRecord", "glob_name"), ("MetricRecord", "step_metric"),
+    ("ArtifactManifestEntry", "path"),
+})
+JSON_FIELDS = frozenset({
+    ("HistoryItem", "value_json"), ("HistoryItem", "json"), ("SummaryItem", "value_json"),
+    ("ConfigItem", "value_json"), ("StatsItem", "value_json"), ("SettingsItem", "value_json"),
+    ("ExtraItem", "value_json"), ("StoragePolicyConfigItem", "value_json"), ("ArtifactRecord", "metadata"),
+    ("JobInputRequest", "input_schema"),
+})
+# Places whose strings are names: the kind of marker differs, the rules do not.
+NAME_PLACES = ("key_names", "file_names")
+_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+_CACHE_LIMIT = 50_000
+
+
+def _repeated(fd: Any) -> bool:
+    # protobuf >= 5.28 has ``is_repeated``; 7 removed ``label``.
+    rep = getattr(fd, "is_repeated", None)
+    return rep if rep is not None else fd.label == FieldDescriptor.LABEL_REPEATED
+
+
+class Outgoing:
+    def __init__(self, scrubber: Scrubber, policy: Policy, report: RedactionReport) -> None:
+        self.scrubber = scrubber
+        self.policy = policy
+        self.report = report
+        self.keep = frozenset(policy.keep_strings)
+        self._names: dict[str, str] = {}
+        self._texts: dict[str, str] = {}
+        self.produced: set[str] = set()     # file paths this redaction wrote: names already
+
+    # -- strings ---------------------------------------------------------------------------
+    def _counted(self, place: str, counts: dict[str, int]) -> None:
+        self.report.strings[place] += 1
+        self.report.add_scrub(counts)
+
+    def text(self, s: str, place: str) -> str:
+        if not s or place in self.keep:
+            return s
+        hit = self._texts.get(s)
+        if hit is not None:
+            if hit != s:
+                self.report.strings[place] += 1
+            return hit
+        new, counts = self.scrubber.scrub(s)
+        if counts:
+            self._counted(place, counts)
+        else:
+            new = s
+        if len(self._texts) < _CACHE_LIMIT and len(s) < 4096:
+            self._texts[s] = new
+        return new
+
+    def name(self, s: str, place: str = "key_names") -> str:
+        if not s or place in self.keep:
+            return s
+        hit = self._names.get(s)
+        if hit is None:
+            hit, counts = self.scrubber.scrub_name(s)
+            if counts:
+                self._counted(place, counts)
+            else:
+                hit = s
+            self._names[s] = hit
+        return hit
+
+    def path(self, rel: str) -> str:
+        """A run-relative file path: each component a name (a marker never adds a slash).
+        Paths this redaction produced (a placeholder's name) are remembered and stay."""
+        if rel in self.produced:
+            return rel
+        new = "/".join(self.name(p, "file_names") for p in rel.split("/"))
+        self.produced.add(new)
+        return new
+
+    def secret_value(self, value: Any, place: str) -> str:
+        """A value under a secret-looking key or after a secret-looking flag: it goes whole."""
+        self.report.strings[place] += 1
+        self.report.secrets["secret_key_value"] += 1
+        raw = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        return f"[redacted:value:{self.scrubber.tag('secret', raw)}]"
+
+    def args(self, args: list[str], place: str) -> list[str]:
+        if place in self.keep:
+            return list(args)
+        return scrub_args(list(args), lambda a: self.text(a, place), lambda a: self.secret_value(a, place))
+
+    # -- JSON ------------------------------------------------------------------------------
+    def value(self, v: Any, place: str, key: str = "") -> Any:
+        """A JSON value at any depth: dict keys as names, strings as text; strings under a
+        secret-looking key go whole (numbers stay: ``tokens_per_sec`` is a metric)."""
+        if isinstance(v, str):
+            if v in self.produced:
+                return v
+            if key and self.policy.config_key_redacted(key):
+                return self.secret_value(v, place)
+            if key == "commit" and _COMMIT.fullmatch(v):
+                return v     # a git commit id: understood, and what the dashboard links to
+            return self.text(v, place)
+        if isinstance(v, dict):
+            return {self.name(str(k)) if isinstance(k, str) else k: self.value(x, place, str(k))
+                    for k, x in v.items()}
+        if isinstance(v, list):
+            return [self.value(x, place, key) for x in v]
+        return v
+
+    def json_text(self, raw: str, place: str, key: str = "") -> str:
+        if '"' not in raw:          # a number, true/false/null: nothing to scrub
+            return raw
+        try:
+            v = json.loads(raw)
+        except ValueError:
+            return self.text(raw, place)
+        nv = self.value(v, place, key)
+        return raw if nv == v else json.dumps(nv, separators=(",", ":"), ensure_ascii=False)
+
+    # -- protobuf --------------------------------------------------------------------------
+    def message(self, msg: Any, place: str) -> None:
+        """Scrub every string of ``msg`` in place (see the module docstring)."""
+        mname = msg.DESCRIPTOR.name
+        item_key = ""
+        if mname.endswith("Item"):
+            path = list(getattr(msg, "nested_key", ())) or [getattr(msg, "key", "")]
+            item_key = path[-1] if path else ""
+        for fd, value in msg.ListFields():
+            f = (mname, fd.name)
+            if f in STRUCTURAL:
+                continue
+            if fd.type == FieldDescriptor.TYPE_MESSAGE:
+                if fd.message_type.GetOptions().map_entry:
+                    self._map(msg, fd, value, place)
+                elif _repeated(fd):
+                    for m in value:
+                        self.message(m, place)
+                else:
+                    self.message(value, place)
+            elif fd.type == FieldDescriptor.TYPE_STRING:
+                if f in NAMES:
+                    fn = self.path if f == ("FilesItem", "path") or f == ("ArtifactManifestEntry", "path") else self.name
+                elif f in JSON_FIELDS:
+                    fn = lambda s: self.json_text(s, place, item_key)  # noqa: E731
+                else:
+                    fn = lambda s: self.text(s, place)  # noqa: E731
+                if _repeated(fd):
+                    new = [fn(s) for s in value]
+                    if new != list(value):
+                        del value[:]
+                        value.extend(new)
+                else:
+                    new = fn(value)
+                    if new != value:
+                        setattr(msg, fd.name, new)
+
+    def _map(self, msg: Any, fd: Any, value: Any, place: str) -> None:
+        vfield = fd.message_type.fields_by_name["value"]
+        items = list(value.items())
+        is_msg = vfield.type == FieldDescriptor.TYPE_MESSAGE
+        if is_msg:
+            copies = []
+            for k, v in items:
+                c = type(v)()
+                c.CopyFrom(v)
+                self.message(c, place)
+                copies.append((self.text(k, place), c))
+            msg.ClearField(fd.name)
+            target = getattr(msg, fd.name)
+            for k, c in copies:
+                target[k].CopyFrom(c)
+        else:
+            new = [(self.text(k, place), self.text(v, place) if isinstance(v, str) else v) for k, v in items]
+            msg.ClearField(fd.name)
+            target = getattr(msg, fd.name)
+            for k, v in new:
+                target[k] = v

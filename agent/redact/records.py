@@ -1,0 +1,264 @@
+"""Which records of a `.wandb` log leave, and how each is rewritten.
+
+Fail closed: ``RULES`` lists every record type that may leave, with its structural rewrite
+(media, config keys, identity, files, artifacts); after it, every string of the record passes
+``Outgoing.message``. A record type not in ``RULES`` — TensorBoard's (its events are read at
+sync time from the volume), internal requests (one carries the API key), a type a newer wandb
+adds, a field number this wandb does not know — is dropped and counted in the report, and so
+are unknown fields inside known records. Console records are joined into whole lines first
+(``console.TextStream``).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any, Callable
+
+from google.protobuf import unknown_fields
+from wandb.proto import wandb_internal_pb2 as pb
+
+from . import items as items_mod
+from . import meta
+from .console import TextStream
+from .files import Sink, copy_stream, file_action
+from .tables import redact_table
+
+if TYPE_CHECKING:
+    from .run import _Run
+
+STAGING = "_staging"
+CONSOLE = ("output_raw", "output")
+# Record types that are dropped on purpose, and why (the report says so).
+DROPPED = {"tbrecord": "tensorboard", "request": "internal request", "output_logger": "wandb's own log"}
+# Where each kept type's strings come from (the report's places).
+PLACE = {"history": "history", "summary": "summary", "config": "config", "run": "run",
+         "environment": "metadata", "files": "file_names", "stats": "stats", "artifact": "artifacts",
+         "use_artifact": "artifacts", "noop_link_artifact": "artifacts", "alert": "alerts",
+         "telemetry": "telemetry", "metric": "key_names", "exit": "other", "final": "other",
+         "header": "other", "footer": "other", "preempting": "other", "output_raw": "console",
+         "output": "console"}
+
+
+def _make(cls: Any) -> Callable[[tuple[str, ...], str], Any]:
+    def build(path: tuple[str, ...], value_json: str) -> Any:
+        it = cls(value_json=value_json)
+        if len(path) == 1:
+            it.key = path[0]
+        else:
+            it.nested_key.extend(path)
+        return it
+    return build
+
+
+_NEW_SUMMARY, _NEW_HISTORY = _make(pb.SummaryItem), _make(pb.HistoryItem)
+
+
+def _items(r: "_Run", container: Any, new_item: Callable[[tuple[str, ...], str], Any]) -> bool:
+    new = items_mod.redact_items(container, new_item, r.decide, r.resolve, r.text_tag, r.count, r.is_sensitive)
+    if new is not None:
+        del container[:]          # the kept items survive in ``new`` (protobuf copies on extend)
+        container.extend(new)
+    return True
+
+
+def _config(r: "_Run", updates: Any) -> bool:
+    for u in updates:
+        key = u.key or ".".join(u.nested_key)
+        try:
+            value = json.loads(u.value_json)
+        except ValueError:
+            continue
+        nv, changed = meta.redact_config_value(key, value, r.policy, r.out, r.text_tag, r.report, r.sensitive)
+        if changed:
+            u.value_json = json.dumps(nv)
+    return True
+
+
+def _run(r: "_Run", rec: Any) -> bool:
+    _config(r, rec.run.config.update)
+    if r.policy.metadata == "redact":
+        meta.redact_run_identity(rec.run, r.text_tag, r.report)
+    return _items(r, rec.run.summary.update, _NEW_SUMMARY)
+
+
+def _environment(r: "_Run", rec: Any) -> bool:
+    if r.policy.metadata == "redact":
+        meta.redact_environment(rec.environment, r.out, r.text_tag, r.report)
+    return True
+
+
+def _files(r: "_Run", rec: Any) -> bool:
+    keep = []
+    for f in rec.files.files:
+        action = file_action(f.path, r.policy)
+        if action == "media":
+            o = r.file_outcome(f.path)
+            if o is None:
+                continue
+            f.path = o.path
+        elif action.startswith("drop"):
+            continue
+        else:
+            f.path = r.out.path(f.path)
+        keep.append(f)
+    del rec.files.files[:]
+    rec.files.files.extend(keep)
+    return bool(keep)
+
+
+def _artifact(r: "_Run", rec: Any) -> bool:
+    art = rec.artifact
+    table_artifact = art.type == "run_table"
+    if not table_artifact and r.policy.artifacts == "drop":
+        r.report.artifacts["dropped"] += 1
+        return False
+    keep = []
+    for e in art.manifest.contents:
+        if e.ref and not e.local_path:
+            if e.ref.startswith("file://"):   # a local path behind a URI is still a local path
+                e.ref = "file://" + r.out.text(e.ref[len("file://"):], "artifacts")
+            keep.append(e)            # a reference: no bytes of ours travel with it
+            continue
+        if table_artifact and not e.path.endswith(".table.json"):
+            r.report.artifacts["entries_dropped"] += 1
+            continue
+        src = r.map_path(e.local_path) if e.local_path else None
+        if src is None or not src.is_file() or src.is_symlink():
+            r.report.artifacts["entries_missing"] += 1
+            continue
+        new_path = r.out.path(e.path)
+        rel = f"{STAGING}/{rec.num}/{new_path}"
+        if not _safe_rel(rel):
+            r.report.artifacts["entries_dropped"] += 1
+            continue
+        if table_artifact:
+            data = src.read_bytes()
+            r.report.bytes_in += len(data)
+            key = e.path[: -len(".table.json")]
+            d = r.decide(key, "table")
+            if d.action == "drop":
+                r.report.artifacts["entries_dropped"] += 1
+                continue
+            data = json.dumps(redact_table(json.loads(data), d, r.text_tag, r.report.columns,
+                                           f"{key} (artifact)", r.out)).encode()
+            r.write(rel, data)
+            digest, size = hashlib.md5(data).digest(), len(data)
+        else:
+            md5 = hashlib.md5()
+            sink = Sink(r.out_path(rel))
+            try:
+                size = copy_stream(str(src), sink, md5.update)
+            finally:
+                sink.close()
+            r.report.bytes_in += size
+            r.report.bytes_out += size
+            digest = md5.digest()
+        e.path = new_path
+        # Where the gateway will find it (``relocate_staging`` puts the run directory in
+        # front): no path of this node's goes into the bundle.
+        e.local_path = f"/{rel}"
+        e.digest = base64.b64encode(digest).decode()
+        e.size = size
+        keep.append(e)
+    if not keep:
+        r.report.artifacts["dropped"] += 1
+        return False
+    del art.manifest.contents[:]
+    art.manifest.contents.extend(keep)
+    h = hashlib.md5(b"wandb-artifact-manifest-v1\n")
+    for e in sorted(keep, key=lambda e: e.path):
+        h.update(f"{e.path}:{e.digest}\n".encode())
+    art.digest = h.hexdigest()
+    r.report.artifacts["rewritten"] += 1
+    return True
+
+
+def _safe_rel(rel: str) -> bool:
+    return bool(rel) and not rel.startswith("/") and "\\" not in rel and \
+        not any(p in ("..", ".", "") for p in rel.split("/"))
+
+
+def _keep(r: "_Run", rec: Any) -> bool:
+    return True
+
+
+RULES: dict[str, Callable[["_Run", Any], bool]] = {
+    "history": lambda r, rec: _items(r, rec.history.item, _NEW_HISTORY),
+    "summary": lambda r, rec: _items(r, rec.summary.update, _NEW_SUMMARY),
+    "config": lambda r, rec: _config(r, rec.config.update),
+    "run": _run, "environment": _environment, "files": _files, "artifact": _artifact,
+    # No structure of ours in these: the generic pass scrubs their strings.
+    "stats": _keep, "alert": _keep, "telemetry": _keep, "metric": _keep, "exit": _keep,
+    "final": _keep, "header": _keep, "footer": _keep, "preempting": _keep,
+    "use_artifact": _keep, "noop_link_artifact": _keep,
+}
+
+
+def _type_name(rec: Any) -> str:
+    t = rec.WhichOneof("record_type")
+    if t is not None:
+        return t
+    numbers = sorted({f.field_number for f in unknown_fields.UnknownFieldSet(rec)})
+    return "unknown:" + ",".join(map(str, numbers)) if numbers else "empty"
+
+
+class Console:
+    """Console records, per stream, re-joined into whole lines before scrubbing."""
+
+    def __init__(self, r: "_Run") -> None:
+        self.r = r
+        self.streams: dict[tuple[str, int], tuple[TextStream, Any]] = {}
+
+    def take(self, t: str, rec: Any) -> list[Any]:
+        r = self.r
+        if r.policy.console == "drop":
+            r.report.console["dropped"] += 1
+            return []
+        out = getattr(rec, t)
+        if r.policy.console == "keep":
+            r.report.console["kept"] += 1
+            return [rec]
+        stream, _ = self.streams.get((t, out.output_type)) or (TextStream(lambda s: r.out.text(s, "console")), None)
+        self.streams[(t, out.output_type)] = (stream, rec)
+        held = stream.pieces_held
+        text = stream.feed(out.line)
+        if not text:
+            return []
+        r.report.console_joined += max(0, held)
+        out.line = text
+        r.report.console["lines"] += text.count("\n")
+        return [rec]
+
+    def close(self) -> list[Any]:
+        """The text still held when the log ends, in one record per stream."""
+        recs = []
+        for (t, _), (stream, last) in self.streams.items():
+            text = stream.close()
+            if text:
+                rec = pb.Record()
+                rec.CopyFrom(last)
+                getattr(rec, t).line = text
+                recs.append(rec)
+        return recs
+
+
+def rewrite(r: "_Run", rec: Any, console: Console) -> list[Any]:
+    """The records that leave in place of ``rec``: none, it (rewritten), or held console text."""
+    t = _type_name(rec)
+    if t in DROPPED or t not in RULES and t not in CONSOLE:
+        r.report.records_dropped[f"{t} ({DROPPED[t]})" if t in DROPPED else t] += 1
+        return []
+    before = rec.ByteSize()
+    rec.DiscardUnknownFields()
+    if rec.ByteSize() != before:
+        r.report.unknown_fields[t] += 1
+    if t in CONSOLE:
+        out = console.take(t, rec)
+    elif RULES[t](r, rec):
+        out = [rec]
+    else:
+        return []
+    for o in out:
+        r.out.message(o, PLACE[t])
+    return out
