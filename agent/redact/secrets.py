@@ -47,7 +47,7 @@ EXTRA_TOKEN_RULES: tuple[tuple[str, str], ...] = (
                               r"(?=[A-Za-z0-9/+]{0,39}[0-9])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"),
     ("jwt", r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}"),
     ("url_credentials", r"\b[a-z][a-z0-9+.-]*://[^\s/:@]+:[^\s/@]+@"),
-    ("high_entropy_token", r"(?<![A-Za-z0-9+_=-])[A-Za-z0-9+_-]{32,}={0,2}(?![A-Za-z0-9+_=-])"),
+    ("high_entropy_token", r"(?<![A-Za-z0-9+/_=-])[A-Za-z0-9+/_-]{32,}={0,2}(?![A-Za-z0-9+/_=-])"),
 )
 
 _KEYWORDS = (r"pass(?:word|wd|phrase)?|pwd|secret|api[-_]?key|apikey|access[-_]?key|private[-_]?key"
@@ -76,13 +76,13 @@ def _entropy(s: str) -> float:
 
 
 def _high_entropy(token: str) -> bool:
-    """Random-looking: lower, upper and digits, and characters spread like random ones (a long
-    CamelCase metric or checkpoint name repeats its letters: about 4.2 bits a character,
-    random base64 of that length about 5)."""
+    """Random-looking: lower, upper and digits, and characters spread like random ones. A long
+    CamelCase metric or checkpoint name repeats its letters (about 4.2 bits a character);
+    random base64 of 32 characters has 4.3 or more 95 times in 100, of 40 about 4.8."""
     body = token.rstrip("=")
     if not (any(c.islower() for c in body) and any(c.isupper() for c in body) and any(c.isdigit() for c in body)):
         return False
-    return _entropy(body) >= 4.5
+    return _entropy(body) >= min(4.5, math.log2(len(body)) - 0.7)
 
 
 # A rule that needs more than its regex to decide: match -> keep it as a secret?
@@ -129,28 +129,35 @@ class Scrubber:
     context: tuple[tuple[str, re.Pattern[str]], ...] = field(default=_CONTEXT)
 
     def spans(self, text: str) -> list[tuple[int, int, str]]:
-        """Non-overlapping (start, end, rule) to replace, in order. Earlier rules win."""
+        """Non-overlapping (start, end, rule) to replace, in order."""
         # Markers already in the text are left as they are: scrubbing is idempotent, so a name
         # scrubbed once (a file's new name) is the same wherever it is scrubbed again.
-        spans: list[tuple[int, int, str]] = [(m.start(), m.end(), "") for m in _MARKER.finditer(text)] \
-            if "redacted" in text else []
-
-        def add(s: int, e: int, name: str) -> None:
-            if e > s and not any(a < e and s < b for a, b, _ in spans):
-                spans.append((s, e, name))
-
-        for name, rx in self.patterns:
+        markers = [(m.start(), m.end()) for m in _MARKER.finditer(text)] if "redacted" in text else []
+        found: list[tuple[int, int, int, str]] = []   # start, end, rule's rank, rule
+        rules = [(name, rx, "token") for name, rx in self.patterns]
+        rules += [(name, rx, "context") for name, rx in self.context]
+        if self.paths:
+            rules.append(("local_path", _PATH_RX, "token"))
+        for rank, (name, rx, how) in enumerate(rules):
             check = _CHECKS.get(name)
             for m in rx.finditer(text):
-                if check is None or check(m.group(0)):
-                    add(m.start(), m.end(), name)
-        for name, rx in self.context:
-            for m in rx.finditer(text):
-                add(m.start("v"), m.end("v"), name)
-        if self.paths:
-            for m in _PATH_RX.finditer(text):
-                add(m.start(), m.end(), "local_path")
-        return sorted(s for s in spans if s[2])
+                s, e = m.span("v") if how == "context" else m.span()
+                if e > s and (check is None or check(m.group(0))) \
+                        and not any(a < e and s < b for a, b in markers):
+                    found.append((s, e, rank, name))
+        # Overlapping matches merge into one span: a longer secret that a shorter rule matched
+        # in part (the tail of a SendGrid key looks random) goes whole; the rule tried first
+        # (the most specific) names it.
+        merged: list[list] = []
+        for s, e, rank, name in sorted(found):
+            if merged and s < merged[-1][1]:
+                m = merged[-1]
+                m[1] = max(m[1], e)
+                if rank < m[2]:
+                    m[2], m[3] = rank, name
+            else:
+                merged.append([s, e, rank, name])
+        return [(s, e, name) for s, e, _, name in merged]
 
     def _replace(self, text: str, name_form: bool) -> tuple[str, dict[str, int]]:
         spans = self.spans(text)
