@@ -54,7 +54,8 @@ class Config:
 
     @property
     def ledger_path(self) -> Path:
-        return self.state_dir / "ledger.sqlite3"
+        from .statedir import ledger
+        return ledger(self.state_dir)
 
     def claims_dir_for(self, root: Path) -> Path:
         return self.watch.claims_dir or root / ".tfwb-agent" / "claims"

@@ -6,7 +6,6 @@ has one writer per process. Signals only set flags: SIGTERM/SIGINT stop, SIGHUP 
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import signal
@@ -22,7 +21,7 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from . import config as config_mod
-from . import runs
+from . import runs, statelock
 from .ledger import Ledger
 from .reconcile import ClaimBook, PassResult, reconcile
 
@@ -66,6 +65,9 @@ class DaemonError(Exception):
     pass
 
 
+BUSY_RETRY_SECONDS = 0.5  # how often the daemon looks again while a command holds the state lock
+
+
 class Daemon:
     def __init__(self, config_path: str | None, stages: list[Stage] | None = None) -> None:
         self.config_path = config_path
@@ -75,7 +77,8 @@ class Daemon:
         self.stopping = False
         self.reload_requested = False
         self.recheck: dict[Path, float] = {}
-        self._lock_fd: int | None = None
+        self._life: statelock.StateLock | None = None
+        self._busy_said = False
 
     # --- signals ----------------------------------------------------------------------------
 
@@ -91,17 +94,24 @@ class Daemon:
     # --- lifecycle --------------------------------------------------------------------------
 
     def _lock_state_dir(self) -> None:
-        self.cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.cfg.state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise DaemonError(f"another tfwb-agent daemon already uses {self.cfg.state_dir}; "
-                              "stop it first or give this one its own state_dir") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
+            self._life = statelock.daemon_lock(self.cfg.state_dir)
+        except statelock.StateBusy as exc:
+            raise DaemonError(str(exc)) from None
+        except OSError as exc:
+            raise DaemonError(f"cannot lock the state directory {self.cfg.state_dir}: {exc.strerror or exc}; "
+                              "check state_dir in the config and that this user may write there") from None
+
+    def _take_turn(self, writer: statelock.StateLock) -> bool:
+        """The state lock for one pass, without blocking: a command that holds it (a `scan
+        --seal`, an `import` ...) finishes first, and signals are still seen meanwhile."""
+        if writer.acquire(wait=False):
+            self._busy_said = False
+            return True
+        if not self._busy_said:
+            log.info("%s", writer.busy_message())
+            self._busy_said = True
+        return False
 
     def _start_observer(self) -> tuple[object, _Changes]:
         handler = _Changes(self.cfg.watch.roots, self.wake)
@@ -135,6 +145,7 @@ class Daemon:
 
     def run(self) -> int:
         self._lock_state_dir()
+        writer = statelock.StateLock(self.cfg.state_dir, command="daemon")
         ledger = Ledger(self.cfg.ledger_path)
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
@@ -152,27 +163,15 @@ class Daemon:
                         observer, changes = restarted
                         book = ClaimBook(self.cfg)
                         next_full = 0.0
-                now = time.time()
-                book.heartbeat(now)
-                if now >= next_full:
-                    changes.take()  # a full pass covers them
-                    self._absorb(reconcile(ledger, self.cfg, now=now, book=book))
-                    next_full = time.time() + self.cfg.watch.reconcile_seconds
-                else:
-                    due = {d for d, t in self.recheck.items() if t <= now}
-                    batch = changes.take() | due
-                    for d in due:
-                        self.recheck.pop(d, None)
-                    if batch:
-                        self._absorb(reconcile(ledger, self.cfg, only=sorted(batch), now=now, book=book))
-                for stage in self.stages:
-                    if self.stopping:
-                        break
-                    try:
-                        if stage(ledger, self.cfg):
-                            self.wake.set()  # more work waiting: come straight back after events
-                    except Exception:  # one stage failing must not stop watching
-                        log.exception("stage %s failed", getattr(stage, "__name__", stage))
+                book.heartbeat(time.time())  # the leases live on the volume: renewed even while waiting
+                if not self._take_turn(writer):
+                    self.wake.wait(BUSY_RETRY_SECONDS)  # events stay queued for the next turn
+                    self.wake.clear()
+                    continue
+                try:
+                    next_full = self._pass(ledger, changes, book, next_full)
+                finally:
+                    writer.release()
                 # Wake for the next full pass, the next quiet deadline, and in time to renew our lease.
                 wait_until = min([next_full, *self.recheck.values(), time.time() + self.cfg.watch.lease_seconds / 3])
                 timeout = max(0.0, wait_until - time.time())
@@ -184,6 +183,31 @@ class Daemon:
             ledger.close()
             log.info("stopped")
         return 0
+
+    def _pass(self, ledger: Ledger, changes: _Changes, book: ClaimBook, next_full: float) -> float:
+        """One turn under the state lock: classify what changed (or everything), then the
+        stages. Returns when the next full pass is due."""
+        now = time.time()
+        if now >= next_full:
+            changes.take()  # a full pass covers them
+            self._absorb(reconcile(ledger, self.cfg, now=now, book=book))
+            next_full = time.time() + self.cfg.watch.reconcile_seconds
+        else:
+            due = {d for d, t in self.recheck.items() if t <= now}
+            batch = changes.take() | due
+            for d in due:
+                self.recheck.pop(d, None)
+            if batch:
+                self._absorb(reconcile(ledger, self.cfg, only=sorted(batch), now=now, book=book))
+        for stage in self.stages:
+            if self.stopping:
+                break
+            try:
+                if stage(ledger, self.cfg):
+                    self.wake.set()  # more work waiting: come straight back after events
+            except Exception:  # one stage failing must not stop watching
+                log.exception("stage %s failed", getattr(stage, "__name__", stage))
+        return next_full
 
     def _absorb(self, result: PassResult) -> None:
         self.recheck.update(result.rechecks)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import config as config_mod
+from . import statedir
 from .ledger import Ledger
 from .reconcile import reconcile
 
@@ -151,7 +152,7 @@ def run_demo(work: Path, say: Say, to_url: str | None = None, api_key_env: str =
         report.runs.append({"run_id": r["run_id"], "project": r["project"], "ended": r["ended"], "state": r["state"],
                             "steps": r["steps"], "reason": r["reason"], "last_error": r["last_error"]})
     for b in ledger.db.execute("SELECT run_id, name, content_id FROM bundles ORDER BY run_id"):
-        size = (node_cfg.state_dir / "outbox" / b["name"]).stat().st_size
+        size = (statedir.outbox(node_cfg) / b["name"]).stat().st_size
         report.bundles.append({"run_id": b["run_id"], "bundle": b["name"], "bytes": size})
 
     say("3. export to removable media, import on the gateway")
@@ -171,7 +172,7 @@ def run_demo(work: Path, say: Say, to_url: str | None = None, api_key_env: str =
     say("4. leak check: every decrypted bundle against the originals")
     _leak_check([Path(o["staged"]) for o in report.imported], volume, report)
     # The gateway's audit log carries each imported manifest's redaction report.
-    for line in (gw_cfg.state_dir / "audit.log").read_text().splitlines():
+    for line in statedir.audit_log(gw_cfg).read_text().splitlines():
         event = json.loads(line).get("event", {})
         if event.get("kind") == "imported":
             for k, v in _redaction_counts(event.get("redaction") or {}).items():

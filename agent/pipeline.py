@@ -8,12 +8,12 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from . import config as config_mod
+from . import ids, statedir
 from .ledger import Ledger
 
 log = logging.getLogger("tfwb_agent.pipeline")
@@ -89,19 +89,21 @@ def part_number(ledger: Ledger, row: dict[str, Any]) -> int:
 
 def seal_one(ledger: Ledger, cfg: config_mod.Config, row: dict[str, Any], keys: Any, policy: Any,
              secret: bytes) -> Path:
-    """Redact one ended run into a private work directory and seal it; mark it sealed."""
+    """Redact one ended run into this process's own work directory and seal it, from exactly
+    what redaction wrote; mark it sealed."""
     from .redact.run import redact_run
     from .seal import RunIdentity, seal_run
+    from .seal.bundle import snapshot
 
     run_dir = Path(row["key"])
-    work = cfg.state_dir / "work" / run_dir.name
-    shutil.rmtree(work, ignore_errors=True)  # a crash mid-redaction leaves a partial copy
-    work.mkdir(parents=True, mode=0o700)
+    ids.check("run id", row["run_id"])
+    work = statedir.work_for(cfg, run_dir.name)
     try:
         redacted = work / run_dir.name
         report = redact_run(run_dir, redacted, policy, secret, cfg.map_path)
         if row["ended"] == "crashed":
             mark_crashed(redacted, row["reason"])
+        written = snapshot(redacted)
 
         def mark_sealed(db: Any, sealed: Any) -> None:
             db.execute("UPDATE runs SET state = 'sealed', last_error = NULL, updated = ? WHERE key = ?",
@@ -109,12 +111,13 @@ def seal_one(ledger: Ledger, cfg: config_mod.Config, row: dict[str, Any], keys: 
 
         sealed = seal_run(cfg, keys, ledger, redacted,
                           RunIdentity(row["run_id"], row["project"], row["entity"], row["wandb_version"]),
-                          part_number(ledger, row), report.to_dict(), run_key=row["key"], on_sealed=mark_sealed)
+                          part_number(ledger, row), report.to_dict(), run_key=row["key"], on_sealed=mark_sealed,
+                          expect=written)
         if sealed.reused:  # already sealed before a crash: make sure the run says so
             ledger.set_run_state(row["key"], "sealed", last_error=None)
         return sealed.path
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        statedir.release_work(work)
 
 
 def seal_stage(ledger: Ledger, cfg: config_mod.Config) -> bool:
@@ -129,6 +132,8 @@ def seal_stage(ledger: Ledger, cfg: config_mod.Config) -> bool:
         for leftover in recover_outbox(outbox):
             log.info("removed %s, left by a crash while sealing", leftover)
         _recovered.add(outbox)
+    for leftover in statedir.sweep_work(cfg):
+        log.info("removed work/%s, left by a process that is gone", leftover)
     # Runs delivered live are closed by their last live segment (deliver/live.py), not here.
     waiting = "state = 'ended' AND json_extract(facts, '$.live_segments') IS NULL"
     if not ledger.db.execute(f"SELECT 1 FROM runs WHERE {waiting} LIMIT 1").fetchone():
@@ -159,6 +164,8 @@ def seal_stage(ledger: Ledger, cfg: config_mod.Config) -> bool:
             log.info("%s: sealed into %s", row["run_id"], path.name)
         except RedactError as exc:
             _quarantine(ledger, row, f"redaction failed: {exc}")
+        except ids.BadId as exc:
+            _quarantine(ledger, row, f"{exc}; the agent never builds a file name from it")
         except SealError as exc:
             _retry_later(ledger, row, f"sealing failed, will retry: {exc}")
         except OSError as exc:

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from .. import audit as audit_mod
+from .. import statedir
 from .common import Context, pass_ctx
 
 
@@ -20,7 +21,7 @@ def command() -> None:
 @pass_ctx
 def verify(ctx: Context, log_path: Path | None) -> None:
     """Find any edited, removed or reordered line. Exit status 1 when the chain is broken."""
-    path = log_path or ctx.config.state_dir / "audit.log"
+    path = log_path or statedir.audit_log(ctx.config)
     if not path.exists():
         raise click.ClickException(f"{path}: no audit log there (nothing has been sealed yet, or a wrong --log)")
     problems = audit_mod.verify(path)

@@ -1,14 +1,16 @@
 """What every command shares: loading the config, opening the ledger, printing JSON."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import click
 
 from .. import config as config_mod
+from .. import statelock
 from ..ledger import Ledger, LedgerError
 
 
@@ -33,6 +35,24 @@ class Context:
             raise click.ClickException(
                 f"cannot open the ledger at {self.config.ledger_path}: {exc}. "
                 "Check state_dir in the config and that this user may write there.") from None
+
+
+    @contextlib.contextmanager
+    def writing(self, command: str) -> Iterator[None]:
+        """Hold the state directory's lock while this command changes state: one writer at a
+        time (the daemon included). Waits while another process holds it, and says so."""
+        state_dir = self.config.state_dir
+        try:
+            lock = statelock.StateLock(state_dir, command=command)
+            lock.acquire(wait=True, announce=lambda message: click.echo(message, err=True))
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot lock the state directory {state_dir}: {exc.strerror or exc}; check state_dir in the "
+                "config and that this user may write there") from None
+        try:
+            yield
+        finally:
+            lock.release()
 
 
 def pass_ctx(fn: Callable[..., Any]) -> Callable[..., Any]:

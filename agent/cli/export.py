@@ -24,10 +24,11 @@ def command(ctx: Context, dest: Path) -> None:
         pub = keystore.load_public_key(kc.node_pub)
     except keystore.KeyFileError as exc:
         raise click.ClickException(str(exc)) from None
-    try:
-        report = export_to(ctx.config, ctx.ledger(), dest, pub)
-    except ExportError as exc:
-        raise click.ClickException(f"export failed: {exc}") from None
+    with ctx.writing("export"):
+        try:
+            report = export_to(ctx.config, ctx.ledger(), dest, pub)
+        except ExportError as exc:
+            raise click.ClickException(f"export failed: {exc}") from None
     if not report.exported:
         click.echo("nothing to export: no sealed bundle is waiting", err=True)
     echo_json({"to": report.target, "index": report.index, "exported": report.exported})

@@ -25,7 +25,8 @@ def command(ctx: Context, directory: Path, as_json: bool) -> None:
         raise click.ClickException(str(exc)) from None
     if not keys.trusted:
         raise click.ClickException("keys.trusted_nodes matches no public key file: every bundle would be refused")
-    outcomes = import_dir(ctx.config, keys, ctx.ledger(), directory)
+    with ctx.writing("import"):
+        outcomes = import_dir(ctx.config, keys, ctx.ledger(), directory)
     if as_json:
         echo_json([o.as_dict() for o in outcomes])
     else:

@@ -1,10 +1,12 @@
 """`tfwb-agent keys`: create this host's keys and show their public halves."""
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 from ..seal import agekeys, keystore, minisign
-from ..seal.keyconfig import keys_config
+from ..seal.keyconfig import KeysConfig, keys_config
 from .common import Context, echo_json, pass_ctx
 
 
@@ -24,6 +26,13 @@ def init(ctx: Context, role: str | None, force: bool) -> None:
     kc = keys_config(ctx.config)
     if role is None:
         raise click.UsageError("say which key: --node or --gateway")
+    # Not while the daemon signs with the key being replaced. Keys live outside the state
+    # directory: one that does not exist yet is not created for this.
+    with ctx.writing("keys init") if ctx.config.state_dir.is_dir() else contextlib.nullcontext():
+        _write_key(kc, role, force)
+
+
+def _write_key(kc: KeysConfig, role: str, force: bool) -> None:
     try:
         if role == "node":
             if kc.node_key is None:

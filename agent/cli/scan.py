@@ -27,15 +27,16 @@ def command(ctx: Context, as_json: bool, seal: bool) -> None:
             raise click.ClickException(f"--seal needs this node's keys: {exc} "
                                        "(`tfwb-agent keys init --node`, and [keys] in the config)") from None
     missing = [str(r) for r in cfg.watch.roots if not r.is_dir()]
-    ledger = ctx.ledger()
-    result = reconcile(ledger, cfg)
-    if seal:
-        from ..pipeline import seal_stage
+    with ctx.writing("scan --seal" if seal else "scan"):
+        ledger = ctx.ledger()
+        result = reconcile(ledger, cfg)
+        if seal:
+            from ..pipeline import seal_stage
 
-        setup_logging(False)
-        while seal_stage(ledger, cfg):
-            pass
-    counts = ledger.counts()
+            setup_logging(False)
+            while seal_stage(ledger, cfg):
+                pass
+        counts = ledger.counts()
     if as_json:
         echo_json({"seen": result.seen, "changed": result.changed, "claimed_elsewhere": result.claimed_elsewhere,
                    "missing_roots": missing, "counts": counts})

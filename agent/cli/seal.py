@@ -51,15 +51,16 @@ def command(ctx: Context, run_dir: Path, segment: int, byte_range: str | None, r
         sys.stderr.write(json.dumps({"event": event, **info}) + "\n")
         sys.stderr.flush()
 
-    ledger = ctx.ledger()
-    recover_outbox(outbox_dir(cfg))
-    try:
-        sealed = seal_run(cfg, keys, ledger, run_dir, RunIdentity(facts.run_id, facts.project, facts.entity,
-                          facts.wandb_version), Segment(segment, start, end), report, run_key=str(run_dir),
-                          log_path=Path(facts.log_path) if facts.log_path else None,
-                          progress=show if progress else (lambda e, **i: None))
-    except SealError as exc:
-        raise click.ClickException(f"sealing {run_dir} failed: {exc}") from None
+    with ctx.writing("seal"):
+        ledger = ctx.ledger()
+        recover_outbox(outbox_dir(cfg))
+        try:
+            sealed = seal_run(cfg, keys, ledger, run_dir, RunIdentity(facts.run_id, facts.project, facts.entity,
+                              facts.wandb_version), Segment(segment, start, end), report, run_key=str(run_dir),
+                              log_path=Path(facts.log_path) if facts.log_path else None,
+                              progress=show if progress else (lambda e, **i: None))
+        except SealError as exc:
+            raise click.ClickException(f"sealing {run_dir} failed: {exc}") from None
     echo_json({"bundle": str(sealed.path), "signature": str(sealed.sig_path), "bundle_id": sealed.bundle_id,
                "content_id": sealed.content_id, "run_id": sealed.run_id, "segment": sealed.segment,
                "byte_start": sealed.byte_start, "byte_end": sealed.byte_end, "size": sealed.size,

@@ -115,16 +115,19 @@ def command(ctx: Context, target: str, once: bool, run_id: str | None, dry_run: 
     elif not as_json:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     rounds: list[dict[str, Any]] = []
+    holder = f"sync --to {target}"
     deadline = time.monotonic() + timeout if timeout else None
     first = True
     try:
         while True:
             if engine.sync_settings(cfg).live and not dry_run:
                 from ..deliver.live import seal_live_segments
-                seal_live_segments(ledger, cfg)
+                with ctx.writing(holder):
+                    seal_live_segments(ledger, cfg)
             try:
                 rr = engine.deliver_round(ledger, cfg, target, only_run=run_id, dry_run=dry_run, force_probe=first,
-                                          wait_for_others=True, retry_failed=retry_failed and first, report=reporter)
+                                          wait_for_others=True, retry_failed=retry_failed and first, report=reporter,
+                                          exclusive=lambda: ctx.writing(holder))
             except config_mod.ConfigError as exc:
                 raise click.ClickException(str(exc)) from None
             first = False

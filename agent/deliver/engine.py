@@ -29,9 +29,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
-from .. import audit
+from .. import audit, ids, statedir
 from .. import config as config_mod
 from ..ledger import Ledger
 from ..runs import find_log
@@ -352,7 +352,10 @@ class _Settle:
 
     def open(self, u: Unit) -> "Prepared | Outcome":
         """Open the segment into its private work directory and read its facts."""
-        work = self.cfg.state_dir / "deliver" / self.t.name / f"{u.run_id}-{u.segment}"
+        try:
+            work = statedir.deliver_work(self.cfg, self.t.name, u.run_id, u.segment)
+        except ids.BadId as exc:
+            return self.failed(u, f"{exc}; not delivered", None)
         try:
             run_dir = _relocate(materialize(self.cfg, u, work / "open"))
             log_path = find_log(run_dir)
@@ -469,7 +472,7 @@ class _Settle:
              server_rows=through, rows_sent=prev.get("rows_sent", 0) + rows,
              bytes_sent=prev.get("bytes_sent", 0) + size, confirmed_at=now, next_attempt=None,
              uploader_pid=None, uploader_start=None)
-        audit.append(self.cfg.state_dir / "audit.log", {
+        audit.append(statedir.audit_log(self.cfg), {
             "kind": "delivered", "run_id": u.run_id, "segment": u.segment, "content_id": u.content_id,
             "bundle_id": u.bundle_id, "target": self.t.name, "base_url": self.t.base_url, "rows_sent": rows,
             "bytes_sent": size, "server_rows": through, "how": how})
@@ -497,13 +500,16 @@ class _Settle:
 
 def deliver_round(ledger: Ledger, cfg: config_mod.Config, target_name: str, *, only_run: str | None = None,
                   dry_run: bool = False, force_probe: bool = False, wait_for_others: bool = False,
-                  retry_failed: bool = False, report: Reporter = _quiet, now: float | None = None) -> RoundReport:
+                  retry_failed: bool = False, report: Reporter = _quiet, now: float | None = None,
+                  exclusive: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> RoundReport:
     """Deliver what policy allows now to ``target_name``; return what happened, per segment.
 
     One process at a time delivers to a target (the daemon's stage and a `sync` by hand would
     otherwise both find a run absent on the server and both send it). With ``wait_for_others``
     the round waits for such a process, and for uploads a killed one left running; without it
-    (the daemon) it leaves those to finish and goes on with the rest."""
+    (the daemon) it leaves those to finish and goes on with the rest. ``exclusive()`` is held
+    around the round once the target is ours: a command's hold on the state directory (the
+    daemon holds it already for its whole pass)."""
     all_targets = targets(cfg)
     if target_name not in all_targets:
         known = ", ".join(sorted(all_targets)) or "none configured"
@@ -517,16 +523,17 @@ def deliver_round(ledger: Ledger, cfg: config_mod.Config, target_name: str, *, o
             row = target_row(ledger, target_name) or {}
             return RoundReport(target_name, row.get("status"), f"another tfwb-agent process is delivering to "
                                f"{target_name} now", waiting=1)
-        return _round(ledger, cfg, target_name, all_targets[target_name], dry_run=False, **args)
+        with exclusive():
+            return _round(ledger, cfg, target_name, all_targets[target_name], dry_run=False, **args)
 
 
 @contextlib.contextmanager
 def _target_lock(cfg: config_mod.Config, target_name: str, wait: bool) -> Iterator[bool]:
     """Hold the target's delivery lock (an flock, so a killed process lets go of it); yields
     whether it is held. Uploaders started under it do not inherit it (close_fds)."""
-    root = cfg.state_dir / "deliver"
+    root = statedir.deliver_root(cfg)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(root / f"{target_name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(root / f"{ids.check('target name', target_name)}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -545,7 +552,7 @@ def _target_lock(cfg: config_mod.Config, target_name: str, wait: bool) -> Iterat
 def _sweep_leftovers(ledger: Ledger, cfg: config_mod.Config, target_name: str) -> None:
     """Clear what killed agents left in the target's work directory (rebuilt runs, wandb's
     scratch), unless an upload one of them started is still running and reading it."""
-    root = cfg.state_dir / "deliver" / target_name
+    root = statedir.deliver_target(cfg, target_name)
     if not root.is_dir():
         return
     with _db_lock:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import config as config_mod
+from .. import ids, statedir
 from ..ledger import Ledger
 from ..runs import find_log
 from ..segments import read_facts
@@ -61,9 +62,11 @@ def seal_live_segments(ledger: Ledger, cfg: config_mod.Config, now: float | None
         if src_log is None or not row["run_id"]:
             continue
         k = facts.get("live_segments", 0)
-        work = cfg.state_dir / "work" / f"live-{run_dir.name}"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True, mode=0o700)
+        try:
+            work = statedir.work_for(cfg, f"live-{run_dir.name}")
+        except ids.BadId as exc:
+            log.warning("%s: live segment %d not sealed: %s", row["run_id"], k, exc)
+            continue
         try:
             # A still-growing log: redact a snapshot cut at its last whole record.
             snap = work / "snapshot" / run_dir.name
@@ -71,7 +74,7 @@ def seal_live_segments(ledger: Ledger, cfg: config_mod.Config, now: float | None
             with open(src_log, "rb") as fin, open(snap / src_log.name, "wb") as fout:
                 fout.write(fin.read(cut_end))
             redacted = work / "out" / run_dir.name
-            report = redact_run(snap, redacted, policy, secret, cfg.map_path)
+            report = redact_run(snap, redacted, policy, secret, cfg.map_path, complete=ended)
             red_log = find_log(redacted)
             red = read_facts(red_log) if red_log else None
             end_state = {}
@@ -97,5 +100,5 @@ def seal_live_segments(ledger: Ledger, cfg: config_mod.Config, now: float | None
         except Exception as exc:  # one run's trouble must not stop the others
             log.warning("%s: live segment %d not sealed: %s", row["run_id"], k, exc)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            statedir.release_work(work)
     return done

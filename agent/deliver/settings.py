@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from .. import config as config_mod
+from .. import ids
 from ..config import ConfigError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -141,8 +142,9 @@ def validate_targets(source: str, raw: Any) -> Targets:
     allowed = {"base_url", "api_key_file", "api_key_env", "entity", "project", "timeout"}
     for name, t in raw.items():
         prefix = f"targets.{name}"
-        if not _NAME.match(name):
-            raise ConfigError(source, prefix, "a target name is letters, digits, '.', '_' or '-'")
+        if not _NAME.match(name) or ids.why_not(name):
+            raise ConfigError(source, prefix, "a target name is letters, digits, '.', '_' or '-' "
+                              "(not first '.' or '-')")
         t = _table(source, prefix, t)
         if "api_key" in t:  # before the unknown-key check: say why, not just "unknown"
             raise ConfigError(source, f"{prefix}.api_key", "secrets are never inline; use api_key_file or api_key_env")

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ..procs import alive, process_start_time  # noqa: F401  (the engine names them upload.*)
+
 # Variables of the agent's own environment that would change what wandb sync does.
 _DROP = ("WANDB_MODE", "WANDB_DISABLED", "WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_ENTITY", "WANDB_PROJECT",
          "WANDB_RUN_ID", "WANDB_RESUME", "WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR",
@@ -96,25 +98,3 @@ def tail(log_path: Path, n: int = 2000) -> str:
             return f.read().decode(errors="replace")
     except OSError:
         return ""
-
-
-def process_start_time(pid: int) -> int | None:
-    """The kernel's start time of ``pid`` (clock ticks since boot): with the pid, it names one
-    process, so a recycled pid is never mistaken for our uploader."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    return int(fields[19])
-
-
-def alive(pid: int, start_time: int | None) -> bool:
-    st = process_start_time(pid)
-    if st is None or (start_time is not None and st != start_time):
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text()
-        return state[state.rindex(")") + 2] != "Z"
-    except (OSError, ValueError):
-        return False

@@ -181,6 +181,36 @@ def plan_run(run_dir: Path, log_path: Path | None = None, byte_end: int | None =
     return SealPlan(run_dir, tuple(planned), tuple(skipped), log_rel and f"{prefix}/{log_rel}", log_size)
 
 
+Snapshot = dict[str, tuple[int, int]]  # relative name -> (size, mtime_ns)
+
+
+def snapshot(run_dir: Path) -> Snapshot:
+    """What a directory holds now, file by file, as ``plan_run`` will see it: taken right after
+    redaction wrote a copy, it is what sealing must find (``check_complete``)."""
+    files, _skipped = _walk(Path(run_dir))
+    out: Snapshot = {}
+    for rel, path in files:
+        st = path.stat(follow_symlinks=False)
+        out[rel] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def check_complete(plan: SealPlan, expect: Snapshot) -> None:
+    """Refuse to seal a copy that is not what redaction wrote: a member missing, added, or of
+    another size or time than when redaction finished. Raises ``SealError`` before anything is
+    signed."""
+    prefix = plan.run_dir.name + "/"
+    got = {p.member.name[len(prefix):]: (p.member.size, p.stat_key[3]) for p in plan.members}
+    missing = sorted(set(expect) - set(got))
+    added = sorted(set(got) - set(expect))
+    changed = sorted(n for n in set(got) & set(expect) if got[n] != expect[n])
+    if missing or added or changed:
+        what = "; ".join(f"{label}: {', '.join(names[:3])}{' …' if len(names) > 3 else ''}"
+                         for label, names in (("missing", missing), ("not written by redaction", added),
+                                              ("changed", changed)) if names)
+        raise SealError(f"the redacted copy {plan.run_dir} is not what redaction wrote ({what}); not sealed")
+
+
 def _tar_header(name: str, size: int, mtime: int) -> bytes:
     ti = tarfile.TarInfo(name)
     ti.size, ti.mtime, ti.mode = size, mtime, 0o644

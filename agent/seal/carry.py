@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import statedir
 from ..config import Config
 from ..ledger import Ledger
 from . import bundle as bd
@@ -192,11 +193,11 @@ class ImportOutcome:
 
 
 def staging_root(cfg: Config) -> Path:
-    return cfg.state_dir / "staging"
+    return statedir.staging(cfg)
 
 
 def quarantine_root(cfg: Config) -> Path:
-    return cfg.state_dir / "quarantine"
+    return statedir.quarantine(cfg)
 
 
 def import_dir(cfg: Config, keys: OpenKeys, ledger: Ledger, directory: Path) -> list[ImportOutcome]:

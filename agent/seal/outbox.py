@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from .. import __version__
-from .. import audit
+from .. import audit, statedir
 from ..config import Config
 from ..ledger import Ledger
 from . import bundle as bd
@@ -35,7 +35,7 @@ from . import minisign
 from .keystore import SealKeys
 from .streams import EarlyWritebackFile
 
-SUFFIX = ".tar.zst.age"
+SUFFIX = statedir.BUNDLE_SUFFIX
 SIG_SUFFIX = ".minisig"
 TMP_PREFIX = ".tmp-"
 
@@ -58,11 +58,12 @@ class SealedBundle:
 
 
 def outbox_dir(cfg: Config) -> Path:
-    return cfg.state_dir / "outbox"
+    return statedir.outbox(cfg)
 
 
 def bundle_name(run_id: str, segment: int) -> str:
-    return f"{run_id}-{segment}{SUFFIX}"
+    """``<run_id>-<segment>.tar.zst.age``; ``ids.BadId`` if the run id is not a plain name."""
+    return statedir.bundle_name(run_id, segment)
 
 
 def fsync_dir(path: Path) -> None:
@@ -75,7 +76,7 @@ def fsync_dir(path: Path) -> None:
 
 def audit_event(cfg: Config, event: dict[str, Any]) -> None:
     """Record a transition in the hash-chained audit log (after the ledger has it)."""
-    audit.append(cfg.state_dir / "audit.log", event)
+    audit.append(statedir.audit_log(cfg), event)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -157,7 +158,7 @@ def seal_run(cfg: Config, keys: SealKeys, ledger: Ledger, run_dir: Path, run: mf
              run_key: str | None = None, log_path: Path | None = None,
              on_sealed: Callable[[sqlite3.Connection, SealedBundle], None] | None = None,
              progress: bd.Progress = bd._no_progress, level: int = 3,
-             store_compressed: bool = True) -> SealedBundle:
+             store_compressed: bool = True, expect: bd.Snapshot | None = None) -> SealedBundle:
     """Seal ``run_dir`` (already redacted) as one segment of ``run`` into the outbox.
 
     ``segment``: a number, or ``Segment(number, byte_start, byte_end)`` where the byte range is
@@ -165,6 +166,7 @@ def seal_run(cfg: Config, keys: SealKeys, ledger: Ledger, run_dir: Path, run: mf
     the log in ``run_dir`` is packed (a live log keeps growing). ``on_sealed(db, sealed)`` runs
     inside the ledger transaction that records the bundle, for the caller's own bookkeeping.
     ``store_compressed=False`` recompresses already-compressed media too (for measuring).
+    ``expect``: what redaction wrote (``bundle.snapshot``); a copy that differs is refused.
     Idempotent: the same content sealed again returns the bundle already there (``reused``).
     Raises ``bd.SealError`` (a file changed, the disk filled) leaving no bundle behind.
     """
@@ -181,6 +183,8 @@ def seal_run(cfg: Config, keys: SealKeys, ledger: Ledger, run_dir: Path, run: mf
     with _name_lock(outbox, name):
         progress("plan", run_dir=str(run_dir))
         plan = bd.plan_run(run_dir, log_path, seg.byte_end, progress=progress, store_compressed=store_compressed)
+        if expect is not None:
+            bd.check_complete(plan, expect)
         created = datetime.now(timezone.utc).replace(microsecond=0)
         manifest = mf.build(
             bundle_id=bd.new_bundle_id(), run=run, run_dir_name=run_dir.name, segment=seg,

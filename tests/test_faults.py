@@ -1,0 +1,82 @@
+"""Fault injection (issue 17): each fault a bad day or an adversary can cause, reproduced with
+the real CLI in subprocesses, real daemons and the stock tools; each test asserts that nothing
+was lost, nothing duplicated, and that the user got a clear message."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import agent, status
+from daemon_helpers import DaemonProc, wait_for
+from fault_helpers import (HeldLock, many_runs, open_with_tools, popen_agent, read_line_with, sealed_events,
+                           sealing_site)
+
+# --- 1. one writer per state directory ------------------------------------------------------
+
+
+def _assert_each_run_sealed_once_and_whole(site, run_ids: set[str], tmp: Path) -> None:
+    state = site.root / "node-state"
+    bundles = sorted(site.outbox.glob("*.tar.zst.age"))
+    assert sorted(b.name for b in bundles) == sorted(f"{r}-0.tar.zst.age" for r in run_ids)
+    for b in bundles:
+        manifest = open_with_tools(b, site.gw_identity, site.node_pub, tmp / "opened" / b.name)
+        assert manifest["run"]["run_id"] == b.name.split("-")[0]
+    made = sealed_events(state)
+    assert sorted(e["run_id"] for e in made) == sorted(run_ids), "a run was sealed twice (or not at all)"
+    rows = site.node_ledger().db.execute("SELECT run_id, COUNT(*) AS n FROM bundles GROUP BY run_id").fetchall()
+    assert {r["run_id"]: r["n"] for r in rows} == {r: 1 for r in run_ids}
+    assert status(site.node_cfg)["counts"] == {"sealed": len(run_ids)}
+    work = state / "work"
+    assert not any(work.iterdir()) if work.exists() else True, sorted(p.name for p in work.iterdir())
+
+
+def test_two_scan_seals_at_once_take_turns_and_every_bundle_is_whole(tmp_path, corpus):
+    runs = many_runs(corpus, 8)
+    site = sealing_site(tmp_path / "site", corpus / "many", map_root=corpus)
+    state = site.root / "node-state"
+    held = HeldLock(state)  # a third writer holds the state directory when both start
+    procs = [popen_agent(site.node_cfg, "scan", "--seal") for _ in range(2)]
+    for p in procs:
+        line = read_line_with(p.stderr, "holds")
+        assert f"another tfwb-agent (pid {__import__('os').getpid()}, command held-by-test) holds {state}; " \
+               "waiting" in line, line
+    held.release()  # now both go for it at once
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        assert "Traceback" not in err
+    _assert_each_run_sealed_once_and_whole(site, set(runs), tmp_path)
+
+
+def test_scan_seal_beside_the_daemon_seals_each_run_once(tmp_path, corpus):
+    runs = many_runs(corpus, 8)
+    site = sealing_site(tmp_path / "site", corpus / "many", map_root=corpus)
+    d = DaemonProc(site.node_cfg, tmp_path / "daemon.log").start()
+    scan = agent(site.node_cfg, "scan", "--seal")
+    assert "Traceback" not in scan.stderr
+    wait_for(lambda: status(site.node_cfg)["counts"] == {"sealed": len(runs)}, 60, "every run sealed", d)
+    assert d.terminate()[0] == 0
+    _assert_each_run_sealed_once_and_whole(site, set(runs), tmp_path)
+
+
+def test_a_redacted_copy_that_lost_a_file_is_never_signed(tmp_path, corpus):
+    """The check behind the lock: sealing compares the copy with what redaction wrote."""
+    import shutil
+
+    import pytest
+
+    from seal_helpers import corpus_run_dirs, make_site
+    from tfwb_agent.seal import RunIdentity, SealError, seal_run
+    from tfwb_agent.seal.bundle import snapshot
+
+    site = make_site(tmp_path / "site")
+    copy = tmp_path / "work" / corpus_run_dirs(corpus)["3salp52t"].name
+    shutil.copytree(corpus_run_dirs(corpus)["3salp52t"], copy)
+    written = snapshot(copy)
+    lost = next(p for p in sorted(copy.rglob("*")) if p.is_file() and p.suffix == ".json")
+    lost.unlink()
+    ledger = site.node_ledger()
+    with pytest.raises(SealError, match=r"is not what redaction wrote \(missing: .*; not sealed"):
+        seal_run(site.node(), site.seal_keys(), ledger, copy, RunIdentity("3salp52t"), expect=written)
+    assert not list(site.outbox.glob("*.tar.zst.age*")) and not ledger.db.execute("SELECT * FROM bundles").fetchall()
+
