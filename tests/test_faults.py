@@ -80,3 +80,64 @@ def test_a_redacted_copy_that_lost_a_file_is_never_signed(tmp_path, corpus):
         seal_run(site.node(), site.seal_keys(), ledger, copy, RunIdentity("3salp52t"), expect=written)
     assert not list(site.outbox.glob("*.tar.zst.age*")) and not ledger.db.execute("SELECT * FROM bundles").fetchall()
 
+
+# --- 2. identifiers are not paths -----------------------------------------------------------
+
+HOSTILE_IDS = {"dotdot": "..", "dot": ".", "slash": "a/b", "nul": "ab\x00cd", "long": "a" * 300}
+
+
+def _gateway_state(site) -> dict:
+    led = site.gw_ledger()
+    rows = {t: [tuple(r) for r in led.db.execute(f"SELECT * FROM {t} WHERE {w} ORDER BY bundle_id")]
+            for t, w in (("imports", "1"), ("bundles", "state = 'imported'"))}
+    led.close()
+    return rows
+
+
+def test_hostile_bundle_ids_from_a_trusted_node_are_refused_and_touch_nothing(tmp_path):
+    from fault_helpers import craft_with_id, tree_digest
+    from seal_helpers import make_site
+
+    site = make_site(tmp_path / "site")
+    first = tmp_path / "usb1"
+    first.mkdir()
+    kept = {f"{i:032x}": craft_with_id(first / f"good{i}-0.tar.zst.age", site, f"{i:032x}", f"good{i}",
+                                        {"run-x.wandb": b"log %d" % i, "files/a.txt": b"a%d" % i})
+            for i in (1, 2)}
+    agent(site.gw_cfg, "import", str(first))
+    gw = site.root / "gw-state"
+    before = _gateway_state(site)
+    audit_before = (gw / "audit.log").read_bytes()
+    staged_before = {b: tree_digest(site.staging / b) for b in kept}
+    assert all(staged_before.values())
+
+    usb = tmp_path / "usb2"
+    usb.mkdir()
+    for name, bid in HOSTILE_IDS.items():
+        craft_with_id(usb / f"{name}-0.tar.zst.age", site, bid, "victim1", {"run-x.wandb": b"x", "files/f": b"y"})
+    reused = next(iter(kept))  # read off the first medium's bundle names, as a carrier could
+    craft_with_id(usb / "reused-0.tar.zst.age", site, reused, "good1", {"run-x.wandb": b"other content"})
+    craft_with_id(usb / "fine-0.tar.zst.age", site, "f" * 32, "fine1", {"run-x.wandb": b"fine"})
+
+    proc = agent(site.gw_cfg, "import", str(usb), check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # documented: 1 when any bundle was refused
+    assert "Traceback" not in proc.stderr
+    lines = {ln.split()[1].rstrip(":"): ln for ln in proc.stdout.splitlines()}
+    for name, bid in HOSTILE_IDS.items():
+        assert lines[f"{name}-0.tar.zst.age"].startswith(f"refused  {name}-0.tar.zst.age: bad_id ("), lines
+        assert "is not a plain identifier" in lines[f"{name}-0.tar.zst.age"]
+    assert lines["reused-0.tar.zst.age"].startswith("refused  reused-0.tar.zst.age: conflict ("), lines
+    assert "the bundle already here stays as it is" in lines["reused-0.tar.zst.age"]
+    assert lines["fine-0.tar.zst.age"].startswith("imported fine-0.tar.zst.age"), lines
+
+    # Nothing of the gateway's state was removed or replaced: the ledger's imports, the audit
+    # log's earlier lines, the staged runs, byte for byte.
+    after = _gateway_state(site)
+    assert after["imports"][:2] == before["imports"] and len(after["imports"]) == 3
+    assert set(before["bundles"]) <= set(after["bundles"])
+    assert (gw / "audit.log").read_bytes().startswith(audit_before)
+    agent(site.gw_cfg, "audit", "verify")
+    assert {b: tree_digest(site.staging / b) for b in kept} == staged_before
+    assert sorted(p.name for p in site.staging.iterdir()) == sorted([*kept, "f" * 32])
+    reasons = sorted(json.loads(p.read_text())["reason"] for p in site.quarantine.glob("*/reason.json"))
+    assert reasons == sorted(["bad_id"] * len(HOSTILE_IDS) + ["conflict"])

@@ -18,7 +18,12 @@ def command(ctx: Context, directory: Path, as_json: bool) -> None:
     """Import every bundle in DIRECTORY: signature against keys.trusted_nodes, decryption with
     keys.identity, every hash against the manifest; extract into <state_dir>/staging/<bundle_id>/
     and queue for delivery. A refused bundle is copied into <state_dir>/quarantine/ with its
-    reason. Exits 1 if any bundle was refused."""
+    reason; a bundle id that is not a plain name is refused as bad_id, one already imported
+    with other content as conflict (the imported one stays).
+
+    \b
+    Exit status: 0 every bundle imported (or none there); 1 any refused or skipped, or an error.
+    """
     try:
         keys = keystore.open_keys(keys_config(ctx.config))
     except keystore.KeyFileError as exc:

@@ -31,6 +31,7 @@ import pyrage
 import zstandard
 from pyrage import x25519
 
+from .. import ids, procs
 from . import agefmt
 from . import manifest as mf
 from . import minisign
@@ -56,8 +57,11 @@ REASONS = {
     "manifest_mismatch": "the content does not match the manifest",
     "bad_member": "a tar member that may not be extracted (.., absolute path, link, device, unexpected)",
     "replay": "this content was imported before",
+    "bad_id": "an identifier in the bundle (bundle id, run id, run directory) is not a plain name",
+    "conflict": "a bundle with this id was imported before with other content",
 }
 Progress = Callable[..., None]
+STAGING_TMP = ".tmp-"  # + "<pid>-<random>": an extraction in progress
 
 
 class SealError(Exception):
@@ -420,7 +424,7 @@ class Staging:
     def __init__(self, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.root = root
-        self.path = root / f".tmp-{uuid.uuid4().hex}"
+        self.path = root / f"{STAGING_TMP}{os.getpid()}-{uuid.uuid4().hex}"
         os.mkdir(self.path, 0o700)
         self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
 
@@ -450,7 +454,7 @@ class Staging:
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
-        final = self.root / final_name
+        final = self.root / ids.check("bundle id", final_name)
         os.rename(self.path, final)  # fails if final exists: never merges two imports
         rfd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -470,12 +474,20 @@ class Staging:
             self._fd = -1
 
 
-def clean_staging_leftovers(root: Path) -> None:
-    """Temporary extraction directories left by a crash are never valid: remove them."""
+def clean_staging_leftovers(root: Path) -> list[str]:
+    """Temporary extraction directories of processes that are gone (a crash) are never valid:
+    remove them. Another process's extraction in progress is left alone."""
+    removed: list[str] = []
     if root.is_dir():
         for p in root.iterdir():
-            if p.name.startswith(".tmp-"):
-                shutil.rmtree(p, ignore_errors=True)
+            if not p.name.startswith(STAGING_TMP):
+                continue
+            pid = p.name[len(STAGING_TMP):].split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and procs.alive(int(pid), None):
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    return removed
 
 
 @dataclass
@@ -498,6 +510,8 @@ def _read_archive(stream: BinaryIO, verified: Verified, staging: Staging | None,
     raw = tf.extractfile(first).read()  # type: ignore[union-attr]
     try:
         manifest = mf.parse(raw)
+    except mf.BadIdentifier as exc:
+        raise Refused("bad_id", str(exc)) from None
     except mf.ManifestError as exc:
         raise Refused("manifest_mismatch", str(exc)) from None
     facts = verified.facts
@@ -566,6 +580,7 @@ def open_bundle(bundle_path: Path, keys: OpenKeys, *, sig_text: str | None = Non
         verified = verify_signature(f, sig_text, keys.trusted)
         staging = None
         try:
+            _check_signed_ids(verified)
             if not keys.identities:
                 raise Refused("not_for_this_identity", "no age identity at hand to decrypt with")
             f.seek(0)
@@ -582,6 +597,18 @@ def open_bundle(bundle_path: Path, keys: OpenKeys, *, sig_text: str | None = Non
                 staging.discard()
             raise
     return Opened(verified, manifest, members, staged)
+
+
+def _check_signed_ids(verified: Verified) -> None:
+    """The ids the signature vouches for are plain names, before anything is decrypted."""
+    facts = verified.facts
+    if facts is None:
+        return  # checked against the manifest later: no such bundle passes
+    try:
+        ids.check("bundle id", facts.bundle_id)
+        ids.check("run id", facts.run_id)
+    except ids.BadId as exc:
+        raise Refused("bad_id", f"signed comment: {exc}") from None
 
 
 def _decrypt_and_read(f: BinaryIO, verified: Verified, identities: Sequence[x25519.Identity],

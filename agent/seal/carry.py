@@ -214,14 +214,14 @@ def import_one(cfg: Config, keys: OpenKeys, ledger: Ledger, path: Path) -> Impor
     root = staging_root(cfg)
 
     def on_manifest(m: dict[str, Any]) -> None:
+        # The manifest's ids passed ``ids.check`` (manifest.parse) before this is called.
         row = ledger.db.execute("SELECT bundle_id, imported_at FROM imports WHERE content_id = ?",
                                 (m["content_id"],)).fetchone()
         if row is not None:
-            when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(row["imported_at"]))
-            raise bd.Refused("replay", f"content {m['content_id']} was imported on {when} as bundle {row['bundle_id']}")
-        leftover = root / m["bundle_id"]
-        if leftover.exists():  # extracted before a crash, never recorded: start again
-            shutil.rmtree(leftover)
+            raise bd.Refused("replay", f"content {m['content_id']} was imported on {_when(row['imported_at'])} "
+                                       f"as bundle {row['bundle_id']}")
+        _refuse_conflict(ledger, m)
+        _remove_unrecorded(cfg, ledger, m["bundle_id"])
 
     try:
         opened = bd.open_bundle(path, keys, staging_root=root, on_manifest=on_manifest)
@@ -248,15 +248,36 @@ def import_one(cfg: Config, keys: OpenKeys, ledger: Ledger, path: Path) -> Impor
                          staged=str(opened.staged))
 
 
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(t))
+
+
+def _refuse_conflict(ledger: Ledger, m: dict[str, Any]) -> None:
+    """A bundle id this host already holds with other content is refused: an id names one
+    bundle, and an imported run is never replaced by whatever next claims its id."""
+    row = ledger.db.execute(
+        "SELECT content_id, imported_at AS at, 'imported' AS state FROM imports WHERE bundle_id = ? UNION ALL "
+        "SELECT content_id, created AS at, state FROM bundles WHERE bundle_id = ? AND state != 'quarantined' "
+        "LIMIT 1", (m["bundle_id"], m["bundle_id"])).fetchone()
+    if row is not None and row["content_id"] != m["content_id"]:
+        raise bd.Refused("conflict", f"bundle id {m['bundle_id']} is already {row['state']} here (since "
+                                     f"{_when(row['at'])}) with content {row['content_id']}; this bundle carries "
+                                     f"{m['content_id']}; the bundle already here stays as it is")
+
+
+def _remove_unrecorded(cfg: Config, ledger: Ledger, bundle_id: str) -> None:
+    """``staging/<bundle_id>`` with no import recorded was extracted before a crash: start again."""
+    leftover = statedir.staged(cfg, bundle_id)
+    if leftover.exists() and not ledger.db.execute("SELECT 1 FROM imports WHERE bundle_id = ?",
+                                                   (bundle_id,)).fetchone():
+        shutil.rmtree(leftover)
+
+
 def _quarantine(cfg: Config, ledger: Ledger, path: Path, exc: bd.Refused) -> ImportOutcome:
     qroot = quarantine_root(cfg)
     qroot.mkdir(parents=True, exist_ok=True, mode=0o700)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    qdir = qroot / f"{stamp}-{path.name}"
-    n = 1
-    while qdir.exists():
-        n += 1
-        qdir = qroot / f"{stamp}-{n}-{path.name}"
+    qdir = statedir.quarantine_entry(cfg, path.name)
+    stamp = qdir.name.split("-", 1)[0]
     qdir.mkdir(mode=0o700)
     for src in (path, Path(f"{path}{SIG_SUFFIX}")):
         if src.is_file() and not src.is_symlink():

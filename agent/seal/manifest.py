@@ -14,16 +14,21 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Mapping, Sequence
 
+from .. import ids
+
 FORMAT = "tfwb-bundle"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "MANIFEST.json"
 MANIFEST_MAX = 16 << 20  # a manifest larger than this is refused before parsing
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
 class ManifestError(Exception):
     pass
+
+
+class BadIdentifier(ManifestError):
+    """An id in the manifest that is not a plain name (``ids``): it would be used as a path."""
 
 
 @dataclass(frozen=True)
@@ -132,13 +137,16 @@ def parse(data: bytes) -> dict[str, Any]:
     for key in ("bundle_id", "content_id", "run_dir"):
         if not isinstance(m.get(key), str):
             raise ManifestError(f"manifest: {key} missing")
-    if not _SAFE_ID.match(m["bundle_id"]):
-        raise ManifestError("manifest: bundle_id has characters a directory name may not")
-    if check_member_name(m["run_dir"]) or "/" in m["run_dir"]:
-        raise ManifestError("manifest: run_dir is not a plain directory name")
     run = m.get("run")
-    if not isinstance(run, dict) or not isinstance(run.get("run_id"), str) or not _SAFE_ID.match(run["run_id"]):
-        raise ManifestError("manifest: run.run_id missing or not a plain id")
+    if not isinstance(run, dict) or not isinstance(run.get("run_id"), str):
+        raise ManifestError("manifest: run.run_id missing")
+    try:
+        ids.check("bundle id", m["bundle_id"])
+        ids.check("run id", run["run_id"])
+        ids.check("run directory", m["run_dir"])
+        ids.check_content_id(m["content_id"])
+    except ids.BadId as exc:
+        raise BadIdentifier(f"manifest: {exc}") from None
     seg = m.get("segment")
     if not isinstance(seg, dict) or not isinstance(seg.get("number"), int) or seg["number"] < 0:
         raise ManifestError("manifest: segment.number missing")
