@@ -65,7 +65,16 @@ JSON_FIELDS = frozenset({
 # Places whose strings are names: the kind of marker differs, the rules do not.
 NAME_PLACES = ("key_names", "file_names")
 _COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+# A digest (md5, sha256: what wandb writes beside every media file; a tagged value ``hash:…``
+# that redaction wrote): random, no rule's shape, nothing to scrub.
+_DIGEST = re.compile(r"hash:[0-9a-f]{16,64}|[0-9a-f]{32}|[0-9a-f]{64}")
+# wandb's media file names: <key>_<step>[_<index>]_<hash>.<ext>. The part after the key is
+# wandb's own (numbers, a content hash): only the key part is a name to scrub, and it repeats.
+_MEDIA_NAME = re.compile(r"(?P<base>.+?)(?P<suffix>(?:_\d+)+_[0-9a-f]{20}(?:\.[A-Za-z0-9]+)+)")
 _CACHE_LIMIT = 50_000
+_ITEMS = frozenset({"HistoryItem", "SummaryItem", "ConfigItem", "StatsItem"})
+_ITEM_FIELDS = frozenset({"key", "nested_key", "value_json"})
+_ITEM_OTHERS: dict[str, tuple[str, ...]] = {}
 
 
 def _repeated(fd: Any) -> bool:
@@ -90,7 +99,7 @@ class Outgoing:
         self.report.add_scrub(counts)
 
     def text(self, s: str, place: str) -> str:
-        if not s or place in self.keep:
+        if not s or place in self.keep or _DIGEST.fullmatch(s):
             return s
         hit = self._texts.get(s)
         if hit is not None:
@@ -124,7 +133,10 @@ class Outgoing:
         Paths this redaction produced (a placeholder's name) are remembered and stay."""
         if rel in self.produced:
             return rel
-        new = "/".join(self.name(p, "file_names") for p in rel.split("/"))
+        parts = rel.split("/")
+        m = _MEDIA_NAME.fullmatch(parts[-1])
+        last = self.name(m["base"], "file_names") + m["suffix"] if m else self.name(parts[-1], "file_names")
+        new = "/".join([self.name(p, "file_names") for p in parts[:-1]] + [last])
         self.produced.add(new)
         return new
 
@@ -170,9 +182,39 @@ class Outgoing:
         return raw if nv == v else json.dumps(nv, separators=(",", ":"), ensure_ascii=False)
 
     # -- protobuf --------------------------------------------------------------------------
+    def _item(self, msg: Any, place: str) -> bool:
+        """The fast path for history/summary/config/stats items (most of a log): key names and
+        the JSON value. False if the item holds anything else (then the generic walk does it)."""
+        d = msg.DESCRIPTOR
+        others = _ITEM_OTHERS.get(d.full_name)
+        if others is None:
+            others = _ITEM_OTHERS[d.full_name] = tuple(f.name for f in d.fields if f.name not in _ITEM_FIELDS)
+        if any(getattr(msg, n) for n in others):
+            return False
+        key = msg.key
+        if key:
+            new = self.name(key)
+            if new != key:
+                msg.key = new
+        nested = getattr(msg, "nested_key", ())
+        if len(nested):
+            names = [self.name(k) for k in nested]
+            if names != list(nested):
+                del nested[:]
+                nested.extend(names)
+            key = nested[-1]
+        raw = msg.value_json
+        if '"' in raw:
+            new = self.json_text(raw, place, key)
+            if new != raw:
+                msg.value_json = new
+        return True
+
     def message(self, msg: Any, place: str) -> None:
         """Scrub every string of ``msg`` in place (see the module docstring)."""
         mname = msg.DESCRIPTOR.name
+        if mname in _ITEMS and self._item(msg, place):
+            return
         item_key = ""
         if mname.endswith("Item"):
             path = list(getattr(msg, "nested_key", ())) or [getattr(msg, "key", "")]

@@ -8,6 +8,7 @@ values under secret-looking keys redacted).
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,7 @@ class Policy:
         return decision
 
     def config_key_redacted(self, key: str) -> bool:
-        return any(fnmatch.fnmatchcase(key.lower(), g.lower()) for g in self.config_keys)
+        return _key_matches(key.lower(), tuple(g.lower() for g in self.config_keys))
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -98,6 +99,12 @@ class Policy:
             "rules": [{"key": r.key, "media": list(r.media), "action": r.action,
                        **({"columns": dict(r.columns)} if r.columns else {})} for r in self.rules],
         }
+
+
+@functools.lru_cache(maxsize=65536)
+def _key_matches(key: str, globs: tuple[str, ...]) -> bool:
+    # Asked for every key of every JSON value that leaves: the same few keys, over and over.
+    return any(fnmatch.fnmatchcase(key, g) for g in globs)
 
 
 def is_sensitive(key: str, sensitive: tuple[str, ...]) -> bool:

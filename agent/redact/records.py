@@ -21,7 +21,7 @@ from wandb.proto import wandb_internal_pb2 as pb
 from . import items as items_mod
 from . import meta
 from .console import TextStream
-from .files import Sink, copy_stream, file_action
+from .files import Sink, copy_stream, file_action, is_text
 from .tables import redact_table
 
 if TYPE_CHECKING:
@@ -99,12 +99,19 @@ def _files(r: "_Run", rec: Any) -> bool:
             f.path = o.path
         elif action.startswith("drop"):
             continue
+        elif action == "scrub" and not _is_text(r, f.path):
+            continue              # the walk of files/ drops it: no record may name it
         else:
             f.path = r.out.path(f.path)
         keep.append(f)
     del rec.files.files[:]
     rec.files.files.extend(keep)
     return bool(keep)
+
+
+def _is_text(r: "_Run", rel: str) -> bool:
+    src = r.source_file(rel)
+    return src is not None and is_text(src)
 
 
 def _artifact(r: "_Run", rec: Any) -> bool:

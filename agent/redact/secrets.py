@@ -114,6 +114,20 @@ def compile_patterns(extra: Iterable[str] = ()) -> tuple[tuple[str, re.Pattern[s
 
 
 _CONTEXT = tuple((name, re.compile(rx)) for name, rx in CONTEXT_RULES)
+_FLAGS = ((re.IGNORECASE, "i"), (re.MULTILINE, "m"), (re.DOTALL, "s"), (re.VERBOSE, "x"))
+
+
+def _scoped(rx: re.Pattern[str]) -> str:
+    """A pattern as one alternative of a bigger one: its flags scoped to it, its group names
+    dropped (names may repeat across rules)."""
+    src = re.sub(r"\(\?P<\w+>", "(?:", rx.pattern)
+    m = re.match(r"\(\?([aiLmsux]+)\)", src)          # leading inline flags apply to the rule only
+    inline = m.group(1) if m else ""
+    if m:
+        src = src[m.end():]
+    letters = inline + "".join(c for f, c in _FLAGS if rx.flags & f and c not in inline)
+    letters = letters.replace("u", "").replace("a", "").replace("L", "")
+    return f"(?{letters}:{src})" if letters else src
 _PATH_RX = re.compile(PATH_PATTERN)
 _NAME_SAFE = re.compile(r"[^A-Za-z0-9_]")
 _MARKER = re.compile(r"\[redacted:[\w-]+:[0-9a-f]{16}\]|redacted-\w+?-[0-9a-f]{16}(?![0-9a-f])")
@@ -128,8 +142,17 @@ class Scrubber:
     paths: bool = True
     context: tuple[tuple[str, re.Pattern[str]], ...] = field(default=_CONTEXT)
 
+    def __post_init__(self) -> None:
+        # One pass over the text with every rule as an alternative tells whether any rule
+        # matches anywhere (search tries each rule at each position); most strings match none,
+        # and then the rule-by-rule pass below is skipped.
+        rules = [rx for _, rx in self.patterns] + [rx for _, rx in self.context] + ([_PATH_RX] if self.paths else [])
+        object.__setattr__(self, "_any", re.compile("|".join(f"(?:{_scoped(rx)})" for rx in rules)))
+
     def spans(self, text: str) -> list[tuple[int, int, str]]:
         """Non-overlapping (start, end, rule) to replace, in order."""
+        if not self._any.search(text):
+            return []
         # Markers already in the text are left as they are: scrubbing is idempotent, so a name
         # scrubbed once (a file's new name) is the same wherever it is scrubbed again.
         markers = [(m.start(), m.end()) for m in _MARKER.finditer(text)] if "redacted" in text else []
