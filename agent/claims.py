@@ -1,13 +1,20 @@
-"""Claims: when several agents watch one shared volume, each run is handled by one of them.
+"""Claims: when several agents watch one shared volume, each run is handled by one of them,
+and a run one node has sealed is never sealed by another.
 
 Layout in the claims directory (on the shared volume; the agent needs write access there only):
 
     nodes/<node>.alive     {"expires": T}: the node's lease, renewed every lease/3 seconds
     runs/<run>/<gen>.claim {"node": N}: who holds the run, generation ``gen``
+    runs/<run>/sealed.json {"node": N, "bundle": ..., "bundle_id": ..., "content_id": ...}:
+                           the run was sealed; it stays with N whatever the leases say
 
-A claim is created with O_EXCL, which is atomic on local filesystems and on NFSv3+. The holder
-of the highest generation owns the run while its node's lease is fresh. Anyone may take over a
-run whose holder's lease has expired by creating the next generation; only one creator wins.
+Every file of a run is created whole: written under a temporary name, fsynced, then given its
+name with ``link``, which never replaces (atomic on local filesystems and on NFSv3+); so no
+reader ever sees a claim without its holder. The holder of the highest generation owns the run
+while its node's lease is fresh. Anyone may take over a run whose holder's lease has expired by
+creating the next generation (only one creator wins) — unless the run carries ``sealed.json``:
+then it belongs to the node that sealed it, for good. A takeover resumes what the dead holder
+left unfinished: without ``sealed.json``, nothing of it was sealed.
 
 One lease per node, not per run: renewing is one write, however many runs a node holds (an
 agent watching 10,000 runs would otherwise rewrite 10,000 files per lease period).
@@ -18,10 +25,14 @@ import json
 import os
 import re
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import ids
+
 _GEN = re.compile(r"^(\d+)\.claim$")
+SEALED = "sealed.json"
 
 
 def _write_atomic(path: Path, body: bytes) -> None:
@@ -34,15 +45,31 @@ def _write_atomic(path: Path, body: bytes) -> None:
 
 
 def _create_exclusive(path: Path, body: bytes) -> bool:
+    """Create ``path`` holding ``body``, whole from the first instant it has its name; False if
+    the name exists already (never replaced)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "wb") as f:
-        f.write(body)
-        f.flush()
-        os.fsync(f.fileno())
+        with os.fdopen(fd, "wb") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
     return True
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -82,26 +109,44 @@ class Claims:
         data = _read_json(self.root / "nodes" / f"{node}.alive")
         return bool(data) and float(data.get("expires", 0)) > now
 
+    def _run_dir(self, run: str) -> Path:
+        return self.root / "runs" / ids.check("run directory", run)
+
+    def _look(self, run: str) -> tuple[tuple[int, str] | None, dict | None]:
+        """(generation, node) of the newest claim on ``run`` (or None), and its sealed marker
+        (or None), from one directory listing."""
+        d = self._run_dir(run)
+        try:
+            with os.scandir(d) as it:
+                names = [e.name for e in it]
+        except FileNotFoundError:
+            return None, None
+        # A marker that cannot be read still says the run was sealed (by a node we cannot name).
+        marker = (_read_json(d / SEALED) or {"node": "?"}) if SEALED in names else None
+        for gen in sorted((int(m[1]) for n in names if (m := _GEN.match(n))), reverse=True):
+            data = _read_json(d / f"{gen}.claim")
+            if data is not None:
+                return (gen, str(data.get("node", "?"))), marker
+        return None, marker
+
     def current(self, run: str) -> tuple[int, str] | None:
         """(generation, node) of the newest claim on ``run``, or None."""
-        try:
-            with os.scandir(self.root / "runs" / run) as it:
-                gens = sorted((int(m[1]) for e in it if (m := _GEN.match(e.name))), reverse=True)
-        except FileNotFoundError:
-            return None
-        for gen in gens:
-            data = _read_json(self.root / "runs" / run / f"{gen}.claim")
-            if data is not None:
-                return gen, str(data.get("node", "?"))
-        return None
+        return self._look(run)[0]
+
+    def sealed_by(self, run: str) -> dict | None:
+        """The run's sealed marker ({"node", "bundle", ...}), or None if no node sealed it."""
+        return self._look(run)[1]
 
     def acquire(self, run: str, now: float | None = None) -> bool:
-        """True if this node holds ``run`` afterwards (claiming it or taking it over)."""
+        """True if this node holds ``run`` afterwards (claiming it or taking it over). A run
+        another node has sealed is never ours, whatever the leases say."""
         now = time.time() if now is None else now
         self.heartbeat(now)
         if run in self.held:
             return True
-        cur = self.current(run)
+        cur, marker = self._look(run)
+        if marker:
+            return self._sealed_here(run, marker)
         if cur is not None:
             gen, holder = cur
             if holder == self.node:
@@ -110,13 +155,35 @@ class Claims:
             if self.node_alive(holder, now):
                 return False
         gen = 0 if cur is None else cur[0] + 1
-        d = self.root / "runs" / run
+        d = self._run_dir(run)
         d.mkdir(parents=True, exist_ok=True)
         if not _create_exclusive(d / f"{gen}.claim", json.dumps({"node": self.node}).encode()):
             return False
         self.held.add(run)
         return True
 
+    def _sealed_here(self, run: str, marker: dict) -> bool:
+        if marker.get("node") == self.node:
+            self.held.add(run)
+            return True
+        self.held.discard(run)
+        return False
+
+    def record_sealed(self, run: str, **info: object) -> dict:
+        """Leave the durable "sealed by this node as BUNDLE" marker on ``run``; returns the marker
+        that stands: ours, or another node's that was there first (then that node sealed it)."""
+        d = self._run_dir(run)
+        d.mkdir(parents=True, exist_ok=True)
+        mine = {"node": self.node, **info, "at": time.time()}
+        if _create_exclusive(d / SEALED, json.dumps(mine, sort_keys=True).encode()):
+            self.held.add(run)
+            return mine
+        there = _read_json(d / SEALED) or {}
+        self._sealed_here(run, there)
+        return there
+
     def holder(self, run: str) -> str | None:
-        cur = self.current(run)
+        cur, marker = self._look(run)
+        if marker:
+            return str(marker.get("node", "?"))
         return cur[1] if cur else None

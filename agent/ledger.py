@@ -214,6 +214,13 @@ class Ledger:
             sets = ", ".join(f"{k} = ?" for k in ("state", *fields, "updated"))
             db.execute(f"UPDATE runs SET {sets} WHERE key = ?", (state, *fields.values(), time.time(), key))
 
+    def drop_run(self, key: str) -> None:
+        """Forget a run that another node holds now (it took the run over, or sealed it). Runs
+        this node sealed stay: their bundles are this node's to carry. Should the run come back
+        to this node, it is read again from the start."""
+        with self.tx() as db:
+            db.execute("DELETE FROM runs WHERE key = ? AND state NOT IN ('sealed', 'exported', 'delivered')", (key,))
+
     def counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self.db.execute("SELECT state, COUNT(*) FROM runs GROUP BY state")}
 

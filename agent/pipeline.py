@@ -14,7 +14,9 @@ from typing import Any, Callable
 
 from . import config as config_mod
 from . import ids, statedir
+from .claims import Claims
 from .ledger import Ledger
+from .reconcile import ClaimBook
 
 log = logging.getLogger("tfwb_agent.pipeline")
 
@@ -87,16 +89,27 @@ def part_number(ledger: Ledger, row: dict[str, Any]) -> int:
     return sorted(keys, key=lambda k: (Path(k).name, k)).index(row["key"])
 
 
+class HeldElsewhere(Exception):
+    """Another node holds the run now, or has sealed it: the run is left to that node."""
+
+    def __init__(self, message: str, sealed: Any = None) -> None:
+        super().__init__(message)
+        self.sealed = sealed  # our bundle of it, if one was made before we knew
+
+
 def seal_one(ledger: Ledger, cfg: config_mod.Config, row: dict[str, Any], keys: Any, policy: Any,
-             secret: bytes) -> Path:
+             secret: bytes, claims: Claims) -> Path:
     """Redact one ended run into this process's own work directory and seal it, from exactly
-    what redaction wrote; mark it sealed."""
+    what redaction wrote; mark it sealed, in the ledger and on the volume (``claims``)."""
     from .redact.run import redact_run
     from .seal import RunIdentity, seal_run
     from .seal.bundle import snapshot
+    from .seal.outbox import withdraw
 
     run_dir = Path(row["key"])
     ids.check("run id", row["run_id"])
+    if not claims.acquire(run_dir.name):  # the lease may have lapsed since the pass that found it
+        raise HeldElsewhere(f"{_held_by(claims, run_dir.name)}; leaving it to that node")
     work = statedir.work_for(cfg, run_dir.name)
     try:
         redacted = work / run_dir.name
@@ -106,18 +119,42 @@ def seal_one(ledger: Ledger, cfg: config_mod.Config, row: dict[str, Any], keys: 
         written = snapshot(redacted)
 
         def mark_sealed(db: Any, sealed: Any) -> None:
+            # Inside the ledger's transaction, after the bundle is whole in the outbox: the
+            # marker on the volume first; if another node's is there, this transaction and our
+            # bundle go.
+            _record_on_volume(claims, run_dir.name, sealed)
             db.execute("UPDATE runs SET state = 'sealed', last_error = NULL, updated = ? WHERE key = ?",
                        (time.time(), row["key"]))
 
-        sealed = seal_run(cfg, keys, ledger, redacted,
-                          RunIdentity(row["run_id"], row["project"], row["entity"], row["wandb_version"]),
-                          part_number(ledger, row), report.to_dict(), run_key=row["key"], on_sealed=mark_sealed,
-                          expect=written)
-        if sealed.reused:  # already sealed before a crash: make sure the run says so
+        try:
+            sealed = seal_run(cfg, keys, ledger, redacted,
+                              RunIdentity(row["run_id"], row["project"], row["entity"], row["wandb_version"]),
+                              part_number(ledger, row), report.to_dict(), run_key=row["key"], on_sealed=mark_sealed,
+                              expect=written)
+        except HeldElsewhere as exc:
+            if exc.sealed is not None and withdraw(exc.sealed, keys.signer.public()):
+                log.info("%s: withdrew %s: %s", row["run_id"], exc.sealed.path.name, exc)
+            raise
+        if sealed.reused:  # already sealed before a crash: make sure the run and the volume say so
+            _record_on_volume(claims, run_dir.name, sealed)
             ledger.set_run_state(row["key"], "sealed", last_error=None)
         return sealed.path
     finally:
         statedir.release_work(work)
+
+
+def _held_by(claims: Claims, run: str) -> str:
+    marker = claims.sealed_by(run)
+    if marker:
+        return f"sealed by {marker.get('node', '?')} as {marker.get('bundle', '?')}"
+    return f"held by {claims.holder(run) or '?'}"
+
+
+def _record_on_volume(claims: Claims, run: str, sealed: Any) -> None:
+    marker = claims.record_sealed(run, bundle=sealed.path.name, bundle_id=sealed.bundle_id,
+                                  content_id=sealed.content_id)
+    if marker.get("node") != claims.node:
+        raise HeldElsewhere(f"sealed by {marker.get('node', '?')} as {marker.get('bundle', '?')} first", sealed)
 
 
 def seal_stage(ledger: Ledger, cfg: config_mod.Config) -> bool:
@@ -153,6 +190,7 @@ def seal_stage(ledger: Ledger, cfg: config_mod.Config) -> bool:
     now = time.time()
     # A batch per call: the daemon goes back to its events between batches.
     batch = ledger.runs_where(waiting, limit=SEAL_BATCH)
+    book = ClaimBook(cfg)  # renews this node's lease as it goes: a long batch keeps its runs
     tried = 0
     for row in batch:
         failed_at = row["facts"].get("seal_failed_at", 0)
@@ -160,8 +198,11 @@ def seal_stage(ledger: Ledger, cfg: config_mod.Config) -> bool:
             continue
         tried += 1
         try:
-            path = seal_one(ledger, cfg, row, keys, policy, secret)
+            path = seal_one(ledger, cfg, row, keys, policy, secret, book.for_run(Path(row["key"])))
             log.info("%s: sealed into %s", row["run_id"], path.name)
+        except HeldElsewhere as exc:
+            log.info("%s: %s", row["key"], exc)
+            ledger.drop_run(row["key"])
         except RedactError as exc:
             _quarantine(ledger, row, f"redaction failed: {exc}")
         except ids.BadId as exc:

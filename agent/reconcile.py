@@ -79,6 +79,9 @@ class ClaimBook:
             self.books[d] = Claims(d, self.cfg.node_name, self.cfg.watch.lease_seconds)
         return self.books[d]
 
+    def for_run(self, run_dir: Path) -> Claims:
+        return self.for_root(_root_of(run_dir, self.cfg))
+
     def heartbeat(self, now: float | None = None) -> None:
         for c in self.books.values():
             c.heartbeat(now)
@@ -118,6 +121,8 @@ def look(ledger: Ledger, cfg: Config, run_dir: Path, root: Path, book: ClaimBook
     if prev and prev["state"] in DOWNSTREAM:
         return False, None  # ours, and past the watcher's part
     if not book.for_root(root).acquire(run_dir.name, now):
+        if prev:  # ours once; another node holds it now (took it over, or sealed it)
+            ledger.drop_run(key)
         return None
     before = facts_from_row(prev) if prev else None
     try:

@@ -141,3 +141,79 @@ def test_hostile_bundle_ids_from_a_trusted_node_are_refused_and_touch_nothing(tm
     assert sorted(p.name for p in site.staging.iterdir()) == sorted([*kept, "f" * 32])
     reasons = sorted(json.loads(p.read_text())["reason"] for p in site.quarantine.glob("*/reason.json"))
     assert reasons == sorted(["bad_id"] * len(HOSTILE_IDS) + ["conflict"])
+
+
+# --- 3. claims that remember ------------------------------------------------------------------
+
+
+def _lease_expired(state_root: Path, node: str) -> bool:
+    alive = next(state_root.glob(f"**/.tfwb-agent/claims/nodes/{node}.alive"))
+    return json.loads(alive.read_text())["expires"] < __import__("time").time()
+
+
+def test_a_run_sealed_by_one_node_is_never_sealed_by_another_after_its_lease(tmp_path, corpus):
+    import os
+    import time
+
+    from fault_helpers import clone_run, corpus_run_dirs
+
+    runs = many_runs(corpus, 3)
+    volume = corpus / "many"
+    # One run was still being written when node A looked (fresh mtime, no exit record): A claims it
+    # but does not seal it.
+    unfinished = clone_run(corpus_run_dirs(corpus)["s900mviu"], volume, "unfin01x")
+    os.utime(next(unfinished.glob("*.wandb")))
+    a = sealing_site(tmp_path / "a", volume, "node-a", lease_seconds=1, map_root=corpus)
+    b = sealing_site(tmp_path / "b", volume, "node-b", keys_from=a, lease_seconds=1, map_root=corpus)
+    for site in (a, b):  # long quiet period: only the mtimes the test sets decide live or ended
+        site.node_cfg.write_text(site.node_cfg.read_text().replace("quiet_seconds = 1", "quiet_seconds = 600"))
+    agent(a.node_cfg, "scan", "--seal")  # a cron scan: holds its leases only while it runs
+    a_st = {r["run_id"]: r["state"] for r in status(a.node_cfg)["runs"]}
+    assert a_st == {**{r: "sealed" for r in runs}, "unfin01x": "live"}
+    for r in runs:
+        marker = json.loads((volume / ".tfwb-agent/claims/runs" / runs[r].name / "sealed.json").read_text())
+        assert marker["node"] == "node-a" and marker["bundle"] == f"{r}-0.tar.zst.age"
+    wait_for(lambda: _lease_expired(volume, "node-a"), 10, "node-a's lease to expire")
+    old = time.time() - 3600
+    os.utime(next(unfinished.glob("*.wandb")), (old, old))  # it ended while node-a was away
+
+    out = agent(b.node_cfg, "scan", "--seal").stdout
+    assert "3 held by other agents" in out, out
+    assert sorted(p.name for p in b.outbox.glob("*.tar.zst.age")) == ["unfin01x-0.tar.zst.age"]  # resumed
+    assert {r["run_id"]: r["state"] for r in status(b.node_cfg)["runs"]} == {"unfin01x": "sealed"}
+    assert not sealed_events(tmp_path / "b" / "node-state")[1:]
+
+    # Nothing node-specific in a bundle: a node that never saw the markers (its own claims
+    # directory) seals the same runs to the same content ids.
+    c_cfg = tmp_path / "c.toml"
+    c_cfg.write_text(b.node_cfg.read_text().replace(str(tmp_path / "b" / "node-state"), str(tmp_path / "c-state"))
+                     .replace("[watch]\n", f'[watch]\nclaims_dir = "{tmp_path / "c-claims"}"\n'))
+    agent(c_cfg, "scan", "--seal")
+    cid = {}
+    for cfg_state in (tmp_path / "a" / "node-state", tmp_path / "c-state"):
+        cid[cfg_state] = {e["run_id"]: e["content_id"] for e in sealed_events(cfg_state) if e["run_id"] in runs}
+    assert cid[tmp_path / "a" / "node-state"] == cid[tmp_path / "c-state"] and len(cid[tmp_path / "c-state"]) == 3
+
+
+def test_thirty_runs_under_two_daemons_are_each_sealed_exactly_once(tmp_path, corpus):
+    runs = many_runs(corpus, 30)
+    volume = corpus / "volume"
+    volume.mkdir()
+    a = sealing_site(tmp_path / "a", volume, "node-a", lease_seconds=2, map_root=corpus)
+    b = sealing_site(tmp_path / "b", volume, "node-b", keys_from=a, lease_seconds=2, map_root=corpus)
+    da = DaemonProc(a.node_cfg, tmp_path / "a.log").start()
+    db = DaemonProc(b.node_cfg, tmp_path / "b.log").start()
+    for d in runs.values():  # the runs appear while both watch: both go for every one of them
+        d.rename(volume / d.name)
+    markers = volume / ".tfwb-agent" / "claims" / "runs"
+    wait_for(lambda: len(list(markers.glob("*/sealed.json"))) == 30, 120, "30 sealed markers", da)
+    for d in (da, db):
+        assert d.terminate()[0] == 0
+    by_node = {n: {e["run_id"] for e in sealed_events(tmp_path / n / "node-state")} for n in ("a", "b")}
+    assert not by_node["a"] & by_node["b"], f"sealed by both nodes: {sorted(by_node['a'] & by_node['b'])}"
+    assert by_node["a"] | by_node["b"] == set(runs)
+    for m in markers.glob("*/sealed.json"):
+        marker = json.loads(m.read_text())
+        assert marker["bundle"].split("-")[0] in by_node[marker["node"][-1]]
+    outboxes = [p.name for s in (a, b) for p in s.outbox.glob("*.tar.zst.age")]
+    assert sorted(outboxes) == sorted(f"{r}-0.tar.zst.age" for r in runs)

@@ -250,6 +250,19 @@ def seal_run(cfg: Config, keys: SealKeys, ledger: Ledger, run_dir: Path, run: mf
         return done(manifest["bundle_id"], result["size"], False)
 
 
+def withdraw(sealed: SealedBundle, pub: minisign.PublicKey) -> bool:
+    """Remove a bundle this node installed but may not keep (another node sealed the run first),
+    if the outbox still holds that very bundle (not recorded: its transaction was rolled back).
+    The signature goes after the bundle, so a bundle name never stands alone."""
+    facts = _verify_own(sealed.path, pub) if sealed.path.exists() else None
+    if facts is None or facts.bundle_id != sealed.bundle_id:
+        return False
+    sealed.path.unlink()
+    sealed.sig_path.unlink(missing_ok=True)
+    fsync_dir(sealed.path.parent)
+    return True
+
+
 def _refuse_overwriting_recorded(ledger: Ledger, run_id: str, segment: int, cid: str) -> None:
     row = ledger.db.execute(
         "SELECT bundle_id, content_id, state, path FROM bundles WHERE run_id = ? AND segment = ? "
