@@ -26,10 +26,10 @@ _TYPE_CRC = {t: zlib.crc32(bytes([t])) for t in (FULL, FIRST, MIDDLE, LAST)}
 
 
 class LogError(Exception):
-    """A `.wandb` file that cannot be read; ``offset`` says where."""
+    """A `.wandb` file that cannot be read; ``offset`` says where, ``detail`` what it costs."""
 
-    def __init__(self, message: str, offset: int) -> None:
-        super().__init__(f"{message} at byte offset {offset}")
+    def __init__(self, message: str, offset: int, detail: str | None = None) -> None:
+        super().__init__(f"{message} at byte offset {offset}" + (f"; {detail}" if detail else ""))
         self.offset = offset
 
 
@@ -38,7 +38,8 @@ class NotAWandbLog(LogError):
 
 
 class CorruptLog(LogError):
-    """Damage before the file's last block: data after it exists but cannot be trusted."""
+    """Damage: a bad chunk with data after it, either whole blocks (damage before the file's
+    last block) or whole chunks within the last block. What follows cannot be trusted."""
 
 
 @dataclass
@@ -98,12 +99,16 @@ class LogReader:
             self.tail = Tail(end=end, size=size, torn_at=at, reason=reason)
 
         def bad(at: int, reason: str) -> None:
-            # Damage in the last block is a torn tail (a writer died mid-flush); earlier it is
-            # corruption, because whole blocks follow it.
+            # A tear is where writing stopped: nothing whole can follow it. A bad chunk followed
+            # by whole blocks, or by whole chunks within the last block, is damage.
+            lost_from = record_start if record_start is not None else at
             block_end = (at // BLOCK_LEN + 1) * BLOCK_LEN
             if size > block_end:
-                raise CorruptLog(reason, at)
-            torn(record_start if record_start is not None else at, reason)
+                raise CorruptLog(reason, at, _lost(size, lost_from, "whole blocks follow it"))
+            later = next_whole_chunk(block[at - block_base:], at, size)
+            if later is not None:
+                raise CorruptLog(reason, at, _lost(size, lost_from, f"a whole chunk follows it at byte offset {later}"))
+            torn(lost_from, reason)
 
         while True:
             in_block = pos % BLOCK_LEN
@@ -174,6 +179,29 @@ class LogReader:
                     record_start, parts = None, []
                     end = pos
                     yield start, payload
+
+
+def _lost(size: int, lost_from: int, why: str) -> str:
+    return (f"{why}, so this is damage, not a torn tail: the {size - lost_from} bytes from byte offset "
+            f"{lost_from} to the end (the records there, an exit record among them if the run finished) "
+            "cannot be read")
+
+
+def next_whole_chunk(data: bytes, base: int, size: int) -> int | None:
+    """The file offset of the first whole, CRC-valid chunk that starts after ``base`` in
+    ``data`` (the bytes from ``base`` to the end of its block), or None."""
+    for i in range(1, len(data) - CHUNK_HEADER_LEN + 1):
+        at = base + i
+        in_block = at % BLOCK_LEN
+        if in_block > BLOCK_LEN - CHUNK_HEADER_LEN:
+            continue
+        crc, length, ctype = struct.unpack_from("<IHB", data, i)
+        if ctype not in _TYPE_CRC or in_block + CHUNK_HEADER_LEN + length > BLOCK_LEN:
+            continue
+        body = data[i + CHUNK_HEADER_LEN : i + CHUNK_HEADER_LEN + length]
+        if len(body) == length and at + CHUNK_HEADER_LEN + length <= size and zlib.crc32(body, _TYPE_CRC[ctype]) == crc:
+            return at
+    return None
 
 
 def read_records(path: str | os.PathLike, start: int = FILE_HEADER_LEN):

@@ -217,3 +217,32 @@ def test_thirty_runs_under_two_daemons_are_each_sealed_exactly_once(tmp_path, co
         assert marker["bundle"].split("-")[0] in by_node[marker["node"][-1]]
     outboxes = [p.name for s in (a, b) for p in s.outbox.glob("*.tar.zst.age")]
     assert sorted(outboxes) == sorted(f"{r}-0.tar.zst.age" for r in runs)
+
+
+# --- 4. damage is not a tear ------------------------------------------------------------------
+
+
+def test_a_flipped_byte_in_the_last_block_of_a_finished_run_is_damage_with_its_offset(tmp_path, corpus):
+    from seal_helpers import corpus_run_dirs
+    from tfwb_agent.wandb_log import BLOCK_LEN, LogReader
+
+    run = corpus_run_dirs(corpus)["3salp52t"]  # finished: its exit record is in the last block
+    (log,) = run.glob("run-*.wandb")
+    with open(log, "rb") as f:
+        offsets = [o for o, _ in LogReader(f)]
+    size = log.stat().st_size
+    last_block = (size - 1) // BLOCK_LEN * BLOCK_LEN
+    damaged = next(o for o in offsets[:-1] if o >= last_block)  # whole records follow it
+    at = damaged + 7 + 1
+    data = bytearray(log.read_bytes())
+    data[at] ^= 0x40
+    log.write_bytes(bytes(data))
+    __import__("os").utime(log, (0, 0))
+    from conftest import write_config
+    cfg = write_config(tmp_path / "agent.toml", tmp_path / "state", [corpus], quiet_seconds=1)
+    agent(cfg, "scan")
+    row = next(r for r in status(cfg)["runs"] if r["path"] == str(run))
+    assert row["state"] == "invalid" and row["ended"] is None, row  # never a silent `crashed`
+    assert f"chunk CRC mismatch at byte offset {damaged}" in row["last_error"], row["last_error"]
+    assert "damage, not a torn tail" in row["last_error"]
+    assert f"the {size - damaged} bytes from byte offset {damaged} to the end" in row["last_error"]
