@@ -123,8 +123,13 @@ def _artifact(r: "_Run", rec: Any) -> bool:
     keep = []
     for e in art.manifest.contents:
         if e.ref and not e.local_path:
-            if e.ref.startswith("file://"):   # a local path behind a URI is still a local path
-                e.ref = "file://" + r.out.text(e.ref[len("file://"):], "artifacts")
+            ref = e.ref
+            if ref.startswith("file://"):   # a local path behind a URI is still a local path
+                e.ref = "file://" + r.out.text(ref[len("file://"):], "artifacts")
+            else:
+                e.ref = r.out.text(ref, "artifacts")
+            if e.digest == ref:             # a reference without checksum: its digest is the URI
+                e.digest = e.ref
             keep.append(e)            # a reference: no bytes of ours travel with it
             continue
         if table_artifact and not e.path.endswith(".table.json"):
