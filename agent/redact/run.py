@@ -38,7 +38,6 @@ _NEW_EXT = {"image": ".png", "audio": ".wav", "video": ".gif", "html": ".html", 
 _NEW_FMT = {"image": "png", "audio": "wav", "video": "gif"}
 _DIR_KIND = {"images": "image", "audio": "audio", "videos": "video", "html": "html", "table": "table",
              "object3D": "object3d", "molecule": "molecule"}
-_STRICT = {"keep": 0, "hash": 1, "drop": 2}
 
 
 class RedactError(Exception):
