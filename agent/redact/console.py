@@ -18,7 +18,7 @@ from .secrets import SECRET_FLAG, _KEYWORDS
 # Beyond this much held text, release it anyway (scrubbed): a progress bar that never ends a
 # line must not grow memory without bound. A PEM block that long is not a key.
 HOLD_LIMIT = 1 << 20
-_DANGLING = re.compile(rf"(?i)(?:\b[\w.-]*(?:{_KEYWORDS}|token|authorization)[\w.-]*[\"']?\s*[:=]?|\bbearer)\s*$")
+_DANGLING = re.compile(rf"(?i)(?:\b[\w.-]*(?:{_KEYWORDS}|token|authorization)[\w.-]*[\"']?\s*[:=]|\bbearer)\s*$")
 _PEM_BEGIN = "-----BEGIN"
 _PEM_END = "-----END"
 

@@ -237,17 +237,22 @@ class Console:
         text = stream.feed(out.line)
         if not text:
             return []
-        r.report.console_joined += max(0, held)
         out.line = text
-        r.report.console["lines"] += text.count("\n")
+        self._count(text, held)
         return [rec]
+
+    def _count(self, text: str, joined: int) -> None:
+        self.r.report.console_joined += joined
+        self.r.report.console["lines"] += text.count("\n")
 
     def close(self) -> list[Any]:
         """The text still held when the log ends, in one record per stream."""
         recs = []
         for (t, _), (stream, last) in self.streams.items():
+            held = stream.pieces_held
             text = stream.close()
             if text:
+                self._count(text, held)
                 rec = pb.Record()
                 rec.CopyFrom(last)
                 getattr(rec, t).line = text
@@ -270,6 +275,7 @@ def rewrite(r: "_Run", rec: Any, console: Console) -> list[Any]:
     elif RULES[t](r, rec):
         out = [rec]
     else:
+        r.report.records_dropped[f"{t} (nothing left to send)"] += 1
         return []
     for o in out:
         r.out.message(o, PLACE[t])
