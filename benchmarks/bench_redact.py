@@ -1,6 +1,10 @@
 """Redaction throughput on a run with 10,000 logged images, beside `cp -r` of the same run.
 
-    python benchmarks/bench_redact.py [--images 10000] [--size 64] [--work DIR] [--repeat 3]
+    python benchmarks/bench_redact.py [--images 10000] [--size 64] [--work DIR] [--repeat 3] [--before REV]
+
+With ``--before REV`` the redactor as it was at git revision REV (checked out in a temporary
+worktree) is timed in the same rounds, so before and after are compared side by side. The
+secret-detection recall and false positives (``secret_recall.py``) are printed at the end.
 
 The run is written by real wandb (offline) the first time and kept in --work for later runs.
 Each measurement is wall time, with the page cache warm for both (cp runs first); the median of
@@ -61,23 +65,53 @@ def make_run(work: Path, n: int, size: int) -> Path:
     return runs[0]
 
 
+CHILD = r'''
+import os, sys, time
+from pathlib import Path
+from tfwb_agent.redact.policy import DEFAULT_POLICY
+from tfwb_agent.redact.run import redact_run
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+t = time.monotonic()
+report = redact_run(src, dst / src.name, DEFAULT_POLICY, os.urandom(32), lambda p: Path(p))
+print(time.monotonic() - t, report.files["hashed"])
+'''
+
+
+def before_tree(rev: str, work: Path) -> Path:
+    """A directory to put first on PYTHONPATH so that ``tfwb_agent`` is the code at ``rev``."""
+    tree = work / f"before-{rev}"
+    if not tree.exists():
+        subprocess.run(["git", "-C", str(Path(__file__).resolve().parent.parent), "worktree", "add", "--detach",
+                        str(tree), rev], check=True, capture_output=True)
+    shim = work / f"shim-{rev}"
+    shim.mkdir(exist_ok=True)
+    if not (shim / "tfwb_agent").exists():
+        (shim / "tfwb_agent").symlink_to(tree / "agent")
+    return shim
+
+
+def redact_child(src: Path, dst: Path, pythonpath: Path | None) -> tuple[float, int]:
+    env = dict(os.environ, **({"PYTHONPATH": str(pythonpath)} if pythonpath else {}))
+    out = subprocess.run([sys.executable, "-c", CHILD, str(src), str(dst)], env=env, check=True,
+                         capture_output=True, text=True).stdout.split()
+    return float(out[-2]), int(out[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=10_000)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "tfwb-bench-redact")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--before", metavar="REV", help="also time the redactor at this git revision")
     args = ap.parse_args()
-
-    from tfwb_agent.redact.policy import DEFAULT_POLICY
-    from tfwb_agent.redact.run import redact_run
 
     src = make_run(args.work, args.images, args.size)
     images = sum(1 for _ in (src / "files" / "media" / "images").rglob("*.png"))
     size = dir_bytes(src)
     print(f"run: {src}\n  {images} images, {size / 1e6:.1f} MB in the run directory")
-    secret = os.urandom(32)
-    cp_times, red_times, cp_cpu, red_cpu = [], [], [], []
+    shim = before_tree(args.before, args.work) if args.before else None
+    cp_times, red_times, old_times = [], [], []
     out = args.work / "out"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -86,18 +120,21 @@ def main() -> None:
     # files makes the next creations slower on this disk), alternating which goes first.
     for i in range(args.repeat):
         def cp() -> None:
-            t, c = time.monotonic(), _child_cpu()
+            t = time.monotonic()
             subprocess.run(["cp", "-r", str(src), str(out / f"cp{i}")], check=True)
             cp_times.append(time.monotonic() - t)
-            cp_cpu.append(_child_cpu() - c)
 
         def red() -> None:
-            t, c = time.monotonic(), time.process_time()
-            report = redact_run(src, out / f"red{i}" / src.name, DEFAULT_POLICY, secret, lambda p: Path(p))
-            red_times.append(time.monotonic() - t)
-            red_cpu.append(time.process_time() - c)
-            assert report.files["hashed"] == images, report.files
-        for step in ((cp, red) if i % 2 == 0 else (red, cp)):
+            t, hashed = redact_child(src, out / f"red{i}", None)
+            red_times.append(t)
+            assert hashed == images, hashed
+
+        def old() -> None:
+            t, hashed = redact_child(src, out / f"old{i}", shim)
+            old_times.append(t)
+            assert hashed == images, hashed
+        steps = [cp, red] + ([old] if shim else [])
+        for step in (steps if i % 2 == 0 else steps[::-1]):
             step()
     import statistics
     cp_t, red_t = statistics.median(cp_times), statistics.median(red_times)
@@ -105,14 +142,16 @@ def main() -> None:
     print(f"redact_run  : {red_t:6.2f} s  {images / red_t:8.0f} images/s  {size / 1e6 / red_t:7.1f} MB/s")
     print(f"redact / cp speed: {cp_t / red_t:.2f} (goal >= 0.5); all runs: cp {[round(x, 2) for x in cp_times]}"
           f" redact {[round(x, 2) for x in red_times]}")
-    print(f"CPU seconds (user+sys, median): cp {statistics.median(cp_cpu):.2f}, redact {statistics.median(red_cpu):.2f}")
+    if old_times:
+        old_t = statistics.median(old_times)
+        print(f"redact_run at {args.before}: {old_t:6.2f} s; its speed / cp: {cp_t / old_t:.2f}; after / before time:"
+              f" {red_t / old_t:.2f}; all runs {[round(x, 2) for x in old_times]}")
     shutil.rmtree(args.work / "out", ignore_errors=True)
-
-
-def _child_cpu() -> float:
-    import resource
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
+    from secret_recall import measure
+    res = measure(corpus=Path(__file__).resolve().parent.parent.parent / "shared" / "corpus")
+    print(f"secret detection: recall {res['caught']}/{res['planted']} = {res['recall']:.3f};"
+          f" false positives: {len(res['names_changed'])} of {res['names_checked']} metric names,"
+          f" {len(res['lines_changed'])} of {res['lines_checked']} console lines")
 
 
 if __name__ == "__main__":
