@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,8 +22,8 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from . import config as config_mod
-from . import runs, statelock
-from .ledger import Ledger
+from . import failures, runs, statelock
+from .ledger import Ledger, LedgerError
 from .reconcile import ClaimBook, PassResult, reconcile
 
 log = logging.getLogger("tfwb_agent.daemon")
@@ -66,6 +67,7 @@ class DaemonError(Exception):
 
 
 BUSY_RETRY_SECONDS = 0.5  # how often the daemon looks again while a command holds the state lock
+DISK_FULL_RETRY_SECONDS = 2.0  # how often a daemon paused by a full disk tries again
 
 
 class Daemon:
@@ -78,6 +80,7 @@ class Daemon:
         self.reload_requested = False
         self.recheck: dict[Path, float] = {}
         self._life: statelock.StateLock | None = None
+        self._full_said = False
         self._busy_said = False
 
     # --- signals ----------------------------------------------------------------------------
@@ -85,6 +88,9 @@ class Daemon:
     def _on_stop(self, signum: int, _frame: object) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)
         self.stopping = True
+        uploads = sys.modules.get(f"{__package__}.deliver.upload")
+        if uploads is not None:  # a stopped agent stops its uploads; the next round asks the server
+            uploads.stop_all()
         self.wake.set()
 
     def _on_hup(self, _signum: int, _frame: object) -> None:
@@ -146,7 +152,10 @@ class Daemon:
     def run(self) -> int:
         self._lock_state_dir()
         writer = statelock.StateLock(self.cfg.state_dir, command="daemon")
-        ledger = Ledger(self.cfg.ledger_path)
+        try:
+            ledger = Ledger(self.cfg.ledger_path)
+        except LedgerError as exc:
+            raise DaemonError(str(exc)) from None
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
@@ -170,6 +179,14 @@ class Daemon:
                     continue
                 try:
                     next_full = self._pass(ledger, changes, book, next_full)
+                    self._disk_ok()
+                except Exception as exc:
+                    if not failures.disk_full(exc):
+                        raise
+                    self._disk_full(exc)  # pause; what this pass did not record, the next one does
+                    self.wake.wait(DISK_FULL_RETRY_SECONDS)
+                    self.wake.clear()
+                    continue
                 finally:
                     writer.release()
                 # Wake for the next full pass, the next quiet deadline, and in time to renew our lease.
@@ -205,9 +222,23 @@ class Daemon:
             try:
                 if stage(ledger, self.cfg):
                     self.wake.set()  # more work waiting: come straight back after events
-            except Exception:  # one stage failing must not stop watching
+            except Exception as exc:  # one stage failing must not stop watching
+                if failures.disk_full(exc):
+                    raise
                 log.exception("stage %s failed", getattr(stage, "__name__", stage))
         return next_full
+
+    def _disk_full(self, exc: Exception) -> None:
+        if not self._full_said:
+            log.error("the disk holding %s is full (%s: %s bytes free); work is paused and tried again every %gs: "
+                      "free space there", self.cfg.state_dir, exc, failures.free_bytes(self.cfg.state_dir),
+                      DISK_FULL_RETRY_SECONDS)
+            self._full_said = True
+
+    def _disk_ok(self) -> None:
+        if self._full_said:
+            log.info("the disk holding %s has room again; work resumed", self.cfg.state_dir)
+            self._full_said = False
 
     def _absorb(self, result: PassResult) -> None:
         self.recheck.update(result.rechecks)

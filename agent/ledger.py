@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from . import failures
+
 MIGRATIONS: list[str] = [
     # 1: runs as the watcher sees them.
     """
@@ -127,13 +129,19 @@ class Ledger:
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a transaction is one
         # explicit unit and writers never deadlock upgrading a read lock.
         self.db = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+        try:
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:  # damaged, read-only, a full disk: say which and what to do
+            self.db.close()
+            raise LedgerError(failures.ledger_message(path, exc)) from None
 
     def _migrate(self) -> None:
+        if self.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return  # current: nothing to write (a read-only ledger can still be read)
         with self.tx() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:

@@ -8,12 +8,13 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from . import config as config_mod
-from . import ids, statedir
+from . import failures, ids, statedir
 from .claims import Claims
 from .ledger import Ledger
 from .reconcile import ClaimBook
@@ -204,18 +205,29 @@ def seal_stage(ledger: Ledger, cfg: config_mod.Config) -> bool:
             log.info("%s: %s", row["key"], exc)
             ledger.drop_run(row["key"])
         except RedactError as exc:
+            if _disk_full_cause(exc):
+                raise _disk_full_cause(exc) from None  # a full disk is not the run's fault: pause, keep it
             _quarantine(ledger, row, f"redaction failed: {exc}")
         except ids.BadId as exc:
             _quarantine(ledger, row, f"{exc}; the agent never builds a file name from it")
         except SealError as exc:
             _retry_later(ledger, row, f"sealing failed, will retry: {exc}")
         except OSError as exc:
+            if failures.disk_full(exc):
+                raise  # the daemon pauses until there is room (scan --seal says so and stops)
             _retry_later(ledger, row, f"sealing failed, will retry: {exc}")
         except Exception as exc:  # one bad run must not stop the others
+            if isinstance(exc, sqlite3.Error) or failures.disk_full(exc):
+                raise  # the ledger (read-only, damaged, its disk full) is the trouble, not this run
             log.exception("sealing %s failed", row["key"])
             _quarantine(ledger, row, f"internal error while sealing: {type(exc).__name__}: {exc}")
     # More to do only if this batch was full and moved: runs waiting to retry don't spin the loop.
     return len(batch) == SEAL_BATCH and tried > 0
+
+
+def _disk_full_cause(exc: BaseException) -> BaseException | None:
+    cause = exc.__cause__ or exc.__context__
+    return cause if cause is not None and failures.disk_full(cause) else None
 
 
 def _quarantine(ledger: Ledger, row: dict[str, Any], reason: str) -> None:

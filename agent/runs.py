@@ -85,14 +85,19 @@ class RunFacts:
 
 def find_log(run_dir: Path) -> Path | None:
     """The run's `run-<id>.wandb` file: a regular file directly inside the run directory."""
-    candidates = []
     try:
-        with os.scandir(run_dir) as it:
-            for e in it:
-                if e.name.endswith(".wandb") and e.name.startswith("run-") and e.is_file(follow_symlinks=False):
-                    candidates.append(e.name)
+        return locate_log(run_dir)
     except OSError:
         return None
+
+
+def locate_log(run_dir: Path) -> Path | None:
+    """``find_log``, but a run directory that cannot be listed raises the ``OSError``."""
+    candidates = []
+    with os.scandir(run_dir) as it:
+        for e in it:
+            if e.name.endswith(".wandb") and e.name.startswith("run-") and e.is_file(follow_symlinks=False):
+                candidates.append(e.name)
     if not candidates:
         return None
     suffix = run_dir.name.rsplit("-", 1)[-1]
@@ -166,7 +171,18 @@ def inspect(run_dir: Path, before: RunFacts | None = None) -> RunFacts:
 
     before = before or RunFacts()
     facts = _copy(before)
-    log = find_log(run_dir)
+    try:
+        log = locate_log(run_dir)
+    except FileNotFoundError:
+        log = None
+    except OSError as exc:  # unreadable: say so, not "no .wandb file"
+        facts.error = _os_reason(exc, run_dir)
+        facts.log_path = None
+        try:
+            facts.mtime = run_dir.lstat().st_mtime
+        except OSError:
+            pass
+        return facts
     if log is None:
         facts.error = "no run-*.wandb file in the run directory"
         try:

@@ -2,6 +2,7 @@
 made with the stock tools (age, zstd, tar, minisign) on what the agent wrote."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import io
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import pyrage
+import pytest
 import zstandard
 
 from tfwb_agent.seal import agekeys, minisign
@@ -145,9 +147,11 @@ def sealed_events(state_dir: Path) -> list[dict]:
     return [e for e in lines if e.get("kind") == "sealed" and not e.get("reused")]
 
 
-def craft_with_id(out: Path, site: Site, bundle_id: str, run_id: str, files: dict[str, bytes]) -> dict:
+def craft_with_id(out: Path, site: Site, bundle_id: str, run_id: str, files: dict[str, bytes],
+                  tail: bytes = b"") -> dict:
     """A bundle that a trusted node signed and encrypted to the gateway, whose manifest and
-    signed comment carry ``bundle_id`` as given (any string: the hostile ids under test)."""
+    signed comment carry ``bundle_id`` as given (any string: the hostile ids under test).
+    ``tail``: bytes after the end of the tar archive (what a decompression bomb hides there)."""
     recipient = subprocess.run(["age-keygen", "-y", str(site.gw_identity)], check=True, capture_output=True,
                                text=True).stdout.strip()
     run_dir = f"offline-run-20260101_000000-{run_id}"
@@ -163,7 +167,7 @@ def craft_with_id(out: Path, site: Site, bundle_id: str, run_id: str, files: dic
             ti = tarfile.TarInfo(name)
             ti.size = len(body)
             tf.addfile(ti, io.BytesIO(body))
-    ct = pyrage.encrypt(zstandard.ZstdCompressor(level=3).compress(raw.getvalue()),
+    ct = pyrage.encrypt(zstandard.ZstdCompressor(level=3).compress(raw.getvalue() + tail),
                         [agekeys.parse_recipient(recipient)])
     out.write_bytes(ct)
     sk = minisign.parse_secret_key(site.node_key.read_text())
@@ -171,6 +175,53 @@ def craft_with_id(out: Path, site: Site, bundle_id: str, run_id: str, files: dic
     sig = minisign.sign_digest(sk, hashlib.blake2b(ct, digest_size=64).digest(), facts.trusted_comment(0, out.name))
     Path(f"{out}.minisig").write_text(sig.to_file())
     return man
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str, nr_inodes: int | None = None):
+    """A small tmpfs at ``path`` for the test (we run as root in CI); skips the test where
+    mounting is not allowed, saying so."""
+    path.mkdir(parents=True, exist_ok=True)
+    opts = f"size={size}" + (f",nr_inodes={nr_inodes}" if nr_inodes else "")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tfwb-test", str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode}): a full disk is not simulated")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def remount(path: Path, opts: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{opts}", str(path)], check=True, capture_output=True)
+
+
+def inodes_used(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_files - st.f_ffree
+
+
+def fill(path: Path) -> Path:
+    """Fill the filesystem of ``path`` to the last byte with one file (returned: delete it to free)."""
+    filler = path / "filler"
+    block = b"\1" * (1 << 20)
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for size in (1 << 20, 4096, 1):
+            try:
+                while os.write(fd, block[:size]):
+                    pass
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def unprivileged(cmd: list[str]) -> list[str]:
+    """As root, drop the capabilities that let root read and write any file, as the agent's own
+    user would be without them."""
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd] if os.geteuid() == 0 else cmd
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -182,4 +233,5 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 
 __all__ = ["CORPUS_RUNS", "clone_run", "many_runs", "sealing_site", "popen_agent", "HeldLock", "read_line_with",
-           "open_with_tools", "sealed_events", "craft_with_id", "tree_digest"]
+           "open_with_tools", "sealed_events", "craft_with_id", "tree_digest", "tmpfs", "remount", "inodes_used",
+           "fill", "unprivileged"]

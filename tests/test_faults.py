@@ -4,6 +4,7 @@ was lost, nothing duplicated, and that the user got a clear message."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from conftest import agent, status
@@ -246,3 +247,247 @@ def test_a_flipped_byte_in_the_last_block_of_a_finished_run_is_damage_with_its_o
     assert f"chunk CRC mismatch at byte offset {damaged}" in row["last_error"], row["last_error"]
     assert "damage, not a torn tail" in row["last_error"]
     assert f"the {size - damaged} bytes from byte offset {damaged} to the end" in row["last_error"]
+
+
+# --- 5. every failure a user can cause is a message -------------------------------------------
+
+
+def _good(usb: Path, site, name: str, files: int = 2, size: int = 16) -> str:
+    from fault_helpers import craft_with_id
+
+    bid = __import__("hashlib").sha256(name.encode()).hexdigest()[:32]
+    craft_with_id(usb / f"{name}-0.tar.zst.age", site, bid, name,
+                  {"run-x.wandb": name.encode(), **{f"files/f{i}.txt": bytes([i % 256]) * size for i in range(files)}})
+    return bid
+
+
+def test_links_and_directories_on_a_medium_are_skipped_and_the_rest_imports(tmp_path):
+    from seal_helpers import make_site
+
+    site = make_site(tmp_path / "site")
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    first, last = _good(usb, site, "aaaa0001"), _good(usb, site, "zzzz0001")
+    (usb / "link-0.tar.zst.age").symlink_to(usb / "aaaa0001-0.tar.zst.age")
+    (usb / "outside-0.tar.zst.age").symlink_to("/etc/passwd")
+    (usb / "dir-0.tar.zst.age").mkdir()
+    proc = agent(site.gw_cfg, "import", str(usb), check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    out = proc.stdout
+    assert "skipped  link-0.tar.zst.age: a symlink, not a bundle (links on a medium are never followed)" in out
+    assert "skipped  outside-0.tar.zst.age: a symlink" in out
+    assert "skipped  dir-0.tar.zst.age: a directory, not a bundle" in out
+    assert sorted(p.name for p in site.staging.iterdir()) == sorted([first, last])
+
+
+def test_two_imports_at_once_take_turns_and_import_each_bundle_once(tmp_path):
+    from seal_helpers import make_site
+
+    site = make_site(tmp_path / "site")
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    bids = {_good(usb, site, f"r{i:07d}") for i in range(4)}
+    gw = site.root / "gw-state"
+    held = HeldLock(gw)
+    procs = [popen_agent(site.gw_cfg, "import", str(usb)) for _ in range(2)]
+    for p in procs:
+        assert "holds" in read_line_with(p.stderr, "holds")
+    held.release()
+    results = [p.communicate(timeout=120) for p in procs]
+    assert all("Traceback" not in err for _out, err in results), results
+    assert sorted(p.returncode for p in procs) == [0, 1]  # the second finds only replays
+    assert sorted(p.name for p in site.staging.iterdir()) == sorted(bids)
+    assert site.gw_ledger().db.execute("SELECT COUNT(*) FROM imports").fetchone()[0] == 4
+    second = next(out for out, _err in results if "refused" in out)
+    assert second.count(": replay (") == 4
+
+
+def test_a_full_disk_during_import_keeps_nothing_half_imported_and_resumes(tmp_path):
+    from fault_helpers import inodes_used, remount, tmpfs
+    from seal_helpers import make_site
+
+    site = make_site(tmp_path / "site")
+    usb1, usb2 = tmp_path / "usb1", tmp_path / "usb2"
+    usb1.mkdir()
+    usb2.mkdir()
+    small = _good(usb1, site, "small001")
+    big = _good(usb2, site, "big00001", files=60)
+    with tmpfs(site.root / "gw-state", "64m", 1000) as gw:
+        agent(site.gw_cfg, "import", str(usb1))
+        remount(gw, f"nr_inodes={inodes_used(gw) + 20}")  # the big one's 60 files cannot all fit
+        proc = agent(site.gw_cfg, "import", str(usb2), check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"Error: the disk holding {gw} is full" in proc.stderr
+        assert "while importing big00001-0.tar.zst.age: nothing of it was kept; free space there" in proc.stderr
+        assert sorted(p.name for p in site.staging.iterdir()) == [small]  # no .tmp- leftover either
+        assert site.gw_ledger().db.execute("SELECT COUNT(*) FROM imports").fetchone()[0] == 1
+        remount(gw, "nr_inodes=2000")
+        agent(site.gw_cfg, "import", str(usb2))
+        assert sorted(p.name for p in site.staging.iterdir()) == sorted([small, big])
+        agent(site.gw_cfg, "audit", "verify")
+
+
+def test_a_decompression_bomb_is_refused_before_it_is_written(tmp_path):
+    from fault_helpers import craft_with_id, tmpfs
+    from seal_helpers import make_site
+
+    site = make_site(tmp_path / "site")
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    # Declares what it unpacks to (64 MiB of zeros, a few KiB as a bundle): more than staging holds.
+    craft_with_id(usb / "bomb1-0.tar.zst.age", site, "b" * 32, "bomb1", {"run-x.wandb": bytes(64 << 20)})
+    # Declares 1 KiB, then hides 48 MiB after the end of its archive.
+    craft_with_id(usb / "bomb2-0.tar.zst.age", site, "c" * 32, "bomb2", {"run-x.wandb": bytes(1024)},
+                  tail=bytes(48 << 20))
+    good = _good(usb, site, "good0001")
+    with tmpfs(site.root / "gw-state", "40m") as gw:
+        proc = agent(site.gw_cfg, "import", str(usb), check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        lines = {ln.split()[1].rstrip(":"): ln for ln in proc.stdout.splitlines()}
+        assert lines["bomb1-0.tar.zst.age"].startswith("skipped  bomb1-0.tar.zst.age: it unpacks to 67108864 bytes "
+                                                       "(its manifest says)"), lines
+        assert "nothing of it was written" in lines["bomb1-0.tar.zst.age"]
+        assert lines["bomb2-0.tar.zst.age"].startswith("refused  bomb2-0.tar.zst.age: bad_archive"), lines
+        assert "a decompression bomb" in lines["bomb2-0.tar.zst.age"]
+        assert lines["good0001-0.tar.zst.age"].startswith("imported"), lines
+        assert sorted(p.name for p in site.staging.iterdir()) == [good]
+        st = os.statvfs(gw)
+        assert (st.f_blocks - st.f_bfree) * st.f_frsize < 8 << 20  # never came near the bombs' sizes
+
+
+def test_the_daemon_pauses_on_a_full_disk_and_resumes_when_there_is_room(tmp_path, corpus):
+    from fault_helpers import fill, tmpfs
+
+    runs = many_runs(corpus, 4)
+    volume = corpus / "volume"
+    volume.mkdir()
+    site = sealing_site(tmp_path / "site", volume, map_root=corpus)
+    with tmpfs(site.root / "node-state", "24m"):
+        first = list(runs.values())[:2]
+        for d in first:
+            d.rename(volume / d.name)
+        daemon = DaemonProc(site.node_cfg, tmp_path / "daemon.log").start()
+        wait_for(lambda: status(site.node_cfg)["counts"] == {"sealed": 2}, 60, "the first two sealed", daemon)
+        filler = fill(site.root / "node-state")
+        for d in list(runs.values())[2:]:
+            d.rename(volume / d.name)
+        wait_for(lambda: "is full" in daemon.output(), 30, "the daemon to say the disk is full", daemon)
+        assert "Traceback" not in daemon.output()
+        shown = agent(site.node_cfg, "status")  # still answers, and says why nothing moves
+        assert f"warning: the disk holding {site.root / 'node-state'} is full" in shown.stderr, shown.stderr
+        filler.unlink()
+        wait_for(lambda: status(site.node_cfg)["counts"] == {"sealed": 4}, 60, "all four sealed", daemon)
+        assert "has room again; work resumed" in daemon.output()
+        assert daemon.terminate()[0] == 0
+    assert "Traceback" not in daemon.output(), daemon.output()[-3000:]
+
+
+def test_a_damaged_or_read_only_ledger_is_a_message_that_names_it(tmp_path, corpus):
+    import subprocess
+
+    from fault_helpers import unprivileged
+
+    site = sealing_site(tmp_path / "site", corpus / "many", map_root=corpus)
+    many_runs(corpus, 2)
+    ledger = site.root / "node-state" / "ledger.sqlite3"
+    agent(site.node_cfg, "scan")
+    ledger.chmod(0o444)
+    env = dict(os.environ, TFWB_AGENT_CONFIG=str(site.node_cfg))
+    import sys
+    proc = subprocess.run(unprivileged([sys.executable, "-m", "tfwb_agent", "scan", "--seal"]), env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"Error: the ledger {ledger} is read-only for this user"), proc.stderr
+    assert "run the command as the agent's user" in proc.stderr
+    ledger.chmod(0o600)
+    for extra in ("-wal", "-shm"):
+        Path(f"{ledger}{extra}").unlink(missing_ok=True)
+    ledger.write_bytes(b"this is not an SQLite database" * 100)
+    for args in (("status",), ("scan", "--seal"), ("daemon",)):
+        proc = agent(site.node_cfg, *args, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"Error: the ledger {ledger} is damaged (file is not a database); move it aside" in proc.stderr
+
+
+def test_an_unreadable_run_directory_is_reported_as_permission_denied(tmp_path, corpus):
+    import subprocess
+    import sys
+
+    from conftest import write_config
+    from fault_helpers import unprivileged
+
+    runs = many_runs(corpus, 1)
+    (run,) = runs.values()
+    run.chmod(0)
+    cfg = write_config(tmp_path / "agent.toml", tmp_path / "state", [corpus / "many"], quiet_seconds=1)
+    proc = subprocess.run(unprivileged([sys.executable, "-m", "tfwb_agent", "scan"]), capture_output=True, text=True,
+                          env=dict(os.environ, TFWB_AGENT_CONFIG=str(cfg)))
+    run.chmod(0o755)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = status(cfg)["runs"]
+    assert row["state"] == "invalid", row
+    assert row["last_error"] == f"cannot read {run.name}: permission denied (give the agent's user read access)"
+
+
+def _session_members(sid: int) -> list[int]:
+    """Processes still in the session (and group) that an upload started as its leader."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                stat = (p / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(fields[3]) == sid and fields[0] != "Z":
+                out.append(int(p.name))
+    return out
+
+
+def test_sync_says_what_waits_and_stops_its_uploads_when_stopped_or_out_of_time(tmp_path, corpus):
+    import signal
+    import time
+
+    from deliver_helpers import RestartableServer, corpus_dirs, duplicate_rows, make_deliver_site, metric_rows, seal_dirs
+
+    server = RestartableServer(tmp_path).start()
+    try:
+        site = make_deliver_site(tmp_path / "site", server.url, "wrong" + "0" * 35)
+        run_ids = seal_dirs(site, corpus_dirs(corpus)[:2])
+        # A rejected key: exit 3, and the runs that wait are said to wait, not "nothing to deliver".
+        proc = agent(site.cfg, "sync", "--to", "local", "--once", check=False)
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        assert "nothing to deliver" not in proc.stdout
+        assert "2 segment(s) wait for local (key_rejected)" in proc.stdout, proc.stdout
+
+        site.key_file.write_text(server.api_key + "\n")
+        agent(site.cfg, "targets", "check")
+        sync = popen_agent(site.cfg, "sync", "--to", "local", "--once")
+        read_line_with(sync.stdout, "sending ")
+        ledger = site.ledger()
+        pid = wait_for(lambda: ledger.db.execute("SELECT uploader_pid FROM deliveries WHERE state = 'uploading' "
+                                                 "AND uploader_pid IS NOT NULL").fetchone(), 30, "an upload")[0]
+        assert _session_members(pid)
+        server.proc.send_signal(signal.SIGSTOP)  # the server hangs: the upload would wait for it for an hour
+        t0 = time.monotonic()
+        sync.send_signal(signal.SIGTERM)
+        out, err = sync.communicate(timeout=30)
+        assert time.monotonic() - t0 < 10 and sync.returncode == 128 + signal.SIGTERM, (out, err)
+        assert "Error: sync stopped by SIGTERM: 1 upload(s) under way were stopped; the next sync asks the server " \
+               "what arrived and sends only the rest" in err, err
+        assert "Traceback" not in err
+        assert _session_members(pid) == []  # wandb sync and everything it started are gone
+
+        t0 = time.monotonic()
+        timed = agent(site.cfg, "sync", "--to", "local", "--once", "--timeout", "3", check=False)
+        assert timed.returncode == 1 and time.monotonic() - t0 < 10, timed.stdout + timed.stderr
+        assert "Error: sync stopped: --timeout 3s ran out" in timed.stderr and "Traceback" not in timed.stderr
+
+        server.proc.send_signal(signal.SIGCONT)
+        agent(site.cfg, "sync", "--to", "local", "--once")
+        for rid in run_ids:
+            assert metric_rows(server, rid) > 0 and duplicate_rows(server, rid) == 0, rid
+    finally:
+        if server.proc:
+            server.proc.send_signal(signal.SIGCONT)
+        server.stop()

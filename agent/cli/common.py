@@ -31,7 +31,9 @@ class Context:
     def ledger(self) -> Ledger:
         try:
             return Ledger(self.config.ledger_path)
-        except (LedgerError, OSError) as exc:
+        except LedgerError as exc:
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:
             raise click.ClickException(
                 f"cannot open the ledger at {self.config.ledger_path}: {exc}. "
                 "Check state_dir in the config and that this user may write there.") from None

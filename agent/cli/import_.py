@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from ..seal import REASONS, keys_config, keystore
-from ..seal.carry import import_dir
+from ..seal.carry import ImportOutcome, ImportStopped, import_dir
 from .common import Context, echo_json, pass_ctx
 
 
@@ -30,19 +30,31 @@ def command(ctx: Context, directory: Path, as_json: bool) -> None:
         raise click.ClickException(str(exc)) from None
     if not keys.trusted:
         raise click.ClickException("keys.trusted_nodes matches no public key file: every bundle would be refused")
+    stopped = None
     with ctx.writing("import"):
-        outcomes = import_dir(ctx.config, keys, ctx.ledger(), directory)
-    if as_json:
-        echo_json([o.as_dict() for o in outcomes])
-    else:
-        for o in outcomes:
-            if o.status == "imported":
-                click.echo(f"imported {o.name}: run {o.run_id} segment {o.segment}, signed by {o.signer}, "
-                           f"staged in {o.staged}")
-            else:
-                click.echo(f"refused  {o.name}: {o.reason} ({REASONS[o.reason or 'bad_signature']}): {o.detail}; "
-                           f"quarantined in {o.quarantined}")
-        if not outcomes:
-            click.echo(f"no bundles (*.tar.zst.age) in {directory}", err=True)
+        try:
+            outcomes = import_dir(ctx.config, keys, ctx.ledger(), directory)
+        except ImportStopped as exc:
+            outcomes, stopped = exc.outcomes, exc
+    _show(outcomes, directory, as_json)
+    if stopped is not None:
+        raise click.ClickException(str(stopped))
     if any(o.status != "imported" for o in outcomes):
         raise SystemExit(1)
+
+
+def _show(outcomes: list[ImportOutcome], directory: Path, as_json: bool) -> None:
+    if as_json:
+        echo_json([o.as_dict() for o in outcomes])
+        return
+    for o in outcomes:
+        if o.status == "imported":
+            click.echo(f"imported {o.name}: run {o.run_id} segment {o.segment}, signed by {o.signer}, "
+                       f"staged in {o.staged}")
+        elif o.status == "skipped":
+            click.echo(f"skipped  {o.name}: {o.detail}")
+        else:
+            click.echo(f"refused  {o.name}: {o.reason} ({REASONS[o.reason or 'bad_signature']}): {o.detail}; "
+                       f"quarantined in {o.quarantined}")
+    if not outcomes:
+        click.echo(f"no bundles (*.tar.zst.age) in {directory}", err=True)

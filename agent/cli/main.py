@@ -2,11 +2,31 @@
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import click
 
-from .. import __version__
+from .. import __version__, failures
 from .common import Context
+
+
+class _Group(click.Group):
+    """The command group, and the last word on failures a user can cause (a full disk, a
+    damaged or read-only ledger, a denied permission) wherever a command meets them: a message
+    that says what and where, exit 1, never a traceback. Anything else is a bug and shows."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.Exit:
+            raise
+        except Exception as exc:
+            obj = ctx.obj if isinstance(ctx.obj, Context) else None
+            loaded = obj._config if obj is not None else None
+            message = failures.user_message(exc, loaded.ledger_path if loaded else None)
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
 
 # One module per command, each exposing `command` (a click command or group).
 COMMAND_MODULES = [
@@ -18,7 +38,7 @@ COMMAND_MODULES = [
 ]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--config", "config_path", metavar="PATH", envvar="TFWB_AGENT_CONFIG", show_envvar=True,
               help="Agent config (TOML). Default: /etc/tfwb-agent/agent.toml.")
 @click.version_option(__version__, prog_name="tfwb-agent")

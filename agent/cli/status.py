@@ -8,7 +8,18 @@ import click
 
 from ..status_view import (delivery_note, delivery_views, human_age, human_size, imported_views, run_view,
                            target_line)
+from .. import failures
 from .common import Context, echo_json, pass_ctx
+
+DISK_FLOOR = 1 << 20  # less free than this in the state directory: work is paused
+
+
+def _disk_warning(ctx: Context) -> str | None:
+    free = failures.free_bytes(ctx.config.state_dir)
+    if free is None or free >= DISK_FLOOR:
+        return None
+    return (f"the disk holding {ctx.config.state_dir} is full ({free} bytes free): the daemon pauses its work "
+            "until there is room again; free space there")
 
 
 @click.command("status")
@@ -30,11 +41,14 @@ def command(ctx: Context, as_json: bool) -> None:
     imported = imported_views(ledger.db)
     for i in imported:
         i["deliveries"] = [d for d in deliveries.get(i["run_id"], []) if d["segment"] == i["segment"]]
+    disk = _disk_warning(ctx)
     if as_json:
         echo_json({"runs": views, "counts": counts, "targets": targets, "imported": imported,
                    "deliveries": [dict(d, run_id=rid) for rid, ds in deliveries.items() for d in ds],
-                   "node": ctx.config.node_name})
+                   "node": ctx.config.node_name, "problems": [disk] if disk else []})
         return
+    if disk:
+        click.echo(f"warning: {disk}", err=True)
     if not views and imported:
         click.echo(f"{len(imported)} imported bundle(s) (this is a gateway):")
         for i in imported:

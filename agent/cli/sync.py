@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import time
 from typing import Any
@@ -75,7 +76,8 @@ class _Bars:
 @click.option("--run", "run_id", metavar="RUN_ID", help="Only this run.")
 @click.option("--dry-run", is_flag=True, help="Say what policy would let go now; send nothing.")
 @click.option("--retry-failed", is_flag=True, help="Try segments marked failed again.")
-@click.option("--timeout", type=float, default=None, metavar="SECONDS", help="Give up waiting after this long.")
+@click.option("--timeout", type=float, default=None, metavar="SECONDS",
+              help="Stop after this long, whatever is under way (uploads are stopped; the next sync resumes).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object with every outcome.")
 @pass_ctx
 def command(ctx: Context, target: str, once: bool, run_id: str | None, dry_run: bool, retry_failed: bool,
@@ -95,7 +97,8 @@ def command(ctx: Context, target: str, once: bool, run_id: str | None, dry_run: 
 
     Exit status: 0 the rounds ran (what arrived and what still waits, and why, is in the
     output; an offline target is not an error); 3 the target's key is rejected or missing
-    (see `targets check`); 1 any other error.
+    (see `targets check`); 1 --timeout ran out, or any other error; 128+N stopped by signal N
+    (143 SIGTERM, 130 SIGINT). A stopped sync stops its `wandb sync` uploads too.
     """
     from ..deliver import engine
 
@@ -116,7 +119,8 @@ def command(ctx: Context, target: str, once: bool, run_id: str | None, dry_run: 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     rounds: list[dict[str, Any]] = []
     holder = f"sync --to {target}"
-    deadline = time.monotonic() + timeout if timeout else None
+    stopped: _Stopped | None = None
+    _stop_on_signals(timeout)
     first = True
     try:
         while True:
@@ -138,24 +142,67 @@ def command(ctx: Context, target: str, once: bool, run_id: str | None, dry_run: 
                 continue  # a later segment was waiting for one this round confirmed: send it now
             if once or dry_run or not busy or rr.status in NEEDS_A_PERSON:
                 break
-            if deadline is not None and time.monotonic() > deadline:
-                break
             row = engine.target_row(ledger, target) or {}
             nxt = row.get("next_attempt") or 0
             # Wait out the back-off the engine chose (a schedule, not a synchronisation guess).
             time.sleep(min(max(nxt - time.time(), 0.5), 30.0))
+    except _Stopped as exc:
+        stopped = exc
     finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # what is left (the report) may simply be cut
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         reporter.close()
-    last = rounds[-1]
+    _report(ledger, target, run_id, rounds, stopped, as_json)
+
+
+def _report(ledger: Any, target: str, run_id: str | None, rounds: list[dict[str, Any]], stopped: "_Stopped | None",
+            as_json: bool) -> None:
+    last = rounds[-1] if rounds else {"status": None, "detail": None, "waiting": 0}
     summary = _summary(ledger, target, run_id)
     if as_json:
         echo_json({"target": target, "status": last["status"], "detail": last["detail"], "rounds": len(rounds),
+                   "waiting": last["waiting"], "stopped": str(stopped) if stopped else None,
                    "outcomes": [o for r in rounds for o in r["outcomes"]], "deliveries": summary})
     else:
         click.echo(f"target {target}: {last['status'] or 'not probed'}" + (f" ({last['detail']})" if last["detail"] else ""))
-        click.echo("  ".join(f"{k}: {v}" for k, v in sorted(summary["counts"].items())) or "nothing to deliver")
+        counts = "  ".join(f"{k}: {v}" for k, v in sorted(summary["counts"].items()))
+        if last["waiting"]:  # segments policy lets go that were not sent (offline, key, back-off)
+            counts = f"{counts}  " * bool(counts) + f"{last['waiting']} segment(s) wait for {target} " \
+                     f"({last['status'] or 'not probed'})"
+        click.echo(counts or "nothing to deliver")
+    if stopped is not None:
+        click.echo(f"Error: {stopped}", err=True)
+        sys.exit(stopped.code)
     if last["status"] in NEEDS_A_PERSON:
         sys.exit(3)
+
+
+class _Stopped(Exception):
+    """SIGTERM, SIGINT or --timeout: the uploads under way were stopped, their groups killed."""
+
+    def __init__(self, why: str, code: int, killed: int) -> None:
+        super().__init__(f"sync {why}: {killed} upload(s) under way were stopped; the next sync asks the server "
+                         "what arrived and sends only the rest")
+        self.code = code
+
+
+def _stop_on_signals(timeout: float | None) -> None:
+    """SIGTERM, SIGINT and the --timeout alarm stop sync at once, wherever it is: its uploads'
+    process groups are killed (none starts after), then ``_Stopped`` unwinds it (transactions
+    roll back, locks go with their files)."""
+    from ..deliver import upload
+
+    def stop(why: str, code: int) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
+            signal.signal(sig, signal.SIG_IGN)  # once is enough: let the unwinding finish
+        raise _Stopped(why, code, upload.stop_all())
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: stop(f"stopped by {signal.Signals(signum).name}", 128 + signum))
+    if timeout:
+        signal.signal(signal.SIGALRM, lambda _s, _f: stop(f"stopped: --timeout {timeout:g}s ran out", 1))
+        signal.setitimer(signal.ITIMER_REAL, timeout)
 
 
 class _Quiet:

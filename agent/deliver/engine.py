@@ -53,6 +53,7 @@ class _NotYet(Exception):
 
 
 NOT_CONFIRMED = "not confirmed after wandb sync"
+STOPPED = "stopped (the agent was stopped) before the server confirmed it; the next round asks the server what arrived"
 
 
 class DeliveryError(Exception):
@@ -402,8 +403,11 @@ class _Settle:
         try:
             for p in batch:
                 self.report("upload_start", run_id=p.unit.run_id, segment=p.unit.segment, bytes=p.size, rows=p.rows)
-            up = upload.start([p.run_dir for p in batch], t.base_url, self.key, first.project, first.entity,
-                              scratch / "wandb-home", out_log, self.settings.max_parallel)
+            try:
+                up = upload.start([p.run_dir for p in batch], t.base_url, self.key, first.project, first.entity,
+                                  scratch / "wandb-home", out_log, self.settings.max_parallel)
+            except upload.Stopped:
+                return [self.retry(p.unit, STOPPED, None) for p in batch]
             started = upload.process_start_time(up.pid)
             for p in batch:
                 _set(ledger, p.unit, t.name, "uploading", uploader_pid=up.pid, uploader_start=started,
@@ -412,6 +416,9 @@ class _Settle:
                      reason=f"sending {p.rows} history rows" + (" (resumed)" if p.resumed else ""))
             rounds = -(-len(batch) // max(1, self.settings.max_parallel))
             rc = self.wait(up, batch, self.settings.upload_timeout * rounds)
+            upload.finished(up)
+            if upload.stopping.is_set():  # the server is not asked now: the next round asks it
+                return [self.retry(p.unit, STOPPED, None) for p in batch]
             try:
                 judged = self.ask(batch)
             except Exception as exc:
@@ -434,8 +441,7 @@ class _Settle:
                 break
             except subprocess.TimeoutExpired:
                 if time.monotonic() > deadline:
-                    up.proc.kill()
-                    up.proc.wait()
+                    upload.kill(up)
                     break
             for p in [p for p in waiting if p.log_path.with_name(p.log_path.name + ".synced").exists()]:
                 waiting.remove(p)
@@ -598,8 +604,11 @@ def _round(ledger: Ledger, cfg: config_mod.Config, target_name: str, t: Target, 
                 rr.outcomes.append(Outcome(u.run_id, u.segment, target_name, "uploading",
                                            f"an upload started earlier (pid {d['uploader_pid']}) is still running"))
                 continue
-            while upload.alive(d["uploader_pid"], d["uploader_start"]):
+            while upload.alive(d["uploader_pid"], d["uploader_start"]) and not upload.stopping.is_set():
                 time.sleep(0.5)  # a poll interval: the earlier uploader's exit is what we wait for
+            if upload.stopping.is_set():
+                rr.waiting += 1
+                continue
         if d and d["state"] == "pending" and d["next_attempt"] and d["next_attempt"] > now and not force_probe:
             rr.waiting += 1
             continue
@@ -633,7 +642,7 @@ def _round(ledger: Ledger, cfg: config_mod.Config, target_name: str, t: Target, 
     for u in sorted(to_send, key=lambda x: x.segment):
         queues.setdefault(u.run_id, []).append(u)
     with ThreadPoolExecutor(max_workers=settings.max_parallel, thread_name_prefix="deliver") as pool:
-        while queues:
+        while queues and not upload.stopping.is_set():
             for o in _deliver_wave(settle, [q[0] for q in queues.values()], pool):
                 report("segment_done", outcome=o)
                 rr.outcomes.append(o)
@@ -664,6 +673,8 @@ def _deliver_wave(settle: _Settle, wave: list[Unit], pool: ThreadPoolExecutor) -
     with ThreadPoolExecutor(max_workers=settle.settings.max_parallel, thread_name_prefix="send") as senders:
         sending = []
         for part in wave_parts(wave, settle.settings.max_parallel):
+            if upload.stopping.is_set():
+                break
             ready, settled = _prepare(settle, part, pool)
             yield from settled
             sending += [senders.submit(settle.send, b) for b in batches(ready, settle.ledger, settle.t.name)]

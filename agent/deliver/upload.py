@@ -5,14 +5,18 @@ The server URL and API key travel in the child's environment only, never on its 
 directories point into the private work directory, so the child neither reads nor writes the
 agent user's ``~/.netrc`` or ``~/.config/wandb``. The child runs in its own session: if the
 agent is killed mid-upload, the upload finishes by itself, and the next agent waits for it
-(its pid and start time are in the ledger) before asking the server what arrived.
+(its pid and start time are in the ledger) before asking the server what arrived. An agent that
+is *stopped* (SIGTERM, SIGINT, its --timeout) stops its uploads itself: ``stop_all`` kills each
+one's whole process group (wandb sync and what it started), and no new one starts.
 """
 from __future__ import annotations
 
 import functools
 import os
+import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -66,6 +70,46 @@ def sync_argv(run_dirs: Sequence[Path], project: str, entity: str | None, parall
     return argv + [str(d) for d in run_dirs]
 
 
+class Stopped(Exception):
+    """This process is stopping: no new upload starts."""
+
+
+stopping = threading.Event()
+_running: dict[int, subprocess.Popen] = {}
+_running_lock = threading.Lock()
+
+
+def stop_all() -> int:
+    """Stop every upload this process started (its whole process group) and start no more.
+    Returns how many were still running. Safe from a signal handler."""
+    stopping.set()
+    with _running_lock:
+        procs = list(_running.values())
+    stopped = 0
+    for proc in procs:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # its own session: the group is the upload's alone
+                stopped += 1
+            except ProcessLookupError:
+                pass
+    return stopped
+
+
+def kill(up: "Upload") -> None:
+    """Kill one upload, its whole process group (wandb sync starts helpers of its own)."""
+    try:
+        os.killpg(up.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    up.proc.wait()
+
+
+def finished(up: "Upload") -> None:
+    with _running_lock:
+        _running.pop(up.pid, None)
+
+
 @dataclass
 class Upload:
     proc: subprocess.Popen
@@ -81,6 +125,8 @@ def start(run_dirs: Sequence[Path], base_url: str, api_key: str, project: str, e
     """Start one ``wandb sync`` of ``run_dirs`` (private copies: sync writes into them), up to
     ``parallel`` of them at a time. One process for many runs: each wandb process costs about a
     second of CPU to start, which on a small node was most of the time a batch took."""
+    if stopping.is_set():
+        raise Stopped("stopping: no new upload")
     log = open(log_path, "ab")
     try:
         proc = subprocess.Popen(sync_argv(run_dirs, project, entity, parallel), env=sync_env(base_url, api_key, home),
@@ -88,6 +134,10 @@ def start(run_dirs: Sequence[Path], base_url: str, api_key: str, project: str, e
                                 cwd=str(home), start_new_session=True, close_fds=True)
     finally:
         log.close()
+    with _running_lock:
+        _running[proc.pid] = proc
+    if stopping.is_set():  # stopped between the check above and here
+        stop_all()
     return Upload(proc, log_path)
 
 

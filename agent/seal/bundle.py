@@ -518,6 +518,8 @@ def _read_archive(stream: BinaryIO, verified: Verified, staging: Staging | None,
     if facts is None or facts.bundle_id != manifest["bundle_id"] or facts.content_id != manifest["content_id"]:
         raise Refused("manifest_mismatch", "the signed trusted comment does not name this manifest's bundle")
     on_manifest(manifest)
+    if isinstance(stream, Bounded):
+        stream.allow(manifest)
     expected = {e["name"]: e for e in manifest["members"]}
     seen: list[dict[str, Any]] = []
     done: set[str] = set()
@@ -634,7 +636,8 @@ def _decrypt_and_read(f: BinaryIO, verified: Verified, identities: Sequence[x255
     try:
         dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
         with dctx.stream_reader(rf, read_size=CHUNK, read_across_frames=True, closefd=False) as zr:
-            result = _read_archive(zr, verified, staging, on_manifest, progress)  # type: ignore[arg-type]
+            bounded = Bounded(zr, mf.MANIFEST_MAX + Bounded.HEADER_ALLOWANCE + CHUNK)  # type: ignore[arg-type]
+            result = _read_archive(bounded, verified, staging, on_manifest, progress)  # type: ignore[arg-type]
     except BaseException as exc:
         main_error = exc
     finally:
@@ -671,5 +674,53 @@ class _PipeFile:
         pass
 
 
-def iter_bundles(directory: Path) -> Iterable[Path]:
-    return sorted(p for p in directory.glob("*.tar.zst.age") if p.is_file() and not p.name.startswith("."))
+def iter_bundles(directory: Path) -> list[tuple[Path, str | None]]:
+    """Every ``*.tar.zst.age`` name on a medium, each with why it is not a bundle to open (a
+    symlink, never followed; a directory; ...) or None. Hidden names (an export's temporary
+    files) are not listed."""
+    out: list[tuple[Path, str | None]] = []
+    for p in sorted(directory.glob("*.tar.zst.age")):
+        if p.name.startswith("."):
+            continue
+        try:
+            mode = p.lstat().st_mode
+        except OSError as exc:
+            out.append((p, f"cannot read it ({exc.strerror})"))
+            continue
+        if stat.S_ISLNK(mode):
+            out.append((p, "a symlink, not a bundle (links on a medium are never followed)"))
+        elif stat.S_ISDIR(mode):
+            out.append((p, "a directory, not a bundle"))
+        elif not stat.S_ISREG(mode):
+            out.append((p, "not a regular file"))
+        else:
+            out.append((p, None))
+    return out
+
+
+class Bounded:
+    """The decompressed stream, never read past what the manifest accounts for: until the
+    manifest is read, its own limit; then every member it declares (rounded up to tar blocks),
+    a header allowance per member and a little trailing padding. A decompression bomb (a small
+    bundle that unpacks to far more than it declares) stops at the limit, before it is written
+    or held anywhere."""
+
+    HEADER_ALLOWANCE = 64 << 10   # per member: its tar header and PAX records
+    TAIL_ALLOWANCE = 1 << 20      # end-of-archive blocks and record padding
+
+    def __init__(self, src: BinaryIO, limit: int) -> None:
+        self.src, self.limit, self.count = src, limit, 0
+
+    def allow(self, manifest: dict[str, Any]) -> None:
+        members = manifest["members"]
+        declared = sum(-(-e["size"] // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE for e in members)
+        self.limit = self.count + declared + self.HEADER_ALLOWANCE * (len(members) + 1) + self.TAIL_ALLOWANCE
+
+    def read(self, n: int = -1) -> bytes:
+        want = self.limit - self.count + 1 if n is None or n < 0 else min(n, self.limit - self.count + 1)
+        data = self.src.read(max(want, 0))
+        self.count += len(data)
+        if self.count > self.limit:
+            raise Refused("bad_archive", f"it unpacks to more than the {self.limit} bytes its manifest accounts "
+                                         "for (a decompression bomb); stopped there, nothing of the excess was written")
+        return data

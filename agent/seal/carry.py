@@ -18,12 +18,13 @@ import errno
 import json
 import os
 import shutil
+import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import statedir
+from .. import failures, statedir
 from ..config import Config
 from ..ledger import Ledger
 from . import bundle as bd
@@ -177,7 +178,7 @@ def export_to(cfg: Config, ledger: Ledger, dest: Path, node_pub: minisign.Public
 @dataclass
 class ImportOutcome:
     name: str
-    status: str  # imported | refused
+    status: str  # imported | refused | skipped (not a bundle, or no room: nothing written, not quarantined)
     reason: str | None = None
     detail: str | None = None
     signer: str | None = None
@@ -200,14 +201,60 @@ def quarantine_root(cfg: Config) -> Path:
     return statedir.quarantine(cfg)
 
 
+class NoRoom(Exception):
+    """A bundle that does not fit in staging: skipped before anything of it is written."""
+
+
+class ImportStopped(Exception):
+    """The import cannot go on (the gateway's disk is full): ``outcomes`` is what it did before."""
+
+    def __init__(self, message: str, outcomes: list[ImportOutcome]) -> None:
+        super().__init__(message)
+        self.outcomes = outcomes
+
+
+STAGING_RESERVE = 8 << 20  # what an import leaves free beside a bundle: the ledger and audit log still grow
+
+
 def import_dir(cfg: Config, keys: OpenKeys, ledger: Ledger, directory: Path) -> list[ImportOutcome]:
+    """Import every bundle in ``directory``: one bad entry is skipped or refused and the rest go
+    on; a full disk stops the import (``ImportStopped``) with nothing half-imported."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory} is not a directory")
     root = staging_root(cfg)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     bd.clean_staging_leftovers(root)
-    return [import_one(cfg, keys, ledger, path) for path in bd.iter_bundles(directory)]
+    outcomes: list[ImportOutcome] = []
+    for path, not_a_bundle in bd.iter_bundles(directory):
+        if not_a_bundle:
+            outcomes.append(ImportOutcome(path.name, "skipped", detail=not_a_bundle))
+            continue
+        try:
+            outcomes.append(import_one(cfg, keys, ledger, path))
+        except NoRoom as exc:
+            outcomes.append(ImportOutcome(path.name, "skipped", detail=str(exc)))
+        except (OSError, sqlite3.Error) as exc:
+            if failures.disk_full(exc):
+                raise ImportStopped(f"the disk holding {cfg.state_dir} is full ({exc}) while importing {path.name}: "
+                                    "nothing of it was kept; free space there and run import again (bundles "
+                                    "imported already are refused as replays, harmlessly)", outcomes) from None
+            if isinstance(exc, OSError) and exc.filename and str(exc.filename).startswith(str(directory)):
+                outcomes.append(ImportOutcome(path.name, "skipped", detail=f"cannot read it ({exc.strerror})"))
+                continue
+            raise
+    return outcomes
+
+
+def _check_room(cfg: Config, m: dict[str, Any]) -> None:
+    """The manifest says how much a bundle unpacks to: refuse what cannot fit before writing any
+    of it (the stream is held to that declaration, see ``bundle.Bounded``)."""
+    declared = sum(e["size"] for e in m["members"])
+    free = failures.free_bytes(staging_root(cfg))
+    if free is not None and declared + STAGING_RESERVE > free:
+        raise NoRoom(f"it unpacks to {declared} bytes (its manifest says), and {free} bytes are free in "
+                     f"{staging_root(cfg)} ({STAGING_RESERVE} kept for the ledger); nothing of it was written; "
+                     "free space there, then import again")
 
 
 def import_one(cfg: Config, keys: OpenKeys, ledger: Ledger, path: Path) -> ImportOutcome:
@@ -222,6 +269,7 @@ def import_one(cfg: Config, keys: OpenKeys, ledger: Ledger, path: Path) -> Impor
                                        f"as bundle {row['bundle_id']}")
         _refuse_conflict(ledger, m)
         _remove_unrecorded(cfg, ledger, m["bundle_id"])
+        _check_room(cfg, m)
 
     try:
         opened = bd.open_bundle(path, keys, staging_root=root, on_manifest=on_manifest)
@@ -230,16 +278,20 @@ def import_one(cfg: Config, keys: OpenKeys, ledger: Ledger, path: Path) -> Impor
     m, signer = opened.manifest, opened.verified.signer
     seg = m["segment"]
     assert opened.staged is not None
-    with ledger.tx() as db:
-        now = time.time()
-        db.execute("INSERT INTO imports (content_id, bundle_id, run_id, segment, signer, staging, imported_at) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                   (m["content_id"], m["bundle_id"], m["run"]["run_id"], seg["number"], signer.label,
-                    str(opened.staged), now))
-        db.execute("INSERT OR REPLACE INTO bundles (bundle_id, run_key, run_id, segment, name, path, content_id, "
-                   "byte_start, byte_end, state, created) VALUES (?, NULL, ?, ?, ?, ?, ?, ?, ?, 'imported', ?)",
-                   (m["bundle_id"], m["run"]["run_id"], seg["number"], path.name, str(opened.staged),
-                    m["content_id"], seg.get("byte_start"), seg.get("byte_end"), now))
+    try:
+        with ledger.tx() as db:
+            now = time.time()
+            db.execute("INSERT INTO imports (content_id, bundle_id, run_id, segment, signer, staging, imported_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (m["content_id"], m["bundle_id"], m["run"]["run_id"], seg["number"], signer.label,
+                        str(opened.staged), now))
+            db.execute("INSERT OR REPLACE INTO bundles (bundle_id, run_key, run_id, segment, name, path, content_id, "
+                       "byte_start, byte_end, state, created) VALUES (?, NULL, ?, ?, ?, ?, ?, ?, ?, 'imported', ?)",
+                       (m["bundle_id"], m["run"]["run_id"], seg["number"], path.name, str(opened.staged),
+                        m["content_id"], seg.get("byte_start"), seg.get("byte_end"), now))
+    except BaseException:  # not recorded (a full disk...): nothing of it stays staged
+        shutil.rmtree(opened.staged, ignore_errors=True)
+        raise
     audit_event(cfg, {"kind": "imported", "bundle": path.name, "from": str(path.parent), "bundle_id": m["bundle_id"],
                       "content_id": m["content_id"], "run_id": m["run"]["run_id"], "segment": seg["number"],
                       "signer": signer.label, "source_node": m.get("source_node"), "redaction": m.get("redaction")})
@@ -279,15 +331,19 @@ def _quarantine(cfg: Config, ledger: Ledger, path: Path, exc: bd.Refused) -> Imp
     qdir = statedir.quarantine_entry(cfg, path.name)
     stamp = qdir.name.split("-", 1)[0]
     qdir.mkdir(mode=0o700)
-    for src in (path, Path(f"{path}{SIG_SUFFIX}")):
-        if src.is_file() and not src.is_symlink():
-            shutil.copyfile(src, qdir / src.name)
     v = exc.verified
     facts = v.facts if v else None
     info = {"bundle": path.name, "source": str(path), "reason": exc.reason, "meaning": bd.REASONS[exc.reason],
             "detail": exc.detail, "signer": v.signer.label if v else None,
             "signed_facts": asdict(facts) if facts else None, "quarantined_at": stamp}
-    (qdir / "reason.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+    try:
+        for src in (path, Path(f"{path}{SIG_SUFFIX}")):
+            if src.is_file() and not src.is_symlink():
+                shutil.copyfile(src, qdir / src.name)
+        (qdir / "reason.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+    except BaseException:  # a full disk: no half-made quarantine entry
+        shutil.rmtree(qdir, ignore_errors=True)
+        raise
     bundle_id = facts.bundle_id if facts else f"unverified-{path.name}"
     with ledger.tx() as db:
         db.execute("INSERT OR IGNORE INTO bundles (bundle_id, run_key, run_id, segment, name, path, content_id, "

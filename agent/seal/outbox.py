@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from .. import __version__
-from .. import audit, statedir
+from .. import audit, failures, statedir
 from ..config import Config
 from ..ledger import Ledger
 from . import bundle as bd
@@ -228,6 +228,8 @@ def seal_run(cfg: Config, keys: SealKeys, ledger: Ledger, run_dir: Path, run: mf
         try:
             tmp_bundle = _write_temp(outbox, name, write_bundle)
         except OSError as exc:
+            if failures.disk_full(exc):
+                raise  # not this run's trouble: the caller pauses until there is room
             raise bd.SealError(f"cannot write to the outbox {outbox}: {exc.strerror or exc}") from None
         try:
             signed = mf.SignedFacts(manifest["bundle_id"], cid, run.run_id, seg.number)
