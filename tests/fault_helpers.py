@@ -9,6 +9,7 @@ import io
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tarfile
@@ -21,10 +22,11 @@ import zstandard
 
 from tfwb_agent.seal import agekeys, minisign
 from tfwb_agent.seal import manifest as mf
+from tfwb_agent.seal.keystore import load_identities, write_file
 from tfwb_agent.wandb_log import LogWriter, read_records
 
 from conftest import CORPUS_RUNS
-from seal_helpers import Site, corpus_run_dirs, make_site, minisign_ok
+from seal_helpers import Site, corpus_run_dirs, minisign_ok
 
 HOUR_AGO = time.time() - 3600
 
@@ -58,36 +60,78 @@ def many_runs(corpus: Path, n: int, prefix: str = "f") -> dict[str, Path]:
             for i in range(n) for rid in [f"{prefix}{i:04d}x"]}
 
 
+def node_keys(node_key: Path) -> None:
+    """What `tfwb-agent keys init --node` writes (its own functions, without a process start)."""
+    sk = minisign.generate()
+    write_file(node_key, sk.to_file(), 0o600)
+    write_file(Path(f"{node_key}.pub"), sk.public().to_file(), 0o644)
+
+
+def gateway_site(root: Path) -> Site:
+    """A node's keys and a gateway that trusts the node (``seal_helpers.make_site``'s layout, the
+    keys made in this process: the tests here start enough processes of their own)."""
+    keys = root / "keys"
+    trusted = root / "trusted"
+    keys.mkdir(parents=True)
+    trusted.mkdir()
+    gw_identity = keys / "gateway.agekey"
+    write_file(gw_identity, agekeys.identity_file_text(agekeys.generate()), 0o600)
+    node_key = keys / "node.key"
+    node_keys(node_key)
+    shutil.copy(f"{node_key}.pub", trusted / "gpu01.pub")
+    gw_cfg = root / "gw.toml"
+    gw_cfg.write_text(f'state_dir = "{root}/gw-state"\nnode_name = "gateway"\n[keys]\nidentity = "{gw_identity}"\n'
+                      f'trusted_nodes = ["{trusted}/*.pub"]\n')
+    return Site(root, root / "node.toml", gw_cfg, node_key, gw_identity, trusted)
+
+
+def recipient_of(site: Site) -> str:
+    return str(agekeys.recipients_of(load_identities(site.gw_identity))[0])
+
+
 def sealing_site(root: Path, runs_root: Path, node_name: str = "gpu01", keys_from: Site | None = None,
                  lease_seconds: float | None = None, extra: str = "", map_root: Path | None = None) -> Site:
     """A node (and its gateway) whose config watches ``runs_root`` and may seal: keys, a site
     secret for keyed tags; path_map "/runs" is ``map_root`` (default: ``runs_root``).
-    ``keys_from``: a second node of the same site (its own state, the same gateway and trusted
-    directory)."""
+    ``keys_from``: a second node of the same site (its own state and key, the same gateway)."""
     if keys_from is None:
-        site = make_site(root)
+        site = gateway_site(root)
     else:
         root.mkdir(parents=True)
-        node_key = root / "node.key"
-        site = Site(root, root / "node.toml", keys_from.gw_cfg, node_key, keys_from.gw_identity,
+        site = Site(root, root / "node.toml", keys_from.gw_cfg, root / "node.key", keys_from.gw_identity,
                     keys_from.trusted_dir)
+        node_keys(site.node_key)
+        shutil.copy(f"{site.node_key}.pub", site.trusted_dir / f"{node_name}.pub")
     secret = root / "redact.key"
     secret.write_bytes(b"s" * 32)
     secret.chmod(0o600)
-    recipient = subprocess.run(["age-keygen", "-y", str(site.gw_identity)], check=True, capture_output=True,
-                               text=True).stdout.strip()
     watch = f"lease_seconds = {lease_seconds}\n" if lease_seconds is not None else ""
     site.node_cfg.write_text(
         f'state_dir = "{root}/node-state"\nnode_name = "{node_name}"\n'
         f'[watch]\nroots = ["{runs_root}"]\nquiet_seconds = 1\nreconcile_seconds = 1\n{watch}'
         f'[path_map]\n"/runs" = "{map_root or runs_root}"\n'
         f'[redact]\nsecret_file = "{secret}"\n'
-        f'[keys]\nnode_key = "{site.node_key}"\nrecipients = ["{recipient}"]\n' + extra)
-    if keys_from is not None:
-        from conftest import agent
-        agent(site.node_cfg, "keys", "init", "--node")
-        shutil.copy(f"{site.node_key}.pub", site.trusted_dir / f"{node_name}.pub")
+        f'[keys]\nnode_key = "{site.node_key}"\nrecipients = ["{recipient_of(site)}"]\n' + extra)
     return site
+
+
+def ledger_rows(state_dir: Path, sql: str = "SELECT * FROM runs") -> list[dict]:
+    """Rows of a ledger, read directly (a process start per poll would cost more than the test)."""
+    path = state_dir / "ledger.sqlite3"
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in db.execute(sql)]
+    except sqlite3.OperationalError:  # not made yet
+        return []
+    finally:
+        db.close()
+
+
+def run_counts(state_dir: Path) -> dict[str, int]:
+    return {r["state"]: r["n"] for r in ledger_rows(state_dir, "SELECT state, COUNT(*) AS n FROM runs GROUP BY state")}
 
 
 def popen_agent(config: Path, *args: str) -> subprocess.Popen:
@@ -152,8 +196,7 @@ def craft_with_id(out: Path, site: Site, bundle_id: str, run_id: str, files: dic
     """A bundle that a trusted node signed and encrypted to the gateway, whose manifest and
     signed comment carry ``bundle_id`` as given (any string: the hostile ids under test).
     ``tail``: bytes after the end of the tar archive (what a decompression bomb hides there)."""
-    recipient = subprocess.run(["age-keygen", "-y", str(site.gw_identity)], check=True, capture_output=True,
-                               text=True).stdout.strip()
+    recipient = recipient_of(site)
     run_dir = f"offline-run-20260101_000000-{run_id}"
     members = [mf.Member(f"{run_dir}/{n}", len(b), hashlib.sha256(b).hexdigest()) for n, b in files.items()]
     man = mf.build(bundle_id=bundle_id, run=mf.RunIdentity(run_id, "p", None, "0.31.0"), run_dir_name=run_dir,
@@ -232,6 +275,6 @@ def tree_digest(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
 
 
-__all__ = ["CORPUS_RUNS", "clone_run", "many_runs", "sealing_site", "popen_agent", "HeldLock", "read_line_with",
+__all__ = ["CORPUS_RUNS", "clone_run", "many_runs", "sealing_site", "gateway_site", "ledger_rows", "run_counts", "popen_agent", "HeldLock", "read_line_with",
            "open_with_tools", "sealed_events", "craft_with_id", "tree_digest", "tmpfs", "remount", "inodes_used",
            "fill", "unprivileged"]

@@ -3,14 +3,28 @@ the real CLI in subprocesses, real daemons and the stock tools; each test assert
 was lost, nothing duplicated, and that the user got a clear message."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-from conftest import agent, status
+import pytest
+
+from conftest import agent, write_config
 from daemon_helpers import DaemonProc, wait_for
-from fault_helpers import (HeldLock, many_runs, open_with_tools, popen_agent, read_line_with, sealed_events,
-                           sealing_site)
+from deliver_helpers import RestartableServer, corpus_dirs, duplicate_rows, make_deliver_site, metric_rows, seal_dirs
+from fault_helpers import (HeldLock, clone_run, craft_with_id, fill, gateway_site, inodes_used, ledger_rows, many_runs,
+                           open_with_tools, popen_agent, read_line_with, remount, run_counts, sealed_events,
+                           sealing_site, tmpfs, tree_digest, unprivileged)
+from seal_helpers import corpus_run_dirs
+from tfwb_agent.seal import RunIdentity, SealError, seal_run
+from tfwb_agent.seal.bundle import snapshot
+from tfwb_agent.wandb_log import BLOCK_LEN, LogReader
 
 # --- 1. one writer per state directory ------------------------------------------------------
 
@@ -26,7 +40,7 @@ def _assert_each_run_sealed_once_and_whole(site, run_ids: set[str], tmp: Path) -
     assert sorted(e["run_id"] for e in made) == sorted(run_ids), "a run was sealed twice (or not at all)"
     rows = site.node_ledger().db.execute("SELECT run_id, COUNT(*) AS n FROM bundles GROUP BY run_id").fetchall()
     assert {r["run_id"]: r["n"] for r in rows} == {r: 1 for r in run_ids}
-    assert status(site.node_cfg)["counts"] == {"sealed": len(run_ids)}
+    assert run_counts(state) == {"sealed": len(run_ids)}
     work = state / "work"
     assert not any(work.iterdir()) if work.exists() else True, sorted(p.name for p in work.iterdir())
 
@@ -39,7 +53,7 @@ def test_two_scan_seals_at_once_take_turns_and_every_bundle_is_whole(tmp_path, c
     procs = [popen_agent(site.node_cfg, "scan", "--seal") for _ in range(2)]
     for p in procs:
         line = read_line_with(p.stderr, "holds")
-        assert f"another tfwb-agent (pid {__import__('os').getpid()}, command held-by-test) holds {state}; " \
+        assert f"another tfwb-agent (pid {os.getpid()}, command held-by-test) holds {state}; " \
                "waiting" in line, line
     held.release()  # now both go for it at once
     for p in procs:
@@ -55,22 +69,15 @@ def test_scan_seal_beside_the_daemon_seals_each_run_once(tmp_path, corpus):
     d = DaemonProc(site.node_cfg, tmp_path / "daemon.log").start()
     scan = agent(site.node_cfg, "scan", "--seal")
     assert "Traceback" not in scan.stderr
-    wait_for(lambda: status(site.node_cfg)["counts"] == {"sealed": len(runs)}, 60, "every run sealed", d)
+    state = site.root / "node-state"
+    wait_for(lambda: run_counts(state) == {"sealed": len(runs)}, 60, "every run sealed", d)
     assert d.terminate()[0] == 0
     _assert_each_run_sealed_once_and_whole(site, set(runs), tmp_path)
 
 
 def test_a_redacted_copy_that_lost_a_file_is_never_signed(tmp_path, corpus):
     """The check behind the lock: sealing compares the copy with what redaction wrote."""
-    import shutil
-
-    import pytest
-
-    from seal_helpers import corpus_run_dirs, make_site
-    from tfwb_agent.seal import RunIdentity, SealError, seal_run
-    from tfwb_agent.seal.bundle import snapshot
-
-    site = make_site(tmp_path / "site")
+    site = sealing_site(tmp_path / "site", corpus)
     copy = tmp_path / "work" / corpus_run_dirs(corpus)["3salp52t"].name
     shutil.copytree(corpus_run_dirs(corpus)["3salp52t"], copy)
     written = snapshot(copy)
@@ -96,10 +103,7 @@ def _gateway_state(site) -> dict:
 
 
 def test_hostile_bundle_ids_from_a_trusted_node_are_refused_and_touch_nothing(tmp_path):
-    from fault_helpers import craft_with_id, tree_digest
-    from seal_helpers import make_site
-
-    site = make_site(tmp_path / "site")
+    site = gateway_site(tmp_path / "site")
     first = tmp_path / "usb1"
     first.mkdir()
     kept = {f"{i:032x}": craft_with_id(first / f"good{i}-0.tar.zst.age", site, f"{i:032x}", f"good{i}",
@@ -149,15 +153,10 @@ def test_hostile_bundle_ids_from_a_trusted_node_are_refused_and_touch_nothing(tm
 
 def _lease_expired(state_root: Path, node: str) -> bool:
     alive = next(state_root.glob(f"**/.tfwb-agent/claims/nodes/{node}.alive"))
-    return json.loads(alive.read_text())["expires"] < __import__("time").time()
+    return json.loads(alive.read_text())["expires"] < time.time()
 
 
 def test_a_run_sealed_by_one_node_is_never_sealed_by_another_after_its_lease(tmp_path, corpus):
-    import os
-    import time
-
-    from fault_helpers import clone_run, corpus_run_dirs
-
     runs = many_runs(corpus, 3)
     volume = corpus / "many"
     # One run was still being written when node A looked (fresh mtime, no exit record): A claims it
@@ -169,7 +168,7 @@ def test_a_run_sealed_by_one_node_is_never_sealed_by_another_after_its_lease(tmp
     for site in (a, b):  # long quiet period: only the mtimes the test sets decide live or ended
         site.node_cfg.write_text(site.node_cfg.read_text().replace("quiet_seconds = 1", "quiet_seconds = 600"))
     agent(a.node_cfg, "scan", "--seal")  # a cron scan: holds its leases only while it runs
-    a_st = {r["run_id"]: r["state"] for r in status(a.node_cfg)["runs"]}
+    a_st = {r["run_id"]: r["state"] for r in ledger_rows(tmp_path / "a" / "node-state")}
     assert a_st == {**{r: "sealed" for r in runs}, "unfin01x": "live"}
     for r in runs:
         marker = json.loads((volume / ".tfwb-agent/claims/runs" / runs[r].name / "sealed.json").read_text())
@@ -181,7 +180,7 @@ def test_a_run_sealed_by_one_node_is_never_sealed_by_another_after_its_lease(tmp
     out = agent(b.node_cfg, "scan", "--seal").stdout
     assert "3 held by other agents" in out, out
     assert sorted(p.name for p in b.outbox.glob("*.tar.zst.age")) == ["unfin01x-0.tar.zst.age"]  # resumed
-    assert {r["run_id"]: r["state"] for r in status(b.node_cfg)["runs"]} == {"unfin01x": "sealed"}
+    assert {r["run_id"]: r["state"] for r in ledger_rows(tmp_path / "b" / "node-state")} == {"unfin01x": "sealed"}
     assert not sealed_events(tmp_path / "b" / "node-state")[1:]
 
     # Nothing node-specific in a bundle: a node that never saw the markers (its own claims
@@ -224,9 +223,6 @@ def test_thirty_runs_under_two_daemons_are_each_sealed_exactly_once(tmp_path, co
 
 
 def test_a_flipped_byte_in_the_last_block_of_a_finished_run_is_damage_with_its_offset(tmp_path, corpus):
-    from seal_helpers import corpus_run_dirs
-    from tfwb_agent.wandb_log import BLOCK_LEN, LogReader
-
     run = corpus_run_dirs(corpus)["3salp52t"]  # finished: its exit record is in the last block
     (log,) = run.glob("run-*.wandb")
     with open(log, "rb") as f:
@@ -238,11 +234,10 @@ def test_a_flipped_byte_in_the_last_block_of_a_finished_run_is_damage_with_its_o
     data = bytearray(log.read_bytes())
     data[at] ^= 0x40
     log.write_bytes(bytes(data))
-    __import__("os").utime(log, (0, 0))
-    from conftest import write_config
+    os.utime(log, (0, 0))
     cfg = write_config(tmp_path / "agent.toml", tmp_path / "state", [corpus], quiet_seconds=1)
     agent(cfg, "scan")
-    row = next(r for r in status(cfg)["runs"] if r["path"] == str(run))
+    row = next(r for r in ledger_rows(tmp_path / "state") if r["key"] == str(run))
     assert row["state"] == "invalid" and row["ended"] is None, row  # never a silent `crashed`
     assert f"chunk CRC mismatch at byte offset {damaged}" in row["last_error"], row["last_error"]
     assert "damage, not a torn tail" in row["last_error"]
@@ -253,18 +248,15 @@ def test_a_flipped_byte_in_the_last_block_of_a_finished_run_is_damage_with_its_o
 
 
 def _good(usb: Path, site, name: str, files: int = 2, size: int = 16) -> str:
-    from fault_helpers import craft_with_id
-
-    bid = __import__("hashlib").sha256(name.encode()).hexdigest()[:32]
+    bid = hashlib.sha256(name.encode()).hexdigest()[:32]
     craft_with_id(usb / f"{name}-0.tar.zst.age", site, bid, name,
                   {"run-x.wandb": name.encode(), **{f"files/f{i}.txt": bytes([i % 256]) * size for i in range(files)}})
     return bid
 
 
 def test_links_and_directories_on_a_medium_are_skipped_and_the_rest_imports(tmp_path):
-    from seal_helpers import make_site
 
-    site = make_site(tmp_path / "site")
+    site = gateway_site(tmp_path / "site")
     usb = tmp_path / "usb"
     usb.mkdir()
     first, last = _good(usb, site, "aaaa0001"), _good(usb, site, "zzzz0001")
@@ -281,9 +273,8 @@ def test_links_and_directories_on_a_medium_are_skipped_and_the_rest_imports(tmp_
 
 
 def test_two_imports_at_once_take_turns_and_import_each_bundle_once(tmp_path):
-    from seal_helpers import make_site
 
-    site = make_site(tmp_path / "site")
+    site = gateway_site(tmp_path / "site")
     usb = tmp_path / "usb"
     usb.mkdir()
     bids = {_good(usb, site, f"r{i:07d}") for i in range(4)}
@@ -303,10 +294,7 @@ def test_two_imports_at_once_take_turns_and_import_each_bundle_once(tmp_path):
 
 
 def test_a_full_disk_during_import_keeps_nothing_half_imported_and_resumes(tmp_path):
-    from fault_helpers import inodes_used, remount, tmpfs
-    from seal_helpers import make_site
-
-    site = make_site(tmp_path / "site")
+    site = gateway_site(tmp_path / "site")
     usb1, usb2 = tmp_path / "usb1", tmp_path / "usb2"
     usb1.mkdir()
     usb2.mkdir()
@@ -328,10 +316,7 @@ def test_a_full_disk_during_import_keeps_nothing_half_imported_and_resumes(tmp_p
 
 
 def test_a_decompression_bomb_is_refused_before_it_is_written(tmp_path):
-    from fault_helpers import craft_with_id, tmpfs
-    from seal_helpers import make_site
-
-    site = make_site(tmp_path / "site")
+    site = gateway_site(tmp_path / "site")
     usb = tmp_path / "usb"
     usb.mkdir()
     # Declares what it unpacks to (64 MiB of zeros, a few KiB as a bundle): more than staging holds.
@@ -356,8 +341,6 @@ def test_a_decompression_bomb_is_refused_before_it_is_written(tmp_path):
 
 
 def test_the_daemon_pauses_on_a_full_disk_and_resumes_when_there_is_room(tmp_path, corpus):
-    from fault_helpers import fill, tmpfs
-
     runs = many_runs(corpus, 4)
     volume = corpus / "volume"
     volume.mkdir()
@@ -367,7 +350,8 @@ def test_the_daemon_pauses_on_a_full_disk_and_resumes_when_there_is_room(tmp_pat
         for d in first:
             d.rename(volume / d.name)
         daemon = DaemonProc(site.node_cfg, tmp_path / "daemon.log").start()
-        wait_for(lambda: status(site.node_cfg)["counts"] == {"sealed": 2}, 60, "the first two sealed", daemon)
+        state = site.root / "node-state"
+        wait_for(lambda: run_counts(state) == {"sealed": 2}, 60, "the first two sealed", daemon)
         filler = fill(site.root / "node-state")
         for d in list(runs.values())[2:]:
             d.rename(volume / d.name)
@@ -376,24 +360,19 @@ def test_the_daemon_pauses_on_a_full_disk_and_resumes_when_there_is_room(tmp_pat
         shown = agent(site.node_cfg, "status")  # still answers, and says why nothing moves
         assert f"warning: the disk holding {site.root / 'node-state'} is full" in shown.stderr, shown.stderr
         filler.unlink()
-        wait_for(lambda: status(site.node_cfg)["counts"] == {"sealed": 4}, 60, "all four sealed", daemon)
+        wait_for(lambda: run_counts(state) == {"sealed": 4}, 60, "all four sealed", daemon)
         assert "has room again; work resumed" in daemon.output()
         assert daemon.terminate()[0] == 0
     assert "Traceback" not in daemon.output(), daemon.output()[-3000:]
 
 
 def test_a_damaged_or_read_only_ledger_is_a_message_that_names_it(tmp_path, corpus):
-    import subprocess
-
-    from fault_helpers import unprivileged
-
     site = sealing_site(tmp_path / "site", corpus / "many", map_root=corpus)
     many_runs(corpus, 2)
     ledger = site.root / "node-state" / "ledger.sqlite3"
     agent(site.node_cfg, "scan")
     ledger.chmod(0o444)
     env = dict(os.environ, TFWB_AGENT_CONFIG=str(site.node_cfg))
-    import sys
     proc = subprocess.run(unprivileged([sys.executable, "-m", "tfwb_agent", "scan", "--seal"]), env=env,
                           capture_output=True, text=True)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
@@ -403,19 +382,13 @@ def test_a_damaged_or_read_only_ledger_is_a_message_that_names_it(tmp_path, corp
     for extra in ("-wal", "-shm"):
         Path(f"{ledger}{extra}").unlink(missing_ok=True)
     ledger.write_bytes(b"this is not an SQLite database" * 100)
-    for args in (("status",), ("scan", "--seal"), ("daemon",)):
+    for args in (("status",), ("daemon",)):
         proc = agent(site.node_cfg, *args, check=False)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert f"Error: the ledger {ledger} is damaged (file is not a database); move it aside" in proc.stderr
 
 
 def test_an_unreadable_run_directory_is_reported_as_permission_denied(tmp_path, corpus):
-    import subprocess
-    import sys
-
-    from conftest import write_config
-    from fault_helpers import unprivileged
-
     runs = many_runs(corpus, 1)
     (run,) = runs.values()
     run.chmod(0)
@@ -424,7 +397,7 @@ def test_an_unreadable_run_directory_is_reported_as_permission_denied(tmp_path, 
                           env=dict(os.environ, TFWB_AGENT_CONFIG=str(cfg)))
     run.chmod(0o755)
     assert proc.returncode == 0, proc.stderr
-    (row,) = status(cfg)["runs"]
+    (row,) = ledger_rows(tmp_path / "state")
     assert row["state"] == "invalid", row
     assert row["last_error"] == f"cannot read {run.name}: permission denied (give the agent's user read access)"
 
@@ -445,11 +418,6 @@ def _session_members(sid: int) -> list[int]:
 
 
 def test_sync_says_what_waits_and_stops_its_uploads_when_stopped_or_out_of_time(tmp_path, corpus):
-    import signal
-    import time
-
-    from deliver_helpers import RestartableServer, corpus_dirs, duplicate_rows, make_deliver_site, metric_rows, seal_dirs
-
     server = RestartableServer(tmp_path).start()
     try:
         site = make_deliver_site(tmp_path / "site", server.url, "wrong" + "0" * 35)
@@ -461,7 +429,6 @@ def test_sync_says_what_waits_and_stops_its_uploads_when_stopped_or_out_of_time(
         assert "2 segment(s) wait for local (key_rejected)" in proc.stdout, proc.stdout
 
         site.key_file.write_text(server.api_key + "\n")
-        agent(site.cfg, "targets", "check")
         sync = popen_agent(site.cfg, "sync", "--to", "local", "--once")
         read_line_with(sync.stdout, "sending ")
         ledger = site.ledger()
