@@ -56,6 +56,7 @@ NOT_WRITTEN_BY_WANDB = {
     "git_remote_token": "wandb strips the password from the git remote URL",
     "git_user_email": "wandb 0.31 records no e-mail offline (0.15 takes git's user.email)",
     "git_diff_uncommitted": "offline runs write no diff.patch",
+    "username": "wandb 0.31 records no user name offline (0.15 does: the placement is checked there)",
 }
 
 

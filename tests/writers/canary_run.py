@@ -436,16 +436,23 @@ def main(root: str) -> None:
         f.write("ok\n")
     with open(os.path.join(run.dir, reg.make("file_name_patient_id", "pid", "2+5", "site") + "_notes.txt"), "w") as f:
         f.write("ok\n")
-    # files named like wandb's own (wandb 0.31 writes none of these offline; 0.15 overwrites some
-    # at finish): a redactor that knows them by name must still scrub what they hold
+    # files named like wandb's own (wandb 0.31 writes none of these offline; 0.15 writes its
+    # metadata at init, which gets two fields more, and its summary at finish, over ours): a
+    # redactor that knows them by name must still scrub what they hold
     with open(os.path.join(run.dir, "config.yaml"), "w") as f:
         f.write("wandb_version: 1\n\ndb:\n  desc: null\n  value:\n    hosts:\n    - name: primary\n"
                 "      dsn: postgres://svc:" + reg.make("spoof_config_yaml_nested_list", "pw", "2") + "@db/x\n"
                 "    " + reg.make("spoof_config_yaml_key_name", "ghp", "2+5") + ": 1\n"
                 "notes:\n  value: |\n    line one\n    slack " + reg.make("spoof_config_yaml_block_scalar", "xoxb", "2") + "\n")
-    with open(os.path.join(run.dir, "wandb-metadata.json"), "w") as f:
-        json.dump({"program": "train.py", "notes": "key " + reg.make("spoof_metadata_unknown_field", "hex40", "2"),
-                   "custom": {"auth": reg.make("spoof_metadata_nested", "bearer", "2")}}, f)
+    meta_path = os.path.join(run.dir, "wandb-metadata.json")
+    meta = {"program": "train.py"}
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+    meta.update({"notes": "key " + reg.make("spoof_metadata_unknown_field", "hex40", "2"),
+                 "custom": {"auth": reg.make("spoof_metadata_nested", "bearer", "2")}})
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
     with open(os.path.join(run.dir, "wandb-summary.json"), "w") as f:
         json.dump({"note": reg.make("spoof_summary_json_value", "sk", "2"),
                    reg.make("spoof_summary_json_key", "glpat", "2+5"): 1}, f)
