@@ -45,6 +45,7 @@ def forms(rng: random.Random) -> dict[str, str]:
         "openai_project": "sk-proj-" + _r(rng, ALNUM + "_-", 64),
         "slack_bot": "xoxb-" + "-".join(_r(rng, string.digits, 11) for _ in range(2)) + "-" + _r(rng, ALNUM, 24),
         "slack_webhook": "https://hooks.slack.com/services/T" + _r(rng, ALNUM.upper(), 8) + "/B" + _r(rng, ALNUM.upper(), 8) + "/" + _r(rng, ALNUM, 24),
+        "google_api_key": "AIza" + _r(rng, ALNUM + "_-", 35),
         "aws_key_id": "AKIA" + _r(rng, string.ascii_uppercase + string.digits, 16),
         "aws_secret_bare": _r(rng, B64, 40),
         "stripe": "sk_live_" + _r(rng, ALNUM, 24),

@@ -39,6 +39,7 @@ EXTRA_TOKEN_RULES: tuple[tuple[str, str], ...] = (
     ("openai_key", r"\bsk-(?:proj-|ant-|svcacct-)?[A-Za-z0-9_-]{20,}"),
     ("slack_token", r"\bxox[abposre]-[A-Za-z0-9-]{10,}"),
     ("huggingface_token", r"\bhf_[A-Za-z0-9]{30,}\b"),
+    ("google_api_key", r"\bAIza[0-9A-Za-z_-]{35}"),
     ("github_token", r"\bgh[pousr]_[A-Za-z0-9]{36,255}\b"),
     ("github_pat", r"\bgithub_pat_[A-Za-z0-9_]{22,255}\b"),
     ("aws_access_key_id", r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b"),
