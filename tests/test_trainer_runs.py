@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from trainer_helpers import (RunData, child_env, config_value, interpreters, media_tables, read_run,
+from trainer_helpers import (PY38_LABEL, RunData, child_env, config_value, trainer_interpreters, media_tables, read_run,
                              require_python, run_example, run_files)
 
-PAIRS = interpreters()
+PAIRS = trainer_interpreters()
 IDS = [l for l, _ in PAIRS]
-EXPECT = {"tf221-wandb031": ("2.21", "0.31"), "tf213-wandb015": ("2.13", "0.15.12")}
+EXPECT = {"tf221-wandb031": ("2.21", "0.31"), "tf213-wandb015": ("2.13", "0.15.12"),
+          "py38-tf213-wandb015": ("2.13", "0.15.12")}
 EPOCHS, SAMPLES, BATCH, EVERY = 3, 320, 32, 4  # 10 steps an epoch; epoch ends off the log grid
 STEPS = EPOCHS * SAMPLES // BATCH
 
@@ -39,6 +40,7 @@ def _check_fingerprint(rd: RunData, label: str, sensitive: set[str]) -> None:
     assert tfwb["packages"]["keras"][0] == ("2" if tf_v == "2.13" else "3")
     assert tfwb["packages"]["numpy"]
     assert re.fullmatch(r"3\.\d+\.\d+", tfwb["python"])
+    assert tfwb["python"].startswith("3.8.") == (label == PY38_LABEL), tfwb["python"]
     assert set(tfwb["tf_build"]) >= {"cuda", "cudnn", "is_cuda_build"}
     assert tfwb["gpus"] == [] and tfwb["gpu_count"] == 0  # CUDA_VISIBLE_DEVICES="" in the child
     assert set(tfwb["xla"]) >= {"jit", "tf_xla_flags", "model_jit_compile"}

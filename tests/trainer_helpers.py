@@ -27,15 +27,29 @@ def interpreters() -> list[tuple[str, str | None]]:
     return [("tf221-wandb031", sys.executable), ("tf213-wandb015", tf213)]
 
 
+PY38_ENV = "TFWB_PY38_PYTHON"
+PY38_LABEL = "py38-tf213-wandb015"
+
+
+def trainer_interpreters() -> list[tuple[str, str | None]]:
+    """The two pairs plus the seed image's own: Python 3.8 + TF 2.13.1 + wandb 0.15.12, with the
+    plugin installed alone (the tfwb-trainer distribution, no agent). Only the trainer's tests
+    use this third one."""
+    default = ROOT / ".venv-py38" / "bin" / "python"
+    py38 = os.environ.get(PY38_ENV) or (str(default) if default.is_file() else None)
+    return interpreters() + [(PY38_LABEL, py38)]
+
+
 def require_python(label: str, python: str | None) -> str:
     """The interpreter path, or a test failure saying how to provide it (never a silent skip)."""
     import pytest
 
+    env, how = (PY38_ENV, "`.ci/setup_tf213.sh --py38`") if label == PY38_LABEL else (TF213_ENV, "`.ci/setup_tf213.sh`")
     if python is None:
-        pytest.fail(f"{label}: {TF213_ENV} is not set. Create the TF 2.13 + wandb 0.15.12 venv with "
-                    f"`.ci/setup_tf213.sh` and export {TF213_ENV}=<the path it prints>.", pytrace=False)
+        pytest.fail(f"{label}: {env} is not set. Create the venv with {how} and export {env}=<the path it "
+                    "prints>.", pytrace=False)
     if not Path(python).is_file():
-        pytest.fail(f"{label}: {TF213_ENV}={python} does not exist; re-run `.ci/setup_tf213.sh`.", pytrace=False)
+        pytest.fail(f"{label}: {env}={python} does not exist; re-run {how}.", pytrace=False)
     return python
 
 
@@ -212,6 +226,52 @@ def _count_reads(runs_dir: str, steps: int, every: int) -> None:
     print(json.dumps({"reads": Counted.reads, "lazy_calls": calls["n"], "logged": logged}))
 
 
+def _sweep_trial(args: list[str]) -> None:
+    """One sweep trial on the digits example: lr, batch_size and dropout come from the sweep
+    through ``tfwb_trainer.init``; ``--hold-at N`` stops at step N until stdin closes."""
+    import argparse
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--hold-at", type=int)
+    p.add_argument("--samples", type=int, default=192)
+    a = p.parse_args(args)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.path.insert(0, str(EXAMPLES))
+    import tfwb_trainer
+
+    run = tfwb_trainer.init(project="sweep-digits", config={"lr": 1e-2, "batch_size": 32, "dropout": 0.0, "epochs": 1})
+    cfg = run.config
+    import tensorflow as tf
+    from tensorflow import keras
+    from _data import digits
+
+    (x, y), (xv, yv), _ = digits(train_samples=a.samples, val_samples=64)
+    tf.random.set_seed(0)
+    model = keras.Sequential([keras.layers.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dropout(float(cfg["dropout"])), keras.layers.Dense(10)])
+    model.compile(optimizer=keras.optimizers.Adam(float(cfg["lr"])),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+    class Hold(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.n = 0
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            self.n += 1
+            if a.hold_at is not None and self.n == a.hold_at:
+                print(f"HOLD {self.n}", flush=True)
+                sys.stdin.readline()
+
+    model.fit(x, y, batch_size=int(cfg["batch_size"]), epochs=int(cfg["epochs"]), verbose=0,
+              validation_data=(xv, yv), callbacks=[
+                  tfwb_trainer.MetricsCallback(log_every_n_steps=2, batch_size=int(cfg["batch_size"]), best_monitor=None),
+                  Hold()])
+    tfwb_trainer.finish()
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "count-reads":
         _count_reads(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    elif sys.argv[1] == "sweep-trial":
+        _sweep_trial(sys.argv[2:])

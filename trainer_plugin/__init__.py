@@ -6,6 +6,8 @@
     model.fit(..., initial_epoch=start.epoch,
               callbacks=[tfwb_trainer.MetricsCallback(50, batch_size, checkpoint=ckpt)])
     tfwb_trainer.finish()
+
+    tfwb_trainer.sweep(sweep_config, train, count=10)   # offline sweeps, W&B's search engine
 """
 from .best import BestKeeper
 from .checkpoint import Restored, TrainingCheckpoint
@@ -16,7 +18,7 @@ from .volume import RunsDirError
 
 __all__ = [
     "BestKeeper", "CONFIG_KEY", "MetricsCallback", "Restored", "RunsDirError", "StepLogger",
-    "TrainingCheckpoint", "current", "finish", "init", "log_evaluation",
+    "TrainingCheckpoint", "current", "finish", "init", "log_evaluation", "sweep",
 ]
 
 
@@ -27,4 +29,8 @@ def __getattr__(name: str):
         from .keras_callback import MetricsCallback
 
         return MetricsCallback
+    if name == "sweep":  # a callable module: tfwb_trainer.sweep(config, train, count=N)
+        import importlib
+
+        return importlib.import_module(".sweep", __name__)
     raise AttributeError(name)

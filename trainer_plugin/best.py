@@ -67,6 +67,7 @@ class BestKeeper:
             run = _session.current().run
         except RuntimeError:
             return
+        _session.current().drain()  # wandb calls stay in order with the logging thread's
         run.summary[SUMMARY_KEY] = dict(self.best or {})
 
     def _artifact(self) -> None:

@@ -64,7 +64,9 @@ class TrainingCheckpoint:
     def save(self, step: int, epoch: int) -> str:
         try:
             # The journal must cover every row up to this checkpoint before the checkpoint exists.
-            _session.current().journal.sync()
+            s = _session.current()
+            s.drain()
+            s.journal.sync()
         except RuntimeError:
             pass
         self._step.assign(step)

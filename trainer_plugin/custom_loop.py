@@ -6,12 +6,12 @@ step; on a step that is not logged they are never read, so the loop never waits 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Union
 
 from . import session as _session
-from .values import add_throughput, to_host
+from .values import add_throughput, snapshot, to_host
 
-Metrics = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
+Metrics = Union[Mapping[str, Any], Callable[[], Mapping[str, Any]]]  # Python 3.8: no `|` at run time
 
 
 class StepLogger:
@@ -40,13 +40,18 @@ class StepLogger:
             return False
         values = metrics() if callable(metrics) else metrics
         now = time.perf_counter()
-        row = {f"{self.prefix}/{k}": to_host(v) for k, v in values.items()}
+        # Lazy metrics are called now (an op, no read: the value of this step); every value is
+        # read to the host by the logging thread.
+        row = {f"{self.prefix}/{k}": (v() if callable(v) and not hasattr(v, "numpy") else v)
+               for k, v in values.items()}
         if self.optimizer is not None:
             lr = getattr(self.optimizer, "learning_rate", None)
-            if callable(lr) and not hasattr(lr, "numpy"):
-                lr = lr(self.optimizer.iterations)  # a schedule
+            if callable(lr) and not hasattr(lr, "numpy") and not hasattr(lr, "shape"):
+                lr = lr(self.optimizer.iterations)  # a schedule: a tensor of this step
+            else:
+                lr = snapshot(lr)
             if lr is not None:
-                row[f"{self.prefix}/learning_rate"] = to_host(lr)
+                row[f"{self.prefix}/learning_rate"] = lr
         add_throughput(row, step - self._mark_step, now - self._mark_t, self.batch_size)
         self.session.log(row, step=step)
         self._mark_t, self._mark_step = time.perf_counter(), step

@@ -37,7 +37,7 @@ def _step_of(rec) -> int | None:
 
 def last_step_in(path: Path) -> int:
     """Highest history step whole on disk in ``path``; -1 if none. A torn tail is expected."""
-    from tfwb_agent.wandb_log import LogError, read_records
+    from ._wandb_log import LogError, read_records
 
     last = -1
     try:

@@ -15,7 +15,7 @@ from . import session as _session
 from .best import BestKeeper
 from .checkpoint import TrainingCheckpoint
 from .evaluation import log_evaluation
-from .values import add_throughput, to_host
+from .values import add_throughput, learning_rate, to_host
 
 
 class MetricsCallback(WandbMetricsLogger):
@@ -89,9 +89,10 @@ class MetricsCallback(WandbMetricsLogger):
         if step % self.n or not self.session.due(step):
             return
         now = time.perf_counter()
-        row = {f"batch/{k}": to_host(v) for k, v in (logs or {}).items()}
+        # The values as they are (tensors under Keras 2): the logging thread reads them.
+        row = {f"batch/{k}": v for k, v in (logs or {}).items()}
         row["batch/batch_step"] = step
-        lr = self._lr()
+        lr = learning_rate(getattr(self.model, "optimizer", None), step)
         if lr is not None:
             row["batch/learning_rate"] = lr
         add_throughput(row, step - self._mark_step, now - self._mark_t, self.batch_size)

@@ -12,10 +12,12 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
-from . import fingerprint, history
+from . import fingerprint, history, sweepstore
 from .journal import Journal
+from .shipper import Shipper
+from .values import to_host
 from .volume import RunsDir, point_wandb_at, prepare_runs_dir
 
 CONFIG_KEY = "tfwb"  # the agent reads config[tfwb][sensitive]; keep this location
@@ -33,6 +35,7 @@ class Session:
     tfwb: dict[str, Any]
     last_step: int = -1  # highest step this process sent to wandb
     _replayed: bool = field(default=False, repr=False)
+    shipper: Optional[Shipper] = field(default=None, repr=False)
 
     # -- logging -----------------------------------------------------------------------------
     def due(self, step: int) -> bool:
@@ -40,23 +43,40 @@ class Session:
         return step > self.prior_last_step
 
     def log(self, row: dict[str, Any], step: int, journal: bool = True) -> bool:
-        """Log ``row`` at ``step`` unless an earlier part of the run already wrote that step."""
+        """Log ``row`` at ``step`` unless an earlier part of the run already wrote that step.
+
+        Values may be tensors, variables or zero-arg callables: they are read to the host, and
+        the row journaled and handed to wandb, by the logging thread (see ``shipper``)."""
         if not self.due(step):
             return False
-        if journal:
-            self.journal.append(step, _jsonable(row))
-        self.run.log(row, step=step)
+        if self.shipper is not None:
+            self.shipper.put(row, step, journal)
+        else:
+            self._write({k: to_host(v) for k, v in row.items()}, step, journal)
         self.last_step = max(self.last_step, step)
         return True
 
+    def _write(self, row: dict[str, Any], step: int, journal: bool) -> None:
+        row = {k: v for k, v in row.items() if v is not None}
+        if journal:
+            self.journal.append(step, _jsonable(row))
+        self.run.log(row, step=step)
+
+    def drain(self) -> None:
+        """Wait until every row logged so far has reached wandb and the journal."""
+        if self.shipper is not None:
+            self.shipper.drain()
+
     def log_media(self, row: dict[str, Any]) -> None:
         """Media at the run's current step (never behind it: wandb drops such rows)."""
+        self.drain()
         step = max(self.last_step, self.prior_last_step + 1, 0)
         self.run.log(row, step=step)
         self.last_step = step
 
     def resume_from(self, step: int) -> None:
         """Training restarts after ``step``: replay the journal rows lost with the killed part."""
+        self.drain()
         kept = self.journal.truncate_after(step)
         if self._replayed:
             return
@@ -84,6 +104,7 @@ class Session:
 
     def publish_tfwb(self) -> None:
         # The whole block is rewritten: wandb replaces a top-level config value, it does not merge.
+        self.drain()
         self.run.config.update({CONFIG_KEY: copy.deepcopy(self.tfwb)}, allow_val_change=True)
 
 
@@ -147,7 +168,13 @@ def init(
     runs = prepare_runs_dir(runs_dir)  # first: refuse before any import-heavy or training work
     point_wandb_at(runs)
     explicit_ckpt = checkpoint_dir or os.environ.get("TFWB_CHECKPOINT_DIR")
+    trial = sweepstore.active_trial()
+    if trial is not None:  # a sweep's trial: its run id, so a re-run attempt resumes the same run
+        wandb_kwargs["id"] = trial["trial"].run_id
+        project = project or trial["sweep"].get("project")
     run_id, id_source = _resolve_run_id(wandb_kwargs.pop("id", None), Path(explicit_ckpt) if explicit_ckpt else None)
+    if trial is not None:
+        id_source = "sweep"
     if not _ID_OK.match(run_id):
         raise ValueError(f"run id {run_id!r}: use 1-64 letters, digits, '-' or '_'")
     ckpt = Path(explicit_ckpt) if explicit_ckpt else runs.checkpoints_dir / (project or "uncategorized") / run_id
@@ -163,16 +190,55 @@ def init(
     }
     tfwb.update(fingerprint.collect())
     cfg = dict(config or {})
+    if trial is not None:
+        _join_trial(trial, cfg, tfwb, wandb_kwargs)
     cfg[CONFIG_KEY] = tfwb
     wandb_kwargs.setdefault("mode", "offline")
     wandb_kwargs.setdefault("resume", "allow")
     wandb_kwargs.setdefault("dir", str(runs.root))
     run = wandb.init(project=project, config=cfg, id=run_id, **wandb_kwargs)
     if _session is not None:
-        _session.journal.close()
+        _close(_session)
     _session = Session(run=run, runs=runs, run_id=run_id, checkpoint_dir=ckpt, prior_last_step=prior,
                        journal=Journal(ckpt / "metrics-journal.jsonl"), tfwb=tfwb)
+    _session.shipper = Shipper(_session._write)
+    _register_exit_drain()
     return run
+
+
+def _close(s: Session) -> None:
+    try:
+        if s.shipper is not None:
+            s.shipper.close()
+    finally:
+        s.journal.close()
+
+
+_exit_hook = False
+
+
+def _register_exit_drain() -> None:
+    # A script that ends without finish(): wandb finishes the run at exit, and rows still queued
+    # must reach it first. atexit runs the last registered first, so this precedes wandb's hook.
+    global _exit_hook
+    if not _exit_hook:
+        import atexit
+
+        atexit.register(lambda: _session is not None and _session.shipper is not None and _session.shipper.close())
+        _exit_hook = True
+
+
+def _join_trial(trial: dict[str, Any], cfg: dict[str, Any], tfwb: dict[str, Any],
+                wandb_kwargs: dict[str, Any]) -> None:
+    """A sweep trial: its parameters override the config's defaults (as in a W&B sweep), the
+    sweep's name is the run's group, and the sweep is recorded in the config and a tag."""
+    sweep, t = trial["sweep"], trial["trial"]
+    cfg.update(t.params)
+    wandb_kwargs.setdefault("group", sweep["name"])
+    tags = list(wandb_kwargs.get("tags") or ())
+    wandb_kwargs["tags"] = tags + [f"sweep:{sweep['id']}"] if f"sweep:{sweep['id']}" not in tags else tags
+    tfwb["sweep"] = {"id": sweep["id"], "name": sweep["name"], "trial": t.number,
+                     "attempt": trial["attempt"], "params": sorted(t.params), "config": sweep["config"]}
 
 
 def finish(exit_code: int | None = None) -> None:
@@ -180,6 +246,6 @@ def finish(exit_code: int | None = None) -> None:
     import wandb
 
     if _session is not None:
-        _session.journal.close()
-        _session = None
+        s, _session = _session, None
+        _close(s)
     wandb.finish(exit_code=exit_code)

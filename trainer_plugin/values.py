@@ -1,10 +1,12 @@
 """The one place where logged values cross from device to host.
 
-Both loggers call `to_host` only on steps they log; on other steps they never touch a value.
+Both loggers touch values only on steps they log, and then only to hand them to the logging
+thread (``shipper``), which calls `to_host`: the training thread never waits for the device.
 """
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Optional
 
 
 def to_host(value: Any) -> Any:
@@ -26,3 +28,30 @@ def add_throughput(row: dict, steps: int, elapsed: float, batch_size: int | None
         row["perf/step_time_s"] = elapsed / steps
         if batch_size:
             row["perf/examples_per_sec"] = batch_size * steps / elapsed
+
+
+def snapshot(value: Any) -> Any:
+    """A tensor holding a variable's value now (one op, no device read), so the logging thread
+    reads what the variable held at this step, not later."""
+    read = getattr(value, "read_value", None)
+    if read is None:  # a Keras 3 variable wraps the backend's
+        read = getattr(getattr(value, "value", None), "read_value", None)
+    return read() if callable(read) else value
+
+
+def _schedule_at(schedule: Any, step: int) -> Optional[float]:
+    try:
+        return to_host(schedule(step))
+    except Exception:  # some schedules cannot be evaluated outside the train function
+        return None
+
+
+def learning_rate(optimizer: Any, step: int) -> Any:
+    """The optimizer's learning rate at ``step``, for the logging thread to read: a snapshot of
+    a variable, or the schedule evaluated there (later, off the training thread)."""
+    lr = getattr(optimizer, "learning_rate", None)
+    if lr is None:
+        return None
+    if callable(lr) and not hasattr(lr, "numpy") and not hasattr(lr, "shape"):  # a schedule
+        return functools.partial(_schedule_at, lr, step)
+    return snapshot(lr)

@@ -1,0 +1,1 @@
+../agent/wandb_log.py
