@@ -16,6 +16,13 @@ Variants run interleaved, `--rounds` times, each in its own offline run. Three f
                share of the step: the overhead of our code measured directly, free of the noise
                that an A/B comparison of two 6 ms steps carries.
 Results: a table on stdout and a JSON file in benchmarks/results/.
+
+    python benchmarks/bench_trainer.py --sweep 4 [--sweep-epochs 3]
+
+instead times an offline sweep: N trials of examples/train_keras.py (a random search over lr,
+`${args}`), run by `python -m tfwb_trainer.sweep`; per trial, the time the sweep spends outside
+the trial's process (drawing its parameters with the engine, claiming it, reading its metric
+back from the run and recording the outcome) against the trial process's own wall time.
 """
 from __future__ import annotations
 
@@ -59,7 +66,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=200, help="training steps per measurement")
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--sweep", type=int, default=0, metavar="N", help="time an offline sweep of N trials instead")
+    ap.add_argument("--sweep-epochs", type=int, default=3)
     a = ap.parse_args()
+    if a.sweep:
+        return sweep_bench(a.sweep, a.sweep_epochs)
 
     import tensorflow as tf
     import wandb
@@ -217,6 +228,36 @@ def main() -> int:
     out = RESULTS / f"bench_trainer-tf{tf.__version__}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"\nwritten: {out}")
+    return 0
+
+
+def sweep_bench(trials: int, epochs: int) -> int:
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    work = Path(tempfile.mkdtemp(prefix="tfwb-bench-sweep-"))
+    (work / "runs").mkdir()
+    cfg = work / "sweep.yaml"
+    cfg.write_text("method: random\nmetric: {name: epoch/val_loss, goal: minimize}\n"
+                   "parameters:\n  lr: {distribution: log_uniform_values, min: 0.0003, max: 0.03}\n")
+    env = dict(os.environ, TFWB_RUNS_DIR=str(work / "runs"))
+    cmd = [sys.executable, "-m", "tfwb_trainer.sweep", str(cfg), "--name", "bench", "--count", str(trials), "--",
+           sys.executable, str(root / "examples" / "train_keras.py"), "--epochs", str(epochs), "${args}"]
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+    res = subprocess.run([sys.executable, "-m", "tfwb_trainer.sweep", "results", "bench", "--json"], env=env,
+                         check=True, capture_output=True, text=True)
+    rows = json.loads(res.stdout)["trials"]
+    over = [r["overhead_s"] for r in rows]
+    train = [r["train_s"] for r in rows]
+    share = [o / tr for o, tr in zip(over, train)]
+    print(f"{len(rows)} trials: outside the trial median {statistics.median(over) * 1e3:.1f} ms "
+          f"(max {max(over) * 1e3:.1f} ms); trial process median {statistics.median(train):.2f} s; "
+          f"share median {statistics.median(share):.3%}, max {max(share):.3%}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"bench_trainer-sweep-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps({"meta": {"trials": trials, "epochs": epochs, "python": platform.python_version()},
+                               "rows": rows}, indent=2))
+    print(f"written: {out}")
     return 0
 
 

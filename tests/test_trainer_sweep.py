@@ -124,11 +124,14 @@ def test_results_ranked_and_plotted(digits_sweep: dict) -> None:
 def test_delivered_to_openwandb_grouped_with_params(digits_sweep: dict, tmp_path: Path) -> None:
     from deliver_helpers import make_deliver_site
     from openwandb_server import start_openwandb
+    from tfwb_trainer.sweep_wandb import HAS_SWEEPS_QUERY, server_has_sweeps
 
     runs = digits_sweep["runs"]
     trials = [json.loads(f.read_text()) for f in sorted((digits_sweep["dir"] / "trials").glob("*.json"))]
     server = start_openwandb(tmp_path / "server")
     try:
+        # OpenWandb has no sweeps (no upsertSweep in its schema): the trials stay a group.
+        assert not server_has_sweeps(server.graphql(HAS_SWEEPS_QUERY).get("data") or {})
         site = make_deliver_site(tmp_path / "site", server.url, server.api_key)
         out = site.scan_seal_sync(runs, quiet_seconds=1)
         assert out["deliveries"]["counts"] == {"confirmed": 6}, out
