@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from . import ids
+
 DEFAULT_PATH = "/etc/tfwb-agent/agent.toml"
 ENV_VAR = "TFWB_AGENT_CONFIG"
 
@@ -133,8 +135,9 @@ def parse(raw: dict[str, Any], source: str = "<config>") -> Config:
             raise ConfigError(source, key, f"unknown key (known: {known})")
     state_dir = _abs_path(source, "state_dir", raw.get("state_dir", "/var/lib/tfwb-agent"))
     node_name = _type(source, "node_name", raw.get("node_name", socket.gethostname()), str, "a string")
-    if not node_name or "/" in node_name:
-        raise ConfigError(source, "node_name", "must be a non-empty name without '/'")
+    if ids.why_not(node_name):
+        raise ConfigError(source, "node_name", f"{ids.BadId('node name', node_name, ids.why_not(node_name) or '')} "
+                          "(it names this node's files in the claims directory)")
 
     w = _type(source, "watch", raw.get("watch", {}), dict, "a table")
     allowed = {"roots", "mode", "quiet_seconds", "reconcile_seconds", "poll_seconds", "lease_seconds", "claims_dir"}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import runs
+from . import ids, runs
 from .claims import Claims
 from .config import Config
 from .ledger import Ledger
@@ -115,6 +115,8 @@ def look(ledger: Ledger, cfg: Config, run_dir: Path, root: Path, book: ClaimBook
     unchanged, settled run then costs one stat, not a read of its log and its ledger row."""
     now = time.time() if now is None else now
     key = str(run_dir)
+    if ids.why_not(run_dir.name):  # no claim file can be named after it: recorded, never handled
+        return _odd_name(ledger, key, run_dir, light), None
     if _settled_and_unchanged(light) and (light[0] in DOWNSTREAM or book.for_root(root).acquire(run_dir.name, now)):
         return False, None
     prev = ledger.run(key)
@@ -141,6 +143,17 @@ def look(ledger: Ledger, cfg: Config, run_dir: Path, root: Path, book: ClaimBook
         log.info("%s: %s%s%s", run_dir.name, verdict.state, f" ({verdict.ended})" if verdict.ended else "",
                  f": {verdict.reason}" if verdict.reason else "")
     return changed, verdict.recheck_at
+
+
+def _odd_name(ledger: Ledger, key: str, run_dir: Path, light: tuple | None) -> bool:
+    reason = f"{ids.BadId('run directory', run_dir.name, ids.why_not(run_dir.name) or '')}; the agent leaves it alone"
+    state = light[0] if light is not None else (ledger.run(key) or {}).get("state")
+    if state == "invalid":
+        return False
+    with ledger.tx() as db:
+        ledger.save_run(db, {"key": key, "state": "invalid", "reason": reason, "last_error": reason})
+    log.warning("%s", reason)
+    return True
 
 
 def reconcile(ledger: Ledger, cfg: Config, only: Iterable[Path] | None = None, now: float | None = None,

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -45,10 +46,19 @@ def _assert_each_run_sealed_once_and_whole(site, run_ids: set[str], tmp: Path) -
     assert not any(work.iterdir()) if work.exists() else True, sorted(p.name for p in work.iterdir())
 
 
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
 def test_two_scan_seals_at_once_take_turns_and_every_bundle_is_whole(tmp_path, corpus):
     runs = many_runs(corpus, 8)
     site = sealing_site(tmp_path / "site", corpus / "many", map_root=corpus)
     state = site.root / "node-state"
+    gone = _dead_pid()
+    stale = state / "work" / f"p{gone}-1" / "offline-run-stale"  # what a sealer killed mid-cleanup left
+    stale.mkdir(parents=True)
     held = HeldLock(state)  # a third writer holds the state directory when both start
     procs = [popen_agent(site.node_cfg, "scan", "--seal") for _ in range(2)]
     for p in procs:
@@ -352,10 +362,13 @@ def test_the_daemon_pauses_on_a_full_disk_and_resumes_when_there_is_room(tmp_pat
         daemon = DaemonProc(site.node_cfg, tmp_path / "daemon.log").start()
         state = site.root / "node-state"
         wait_for(lambda: run_counts(state) == {"sealed": 2}, 60, "the first two sealed", daemon)
+        with sqlite3.connect(state / "ledger.sqlite3") as db:  # an empty WAL: the next write needs new room
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         filler = fill(site.root / "node-state")
         for d in list(runs.values())[2:]:
             d.rename(volume / d.name)
         wait_for(lambda: "is full" in daemon.output(), 30, "the daemon to say the disk is full", daemon)
+        assert "is full (database or disk is full" in daemon.output(), daemon.output()[-2000:]
         assert "Traceback" not in daemon.output()
         shown = agent(site.node_cfg, "status")  # still answers, and says why nothing moves
         assert f"warning: the disk holding {site.root / 'node-state'} is full" in shown.stderr, shown.stderr
@@ -388,18 +401,23 @@ def test_a_damaged_or_read_only_ledger_is_a_message_that_names_it(tmp_path, corp
         assert f"Error: the ledger {ledger} is damaged (file is not a database); move it aside" in proc.stderr
 
 
-def test_an_unreadable_run_directory_is_reported_as_permission_denied(tmp_path, corpus):
+def test_unreadable_or_oddly_named_run_directories_are_said_so(tmp_path, corpus):
     runs = many_runs(corpus, 1)
     (run,) = runs.values()
+    odd = shutil.copytree(run, corpus / "many" / "offline-run-a b")  # no claim file may be named after it
     run.chmod(0)
     cfg = write_config(tmp_path / "agent.toml", tmp_path / "state", [corpus / "many"], quiet_seconds=1)
     proc = subprocess.run(unprivileged([sys.executable, "-m", "tfwb_agent", "scan"]), capture_output=True, text=True,
                           env=dict(os.environ, TFWB_AGENT_CONFIG=str(cfg)))
     run.chmod(0o755)
     assert proc.returncode == 0, proc.stderr
-    (row,) = ledger_rows(tmp_path / "state")
-    assert row["state"] == "invalid", row
-    assert row["last_error"] == f"cannot read {run.name}: permission denied (give the agent's user read access)"
+    rows = {r["key"]: r for r in ledger_rows(tmp_path / "state")}
+    assert rows[str(run)]["state"] == "invalid", rows
+    assert rows[str(run)]["last_error"] == f"cannot read {run.name}: permission denied (give the agent's user read " \
+                                          "access)"
+    assert rows[str(odd)]["state"] == "invalid"
+    assert rows[str(odd)]["last_error"] == "run directory 'offline-run-a b' is not a plain identifier (only letters, " \
+        "digits, '_', '-' and '.' are allowed, not first '.' or '-'); the agent leaves it alone"
 
 
 def _session_members(sid: int) -> list[int]:
