@@ -22,6 +22,7 @@ from trainer_helpers import ROOT, child_env, config_value, read_run, run_files
 
 HELPERS = ROOT / "tests" / "trainer_helpers.py"
 TRIAL = [sys.executable, str(HELPERS), "sweep-trial"]
+LIGHT = [sys.executable, str(HELPERS), "sweep-light-trial"]  # no TensorFlow: the lease test
 RANDOM_CFG = textwrap.dedent("""\
     method: random
     metric: {name: epoch/val_loss, goal: minimize}
@@ -54,10 +55,8 @@ def run_record(wandb_file: Path):
     raise AssertionError(f"no run record in {wandb_file}")
 
 
-@pytest.fixture(scope="module")
-def digits_sweep(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def digits_sweep(base: Path) -> dict:
     """A random sweep of 6 trials drawn by 3 trainer processes at once (each may take 3)."""
-    base = tmp_path_factory.mktemp("sweep")
     runs = base / "runs"
     runs.mkdir()
     (base / "sweep.yaml").write_text(RANDOM_CFG)
@@ -73,7 +72,16 @@ def digits_sweep(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "dir": runs / "sweeps" / "digits-rand"}
 
 
-def test_six_trials_from_three_processes_each_run_once(digits_sweep: dict) -> None:
+@pytest.mark.slow(seconds=150)
+def test_digits_sweep_three_processes_ranked_plotted_delivered(tmp_path: Path) -> None:
+    """One sweep, checked three ways (one test: the trials are the expensive part)."""
+    sweep = digits_sweep(tmp_path)
+    check_six_trials_each_run_once(sweep)
+    check_results_ranked_and_plotted(sweep)
+    check_delivered_to_openwandb_grouped_with_params(sweep, tmp_path / "deliver")
+
+
+def check_six_trials_each_run_once(digits_sweep: dict) -> None:
     sdir, runs = digits_sweep["dir"], digits_sweep["runs"]
     trials = [json.loads(f.read_text()) for f in sorted((sdir / "trials").glob("*.json"))]
     assert [t["number"] for t in trials] == list(range(6))
@@ -104,7 +112,7 @@ def test_six_trials_from_three_processes_each_run_once(digits_sweep: dict) -> No
         assert out["state"] == "finished" and logged and math.isclose(out["metric"], logged[-1], rel_tol=1e-9)
 
 
-def test_results_ranked_and_plotted(digits_sweep: dict) -> None:
+def check_results_ranked_and_plotted(digits_sweep: dict) -> None:
     env, out_html = digits_sweep["env"], digits_sweep["base"] / "plot.html"
     res = subprocess.run(sweep_cmd("results", "digits-rand", "--json", "--plot", str(out_html)), env=env,
                          cwd=str(ROOT), capture_output=True, text=True, timeout=120)
@@ -121,12 +129,13 @@ def test_results_ranked_and_plotted(digits_sweep: dict) -> None:
     assert text.returncode == 0 and "6 trials" in text.stdout and "dropout" in text.stdout, text.stdout
 
 
-def test_delivered_to_openwandb_grouped_with_params(digits_sweep: dict, tmp_path: Path) -> None:
+def check_delivered_to_openwandb_grouped_with_params(digits_sweep: dict, tmp_path: Path) -> None:
     from deliver_helpers import make_deliver_site
     from openwandb_server import start_openwandb
     from tfwb_trainer.sweep_wandb import HAS_SWEEPS_QUERY, server_has_sweeps
 
     runs = digits_sweep["runs"]
+    tmp_path.mkdir(exist_ok=True)
     trials = [json.loads(f.read_text()) for f in sorted((digits_sweep["dir"] / "trials").glob("*.json"))]
     server = start_openwandb(tmp_path / "server")
     try:
@@ -150,6 +159,7 @@ def test_delivered_to_openwandb_grouped_with_params(digits_sweep: dict, tmp_path
         server.stop()
 
 
+@pytest.mark.slow(seconds=40)
 def test_killed_trial_rerun_once_after_its_lease(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -158,7 +168,7 @@ def test_killed_trial_rerun_once_after_its_lease(tmp_path: Path) -> None:
     env = child_env(runs)
     args = [str(cfg), "--name", "lease", "--lease", "3", "--count", "1", "--"]
     # The first container: its trial holds at step 2 and the whole process group is SIGKILLed.
-    a = subprocess.Popen(sweep_cmd(*args, *TRIAL, "--hold-at", "2"), env=env, cwd=str(ROOT), text=True,
+    a = subprocess.Popen(sweep_cmd(*args, *LIGHT, "--hold-at", "2"), env=env, cwd=str(ROOT), text=True,
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          start_new_session=True)
     try:
@@ -181,11 +191,11 @@ def test_killed_trial_rerun_once_after_its_lease(tmp_path: Path) -> None:
 
     # Two more containers: one waits out the lease and runs the trial again (attempt 2) under
     # the same run id; the run cap is reached, so the other finds nothing left.
-    b = subprocess.run(sweep_cmd(*args, *TRIAL), env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=300)
+    b = subprocess.run(sweep_cmd(*args, *LIGHT), env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=300)
     assert b.returncode == 0, b.stderr[-4000:]
     assert "lease ran out; running it again (attempt 2 of 2)" in b.stderr
     assert json.loads(b.stdout.strip().splitlines()[-1])["ran"] == [trial["run_id"]]
-    c = subprocess.run(sweep_cmd(*args, *TRIAL), env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=300)
+    c = subprocess.run(sweep_cmd(*args, *LIGHT), env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=300)
     assert c.returncode == 0 and json.loads(c.stdout.strip().splitlines()[-1])["ran"] == [], c.stderr[-3000:]
     assert sorted(f.name for f in (sdir / "done").iterdir()) == ["000000.2.json"]
     assert len(list((sdir / "trials").iterdir())) == 1
@@ -219,6 +229,7 @@ def _fn_sweep(tmp_path: Path, cfg: dict, name: str, count: int | None = None) ->
     return runs / "sweeps" / name
 
 
+@pytest.mark.slow(seconds=40)
 def test_grid_covers_its_grid_exactly_then_bayes_uses_metrics(tmp_path: Path) -> None:
     grid = {"method": "grid", "metric": {"name": "score", "goal": "minimize"},
             "parameters": {"a": {"values": [1, 2]}, "b": {"values": ["x", "yy"]}}}
@@ -247,7 +258,8 @@ def test_grid_covers_its_grid_exactly_then_bayes_uses_metrics(tmp_path: Path) ->
     # (same random state) lead the engine elsewhere.
     np.random.seed(7)
     a = sweeps.next_run(bayes, runs).config["x"]["value"]
-    flipped = [r.copy(update={"summary_metrics": {"score": -r.summary_metrics["score"]}}) for r in runs]
+    flipped = [sweeps.SweepRun(name=r.name, state=r.state, config=r.config,
+                               summaryMetrics={"score": -r.summary_metrics["score"]}) for r in runs]
     np.random.seed(7)
     b = sweeps.next_run(bayes, flipped).config["x"]["value"]
     assert a != b

@@ -270,8 +270,27 @@ def _sweep_trial(args: list[str]) -> None:
     tfwb_trainer.finish()
 
 
+def _sweep_light_trial(args: list[str]) -> None:
+    """A trial without TensorFlow (for the lease test): a real offline run through the plugin
+    that logs the sweep's metric for 4 steps; ``--hold-at N`` stops at step N until stdin closes."""
+    hold_at = int(args[args.index("--hold-at") + 1]) if "--hold-at" in args else None
+    import tfwb_trainer
+
+    run = tfwb_trainer.init(project="sweep-light", config={"lr": 1e-2, "batch_size": 32, "dropout": 0.0})
+    s = tfwb_trainer.current()
+    for step in range(1, 5):
+        s.log({"epoch/val_loss": float(run.config["lr"]) * step}, step=step)
+        if step == hold_at:
+            s.drain()
+            print(f"HOLD {step}", flush=True)
+            sys.stdin.readline()
+    tfwb_trainer.finish()
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "count-reads":
         _count_reads(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     elif sys.argv[1] == "sweep-trial":
         _sweep_trial(sys.argv[2:])
+    elif sys.argv[1] == "sweep-light-trial":
+        _sweep_light_trial(sys.argv[2:])

@@ -9,7 +9,7 @@ import time
 from typing import Any, Callable, Mapping, Union
 
 from . import session as _session
-from .values import add_throughput, snapshot, to_host
+from .values import add_throughput, learning_rate, to_host
 
 Metrics = Union[Mapping[str, Any], Callable[[], Mapping[str, Any]]]  # Python 3.8: no `|` at run time
 
@@ -45,11 +45,7 @@ class StepLogger:
         row = {f"{self.prefix}/{k}": (v() if callable(v) and not hasattr(v, "numpy") else v)
                for k, v in values.items()}
         if self.optimizer is not None:
-            lr = getattr(self.optimizer, "learning_rate", None)
-            if callable(lr) and not hasattr(lr, "numpy") and not hasattr(lr, "shape"):
-                lr = lr(self.optimizer.iterations)  # a schedule: a tensor of this step
-            else:
-                lr = snapshot(lr)
+            lr = learning_rate(self.optimizer, step)
             if lr is not None:
                 row[f"{self.prefix}/learning_rate"] = lr
         add_throughput(row, step - self._mark_step, now - self._mark_t, self.batch_size)
@@ -58,6 +54,7 @@ class StepLogger:
         return True
 
     def log_epoch(self, epoch: int, metrics: Metrics) -> None:
+        self.session.drain()  # the epoch's rows are read before anything changes between epochs
         values = metrics() if callable(metrics) else metrics
         row = {f"epoch/{k}": to_host(v) for k, v in values.items()}
         row["epoch/epoch"] = epoch

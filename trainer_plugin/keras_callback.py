@@ -80,6 +80,7 @@ class MetricsCallback(WandbMetricsLogger):
         self._reset_clock()
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.session.drain()
         self._reset_clock()  # keep validation time out of the step time
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
@@ -103,6 +104,7 @@ class MetricsCallback(WandbMetricsLogger):
         pass  # WandbMetricsLogger logs here too; everything goes through on_train_batch_end
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.session.drain()  # the epoch's rows are read before anything changes between epochs
         values = {k: to_host(v) for k, v in (logs or {}).items()}
         row = {f"epoch/{k}": v for k, v in values.items()}
         row["epoch/epoch"] = epoch

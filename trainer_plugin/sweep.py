@@ -210,6 +210,16 @@ class Runner:
         self.cfg = self.sweep["config"]
         self.out = out if out is not None else sys.stderr
         self.overhead_s = 0.0
+        # Once per process, not per trial: the engine's search modules and wandb's record
+        # types (for reading metrics back) load here, outside any trial's timing.
+        import importlib
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for mod in ("sweeps.grid_search", "sweeps.random_search", "sweeps.bayes_search",
+                        "sweeps.hyperband_stopping", "wandb.proto.wandb_internal_pb2"):
+                importlib.import_module(mod)
 
     def say(self, msg: str) -> None:
         print(f"tfwb sweep {self.sweep['name']}: {msg}", file=self.out, flush=True)
