@@ -31,8 +31,7 @@ from .secrets import Scrubber, scrub_args
 
 # (message name, field) -> never scrubbed: identifiers and wandb's own bookkeeping.
 STRUCTURAL = frozenset({
-    ("Record", "uuid"), ("_RecordInfo", "stream_id"), ("_RecordInfo", "_tracelog_id"),
-    ("Control", "relay_id"), ("Control", "mailbox_slot"), ("Control", "connection_id"),
+    ("Record", "uuid"), ("Record", "_info"), ("Record", "control"),
     ("RunRecord", "run_id"), ("RunRecord", "entity"), ("RunRecord", "project"),
     ("RunRecord", "storage_id"), ("RunRecord", "sweep_id"),
     ("ArtifactRecord", "run_id"), ("ArtifactRecord", "project"), ("ArtifactRecord", "entity"),
@@ -75,6 +74,22 @@ _CACHE_LIMIT = 50_000
 _ITEMS = frozenset({"HistoryItem", "SummaryItem", "ConfigItem", "StatsItem"})
 _ITEM_FIELDS = frozenset({"key", "nested_key", "value_json"})
 _ITEM_OTHERS: dict[str, tuple[str, ...]] = {}
+
+
+def _has_strings(d: Any, seen: frozenset = frozenset()) -> bool:
+    """Whether a message type can hold a string at any depth (a step number, a timestamp
+    cannot: the walk skips them)."""
+    hit = _STRINGS.get(d.full_name)
+    if hit is None:
+        hit = any(f.type == FieldDescriptor.TYPE_STRING or
+                  (f.type == FieldDescriptor.TYPE_MESSAGE and f.message_type.full_name not in seen
+                   and _has_strings(f.message_type, seen | {d.full_name}))
+                  for f in d.fields)
+        _STRINGS[d.full_name] = hit
+    return hit
+
+
+_STRINGS: dict[str, bool] = {}
 
 
 def _repeated(fd: Any) -> bool:
@@ -224,6 +239,8 @@ class Outgoing:
             if f in STRUCTURAL:
                 continue
             if fd.type == FieldDescriptor.TYPE_MESSAGE:
+                if not _has_strings(fd.message_type):
+                    continue
                 if fd.message_type.GetOptions().map_entry:
                     self._map(msg, fd, value, place)
                 elif _repeated(fd):

@@ -270,14 +270,15 @@ class _Run:
         h = self._hmac.copy()
         with open(src, "rb") as f:
             # The placeholder needs the original's header (its size) and, for a table, its
-            # cells; the tag needs every byte, read block by block.
-            head = f.read(files_mod.BLOCK)
-            h.update(head)
-            data = head
-            if kind == "table":
-                data = head + f.read()
-                h.update(data[len(head):])
+            # cells; the tag needs every byte: a small file in one read (of its own size: a
+            # block-sized buffer for each of 10,000s of images costs more than the images), a
+            # big one block by block.
+            if size <= files_mod.BLOCK or kind == "table":
+                data = f.read()
+                h.update(data)
             else:
+                data = f.read(files_mod.BLOCK)
+                h.update(data)
                 while block := f.read(files_mod.BLOCK):
                     h.update(block)
         tag = h.hexdigest()
