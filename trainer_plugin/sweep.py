@@ -316,7 +316,13 @@ class Heartbeat:
     def _loop(self) -> None:
         tick = min(self.runner.lease_s / 3, 5.0) if self.on_stop else self.runner.lease_s / 3
         while not self._stop.wait(tick):
-            if self.on_stop is not None and self.runner.should_stop(self.trial):
+            try:
+                stop = self.on_stop is not None and self.runner.should_stop(self.trial)
+            except Exception as exc:  # the lease must keep being renewed whatever the engine does
+                self.runner.say(f"trial {self.trial.number}: early termination check failed ({exc!r}); "
+                                "the trial runs to its end")
+                self.on_stop, stop = None, False
+            if stop and self.on_stop is not None:
                 self.runner.say(f"trial {self.trial.number}: stopped early by hyperband")
                 self.stopped = True
                 self.on_stop()
