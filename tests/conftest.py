@@ -1,6 +1,7 @@
 """Shared fixtures: a private copy of the corpus, agent configs, and running the real CLI."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
@@ -22,6 +24,17 @@ CORPUS_RUNS = {
     "3salp52t": ("0.31.0", "finished"),
     "s900mviu": ("0.31.0", "crashed"),
 }
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` go first, the longest (``slow(seconds=N)``: about N s on its own)
+    first of all; the rest keep their order. With pytest-xdist handing out one test at a time
+    (``--maxschedchunk 1``), no long test starts late and keeps the whole run waiting for it."""
+    def seconds(item: pytest.Item) -> float:
+        mark = item.get_closest_marker("slow")
+        return 0.0 if mark is None else float(mark.kwargs.get("seconds", 30))
+
+    items.sort(key=lambda item: -seconds(item))  # stable: equal ones keep their order
 
 
 @pytest.fixture(autouse=True)
@@ -51,6 +64,40 @@ def corpus(tmp_path: Path) -> Path:
         if p.is_dir():
             os.chmod(p, 0o755)
     return dst
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Any]) -> Any:
+    """``build(directory)`` run once per test session, shared by every pytest-xdist worker.
+
+    The first worker to get here builds under an exclusive lock in the session's common temporary
+    root (each worker's own base directory sits inside it); the others block on that lock and
+    then read what it built. ``build`` returns something JSON can carry (e.g. a list of paths as
+    strings); a build that raises leaves nothing behind, and the next caller builds again."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    target, done = root / f"built-{name}", root / f"built-{name}.json"
+    with open(root / f"built-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.exists():
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir()
+            done_tmp = done.with_suffix(".tmp")
+            done_tmp.write_text(json.dumps(build(target)))
+            done_tmp.replace(done)
+        return json.loads(done.read_text())
+
+
+def tree_state(paths: list[Path]) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every file under ``paths``: compared before and after a test that only
+    reads shared data, to show it did not change it for the tests that share it after it."""
+    out = {}
+    for top in paths:
+        for dirpath, _dirnames, filenames in os.walk(top):
+            for name in filenames:
+                st = os.lstat(os.path.join(dirpath, name))
+                out[os.path.join(dirpath, name)] = (st.st_size, st.st_mtime_ns)
+    return out
 
 
 def write_config(path: Path, state_dir: Path, roots: list[Path], extra: str = "", **watch: object) -> Path:

@@ -7,6 +7,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import agent, by_run_id, status
 from daemon_helpers import DaemonProc, Writer, dump, run_states, wait_for
 
@@ -25,6 +27,7 @@ def _check_latency(st: dict, run_ids: list[str], expected_ended: str, bound: flo
     return lat
 
 
+@pytest.mark.slow(seconds=55)
 def test_daemon_tracks_twenty_real_runs_and_survives_its_own_sigkill(tmp_path, make_config):
     root = tmp_path / "volume"
     root.mkdir()

@@ -1,12 +1,14 @@
 """A crashed run arrives marked as crashed, with every record before its torn tail."""
 from __future__ import annotations
 
+import pytest
 
 from conftest import CORPUS_RUNS, by_run_id, status
 from deliver_helpers import make_deliver_site, server_summary
 from openwandb_server import start_openwandb
 
 
+@pytest.mark.slow(seconds=25)
 def test_crashed_runs_arrive_marked_and_whole_up_to_the_tear(tmp_path, corpus):
     server = start_openwandb(tmp_path / "server")
     try:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import agent, status
+from conftest import agent, built_once, status, tree_state
 from deliver_helpers import (RestartableServer, corpus_dirs, duplicate_rows, make_deliver_site, metric_rows,
                              seal_dirs, server_console, server_files, server_summary, sync,
                              write_runs)
@@ -65,11 +65,22 @@ def _wait(cond, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.fixture(scope="session")
+def _fresh_run_dirs(tmp_path_factory) -> list[Path]:
+    made = built_once(tmp_path_factory, "fresh-16x120", lambda d: [str(p) for p in write_runs(d, 16, 120)])
+    return [Path(p) for p in made]
+
+
 @pytest.fixture
-def fresh_runs(tmp_path_factory):
-    return write_runs(tmp_path_factory.mktemp("fresh"), 16, 120)  # with the corpus's 4: 20 runs
+def fresh_runs(_fresh_run_dirs):
+    """16 finished runs of 120 steps written by real wandb (with the corpus's 4: 20 runs), written
+    once per session for every test that takes them: each test only reads them (checked here)."""
+    before = tree_state(_fresh_run_dirs)
+    yield list(_fresh_run_dirs)
+    assert tree_state(_fresh_run_dirs) == before, "a test changed the shared fresh runs"
 
 
+@pytest.mark.slow(seconds=75)
 def test_runs_arrive_once_complete_and_a_second_sync_adds_nothing(tmp_path, corpus, fresh_runs):
     server = RestartableServer(tmp_path).start()
     try:
@@ -114,6 +125,7 @@ def test_runs_arrive_once_complete_and_a_second_sync_adds_nothing(tmp_path, corp
         server.stop()
 
 
+@pytest.mark.slow(seconds=30)
 def test_server_down_at_start_then_up_everything_arrives(tmp_path, corpus):
     server = RestartableServer(tmp_path)
     dirs = corpus_dirs(corpus)
@@ -143,6 +155,7 @@ def test_server_down_at_start_then_up_everything_arrives(tmp_path, corpus):
         server.stop()
 
 
+@pytest.mark.slow(seconds=70)
 def test_server_killed_mid_upload_and_restarted(tmp_path, corpus, fresh_runs):
     server = RestartableServer(tmp_path).start()
     dirs = corpus_dirs(corpus) + fresh_runs
@@ -166,6 +179,7 @@ def test_server_killed_mid_upload_and_restarted(tmp_path, corpus, fresh_runs):
         server.stop()
 
 
+@pytest.mark.slow(seconds=90)
 def test_agent_sigkilled_at_random_moments_every_row_once(tmp_path, corpus, fresh_runs):
     rng = random.Random(20261127)
     server = RestartableServer(tmp_path).start()
@@ -196,6 +210,7 @@ def test_agent_sigkilled_at_random_moments_every_row_once(tmp_path, corpus, fres
         server.stop()
 
 
+@pytest.mark.slow(seconds=70)
 def test_two_agents_delivering_at_once_send_every_row_once(tmp_path, corpus, fresh_runs):
     """The daemon's stage and a `sync` by hand, or two `sync`s: one delivers, the other waits."""
     server = RestartableServer(tmp_path).start()
@@ -246,6 +261,7 @@ def test_wrong_key_is_reported_not_retried_and_nothing_is_sent(tmp_path, corpus)
         server.stop()
 
 
+@pytest.mark.slow(seconds=30)
 def test_a_missing_key_is_named_and_delivery_starts_once_it_is_there(tmp_path, corpus):
     server = RestartableServer(tmp_path).start()
     try:
@@ -279,6 +295,7 @@ def test_sync_of_a_run_this_host_does_not_hold_says_so(tmp_path, corpus):
     assert [o["state"] for o in dry["outcomes"]] == ["would_send"]
 
 
+@pytest.mark.slow(seconds=45)
 def test_policy_keeps_runs_from_targets_and_windows_and_holds(tmp_path, corpus):
     server = RestartableServer(tmp_path).start()
     try:
@@ -321,6 +338,7 @@ def test_policy_keeps_runs_from_targets_and_windows_and_holds(tmp_path, corpus):
         server.stop()
 
 
+@pytest.mark.slow(seconds=200)
 def test_live_run_delivered_in_segments_each_step_once(tmp_path):
     """A run written live by real wandb for ~60 s, scanned and synced every 10 s: each sync
     adds only new steps; at the end the server holds every logged step once."""
@@ -368,6 +386,7 @@ def test_live_run_delivered_in_segments_each_step_once(tmp_path):
         server.stop()
 
 
+@pytest.mark.slow(seconds=20)
 def test_a_restarted_runs_parts_add_up_once(tmp_path):
     """A job restarted with the same run id leaves a second directory that resumes the run; the
     pipeline seals each directory as a segment whose log starts afresh (byte_start 0). Its rows

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from deliver_helpers import (RestartableServer, corpus_dirs, make_deliver_site, seal_dirs, server_console, sync,
@@ -61,6 +62,7 @@ def _content(path: Path) -> object:
     return hashlib.sha256(data).hexdigest()
 
 
+@pytest.mark.slow(seconds=60)
 def test_the_agent_delivers_everything_plain_wandb_sync_does(tmp_path, corpus):
     dirs = corpus_dirs(corpus) + write_runs(tmp_path / "fresh", 1, 40)
     via_agent = RestartableServer(tmp_path / "agent").start()

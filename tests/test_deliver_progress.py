@@ -15,20 +15,29 @@ from pathlib import Path
 
 import pytest
 
-from conftest import agent
+from conftest import agent, built_once, tree_state
 from deliver_helpers import RestartableServer, make_deliver_site, seal_dirs, write_runs
 
 
+@pytest.fixture(scope="session")
+def _progress_runs(tmp_path_factory) -> list[Path]:
+    """Three finished runs of 300 steps, written once per session (the tests only read them)."""
+    made = built_once(tmp_path_factory, "progress-3x300",
+                      lambda d: [str(p) for p in write_runs(d, 3, 300, project="ct-progress")])
+    return [Path(p) for p in made]
+
+
 @pytest.fixture
-def sealed(tmp_path: Path):
-    """A server, and a site holding three sealed runs of 300 steps for it."""
+def sealed(tmp_path: Path, _progress_runs):
+    """A server of its own, and a site holding the three runs sealed for it."""
+    before = tree_state(_progress_runs)
     server = RestartableServer(tmp_path).start()
     try:
-        runs = write_runs(tmp_path / "runs", 3, 300, project="ct-progress")
         site = make_deliver_site(tmp_path / "site", server.url, server.api_key)
-        yield server, site, seal_dirs(site, runs)
+        yield server, site, seal_dirs(site, _progress_runs)
     finally:
         server.stop()
+    assert tree_state(_progress_runs) == before, "a test changed the shared runs"
 
 
 def test_plain_lines_follow_each_run(sealed) -> None:

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 from deliver_helpers import make_deliver_site
 from openwandb_server import start_openwandb
 from trainer_helpers import interpreters, require_python
@@ -46,6 +47,7 @@ def steps_on_server(server, run_id: str) -> list[int]:
                                        (run_id,))]
 
 
+@pytest.mark.slow(seconds=40)
 def test_last_row_after_exit_arrives(tmp_path: Path) -> None:
     label, python = next(p for p in interpreters() if p[0].startswith("tf213"))
     py = require_python(label, python)

@@ -6,7 +6,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow(seconds=40)
 def test_demo_seals_every_run_and_leaks_nothing(tmp_path):
     work = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "tfwb_agent", "demo", "--json", "--work-dir", str(work)],
@@ -27,6 +30,7 @@ def test_demo_seals_every_run_and_leaks_nothing(tmp_path):
     assert "hf_DemoToken" not in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow(seconds=55)
 def test_demo_delivers_to_a_server_with_to(tmp_path):
     from openwandb_server import start_openwandb
 

@@ -235,6 +235,7 @@ def tour(tmp_path):
     return proc, home, runs, env
 
 
+@pytest.mark.slow(seconds=25)
 def test_tour_runs_node_to_gateway(tour):
     import json
 

@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import pytest
+
 from conftest import agent
 from seal_helpers import all_files, corpus_run_dirs, make_site, minisign_ok
 
@@ -33,6 +35,7 @@ def seal_padded(site, corpus: Path, megabytes: float) -> None:
         agent(site.node_cfg, "seal", str(d))
 
 
+@pytest.mark.slow(seconds=25)
 def test_export_to_a_full_medium_marks_nothing_and_leaves_nothing(corpus: Path, tmp_path: Path) -> None:
     site = make_site(tmp_path / "site")
     seal_padded(site, corpus, 0.7)  # two bundles of ~0.75 MB: more than a 1 MB medium holds

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from seal_helpers import corpus_run_dirs, make_site, minisign_ok, tool_list
 
 SEED = 20261127
@@ -35,6 +37,7 @@ def check_outbox(site) -> set[str]:
     return names
 
 
+@pytest.mark.slow(seconds=60)
 def test_sigkill_at_random_moments_leaves_only_whole_bundles(corpus: Path, tmp_path: Path) -> None:
     rng = random.Random(SEED)
     site = make_site(tmp_path / "site")

@@ -463,6 +463,7 @@ def _tree(root: Path) -> dict[str, tuple[int, float]]:
             for p in root.rglob("*") if ".tfwb-agent" not in p.parts and p.is_file()}
 
 
+@pytest.mark.slow(seconds=30)
 def test_daemon_works_inside_the_units_file_sandbox(tmp_path, corpus):
     """The daemon under what tfwb-agent.service grants it: the runs volume read-only
     (ReadOnlyPaths), only its claims directory writable (ReadWritePaths), /proc reduced to

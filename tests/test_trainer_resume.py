@@ -23,6 +23,7 @@ RUN_ID = "resume7x"
 
 @pytest.mark.parametrize("script,metric,ckpt_step", [("train_keras.py", "batch/loss", 20),
                                                      ("train_custom_loop.py", "train/loss", 20)])
+@pytest.mark.slow(seconds=45)
 @pytest.mark.parametrize("label,python", PAIRS, ids=IDS)
 def test_sigkill_then_restart_is_one_continuous_run(tmp_path: Path, label: str, python: str | None,
                                                    script: str, metric: str, ckpt_step: int) -> None:

@@ -6,6 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from openwandb_server import start_openwandb, wandb_sync
 
 from tfwb_agent.wandb_log import LogWriter, read_records
@@ -33,6 +35,7 @@ def _config(text: str) -> dict:
     return cfg
 
 
+@pytest.mark.slow(seconds=40)
 def test_rewritten_runs_sync_to_the_same_rows(corpus, tmp_path):
     plain = start_openwandb(tmp_path / "plain")
     rewritten = start_openwandb(tmp_path / "rewritten")
