@@ -94,7 +94,11 @@ def _instructions(dockerfile: Path) -> str:
 
 
 def _from_images(dockerfile: Path) -> list[str]:
-    return re.findall(r"^FROM\s+(\S+)", dockerfile.read_text(), flags=re.M)
+    """The images each FROM names, with ARG defaults (``FROM ${BASE_IMAGE}``) filled in."""
+    text = dockerfile.read_text()
+    args = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", text, flags=re.M))
+    return [re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image)
+            for image in re.findall(r"^FROM\s+(\S+)", text, flags=re.M)]
 
 
 def _pip_pins(dockerfile: Path) -> dict[str, str]:
