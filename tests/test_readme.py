@@ -388,7 +388,8 @@ def test_reference_parses_and_shows_the_code_defaults():
     for f in ("mode", "quiet_seconds", "reconcile_seconds", "poll_seconds", "lease_seconds"):
         assert getattr(cfg.watch, f) == getattr(default_watch, f), f"watch.{f}"
     pol = cfg.sections["redact"]
-    for f in ("console", "metadata", "config_keys", "patterns", "scrub_paths", "artifacts", "drop_files"):
+    for f in ("console", "metadata", "config_keys", "patterns", "scrub_paths", "artifacts", "drop_files", "mode",
+              "keep_strings", "keep_files", "scrub_files"):
         assert getattr(pol, f) == getattr(DEFAULT_POLICY, f), f"redact.{f}"
     assert cfg.sections["sync"] == deliver_settings.SyncSettings()
     target_defaults = {f.name: f.default for f in dataclasses.fields(deliver_settings.Target)}
