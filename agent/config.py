@@ -224,7 +224,11 @@ def credential_path(path: str | Path) -> Path:
 
 
 def read_secret(ref: tuple[str, str]) -> bytes:
-    """Read a secret from where ``secret_source`` said it lives. Never log the result."""
+    """Read a secret from where ``secret_source`` said it lives. Never log the result.
+
+    A file's bytes are the secret as they are: a random binary key may end in bytes that look
+    like whitespace (0x0c, 0x20 …), and stripping them would change the key. Only a text
+    secret (printable ASCII) loses the line end an editor or ``echo`` adds."""
     kind, where = ref
     if kind == "env":
         value = os.environ.get(where)
@@ -233,6 +237,8 @@ def read_secret(ref: tuple[str, str]) -> bytes:
         return value.encode()
     where = str(credential_path(where))
     try:
-        return Path(where).read_bytes().strip()
+        data = Path(where).read_bytes()
     except OSError as exc:
         raise ConfigError(where, None, f"cannot read secret file: {exc.strerror}") from None
+    text = data.rstrip(b"\r\n")
+    return text.strip() if text.isascii() and text.decode().strip().isprintable() else data

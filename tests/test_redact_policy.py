@@ -173,3 +173,15 @@ def test_damaged_log_is_a_redact_error(tmp_path: Path) -> None:
     log.write_bytes(bytes(data))
     with pytest.raises(RedactError, match="cannot read"):
         redact_run(src, tmp_path / "out" / src.name, DEFAULT_POLICY, SECRET, map_path_for(root))
+
+
+def test_a_binary_site_key_is_read_whole_and_a_text_key_without_its_line_end(tmp_path) -> None:
+    from tfwb_agent.config import read_secret
+    key = tmp_path / "redact.key"
+    binary = bytes(range(200, 231)) + b"\x0c"          # ends in a byte that looks like whitespace
+    key.write_bytes(binary)
+    assert read_secret(("file", str(key))) == binary
+    key.write_bytes(binary[:-1] + b"\n")                # a random key that happens to end in 0x0a
+    assert read_secret(("file", str(key))) == binary[:-1] + b"\n"
+    key.write_bytes(b"s3cret-api-key-value\n")           # what echo writes
+    assert read_secret(("file", str(key))) == b"s3cret-api-key-value"
