@@ -92,14 +92,19 @@ def test_bad_crc_mid_file_is_an_error_with_its_offset(tmp_path):
     assert "offset" in str(err.value)
 
 
+def _flipped(tmp_path, back: int):
+    """The finished corpus log with one byte flipped ``back`` bytes from its end."""
+    data = bytearray(next(p for p in corpus_logs() if "3salp52t" in p.name).read_bytes())
+    at = len(data) - back
+    data[at] ^= 0xFF
+    p = tmp_path / "flipped.wandb"
+    p.write_bytes(bytes(data))
+    return p, at
+
+
 def test_bad_crc_in_the_last_chunk_is_a_torn_tail(tmp_path):
     # A writer that died mid-flush leaves a bad last chunk: nothing whole follows it.
-    src = next(p for p in corpus_logs() if "3salp52t" in p.name)
-    data = bytearray(src.read_bytes())
-    at = len(data) - 5
-    data[at] ^= 0xFF
-    p = tmp_path / "tail.wandb"
-    p.write_bytes(bytes(data))
+    p, at = _flipped(tmp_path, 5)
     records, tail = read_all(p)
     assert tail.torn_at is not None and tail.torn_at <= at
     assert "CRC" in tail.reason
@@ -109,12 +114,7 @@ def test_bad_crc_in_the_last_chunk_is_a_torn_tail(tmp_path):
 def test_bad_crc_followed_by_a_whole_chunk_is_damage(tmp_path):
     # In the last block too: a tear cannot be followed by valid chunks, so the records after
     # the flip (here the exit record) are not dropped as a "torn tail" without a word.
-    src = next(p for p in corpus_logs() if "3salp52t" in p.name)
-    data = bytearray(src.read_bytes())
-    at = len(data) - 50
-    data[at] ^= 0xFF
-    p = tmp_path / "damaged.wandb"
-    p.write_bytes(bytes(data))
+    p, at = _flipped(tmp_path, 50)
     with pytest.raises(CorruptLog) as exc:
         read_all(p)
     assert exc.value.offset <= at

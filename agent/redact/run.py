@@ -168,12 +168,7 @@ class _Run:
         (rep or self.report).bytes_out += len(data)
         if self.dst is None or rel in self.written:
             return
-        out = os.path.join(self.dst_str, rel)
-        parent = os.path.dirname(out)
-        if parent not in self.dirs:
-            os.makedirs(parent, exist_ok=True)
-            self.dirs.add(parent)
-        self.written.add(rel)
+        out = self.out_path(rel)
         if self.writer is not None:
             self.writer.put(out, data, rel)
         else:
