@@ -25,7 +25,8 @@ WRITER = REPO / "tests" / "writers" / "write_run.py"
 class RestartableServer:
     """OpenWandb on one port and data directory that a test may kill and start again."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, key_check_seconds: float = 0.0) -> None:
+        self.key_check_seconds = key_check_seconds  # see openwandb_server.launch
         self.port = _free_port()
         self.data_dir = root / f"openwandb-{self.port}"
         self.data_dir.mkdir(parents=True)
@@ -41,7 +42,7 @@ class RestartableServer:
     def start(self, timeout: float = 60.0) -> "RestartableServer":
         self.starts += 1
         log_path = self.data_dir.parent / f"openwandb-{self.port}-{self.starts}.log"
-        self.proc = launch(self.port, self.data_dir, log_path)
+        self.proc = launch(self.port, self.data_dir, log_path, self.key_check_seconds)
         key = wait_ready(self.proc, self.url, log_path, timeout)
         if key is None:
             raise RuntimeError(f"openwandb did not come up: {log_path.read_text(errors='replace')[-2000:]}")

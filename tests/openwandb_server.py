@@ -16,6 +16,9 @@ The server runs as ``openwandb serve`` does, through this file (``python openwan
 request. OpenWandb checks the key of each request with ``bcrypt.checkpw`` (about 0.3 s of CPU
 each), which made the test server the costliest process of every delivery test (55 of the 95 CPU
 seconds of a 20-run delivery). A key that failed its check fails again, from the same memo.
+A test whose timing was chosen against the stock server's pace (the delivery kill test) asks for
+it with ``key_check_seconds``: each check then holds its request that long, as bcrypt did,
+without the CPU.
 """
 from __future__ import annotations
 
@@ -108,14 +111,19 @@ def stop_process(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
-def launch(port: int, data_dir: Path, log_path: Path) -> subprocess.Popen:
-    """``openwandb serve`` on 127.0.0.1:``port`` with its data in ``data_dir``, output to ``log_path``."""
+_PACE_ENV = "TFWB_TEST_OPENWANDB_KEY_CHECK_SECONDS"
+
+
+def launch(port: int, data_dir: Path, log_path: Path, key_check_seconds: float = 0.0) -> subprocess.Popen:
+    """``openwandb serve`` on 127.0.0.1:``port`` with its data in ``data_dir``, output to ``log_path``;
+    ``key_check_seconds``: how long each key check holds its request (stock OpenWandb: ~0.3)."""
     if importlib.util.find_spec("openwandb") is None:
         raise RuntimeError("openwandb is not installed (pip install -e '.[test]')")
+    env = dict(os.environ, **{_PACE_ENV: str(key_check_seconds)})
     with open(log_path, "wb") as log:
         return subprocess.Popen([sys.executable, __file__, "serve", "--host", "127.0.0.1", "--port", str(port),
                                  "--data-dir", str(data_dir), "--log-level", "warning"],
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
 
 def wait_ready(proc: subprocess.Popen, url: str, log_path: Path, timeout: float) -> str | None:
@@ -160,13 +168,22 @@ def wandb_sync(server: Server, run_dir: Path, project: str, timeout: float = 300
 
 
 def _serve() -> None:
-    """``openwandb serve`` with each API key checked once (see the top of this file); bcrypt
-    hashes made at start-up (the admin password, the default key) take its fewest rounds."""
+    """``openwandb serve`` with each API key checked once (see the top of this file), at the
+    stock server's pace if asked; bcrypt hashes made at start-up (the admin password, the default
+    key) take its fewest rounds."""
     import functools
 
     import bcrypt
 
-    bcrypt.checkpw = functools.lru_cache(maxsize=256)(bcrypt.checkpw)
+    checked = functools.lru_cache(maxsize=256)(bcrypt.checkpw)
+    pace = float(os.environ.get(_PACE_ENV) or 0)
+
+    def checkpw(password: bytes, hashed: bytes) -> bool:
+        if pace:
+            time.sleep(pace)  # the stock server's pace when a test asks for it (see the top)
+        return checked(password, hashed)
+
+    bcrypt.checkpw = checkpw
     gensalt = bcrypt.gensalt
     bcrypt.gensalt = lambda rounds=4, prefix=b"2b": gensalt(rounds, prefix)
     from openwandb.cli import main

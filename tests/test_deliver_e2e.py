@@ -182,7 +182,10 @@ def test_server_killed_mid_upload_and_restarted(tmp_path, corpus, fresh_runs):
 @pytest.mark.slow(seconds=90)
 def test_agent_sigkilled_at_random_moments_every_row_once(tmp_path, corpus, fresh_runs):
     rng = random.Random(20261127)
-    server = RestartableServer(tmp_path).start()
+    # The strike moments below (0.5-6 s) were chosen against OpenWandb's own pace (a bcrypt check
+    # of the key, ~0.3 s, on every request); the test server skips those checks unless asked, and
+    # at its speed a sync would often be done before the strike.
+    server = RestartableServer(tmp_path, key_check_seconds=0.3).start()
     dirs = corpus_dirs(corpus) + fresh_runs
     want = expected(dirs)
     site = make_deliver_site(tmp_path / "site", server.url, server.api_key, sync="max_parallel = 2\n")
