@@ -167,6 +167,67 @@ def wandb_sync(server: Server, run_dir: Path, project: str, timeout: float = 300
                           env=server.sync_env(), capture_output=True, text=True, timeout=timeout)
 
 
+def _answer_retries_once() -> None:
+    """A ``file_stream`` request that arrives again, byte for byte, from the same ``wandb sync``
+    is answered without its rows being stored twice.
+
+    W&B's server is idempotent there (each chunk names the line ``offset`` it starts at); stock
+    OpenWandb appends every chunk it gets. When the server dies after storing a chunk but
+    before answering, wandb retries the same request against the restarted server, and
+    OpenWandb alone would hold those rows twice: a duplicate no agent could avoid, and not one
+    W&B makes. So a chunk's metric rows and the memo that it arrived are committed in one
+    transaction, after its lines reached the run's history file (a kill between the two leaves
+    an extra line in that file, which only makes the server's row count larger, never rows
+    twice in ``metrics``). The memo lives in the server's database (it must survive the kill)
+    and is forgotten for a run whenever the run is upserted, i.e. when a new ``wandb sync``
+    begins sending it: a chunk an agent *re-sends* in a later sync is stored again, so
+    duplicates the agent causes still show."""
+    import hashlib
+
+    # OpenWandb's config is read once, at its first import: set it as `openwandb serve` would.
+    argv = dict(zip(sys.argv[2::2], sys.argv[3::2]))
+    os.environ.update(OPENWANDB_DATA_DIR=str(Path(argv["--data-dir"]).resolve()), OPENWANDB_HOST=argv["--host"],
+                      OPENWANDB_PORT=argv["--port"], OPENWANDB_LOG_LEVEL=argv["--log-level"].upper())
+    from openwandb import database, file_stream
+
+    with database.get_db() as con:
+        con.execute("CREATE TABLE IF NOT EXISTS test_stream_chunks (run_id TEXT, digest TEXT, "
+                    "PRIMARY KEY (run_id, digest))")
+    process, upsert_run = file_stream.process_file_stream, database.upsert_run
+    held: list[tuple[str, list[dict]]] = []  # one request at a time: the endpoint runs on the event loop
+
+    def process_once(entity, project, run_id, payload, user_id=None):
+        if not payload.get("files"):  # a heartbeat or the final word: storing it twice is harmless
+            return process(entity, project, run_id, payload, user_id=user_id)
+        # Each file's chunk names its offset, so equal lines at two offsets differ here.
+        digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        with database.get_db() as con:
+            if con.execute("SELECT 1 FROM test_stream_chunks WHERE run_id = ? AND digest = ?",
+                           (run_id, digest)).fetchone():
+                return {"exitcode": None, "limits": {}}
+        held.clear()
+        database.insert_metrics = lambda rid, rows: held.append((rid, rows))
+        try:
+            answer = process(entity, project, run_id, payload, user_id=user_id)
+        finally:
+            database.insert_metrics = insert_metrics
+        with database.get_db() as con:
+            for rid, rows in held:
+                con.executemany("INSERT INTO metrics (run_id, key, step, value, wall_time) VALUES (?,?,?,?,?)",
+                                [(rid, m["key"], m["step"], m["value"], m["wall_time"]) for m in rows])
+            con.execute("INSERT OR IGNORE INTO test_stream_chunks VALUES (?, ?)", (run_id, digest))
+        return answer
+
+    def upsert_forgetting(project_id, run_id, *args, **kwargs):
+        with database.get_db() as con:
+            con.execute("DELETE FROM test_stream_chunks WHERE run_id = ?", (run_id,))
+        return upsert_run(project_id, run_id, *args, **kwargs)
+
+    insert_metrics = database.insert_metrics
+    file_stream.process_file_stream = process_once
+    database.upsert_run = upsert_forgetting
+
+
 def _serve() -> None:
     """``openwandb serve`` with each API key checked once (see the top of this file), at the
     stock server's pace if asked; bcrypt hashes made at start-up (the admin password, the default
@@ -186,6 +247,7 @@ def _serve() -> None:
     bcrypt.checkpw = checkpw
     gensalt = bcrypt.gensalt
     bcrypt.gensalt = lambda rounds=4, prefix=b"2b": gensalt(rounds, prefix)
+    _answer_retries_once()
     from openwandb.cli import main
 
     main(prog_name="openwandb")
