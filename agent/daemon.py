@@ -143,8 +143,12 @@ class Daemon:
         if new.state_dir != self.cfg.state_dir:
             log.error("reload refused: state_dir cannot change while running (restart the daemon)")
             return None
-        log.info("config reloaded from %s", new.source)
+        log.info("config reloaded from %s; runs and pending deliveries are planned again under it now", new.source)
         self.cfg = new
+        # Quiet deadlines were set under the old quiet_seconds; the full pass that follows a
+        # reload sets them again, and its delivery round asks the policy afresh (a window that
+        # was widened sends at once, not at the next opening the old window gave).
+        self.recheck.clear()
         observer.stop()  # type: ignore[attr-defined]
         observer.join()  # type: ignore[attr-defined]
         return self._start_observer()

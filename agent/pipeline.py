@@ -18,6 +18,7 @@ from . import failures, ids, statedir
 from .claims import Claims
 from .ledger import Ledger
 from .reconcile import ClaimBook
+from .segments import end_marker
 
 log = logging.getLogger("tfwb_agent.pipeline")
 
@@ -56,6 +57,13 @@ def mark_crashed(run_dir: Path, reason: str | None) -> None:
     """Append to a crashed run's (redacted) log a summary saying so. wandb sync shows a run
     with no exit record as finished, and servers differ in what they make of that; a summary
     key arrives everywhere and is what a dashboard can filter on."""
+    mark_ended(run_dir, end_marker("crashed", reason, False))
+
+
+def mark_ended(run_dir: Path, marker: dict[str, str] | None) -> None:
+    """Append the summary keys ``marker`` (``segments.end_marker``) to a (redacted) run's log,
+    after its last whole record. Written after an exit record they still arrive: delivery
+    moves the exit record last (``segments.Cut.exit_last``)."""
     import json
 
     from wandb.proto import wandb_internal_pb2 as pb
@@ -64,7 +72,7 @@ def mark_crashed(run_dir: Path, reason: str | None) -> None:
     from .wandb_log import LogReader, LogWriter
 
     log_path = find_log(run_dir)
-    if log_path is None:
+    if log_path is None or not marker:
         return
     with open(log_path, "r+b") as f:
         reader = LogReader(f)
@@ -72,13 +80,34 @@ def mark_crashed(run_dir: Path, reason: str | None) -> None:
             pass
         assert reader.tail is not None
         rec = pb.Record()
-        for key, value in (("tfwb/ended", "crashed"), ("tfwb/ended_reason", reason or "no exit record")):
+        for key, value in marker.items():
             item = rec.summary.update.add()
             item.key, item.value_json = key, json.dumps(value)
         f.truncate(reader.tail.end)  # the redactor writes whole records; never append after a torn one
         LogWriter(f, append_at=reader.tail.end).write(rec)
         f.flush()
         os.fsync(f.fileno())
+
+
+def supersedes_crash(ledger: Ledger, row: dict[str, Any]) -> bool:
+    """Whether an earlier segment of this run may have told the server "crashed": its ending
+    was revised (a pause taken for a crash), or it is a later part of a run (a killed job
+    resumed with the same id writes a new run directory)."""
+    if (row.get("facts") or {}).get("revisions"):
+        return True
+    return bool(row["run_id"]) and part_number(ledger, row) > 0
+
+
+def next_segment(ledger: Ledger, row: dict[str, Any]) -> Any:
+    """The segment a run directory is sealed as: its part number (``part_number``), or, for a
+    run whose ending was revised after it had been sealed (``reconcile`` notes where its sealed
+    segments end), the next segment of the same log: delivery sends only what the server lacks."""
+    from .seal import Segment
+
+    facts = row.get("facts") or {}
+    if facts.get("next_segment") is None:
+        return part_number(ledger, row)
+    return Segment(int(facts["next_segment"]), max(1, int(facts.get("segment_start") or 0)), None)
 
 
 def part_number(ledger: Ledger, row: dict[str, Any]) -> int:
@@ -115,8 +144,7 @@ def seal_one(ledger: Ledger, cfg: config_mod.Config, row: dict[str, Any], keys: 
     try:
         redacted = work / run_dir.name
         report = redact_run(run_dir, redacted, policy, secret, cfg.map_path)
-        if row["ended"] == "crashed":
-            mark_crashed(redacted, row["reason"])
+        mark_ended(redacted, end_marker(row["ended"], row["reason"], supersedes_crash(ledger, row)))
         written = snapshot(redacted)
 
         def mark_sealed(db: Any, sealed: Any) -> None:
@@ -130,7 +158,7 @@ def seal_one(ledger: Ledger, cfg: config_mod.Config, row: dict[str, Any], keys: 
         try:
             sealed = seal_run(cfg, keys, ledger, redacted,
                               RunIdentity(row["run_id"], row["project"], row["entity"], row["wandb_version"]),
-                              part_number(ledger, row), report.to_dict(), run_key=row["key"], on_sealed=mark_sealed,
+                              next_segment(ledger, row), report.to_dict(), run_key=row["key"], on_sealed=mark_sealed,
                               expect=written)
         except HeldElsewhere as exc:
             if exc.sealed is not None and withdraw(exc.sealed, keys.signer.public()):

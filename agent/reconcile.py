@@ -89,22 +89,35 @@ class ClaimBook:
 
 # States in which a run changes only if its file does: a full pass skips them after one stat.
 SETTLED = {"ended", "invalid"}
+# Sealed as crashed for want of an exit record, a run's ending is provisional: it may have been
+# only quiet. Its log is still watched, and growth revises the ending (``_revise``).
+REVISABLE = {"sealed", "exported", "delivered"}
 
 
-def _settled_and_unchanged(light: tuple[str, int, float | None, str | None] | None) -> bool:
-    """A run already classified whose log has the same size and mtime as last time."""
-    if light is None:
-        return False
-    state, size, mtime, log_path = light
-    if state in DOWNSTREAM:
-        return True
-    if state not in SETTLED or not log_path:
+def provisional(state: str | None, ended: str | None) -> bool:
+    return ended == "crashed" and state in REVISABLE
+
+
+def _unchanged(log_path: str | None, size: int, mtime: float | None) -> bool:
+    if not log_path:
         return False
     try:
         st = os.stat(log_path, follow_symlinks=False)
     except OSError:
         return False
     return (st.st_size, st.st_mtime) == (size, mtime)
+
+
+def _settled_and_unchanged(light: tuple | None) -> bool:
+    """A run already classified whose log has the same size and mtime as last time."""
+    if light is None:
+        return False
+    state, size, mtime, log_path, ended = light
+    if state in DOWNSTREAM and not provisional(state, ended):
+        return True
+    if state not in SETTLED and not provisional(state, ended):
+        return False
+    return _unchanged(log_path, size, mtime)
 
 
 def look(ledger: Ledger, cfg: Config, run_dir: Path, root: Path, book: ClaimBook,
@@ -120,7 +133,8 @@ def look(ledger: Ledger, cfg: Config, run_dir: Path, root: Path, book: ClaimBook
     if _settled_and_unchanged(light) and (light[0] in DOWNSTREAM or book.for_root(root).acquire(run_dir.name, now)):
         return False, None
     prev = ledger.run(key)
-    if prev and prev["state"] in DOWNSTREAM:
+    if prev and prev["state"] in DOWNSTREAM and (
+            not provisional(prev["state"], prev["ended"]) or _unchanged(prev["log_path"], prev["size"], prev["mtime"])):
         return False, None  # ours, and past the watcher's part
     if not book.for_root(root).acquire(run_dir.name, now):
         if prev:  # ours once; another node holds it now (took it over, or sealed it)
@@ -133,6 +147,14 @@ def look(ledger: Ledger, cfg: Config, run_dir: Path, root: Path, book: ClaimBook
         log.exception("reading %s failed", run_dir)
         facts = before or runs.RunFacts()
         facts.error = f"internal error while reading: {type(exc).__name__}: {exc}"
+    if prev and provisional(prev["state"], prev["ended"]):
+        if not runs.revised(prev["ended"], before, facts):
+            # Touched, nothing new: remember the file as it is, keep the sealed ending.
+            with ledger.tx() as db:
+                db.execute("UPDATE runs SET size = ?, mtime = ?, updated = ? WHERE key = ?",
+                           (facts.size, facts.mtime, time.time(), key))
+            return False, None
+        _revise(ledger, cfg, prev, facts, now)
     verdict = runs.classify(facts, now, cfg.watch.quiet_seconds)
     row = row_from(key, facts, verdict, cfg, prev)
     changed = prev is None or any(prev.get(k) != row[k] for k in ("state", "ended", "reason", "size", "steps"))
@@ -143,6 +165,29 @@ def look(ledger: Ledger, cfg: Config, run_dir: Path, root: Path, book: ClaimBook
         log.info("%s: %s%s%s", run_dir.name, verdict.state, f" ({verdict.ended})" if verdict.ended else "",
                  f": {verdict.reason}" if verdict.reason else "")
     return changed, verdict.recheck_at
+
+
+def _revise(ledger: Ledger, cfg: Config, prev: dict[str, Any], facts: runs.RunFacts, now: float) -> None:
+    """A run sealed as crashed has written again: it was only quiet. Note the revision in its
+    facts (``status`` shows it in the reason) and where its sealed segments end, so that the
+    growth is sealed as the next segment, and in the audit log."""
+    from . import audit, statedir
+
+    top = ledger.db.execute("SELECT MAX(segment) FROM bundles WHERE run_id = ?", (prev["run_id"],)).fetchone()[0]
+    end = ledger.db.execute("SELECT MAX(byte_end) FROM bundles WHERE run_key = ?", (prev["key"],)).fetchone()[0]
+    segment = 0 if top is None else int(top) + 1
+    was_reason = (prev["reason"] or "").split("; ending revised")[0] or None
+    entry = {"at": now, "was": prev["ended"], "was_state": prev["state"], "was_reason": was_reason,
+             "rows_sealed": prev["steps"], "segment": segment}
+    facts.extra["revisions"] = [*facts.extra.get("revisions", []), entry]
+    facts.extra["next_segment"], facts.extra["segment_start"] = segment, int(end or prev["read_offset"] or 0)
+    audit.append(statedir.audit_log(cfg), {"kind": "ending_revised", "run_id": prev["run_id"], "run_dir": prev["key"],
+                                          "was": prev["ended"], "was_reason": was_reason, "was_state": prev["state"],
+                                          "rows_sealed": prev["steps"], "rows_now": facts.steps,
+                                          "next_segment": segment})
+    log.warning("%s: was taken for crashed (%s) and sealed, but its log grew again (%d -> %d history rows): "
+                "the ending is revised, the growth goes as segment %d", Path(prev["key"]).name,
+                was_reason or "no exit record", prev["steps"], facts.steps, segment)
 
 
 def _odd_name(ledger: Ledger, key: str, run_dir: Path, light: tuple | None) -> bool:
@@ -163,7 +208,8 @@ def reconcile(ledger: Ledger, cfg: Config, only: Iterable[Path] | None = None, n
     result = PassResult()
     known: dict[str, tuple] = {}
     if only is None:  # one query for the whole pass instead of one per run
-        known = {r[0]: tuple(r[1:]) for r in ledger.db.execute("SELECT key, state, size, mtime, log_path FROM runs")}
+        known = {r[0]: tuple(r[1:]) for r in ledger.db.execute(
+            "SELECT key, state, size, mtime, log_path, ended FROM runs")}
     targets: Iterable[tuple[Path, Path]]
     if only is None:
         targets = ((d, root) for root in cfg.watch.roots for d in runs.discover(root))

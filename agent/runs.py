@@ -76,7 +76,8 @@ class RunFacts:
     torn_reason: str | None = None
     error: str | None = None  # the file cannot be read as a run (with why)
     has_run_record: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)  # artifact paths, sensitive keys
+    extra: dict[str, Any] = field(default_factory=dict)  # artifact paths, sensitive keys, revisions
+    activity: float = 0.0  # the newest write to wandb's other files in the run directory (not kept)
 
     @property
     def finished(self) -> bool:
@@ -162,6 +163,24 @@ def sensitive_globs(updates: Any) -> tuple[str, ...]:
     return ()
 
 
+# Files a live wandb process may write while its `.wandb` log stands still (wandb 0.31 writes
+# the log in 32 KiB blocks): its console capture and its internal logs.
+ACTIVITY_FILES = ("files/output.log", "logs/debug-internal.log", "logs/debug-core.log", "logs/debug.log")
+
+
+def activity(run_dir: Path) -> float:
+    """The newest mtime among ``ACTIVITY_FILES`` (0.0 if none): a sign of life besides the log."""
+    newest = 0.0
+    for name in ACTIVITY_FILES:
+        try:
+            st = os.stat(run_dir / name, follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            newest = max(newest, st.st_mtime)
+    return newest
+
+
 def inspect(run_dir: Path, before: RunFacts | None = None) -> RunFacts:
     """Read what is new in the run's `.wandb` file since ``before`` and return updated facts.
 
@@ -169,7 +188,7 @@ def inspect(run_dir: Path, before: RunFacts | None = None) -> RunFacts:
     """
     from wandb.proto import wandb_internal_pb2 as pb
 
-    before = before or RunFacts()
+    before = replace(before or RunFacts(), activity=activity(run_dir))
     facts = _copy(before)
     try:
         log = locate_log(run_dir)
@@ -261,8 +280,37 @@ class Verdict:
 
 
 def classify(facts: RunFacts, now: float, quiet_seconds: float) -> Verdict:
-    """How a run stands, from what was read and how long the file has been still."""
-    quiet_until = facts.mtime + quiet_seconds
+    """How a run stands, from what was read and how long the run has been still.
+
+    "Crashed" without an exit record is a provisional verdict: the run is still watched, and
+    should its log grow again the ending is revised (``facts.extra["revisions"]``, noted in the
+    reason). Still means: neither the log nor wandb's other files (``ACTIVITY_FILES``) changed
+    for ``quiet_seconds``."""
+    v = _classify(facts, now, quiet_seconds)
+    revisions = facts.extra.get("revisions") or []
+    if not revisions or v.state == "invalid":
+        return v
+    note = revision_note(revisions)
+    return replace(v, reason=f"{v.reason}; {note}" if v.reason else note)
+
+
+def revision_note(revisions: list[dict[str, Any]]) -> str:
+    """In words, for `status`: how the run's ending was revised."""
+    last = revisions[-1]
+    times = "" if len(revisions) == 1 else f" ({len(revisions)} times)"
+    return (f"ending revised{times}: taken for crashed ({last.get('was_reason') or 'no exit record'}), "
+            f"then its log grew again" + (f"; the growth goes as segment {last['segment']}"
+                                          if last.get("segment") is not None else ""))
+
+
+def revised(prev_ended: str | None, before: RunFacts, after: RunFacts) -> bool:
+    """Pure: a run taken for crashed that has written again (more whole records, or an exit)."""
+    return prev_ended == "crashed" and not after.error and (
+        after.records > before.records or (after.exit_code is not None and before.exit_code is None))
+
+
+def _classify(facts: RunFacts, now: float, quiet_seconds: float) -> Verdict:
+    quiet_until = max(facts.mtime, facts.activity) + quiet_seconds
     quiet = now >= quiet_until
     if facts.error:
         # A missing `.wandb` file in a fresh directory is a run that is just starting.

@@ -163,6 +163,22 @@ def comparable_summary(summary: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in summary.items() if not k.startswith("_") and _numeric(v)}
 
 
+END_KEY, END_REASON_KEY = "tfwb/ended", "tfwb/ended_reason"
+
+
+def end_marker(ended: str | None, reason: str | None, supersedes_crash: bool) -> dict[str, str] | None:
+    """Pure: the summary keys that tell the server how a run ended, or None (a plain finished
+    run carries none). A crashed run says so with its reason. A run that finishes after an
+    earlier segment said "crashed" (a pause taken for a crash, a killed job resumed) says
+    "finished" and empties the reason: servers merge summaries across resumed uploads
+    (OpenWandb) or keep the last one sent (W&B), and either way the last word stands."""
+    if ended == "crashed":
+        return {END_KEY: "crashed", END_REASON_KEY: reason or "no exit record"}
+    if ended == "finished" and supersedes_crash:
+        return {END_KEY: "finished", END_REASON_KEY: ""}
+    return None
+
+
 @dataclass(frozen=True)
 class Cut:
     """What to send: records of ``log`` from ``start`` to ``end``; with ``resumed``, after the
@@ -174,11 +190,19 @@ class Cut:
     exit_last: bool = False  # move the exit record after the data that follows it
 
 
-def plan_cut(facts: LogFacts, server_rows: int) -> Cut | None:
+def plan_cut(facts: LogFacts, server_rows: int, send_end: bool = False) -> Cut | None:
     """The records to send so that a server holding ``server_rows`` history rows of this run
-    ends holding every row of ``facts`` once. None: it already holds them all."""
+    ends holding every row of ``facts`` once. None: it already holds them all.
+
+    ``send_end``: the server holds every row but not how the run ended (its summary lacks the
+    log's ``tfwb/ended``, or the run is not there at all): send the records after the last
+    history row alone (the summary, the end marker, the exit record), with no row."""
     if server_rows >= facts.history_rows:
-        return None
+        if not send_end:
+            return None
+        if facts.history_rows == 0:
+            return Cut(FILE_HEADER_LEN, facts.end, False, 0, facts.data_after_exit)
+        return Cut(facts.history_ends[-1], facts.end, True, 0, facts.data_after_exit)
     if server_rows <= 0:
         return Cut(FILE_HEADER_LEN, facts.end, False, facts.history_rows, facts.data_after_exit)
     return Cut(facts.history_ends[server_rows - 1], facts.end, True, facts.history_rows - server_rows,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 from urllib.parse import urlparse
 
-from ..segments import LogFacts, comparable_summary
+from ..segments import END_KEY, LogFacts, comparable_summary
 from . import server as srv
 
 RUN_FIELDS = ('name state summaryMetrics historyLineCount '
@@ -51,6 +51,7 @@ class Judgement:
     kind: str            # absent | partial | complete | mismatch
     server_rows: int
     detail: str
+    end_behind: bool = False  # partial: every row is there, but not how the run ended
 
 
 @dataclass(frozen=True)
@@ -142,5 +143,9 @@ def judge(sent: LogFacts, server: ServerRun, base: int = 0) -> Judgement:
         for key, value in want.items():
             if key in server.summary and not _close(server.summary[key], value):
                 return Judgement(MISMATCH, rows, f"summary {key!r} on the server differs from what was sent")
+        ended = sent.summary.get(END_KEY)
+        if ended is not None and server.summary.get(END_KEY) != ended:
+            return Judgement(PARTIAL, rows, f"the server holds all {rows} history rows but its summary says "
+                             f"{END_KEY} = {server.summary.get(END_KEY)!r}, not {ended!r}", end_behind=True)
     return Judgement(COMPLETE, rows, f"the server holds all {sent.history_rows} history rows"
                      + (f" (and {rows - sent.history_rows} more from later segments)" if rows > sent.history_rows else ""))

@@ -378,8 +378,10 @@ class _Settle:
             if j.kind == confirm.MISMATCH:
                 return self.failed(u, f"the server holds this run but not as sent: {j.detail}; not sending again "
                                       "(that would duplicate rows)", j.server_rows)
-            cut = plan_cut(p.facts, j.server_rows)
-            assert cut is not None
+            cut = plan_cut(p.facts, j.server_rows, send_end=j.end_behind or j.kind == confirm.ABSENT)
+            if cut is None:
+                raise DeliveryError(f"segment {u.segment} of {u.run_id}: nothing to send, yet the server lacks it "
+                                    f"({j.detail})")
             upload_log = p.log_path.with_name(p.log_path.name + ".cut")
             p.size = write_cut(p.log_path, upload_log, cut)
             upload_log.replace(p.log_path)
@@ -593,7 +595,7 @@ def _round(ledger: Ledger, cfg: config_mod.Config, target_name: str, t: Target, 
         if not dec.may_send:
             state = "pending" if dec.verdict == policy.WAIT else "held"
             if not dry_run and (d is None or d["state"] != state or d["reason"] != dec.reason):
-                _set(ledger, u, target_name, state, reason=dec.reason,
+                _set(ledger, u, target_name, state, reason=dec.reason, last_error=None,
                      next_attempt=dec.next_open.timestamp() if dec.next_open else None)
             rr.outcomes.append(Outcome(u.run_id, u.segment, target_name, "held" if state == "held" else "waiting",
                                        dec.reason))
@@ -609,7 +611,11 @@ def _round(ledger: Ledger, cfg: config_mod.Config, target_name: str, t: Target, 
             if upload.stopping.is_set():
                 rr.waiting += 1
                 continue
-        if d and d["state"] == "pending" and d["next_attempt"] and d["next_attempt"] > now and not force_probe:
+        # A back-off after a failed attempt (last_error set) is waited out; a wait for a policy
+        # window is not: the policy was asked again just now, under the config in force (a
+        # reload may have widened the window), and it says send.
+        if d and d["state"] == "pending" and d["last_error"] and d["next_attempt"] and d["next_attempt"] > now \
+                and not force_probe:
             rr.waiting += 1
             continue
         to_send.append(u)

@@ -19,7 +19,7 @@ from .. import config as config_mod
 from .. import ids, statedir
 from ..ledger import Ledger
 from ..runs import find_log
-from ..segments import read_facts
+from ..segments import end_marker, read_facts
 from .settings import sync_settings
 
 log = logging.getLogger("tfwb_agent.deliver.live")
@@ -31,7 +31,7 @@ def _due(facts: dict[str, Any], now: float, interval: float) -> bool:
 
 def seal_live_segments(ledger: Ledger, cfg: config_mod.Config, now: float | None = None) -> list[str]:
     """Cut and seal the next segment of every live run that grew; close runs that ended."""
-    from ..pipeline import ensure_redaction_secret
+    from ..pipeline import ensure_redaction_secret, mark_ended, supersedes_crash
     from ..redact.policy import load_secret, policy_from_config
     from ..redact.run import redact_run
     from ..seal import RunIdentity, Segment, keys_config, seal_keys, seal_run
@@ -61,7 +61,9 @@ def seal_live_segments(ledger: Ledger, cfg: config_mod.Config, now: float | None
         src_log = find_log(run_dir)
         if src_log is None or not row["run_id"]:
             continue
-        k = facts.get("live_segments", 0)
+        # A run sealed whole as crashed, then revived by growth (runs.classify), goes on from
+        # the segment after its sealed ones.
+        k = facts.get("live_segments", facts.get("next_segment", 0))
         try:
             work = statedir.work_for(cfg, f"live-{run_dir.name}")
         except ids.BadId as exc:
@@ -75,6 +77,10 @@ def seal_live_segments(ledger: Ledger, cfg: config_mod.Config, now: float | None
                 fout.write(fin.read(cut_end))
             redacted = work / "out" / run_dir.name
             report = redact_run(snap, redacted, policy, secret, cfg.map_path, complete=ended)
+            if ended:
+                # The last segment says how the run ended, even when it brings no new row: the
+                # server is sent its summary alone then (segments.plan_cut with send_end).
+                mark_ended(redacted, end_marker(row["ended"], row["reason"], supersedes_crash(ledger, row)))
             red_log = find_log(redacted)
             red = read_facts(red_log) if red_log else None
             end_state = {}
@@ -92,7 +98,7 @@ def seal_live_segments(ledger: Ledger, cfg: config_mod.Config, now: float | None
 
             seal_run(cfg, keys, ledger, redacted,
                      RunIdentity(row["run_id"], row["project"], row["entity"], row["wandb_version"]),
-                     Segment(k, facts.get("live_byte_end", 0), None), report.to_dict(),
+                     Segment(k, facts.get("live_byte_end", facts.get("segment_start", 0)), None), report.to_dict(),
                      run_key=row["key"], on_sealed=mark)
             log.info("%s: sealed live segment %d (%d history rows%s)", row["run_id"], k, rows_now,
                      ", final" if ended else "")
