@@ -29,13 +29,17 @@ def _may_hold_media(raw: str) -> bool:
     return s[:1] in ("{", "[")
 
 
-def _media_roots(items: Sequence[Any], paths: Sequence[Path_]) -> set[Path_]:
+def _paths(items: Sequence[Any]) -> list[Path_]:
+    return [tuple(nk) if len(nk := it.nested_key) else (it.key,) for it in items]
+
+
+def _media_roots(raws: Sequence[str], paths: Sequence[Path_]) -> set[Path_]:
     """Roots of media objects that wandb 0.31 flattened into one item per field."""
     roots: set[Path_] = set()
-    for it, path in zip(items, paths):
+    for raw, path in zip(raws, paths):
         if len(path) >= 2 and path[-1] == "_type":
             try:
-                t = json.loads(it.value_json)
+                t = json.loads(raw)
             except ValueError:
                 continue
             if isinstance(t, str) and t in media.KINDS:
@@ -53,32 +57,35 @@ def _root_of(path: Path_, roots: set[Path_]) -> Path_ | None:
 def redact_items(items: Sequence[Any], new_item: Callable[[Path_, str], Any], decide: Decide,
                  resolve: Resolve, text_tag: TextTag,
                  count: Callable[[Any, str, str], None],
-                 sensitive: Callable[[str], bool] = lambda key: False) -> list[Any] | None:
+                 sensitive: Callable[[str], bool] | None = None) -> list[Any] | None:
     """Return the rewritten item list, or None when nothing needed a change.
 
     ``new_item(path, value_json)`` builds an item of the caller's type. Plain values under a
     key the training code declared ``sensitive`` are replaced by their keyed tag (wandb's own
-    ``_step``/``_runtime``/``_timestamp`` never are)."""
-    paths = [item_path(it) for it in items]
-    roots = _media_roots(items, paths)
-    groups: dict[Path_, list[Any]] = {}
-    owner: list[Path_ | None] = [_root_of(p, roots) if roots else None for p in paths]
-    for it, r in zip(items, owner):
-        if r is not None:
-            groups.setdefault(r, []).append(it)
+    ``_step``/``_runtime``/``_timestamp`` never are); None: no key is."""
+    paths = _paths(items)
+    raws = [it.value_json for it in items]
+    roots = _media_roots(raws, paths)
+    owner: list[Path_ | None] = [_root_of(p, roots) for p in paths] if roots else [None] * len(paths)
+    groups: dict[Path_, list[int]] = {}
+    if roots:
+        for i, r in enumerate(owner):
+            if r is not None:
+                groups.setdefault(r, []).append(i)
     # Each flattened media object is decided once, in order of first appearance. A kept one
     # leaves its items where they were; a rewritten one takes its first item's place.
     results: dict[Path_, Any] = {}
     for r, group in groups.items():
         node: dict[str, Any] = {}
-        for g in group:
-            _insert(node, item_path(g)[len(r):], json.loads(g.value_json))
+        n = len(r)
+        for i in group:
+            _insert(node, paths[i][n:], json.loads(raws[i]))
         new = media.transform_node(node, display_key(r), decide, resolve, text_tag, count)
         results[r] = None if new is node else new
     out: list[Any] = []
     changed = any(v is not None for v in results.values())
     emitted: set[Path_] = set()
-    for it, path, r in zip(items, paths, owner):
+    for it, path, raw, r in zip(items, paths, raws, owner):
         if r is not None:
             new = results[r]
             if new is None:
@@ -90,9 +97,9 @@ def redact_items(items: Sequence[Any], new_item: Callable[[Path_, str], Any], de
                 else:
                     out.append(new_item(r, media.dumps(new)))
             continue
-        if _may_hold_media(it.value_json):
+        if _may_hold_media(raw):
             try:
-                value = json.loads(it.value_json)
+                value = json.loads(raw)
             except ValueError:
                 out.append(it)
                 continue
@@ -102,11 +109,12 @@ def redact_items(items: Sequence[Any], new_item: Callable[[Path_, str], Any], de
                     changed = True
                     out.append(new_item(path, media.dumps(nv)))
                     continue
-        key = display_key(path)
-        if not key.startswith("_") and sensitive(key):
-            changed = True
-            out.append(new_item(path, media.dumps(f"hash:{text_tag('value', it.value_json)}")))
-            continue
+        if sensitive is not None:
+            key = display_key(path)
+            if not key.startswith("_") and sensitive(key):
+                changed = True
+                out.append(new_item(path, media.dumps(f"hash:{text_tag('value', raw)}")))
+                continue
         out.append(it)
     return out if changed else None
 
@@ -120,16 +128,17 @@ def _insert(node: dict[str, Any], rel: Path_, value: Any) -> None:
 def media_in_items(items: Sequence[Any]) -> list[tuple[str, dict[str, Any]]]:
     """(key, media object) for every media object in the items: the planning pass uses it."""
     found: list[tuple[str, dict[str, Any]]] = []
-    paths = [item_path(it) for it in items]
-    roots = _media_roots(items, paths)
+    paths = _paths(items)
+    raws = [it.value_json for it in items]
+    roots = _media_roots(raws, paths)
     groups: dict[Path_, dict[str, Any]] = {}
-    for it, path in zip(items, paths):
+    for raw, path in zip(raws, paths):
         r = _root_of(path, roots) if roots else None
         if r is not None:
-            _insert(groups.setdefault(r, {}), path[len(r):], json.loads(it.value_json))
-        elif _may_hold_media(it.value_json):
+            _insert(groups.setdefault(r, {}), path[len(r):], json.loads(raw))
+        elif _may_hold_media(raw):
             try:
-                _walk(json.loads(it.value_json), display_key(path), found)
+                _walk(json.loads(raw), display_key(path), found)
             except ValueError:
                 pass
     found += [(display_key(r), node) for r, node in groups.items()]

@@ -72,8 +72,6 @@ _DIGEST = re.compile(r"hash:[0-9a-f]{16,64}|[0-9a-f]{32}|[0-9a-f]{64}")
 _MEDIA_NAME = re.compile(r"(?P<base>.+?)(?P<suffix>(?:_\d+)+_[0-9a-f]{20}(?:\.[A-Za-z0-9]+)+)")
 _CACHE_LIMIT = 50_000
 _ITEMS = frozenset({"HistoryItem", "SummaryItem", "ConfigItem", "StatsItem"})
-_ITEM_FIELDS = frozenset({"key", "nested_key", "value_json"})
-_ITEM_OTHERS: dict[str, tuple[str, ...]] = {}
 
 
 def _has_strings(d: Any, seen: frozenset = frozenset()) -> bool:
@@ -98,15 +96,82 @@ def _repeated(fd: Any) -> bool:
     return rep if rep is not None else fd.label == FieldDescriptor.LABEL_REPEATED
 
 
+# How the walk treats each field of a message type, decided once per type from its
+# descriptor (the same decision the walk made field by field): skipped (structural, or a
+# type that cannot hold a string), a message, repeated messages, a map, or a string read as
+# a name, a path, JSON or text.
+_SKIP, _MSG, _MSGS, _MAP, _NAME, _PATH, _JSON, _TEXT = (object() for _ in range(8))
+_PATHS = frozenset({("FilesItem", "path"), ("ArtifactManifestEntry", "path")})
+_PLANS: dict[Any, dict[Any, object]] = {}
+
+
+def _field_plan(mname: str, fd: Any) -> object:
+    f = (mname, fd.name)
+    if f in STRUCTURAL:
+        return _SKIP
+    if fd.type == FieldDescriptor.TYPE_MESSAGE:
+        if not _has_strings(fd.message_type):
+            return _SKIP
+        if fd.message_type.GetOptions().map_entry:
+            return _MAP
+        return _MSGS if _repeated(fd) else _MSG
+    if fd.type == FieldDescriptor.TYPE_STRING:
+        if f in NAMES:
+            return _PATH if f in _PATHS else _NAME
+        return _JSON if f in JSON_FIELDS else _TEXT
+    return _SKIP
+
+
+class _Plan(dict):
+    """Field descriptor -> treatment. A field the descriptor did not list when the plan was
+    made (an extension) is planned when first met, the same way."""
+
+    def __init__(self, d: Any) -> None:
+        super().__init__((fd, _field_plan(d.name, fd)) for fd in d.fields)
+        self.mname = d.name
+
+    def __missing__(self, fd: Any) -> object:
+        how = self[fd] = _field_plan(self.mname, fd)
+        return how
+
+
+def _plan(d: Any) -> _Plan:
+    return _Plan(d)
+
+
 class Outgoing:
     def __init__(self, scrubber: Scrubber, policy: Policy, report: RedactionReport) -> None:
-        self.scrubber = scrubber
         self.policy = policy
         self.report = report
         self.keep = frozenset(policy.keep_strings)
         self._names: dict[str, str] = {}
         self._texts: dict[str, str] = {}
+        # (raw JSON, place, key) that came out unchanged: nothing in it to scrub, and nothing
+        # counted, so meeting it again can skip the parse (wandb repeats the same small values,
+        # "png", a media type, in every record).
+        self._same_json: set[tuple[str, str, str]] = set()
+        self._secret_keys: dict[str, bool] = {}
         self.produced: set[str] = set()     # file paths this redaction wrote: names already
+        self.scrubber = scrubber
+
+    @property
+    def scrubber(self) -> Scrubber:
+        return self._scrubber
+
+    @scrubber.setter
+    def scrubber(self, scrubber: Scrubber) -> None:
+        # New rules (the run's identity): what the old ones let through must be asked again.
+        self._scrubber = scrubber
+        self._texts.clear()
+        self._same_json.clear()
+
+    def _secret_key(self, key: str) -> bool:
+        hit = self._secret_keys.get(key)
+        if hit is None:
+            hit = self.policy.config_key_redacted(key)
+            if len(self._secret_keys) < _CACHE_LIMIT:
+                self._secret_keys[key] = hit
+        return hit
 
     # -- strings ---------------------------------------------------------------------------
     def _counted(self, place: str, counts: dict[str, int]) -> None:
@@ -174,7 +239,7 @@ class Outgoing:
         if isinstance(v, str):
             if v in self.produced:
                 return v
-            if key and self.policy.config_key_redacted(key):
+            if key and self._secret_key(key):
                 return self.secret_value(v, place)
             if key == "commit" and _COMMIT.fullmatch(v):
                 return v     # a git commit id: understood, and what the dashboard links to
@@ -189,36 +254,47 @@ class Outgoing:
     def json_text(self, raw: str, place: str, key: str = "") -> str:
         if '"' not in raw:          # a number, true/false/null: nothing to scrub
             return raw
+        ck = (raw, place, key)
+        if ck in self._same_json:
+            return raw
         try:
             v = json.loads(raw)
         except ValueError:
             return self.text(raw, place)
         nv = self.value(v, place, key)
-        return raw if nv == v else json.dumps(nv, separators=(",", ":"), ensure_ascii=False)
+        if nv == v:
+            if len(raw) < 4096 and len(self._same_json) < _CACHE_LIMIT:
+                self._same_json.add(ck)
+            return raw
+        return json.dumps(nv, separators=(",", ":"), ensure_ascii=False)
 
     # -- protobuf --------------------------------------------------------------------------
-    def _item(self, msg: Any, place: str) -> bool:
+    def _item(self, msg: Any, fields: list, place: str) -> bool:
         """The fast path for history/summary/config/stats items (most of a log): key names and
         the JSON value. False if the item holds anything else (then the generic walk does it)."""
-        d = msg.DESCRIPTOR
-        others = _ITEM_OTHERS.get(d.full_name)
-        if others is None:
-            others = _ITEM_OTHERS[d.full_name] = tuple(f.name for f in d.fields if f.name not in _ITEM_FIELDS)
-        if any(getattr(msg, n) for n in others):
-            return False
-        key = msg.key
+        key = ""
+        nested = None
+        raw = ""
+        for fd, value in fields:
+            n = fd.name
+            if n == "key":
+                key = value
+            elif n == "nested_key":
+                nested = value
+            elif n == "value_json":
+                raw = value
+            else:
+                return False
         if key:
             new = self.name(key)
             if new != key:
                 msg.key = new
-        nested = getattr(msg, "nested_key", ())
-        if len(nested):
+        if nested is not None:
             names = [self.name(k) for k in nested]
             if names != list(nested):
                 del nested[:]
                 nested.extend(names)
             key = nested[-1]
-        raw = msg.value_json
         if '"' in raw:
             new = self.json_text(raw, place, key)
             if new != raw:
@@ -227,32 +303,37 @@ class Outgoing:
 
     def message(self, msg: Any, place: str) -> None:
         """Scrub every string of ``msg`` in place (see the module docstring)."""
-        mname = msg.DESCRIPTOR.name
-        if mname in _ITEMS and self._item(msg, place):
+        d = msg.DESCRIPTOR
+        plan = _PLANS.get(d)
+        if plan is None:
+            plan = _PLANS[d] = _plan(d)
+        fields = msg.ListFields()
+        if d.name in _ITEMS and self._item(msg, fields, place):
             return
-        item_key = ""
-        if mname.endswith("Item"):
-            path = list(getattr(msg, "nested_key", ())) or [getattr(msg, "key", "")]
-            item_key = path[-1] if path else ""
-        for fd, value in msg.ListFields():
-            f = (mname, fd.name)
-            if f in STRUCTURAL:
+        item_key = None
+        for fd, value in fields:
+            how = plan[fd]
+            if how is _SKIP:
                 continue
-            if fd.type == FieldDescriptor.TYPE_MESSAGE:
-                if not _has_strings(fd.message_type):
-                    continue
-                if fd.message_type.GetOptions().map_entry:
-                    self._map(msg, fd, value, place)
-                elif _repeated(fd):
-                    for m in value:
-                        self.message(m, place)
-                else:
-                    self.message(value, place)
-            elif fd.type == FieldDescriptor.TYPE_STRING:
-                if f in NAMES:
-                    fn = self.path if f == ("FilesItem", "path") or f == ("ArtifactManifestEntry", "path") else self.name
-                elif f in JSON_FIELDS:
-                    fn = lambda s: self.json_text(s, place, item_key)  # noqa: E731
+            if how is _MSG:
+                self.message(value, place)
+            elif how is _MSGS:
+                for m in value:
+                    self.message(m, place)
+            elif how is _MAP:
+                self._map(msg, fd, value, place)
+            else:
+                if how is _NAME:
+                    fn = self.name
+                elif how is _PATH:
+                    fn = self.path
+                elif how is _JSON:
+                    if item_key is None:
+                        item_key = ""
+                        if d.name.endswith("Item"):
+                            path = list(getattr(msg, "nested_key", ())) or [getattr(msg, "key", "")]
+                            item_key = path[-1] if path else ""
+                    fn = lambda s, k=item_key: self.json_text(s, place, k)  # noqa: E731
                 else:
                     fn = lambda s: self.text(s, place)  # noqa: E731
                 if _repeated(fd):

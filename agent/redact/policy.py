@@ -84,7 +84,7 @@ class Policy:
         return decision
 
     def config_key_redacted(self, key: str) -> bool:
-        return _key_matches(key.lower(), tuple(g.lower() for g in self.config_keys))
+        return _key_matches(key.lower(), _lowered(self.config_keys))
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -99,6 +99,11 @@ class Policy:
             "rules": [{"key": r.key, "media": list(r.media), "action": r.action,
                        **({"columns": dict(r.columns)} if r.columns else {})} for r in self.rules],
         }
+
+
+@functools.lru_cache(maxsize=64)
+def _lowered(globs: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(g.lower() for g in globs)
 
 
 @functools.lru_cache(maxsize=65536)

@@ -55,7 +55,8 @@ _NEW_SUMMARY, _NEW_HISTORY = _make(pb.SummaryItem), _make(pb.HistoryItem)
 
 
 def _items(r: "_Run", container: Any, new_item: Callable[[tuple[str, ...], str], Any]) -> bool:
-    new = items_mod.redact_items(container, new_item, r.decide, r.resolve, r.text_tag, r.count, r.is_sensitive)
+    new = items_mod.redact_items(container, new_item, r.decide, r.resolve, r.text_tag, r.count,
+                                 r.is_sensitive if r.sensitive else None)
     if new is not None:
         del container[:]          # the kept items survive in ``new`` (protobuf copies on extend)
         container.extend(new)

@@ -64,32 +64,79 @@ def _write_new(out: str, data: bytes, rel: str) -> None:
         os.close(fd)
 
 
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+
+def _regular_files(d: str) -> frozenset[str]:
+    """Names of the regular files in ``d`` (not symlinks: d_type, no stat per entry)."""
+    try:
+        with os.scandir(d) as it:
+            return frozenset(e.name for e in it if e.is_file(follow_symlinks=False))
+    except OSError:
+        return frozenset()
+
+
+def _read_fd(fd: int, size: int) -> bytes:
+    """All of an open file, to its end (whatever its size was when stat'ed)."""
+    data = os.read(fd, size + 1)
+    while block := os.read(fd, max(size, 1 << 16)):
+        data += block
+    return data
+
+
+def _read_upto(fd: int, n: int) -> bytes:
+    """The first ``n`` bytes of an open file (fewer only at its end)."""
+    data = os.read(fd, n)
+    while len(data) < n and (block := os.read(fd, n - len(data))):
+        data += block
+    return data
+
+
 class _BackgroundWriter:
     """One thread that creates the output files while the caller goes on: file creation is
-    kernel time, tags, placeholders and records are Python time, and the two overlap."""
+    kernel time, tags, placeholders and records are Python time, and the two overlap.
+
+    Jobs travel in batches: a queue hand-off per small file (locks, a thread wake-up, the
+    interpreter lock changing hands) costs as much as creating the file. A batch is bounded in
+    files and in bytes, and the queue in batches, so memory stays bounded."""
+
+    BATCH_FILES = 128
+    BATCH_BYTES = 4 << 20
 
     def __init__(self) -> None:
         import queue
         import threading
-        self.q: "queue.Queue[tuple[str, bytes, str] | None]" = queue.Queue(maxsize=4096)
+        self.q: "queue.Queue[list[tuple[str, bytes, str]] | None]" = queue.Queue(maxsize=16)
         self.error: BaseException | None = None
+        self.batch: list[tuple[str, bytes, str]] = []
+        self.batch_bytes = 0
         self.thread = threading.Thread(target=self._run, name="redact-writer", daemon=True)
         self.thread.start()
 
     def put(self, out: str, data: bytes, rel: str) -> None:
         if self.error is not None:
             raise self.error
-        self.q.put((out, data, rel))
+        self.batch.append((out, data, rel))
+        self.batch_bytes += len(data)
+        if len(self.batch) >= self.BATCH_FILES or self.batch_bytes >= self.BATCH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.batch:
+            self.q.put(self.batch)
+            self.batch, self.batch_bytes = [], 0
 
     def _run(self) -> None:
-        while (job := self.q.get()) is not None:
+        while (jobs := self.q.get()) is not None:
             if self.error is None:
                 try:
-                    _write_new(*job)
+                    for job in jobs:
+                        _write_new(*job)
                 except BaseException as exc:  # re-raised in the caller's thread by close()
                     self.error = exc
 
     def close(self) -> None:
+        self.flush()
         self.q.put(None)
         self.thread.join()
         if self.error is not None:
@@ -115,6 +162,9 @@ class _Run:
         self.dst_str = str(self.dst) if self.dst is not None else ""
         self.dirs: set[str] = set()
         self.ok_dirs: set[str] = set()
+        self.listed: dict[str, frozenset[str]] = {}
+        self._sensitive_keys: dict[str, bool] = {}
+        self.files_base = os.path.join(str(self.src), "files")
         self.writer: _BackgroundWriter | None = None
         self._hmac = hmac.new(self.secret, b"media\x00", hashlib.sha256)
         self.scrubber = Scrubber(compile_patterns(self.policy.patterns), self.text_tag, self.policy.scrub_paths)
@@ -144,7 +194,14 @@ class _Run:
         self.report.count_media(d.rule, kind, d.action, key)
 
     def is_sensitive(self, key: str) -> bool:
-        return is_sensitive(key, self.sensitive)
+        if not self.sensitive:
+            return False
+        hit = self._sensitive_keys.get(key)
+        if hit is None:
+            hit = is_sensitive(key, self.sensitive)
+            if len(self._sensitive_keys) < 100_000:
+                self._sensitive_keys[key] = hit
+        return hit
 
     def out_path(self, rel: str) -> str | None:
         """Where ``rel`` of the copy is written (None in a dry run); its directory exists."""
@@ -177,14 +234,15 @@ class _Run:
     def source_file(self, rel: str) -> str | None:
         """``files/rel`` of the source run if it is a regular file inside it, reached through
         no symlink; else None. Checked directories are remembered (10,000s of media files
-        share a handful of directories)."""
+        share a handful of directories), and so are their regular files, listed once: one
+        directory read instead of a stat per file. A name the listing lacks (a file created
+        since, or not a regular file) is asked about on its own."""
         if not rel or rel.startswith("/") or "\\" in rel:
             return None
         parts = rel.split("/")
         if any(p in ("..", ".", "") for p in parts):
             return None
-        base = os.path.join(str(self.src), "files")
-        d = base
+        d = self.files_base
         for part in parts[:-1]:
             d = os.path.join(d, part)
             if d not in self.ok_dirs:
@@ -195,10 +253,36 @@ class _Run:
                     return None
                 self.ok_dirs.add(d)
         full = os.path.join(d, parts[-1])
+        listed = self.listed.get(d)
+        if listed is None:
+            listed = self.listed[d] = _regular_files(d)
+        if parts[-1] in listed:
+            return full
         try:
             return full if stat.S_ISREG(os.lstat(full).st_mode) else None
         except OSError:
             return None
+
+    def open_source(self, rel: str) -> tuple[int, int] | None:
+        """(fd, size) of ``files/rel`` opened for reading, if ``source_file`` accepts it and it
+        is still a regular file when opened (O_NOFOLLOW: a symlink swapped in since is not
+        followed; O_NONBLOCK: a FIFO swapped in does not hang the open); else None."""
+        full = self.source_file(rel)
+        if full is None:
+            return None
+        try:
+            fd = os.open(full, _OPEN_FLAGS)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            return None
+        return fd, st.st_size
 
     # -- media files -----------------------------------------------------------------------
     def resolve(self, path: str, kind: str, d: Decision, key: str) -> FileOutcome | None:
@@ -238,44 +322,53 @@ class _Run:
             pool.shutdown()
 
     def _resolve(self, path: str, kind: str, d: Decision, key: str, rep: RedactionReport) -> FileOutcome | None:
-        src = self.source_file(path)
-        if src is None:
+        if d.action == "drop":
+            if self.source_file(path) is None:
+                rep.files["missing_or_outside"] += 1
+            else:
+                rep.files["dropped"] += 1
+            return None
+        opened = self.open_source(path)
+        if opened is None:
             rep.files["missing_or_outside"] += 1
             return None
-        if d.action == "drop":
-            rep.files["dropped"] += 1
-            return None
-        size = os.stat(src).st_size
+        fd, size = opened
+        try:
+            return self._resolve_open(path, kind, d, key, rep, fd, size)
+        finally:
+            os.close(fd)
+
+    def _resolve_open(self, path: str, kind: str, d: Decision, key: str, rep: RedactionReport,
+                      fd: int, size: int) -> FileOutcome | None:
         rep.bytes_in += size
         if d.action == "keep":
             rep.files["kept"] += 1
             new_path = self.out.path(path)
             if size <= files_mod.BLOCK:
-                with open(src, "rb") as f:
-                    data = f.read()
+                data = _read_fd(fd, size)
                 self.write("files/" + new_path, data, rep)
                 return FileOutcome(new_path, hashlib.sha256(data).hexdigest(), len(data))
             sink = files_mod.Sink(self.out_path("files/" + new_path))
             try:
-                files_mod.copy_stream(src, sink)
+                while block := os.read(fd, files_mod.BLOCK):
+                    sink.write(block)
             finally:
                 sink.close()
             rep.bytes_out += sink.size
             return FileOutcome(new_path, sink.sha.hexdigest(), sink.size)
         h = self._hmac.copy()
-        with open(src, "rb") as f:
-            # The placeholder needs the original's header (its size) and, for a table, its
-            # cells; the tag needs every byte: a small file in one read (of its own size: a
-            # block-sized buffer for each of 10,000s of images costs more than the images), a
-            # big one block by block.
-            if size <= files_mod.BLOCK or kind == "table":
-                data = f.read()
-                h.update(data)
-            else:
-                data = f.read(files_mod.BLOCK)
-                h.update(data)
-                while block := f.read(files_mod.BLOCK):
-                    h.update(block)
+        # The placeholder needs the original's header (its size) and, for a table, its cells;
+        # the tag needs every byte: a small file in one read (of its own size: a block-sized
+        # buffer for each of 10,000s of images costs more than the images), a big one block
+        # by block.
+        if size <= files_mod.BLOCK or kind == "table":
+            data = _read_fd(fd, size)
+            h.update(data)
+        else:
+            data = _read_upto(fd, files_mod.BLOCK)
+            h.update(data)
+            while block := os.read(fd, files_mod.BLOCK):
+                h.update(block)
         tag = h.hexdigest()
         new = self._placeholder(path, kind, data, tag, d, key, rep)
         sha = hashlib.sha256(new).hexdigest()
