@@ -119,6 +119,125 @@ def redact_items(items: Sequence[Any], new_item: Callable[[Path_, str], Any], de
     return out if changed else None
 
 
+def _plain(items: Sequence[Any]) -> tuple[list[Path_], list[str], list[bool]] | None:
+    """(paths, value_json, nested?) of items that hold nothing but a key or a nested key and
+    a JSON value; None if any item holds anything else (then the generic path does it)."""
+    paths: list[Path_] = []
+    raws: list[str] = []
+    nested: list[bool] = []
+    for it in items:
+        key, nk, raw = "", None, ""
+        for fd, v in it.ListFields():
+            n = fd.name
+            if n == "value_json":
+                raw = v
+            elif n == "nested_key":
+                nk = v
+            elif n == "key":
+                key = v
+            else:
+                return None
+        if nk is not None:
+            if key:
+                return None
+            paths.append(tuple(nk))
+            nested.append(True)
+        else:
+            paths.append((key,))
+            nested.append(False)
+        raws.append(raw)
+    return paths, raws, nested
+
+
+def redact_scrub_items(items: Sequence[Any], decide: Decide, resolve: Resolve, text_tag: TextTag, count: Callable[[Any, str, str], None],
+                       sensitive: Callable[[str], bool] | None, out: Any,
+                       place: str) -> tuple[bool, list[tuple[Path_, bool, str]] | None]:
+    """``redact_items`` and the outgoing scrub of the items that result, in one pass over
+    plain data: what ``redact_items`` followed by ``Outgoing.message`` on each item gives,
+    without building protobuf items to parse them again.
+
+    Returns (handled, items): handled False when an item is not plain (the caller then takes
+    the generic path); items None when nothing changed, else the items that replace them as
+    (path, nested?, value_json): a nested key when ``nested``, else a key."""
+    snap = _plain(items)
+    if snap is None:
+        return False, None
+    paths, raws, nested = snap
+    roots = _media_roots(raws, paths)
+    owner: list[Path_ | None] = [_root_of(p, roots) for p in paths] if roots else [None] * len(paths)
+    groups: dict[Path_, list[int]] = {}
+    if roots:
+        for i, r in enumerate(owner):
+            if r is not None:
+                groups.setdefault(r, []).append(i)
+    results: dict[Path_, Any] = {}
+    for r, group in groups.items():
+        node: dict[str, Any] = {}
+        n = len(r)
+        for i in group:
+            _insert(node, paths[i][n:], json.loads(raws[i]))
+        new = media.transform_node(node, display_key(r), decide, resolve, text_tag, count)
+        results[r] = None if new is node else new
+    changed = False
+    # (path, nested?, original value_json or None, new value when rewritten)
+    entries: list[tuple[Path_, bool, str | None, Any]] = []
+    emitted: set[Path_] = set()
+    for path, raw, nest, r in zip(paths, raws, nested, owner):
+        if r is not None:
+            new = results[r]
+            if new is None:
+                entries.append((path, nest, raw, None))
+            elif r not in emitted:
+                emitted.add(r)
+                changed = True
+                if isinstance(new, dict):
+                    entries.extend((r + (k,), True, None, v) for k, v in new.items())
+                else:
+                    entries.append((r, len(r) > 1, None, new))
+            continue
+        if _may_hold_media(raw):
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                entries.append((path, nest, raw, None))
+                continue
+            if media.contains_media(value):
+                nv, c = media.transform_value(value, display_key(path), decide, resolve, text_tag, count)
+                if c:
+                    changed = True
+                    entries.append((path, len(path) > 1, None, nv))
+                    continue
+        if sensitive is not None:
+            key = display_key(path)
+            if not key.startswith("_") and sensitive(key):
+                changed = True
+                entries.append((path, len(path) > 1, None, f"hash:{text_tag('value', raw)}"))
+                continue
+        entries.append((path, nest, raw, None))
+    # The outgoing scrub, as ``Outgoing._item`` does it: every key name, and the JSON value
+    # under the key its walk would see (a nested key's last name after scrubbing; a plain
+    # key as it was).
+    done: list[tuple[Path_, bool, str]] = []
+    name = out.name
+    for path, nest, raw, value in entries:
+        names = tuple(name(k) for k in path)
+        if names != path:
+            changed = True
+        key = names[-1] if nest else path[0]
+        if raw is not None:
+            if '"' in raw:
+                new_raw = out.json_text(raw, place, key)
+                if new_raw != raw:
+                    changed = True
+                    raw = new_raw
+        else:
+            raw = media.dumps(out.value(value, place, key))
+        done.append((names, nest, raw))
+    if not changed:
+        return True, None
+    return True, done
+
+
 def _insert(node: dict[str, Any], rel: Path_, value: Any) -> None:
     for part in rel[:-1]:
         node = node.setdefault(part, {})

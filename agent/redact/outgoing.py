@@ -301,8 +301,9 @@ class Outgoing:
                 msg.value_json = new
         return True
 
-    def message(self, msg: Any, place: str) -> None:
-        """Scrub every string of ``msg`` in place (see the module docstring)."""
+    def message(self, msg: Any, place: str, skip: Any = None) -> None:
+        """Scrub every string of ``msg`` in place (see the module docstring). ``skip``: one
+        field (descriptor) whose strings the caller has scrubbed already."""
         d = msg.DESCRIPTOR
         plan = _PLANS.get(d)
         if plan is None:
@@ -313,13 +314,13 @@ class Outgoing:
         item_key = None
         for fd, value in fields:
             how = plan[fd]
-            if how is _SKIP:
+            if how is _SKIP or fd is skip:
                 continue
             if how is _MSG:
-                self.message(value, place)
+                self.message(value, place, skip)
             elif how is _MSGS:
                 for m in value:
-                    self.message(m, place)
+                    self.message(m, place, skip)
             elif how is _MAP:
                 self._map(msg, fd, value, place)
             else:

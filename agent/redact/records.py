@@ -271,13 +271,42 @@ def rewrite(r: "_Run", rec: Any, console: Console) -> list[Any]:
     rec.DiscardUnknownFields()
     if rec.ByteSize() != before:
         r.report.unknown_fields[t] += 1
+    skip = None
     if t in CONSOLE:
         out = console.take(t, rec)
+    elif t in _ITEM_FIELD and _items_scrubbed(r, rec, t):
+        out = [rec]
+        skip = _ITEM_FIELD[t]       # its items are redacted and scrubbed already
     elif RULES[t](r, rec):
         out = [rec]
     else:
         r.report.records_dropped[f"{t} (nothing left to send)"] += 1
         return []
     for o in out:
-        r.out.message(o, PLACE[t])
+        r.out.message(o, PLACE[t], skip)
     return out
+
+
+# The item containers of history and summary records, which ``_items_scrubbed`` handles whole.
+_ITEM_FIELD = {"history": pb.HistoryRecord.DESCRIPTOR.fields_by_name["item"],
+               "summary": pb.SummaryRecord.DESCRIPTOR.fields_by_name["update"]}
+
+
+def _items_scrubbed(r: "_Run", rec: Any, t: str) -> bool:
+    """History and summary items in one pass: media rewritten (as ``_items``) and every key
+    name and value scrubbed (as ``Outgoing`` would), without a second parse of each value.
+    False when an item holds more than a key and a JSON value: the generic path does it."""
+    container = rec.history.item if t == "history" else rec.summary.update
+    handled, new = items_mod.redact_scrub_items(container, r.decide, r.resolve, r.text_tag, r.count,
+                                                r.is_sensitive if r.sensitive else None, r.out, PLACE[t])
+    if not handled:
+        return False
+    if new is not None:
+        del container[:]
+        add = container.add
+        for path, nested, raw in new:
+            if nested:
+                add(nested_key=path, value_json=raw)
+            else:
+                add(key=path[0], value_json=raw)
+    return True
