@@ -1,44 +1,32 @@
 #!/usr/bin/env bash
-# Create (idempotently) the extra interpreters the trainer tests run under. Both are TensorFlow
-# 2.13 + wandb 0.15.12 (Keras 2), the pair pinned by the seed's tensorflow/tensorflow:2.13.0-gpu
-# image:
-#   .ci/setup_tf213.sh          .venv-tf213/ on Python 3.11 with the whole project (--no-deps)
-#   .ci/setup_tf213.sh --py38   .venv-py38/  on Python 3.8, the seed image's own Python, with the
-#                               trainer plugin alone (the tfwb-trainer distribution,
-#                               trainer_plugin/pyproject.toml) and its sweeps engine
-# Prints the venv's python path on its last stdout line (.ci/run may export it as
-# TFWB_TF213_PYTHON / TFWB_PY38_PYTHON; the tests also find the default places). Everything else
-# goes to stderr.
+# Create (idempotently) the second interpreter the trainer tests run under: the seed image's own
+# pair (tensorflow/tensorflow:2.13.0-gpu), Python 3.8 + TensorFlow 2.13.1 + wandb 0.15.12
+# (Keras 2), in .venv-py38/ (or $TFWB_PY38_VENV), with the trainer plugin alone (the tfwb-trainer
+# distribution, trainer_plugin/pyproject.toml) and its sweeps engine: the agent needs Python 3.11
+# and is not installed there.
+# Prints the venv's python path on its last stdout line (export it as TFWB_PY38_PYTHON to use
+# another place; the tests also find the default one). Everything else goes to stderr.
+# (`--py38`, the flag of the days when a second venv existed, is accepted and means the same.)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-if [[ "${1:-}" == "--py38" ]]; then
-  VENV="${TFWB_PY38_VENV:-$ROOT/.venv-py38}"
-  # The stamp records what was installed; a changed pin list rebuilds the environment.
-  PINS="py38 tensorflow-cpu==2.13.1 wandb==0.15.12 numpy<2 scikit-learn pillow pytest sweeps==0.2.0"
-  INSTALL=(tensorflow-cpu==2.13.1 wandb==0.15.12 'numpy<2' scikit-learn pillow pytest sweeps==0.2.0)
-  PROJECT="$ROOT/trainer_plugin"
-  CHECK="import sys, tensorflow, wandb, sweeps, tfwb_trainer; assert sys.version_info[:2] == (3, 8), sys.version"
-  # A Python 3.8: $TFWB_PY38_BASE, pyenv's (the development and CI machines have one), or PATH's.
-  BASE_PY="${TFWB_PY38_BASE:-}"
-  if [[ -z "$BASE_PY" ]]; then
-    for c in "$(pyenv root 2>/dev/null || echo /root/.pyenv)"/versions/3.8*/bin/python3.8 "$(command -v python3.8 || true)"; do
-      if [[ -n "$c" && -x "$c" ]]; then BASE_PY="$c"; break; fi
-    done
-  fi
-  if [[ -z "$BASE_PY" ]]; then
-    echo "setup_tf213.sh --py38: no Python 3.8 found (pyenv's versions/3.8*, python3.8 on PATH);" \
-         "install one or set TFWB_PY38_BASE=/path/to/python3.8" >&2
-    exit 1
-  fi
-else
-  VENV="${TFWB_TF213_VENV:-$ROOT/.venv-tf213}"
-  PINS="tensorflow-cpu==2.13.1 wandb==0.15.12 numpy<2 scikit-learn pillow pytest"
-  INSTALL=(tensorflow-cpu==2.13.1 wandb==0.15.12 'numpy<2' scikit-learn pillow pytest)
-  PROJECT="$ROOT"
-  CHECK="import tensorflow, wandb, tfwb_trainer"
-  BASE_PY="${TFWB_BASE_PYTHON:-python3.11}"
-  command -v "$BASE_PY" >/dev/null || BASE_PY=python3
+VENV="${TFWB_PY38_VENV:-$ROOT/.venv-py38}"
+# The stamp records what was installed; a changed pin list rebuilds the environment.
+PINS="py38 tensorflow-cpu==2.13.1 wandb==0.15.12 numpy<2 scikit-learn pillow pytest sweeps==0.2.0"
+INSTALL=(tensorflow-cpu==2.13.1 wandb==0.15.12 'numpy<2' scikit-learn pillow pytest sweeps==0.2.0)
+PROJECT="$ROOT/trainer_plugin"
+CHECK="import sys, tensorflow, wandb, sweeps, tfwb_trainer; assert sys.version_info[:2] == (3, 8), sys.version"
+# A Python 3.8: $TFWB_PY38_BASE, pyenv's (the development and CI machines have one), or PATH's.
+BASE_PY="${TFWB_PY38_BASE:-}"
+if [[ -z "$BASE_PY" ]]; then
+  for c in "$(pyenv root 2>/dev/null || echo /root/.pyenv)"/versions/3.8*/bin/python3.8 "$(command -v python3.8 || true)"; do
+    if [[ -n "$c" && -x "$c" ]]; then BASE_PY="$c"; break; fi
+  done
+fi
+if [[ -z "$BASE_PY" ]]; then
+  echo "setup_tf213.sh: no Python 3.8 found (pyenv's versions/3.8*, python3.8 on PATH);" \
+       "install one or set TFWB_PY38_BASE=/path/to/python3.8" >&2
+  exit 1
 fi
 PY="$VENV/bin/python"
 STAMP="$VENV/.tfwb-ready"
@@ -53,9 +41,6 @@ fi
 "$BASE_PY" -m venv "$VENV" >&2
 "$PY" -m pip install -q --upgrade pip >&2
 "$PY" -m pip install -q "${INSTALL[@]}" >&2
-# --no-deps: for the 3.11 venv the agent's own runtime deps (cryptography, watchdog…) are not
-# needed to train, and pulling them could upgrade protobuf past what wandb 0.15.12 / TF 2.13
-# accept; the 3.8 venv gets exactly the pins above.
 "$PY" -m pip install -q --no-deps -e "$PROJECT" >&2
 "$PY" -c "$CHECK" >&2
 echo "$PINS" > "$STAMP"

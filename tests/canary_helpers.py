@@ -6,7 +6,7 @@
 - ``write_canary_runs`` runs it under both wandb clients (0.31 with this interpreter, 0.15.12
   in the TF 2.13 venv), each in its own UTS namespace with a canary host name when we are
   root, on a volume whose path holds a canary too; both at once, once per session
-  (``session_runs`` caches them for every test module).
+  (``session_runs`` shares them with every test module and xdist worker).
 - ``Canaries`` turns the listed placements into what to look for: each secret as is, JSON- and
   URL-escaped, base64'd at every alignment, and any 12-character piece of a long one (a secret
   cut in two by the writer or the redactor still leaks by halves); patient ids as whole words.
@@ -83,7 +83,7 @@ class Canary:
 
 @dataclass
 class CanaryRun:
-    label: str                # tf221-wandb031 | tf213-wandb015
+    label: str                # tf221-wandb031 | py38-tf213-wandb015
     root: Path                # the writer's volume root
     run_dir: Path
     run_id: str
@@ -144,27 +144,35 @@ def write_canary_runs(base: Path, pythons: list[tuple[str, str]], timeout: float
         data = json.loads((vol / "canaries.json").read_text())
         if not hostnames:
             data["skipped"]["hostname"] = "not root (or no unshare): the writer keeps this machine's host name"
-        run = CanaryRun(label, vol, Path(data["run_dir"]), data["run_id"], data)
-        run.canaries = [Canary(**c, run=label) for c in data["canaries"]]
-        run.canaries.append(Canary("volume_path", "path", "paths", "default", [vol.name], run=label))
-        runs.append(run)
+        runs.append(_canary_run(label, vol, data))
     return runs
 
 
-_SESSION: dict[str, object] = {}
+def _canary_run(label: str, vol: Path, data: dict) -> CanaryRun:
+    run = CanaryRun(label, vol, Path(data["run_dir"]), data["run_id"], data)
+    run.canaries = [Canary(**c, run=label) for c in data["canaries"]]
+    run.canaries.append(Canary("volume_path", "path", "paths", "default", [vol.name], run=label))
+    return run
 
 
 def session_runs(tmp_path_factory, pythons: list[tuple[str, str]]) -> tuple[list[CanaryRun], Path]:
-    """The canary runs, written once per pytest session whichever module asks first, plus a
-    pristine copy of their volumes (tests that rename or delete the originals use theirs)."""
-    if "runs" not in _SESSION:
-        base = tmp_path_factory.mktemp("canary-volumes")
-        runs = write_canary_runs(base, pythons)
-        pristine = tmp_path_factory.mktemp("canary-pristine")
+    """The canary runs, written once per pytest session whichever module (and xdist worker) asks
+    first, plus a pristine copy of their volumes (tests that rename or delete the originals use
+    theirs). Only tests/test_redact_canaries.py touches the originals, on one worker (its
+    xdist group)."""
+    from conftest import built_once
+
+    def build(base: Path) -> dict:
+        if not pythons:
+            raise AssertionError("session_runs: the canary runs are not written yet and no interpreters were given")
+        runs = write_canary_runs(base / "volumes", pythons)
         for r in runs:
-            shutil.copytree(r.root, pristine / r.label / r.root.name, symlinks=True)
-        _SESSION["runs"] = (runs, pristine)
-    return _SESSION["runs"]  # type: ignore[return-value]
+            shutil.copytree(r.root, base / "pristine" / r.label / r.root.name, symlinks=True)
+        return {"pristine": str(base / "pristine"),
+                "runs": [{"label": r.label, "root": str(r.root), "data": r.data} for r in runs]}
+
+    made = built_once(tmp_path_factory, "canary-runs", build)
+    return [_canary_run(r["label"], Path(r["root"]), r["data"]) for r in made["runs"]], Path(made["pristine"])
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,8 +28,8 @@ CORPUS_RUNS = {
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``slow`` go first, the longest (``slow(seconds=N)``: about N s on its own)
-    first of all; the rest keep their order. With pytest-xdist handing out one test at a time
-    (``--maxschedchunk 1``), no long test starts late and keeps the whole run waiting for it."""
+    first of all; the rest keep their order. pytest-xdist hands out work in this order, so no
+    long test starts late and keeps the whole run waiting for it."""
     def seconds(item: pytest.Item) -> float:
         mark = item.get_closest_marker("slow")
         return 0.0 if mark is None else float(mark.kwargs.get("seconds", 30))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from deliver_helpers import make_deliver_site
 from openwandb_server import start_openwandb
-from trainer_helpers import interpreters, require_python
+from trainer_helpers import PY38_LABEL, interpreters, require_python
 
 from tfwb_agent.runs import find_log
 from tfwb_agent.segments import read_facts
@@ -49,8 +49,7 @@ def steps_on_server(server, run_id: str) -> list[int]:
 
 @pytest.mark.slow(seconds=40)
 def test_last_row_after_exit_arrives(tmp_path: Path) -> None:
-    label, python = next(p for p in interpreters() if p[0].startswith("tf213"))
-    py = require_python(label, python)
+    py = require_python(PY38_LABEL, dict(interpreters())[PY38_LABEL])
     runs = tmp_path / "runs"
     runs.mkdir()
     first = write_part(py, runs, 0, 5, RUN_ID)

@@ -49,6 +49,10 @@ from tfwb_agent.segments import read_facts
 
 LABELS = [label for label, _ in interpreters()]
 TRAIN_KEYS = ("loss", "acc")
+# One worker runs this module: its module-scoped world (two nodes sealing, one delivery) is built
+# once, and it alone renames the shared canary volumes away (see `delivered`). Together its
+# tests are among the longest, so they start first.
+pytestmark = [pytest.mark.xdist_group("canary-e2e"), pytest.mark.slow(seconds=90)]
 
 # What the writers' wandb versions never write, so the placement cannot leak (reported, not failed).
 NOT_WRITTEN_BY_WANDB = {

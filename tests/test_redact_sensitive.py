@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import built_once
 from redact_helpers import all_files, png_tag
 from tfwb_agent.redact.policy import parse_policy
 from tfwb_agent.redact.run import redact_run
@@ -34,11 +35,13 @@ KEEP_ALL = {"rule": [{"key": "*", "media": ["any"], "action": "keep"}], "config_
 
 @pytest.fixture(scope="module")
 def fresh_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("volume")
-    proc = subprocess.run([sys.executable, "-c", WRITER, str(root)], capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = [x for x in proc.stdout.splitlines() if x.startswith("DIR ")][-1]
-    return Path(line[4:])
+    """One run, written once per session for every worker; the tests only read it."""
+    def write(root: Path) -> str:
+        proc = subprocess.run([sys.executable, "-c", WRITER, str(root)], capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return [x for x in proc.stdout.splitlines() if x.startswith("DIR ")][-1][4:]
+
+    return Path(built_once(tmp_path_factory, "sensitive-run", write))
 
 
 def _history(run_dir: Path) -> list[dict]:

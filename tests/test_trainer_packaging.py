@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import subprocess
 
-from trainer_helpers import PY38_LABEL, ROOT, require_python, trainer_interpreters
+from trainer_helpers import PY38_LABEL, ROOT, require_python, interpreters
 
-PY38 = dict(trainer_interpreters())[PY38_LABEL]
+PY38 = dict(interpreters())[PY38_LABEL]
 
 
 def test_plugin_alone_on_python38_without_the_agent() -> None:

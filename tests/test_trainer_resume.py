@@ -11,10 +11,10 @@ import pytest
 from deliver_helpers import make_deliver_site
 from openwandb_server import start_openwandb
 
-from trainer_helpers import (PY38_LABEL, child_env, config_value, trainer_interpreters, read_run, require_python, run_example,
+from trainer_helpers import (child_env, config_value, interpreters, read_run, require_python, run_example,
                              run_files, run_until_hold_then_kill)
 
-PAIRS = trainer_interpreters()
+PAIRS = interpreters()
 IDS = [l for l, _ in PAIRS]
 EPOCHS, SAMPLES, EVERY, HOLD = 4, 320, 5, 27  # 10 steps an epoch: killed 7 steps after a checkpoint
 STEPS = EPOCHS * SAMPLES // 32
@@ -67,10 +67,6 @@ def test_sigkill_then_restart_is_one_continuous_run(tmp_path: Path, label: str, 
 
     # The agent scans, redacts, seals and delivers both parts: one run on the server. (For
     # wandb 0.15.12 this needs the exit record moved last: tests/test_deliver_wandb015.py.)
-    # Python 3.8 writes the same wandb 0.15.12 files as the tf213 pair, whose delivery is
-    # checked here already: the seed image's pair checks the training side only.
-    if label == PY38_LABEL:
-        return
     server = start_openwandb(tmp_path / "server")
     try:
         site = make_deliver_site(tmp_path / "site", server.url, server.api_key)

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from trainer_helpers import (PY38_LABEL, RunData, child_env, config_value, trainer_interpreters, media_tables, read_run,
+from trainer_helpers import (PY38_LABEL, RunData, child_env, config_value, interpreters, media_tables, read_run,
                              require_python, run_example, run_files)
 
-PAIRS = trainer_interpreters()
+PAIRS = interpreters()
 IDS = [l for l, _ in PAIRS]
-EXPECT = {"tf221-wandb031": ("2.21", "0.31"), "tf213-wandb015": ("2.13", "0.15.12"),
-          "py38-tf213-wandb015": ("2.13", "0.15.12")}
+EXPECT = {"tf221-wandb031": ("2.21", "0.31"), PY38_LABEL: ("2.13", "0.15.12")}
 EPOCHS, SAMPLES, BATCH, EVERY = 3, 320, 32, 4  # 10 steps an epoch; epoch ends off the log grid
 STEPS = EPOCHS * SAMPLES // BATCH
 

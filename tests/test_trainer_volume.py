@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import tfwb_trainer
-from trainer_helpers import EXAMPLES, ROOT, child_env, trainer_interpreters, readonly, require_python
+from trainer_helpers import EXAMPLES, ROOT, child_env, interpreters, readonly, require_python
 
 
 def test_missing_volume_refused_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -30,7 +29,7 @@ def test_file_instead_of_volume_refused(tmp_path: Path) -> None:
         tfwb_trainer.init(project="p", runs_dir=f)
 
 
-@pytest.mark.parametrize("label,python", trainer_interpreters(), ids=[l for l, _ in trainer_interpreters()])
+@pytest.mark.parametrize("label,python", interpreters(), ids=[l for l, _ in interpreters()])
 def test_readonly_volume_refused_before_training(tmp_path: Path, label: str, python: str | None) -> None:
     py = require_python(label, python)
     runs = tmp_path / "runs"

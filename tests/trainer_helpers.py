@@ -16,35 +16,25 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
-TF213_ENV = "TFWB_TF213_PYTHON"
-
-
-def interpreters() -> list[tuple[str, str | None]]:
-    """(label, python path or None when missing) for both version pairs."""
-    # scripts/install-test-deps builds the venv at its default place; the variable overrides it.
-    default = ROOT / ".venv-tf213" / "bin" / "python"
-    tf213 = os.environ.get(TF213_ENV) or (str(default) if default.is_file() else None)
-    return [("tf221-wandb031", sys.executable), ("tf213-wandb015", tf213)]
-
-
 PY38_ENV = "TFWB_PY38_PYTHON"
 PY38_LABEL = "py38-tf213-wandb015"
 
 
-def trainer_interpreters() -> list[tuple[str, str | None]]:
-    """The two pairs plus the seed image's own: Python 3.8 + TF 2.13.1 + wandb 0.15.12, with the
-    plugin installed alone (the tfwb-trainer distribution, no agent). Only the trainer's tests
-    use this third one."""
+def interpreters() -> list[tuple[str, str | None]]:
+    """(label, python path or None when missing) for both version pairs: TF 2.21 + wandb 0.31 on
+    this interpreter, and the seed image's own pair, Python 3.8 + TF 2.13.1 + wandb 0.15.12, with
+    the plugin installed alone (the tfwb-trainer distribution, no agent)."""
+    # scripts/install-test-deps builds the venv at its default place; the variable overrides it.
     default = ROOT / ".venv-py38" / "bin" / "python"
     py38 = os.environ.get(PY38_ENV) or (str(default) if default.is_file() else None)
-    return interpreters() + [(PY38_LABEL, py38)]
+    return [("tf221-wandb031", sys.executable), (PY38_LABEL, py38)]
 
 
 def require_python(label: str, python: str | None) -> str:
     """The interpreter path, or a test failure saying how to provide it (never a silent skip)."""
     import pytest
 
-    env, how = (PY38_ENV, "`.ci/setup_tf213.sh --py38`") if label == PY38_LABEL else (TF213_ENV, "`.ci/setup_tf213.sh`")
+    env, how = PY38_ENV, "`.ci/setup_tf213.sh`"
     if python is None:
         pytest.fail(f"{label}: {env} is not set. Create the venv with {how} and export {env}=<the path it "
                     "prints>.", pytrace=False)

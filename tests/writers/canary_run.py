@@ -2,7 +2,7 @@
 
 usage: canary_run.py ROOT
 
-Run by a real wandb client (0.31 with the agent's python, 0.15.12 in `.venv-tf213`), offline.
+Run by a real wandb client (0.31 with the agent's python, 0.15.12 on Python 3.8 in `.venv-py38`), offline.
 The first invocation makes the canaries, then re-executes itself with the command-line ones in
 its real argv (``--password VALUE`` and friends), the way a launcher passes them. The run is
 written under ``ROOT/wandb``; ``ROOT/canaries.json`` says, for each placement, which strings
