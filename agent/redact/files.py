@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import codecs
 import fnmatch
+import functools
 import hashlib
 import os
+import re
 from typing import Any, BinaryIO, Callable
 
 from .policy import Policy
@@ -26,7 +28,13 @@ KNOWN = {"wandb-metadata.json": "metadata", "wandb-summary.json": "summary", "co
 
 
 def _glob(path: str, globs: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(path, g) for g in globs)
+    return _globs_rx(globs).match(path) is not None if globs else False
+
+
+@functools.lru_cache(maxsize=64)
+def _globs_rx(globs: tuple[str, ...]) -> "re.Pattern[str]":
+    # Any of the globs, as fnmatchcase reads each (asked for every file of every record).
+    return re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs))
 
 
 def is_tensorboard(rel: str) -> bool:

@@ -150,15 +150,20 @@ def _plain(items: Sequence[Any]) -> tuple[list[Path_], list[str], list[bool]] | 
 
 
 def redact_scrub_items(items: Sequence[Any], decide: Decide, resolve: Resolve, text_tag: TextTag, count: Callable[[Any, str, str], None],
-                       sensitive: Callable[[str], bool] | None, out: Any,
-                       place: str) -> tuple[bool, list[tuple[Path_, bool, str]] | None]:
+                       sensitive: Callable[[str], bool] | None, out: Any, place: str,
+                       memo: dict[Any, Any] | None = None) -> tuple[bool, list[tuple[Path_, bool, str]] | None]:
     """``redact_items`` and the outgoing scrub of the items that result, in one pass over
     plain data: what ``redact_items`` followed by ``Outgoing.message`` on each item gives,
     without building protobuf items to parse them again.
 
     Returns (handled, items): handled False when an item is not plain (the caller then takes
     the generic path); items None when nothing changed, else the items that replace them as
-    (path, nested?, value_json): a nested key when ``nested``, else a key."""
+    (path, nested?, value_json): a nested key when ``nested``, else a key.
+
+    ``memo`` remembers the last media objects rewritten: wandb writes each one twice, in the
+    history row and in the summary after it. A repeat (same key, same fields, same values) is
+    decided and counted again, and takes the rewritten object from the memo; its files were
+    resolved the first time (``resolve`` would only look them up)."""
     snap = _plain(items)
     if snap is None:
         return False, None
@@ -172,12 +177,23 @@ def redact_scrub_items(items: Sequence[Any], decide: Decide, resolve: Resolve, t
                 groups.setdefault(r, []).append(i)
     results: dict[Path_, Any] = {}
     for r, group in groups.items():
-        node: dict[str, Any] = {}
         n = len(r)
+        key = display_key(r)
+        mk = (r, tuple((paths[i][n:], raws[i]) for i in group)) if memo is not None else None
+        hit = memo.get(mk) if mk is not None else None
+        if hit is not None:
+            kind, results[r] = hit
+            count(decide(key, kind), kind, key)
+            continue
+        node: dict[str, Any] = {}
         for i in group:
             _insert(node, paths[i][n:], json.loads(raws[i]))
-        new = media.transform_node(node, display_key(r), decide, resolve, text_tag, count)
+        new = media.transform_node(node, key, decide, resolve, text_tag, count)
         results[r] = None if new is node else new
+        if mk is not None:
+            if len(memo) >= 256:
+                memo.clear()
+            memo[mk] = (media.media_kind(node) or "any", results[r])
     changed = False
     # (path, nested?, original value_json or None, new value when rewritten)
     entries: list[tuple[Path_, bool, str | None, Any]] = []
@@ -218,9 +234,9 @@ def redact_scrub_items(items: Sequence[Any], decide: Decide, resolve: Resolve, t
     # under the key its walk would see (a nested key's last name after scrubbing; a plain
     # key as it was).
     done: list[tuple[Path_, bool, str]] = []
-    name = out.name
+    path_names = out.path_names
     for path, nest, raw, value in entries:
-        names = tuple(name(k) for k in path)
+        names = path_names(path)
         if names != path:
             changed = True
         key = names[-1] if nest else path[0]
@@ -244,8 +260,13 @@ def _insert(node: dict[str, Any], rel: Path_, value: Any) -> None:
     node[rel[-1]] = value
 
 
-def media_in_items(items: Sequence[Any]) -> list[tuple[str, dict[str, Any]]]:
-    """(key, media object) for every media object in the items: the planning pass uses it."""
+# The fields of a media object that planning reads: its type, its files, its size.
+PLAN_FIELDS = frozenset({"_type", "path", "filenames", "width", "height"})
+
+
+def media_in_items(items: Sequence[Any], fields: frozenset[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """(key, media object) for every media object in the items: the planning pass uses it.
+    ``fields``: of a flattened object (wandb 0.31), only these top-level fields are read."""
     found: list[tuple[str, dict[str, Any]]] = []
     paths = _paths(items)
     raws = [it.value_json for it in items]
@@ -254,7 +275,11 @@ def media_in_items(items: Sequence[Any]) -> list[tuple[str, dict[str, Any]]]:
     for raw, path in zip(raws, paths):
         r = _root_of(path, roots) if roots else None
         if r is not None:
-            _insert(groups.setdefault(r, {}), path[len(r):], json.loads(raw))
+            rel = path[len(r):]
+            if fields is None or rel[0] in fields:
+                _insert(groups.setdefault(r, {}), rel, json.loads(raw))
+            else:
+                groups.setdefault(r, {})
         elif _may_hold_media(raw):
             try:
                 _walk(json.loads(raw), display_key(path), found)

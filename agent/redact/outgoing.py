@@ -151,6 +151,7 @@ class Outgoing:
         # "png", a media type, in every record).
         self._same_json: set[tuple[str, str, str]] = set()
         self._secret_keys: dict[str, bool] = {}
+        self._path_names: dict[tuple[str, ...], tuple[str, ...]] = {}
         self.produced: set[str] = set()     # file paths this redaction wrote: names already
         self.scrubber = scrubber
 
@@ -206,6 +207,16 @@ class Outgoing:
             else:
                 hit = s
             self._names[s] = hit
+        return hit
+
+    def path_names(self, path: tuple[str, ...]) -> tuple[str, ...]:
+        """Each component of a (nested) key as a name; remembered per key path (``name``
+        counts a name once, when first scrubbed, so a remembered path counts nothing new)."""
+        hit = self._path_names.get(path)
+        if hit is None:
+            hit = tuple([self.name(k) for k in path])
+            if len(self._path_names) < _CACHE_LIMIT:
+                self._path_names[path] = hit
         return hit
 
     def path(self, rel: str) -> str:

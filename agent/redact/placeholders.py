@@ -44,12 +44,20 @@ def _gray_idat(width: int, height: int) -> bytes:
     return _chunk(b"IDAT", zlib.compress(row * height, 9))
 
 
+@functools.lru_cache(maxsize=64)
+def _png_parts(width: int, height: int) -> tuple[bytes, bytes]:
+    # Everything of a placeholder PNG but its tag: the same for every image of that size.
+    head = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    return head, _gray_idat(width, height) + _chunk(b"IEND", b"")
+
+
+_TEXT_PREFIX = TAG_KEYWORD.encode() + b"\x00"
+
+
 def image_png(width: int, height: int, tag_hex: str) -> bytes:
     """A grey PNG of the original's size with the tag in a tEXt chunk."""
-    width, height = max(1, int(width)), max(1, int(height))
-    ihdr = _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-    text = _chunk(b"tEXt", TAG_KEYWORD.encode() + b"\x00" + tag_hex.encode())
-    return b"\x89PNG\r\n\x1a\n" + ihdr + text + _gray_idat(width, height) + _chunk(b"IEND", b"")
+    head, tail = _png_parts(max(1, int(width)), max(1, int(height)))
+    return head + _chunk(b"tEXt", _TEXT_PREFIX + tag_hex.encode()) + tail
 
 
 def image_size(data: bytes, hint: tuple[int, int] | None = None) -> tuple[int, int]:

@@ -105,8 +105,9 @@ def _files(r: "_Run", rec: Any) -> bool:
         else:
             f.path = r.out.path(f.path)
         keep.append(f)
-    del rec.files.files[:]
-    rec.files.files.extend(keep)
+    if len(keep) != len(rec.files.files):
+        del rec.files.files[:]
+        rec.files.files.extend(keep)
     return bool(keep)
 
 
@@ -298,7 +299,8 @@ def _items_scrubbed(r: "_Run", rec: Any, t: str) -> bool:
     False when an item holds more than a key and a JSON value: the generic path does it."""
     container = rec.history.item if t == "history" else rec.summary.update
     handled, new = items_mod.redact_scrub_items(container, r.decide, r.resolve, r.text_tag, r.count,
-                                                r.is_sensitive if r.sensitive else None, r.out, PLACE[t])
+                                                r.is_sensitive if r.sensitive else None, r.out, PLACE[t],
+                                                r.media_memo)
     if not handled:
         return False
     if new is not None:

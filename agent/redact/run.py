@@ -163,7 +163,9 @@ class _Run:
         self.dirs: set[str] = set()
         self.ok_dirs: set[str] = set()
         self.listed: dict[str, frozenset[str]] = {}
+        self.src_dirs: dict[str, str] = {}     # files/ subdirectory -> its checked path
         self._sensitive_keys: dict[str, bool] = {}
+        self.media_memo: dict[Any, Any] = {}   # see items.redact_scrub_items
         self.files_base = os.path.join(str(self.src), "files")
         self.writer: _BackgroundWriter | None = None
         self._hmac = hmac.new(self.secret, b"media\x00", hashlib.sha256)
@@ -239,29 +241,43 @@ class _Run:
         since, or not a regular file) is asked about on its own."""
         if not rel or rel.startswith("/") or "\\" in rel:
             return None
-        parts = rel.split("/")
-        if any(p in ("..", ".", "") for p in parts):
+        dir_rel, _, name = rel.rpartition("/")
+        if name in ("..", ".", ""):
             return None
-        d = self.files_base
-        for part in parts[:-1]:
-            d = os.path.join(d, part)
-            if d not in self.ok_dirs:
-                try:
-                    if not stat.S_ISDIR(os.lstat(d).st_mode):
-                        return None
-                except OSError:
-                    return None
-                self.ok_dirs.add(d)
-        full = os.path.join(d, parts[-1])
+        d = self.src_dirs.get(dir_rel)
+        if d is None:
+            d = self._source_dir(dir_rel)
+            if d is None:
+                return None
+        full = os.path.join(d, name)
         listed = self.listed.get(d)
         if listed is None:
             listed = self.listed[d] = _regular_files(d)
-        if parts[-1] in listed:
+        if name in listed:
             return full
         try:
             return full if stat.S_ISREG(os.lstat(full).st_mode) else None
         except OSError:
             return None
+
+    def _source_dir(self, dir_rel: str) -> str | None:
+        """``files/dir_rel`` if each component is a directory (not a symlink); remembered."""
+        d = self.files_base
+        if dir_rel:
+            parts = dir_rel.split("/")
+            if any(p in ("..", ".", "") for p in parts):
+                return None
+            for part in parts:
+                d = os.path.join(d, part)
+                if d not in self.ok_dirs:
+                    try:
+                        if not stat.S_ISDIR(os.lstat(d).st_mode):
+                            return None
+                    except OSError:
+                        return None
+                    self.ok_dirs.add(d)
+        self.src_dirs[dir_rel] = d
+        return d
 
     def open_source(self, rel: str) -> tuple[int, int] | None:
         """(fd, size) of ``files/rel`` opened for reading, if ``source_file`` accepts it and it
@@ -438,7 +454,7 @@ def _plan(r: _Run, log: Path) -> None:
             sensitive += sensitive_globs(rec.config.update)
         elif t in ("history", "summary"):
             its = rec.history.item if t == "history" else rec.summary.update
-            for key, node in items_mod.media_in_items(its):
+            for key, node in items_mod.media_in_items(its, items_mod.PLAN_FIELDS):
                 kind = media_kind(node) or "any"
                 for f in referenced_files(node):
                     r.planned.setdefault(f, (kind, key))
