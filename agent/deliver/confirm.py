@@ -2,40 +2,52 @@
 
 Neither ``wandb sync``'s exit status nor its ``.synced`` marker is trusted (both report success
 when data was lost, see the corpus README). A segment counts as delivered only when the server
-holds at least as many history rows as the log carries up to the segment's end, and its summary
-equals the summary that log implies.
+holds as many history rows as the log carries up to the segment's end (more, right after an
+upload, is an error: rows arrived twice), and its summary equals the summary that log implies.
 
-How many history rows the server holds: GraphQL ``historyLineCount`` (W&B), or the lines of the
-run's ``wandb-history.jsonl`` file where the server keeps one (OpenWandb answers 0 for the
-count but keeps the file; it is fetched only when the count is 0). Many runs are asked about
-in one GraphQL request (aliases): on a server that checks the API key with bcrypt on every
-request (OpenWandb, about 0.2 s of its CPU each), requests are what delivery time is made of.
+Only what W&B's own client asks is asked, over ``/graphql``: ``project(name, entityName) {
+run(name) { ... } }``. How many history rows the server holds: ``historyLineCount`` (W&B), or
+the lines of the run's ``wandb-history.jsonl`` where the server gives 0 for the count but keeps
+the file (OpenWandb; downloaded only then). ``summaryMetrics`` is heavy (wandb's own run listing
+leaves it out): it is asked in a second request, only for the runs whose row count says the
+summary decides (``Wanted.summary_at``).
+
+Many runs are asked about in one GraphQL request (aliases q0, q1, ...). Each alias is read on
+its own: an alias that came back with an error is ``unknown`` (asked again later), never
+"absent"; a permission error names the run and project it is about, and does not reject the
+key for the others. Back-pressure: on 429, 5xx or a timeout the batch is halved and the next
+request waits as long as the server said (``Retry-After``/``RateLimit-Reset``, capped) or a
+short back-off; a server that refuses the many-run query is asked one run at a time.
 """
 from __future__ import annotations
 
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
-from urllib.parse import urlparse
+from typing import Any, Callable, Sequence
 
 from ..segments import END_KEY, LogFacts, comparable_summary
+from . import backoff
 from . import server as srv
 
-RUN_FIELDS = ('name state summaryMetrics historyLineCount '
-              'files(names: ["wandb-history.jsonl"]) { edges { node { name directUrl } } }')
-BATCH = 50  # runs per GraphQL request: every request costs the server an API-key check
+LIGHT_FIELDS = ('name state historyLineCount '
+                'files(names: ["wandb-history.jsonl"]) { edges { node { name directUrl } } }')
+SUMMARY_FIELDS = "summaryMetrics"
+RUN_FIELDS = LIGHT_FIELDS  # what the batch query asks of every run
+BATCH = 50  # runs per GraphQL request at most: every request costs the server an API-key check
+BUSY_STRIKES = 6          # 429/5xx/timeouts in a row before a fetch gives up (the wave is retried later)
+BUSY_WAIT_BUDGET = 300.0  # seconds one fetch may spend waiting as servers tell it to
 
 
-def runs_query(n: int) -> str:
+def runs_query(n: int, fields: str = RUN_FIELDS) -> str:
     """One GraphQL request for ``n`` runs, each under its own alias (q0, q1, ...)."""
     params = ", ".join(f"$p{i}: String!, $e{i}: String, $r{i}: String!" for i in range(n))
-    body = " ".join(f"q{i}: project(name: $p{i}, entityName: $e{i}) {{ run(name: $r{i}) {{ {RUN_FIELDS} }} }}"
+    body = " ".join(f"q{i}: project(name: $p{i}, entityName: $e{i}) {{ run(name: $r{i}) {{ {fields} }} }}"
                     for i in range(n))
     return f"query TfwbRuns({params}) {{ {body} }}"
 
 
-ABSENT, PARTIAL, COMPLETE, MISMATCH = "absent", "partial", "complete", "mismatch"
+ABSENT, PARTIAL, COMPLETE, MISMATCH, UNKNOWN = "absent", "partial", "complete", "mismatch", "unknown"
 
 
 @dataclass(frozen=True)
@@ -44,11 +56,13 @@ class ServerRun:
     state: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     history_rows: int = 0
+    known: bool = True        # False: the server's answer about this run was an error (see detail)
+    detail: str = ""
 
 
 @dataclass(frozen=True)
 class Judgement:
-    kind: str            # absent | partial | complete | mismatch
+    kind: str            # absent | partial | complete | mismatch | unknown
     server_rows: int
     detail: str
     end_behind: bool = False  # partial: every row is there, but not how the run ended
@@ -59,62 +73,152 @@ class Wanted:
     entity: str | None
     project: str
     run_id: str
+    summary_at: int | None = None  # ask for the summary only if the server holds this many rows (None: always)
+
+    def where(self) -> str:
+        return f"run {self.run_id} in project {self.entity + '/' if self.entity else ''}{self.project}"
 
 
-def fetch_runs(base_url: str, api_key: str, wanted: Sequence[Wanted], timeout: float = 20.0) -> list[ServerRun]:
-    """What the server holds of each run, in the order asked: one GraphQL request per 50 runs,
-    then one download of the history file for each run the server holds but gives no row count
-    for (OpenWandb)."""
-    out: list[ServerRun] = []
-    for at in range(0, len(wanted), BATCH):
-        chunk = wanted[at:at + BATCH]
+Sleep = Callable[[float], Any]
+
+
+def _default_sleep(seconds: float) -> None:
+    from .upload import stopping  # a stopping agent does not sit out a server's Retry-After
+    if stopping.wait(seconds):
+        raise srv.Unreachable("the agent is stopping")
+
+
+def _ask(base_url: str, api_key: str, wanted: Sequence[Wanted], fields: str, timeout: float, ca_file: str | None,
+         target: str | None, sleep: Sleep) -> list[tuple[dict[str, Any] | None, str | None]]:
+    """Each wanted run's node (or None: no such run) and, where its alias errored, why (then the
+    node means nothing). Batches shrink under back-pressure and never grow back in one fetch."""
+    out: list[tuple[dict[str, Any] | None, str | None]] = []
+    size, strikes, waited = BATCH, 0, 0.0
+    while len(out) < len(wanted):
+        chunk = wanted[len(out):len(out) + size]
         variables: dict[str, Any] = {}
         for i, w in enumerate(chunk):
             variables.update({f"p{i}": w.project, f"e{i}": w.entity, f"r{i}": w.run_id})
         try:
-            data = srv.graphql(base_url, api_key, runs_query(len(chunk)), variables, timeout=timeout)
-        except (srv.Unreachable, srv.KeyRejected):
+            ans = srv.graphql_answer(base_url, api_key, runs_query(len(chunk), fields), variables, timeout,
+                                     ca_file=ca_file, target=target)
+        except srv.Busy as exc:
+            strikes += 1
+            pause = exc.retry_after if exc.retry_after is not None else backoff.delay(strikes, 1.0, 30.0)
+            if strikes >= BUSY_STRIKES or waited + pause > BUSY_WAIT_BUDGET:
+                raise srv.Busy(f"{exc} (still after {strikes} tries and {waited:.0f}s of waiting as told; "
+                               "asked again later)", exc.retry_after) from None
+            size = max(1, len(chunk) // 2)
+            waited += pause
+            sleep(pause)
+            continue
+        except (srv.Unreachable, srv.KeyRejected, srv.TLSFailure):
             raise
         except srv.ServerError:
             if len(chunk) == 1:
                 raise
             # A server that refuses a query asking for many runs (a complexity limit, aliases
             # it does not take) is asked about one run at a time.
-            out.extend(fetch_runs(base_url, api_key, [w], timeout)[0] for w in chunk)
+            size = 1
             continue
-        out.extend(_server_run(base_url, api_key, (data.get(f"q{i}") or {}).get("run"), timeout)
-                   for i in range(len(chunk)))
+        strikes = 0
+        unattributed = [e for e in ans.errors if e.alias is None or not e.alias.startswith("q")]
+        for i, w in enumerate(chunk):
+            alias = f"q{i}"
+            node = ans.data.get(alias)
+            errs = ans.errors_for(alias) or (unattributed if not node else [])
+            if errs:
+                e = errs[0]
+                if e.kind == "permission":
+                    why = f"permission denied reading {w.where()} (the key's user may not read that project): {e.message}"
+                else:
+                    why = f"the server answered with an error about {w.where()}: {e.message}"
+                out.append((None, why))
+            else:
+                out.append(((node or {}).get("run"), None))
     return out
 
 
-def _server_run(base_url: str, api_key: str, run: dict[str, Any] | None, timeout: float) -> ServerRun:
-    if not run:
-        return ServerRun(False)
-    summary = run.get("summaryMetrics") or {}
-    if isinstance(summary, str):
+def fetch_runs(base_url: str, api_key: str, wanted: Sequence[Wanted], timeout: float = 20.0, *,
+               ca_file: str | None = None, target: str | None = None, sleep: Sleep | None = None) -> list[ServerRun]:
+    """What the server holds of each run, in the order asked: one GraphQL request per 50 runs
+    (fewer under back-pressure); one download of the history file for each run the server holds
+    but gives no row count for (OpenWandb); one more request for the summaries that decide."""
+    sleep = sleep or _default_sleep
+    # A caller that does not say when the summary matters gets it at once, in the same request.
+    at_once = any(w.summary_at is None for w in wanted)
+    found = _ask(base_url, api_key, wanted, LIGHT_FIELDS + (" " + SUMMARY_FIELDS if at_once else ""), timeout,
+                 ca_file, target, sleep)
+    runs: list[ServerRun] = []
+    for w, (run, why) in zip(wanted, found):
+        if why is not None:
+            runs.append(ServerRun(False, known=False, detail=why))
+        elif not run:
+            runs.append(ServerRun(False))
+        else:
+            runs.append(ServerRun(True, run.get("state"), _summary(run.get("summaryMetrics")) if at_once else {},
+                                  _rows(base_url, api_key, run, timeout, ca_file, target)))
+    need = [] if at_once else [i for i, (w, r) in enumerate(zip(wanted, runs))
+                               if r.exists and r.history_rows == w.summary_at]
+    if need:
+        sums = _ask(base_url, api_key, [wanted[i] for i in need], SUMMARY_FIELDS, timeout, ca_file, target, sleep)
+        for i, (run, why) in zip(need, sums):
+            r = runs[i]
+            if why is not None:
+                runs[i] = ServerRun(False, known=False, detail=why)
+            elif not run:  # gone between the two requests: ask again later
+                runs[i] = ServerRun(False, known=False, detail=f"{wanted[i].where()} vanished while being asked about")
+            else:
+                runs[i] = ServerRun(True, r.state, _summary(run.get("summaryMetrics")), r.history_rows)
+    return runs
+
+
+def _summary(raw: Any) -> dict[str, Any]:
+    if isinstance(raw, str):
         try:
-            summary = json.loads(summary)
+            raw = json.loads(raw)
         except ValueError:
-            summary = {}
-    rows = int(run.get("historyLineCount") or 0)
+            return {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def _rows(base_url: str, api_key: str, run: dict[str, Any], timeout: float, ca_file: str | None,
+          target: str | None) -> int:
+    try:
+        rows = int(run.get("historyLineCount") or 0)
+    except (TypeError, ValueError):
+        rows = 0
+    if rows:
+        return rows
     edges = ((run.get("files") or {}).get("edges")) or []
     url = next((e["node"].get("directUrl") for e in edges
-                if e and e.get("node") and e["node"].get("name") == "wandb-history.jsonl"), None)
-    if url and not rows:
-        rows = _count_lines(base_url, api_key, url, timeout)
-    return ServerRun(True, run.get("state"), summary if isinstance(summary, dict) else {}, rows)
-
-
-def _count_lines(base_url: str, api_key: str, url: str, timeout: float) -> int:
-    # The key goes only to the server itself, never to a storage host a signed URL names.
-    same_host = urlparse(url).netloc == urlparse(base_url).netloc
+                if isinstance(e, dict) and isinstance(e.get("node"), dict)
+                and e["node"].get("name") == "wandb-history.jsonl"), None)
+    if not url or not isinstance(url, str):
+        return 0
     try:
-        body = srv.request("GET", url, api_key if same_host else "", timeout=timeout)
+        body = srv.download(base_url, api_key, url, timeout, ca_file=ca_file, target=target)
     except srv.NotFound:
         return 0
-    except srv.KeyRejected:
-        return 0  # a private storage URL we may not read: fall back on historyLineCount
     return sum(1 for line in body.splitlines() if line.strip())
+
+
+def assess(sent: LogFacts, server: ServerRun, base: int = 0) -> Judgement:
+    """``judge``, except that a run the server's answer errored about is ``unknown``."""
+    if not server.known:
+        return Judgement(UNKNOWN, 0, server.detail or "the server could not say what it holds of this run")
+    return judge(sent, server, base)
+
+
+def assess_sent(sent: LogFacts, server: ServerRun, base: int = 0) -> Judgement:
+    """Right after an upload of ``sent``: more rows on the server than were sent is not success
+    (rows arrived twice), it is a mismatch to report."""
+    j = assess(sent, server, base)
+    if j.kind == COMPLETE and j.server_rows > sent.history_rows:
+        extra = j.server_rows - sent.history_rows
+        return Judgement(MISMATCH, j.server_rows, f"the server holds {j.server_rows} history rows of this segment "
+                         f"after the upload, {extra} more than the {sent.history_rows} sent (rows arrived twice?)")
+    return j
 
 
 def _close(a: Any, b: float) -> bool:

@@ -271,7 +271,7 @@ def probe_target(ledger: Ledger, name: str, t: Target, settings: SyncSettings,
         res, key = probe.ProbeResult(probe.NO_KEY, f"no API key: {exc}; put the key where [targets.{name}] "
                                      "says (api_key_file, api_key_env or a systemd credential)"), ""
     else:
-        res = probe.probe(t.base_url, key, t.timeout)
+        res = probe.probe(t.base_url, key, t.timeout, ca_file=t.ca_file, target=name)
     return res, record_probe(ledger, name, res, settings, now), key
 
 
@@ -335,11 +335,13 @@ class _Settle:
                  report: Reporter) -> None:
         self.ledger, self.cfg, self.t, self.key, self.settings, self.report = ledger, cfg, t, key, settings, report
 
-    def ask(self, opened: list["Prepared"]) -> list[confirm.Judgement]:
+    def ask(self, opened: list["Prepared"], after_upload: bool = False) -> list[confirm.Judgement]:
         """The server's word on each opened segment, in one request for many (raises on server trouble)."""
-        wanted = [confirm.Wanted(p.entity, p.project, p.unit.run_id) for p in opened]
-        found = confirm.fetch_runs(self.t.base_url, self.key, wanted, self.t.timeout)
-        return [confirm.judge(p.facts, srv_run, p.base) for p, srv_run in zip(opened, found)]
+        wanted = [confirm.Wanted(p.entity, p.project, p.unit.run_id, p.base + p.facts.history_rows) for p in opened]
+        found = confirm.fetch_runs(self.t.base_url, self.key, wanted, self.t.timeout, ca_file=self.t.ca_file,
+                                   target=self.t.name)
+        how = confirm.assess_sent if after_upload else confirm.assess
+        return [how(p.facts, srv_run, p.base) for p, srv_run in zip(opened, found)]
 
     def base_rows(self, u: Unit) -> int:
         """History rows the server holds of this run before a separate part begins: what the
@@ -375,6 +377,8 @@ class _Settle:
         try:
             if j.kind == confirm.COMPLETE:
                 return self.confirmed(u, j, 0, 0, "already on the server", p.base + p.facts.history_rows)
+            if j.kind == confirm.UNKNOWN:
+                return self.retry(u, f"not sent: {j.detail}; asked again later", None)
             if j.kind == confirm.MISMATCH:
                 return self.failed(u, f"the server holds this run but not as sent: {j.detail}; not sending again "
                                       "(that would duplicate rows)", j.server_rows)
@@ -407,7 +411,7 @@ class _Settle:
                 self.report("upload_start", run_id=p.unit.run_id, segment=p.unit.segment, bytes=p.size, rows=p.rows)
             try:
                 up = upload.start([p.run_dir for p in batch], t.base_url, self.key, first.project, first.entity,
-                                  scratch / "wandb-home", out_log, self.settings.max_parallel)
+                                  scratch / "wandb-home", out_log, self.settings.max_parallel, t.ca_file)
             except upload.Stopped:
                 return [self.retry(p.unit, STOPPED, None) for p in batch]
             started = upload.process_start_time(up.pid)
@@ -422,7 +426,7 @@ class _Settle:
             if upload.stopping.is_set():  # the server is not asked now: the next round asks it
                 return [self.retry(p.unit, STOPPED, None) for p in batch]
             try:
-                judged = self.ask(batch)
+                judged = self.ask(batch, after_upload=True)
             except Exception as exc:
                 return [self.settle_error(p.unit, exc) for p in batch]
             return [self.judge_sent(p, after, rc, out_log) for p, after in zip(batch, judged)]
@@ -456,6 +460,13 @@ class _Settle:
         u = p.unit
         if after.kind == confirm.COMPLETE:
             return self.confirmed(u, after, p.rows, p.size, "sent and confirmed", p.base + p.facts.history_rows)
+        if after.kind == confirm.MISMATCH:
+            return self.failed(u, f"sent, but {after.detail}; not sending again", after.server_rows)
+        tls = upload.diagnose(upload.tail(out_log, 4000), self.t.base_url, self.t.name)
+        if tls:
+            return self.retry(u, f"{NOT_CONFIRMED} (exit {rc}): {tls}", None)
+        if after.kind == confirm.UNKNOWN:
+            return self.retry(u, f"{NOT_CONFIRMED} (exit {rc}): {after.detail}", None)
         why = upload.tail(out_log, 600).replace(self.key, "<key>").strip().splitlines()
         last = why[-1] if why else ""
         return self.retry(u, f"{NOT_CONFIRMED} (exit {rc}): {after.detail}"
@@ -466,6 +477,8 @@ class _Settle:
             return self.retry(u, str(exc), None)
         if isinstance(exc, DeliveryError):
             return self.failed(u, str(exc), None)
+        if isinstance(exc, confirm.srv.TLSFailure):
+            return self.retry(u, str(exc), None)
         if isinstance(exc, (confirm.srv.Unreachable, confirm.srv.KeyRejected)):
             return self.retry(u, f"server trouble: {exc}", None)
         if isinstance(exc, confirm.srv.ServerError):

@@ -6,6 +6,7 @@ with the file, the key and what is wrong. API keys are never inline: a target na
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ class Target:
     entity: str | None = None         # upload under this entity instead of the run's own
     project: str | None = None        # upload into this project instead of the run's own
     timeout: float = 20.0             # one HTTP request (probe, confirmation)
+    ca_file: str | None = None        # PEM bundle of the CA(s) that signed the server's certificate
 
     def api_key(self) -> str:
         """Read the key now (it may rotate). Never log or print the result."""
@@ -35,7 +37,7 @@ class Target:
     def describe(self) -> dict[str, Any]:
         kind, where = self.key_ref
         return {"base_url": self.base_url, f"api_key_{kind}": where, "entity": self.entity,
-                "project": self.project, "timeout": self.timeout}
+                "project": self.project, "timeout": self.timeout, "ca_file": self.ca_file}
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,7 @@ def parse_window(source: str, key: str, text: Any) -> Window:
 def validate_targets(source: str, raw: Any) -> Targets:
     raw = _table(source, "targets", raw)
     out: dict[str, Target] = {}
-    allowed = {"base_url", "api_key_file", "api_key_env", "entity", "project", "timeout"}
+    allowed = {"base_url", "api_key_file", "api_key_env", "entity", "project", "timeout", "ca_file"}
     for name, t in raw.items():
         prefix = f"targets.{name}"
         if not _NAME.match(name) or ids.why_not(name):
@@ -156,11 +158,19 @@ def validate_targets(source: str, raw: Any) -> Targets:
         if u.username or u.password:
             raise ConfigError(source, f"{prefix}.base_url", "must not carry credentials; use api_key_file")
         ref = config_mod.secret_source(t, source, prefix, "api_key")
+        ca_file = None
+        if "ca_file" in t:
+            ca_file = _str(source, f"{prefix}.ca_file", t["ca_file"])
+            if not os.path.isabs(ca_file):
+                raise ConfigError(source, f"{prefix}.ca_file", f"must be an absolute path, got {ca_file!r}")
+            if not os.path.isfile(ca_file):
+                raise ConfigError(source, f"{prefix}.ca_file", f"{ca_file} is not a readable file (a PEM bundle "
+                                  "of the CA that signed the server's certificate)")
         out[name] = Target(
             name=name, base_url=url.rstrip("/"), key_ref=ref,
             entity=_str(source, f"{prefix}.entity", t["entity"]) if "entity" in t else None,
             project=_str(source, f"{prefix}.project", t["project"]) if "project" in t else None,
-            timeout=_number(source, f"{prefix}.timeout", t.get("timeout", 20)))
+            timeout=_number(source, f"{prefix}.timeout", t.get("timeout", 20)), ca_file=ca_file)
     return Targets(out)
 
 

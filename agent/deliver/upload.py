@@ -37,9 +37,40 @@ def wandb_exe() -> list[str]:
     return [sys.executable, "-m", "wandb"]
 
 
-def sync_env(base_url: str, api_key: str, home: Path) -> dict[str, str]:
+def ca_bundle_for_child(ca_file: str | None, home: Path) -> str | None:
+    """The CA bundle the ``wandb sync`` child trusts: None (its defaults) unless a CA is set
+    (``ca_file``, ``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE``). Then one file holding the system's
+    CAs and the site's: wandb-core (Go) reads ``SSL_CERT_FILE`` *instead of* the system store,
+    and the same upload may go on to a storage host signed by a public CA."""
+    from .server import ca_bundle
+    ca = ca_bundle(ca_file)
+    if not ca:
+        return None
+    import ssl
+    parts = []
+    system = ssl.get_default_verify_paths().openssl_cafile
+    try:
+        import certifi
+        system = system if os.path.isfile(system) else certifi.where()
+    except ImportError:
+        pass
+    for path in (ca, system):
+        try:
+            parts.append(Path(path).read_bytes())
+        except OSError:
+            continue
+    out = home / "ca-bundle.pem"
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    out.write_bytes(b"\n".join(parts))
+    return str(out)
+
+
+def sync_env(base_url: str, api_key: str, home: Path, ca_file: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _DROP}
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    bundle = ca_bundle_for_child(ca_file, home)
+    if bundle:  # wandb's Python side reads REQUESTS_CA_BUNDLE; wandb-core (Go) reads SSL_CERT_FILE
+        env.update(REQUESTS_CA_BUNDLE=bundle, SSL_CERT_FILE=bundle)
     env.update(WANDB_BASE_URL=base_url, WANDB_API_KEY=api_key, WANDB_CONFIG_DIR=str(home / "config"),
                WANDB_CACHE_DIR=str(home / "cache"), WANDB_DATA_DIR=str(home / "data"),
                WANDB_NETRC=str(home / "netrc"), WANDB_SILENT="false",
@@ -121,7 +152,7 @@ class Upload:
 
 
 def start(run_dirs: Sequence[Path], base_url: str, api_key: str, project: str, entity: str | None,
-          home: Path, log_path: Path, parallel: int = 1) -> Upload:
+          home: Path, log_path: Path, parallel: int = 1, ca_file: str | None = None) -> Upload:
     """Start one ``wandb sync`` of ``run_dirs`` (private copies: sync writes into them), up to
     ``parallel`` of them at a time. One process for many runs: each wandb process costs about a
     second of CPU to start, which on a small node was most of the time a batch took."""
@@ -129,7 +160,7 @@ def start(run_dirs: Sequence[Path], base_url: str, api_key: str, project: str, e
         raise Stopped("stopping: no new upload")
     log = open(log_path, "ab")
     try:
-        proc = subprocess.Popen(sync_argv(run_dirs, project, entity, parallel), env=sync_env(base_url, api_key, home),
+        proc = subprocess.Popen(sync_argv(run_dirs, project, entity, parallel), env=sync_env(base_url, api_key, home, ca_file),
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 cwd=str(home), start_new_session=True, close_fds=True)
     finally:
@@ -148,3 +179,16 @@ def tail(log_path: Path, n: int = 2000) -> str:
             return f.read().decode(errors="replace")
     except OSError:
         return ""
+
+
+_TLS_SIGNS = ("x509:", "certificate signed by unknown authority", "certificate verify failed",
+              "CERTIFICATE_VERIFY_FAILED", "failed to verify certificate")
+
+
+def diagnose(log_text: str, base_url: str, target: str) -> str | None:
+    """What a ``wandb sync`` log says went wrong, when it is something a person must fix (it
+    exits 0 on these): a certificate its TLS did not trust."""
+    if any(sign in log_text for sign in _TLS_SIGNS):
+        from .server import tls_message
+        return "wandb sync: " + tls_message(base_url, target)
+    return None
