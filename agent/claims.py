@@ -7,6 +7,9 @@ Layout in the claims directory (on the shared volume; the agent needs write acce
     runs/<run>/<gen>.claim {"node": N}: who holds the run, generation ``gen``
     runs/<run>/sealed.json {"node": N, "bundle": ..., "bundle_id": ..., "content_id": ...}:
                            the run was sealed; it stays with N whatever the leases say
+    runs/<run>/segment-<k>.json {"node": N, "bundle": ..., "byte_end": E, "rows": R, ...}:
+                           live segment k of the run was sealed by N (``sync.live``); whoever
+                           holds the run later goes on from segment k+1, never seals k again
 
 Every file of a run is created whole: written under a temporary name, fsynced, then given its
 name with ``link``, which never replaces (atomic on local filesystems and on NFSv3+); so no
@@ -32,6 +35,7 @@ from pathlib import Path
 from . import ids
 
 _GEN = re.compile(r"^(\d+)\.claim$")
+_SEGMENT = re.compile(r"^segment-(\d+)\.json$")
 SEALED = "sealed.json"
 
 
@@ -181,6 +185,40 @@ class Claims:
         there = _read_json(d / SEALED) or {}
         self._sealed_here(run, there)
         return there
+
+    def record_segment(self, run: str, segment: int, **info: object) -> dict:
+        """Leave the durable "live segment ``segment`` sealed by this node" marker on ``run``;
+        returns the marker that stands: ours, or another node's that was there first."""
+        d = self._run_dir(run)
+        d.mkdir(parents=True, exist_ok=True)
+        name = f"segment-{int(segment)}.json"
+        mine = {"node": self.node, "segment": int(segment), **info, "at": time.time()}
+        if _create_exclusive(d / name, json.dumps(mine, sort_keys=True).encode()):
+            return mine
+        return _read_json(d / name) or {"node": "?"}
+
+    def sealed_segments(self, run: str) -> dict[int, dict]:
+        """Live segments of ``run`` sealed by any node: {segment: marker}. A marker that cannot
+        be read still says its segment was sealed (by a node we cannot name)."""
+        d = self._run_dir(run)
+        try:
+            with os.scandir(d) as it:
+                names = [e.name for e in it]
+        except FileNotFoundError:
+            return {}
+        return {int(m[1]): (_read_json(d / n) or {"node": "?"}) for n in names if (m := _SEGMENT.match(n))}
+
+    def resume_point(self, run: str) -> dict | None:
+        """Where sealing ``run`` goes on after the live segments on the volume (whoever sealed
+        them): {"segment": next number, "byte_start": where the last one ended, "rows": history
+        rows it held}; None if no live segment of it was sealed."""
+        done = self.sealed_segments(run)
+        if not done:
+            return None
+        last = max(done)
+        m = done[last]
+        return {"segment": last + 1, "byte_start": int(m.get("byte_end") or 0), "rows": int(m.get("rows") or 0),
+                "by": str(m.get("node", "?"))}
 
     def holder(self, run: str) -> str | None:
         cur, marker = self._look(run)

@@ -140,6 +140,14 @@ def seal_one(ledger: Ledger, cfg: config_mod.Config, row: dict[str, Any], keys: 
     ids.check("run id", row["run_id"])
     if not claims.acquire(run_dir.name):  # the lease may have lapsed since the pass that found it
         raise HeldElsewhere(f"{_held_by(claims, run_dir.name)}; leaving it to that node")
+    resume = claims.resume_point(run_dir.name)
+    if resume is not None and (row["facts"].get("next_segment") or 0) < resume["segment"]:
+        # Delivered live up to some segment (by a node that is gone now, or by this one before
+        # its ledger was rebuilt): the rest is sealed as the segment after those, never again
+        # as one of them.
+        facts = dict(row["facts"], next_segment=resume["segment"], segment_start=resume["byte_start"])
+        ledger.set_run_state(row["key"], row["state"], facts=ledger.encode_facts(facts))
+        row = dict(row, facts=facts)
     work = statedir.work_for(cfg, run_dir.name)
     try:
         redacted = work / run_dir.name

@@ -233,6 +233,120 @@ def test_thirty_runs_under_two_daemons_are_each_sealed_exactly_once(tmp_path, co
     assert sorted(outboxes) == sorted(f"{r}-0.tar.zst.age" for r in runs)
 
 
+def _grow(run_dir: Path, steps: range = range(0), exit_code: int | None = None) -> None:
+    """Append whole records to a run's log, as its writer would: history rows, then maybe its exit."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    from tfwb_agent.wandb_log import LogWriter
+
+    (log,) = run_dir.glob("run-*.wandb")
+    with open(log, "r+b") as f:
+        w = LogWriter(f, append_at=log.stat().st_size)
+        for step in steps:
+            rec = pb.Record()
+            for k, v in (("_step", step), ("grown/loss", 1.0 / (step + 1))):
+                item = rec.history.item.add()
+                item.key, item.value_json = k, json.dumps(v)
+            w.write(rec)
+        if exit_code is not None:
+            rec = pb.Record()
+            rec.exit.exit_code = exit_code
+            w.write(rec)
+
+
+def _live_sites(tmp_path: Path, volume: Path, corpus: Path):
+    a = sealing_site(tmp_path / "a", volume, "node-a", lease_seconds=1, map_root=corpus)
+    b = sealing_site(tmp_path / "b", volume, "node-b", keys_from=a, lease_seconds=1, map_root=corpus)
+    for site in (a, b):  # long quiet period: a run is live until its exit record says otherwise
+        site.node_cfg.write_text(site.node_cfg.read_text().replace("quiet_seconds = 1", "quiet_seconds = 600"))
+    return a, b
+
+
+def _segment_markers(volume: Path, run_dir: Path) -> dict[int, str]:
+    d = volume / ".tfwb-agent" / "claims" / "runs" / run_dir.name
+    return {int(m.stem.split("-")[1]): json.loads(m.read_text())["node"] for m in d.glob("segment-*.json")}
+
+
+def _live_pass(site) -> list[str]:
+    """What the daemon does for live runs in one pass, in this process: look, then cut segments."""
+    from tfwb_agent.deliver.live import seal_live_segments
+    from tfwb_agent.reconcile import reconcile
+
+    cfg, ledger = site.node(), site.node_ledger()
+    try:
+        reconcile(ledger, cfg)
+        return seal_live_segments(ledger, cfg)
+    finally:
+        ledger.close()
+
+
+@pytest.mark.slow(seconds=10)
+def test_live_segments_sealed_by_one_node_are_never_sealed_again_by_the_node_that_takes_over(tmp_path, corpus):
+    volume = corpus / "live"
+    volume.mkdir()
+    run = clone_run(corpus_run_dirs(corpus)["s900mviu"], volume, "live01x")  # no exit record
+    now = time.time()
+    for p in [run, *run.rglob("*")]:
+        os.utime(p, (now, now))  # being written: live
+    a, b = _live_sites(tmp_path, volume, corpus)
+    assert _live_pass(a) == ["live01x-0"]
+    assert _segment_markers(volume, run) == {0: "node-a"}
+    wait_for(lambda: _lease_expired(volume, "node-a"), 10, "node-a's lease to expire")  # node-a is gone
+
+    # node-b takes the run over: segment 0 is on the volume already, and nothing grew since.
+    assert _live_pass(b) == []
+    assert not list(b.outbox.glob("*.tar.zst.age"))
+    row = next(r for r in ledger_rows(tmp_path / "b" / "node-state") if r["run_id"] == "live01x")
+    assert row["state"] == "live" and json.loads(row["facts"])["live_segments"] == 1, row
+
+    _grow(run, range(1000, 1005))
+    assert _live_pass(b) == ["live01x-1"]  # the growth, as the next segment
+    _grow(run, exit_code=0)
+    assert _live_pass(b) == ["live01x-2"]  # the end
+    assert _segment_markers(volume, run) == {0: "node-a", 1: "node-b", 2: "node-b"}
+    sealed = json.loads((volume / ".tfwb-agent/claims/runs" / run.name / "sealed.json").read_text())
+    assert sealed["node"] == "node-b" and sealed["bundle"] == "live01x-2.tar.zst.age"
+
+    # node-a comes back: the run is node-b's for good; it seals nothing of it, live or whole.
+    assert _live_pass(a) == []
+    agent(a.node_cfg, "scan", "--seal")
+    assert sorted(p.name for p in a.outbox.glob("*.tar.zst.age")) == ["live01x-0.tar.zst.age"]
+    assert sorted(p.name for p in b.outbox.glob("*.tar.zst.age")) == ["live01x-1.tar.zst.age", "live01x-2.tar.zst.age"]
+    segments = {}
+    for site in (a, b):
+        for bundle in site.outbox.glob("*.tar.zst.age"):
+            m = open_with_tools(bundle, site.gw_identity, site.node_pub, tmp_path / "opened" / bundle.name)
+            segments[m["segment"]["number"]] = m
+    assert sorted(segments) == [0, 1, 2]
+    # Each segment starts where the one before it ended, whichever node sealed it.
+    assert segments[1]["segment"]["byte_start"] == segments[0]["segment"]["byte_end"]
+    assert segments[2]["segment"]["byte_start"] == segments[1]["segment"]["byte_end"]
+    assert len({m["content_id"] for m in segments.values()}) == 3
+
+
+@pytest.mark.slow(seconds=10)
+def test_a_run_delivered_live_that_ends_after_a_takeover_is_sealed_as_its_next_segment(tmp_path, corpus):
+    volume = corpus / "live"
+    volume.mkdir()
+    run = clone_run(corpus_run_dirs(corpus)["s900mviu"], volume, "live02x")
+    now = time.time()
+    for p in [run, *run.rglob("*")]:
+        os.utime(p, (now, now))
+    a, b = _live_sites(tmp_path, volume, corpus)
+    assert _live_pass(a) == ["live02x-0"]
+    wait_for(lambda: _lease_expired(volume, "node-a"), 10, "node-a's lease to expire")
+    _grow(run, range(2000, 2003), exit_code=0)  # it ended while node-a was away
+    # node-b runs as cron does (no live delivery): the whole-run sealing goes on after segment 0.
+    agent(b.node_cfg, "scan", "--seal")
+    assert sorted(p.name for p in b.outbox.glob("*.tar.zst.age")) == ["live02x-1.tar.zst.age"]
+    m = open_with_tools(b.outbox / "live02x-1.tar.zst.age", b.gw_identity, b.node_pub, tmp_path / "opened")
+    a_m = open_with_tools(a.outbox / "live02x-0.tar.zst.age", a.gw_identity, a.node_pub, tmp_path / "opened-a")
+    assert m["segment"]["number"] == 1 and m["segment"]["byte_start"] == a_m["segment"]["byte_end"]
+    sealed = json.loads((volume / ".tfwb-agent/claims/runs" / run.name / "sealed.json").read_text())
+    assert sealed["node"] == "node-b" and sealed["bundle"] == "live02x-1.tar.zst.age"
+    assert {r["run_id"]: r["state"] for r in ledger_rows(tmp_path / "b" / "node-state")} == {"live02x": "sealed"}
+
+
 # --- 4. damage is not a tear ------------------------------------------------------------------
 
 

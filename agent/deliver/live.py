@@ -31,10 +31,12 @@ def _due(facts: dict[str, Any], now: float, interval: float) -> bool:
 
 def seal_live_segments(ledger: Ledger, cfg: config_mod.Config, now: float | None = None) -> list[str]:
     """Cut and seal the next segment of every live run that grew; close runs that ended."""
-    from ..pipeline import ensure_redaction_secret, mark_ended, supersedes_crash
+    from ..pipeline import HeldElsewhere, _record_on_volume, ensure_redaction_secret, mark_ended, supersedes_crash
+    from ..reconcile import ClaimBook
     from ..redact.policy import load_secret, policy_from_config
     from ..redact.run import redact_run
     from ..seal import RunIdentity, Segment, keys_config, seal_keys, seal_run
+    from ..seal.outbox import withdraw
 
     now = time.time() if now is None else now
     settings = sync_settings(cfg)
@@ -47,23 +49,43 @@ def seal_live_segments(ledger: Ledger, cfg: config_mod.Config, now: float | None
     policy = policy_from_config(cfg)
     secret = load_secret(policy, cfg)
     done = []
+    book = ClaimBook(cfg)
     for row in rows:
         facts = dict(row["facts"])
         ended = row["state"] == "ended"
         if not ended and not _due(facts, now, settings.live_interval):
             continue
+        run_dir = Path(row["key"])
+        try:
+            claims = book.for_run(run_dir)
+            if not claims.acquire(run_dir.name):  # another node took it over, or sealed it
+                log.info("%s: held by %s; leaving it to that node", row["key"], claims.holder(run_dir.name) or "?")
+                ledger.drop_run(row["key"])
+                continue
+            resume = claims.resume_point(run_dir.name)
+        except ids.BadId as exc:
+            log.warning("%s: live segment not sealed: %s", row["run_id"], exc)
+            continue
+        # A run sealed whole as crashed, then revived by growth (runs.classify), goes on from
+        # the segment after its sealed ones.
+        k = facts.get("live_segments", facts.get("next_segment", 0))
+        if resume is not None and resume["segment"] > k:
+            # The volume says segments up to resume-1 are sealed (by another node before a
+            # takeover, or by this one before its ledger was rebuilt): go on after them, never
+            # seal one of them again.
+            log.info("%s: live segments 0-%d were sealed by %s; going on from segment %d", row["run_id"],
+                     resume["segment"] - 1, resume["by"], resume["segment"])
+            k = resume["segment"]
+            facts.update(live_segments=k, live_byte_end=resume["byte_start"], live_rows=resume["rows"])
+            ledger.set_run_state(row["key"], row["state"], facts=ledger.encode_facts(facts))
         # What the watcher has read of the log (whole records up to read_offset, `steps` history
         # rows): whether the run grew is known without reading it again.
         rows_now, cut_end = row["steps"], row["read_offset"]
         if not ended and rows_now <= facts.get("live_rows", 0):
             continue
-        run_dir = Path(row["key"])
         src_log = find_log(run_dir)
         if src_log is None or not row["run_id"]:
             continue
-        # A run sealed whole as crashed, then revived by growth (runs.classify), goes on from
-        # the segment after its sealed ones.
-        k = facts.get("live_segments", facts.get("next_segment", 0))
         try:
             work = statedir.work_for(cfg, f"live-{run_dir.name}")
         except ids.BadId as exc:
@@ -86,6 +108,17 @@ def seal_live_segments(ledger: Ledger, cfg: config_mod.Config, now: float | None
             end_state = {}
 
             def mark(db: Any, sealed: Any) -> None:
+                # Inside the ledger's transaction, after the bundle is whole in the outbox: the
+                # markers on the volume first (the run's, for the last segment; the segment's);
+                # if another node's is there, this transaction and our bundle go.
+                if ended:
+                    _record_on_volume(claims, run_dir.name, sealed)
+                marker = claims.record_segment(run_dir.name, k, bundle=sealed.path.name, bundle_id=sealed.bundle_id,
+                                               content_id=sealed.content_id, byte_end=red.end if red else 0,
+                                               rows=rows_now)
+                if marker.get("node") != claims.node:
+                    raise HeldElsewhere(f"live segment {k} sealed by {marker.get('node', '?')} as "
+                                        f"{marker.get('bundle', '?')} first", sealed)
                 f = dict(facts, live_segments=k + 1, live_rows=rows_now, live_cut_at=now,
                          live_byte_end=red.end if red else 0)
                 if ended:
@@ -103,6 +136,11 @@ def seal_live_segments(ledger: Ledger, cfg: config_mod.Config, now: float | None
             log.info("%s: sealed live segment %d (%d history rows%s)", row["run_id"], k, rows_now,
                      ", final" if ended else "")
             done.append(f"{row['run_id']}-{k}")
+        except HeldElsewhere as exc:
+            if exc.sealed is not None and withdraw(exc.sealed, keys.signer.public()):
+                log.info("%s: withdrew %s: %s", row["run_id"], exc.sealed.path.name, exc)
+            log.info("%s: %s; leaving it to that node", row["key"], exc)
+            ledger.drop_run(row["key"])
         except Exception as exc:  # one run's trouble must not stop the others
             log.warning("%s: live segment %d not sealed: %s", row["run_id"], k, exc)
         finally:
