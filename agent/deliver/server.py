@@ -187,7 +187,11 @@ def request(method: str, url: str, api_key: str, body: bytes | None = None, time
                 exc.close()
                 if not loc:
                     raise ServerError(f"HTTP {code} from {_where(url)} with nowhere to go") from None
-                nxt = urljoin(url, loc)
+                try:
+                    nxt = urljoin(url, loc)
+                    origin(nxt)
+                except ValueError:
+                    raise ServerError(f"HTTP {code} from {_where(url)} to an unusable URL") from None
                 if origin(nxt) != home and not follow_other_hosts:
                     raise ServerError(
                         f"{_where(url)} redirected to {_host(nxt)} (HTTP {code}), another host: a single sign-on "
@@ -280,6 +284,9 @@ def download(base_url: str, api_key: str, url: str, timeout: float = 20.0, *, ca
              target: str | None = None) -> bytes:
     """A file the server names (``directUrl``): relative URLs are the server's own; the key goes
     only to the server's origin, and a redirect elsewhere (object storage) is followed without it."""
-    full = urljoin(base_url.rstrip("/") + "/", url)
+    try:
+        full = urljoin(base_url.rstrip("/") + "/", url)
+    except ValueError:
+        raise ServerError(f"the server named a file URL that is not usable: {_where(url)[:200]}") from None
     return request("GET", full, api_key, timeout=timeout, base_url=base_url, ca_file=ca_file, target=target,
                    follow_other_hosts=True)

@@ -1,0 +1,197 @@
+"""Issue 16: delivering to the real thing (W&B Server and Cloud), not only OpenWandb.
+
+Every test talks to a real OpenWandb, behind stand-ins for the W&B behaviour OpenWandb lacks
+(``tests/wandb_standins.py``, all on 127.0.0.1): ``WandbFrontDoor``, a stand-in for W&B's front
+door (401 for a key W&B would not know and on REST paths it does not serve, ``historyLineCount``
+reported, ``directUrl`` redirected to object storage on another host, 429 with ``Retry-After``,
+aliased errors in a 200 answer, TLS with a private CA); ``RecordingStorage``, a stand-in for
+object storage on a second port that records the headers it received; ``RecordingHost``, a
+stand-in for an SSO login page on another host. Effects are asserted on what the hosts recorded
+and on the server's own database: rows exactly once, nothing sent twice, the key nowhere else.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import agent, status
+from deliver_helpers import (RestartableServer, corpus_dirs, duplicate_rows, make_deliver_site, metric_rows,
+                             seal_dirs, sync)
+from wandb_standins import FrontDoorRules, RecordingHost, RecordingStorage, WandbFrontDoor, private_ca
+
+from tfwb_agent.config import ConfigError
+from tfwb_agent.deliver import confirm, probe, upload
+from tfwb_agent.deliver import server as srv
+from tfwb_agent.runs import find_log
+from tfwb_agent.segments import read_facts
+
+
+@pytest.fixture(scope="module")
+def openwandb(tmp_path_factory):
+    server = RestartableServer(tmp_path_factory.mktemp("ow")).start()
+    yield server
+    server.stop()
+
+
+def _basic(key: str) -> str:
+    return "Basic " + base64.b64encode(f"api:{key}".encode()).decode()
+
+
+def _want(dirs: list[Path]) -> dict[str, int]:
+    return {read_facts(find_log(d)).run_id: read_facts(find_log(d)).metric_values for d in dirs}
+
+
+def _assert_exactly_once(server, want: dict[str, int]) -> None:
+    for rid, rows in want.items():
+        assert metric_rows(server, rid) == rows, rid
+        assert duplicate_rows(server, rid) == 0, rid
+
+
+def _deliveries(site) -> dict[str, dict]:
+    ledger = site.ledger()
+    try:
+        return {r["run_id"]: dict(r) for r in ledger.db.execute("SELECT * FROM deliveries").fetchall()}
+    finally:
+        ledger.close()
+
+
+# --- 1. the probe asks what W&B serves --------------------------------------------------------
+
+def test_probe_asks_graphql_viewer_only_and_a_401_on_rest_paths_does_not_reject_a_good_key(openwandb):
+    door = WandbFrontDoor(openwandb.url, openwandb.api_key)  # 401 on /api/..., 401 for unknown keys
+    try:
+        good = probe.probe(door.url, openwandb.api_key, 10)
+        assert good.status == probe.ONLINE, good.detail
+        bad = probe.probe(door.url, "wrong" + "1" * 40, 10)
+        assert bad.status == probe.KEY_REJECTED and "wrong" not in bad.detail
+        assert {s.path for s in door.seen} == {"/graphql"}  # no OpenWandb-only path asked
+    finally:
+        door.stop()
+
+
+# --- 2. the key stays at the target's origin ------------------------------------------------------
+
+def test_a_graphql_redirect_to_another_host_is_refused_and_the_key_never_goes_there(openwandb):
+    sso = RecordingHost()  # a stand-in for an SSO login page on another host
+    door = WandbFrontDoor(openwandb.url, openwandb.api_key, FrontDoorRules(graphql_redirect_to=sso.url + "/login"))
+    try:
+        res = probe.probe(door.url, openwandb.api_key, 10)
+        assert res.status == probe.OFFLINE
+        assert "redirected to" in res.detail and "another host" in res.detail and "single sign-on" in res.detail
+        assert sso.seen == []  # not followed at all for GraphQL
+        # A download may follow a redirect to another host, but never with the key.
+        body = srv.download(door.url, openwandb.api_key, sso.url + "/x", 10)
+        assert body.startswith(b"<html>")
+        assert all("Authorization" not in h for _m, _p, h in sso.seen) and len(sso.seen) == 1
+    finally:
+        door.stop()
+        sso.stop()
+
+
+def test_no_authorization_header_with_an_empty_key_and_a_bad_direct_url_is_a_clear_error():
+    host = RecordingHost()
+    try:
+        srv.request("GET", host.url + "/a", "", timeout=5)
+        assert "Authorization" not in host.seen[-1][2]  # not even "Basic api:"
+        srv.request("GET", host.url + "/b", "k" * 40, timeout=5)
+        assert host.seen[-1][2]["Authorization"] == _basic("k" * 40)  # the same origin does get it
+        for bad in ("http://[::1", "ftp://elsewhere/x"):
+            with pytest.raises(srv.ServerError):
+                srv.download(host.url, "k" * 40, bad, 5)
+        srv.download(host.url, "k" * 40, "/files/relative/wandb-history.jsonl", 5)  # resolved against base_url
+        assert host.seen[-1][1] == "/files/relative/wandb-history.jsonl"
+    finally:
+        host.stop()
+
+
+# --- 3. per-alias errors ---------------------------------------------------------------------------
+
+def test_an_aliased_error_is_unknown_and_a_permission_error_names_its_run(openwandb, corpus):
+    door = WandbFrontDoor(openwandb.url, openwandb.api_key, FrontDoorRules(
+        alias_errors={"r-denied": "permission denied", "r-broken": "internal error while resolving run"}))
+    try:
+        wanted = [confirm.Wanted("admin", "p16", r) for r in ("r-absent", "r-denied", "r-broken")]
+        found = confirm.fetch_runs(door.url, openwandb.api_key, wanted, 10)
+        assert [f.known for f in found] == [True, False, False]
+        assert not found[0].exists
+        assert "permission denied" in found[1].detail and "r-denied" in found[1].detail and "admin/p16" in found[1].detail
+        facts = read_facts(find_log(corpus_dirs(corpus)[0]))
+        assert confirm.assess(facts, found[1]).kind == confirm.UNKNOWN  # never "absent"
+        assert confirm.assess(facts, found[0]).kind == confirm.ABSENT
+    finally:
+        door.stop()
+
+
+def test_more_rows_than_sent_after_an_upload_is_a_mismatch_not_success(corpus):
+    facts = read_facts(find_log(corpus_dirs(corpus)[0]))
+    more = confirm.ServerRun(True, "finished", {}, facts.history_rows + 3)
+    assert confirm.judge(facts, more).kind == confirm.COMPLETE  # judge itself is unchanged
+    j = confirm.assess_sent(facts, more)
+    assert j.kind == confirm.MISMATCH and "3 more" in j.detail
+
+
+# --- 4. back-pressure --------------------------------------------------------------------------------
+
+def test_429_on_the_batch_query_shrinks_the_batch_and_waits_as_told(openwandb):
+    door = WandbFrontDoor(openwandb.url, openwandb.api_key,
+                          FrontDoorRules(throttle_many_run_queries=2, retry_after="7"))
+    waits: list[float] = []
+    try:
+        wanted = [confirm.Wanted("admin", "p16", f"r{i}", summary_at=5) for i in range(8)]
+        found = confirm.fetch_runs(door.url, openwandb.api_key, wanted, 10, sleep=waits.append)
+        assert [f.exists for f in found] == [False] * 8 and all(f.known for f in found)
+        assert waits == [7.0, 7.0]
+        assert door.graphql_runs_asked() == [(8, 429), (4, 429), (2, 200), (2, 200), (2, 200), (2, 200)]
+    finally:
+        door.stop()
+
+
+def test_server_wait_hints_are_read_and_capped():
+    assert srv.wait_hint({"Retry-After": "3"}) == 3.0
+    assert srv.wait_hint({"RateLimit-Reset": "12"}) == 12.0
+    assert srv.wait_hint({"Retry-After": "99999"}) == srv.WAIT_CAP
+    assert srv.wait_hint({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0  # a date in the past
+    assert srv.wait_hint({}) is None
+
+
+def test_the_batch_query_leaves_summary_metrics_out():
+    assert "summaryMetrics" not in confirm.runs_query(3, confirm.LIGHT_FIELDS)
+    assert "historyLineCount" in confirm.LIGHT_FIELDS
+
+
+# --- 6. private CAs --------------------------------------------------------------------------------
+
+def test_ca_file_must_name_a_file(tmp_path):
+    from tfwb_agent.deliver.settings import validate_targets
+    base = {"base_url": "https://wandb.example", "api_key_env": "K"}
+    with pytest.raises(ConfigError, match="ca_file"):
+        validate_targets("cfg", {"t": {**base, "ca_file": "relative.pem"}})
+    with pytest.raises(ConfigError, match="not a readable file"):
+        validate_targets("cfg", {"t": {**base, "ca_file": str(tmp_path / "missing.pem")}})
+    (tmp_path / "ca.pem").write_text("x")
+    assert validate_targets("cfg", {"t": {**base, "ca_file": str(tmp_path / "ca.pem")}}).by_name["t"].ca_file
+
+
+def test_probe_and_confirmation_over_tls_with_a_private_ca(openwandb, tmp_path, monkeypatch):
+    ca = private_ca(tmp_path / "ca")
+    door = WandbFrontDoor(openwandb.url, openwandb.api_key, tls=ca.server_context)
+    try:
+        assert door.url.startswith("https://")
+        monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        res = probe.probe(door.url, openwandb.api_key, 10, target="site")
+        assert res.status == probe.TLS_FAILED and probe.TLS_FAILED in probe.NEEDS_A_PERSON
+        assert res.detail.startswith(f"certificate verify failed for {door.url}") and "targets.site.ca_file" in res.detail
+        with pytest.raises(srv.TLSFailure, match="set targets.site.ca_file"):
+            confirm.fetch_runs(door.url, openwandb.api_key, [confirm.Wanted("admin", "p", "r")], 10, target="site")
+        assert probe.probe(door.url, openwandb.api_key, 10, ca_file=str(ca.ca_pem)).status == probe.ONLINE
+        found = confirm.fetch_runs(door.url, openwandb.api_key, [confirm.Wanted("admin", "p", "r")], 10,
+                                   ca_file=str(ca.ca_pem))
+        assert found[0].known and not found[0].exists
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca.ca_pem))  # what wandb's docs point users to
+        assert probe.probe(door.url, openwandb.api_key, 10).status == probe.ONLINE
+    finally:
+        door.stop()
