@@ -60,10 +60,11 @@ def ledger_message(path: Path, exc: sqlite3.Error) -> str:
     if kind == "full":
         return f"the disk holding the ledger {path} is full ({exc}); free space there, then run the command again"
     if kind == "damaged":
-        return (f"the ledger {path} is damaged ({exc}); move it aside (with its -wal and -shm files, e.g. "
-                f"`mv {path} {path}.damaged`) and build a new one: `tfwb-agent scan --seal` on a node (runs are "
-                "read again; whole bundles in the outbox are taken up, not sealed twice), `tfwb-agent import` of "
-                "the media again on a gateway (delivery asks the server before it sends, so nothing arrives twice)")
+        return (f"the ledger {path} is damaged ({exc}); move it aside and build a new one: stop the daemon, then "
+                "`tfwb-agent ledger rebuild` (keeps it as ledger.sqlite3.damaged-TIME with its -wal and -shm, never "
+                "deletes it, and rebuilds runs and bundles from the outbox, the audit log and the volume: runs this "
+                "node sealed are not sealed again); `tfwb-agent ledger check` says what is wrong. On a gateway, "
+                "import the media again afterwards for bundles no longer staged")
     if kind == "read-only":
         return (f"the ledger {path} is read-only for this user ({exc}); run the command as the agent's user "
                 f"(e.g. `sudo -u tfwb-agent tfwb-agent …`) or make the ledger and its directory writable")

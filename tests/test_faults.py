@@ -518,6 +518,7 @@ def test_a_damaged_or_read_only_ledger_is_a_message_that_names_it(tmp_path, corp
         proc = agent(site.node_cfg, *args, check=False)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert f"Error: the ledger {ledger} is damaged (file is not a database); move it aside" in proc.stderr
+        assert "`tfwb-agent ledger rebuild`" in proc.stderr and "`tfwb-agent ledger check`" in proc.stderr
 
 
 def test_unreadable_or_oddly_named_run_directories_are_said_so(tmp_path, corpus):

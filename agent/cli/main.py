@@ -32,7 +32,7 @@ class _Group(click.Group):
 COMMAND_MODULES = [
     "status", "runs", "scan", "daemon", "config_cmd",
     "keys", "seal", "inspect", "export", "import_",
-    "redact", "audit",
+    "redact", "audit", "ledger_cmd",
     "sync", "targets", "approve",
     "demo",
 ]
