@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -195,3 +196,106 @@ def test_probe_and_confirmation_over_tls_with_a_private_ca(openwandb, tmp_path, 
         assert probe.probe(door.url, openwandb.api_key, 10).status == probe.ONLINE
     finally:
         door.stop()
+
+
+# --- whole deliveries through the stand-ins ---------------------------------------------------------
+
+@pytest.mark.slow(seconds=60)
+def test_delivery_behind_a_wandb_front_door_storage_redirects_and_a_429(tmp_path, corpus):
+    """OpenWandb gives no row count: the history file is read through a relative directUrl that
+    redirects to object storage on another host, which must never see the key; the many-run
+    query is answered 429 once."""
+    server = RestartableServer(tmp_path / "ow").start()
+    storage = RecordingStorage()
+    door = WandbFrontDoor(server.url, server.api_key, FrontDoorRules(storage=storage, throttle_many_run_queries=1))
+    try:
+        dirs = corpus_dirs(corpus)[:2]
+        site = make_deliver_site(tmp_path / "site", door.url, server.api_key)
+        seal_dirs(site, dirs)
+        out = json.loads(sync(site).stdout)
+        assert out["status"] == "online", out
+        _assert_exactly_once(server, _want(dirs))
+        assert {d["state"] for d in _deliveries(site).values()} == {"confirmed"}
+        assert storage.seen, "the history file was read from the storage host"
+        assert all("Authorization" not in h for _p, h in storage.seen)  # the key never reached it
+        assert any(status == 429 for _n, status in door.graphql_runs_asked())
+        assert "/api/v2/auth/me" not in {s.path for s in door.seen}
+    finally:
+        door.stop()
+        storage.stop()
+        server.stop()
+
+
+@pytest.mark.slow(seconds=60)
+def test_an_aliased_error_never_resends_and_w_and_b_like_counts_need_no_download(tmp_path, corpus):
+    """With historyLineCount reported (as W&B does) no history file is downloaded. A second host
+    delivering the same runs, whose first answer about one run is an aliased error in a 200,
+    does not send that run again: it is asked again and found complete."""
+    server = RestartableServer(tmp_path / "ow").start()
+    storage = RecordingStorage()
+    rules = FrontDoorRules(storage=storage, report_line_count=True)
+    door = WandbFrontDoor(server.url, server.api_key, rules)
+    try:
+        dirs = corpus_dirs(corpus)[:2]
+        want = _want(dirs)
+        first = make_deliver_site(tmp_path / "first", door.url, server.api_key)
+        seal_dirs(first, dirs)
+        sync(first)
+        _assert_exactly_once(server, want)
+        assert storage.seen == []  # the server's row count sufficed: no history download at all
+        errored = sorted(want)[0]
+        rules.alias_errors, rules.alias_errors_left = {errored: "internal error while resolving run"}, 1
+        second = make_deliver_site(tmp_path / "second", door.url, server.api_key)
+        seal_dirs(second, dirs)
+        sync(second)
+        _assert_exactly_once(server, want)  # nothing arrived twice
+        d = _deliveries(second)
+        assert {x["state"] for x in d.values()} == {"confirmed"}, d
+        assert all(x["rows_sent"] == 0 for x in d.values()), d  # neither run was sent again
+        assert all(not x["attempts"] for x in d.values()), d  # no upload was started for either
+        assert "already on the server" in d[errored]["reason"]
+        assert rules.alias_errors_given == 1  # the errored answer was given, and read as unknown
+    finally:
+        door.stop()
+        storage.stop()
+        server.stop()
+
+
+@pytest.mark.slow(seconds=90)
+def test_delivery_over_tls_with_a_private_ca_and_the_clear_message_without_it(tmp_path, corpus, monkeypatch):
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    server = RestartableServer(tmp_path / "ow").start()
+    ca = private_ca(tmp_path / "ca")
+    door = WandbFrontDoor(server.url, server.api_key, tls=ca.server_context)
+    try:
+        dirs = corpus_dirs(corpus)[:2]
+        # Without the CA: `targets check` says what to set; nothing is sent.
+        plain = make_deliver_site(tmp_path / "plain", door.url, server.api_key)
+        check = agent(plain.cfg, "targets", "check", check=False)
+        assert check.returncode == 3, check.stdout + check.stderr
+        assert f"certificate verify failed for {door.url}" in check.stdout and "targets.local.ca_file" in check.stdout
+        assert "Traceback" not in check.stdout + check.stderr
+        # The wandb sync child alone, not told of the CA: it fails on the certificate, and what
+        # its log says is turned into the same message.
+        home = tmp_path / "child"
+        child_run = home / dirs[0].name
+        shutil.copytree(dirs[0], child_run, symlinks=True)
+        up = upload.start([child_run], door.url, server.api_key, "tls-child", "admin", home / "wandb-home",
+                          tmp_path / "child.log", 1)
+        up.proc.wait(timeout=300)
+        upload.finished(up)
+        said = upload.diagnose((tmp_path / "child.log").read_text(errors="replace"), door.url, "local")
+        assert said and "certificate verify failed" in said and "targets.local.ca_file" in said
+        assert metric_rows(server, read_facts(find_log(dirs[0])).run_id) == 0  # nothing arrived
+        # With ca_file: the probe, the confirmation and the wandb sync child all trust it.
+        site = make_deliver_site(tmp_path / "site", door.url, server.api_key,
+                                 extra_targets=f'ca_file = "{ca.ca_pem}"\n')
+        seal_dirs(site, dirs)
+        out = json.loads(sync(site).stdout)
+        assert out["status"] == "online", out
+        _assert_exactly_once(server, _want(dirs))
+        assert {d["state"] for d in _deliveries(site).values()} == {"confirmed"}
+    finally:
+        door.stop()
+        server.stop()
