@@ -10,6 +10,7 @@ source is only read; files are copied block by block, so memory does not grow wi
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import json
@@ -24,7 +25,7 @@ from ..runs import sensitive_globs
 from ..wandb_log import LogError, LogWriter, read_records
 from . import files as files_mod
 from . import items as items_mod
-from . import meta, placeholders
+from . import hasher, meta, placeholders
 from .console import TextStream
 from .media import FileOutcome, referenced_files, media_kind
 from .outgoing import Outgoing
@@ -90,6 +91,76 @@ def _read_upto(fd: int, n: int) -> bytes:
     while len(data) < n and (block := os.read(fd, n - len(data))):
         data += block
     return data
+
+
+# Fewer hashed files than this: not worth a process.
+HELPER_MIN = 256
+
+
+class _Helper:
+    """The helper process (``hasher.py``): a thread feeds it the tasks, another reads its
+    answers into a queue, so it can run ahead of the records that need them."""
+
+    BATCH = 256
+
+    def __init__(self, secret: bytes, jobs: list[tuple]) -> None:
+        import queue
+        import subprocess
+        import sys
+        import threading
+        self.proc = subprocess.Popen([sys.executable, "-I", "-S", hasher.__file__],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.answers: "queue.Queue[Any]" = queue.Queue()
+        self.feed_error: BaseException | None = None
+        batches = [jobs[i:i + self.BATCH] for i in range(0, len(jobs), self.BATCH)]
+        self.feeder = threading.Thread(target=self._feed, args=(secret, batches), name="redact-helper-feed",
+                                       daemon=True)
+        self.reader = threading.Thread(target=self._read, name="redact-helper-read", daemon=True)
+        self.feeder.start()
+        self.reader.start()
+
+    def _feed(self, secret: bytes, batches: list[list[tuple]]) -> None:
+        try:
+            hasher.send(self.proc.stdin, secret)
+            for b in batches:
+                hasher.send(self.proc.stdin, b)
+        except BaseException as exc:
+            self.feed_error = exc
+        finally:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+
+    def _read(self) -> None:
+        try:
+            while (msg := hasher.recv(self.proc.stdout)) is not None:
+                self.answers.put(msg)
+            self.answers.put(None)
+        except BaseException as exc:
+            self.answers.put(("error", f"{type(exc).__name__}: {exc}"))
+
+    def next_batch(self) -> list[Any]:
+        msg = self.answers.get()
+        if msg is None:
+            raise RedactError(f"the media helper ended early ({self.feed_error or self.proc.wait()})")
+        status, payload = msg
+        if status != "ok":
+            raise RedactError(f"the media helper failed: {payload}")
+        return payload
+
+    def close(self) -> None:
+        self.feeder.join()
+        self.reader.join()
+        if self.proc.wait() != 0:
+            raise RedactError(f"the media helper exited with {self.proc.returncode}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.feeder.join()
+        self.reader.join()
 
 
 class _BackgroundWriter:
@@ -166,6 +237,9 @@ class _Run:
         self.src_dirs: dict[str, str] = {}     # files/ subdirectory -> its checked path
         self._sensitive_keys: dict[str, bool] = {}
         self.media_memo: dict[Any, Any] = {}   # see items.redact_scrub_items
+        self.helper: _Helper | None = None
+        self.pending: dict[str, bool] = {}      # files whose placeholder the helper makes
+        self.helper_batches: collections.deque[list[str]] = collections.deque()
         self.files_base = os.path.join(str(self.src), "files")
         self.writer: _BackgroundWriter | None = None
         self._hmac = hmac.new(self.secret, b"media\x00", hashlib.sha256)
@@ -305,6 +379,9 @@ class _Run:
         """The one place a media file is decided and written; later references reuse it."""
         if path in self.done:
             return self.done[path]
+        if path in self.pending:
+            self.wait_for(path)
+            return self.done[path]
         outcome = self._resolve(path, kind, d, key, self.report)
         self.done[path] = outcome
         return outcome
@@ -324,6 +401,14 @@ class _Run:
                     for path, (kind, key) in chunk], rep
 
         items = list(self.planned.items())
+        # Placeholders of many files: made by the helper process while this one goes on.
+        helped = [(path, kind) for path, (kind, key) in items
+                  if kind in hasher.KINDS and self.decide(key, kind).action == "hash"]
+        if len(helped) >= HELPER_MIN:
+            self.start_helper(helped)
+            # Without a helper (it could not start), the files it would have made are made
+            # here; those found missing are counted already.
+            items = [it for it in items if it[0] not in self.pending and it[0] not in self.done]
         # Chunks, not one future per file: a future costs more than a small image.
         chunks = [items[i:i + 256] for i in range(0, len(items), 256)]
         if workers <= 1 or len(chunks) <= 1:
@@ -388,15 +473,91 @@ class _Run:
         tag = h.hexdigest()
         new = self._placeholder(path, kind, data, tag, d, key, rep)
         sha = hashlib.sha256(new).hexdigest()
-        scrubbed = self.out.path(path)
-        m = _RENAME_RX.match(scrubbed)
-        ext = _NEW_EXT.get(kind, m.group("ext") if m else Path(scrubbed).suffix)
-        new_path = (f"{m.group('dir')}{m.group('stem')}_{sha[:20]}{ext}" if m
-                    else f"{Path(scrubbed).parent.as_posix()}/redacted_{sha[:20]}{ext}".lstrip("./"))
+        prefix, ext = self.naming(path, kind)
+        new_path = f"{prefix}{sha[:20]}{ext}"
         self.out.produced.add(new_path)
         rep.files["hashed"] += 1
         self.write("files/" + new_path, new, rep)
         return FileOutcome(new_path, sha, len(new), tag, _NEW_FMT.get(kind, ""))
+
+    def naming(self, path: str, kind: str) -> tuple[str, str]:
+        """A placeholder's new name is prefix + the first 20 hex digits of its sha256 + ext:
+        the scrubbed original's directory and key, or ``redacted`` for a name wandb did not
+        make."""
+        scrubbed = self.out.path(path)
+        m = _RENAME_RX.match(scrubbed)
+        ext = _NEW_EXT.get(kind, m.group("ext") if m else Path(scrubbed).suffix)
+        if m:
+            return f"{m.group('dir')}{m.group('stem')}_", ext
+        # (What follows "redacted_" never starts with "." or "/": stripping the prefix alone
+        # is stripping the whole name.)
+        return f"{Path(scrubbed).parent.as_posix()}/redacted_".lstrip("./"), ext
+
+    # -- the helper process (hasher.py) ------------------------------------------------------
+    def start_helper(self, tasks: list[tuple[str, str]]) -> bool:
+        """Hand the placeholders of ``tasks`` ((path, kind), all decided "hash") to a helper
+        process; their outcomes are taken as the records need them. False: no helper (the
+        caller does them here)."""
+        jobs, paths = [], []
+        for path, kind in tasks:
+            src = self.source_file(path)
+            if src is None:
+                self.report.files["missing_or_outside"] += 1
+                self.done[path] = None
+                continue
+            prefix, ext = self.naming(path, kind)
+            if self.dst is not None:
+                parent = os.path.dirname(os.path.join(self.dst_str, "files/" + prefix))
+                if parent not in self.dirs:
+                    os.makedirs(parent, exist_ok=True)
+                    self.dirs.add(parent)
+            jobs.append((src, kind, self.sizes.get(path), prefix, ext, self.dst_str if self.dst is not None else None))
+            paths.append(path)
+        try:
+            self.helper = _Helper(self.secret, jobs)
+        except OSError:
+            return False
+        for i in range(0, len(paths), _Helper.BATCH):
+            self.helper_batches.append(paths[i:i + _Helper.BATCH])
+        for p in paths:
+            self.pending[p] = True
+        return True
+
+    def _take_batch(self) -> None:
+        """The helper's next batch of outcomes, counted and remembered as ``_resolve_open``
+        would have."""
+        assert self.helper is not None
+        results = self.helper.next_batch()
+        paths = self.helper_batches.popleft()
+        if len(results) != len(paths):
+            raise RedactError(f"{self.src}: the media helper answered {len(results)} of {len(paths)} files")
+        rep = self.report
+        for path, res in zip(paths, results):
+            del self.pending[path]
+            if res is None:
+                rep.files["missing_or_outside"] += 1
+                self.done[path] = None
+                continue
+            new_path, sha, size, tag, fmt, n_in = res
+            rep.bytes_in += n_in
+            rep.files["hashed"] += 1
+            rep.bytes_out += size
+            self.out.produced.add(new_path)
+            if self.dst is not None:
+                self.written.add("files/" + new_path)
+            self.done[path] = FileOutcome(new_path, sha, size, tag, fmt)
+
+    def wait_for(self, path: str) -> None:
+        while path in self.pending:
+            self._take_batch()
+
+    def finish_helper(self) -> None:
+        """Every outcome taken, every placeholder on disk."""
+        while self.helper_batches:
+            self._take_batch()
+        if self.helper is not None:
+            self.helper.close()
+            self.helper = None
 
     def _placeholder(self, path: str, kind: str, data: bytes, tag: str, d: Decision, key: str,
                      rep: RedactionReport) -> bytes:
@@ -628,8 +789,11 @@ def _redact(src: Path, dst: Path | None, policy: Policy, secret: bytes,
                 r.report.records_out += 1
                 if writer is not None:
                     writer.write(o)
+        r.finish_helper()
         _copy_files_dir(r)
     finally:
+        if r.helper is not None:
+            r.helper.kill()
         if out is not None:
             out.close()
         if r.writer is not None:
