@@ -299,3 +299,23 @@ def test_delivery_over_tls_with_a_private_ca_and_the_clear_message_without_it(tm
     finally:
         door.stop()
         server.stop()
+
+
+def test_a_wrong_key_is_rejected_by_the_front_door_and_nothing_is_sent(tmp_path, corpus, openwandb):
+    """W&B answers /graphql with 401 for a key it does not know (OpenWandb answers any key): the
+    agent's verdict comes from that answer alone."""
+    door = WandbFrontDoor(openwandb.url, openwandb.api_key)
+    try:
+        wrong = "wrong" + "1" * 40
+        site = make_deliver_site(tmp_path / "site", door.url, wrong)
+        want = _want(corpus_dirs(corpus)[:1])
+        seal_dirs(site, corpus_dirs(corpus)[:1])
+        proc = sync(site, check=False)
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        out = json.loads(proc.stdout)
+        assert out["status"] == "key_rejected" and wrong not in proc.stdout + proc.stderr
+        assert all(metric_rows(openwandb, rid) == 0 for rid in want)
+        assert status(site.cfg)["targets"][0]["status"] == "key_rejected"
+        assert {s.path for s in door.seen} == {"/graphql"} and not any(s.authorized for s in door.seen)
+    finally:
+        door.stop()
