@@ -13,6 +13,8 @@ from . import media
 from .media import Decide, Resolve, TextTag
 
 Path_ = tuple[str, ...]
+# json.loads without its wrapper (the values are str: the same result, the same ValueError).
+_loads = json.JSONDecoder().decode
 
 
 def item_path(item: Any) -> Path_:
@@ -39,7 +41,7 @@ def _media_roots(raws: Sequence[str], paths: Sequence[Path_]) -> set[Path_]:
     for raw, path in zip(raws, paths):
         if len(path) >= 2 and path[-1] == "_type":
             try:
-                t = json.loads(raw)
+                t = _loads(raw)
             except ValueError:
                 continue
             if isinstance(t, str) and t in media.KINDS:
@@ -52,6 +54,19 @@ def _root_of(path: Path_, roots: set[Path_]) -> Path_ | None:
         if path[:n] in roots:
             return path[:n]
     return None
+
+
+def _owners(paths: Sequence[Path_], roots: set[Path_]) -> list[Path_ | None]:
+    """``_root_of`` of each path; most roots are one key long."""
+    out: list[Path_ | None] = []
+    for p in paths:
+        if len(p) < 2:
+            out.append(None)
+        elif p[:1] in roots:
+            out.append(p[:1])
+        else:
+            out.append(_root_of(p, roots) if len(p) > 2 else None)
+    return out
 
 
 def redact_items(items: Sequence[Any], new_item: Callable[[Path_, str], Any], decide: Decide,
@@ -79,7 +94,7 @@ def redact_items(items: Sequence[Any], new_item: Callable[[Path_, str], Any], de
         node: dict[str, Any] = {}
         n = len(r)
         for i in group:
-            _insert(node, paths[i][n:], json.loads(raws[i]))
+            _insert(node, paths[i][n:], _loads(raws[i]))
         new = media.transform_node(node, display_key(r), decide, resolve, text_tag, count)
         results[r] = None if new is node else new
     out: list[Any] = []
@@ -99,7 +114,7 @@ def redact_items(items: Sequence[Any], new_item: Callable[[Path_, str], Any], de
             continue
         if _may_hold_media(raw):
             try:
-                value = json.loads(raw)
+                value = _loads(raw)
             except ValueError:
                 out.append(it)
                 continue
@@ -169,7 +184,7 @@ def redact_scrub_items(items: Sequence[Any], decide: Decide, resolve: Resolve, t
         return False, None
     paths, raws, nested = snap
     roots = _media_roots(raws, paths)
-    owner: list[Path_ | None] = [_root_of(p, roots) for p in paths] if roots else [None] * len(paths)
+    owner: list[Path_ | None] = _owners(paths, roots) if roots else [None] * len(paths)
     groups: dict[Path_, list[int]] = {}
     if roots:
         for i, r in enumerate(owner):
@@ -187,7 +202,7 @@ def redact_scrub_items(items: Sequence[Any], decide: Decide, resolve: Resolve, t
             continue
         node: dict[str, Any] = {}
         for i in group:
-            _insert(node, paths[i][n:], json.loads(raws[i]))
+            _insert(node, paths[i][n:], _loads(raws[i]))
         new = media.transform_node(node, key, decide, resolve, text_tag, count)
         results[r] = None if new is node else new
         if mk is not None:
@@ -213,7 +228,7 @@ def redact_scrub_items(items: Sequence[Any], decide: Decide, resolve: Resolve, t
             continue
         if _may_hold_media(raw):
             try:
-                value = json.loads(raw)
+                value = _loads(raw)
             except ValueError:
                 entries.append((path, nest, raw, None))
                 continue
@@ -277,12 +292,12 @@ def media_in_items(items: Sequence[Any], fields: frozenset[str] | None = None) -
         if r is not None:
             rel = path[len(r):]
             if fields is None or rel[0] in fields:
-                _insert(groups.setdefault(r, {}), rel, json.loads(raw))
+                _insert(groups.setdefault(r, {}), rel, _loads(raw))
             else:
                 groups.setdefault(r, {})
         elif _may_hold_media(raw):
             try:
-                _walk(json.loads(raw), display_key(path), found)
+                _walk(_loads(raw), display_key(path), found)
             except ValueError:
                 pass
     found += [(display_key(r), node) for r, node in groups.items()]

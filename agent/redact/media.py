@@ -158,5 +158,9 @@ def contains_media(value: Any) -> bool:
     return False
 
 
+# One encoder for every value written back (``json.dumps`` with arguments builds one per call).
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODE(value)

@@ -71,6 +71,7 @@ _DIGEST = re.compile(r"hash:[0-9a-f]{16,64}|[0-9a-f]{32}|[0-9a-f]{64}")
 # wandb's own (numbers, a content hash): only the key part is a name to scrub, and it repeats.
 _MEDIA_NAME = re.compile(r"(?P<base>.+?)(?P<suffix>(?:_\d+)+_[0-9a-f]{20}(?:\.[A-Za-z0-9]+)+)")
 _CACHE_LIMIT = 50_000
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode   # as json.dumps(...) with these
 _ITEMS = frozenset({"HistoryItem", "SummaryItem", "ConfigItem", "StatsItem"})
 
 
@@ -277,7 +278,7 @@ class Outgoing:
             if len(raw) < 4096 and len(self._same_json) < _CACHE_LIMIT:
                 self._same_json.add(ck)
             return raw
-        return json.dumps(nv, separators=(",", ":"), ensure_ascii=False)
+        return _ENCODE(nv)
 
     # -- protobuf --------------------------------------------------------------------------
     def _item(self, msg: Any, fields: list, place: str) -> bool:
