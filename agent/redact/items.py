@@ -279,28 +279,39 @@ def _insert(node: dict[str, Any], rel: Path_, value: Any) -> None:
 PLAN_FIELDS = frozenset({"_type", "path", "filenames", "width", "height"})
 
 
-def media_in_items(items: Sequence[Any], fields: frozenset[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
+def media_in_items(items: Sequence[Any], fields: frozenset[str] | None = None,
+                   seen: set[Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
     """(key, media object) for every media object in the items: the planning pass uses it.
-    ``fields``: of a flattened object (wandb 0.31), only these top-level fields are read."""
+    ``fields``: of a flattened object (wandb 0.31), only these top-level fields are read.
+    ``seen``: flattened objects met before (same key, same fields, same values: wandb writes
+    each one in the history row and again in the summary) are not returned again."""
     found: list[tuple[str, dict[str, Any]]] = []
     paths = _paths(items)
     raws = [it.value_json for it in items]
     roots = _media_roots(raws, paths)
-    groups: dict[Path_, dict[str, Any]] = {}
-    for raw, path in zip(raws, paths):
-        r = _root_of(path, roots) if roots else None
+    owner = _owners(paths, roots) if roots else [None] * len(paths)
+    members: dict[Path_, list[tuple[Path_, str]]] = {}
+    for raw, path, r in zip(raws, paths, owner):
         if r is not None:
-            rel = path[len(r):]
-            if fields is None or rel[0] in fields:
-                _insert(groups.setdefault(r, {}), rel, _loads(raw))
-            else:
-                groups.setdefault(r, {})
+            members.setdefault(r, []).append((path[len(r):], raw))
         elif _may_hold_media(raw):
             try:
                 _walk(_loads(raw), display_key(path), found)
             except ValueError:
                 pass
-    found += [(display_key(r), node) for r, node in groups.items()]
+    for r, mem in members.items():
+        if seen is not None:
+            k = (r, tuple(mem))
+            if k in seen:
+                continue
+            if len(seen) >= 256:
+                seen.clear()
+            seen.add(k)
+        node: dict[str, Any] = {}
+        for rel, raw in mem:
+            if fields is None or rel[0] in fields:
+                _insert(node, rel, _loads(raw))
+        found.append((display_key(r), node))
     return found
 
 

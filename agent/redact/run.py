@@ -604,6 +604,7 @@ def _records(path: Path, report: RedactionReport):
 def _plan(r: _Run, log: Path) -> None:
     sensitive: list[str] = []
     identity: set[str] = set()
+    seen: set[Any] = set()
     for rec in _records(log, RedactionReport()):
         t = rec.WhichOneof("record_type")
         if t == "run":
@@ -615,7 +616,7 @@ def _plan(r: _Run, log: Path) -> None:
             sensitive += sensitive_globs(rec.config.update)
         elif t in ("history", "summary"):
             its = rec.history.item if t == "history" else rec.summary.update
-            for key, node in items_mod.media_in_items(its, items_mod.PLAN_FIELDS):
+            for key, node in items_mod.media_in_items(its, items_mod.PLAN_FIELDS, seen):
                 kind = media_kind(node) or "any"
                 for f in referenced_files(node):
                     r.planned.setdefault(f, (kind, key))
