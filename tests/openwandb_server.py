@@ -167,6 +167,32 @@ def wandb_sync(server: Server, run_dir: Path, project: str, timeout: float = 300
                           env=server.sync_env(), capture_output=True, text=True, timeout=timeout)
 
 
+def _configure_from_argv() -> None:
+    """OpenWandb reads its config once, at its first import: set it as `openwandb serve` would,
+    before the changes below import it."""
+    argv = dict(zip(sys.argv[2::2], sys.argv[3::2]))
+    os.environ.update(OPENWANDB_DATA_DIR=str(Path(argv["--data-dir"]).resolve()), OPENWANDB_HOST=argv["--host"],
+                      OPENWANDB_PORT=argv["--port"], OPENWANDB_LOG_LEVEL=argv["--log-level"].upper())
+
+
+def _reject_wrong_keys() -> None:
+    """A request that presents an API key the server does not know is answered 401, as W&B
+    answers it. Stock OpenWandb serves it as its admin user ("permissive mode"), so a wrong key
+    would deliver. A request with no key at all is still served as before (OpenWandb's upload
+    URLs carry none)."""
+    from fastapi import HTTPException
+    from openwandb import auth
+
+    authenticate = auth.authenticate
+
+    def authenticate_strictly(request):
+        if auth.extract_api_key(request) and auth.get_current_user(request) is None:
+            raise HTTPException(status_code=401, detail="invalid API key")
+        return authenticate(request)
+
+    auth.authenticate = authenticate_strictly
+
+
 def _answer_retries_once() -> None:
     """A ``file_stream`` request that arrives again, byte for byte, from the same ``wandb sync``
     is answered without its rows being stored twice.
@@ -184,10 +210,6 @@ def _answer_retries_once() -> None:
     duplicates the agent causes still show."""
     import hashlib
 
-    # OpenWandb's config is read once, at its first import: set it as `openwandb serve` would.
-    argv = dict(zip(sys.argv[2::2], sys.argv[3::2]))
-    os.environ.update(OPENWANDB_DATA_DIR=str(Path(argv["--data-dir"]).resolve()), OPENWANDB_HOST=argv["--host"],
-                      OPENWANDB_PORT=argv["--port"], OPENWANDB_LOG_LEVEL=argv["--log-level"].upper())
     from openwandb import database, file_stream
 
     with database.get_db() as con:
@@ -247,7 +269,9 @@ def _serve() -> None:
     bcrypt.checkpw = checkpw
     gensalt = bcrypt.gensalt
     bcrypt.gensalt = lambda rounds=4, prefix=b"2b": gensalt(rounds, prefix)
+    _configure_from_argv()
     _answer_retries_once()
+    _reject_wrong_keys()
     from openwandb.cli import main
 
     main(prog_name="openwandb")
