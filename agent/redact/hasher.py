@@ -75,10 +75,11 @@ def _write_new(out: str, data: bytes) -> None:
         os.close(fd)
 
 
-def one(ph: Any, base_hmac: Any, task: tuple) -> tuple | None:
+def one(ph: Any, base_hmac: Any, task: tuple, writes: list[tuple[str, bytes]]) -> tuple | None:
     """(new path, sha256, size, tag, format, bytes in) of one file, or None if it is not a
     regular file any more (swapped for a symlink, a FIFO ... since the parent checked it).
-    The new path is ``prefix`` + the placeholder's hash + ``ext`` (the parent's naming)."""
+    The new path is ``prefix`` + the placeholder's hash + ``ext`` (the parent's naming); the
+    file to create goes into ``writes``."""
     src, kind, hint, prefix, ext, out_dir = task
     try:
         fd = os.open(src, _OPEN_FLAGS)
@@ -97,7 +98,7 @@ def one(ph: Any, base_hmac: Any, task: tuple) -> tuple | None:
     sha = hashlib.sha256(new).hexdigest()
     path = f"{prefix}{sha[:20]}{ext}"
     if out_dir is not None:
-        _write_new(os.path.join(out_dir, "files/" + path), new)
+        writes.append((os.path.join(out_dir, "files/" + path), new))
     return path, sha, len(new), tag, _NEW_FMT.get(kind, ""), st.st_size
 
 
@@ -131,16 +132,45 @@ def send(f: BinaryIO, obj: Any) -> None:
 
 
 def main() -> None:
+    """Answers go back before their files are written: the parent needs the names, not the
+    files, to go on; a thread creates the files meanwhile, and the exit status says whether
+    all of them were (the parent waits for it before the redaction counts as done)."""
+    import queue
+    import threading
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     secret = recv(inp)
     ph = _load_placeholders()
     base = hmac.new(secret, b"media\x00", hashlib.sha256)
-    while (batch := recv(inp)) is not None:
-        try:
-            send(out, ("ok", [one(ph, base, task) for task in batch]))
-        except BaseException as exc:   # the parent raises it; nothing more is done here
-            send(out, ("error", f"{type(exc).__name__}: {exc}"))
-            return
+    todo: "queue.Queue[list[tuple[str, bytes]] | None]" = queue.Queue(maxsize=64)
+    failed: list[BaseException] = []
+
+    def writer() -> None:
+        while (jobs := todo.get()) is not None:
+            if not failed:
+                try:
+                    for path, data in jobs:
+                        _write_new(path, data)
+                except BaseException as exc:
+                    failed.append(exc)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        while (batch := recv(inp)) is not None and not failed:
+            writes: list[tuple[str, bytes]] = []
+            try:
+                send(out, ("ok", [one(ph, base, task, writes) for task in batch]))
+            except BaseException as exc:   # the parent raises it; nothing more is done here
+                send(out, ("error", f"{type(exc).__name__}: {exc}"))
+                failed.append(exc)
+                break
+            todo.put(writes)
+    finally:
+        todo.put(None)
+        thread.join()
+    if failed:
+        sys.stderr.write(f"tfwb media helper: {type(failed[0]).__name__}: {failed[0]}\n")
+        sys.exit(1)
 
 
 if __name__ == "__main__":
