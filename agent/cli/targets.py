@@ -19,8 +19,10 @@ def command() -> None:
 @click.argument("names", nargs=-1)
 @pass_ctx
 def check(ctx: Context, as_json: bool, names: tuple[str, ...]) -> None:
-    """Probe each target (or NAMES): reachable? key accepted? Records the answer for `status`.
-    Exit status: 0 all online, 1 some offline, 3 some key rejected or missing."""
+    """Probe each target (or NAMES): reachable? key accepted? the server's version, and whether the
+    target's wandb client ([targets.NAME] wandb, installed here the first time) is too new for it.
+    Records the answer for `status`. Exit status: 0 all online, 1 some offline, 3 some key rejected
+    or missing, a certificate not trusted, a client too new for the server or not installable."""
     from ..deliver import engine
     from ..deliver.settings import check_references, sync_settings, targets
 
@@ -31,6 +33,8 @@ def check(ctx: Context, as_json: bool, names: tuple[str, ...]) -> None:
     unknown = [n for n in names if n not in all_t]
     if unknown:
         raise click.ClickException(f"no such target: {', '.join(unknown)} (known: {', '.join(sorted(all_t))})")
+    from ..deliver import clients
+    clients.announce = lambda message: click.echo(message, err=True)
     ledger = ctx.ledger()
     out = []
     for name in names or sorted(all_t):

@@ -29,6 +29,8 @@ class Target:
     project: str | None = None        # upload into this project instead of the run's own
     timeout: float = 20.0             # one HTTP request (probe, confirmation)
     ca_file: str | None = None        # PEM bundle of the CA(s) that signed the server's certificate
+    wandb: str | None = None          # the sync client: a version ("0.25.1") or a Python's path; None: the agent's
+    wandb_index: str | None = None    # where a pinned version is installed from: a wheelhouse dir or an index URL
 
     def api_key(self) -> str:
         """Read the key now (it may rotate). Never log or print the result."""
@@ -37,7 +39,8 @@ class Target:
     def describe(self) -> dict[str, Any]:
         kind, where = self.key_ref
         return {"base_url": self.base_url, f"api_key_{kind}": where, "entity": self.entity,
-                "project": self.project, "timeout": self.timeout, "ca_file": self.ca_file}
+                "project": self.project, "timeout": self.timeout, "ca_file": self.ca_file,
+                "wandb": self.wandb or "beside the agent", "wandb_index": self.wandb_index}
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,8 @@ def parse_window(source: str, key: str, text: Any) -> Window:
 def validate_targets(source: str, raw: Any) -> Targets:
     raw = _table(source, "targets", raw)
     out: dict[str, Target] = {}
-    allowed = {"base_url", "api_key_file", "api_key_env", "entity", "project", "timeout", "ca_file"}
+    allowed = {"base_url", "api_key_file", "api_key_env", "entity", "project", "timeout", "ca_file", "wandb",
+               "wandb_index"}
     for name, t in raw.items():
         prefix = f"targets.{name}"
         if not _NAME.match(name) or ids.why_not(name):
@@ -166,12 +170,45 @@ def validate_targets(source: str, raw: Any) -> Targets:
             if not os.path.isfile(ca_file):
                 raise ConfigError(source, f"{prefix}.ca_file", f"{ca_file} is not a readable file (a PEM bundle "
                                   "of the CA that signed the server's certificate)")
+        wandb, index = _client(source, prefix, t)
         out[name] = Target(
             name=name, base_url=url.rstrip("/"), key_ref=ref,
             entity=_str(source, f"{prefix}.entity", t["entity"]) if "entity" in t else None,
             project=_str(source, f"{prefix}.project", t["project"]) if "project" in t else None,
-            timeout=_number(source, f"{prefix}.timeout", t.get("timeout", 20)), ca_file=ca_file)
+            timeout=_number(source, f"{prefix}.timeout", t.get("timeout", 20)), ca_file=ca_file,
+            wandb=wandb, wandb_index=index)
+    for a in out.values():
+        for b in out.values():
+            if a.name < b.name and a.base_url == b.base_url and (a.wandb, a.wandb_index) != (b.wandb, b.wandb_index):
+                raise ConfigError(source, f"targets.{b.name}.wandb", f"targets {a.name} and {b.name} share base_url "
+                                  f"{a.base_url} but name different wandb clients; give them the same one")
     return Targets(out)
+
+
+def _client(source: str, prefix: str, t: dict[str, Any]) -> tuple[str | None, str | None]:
+    """``wandb``: a version to install ("0.25.1") or the absolute path of a Python that has wandb;
+    ``wandb_index``: a wheelhouse directory or a package index URL for that install."""
+    from .clients import VERSION
+    wandb = index = None
+    if "wandb" in t:
+        wandb = _str(source, f"{prefix}.wandb", t["wandb"]).strip()
+        if wandb.startswith("/"):
+            if not (os.path.isfile(wandb) and os.access(wandb, os.X_OK)):
+                raise ConfigError(source, f"{prefix}.wandb", f"{wandb} is not an executable file (the path of a "
+                                  "Python that has wandb, or a version such as \"0.25.1\")")
+        elif not VERSION.match(wandb.lstrip("=")):
+            raise ConfigError(source, f"{prefix}.wandb", f"must be a wandb version such as \"0.25.1\" or the "
+                              f"absolute path of a Python that has wandb, got {wandb!r}")
+        else:
+            wandb = wandb.lstrip("=")
+    if "wandb_index" in t:
+        index = _str(source, f"{prefix}.wandb_index", t["wandb_index"])
+        if not index.startswith(("http://", "https://", "file://")) and not os.path.isabs(index):
+            raise ConfigError(source, f"{prefix}.wandb_index", f"must be a wheelhouse directory (absolute path) or "
+                              f"a package index URL, got {index!r}")
+        if wandb is None or wandb.startswith("/"):
+            raise ConfigError(source, f"{prefix}.wandb_index", "only used with wandb = \"VERSION\"")
+    return wandb, index
 
 
 def validate_sync(source: str, raw: Any) -> SyncSettings:
@@ -217,7 +254,10 @@ def validate_policy(source: str, raw: Any) -> Policies:
 
 def targets(cfg: config_mod.Config) -> dict[str, Target]:
     t = cfg.sections.get("targets")
-    return dict(t.by_name) if t else {}
+    out = dict(t.by_name) if t else {}
+    from . import clients  # each target's wandb client, found by the probe and the upload (clients.py)
+    clients.register(out, cfg.state_dir)
+    return out
 
 
 def sync_settings(cfg: config_mod.Config) -> SyncSettings:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -65,8 +66,12 @@ def ca_bundle_for_child(ca_file: str | None, home: Path) -> str | None:
     return str(out)
 
 
-def sync_env(base_url: str, api_key: str, home: Path, ca_file: str | None = None) -> dict[str, str]:
+def sync_env(base_url: str, api_key: str, home: Path, ca_file: str | None = None,
+             own_client: bool = True) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _DROP}
+    if not own_client:  # a target's own wandb (clients.py) must not import the agent's packages
+        from .clients import clean_env
+        env = clean_env(env)
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     bundle = ca_bundle_for_child(ca_file, home)
     if bundle:  # wandb's Python side reads REQUESTS_CA_BUNDLE; wandb-core (Go) reads SSL_CERT_FILE
@@ -92,11 +97,12 @@ def syncs_in_parallel() -> bool:
         return False
 
 
-def sync_argv(run_dirs: Sequence[Path], project: str, entity: str | None, parallel: int = 1) -> list[str]:
-    argv = [*wandb_exe(), "sync", "--include-synced", "--include-online", "--project", project]
+def sync_argv(run_dirs: Sequence[Path], project: str, entity: str | None, parallel: int = 1,
+              exe: Sequence[str] | None = None) -> list[str]:
+    argv = [*(exe or wandb_exe()), "sync", "--include-synced", "--include-online", "--project", project]
     if entity:
         argv += ["--entity", entity]
-    if len(run_dirs) > 1:
+    if len(run_dirs) > 1 and parallel:  # parallel 0: a wandb without `-n` (before 0.30)
         argv += ["-n", str(max(1, parallel))]
     return argv + [str(d) for d in run_dirs]
 
@@ -152,15 +158,27 @@ class Upload:
 
 
 def start(run_dirs: Sequence[Path], base_url: str, api_key: str, project: str, entity: str | None,
-          home: Path, log_path: Path, parallel: int = 1, ca_file: str | None = None) -> Upload:
+          home: Path, log_path: Path, parallel: int = 1, ca_file: str | None = None, client=None) -> Upload:
     """Start one ``wandb sync`` of ``run_dirs`` (private copies: sync writes into them), up to
     ``parallel`` of them at a time. One process for many runs: each wandb process costs about a
-    second of CPU to start, which on a small node was most of the time a batch took."""
+    second of CPU to start, which on a small node was most of the time a batch took. ``client``
+    (``clients.Client``): the target's wandb; None: the one beside the agent."""
     if stopping.is_set():
         raise Stopped("stopping: no new upload")
+    if client is None:  # the client configured for this target ([targets.NAME] wandb), else the agent's
+        from .clients import client_for_url
+        client = client_for_url(base_url)
+    own = client is None or client.own
+    exe = None if client is None else client.argv
+    if client is not None and not own and not client.syncs_in_parallel():
+        parallel = 0  # no `-n` before wandb 0.30: it takes several paths and syncs them one by one
     log = open(log_path, "ab")
     try:
-        proc = subprocess.Popen(sync_argv(run_dirs, project, entity, parallel), env=sync_env(base_url, api_key, home, ca_file),
+        if client is not None:
+            log.write(f"tfwb-agent: wandb sync by {client.describe()}\n".encode())
+            log.flush()
+        proc = subprocess.Popen(sync_argv(run_dirs, project, entity, parallel, exe),
+                                env=sync_env(base_url, api_key, home, ca_file, own),
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 cwd=str(home), start_new_session=True, close_fds=True)
     finally:
@@ -185,10 +203,23 @@ _TLS_SIGNS = ("x509:", "certificate signed by unknown authority", "certificate v
               "CERTIFICATE_VERIFY_FAILED", "failed to verify certificate")
 
 
+# What a server says to a client newer than it (GraphQL validation of fields and arguments it
+# does not have), as wandb sync logs it before exiting 0.
+_TOO_NEW_SIGNS = ("Cannot query field", "Unknown argument", "Unknown type", "not supported by this server",
+                  "upgrade your server")
+
+
 def diagnose(log_text: str, base_url: str, target: str) -> str | None:
     """What a ``wandb sync`` log says went wrong, when it is something a person must fix (it
-    exits 0 on these): a certificate its TLS did not trust."""
+    exits 0 on these): a certificate its TLS did not trust; a server that did not understand
+    the client (too new for it)."""
     if any(sign in log_text for sign in _TLS_SIGNS):
         from .server import tls_message
         return "wandb sync: " + tls_message(base_url, target)
+    if any(sign.lower() in log_text.lower() for sign in _TOO_NEW_SIGNS):
+        m = re.search(r"tfwb-agent: wandb sync by (wandb \S+)", log_text)
+        who = m.group(1) if m else "the wandb client"
+        return (f"wandb sync: {base_url} did not understand {who}'s requests: the client is likely too new for "
+                f"this server; set targets.{target}.wandb to an older wandb (`tfwb-agent targets check {target}` "
+                "shows the server's version and the client's), or upgrade the server")
     return None
