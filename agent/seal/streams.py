@@ -41,6 +41,9 @@ def raw_frame(data: bytes | memoryview) -> list[bytes | memoryview]:
     return parts
 
 
+ZSTD_JOB_SIZE = 2 << 20  # bytes of input per libzstd worker job (see ZstdMixedWriter)
+
+
 class ZstdMixedWriter:
     """Write through zstd, choosing per call whether to compress (level ``level``) or store.
 
@@ -49,7 +52,12 @@ class ZstdMixedWriter:
 
     def __init__(self, sink: Callable[[bytes | memoryview], object], level: int = 3, threads: int = 0) -> None:
         self._sink = sink
-        self._cctx = zstandard.ZstdCompressor(level=level, threads=threads)
+        # With worker threads libzstd cuts the input into jobs, several in flight at once; its
+        # default job size at low levels holds hundreds of MB of an incompressible member (a
+        # checkpoint) in memory. Small jobs keep sealing's memory bounded whatever the file.
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level, threads=threads, **({"job_size": ZSTD_JOB_SIZE} if threads else {}))
+        self._cctx = zstandard.ZstdCompressor(compression_params=params)
         self._cobj: zstandard.ZstdCompressionObj | None = None
         self.bytes_in = 0
         self.bytes_out = 0
