@@ -57,7 +57,12 @@ def server_version(base_url: str, api_key: str, timeout: float = 10.0, *, ca_fil
         local = info.get("latestLocalVersionInfo")
         version = local.get("versionOnThisInstanceString") if isinstance(local, dict) else None
         cli = info.get("cliVersionInfo")
-        max_cli = cli.get("max_cli_version") if isinstance(cli, dict) else None
+        if not (isinstance(cli, dict) and ("max_cli_version" in cli or "min_cli_version" in cli)):
+            # Not W&B Server's answer (it gives cliVersionInfo as wandb's client reads it, with
+            # max_cli_version): a compatible server (OpenWandb names its own release here) whose
+            # number is no W&B Server version. Taken as unknown.
+            return None, None
+        max_cli = cli.get("max_cli_version")
         return (str(version) if version else None), (str(max_cli) if max_cli else None)
     return None, None
 
