@@ -36,7 +36,7 @@ from .. import config as config_mod
 from ..ledger import Ledger
 from ..runs import find_log
 from ..segments import LogFacts, plan_cut, read_facts, write_cut
-from . import backoff, confirm, policy, probe, upload
+from . import backoff, confirm, policy, probe, sweeps, upload
 from .settings import SyncSettings, Target, policies, sync_settings, targets
 
 log = logging.getLogger("tfwb_agent.deliver")
@@ -334,6 +334,7 @@ class _Settle:
     def __init__(self, ledger: Ledger, cfg: config_mod.Config, t: Target, key: str, settings: SyncSettings,
                  report: Reporter) -> None:
         self.ledger, self.cfg, self.t, self.key, self.settings, self.report = ledger, cfg, t, key, settings, report
+        self.sweeps = sweeps.Sweeps(cfg, t, key)  # trials attached to their W&B sweep (sweeps.py)
 
     def ask(self, opened: list["Prepared"], after_upload: bool = False) -> list[confirm.Judgement]:
         """The server's word on each opened segment, in one request for many (raises on server trouble)."""
@@ -389,6 +390,7 @@ class _Settle:
             upload_log = p.log_path.with_name(p.log_path.name + ".cut")
             p.size = write_cut(p.log_path, upload_log, cut)
             upload_log.replace(p.log_path)
+            p.size = self.sweeps.attach(p.log_path, p.project, p.entity) or p.size
             p.server_rows, p.rows, p.resumed = j.server_rows, cut.rows, cut.resumed
             keep = True
             return p
