@@ -400,13 +400,17 @@ def test_reference_parses_and_shows_the_code_defaults():
     assert deliver_settings.check_references(cfg) == [], "the reference's policy names an unknown target"
 
 
-def test_reference_commented_keys_are_accepted_one_by_one():
+def test_reference_commented_keys_are_accepted_one_by_one(tmp_path):
     block = reference_block()
     found = commented_keys(block)
     assert len(found) >= 5, found
+    pem = tmp_path / "site-ca.pem"  # ca_file must name a readable file when the config loads
+    pem.write_text("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
     for name, header, line in found:
         text = block.replace(line, line.lstrip("#").lstrip(), 1)
         key = name.rsplit(".", 1)[-1]
+        if key == "ca_file":
+            text = re.sub(r'(?m)^ca_file\s*=\s*"[^"]*"', f'ca_file = "{pem}"', text)
         if key.endswith("_env"):  # the alternative to <stem>_file: exactly one of the two
             stem = key[: -len("_env")]
             text = re.sub(rf"(?m)^{stem}_file\s*=.*$", "", text)
