@@ -122,7 +122,10 @@ def test_a_pause_longer_than_quiet_seconds_is_revised_and_nothing_is_lost(tmp_pa
         # The ledger (through `status`) and the audit log show the revision.
         assert "ending revised" in st["reason"] and "crashed" in st["reason"], dump(st)
         revised = [e for e in _audit(site.cfg, "ending_revised") if e["run_id"] == w.run_id]
-        assert len(revised) == 1 and revised[0]["was"] == "crashed", revised
+        # Once for the pause; on a loaded machine wandb's own write gaps before it can exceed
+        # quiet_seconds too, and each such silence is revised the same way.
+        assert revised and all(e["was"] == "crashed" for e in revised), revised
+        assert [e["rows_now"] for e in revised] == sorted({e["rows_now"] for e in revised}), revised
         segs = [x for x in status(site.cfg)["deliveries"] if x["run_id"] == w.run_id]
         assert len(segs) >= 2 and {x["state"] for x in segs} == {"confirmed"}, segs
         assert d.alive()

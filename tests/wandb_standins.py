@@ -197,9 +197,11 @@ class WandbFrontDoor:
             doc = json.loads(body or b"{}")
             query = doc.get("query") or ""
             seen.runs_asked = query.count("run(name:")
-            if seen.runs_asked > 1 and r.throttle_many_run_queries > 0:
-                with self.lock:
+            with self.lock:  # requests are served on threads: throttle exactly as many as asked
+                throttle = seen.runs_asked > 1 and r.throttle_many_run_queries > 0
+                if throttle:
                     r.throttle_many_run_queries -= 1
+            if throttle:
                 seen.status = 429
                 _reply(h, 429, b'{"errors":[{"message":"rate limit exceeded"}]}',
                        {"Content-Type": "application/json", "Retry-After": r.retry_after})
@@ -253,9 +255,12 @@ class WandbFrontDoor:
         for alias, node in list(data.items()):
             run = (node or {}).get("run") if isinstance(node, dict) else None
             rid = variables.get(f"r{alias[1:]}") if alias.startswith("q") else None
-            if rid in r.alias_errors and r.alias_errors_left > 0:
-                r.alias_errors_left -= 1
-                r.alias_errors_given += 1
+            with self.lock:  # requests are served on threads: give each error once
+                give = rid in r.alias_errors and r.alias_errors_left > 0
+                if give:
+                    r.alias_errors_left -= 1
+                    r.alias_errors_given += 1
+            if give:
                 data[alias] = None
                 errors.append({"message": r.alias_errors[rid], "path": [alias]})
                 continue
