@@ -28,14 +28,32 @@ class _Group(click.Group):
                 raise
             raise click.ClickException(message) from None
 
-# One module per command, each exposing `command` (a click command or group).
-COMMAND_MODULES = [
-    "status", "runs", "scan", "daemon", "config_cmd",
-    "keys", "seal", "inspect", "export", "import_",
-    "redact", "audit", "ledger_cmd",
-    "sync", "targets", "approve",
-    "demo",
-]
+    # Commands load when asked for, so that `status` (a liveness probe every few seconds) does
+    # not import sealing, delivery and the demo's training first.
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        module = COMMANDS.get(name)
+        if module is None:
+            return None
+        try:
+            return importlib.import_module(f"{__package__}.{module}").command
+        except ModuleNotFoundError as exc:
+            # A command whose module is not part of this build; any other missing import is a bug.
+            if exc.name != f"{__package__}.{module}":
+                raise
+            return None
+
+
+# Command name -> the module that holds it (as `command`, a click command or group).
+COMMANDS = {
+    "status": "status", "runs": "runs", "scan": "scan", "daemon": "daemon", "config": "config_cmd",
+    "keys": "keys", "seal": "seal", "inspect": "inspect", "export": "export", "import": "import_",
+    "redact": "redact", "audit": "audit", "ledger": "ledger_cmd",
+    "sync": "sync", "targets": "targets", "approve": "approve",
+    "demo": "demo",
+}
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -55,14 +73,3 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
       tfwb-agent sync --to NAME        deliver sealed runs to a configured target
     """
     ctx.obj = Context(config_path)
-
-
-for _name in COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(f"{__package__}.{_name}")
-    except ModuleNotFoundError as exc:
-        # A command whose module is not part of this build; any other missing import is a bug.
-        if exc.name != f"{__package__}.{_name}":
-            raise
-        continue
-    cli.add_command(_module.command)
