@@ -105,7 +105,7 @@ def test_wandb_per_target_is_a_version_or_a_python(tmp_path):
         with pytest.raises(ConfigError, match="targets.t.wandb"):
             validate_targets("cfg", {"t": {**base, "wandb": bad}})
     with pytest.raises(ConfigError, match="wandb_index"):
-        validate_targets("cfg", {"t": {**base, "wandb_index": str(tmp_path)}})  # without a version
+        validate_targets("cfg", {"t": {**base, "wandb": "0.25.1", "wandb_index": "wheels"}})  # not absolute
     with pytest.raises(ConfigError, match="share base_url"):
         validate_targets("cfg", {"a": {**base, "wandb": "0.25.1"}, "b": base})
 

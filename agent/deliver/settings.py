@@ -206,8 +206,6 @@ def _client(source: str, prefix: str, t: dict[str, Any]) -> tuple[str | None, st
         if not index.startswith(("http://", "https://", "file://")) and not os.path.isabs(index):
             raise ConfigError(source, f"{prefix}.wandb_index", f"must be a wheelhouse directory (absolute path) or "
                               f"a package index URL, got {index!r}")
-        if wandb is None or wandb.startswith("/"):
-            raise ConfigError(source, f"{prefix}.wandb_index", "only used with wandb = \"VERSION\"")
     return wandb, index
 
 
