@@ -7,6 +7,8 @@ understood does not leave), writing each media file's placeholder the first time
 refers to it, so every reference gets the same new name. Then ``files/`` is walked for what no
 record named (``files.py`` decides each file). ``logs/`` and debug logs are never copied. The
 source is only read; files are copied block by block, so memory does not grow with their size.
+A run with many media files to hash has their placeholders made by a helper process
+(``hasher.py``) on another core while the records are rewritten.
 """
 from __future__ import annotations
 
