@@ -3,9 +3,10 @@
 Each trial is an ordinary run whose config holds ``tfwb.sweep`` (id, name, the sweep config);
 delivered as they are, the trials arrive grouped (``group`` = sweep name) and tagged
 (``sweep:<id>``), which is all a server without sweeps (OpenWandb) shows. On a server with
-sweeps (W&B), once a sweep's trials are on the server, one ``UpsertSweep`` — the mutation
-wandb's own client sends for ``wandb sweep --prior_run …`` — creates the sweep with its config
-and attaches the runs (``priorRunsFilters``), so they show as one W&B sweep. Pure functions: the
+sweeps (W&B), the agent (agent/deliver/sweeps.py) sends one ``UpsertSweep`` — the mutation
+wandb's own client sends — per target, project and entity before the first trial goes, and sets
+the name W&B gives the sweep as ``sweep_id`` in each trial's run record, which ``wandb sync``
+sends as ``sweep`` in the run's upsertBucket: the trials show as one W&B sweep. Pure functions: the
 agent owns the request, the target and the record of what it created.
 """
 from __future__ import annotations
