@@ -2,6 +2,9 @@
 
 usage: write_run.py ROOT MODE STEPS [RATE]
   MODE finish: log STEPS steps and finish.
+  MODE many:   RATE is a count N: write N finished runs of STEPS steps one after another, each
+               under ROOT/<k> (k = 0..N-1): one wandb process for all, as a script that trains
+               several models in a row does.
   MODE hold:   log STEPS steps, print READY, then keep logging until stdin closes, then finish.
   MODE kill:   log STEPS steps, print READY, keep logging until killed (the test sends SIGKILL).
 Each line printed is flushed: the test reads READY and RUN <id> <dir>.
@@ -19,6 +22,16 @@ os.environ["WANDB_CACHE_DIR"] = os.path.join(root, "wandb-cache")
 os.environ["WANDB_CONFIG_DIR"] = os.path.join(root, "wandb-config")
 
 import wandb  # noqa: E402
+
+if mode == "many":
+    for k in range(int(rate)):
+        one = wandb.init(project=os.environ.get("WRITER_PROJECT", "ct-writer"), dir=os.path.join(root, str(k)),
+                         config={"lr": 0.01, "mode": mode, "k": k})
+        print("RUN", one.id, one.dir, flush=True)
+        for s in range(steps):
+            one.log({"train/loss": 1.0 / (s + 1), "train/acc": s / (steps + 1.0), "pad": "x" * 200})
+        one.finish()
+    sys.exit(0)
 
 run = wandb.init(project=os.environ.get("WRITER_PROJECT", "ct-writer"), dir=root,
                  config={"lr": 0.01, "mode": mode})
