@@ -68,7 +68,8 @@ def wait_for(cond, timeout: float, what: str, daemon: DaemonProc | None = None, 
 
 
 class Writer:
-    """A real wandb process writing one offline run."""
+    """A real wandb process writing one offline run (``mode="many"``: ``rate`` runs one after
+    another, all their ids in ``run_ids``)."""
 
     def __init__(self, root: Path, mode: str, steps: int, rate: float = 0.05, project: str = "ct-writer") -> None:
         self.mode = mode
@@ -77,6 +78,7 @@ class Writer:
                                      env=dict(os.environ, WRITER_PROJECT=project), text=True)
         self.run_id: str | None = None
         self.run_dir: Path | None = None
+        self.run_ids: list[str] = []
 
     def read_until(self, word: str) -> str:
         assert self.proc.stdout is not None
@@ -103,6 +105,7 @@ class Writer:
                 if line.startswith("RUN "):
                     _, self.run_id, files_dir = line.split()
                     self.run_dir = Path(files_dir).parent
+                    self.run_ids.append(self.run_id)
         return rc
 
 

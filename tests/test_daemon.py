@@ -1,7 +1,6 @@
 """The daemon against real wandb processes: events, quiet periods, SIGKILL, restarts, signals."""
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import time
@@ -38,14 +37,13 @@ def test_daemon_tracks_twenty_real_runs_and_survives_its_own_sigkill(tmp_path, m
     killed = Writer(root, "kill", 20)
     held.read_until("READY")
     killed.read_until("READY")
-    finishing: list[Writer] = []
-    for batch in range(6):  # 18 runs that finish, three at a time (two cores)
-        group = [Writer(root, "finish", 40) for _ in range(3)]
-        for w in group:
-            assert w.wait() == 0
-        finishing += group
+    # 18 runs that finish, three at a time (two cores): three processes writing six runs each,
+    # one after another.
+    finishing = [Writer(root / f"many{k}", "many", 40, 6) for k in range(3)]
+    for w in finishing:
+        assert w.wait() == 0
     killed.sigkill()
-    fin_ids = [w.run_id for w in finishing]
+    fin_ids = [r for w in finishing for r in w.run_ids]
     assert len(set(fin_ids)) == 18
 
     def settled():
