@@ -32,7 +32,8 @@ KINDS = frozenset({"image", "audio", "video", "html", "object3d", "molecule", "a
 
 
 def placeholder(ph: Any, kind: str, data: bytes, tag: str, hint: Any) -> bytes:
-    """As ``run._Run._placeholder`` for every kind but tables."""
+    """The placeholder of a media file of ``kind`` (every kind but tables, whose placeholder
+    needs the run's scrubber): one rule for the helper process and the run's own."""
     if kind == "image":
         return ph.image_png(*ph.image_size(data, hint), tag)
     if kind == "audio":

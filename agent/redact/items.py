@@ -56,6 +56,20 @@ def _root_of(path: Path_, roots: set[Path_]) -> Path_ | None:
     return None
 
 
+def _media_groups(raws: Sequence[str], paths: Sequence[Path_]) -> tuple[list[Path_ | None], dict[Path_, list[int]]]:
+    """For each item, the media object (its root path) it belongs to, or None; and each media
+    object's items, in order of first appearance."""
+    roots = _media_roots(raws, paths)
+    if not roots:
+        return [None] * len(paths), {}
+    owner = _owners(paths, roots)
+    groups: dict[Path_, list[int]] = {}
+    for i, r in enumerate(owner):
+        if r is not None:
+            groups.setdefault(r, []).append(i)
+    return owner, groups
+
+
 def _owners(paths: Sequence[Path_], roots: set[Path_]) -> list[Path_ | None]:
     """``_root_of`` of each path; most roots are one key long."""
     out: list[Path_ | None] = []
@@ -80,13 +94,7 @@ def redact_items(items: Sequence[Any], new_item: Callable[[Path_, str], Any], de
     ``_step``/``_runtime``/``_timestamp`` never are); None: no key is."""
     paths = _paths(items)
     raws = [it.value_json for it in items]
-    roots = _media_roots(raws, paths)
-    owner: list[Path_ | None] = [_root_of(p, roots) for p in paths] if roots else [None] * len(paths)
-    groups: dict[Path_, list[int]] = {}
-    if roots:
-        for i, r in enumerate(owner):
-            if r is not None:
-                groups.setdefault(r, []).append(i)
+    owner, groups = _media_groups(raws, paths)
     # Each flattened media object is decided once, in order of first appearance. A kept one
     # leaves its items where they were; a rewritten one takes its first item's place.
     results: dict[Path_, Any] = {}
@@ -183,13 +191,7 @@ def redact_scrub_items(items: Sequence[Any], decide: Decide, resolve: Resolve, t
     if snap is None:
         return False, None
     paths, raws, nested = snap
-    roots = _media_roots(raws, paths)
-    owner: list[Path_ | None] = _owners(paths, roots) if roots else [None] * len(paths)
-    groups: dict[Path_, list[int]] = {}
-    if roots:
-        for i, r in enumerate(owner):
-            if r is not None:
-                groups.setdefault(r, []).append(i)
+    owner, groups = _media_groups(raws, paths)
     results: dict[Path_, Any] = {}
     for r, group in groups.items():
         n = len(r)

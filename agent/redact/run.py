@@ -563,23 +563,14 @@ class _Run:
 
     def _placeholder(self, path: str, kind: str, data: bytes, tag: str, d: Decision, key: str,
                      rep: RedactionReport) -> bytes:
-        hint = self.sizes.get(path)
-        if kind == "image":
-            return placeholders.image_png(*placeholders.image_size(data, hint), tag)
-        if kind == "audio":
-            return placeholders.silent_wav(*placeholders.audio_shape(data), tag)
-        if kind == "video":
-            # wandb recorded the frame size; a GIF original also says it in its header.
-            return placeholders.video_gif(*placeholders.image_size(data, hint), tag)
-        if kind == "html":
-            return placeholders.html_page(tag)
         if kind == "table":
             try:
                 table = json.loads(data)
             except ValueError:
                 return placeholders.text_placeholder(tag)
             return json.dumps(redact_table(table, d, self.text_tag, rep.columns, key, self.out)).encode()
-        return placeholders.text_placeholder(tag)
+        # wandb recorded an image's or a video's frame size (``hint``); an original's header says it too.
+        return hasher.placeholder(placeholders, kind, data, tag, self.sizes.get(path))
 
 
 def _find_log(src: Path) -> Path:
