@@ -295,3 +295,51 @@ def test_bad_sweep_configs_get_clear_errors(tmp_path: Path, capsys: pytest.Captu
     p = subprocess.run(sweep_cmd(str(tmp_path / "bad0.yaml"), "--count", "1", "--", "true"), cwd=str(ROOT),
                        env=child_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "Traceback" not in p.stderr and "annealing" in p.stderr, p.stderr
+
+
+HYPERBAND_TRIAL = textwrap.dedent("""\
+    import time, tfwb_trainer
+    run = tfwb_trainer.init(project="sweep-hb", config={"lr": 0.01})
+    s = tfwb_trainer.current()
+    for epoch in range(1, 41):
+        s.log({"epoch/val_loss": float(run.config["lr"]) * (1 + 1 / epoch)}, step=epoch)
+        s.drain()
+        print(f"EPOCH {epoch}", flush=True)
+        time.sleep(0.15)
+    tfwb_trainer.finish()
+    """)
+
+
+@pytest.mark.slow(seconds=45)
+def test_hyperband_stops_the_poor_trial_while_it_runs(tmp_path: Path) -> None:
+    """W&B's hyperband (the ``sweeps`` engine's stop_runs) through the runner, on trials whose
+    epochs are far shorter than wandb's flush interval (no TensorFlow): the grid's last trial is
+    far worse than the two before it, so past band 2 the engine says stop, and the runner stops
+    it while it runs — it never reaches its last epoch — and marks it stopped, once."""
+    import yaml
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    cfg = {"method": "grid", "metric": {"name": "epoch/val_loss", "goal": "minimize"},
+           "early_terminate": {"type": "hyperband", "min_iter": 2, "eta": 2},
+           "parameters": {"lr": {"values": [0.01, 0.02, 0.5]}}}
+    (tmp_path / "hb.yaml").write_text(yaml.safe_dump(cfg))
+    p = subprocess.run(sweep_cmd(str(tmp_path / "hb.yaml"), "--name", "hb", "--lease", "1.5", "--",
+                                 sys.executable, "-c", HYPERBAND_TRIAL),
+                       env=child_env(runs), cwd=str(ROOT), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-4000:]
+    sdir = runs / "sweeps" / "hb"
+    trials = {json.loads(f.read_text())["params"]["lr"]: json.loads(f.read_text())
+              for f in (sdir / "trials").glob("*.json")}
+    assert sorted(trials) == [0.01, 0.02, 0.5]
+    done = {f.name: json.loads(f.read_text()) for f in (sdir / "done").iterdir()}
+    # One attempt each: the stopped trial is marked and never handed out again.
+    assert sorted(done) == sorted(f"{t['number']:06d}.1.json" for t in trials.values()), sorted(done)
+    by_lr = {lr: done[f"{t['number']:06d}.1.json"] for lr, t in trials.items()}
+    assert by_lr[0.01]["state"] == by_lr[0.02]["state"] == "finished", by_lr
+    assert by_lr[0.5]["state"] == "stopped", (by_lr[0.5], p.stderr[-3000:])
+    assert f"trial {trials[0.5]['number']}: stopped early by hyperband" in p.stderr
+    # The effect: the two good trials ran every epoch; the poor one was cut off past band 2.
+    assert p.stdout.count("EPOCH 40") == 2, p.stdout[-2000:]
+    poor_epochs = [int(line.split()[1]) for line in p.stdout.splitlines() if line.startswith("EPOCH ")][80:]
+    assert poor_epochs and 2 <= max(poor_epochs) < 40, poor_epochs

@@ -36,6 +36,9 @@ class Session:
     last_step: int = -1  # highest step this process sent to wandb
     _replayed: bool = field(default=False, repr=False)
     shipper: Optional[Shipper] = field(default=None, repr=False)
+    # A sweep trial under early termination: (its sweep, trial number, attempt, the sweep's
+    # metric); each value of that metric also goes to the sweep's live file (SweepStore).
+    live: Optional[tuple] = field(default=None, repr=False)
 
     # -- logging -----------------------------------------------------------------------------
     def due(self, step: int) -> bool:
@@ -61,6 +64,11 @@ class Session:
         if journal:
             self.journal.append(step, _jsonable(row))
         self.run.log(row, step=step)
+        if self.live is not None:
+            store, number, attempt, metric = self.live
+            value = row.get(metric)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                store.append_live(number, attempt, step, float(value))
 
     def drain(self) -> None:
         """Wait until every row logged so far has reached wandb and the journal."""
@@ -202,6 +210,12 @@ def init(
     _session = Session(run=run, runs=runs, run_id=run_id, checkpoint_dir=ckpt, prior_last_step=prior,
                        journal=Journal(ckpt / "metrics-journal.jsonl"), tfwb=tfwb)
     _session.shipper = Shipper(_session._write)
+    if trial is not None:
+        scfg = trial["sweep"]["config"]
+        metric = (scfg.get("metric") or {}).get("name") if isinstance(scfg.get("metric"), dict) else None
+        if scfg.get("early_terminate") and metric:
+            store = sweepstore.SweepStore(sweepstore.active_dir())
+            _session.live = (store, trial["trial"].number, trial["attempt"], metric)
     _register_exit_drain()
     return run
 

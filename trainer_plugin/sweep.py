@@ -265,10 +265,13 @@ class Runner:
              on_stop: Optional[Callable[[], None]] = None) -> "Heartbeat":
         return Heartbeat(self, trial, attempt, on_lost, on_stop)
 
-    def should_stop(self, trial: Trial) -> bool:
+    def should_stop(self, trial: Trial, attempt: int) -> bool:
         """Hyperband (the engine's ``stop_runs``) over every trial, ours read live from its run."""
         metric = _metric_name(self.cfg)
-        live = read_metric(self.runs_root, trial.run_id, metric, wait=False)["history"]
+        # What the trial logged (its own live file); what wandb flushed of it, for a trial
+        # that does not log through tfwb_trainer.
+        live = (self.store.live_values(trial.number, attempt)
+                or read_metric(self.runs_root, trial.run_id, metric, wait=False)["history"])
         runs = sweep_runs(self.cfg, self.store.trials())
         for i, r in enumerate(runs):
             if r.name == trial.run_id:
@@ -317,7 +320,7 @@ class Heartbeat:
         tick = min(self.runner.lease_s / 3, 5.0) if self.on_stop else self.runner.lease_s / 3
         while not self._stop.wait(tick):
             try:
-                stop = self.on_stop is not None and self.runner.should_stop(self.trial)
+                stop = self.on_stop is not None and self.runner.should_stop(self.trial, self.attempt)
             except Exception as exc:  # the lease must keep being renewed whatever the engine does
                 self.runner.say(f"trial {self.trial.number}: early termination check failed ({exc!r}); "
                                 "the trial runs to its end")

@@ -120,6 +120,33 @@ class SweepStore:
         self.trials_dir, self.claims_dir, self.done_dir = (self.dir / "trials", self.dir / "claims",
                                                            self.dir / "done")
 
+    # -- a running trial's metric, as it is logged -------------------------------------------
+    # The runner decides early termination from it: the run's `.wandb` file shows a value only
+    # once wandb has flushed it (wandb 0.31 writes in 32 KiB blocks), often after a short trial
+    # has ended. One JSON line per logged value, written and flushed by the trial itself.
+    def live_path(self, number: int, attempt: int) -> Path:
+        return self.dir / "live" / f"{number:06d}.{attempt}.jsonl"
+
+    def append_live(self, number: int, attempt: int, step: int, value: float) -> None:
+        path = self.live_path(number, attempt)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, "value": value}) + "\n")
+
+    def live_values(self, number: int, attempt: int) -> List[float]:
+        """The values logged so far, in step order; a torn last line (being written) is left out."""
+        try:
+            lines = self.live_path(number, attempt).read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        rows = []
+        for line in lines:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                break
+        return [float(r["value"]) for r in sorted(rows, key=lambda r: r["step"])]
+
     @classmethod
     def locate(cls, runs_root: Path, name: str) -> "SweepStore":
         return cls(Path(runs_root) / SWEEPS_SUBDIR / check_name(name))
@@ -197,11 +224,16 @@ class SweepStore:
 _in_process: Optional[Dict[str, str]] = None  # set by tfwb_trainer.sweep() around each trial
 
 
+def active_dir() -> Optional[str]:
+    """The directory of the sweep whose trial this process runs; None outside a sweep."""
+    return (_in_process or os.environ).get(ENV_DIR) or None
+
+
 def active_trial() -> Optional[Dict[str, Any]]:
     """The trial this process runs (set by ``tfwb_trainer.sweep()`` in this process, or by the
     sweep command in the environment of the trial's process); None outside a sweep."""
     env = _in_process or os.environ
-    d = env.get(ENV_DIR)
+    d = active_dir()
     if not d:
         return None
     store = SweepStore(Path(d))
