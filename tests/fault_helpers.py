@@ -222,13 +222,17 @@ def craft_with_id(out: Path, site: Site, bundle_id: str, run_id: str, files: dic
 
 @contextlib.contextmanager
 def tmpfs(path: Path, size: str, nr_inodes: int | None = None):
-    """A small tmpfs at ``path`` for the test (we run as root in CI); skips the test where
-    mounting is not allowed, saying so."""
+    """A small tmpfs at ``path`` for the test. As root (CI, the development machine) a failed
+    mount fails the test: a full disk must really be simulated there. Only a user who may not
+    mount at all gets a skip, which says so."""
     path.mkdir(parents=True, exist_ok=True)
     opts = f"size={size}" + (f",nr_inodes={nr_inodes}" if nr_inodes else "")
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tfwb-test", str(path)], capture_output=True, text=True)
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode}): a full disk is not simulated")
+        why = f"mount -t tmpfs failed ({r.stderr.strip() or r.returncode})"
+        if os.geteuid() == 0:
+            pytest.fail(f"{why}: as root the full-disk test needs its tmpfs", pytrace=False)
+        pytest.skip(f"{why}: mounting needs root, which this user is not; a full disk is not simulated here")
     try:
         yield path
     finally:
