@@ -188,6 +188,7 @@ class Cut:
     resumed: bool
     rows: int  # history rows this cut carries
     exit_last: bool = False  # move the exit record after the data that follows it
+    sweep_id: str = ""  # set in the run record: the W&B sweep the run attaches to (deliver/sweeps.py)
 
 
 def plan_cut(facts: LogFacts, server_rows: int, send_end: bool = False) -> Cut | None:
@@ -216,10 +217,11 @@ def write_cut(src: Path, dst: Path, cut: Cut) -> int:
     wandb 0.15 writes a run's last history row and its summary *after* the exit record when
     steps are given explicitly (``log(..., step=n)``), and wandb 0.31's sync stops reading at
     the exit record: that row never reached the server. With ``exit_last`` the exit record (and
-    the end markers after it) go last, after the data that followed them."""
+    the end markers after it) go last, after the data that followed them. With ``sweep_id``,
+    the run record names that sweep (wandb sync sends it with the run: it attaches to the sweep)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    if not cut.resumed and not cut.exit_last:
+    if not cut.resumed and not cut.exit_last and not cut.sweep_id:
         with open(src, "rb") as fin, open(dst, "wb") as fout:
             left = cut.end
             while left > 0:
@@ -240,6 +242,9 @@ def write_cut(src: Path, dst: Path, cut: Cut) -> int:
             rec = pb.Record()
             rec.ParseFromString(payload)
             kind = rec.WhichOneof("record_type")
+            if kind == "run" and cut.sweep_id:
+                rec.run.sweep_id = cut.sweep_id
+                payload = rec.SerializeToString()
             if cut.resumed and offset < cut.start:
                 if kind == "header":
                     w.write(payload)

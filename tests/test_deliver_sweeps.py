@@ -14,6 +14,8 @@ tests/test_trainer_sweep_wandb.py.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import io
 import json
 import secrets
@@ -156,7 +158,7 @@ def test_on_a_server_with_sweeps_the_sweep_is_created_once_and_every_trial_attac
         # the same sweep from the state file, with no second UpsertSweep.
         from tfwb_agent.deliver.settings import targets
         from tfwb_agent.deliver.sweeps import Sweeps, sweep_in_log
-        from tfwb_agent.segments import read_facts
+        from tfwb_agent.segments import plan_cut, read_facts, write_cut
         from trainer_helpers import run_files
 
         log = tmp_path / "again.wandb"
@@ -165,9 +167,12 @@ def test_on_a_server_with_sweeps_the_sweep_is_created_once_and_every_trial_attac
         cfg = site.config()
         sw = Sweeps(cfg, targets(cfg)["local"], openwandb.api_key)
         assert sweep_in_log(log)["id"] == trials["sweep_id"]
-        assert sw.attach(log, "sw-deliver", "admin") == log.stat().st_size
+        cut = plan_cut(read_facts(log), 0)
+        cut = dataclasses.replace(cut, sweep_id=sw.sweep_id_for(log, "sw-deliver", "admin"))
+        sent = tmp_path / "sent.wandb"
+        assert write_cut(log, sent, cut) == sent.stat().st_size
         assert len(door.upsert_sweeps) == 1
-        assert run_record(log).sweep_id == created["name"] and read_facts(log).history_rows == rows
+        assert run_record(sent).sweep_id == created["name"] and read_facts(sent).history_rows == rows
     finally:
         door.stop()
 

@@ -26,7 +26,7 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator
@@ -387,10 +387,10 @@ class _Settle:
             if cut is None:
                 raise DeliveryError(f"segment {u.segment} of {u.run_id}: nothing to send, yet the server lacks it "
                                     f"({j.detail})")
+            cut = replace(cut, sweep_id=self.sweeps.sweep_id_for(p.log_path, p.project, p.entity))
             upload_log = p.log_path.with_name(p.log_path.name + ".cut")
             p.size = write_cut(p.log_path, upload_log, cut)
             upload_log.replace(p.log_path)
-            p.size = self.sweeps.attach(p.log_path, p.project, p.entity) or p.size
             p.server_rows, p.rows, p.resumed = j.server_rows, cut.rows, cut.resumed
             keep = True
             return p

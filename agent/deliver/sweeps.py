@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import statedir
-from ..wandb_log import LogReader, LogWriter
+from ..wandb_log import LogReader
 from . import server as srv
 
 log = logging.getLogger("tfwb_agent.deliver")
@@ -67,28 +67,6 @@ def sweep_in_log(log_path: Path) -> dict[str, Any] | None:
                 if isinstance(sw, dict) and sw.get("id") and isinstance(sw.get("config"), dict):
                     found = sw
     return found
-
-
-def set_sweep_id(log_path: Path, sweep_name: str) -> int:
-    """Rewrite the log with ``sweep_id`` set in its run records; return its new size."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    tmp = log_path.with_name(log_path.name + ".sweep")
-    with open(log_path, "rb") as fin, open(tmp, "wb") as fout:
-        w = LogWriter(fout)
-        for _off, payload in LogReader(fin):
-            rec = pb.Record()
-            rec.ParseFromString(payload)
-            if rec.WhichOneof("record_type") == "run":
-                rec.run.sweep_id = sweep_name
-                w.write(rec)
-            else:
-                w.write(payload)
-        fout.flush()
-        os.fsync(fout.fileno())
-        size = w.offset
-    tmp.replace(log_path)
-    return size
 
 
 class Sweeps:
@@ -151,14 +129,13 @@ class Sweeps:
         self._save(state)
         return state[where] or None
 
-    def attach(self, log_path: Path, project: str, entity: str | None) -> int | None:
-        """Before ``wandb sync``: a trial's log, on a server with sweeps, gets its sweep's id in
-        its run record; returns the log's new size, or None when nothing changed."""
+    def sweep_id_for(self, log_path: Path, project: str, entity: str | None) -> str:
+        """The W&B sweep a trial's log attaches to on this target (created the first time), for
+        its cut's ``sweep_id``; "" for a run that is no trial, or a server without sweeps."""
         sweep = sweep_in_log(log_path)
         if sweep is None:
-            return None
+            return ""
         with self.lock:
             if not self.server_has_sweeps():
-                return None  # OpenWandb: grouped and tagged, the sweep config in the run's config
-            name = self.sweep_name(sweep, project, entity)
-        return set_sweep_id(log_path, name) if name else None
+                return ""  # OpenWandb: grouped and tagged, the sweep config in the run's config
+            return self.sweep_name(sweep, project, entity) or ""
