@@ -63,17 +63,22 @@ def _read(fd: int, size: int, h: Any) -> bytes:
     return data
 
 
-def _write_new(out: str, data: bytes) -> None:
-    try:
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return      # an equal original's placeholder: the name embeds the content's hash
+def write_all(fd: int, data: bytes) -> None:
+    """All of ``data`` to ``fd`` (os.write may take part of it), then close ``fd``."""
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
     finally:
         os.close(fd)
+
+
+def _write_new(out: str, data: bytes) -> None:
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return      # an equal original's placeholder: the name embeds the content's hash
+    write_all(fd, data)
 
 
 def one(ph: Any, base_hmac: Any, task: tuple, writes: list[tuple[str, bytes]]) -> tuple | None:

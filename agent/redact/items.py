@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 
 from . import media
 from .media import Decide, Resolve, TextTag
+from .outgoing import item_parts
 
 Path_ = tuple[str, ...]
 # json.loads without its wrapper (the values are str: the same result, the same ValueError).
@@ -149,17 +150,10 @@ def _plain(items: Sequence[Any]) -> tuple[list[Path_], list[str], list[bool]] | 
     raws: list[str] = []
     nested: list[bool] = []
     for it in items:
-        key, nk, raw = "", None, ""
-        for fd, v in it.ListFields():
-            n = fd.name
-            if n == "value_json":
-                raw = v
-            elif n == "nested_key":
-                nk = v
-            elif n == "key":
-                key = v
-            else:
-                return None
+        parts = item_parts(it.ListFields())
+        if parts is None:
+            return None
+        key, nk, raw = parts
         if nk is not None:
             if key:
                 return None

@@ -140,6 +140,23 @@ def _plan(d: Any) -> _Plan:
     return _Plan(d)
 
 
+def item_parts(fields: Any) -> tuple[str, Any, str] | None:
+    """(key, nested_key or None, value_json) of an item's set fields (``ListFields()``); None if
+    it holds anything else: then only the generic walk may handle it."""
+    key, nested, raw = "", None, ""
+    for fd, value in fields:
+        n = fd.name
+        if n == "key":
+            key = value
+        elif n == "nested_key":
+            nested = value
+        elif n == "value_json":
+            raw = value
+        else:
+            return None
+    return key, nested, raw
+
+
 class Outgoing:
     def __init__(self, scrubber: Scrubber, policy: Policy, report: RedactionReport) -> None:
         self.policy = policy
@@ -284,19 +301,10 @@ class Outgoing:
     def _item(self, msg: Any, fields: list, place: str) -> bool:
         """The fast path for history/summary/config/stats items (most of a log): key names and
         the JSON value. False if the item holds anything else (then the generic walk does it)."""
-        key = ""
-        nested = None
-        raw = ""
-        for fd, value in fields:
-            n = fd.name
-            if n == "key":
-                key = value
-            elif n == "nested_key":
-                nested = value
-            elif n == "value_json":
-                raw = value
-            else:
-                return False
+        parts = item_parts(fields)
+        if parts is None:
+            return False
+        key, nested, raw = parts
         if key:
             new = self.name(key)
             if new != key:

@@ -59,12 +59,7 @@ def _write_new(out: str, data: bytes, rel: str) -> None:
         if not rel.startswith("files/media/"):
             raise
         return
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
+    hasher.write_all(fd, data)
 
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
