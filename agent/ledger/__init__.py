@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import failures
+from .. import failures
 
 MIGRATIONS: list[str] = [
     # 1: runs as the watcher sees them.
@@ -340,7 +340,7 @@ def move_aside(path: Path) -> list[Path]:
 
 
 def _audit_events(log_path: Path, report: RebuildReport) -> list[dict[str, Any]]:
-    from . import audit
+    from .. import audit
 
     if not log_path.is_file():
         report.notes.append(f"no audit log at {log_path}: bundles are known from the outbox alone")
@@ -374,8 +374,8 @@ def rebuild(cfg: Any) -> RebuildReport:
     imports, deliveries, approvals), the gateway's staging, and the volume (every run read
     again, and the claims' "sealed by NODE as BUNDLE" markers). A run this node sealed is
     recorded sealed, so it is never sealed again. The caller holds the state directory's locks."""
-    from . import ids, statedir
-    from .reconcile import ClaimBook, reconcile
+    from .. import ids, statedir
+    from ..reconcile import ClaimBook, reconcile
 
     path = Path(cfg.ledger_path)
     report = RebuildReport(str(path))
@@ -412,7 +412,7 @@ def rebuild(cfg: Any) -> RebuildReport:
         report.bundles = {r[0]: r[1] for r in ledger.db.execute("SELECT state, COUNT(*) FROM bundles GROUP BY state")}
     finally:
         ledger.close()
-    from . import audit
+    from .. import audit
 
     audit.append(statedir.audit_log(cfg), {"kind": "ledger_rebuilt", "ledger": str(path),
                                           "moved_aside": report.moved_aside, "runs": report.runs,
@@ -422,10 +422,10 @@ def rebuild(cfg: Any) -> RebuildReport:
 
 def _outbox_bundles(cfg: Any, db: sqlite3.Connection, sealed_ev: dict, exported_ev: dict,
                     report: RebuildReport) -> None:
-    from . import statedir
-    from .seal import keys_config, seal_keys
-    from .seal.keystore import KeyFileError
-    from .seal.outbox import _verify_own
+    from .. import statedir
+    from ..seal import keys_config, seal_keys
+    from ..seal.keystore import KeyFileError
+    from ..seal.outbox import _verify_own
 
     outbox = cfg.state_dir / "outbox"
     files = sorted(f for f in outbox.glob(f"*{statedir.BUNDLE_SUFFIX}") if f.is_file() and not f.is_symlink()) \
@@ -454,7 +454,7 @@ def _outbox_bundles(cfg: Any, db: sqlite3.Connection, sealed_ev: dict, exported_
 
 
 def _imported_bundles(cfg: Any, db: sqlite3.Connection, imported: list[dict[str, Any]], report: RebuildReport) -> None:
-    from . import ids, statedir
+    from .. import ids, statedir
 
     for e in imported:
         try:
@@ -485,7 +485,7 @@ def _link_runs(ledger: Ledger, cfg: Any, book: Any, report: RebuildReport, ids: 
     """Runs read again from the volume, tied to what this node sealed of them: the claims'
     markers first (sealed.json names the bundle; segment-<k>.json the live segments), else a
     bundle in the outbox for the run's id and part (an agent from before the markers)."""
-    from .pipeline import part_number
+    from ..pipeline import part_number
 
     for row in ledger.runs():
         if not row["run_id"] or row["state"] not in ("live", "ended"):
