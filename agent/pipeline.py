@@ -215,7 +215,7 @@ def seal_stage(ledger: Ledger, cfg: config_mod.Config) -> bool:
     try:
         keys = seal_keys(keys_config(cfg))
     except (KeyFileError, ValueError, config_mod.ConfigError) as exc:
-        _warn_once("keys", f"runs wait unsealed: {exc} (run `tfwb-agent keys init --node` and set [keys] in the config)")
+        _warn_once("keys", f"runs wait unsealed: {exc}")  # the message says what to do
         return False
     try:
         ensure_redaction_secret(cfg)

@@ -20,16 +20,44 @@ def command() -> None:
 @click.option("--gateway", "role", flag_value="gateway", help="age X25519 identity at keys.identity.")
 @click.option("--force", is_flag=True, help="Replace an existing key (bundles signed/encrypted with the old one "
                                              "can no longer be checked/opened with the new).")
+@click.option("--if-missing", is_flag=True, help="Keep a key that is already there (print its public part); "
+                                                  "for a first start that makes each node its own key.")
 @pass_ctx
-def init(ctx: Context, role: str | None, force: bool) -> None:
+def init(ctx: Context, role: str | None, force: bool, if_missing: bool) -> None:
     """Write a new private key (mode 0600, never printed) and print its public part."""
     kc = keys_config(ctx.config)
     if role is None:
         raise click.UsageError("say which key: --node or --gateway")
+    if force and if_missing:
+        raise click.UsageError("--force replaces a key, --if-missing keeps it: give one of them")
+    if if_missing and _print_existing(kc, role):
+        return
     # Not while the daemon signs with the key being replaced. Keys live outside the state
     # directory: one that does not exist yet is not created for this.
     with ctx.writing("keys init") if ctx.config.state_dir.is_dir() else contextlib.nullcontext():
         _write_key(kc, role, force)
+
+
+def _print_existing(kc: KeysConfig, role: str) -> bool:
+    """Print the public part of the key already at the configured path; False if there is none."""
+    path = kc.node_key if role == "node" else kc.identity
+    if path is None or not (path.exists() or path.is_symlink()):
+        return False
+    try:
+        if role == "node":
+            pub = keystore.load_node_key(path).public()  # the private key is the truth, not the .pub
+            if not kc.node_pub.exists():  # type: ignore[union-attr]
+                keystore.write_file(kc.node_pub, pub.to_file(), 0o644)  # type: ignore[arg-type]
+            click.echo(f"node signing key {path} already exists; kept", err=True)
+            click.echo(f"key id {pub.key_id_hex}")
+            click.echo(pub.base64())
+        else:
+            click.echo(f"age identity {path} already exists; kept", err=True)
+            for r in agekeys.recipients_of(keystore.load_identities(path)):
+                click.echo(r)
+    except keystore.KeyFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    return True
 
 
 def _write_key(kc: KeysConfig, role: str, force: bool) -> None:

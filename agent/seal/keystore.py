@@ -5,6 +5,7 @@ private file that others may read is refused. Nothing here prints or logs key ma
 """
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import stat
@@ -79,11 +80,54 @@ def write_file(path: Path, text: str, mode: int, overwrite: bool = False) -> Non
         os.close(dfd)
 
 
+MAX_LINK_HOPS = 8  # a kubelet Secret volume needs two: node.key -> ..data/node.key, ..data -> ..<time>
+
+
+def resolve_in_mount(path: Path, what: str) -> Path:
+    """Where a key file named ``path`` really is, following symbolic links only while they stay
+    in the directory that holds it (its mount).
+
+    A Kubernetes Secret volume links each key into a timestamped directory beside it
+    (``node.key -> ..data/node.key``, ``..data -> ..2026_11_29_00_00_00.123456789``) and swaps
+    ``..data`` atomically on an update: those links are followed. A link that leaves the
+    directory (``node.key -> /tmp/node.key``) is refused: whoever could plant it could choose
+    the key this agent signs with."""
+    mount = Path(os.path.realpath(path.parent))
+    current = Path(os.path.abspath(path))
+    for _ in range(MAX_LINK_HOPS):
+        try:
+            target = os.readlink(current)
+        except (FileNotFoundError, NotADirectoryError):
+            return current  # the open reports it missing, with the path as named
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:  # not a link: the file itself
+                break
+            raise KeyFileError(f"cannot read {what} {path}: {exc.strerror}") from None
+        current = Path(os.path.normpath(current.parent / target))
+        real = Path(os.path.realpath(current))
+        if real != mount and mount not in real.parents:
+            raise KeyFileError(f"{what} {path} is a symbolic link to {target} ({real}), outside {mount}: refused "
+                               f"(links are followed only inside the key's own directory, as a Kubernetes Secret "
+                               f"volume makes them); put the key file itself in {mount}")
+    else:
+        raise KeyFileError(f"{what} {path}: more than {MAX_LINK_HOPS} symbolic links in a row; name the key file "
+                           "itself in the config")
+    return Path(os.path.realpath(current))
+
+
 def read_private(path: Path, what: str) -> str:
+    real = resolve_in_mount(path, what)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NOFOLLOW still: the links were checked above, the file opened is the file itself.
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise KeyFileError(f"{what} {path} does not exist (tfwb-agent keys init creates it)") from None
+        flag = "--node" if what == "node key" else "--gateway"
+        raise KeyFileError(f"{what} {path} does not exist (`tfwb-agent keys init {flag}` creates it, or mount "
+                           "it there)") from None
+    except PermissionError:
+        raise KeyFileError(f"{what} {path} exists but this user (uid {os.geteuid()}) may not read it; give the "
+                           "agent's user read access (owner or group, never others; in Kubernetes the Secret "
+                           "volume's defaultMode and the pod's fsGroup)") from None
     except OSError as exc:
         raise KeyFileError(f"cannot read {what} {path}: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as f:
@@ -91,8 +135,9 @@ def read_private(path: Path, what: str) -> str:
         if not stat.S_ISREG(st.st_mode):
             raise KeyFileError(f"{what} {path} is not a regular file")
         if st.st_mode & 0o007:
-            raise KeyFileError(f"{what} {path} is readable by others (mode {stat.S_IMODE(st.st_mode):o}); "
-                               f"run: chmod 600 {path}")
+            shown = path if real == path else f"{path} (really {real})"
+            raise KeyFileError(f"{what} {shown} is readable by others (mode {stat.S_IMODE(st.st_mode):o}); "
+                               f"run: chmod 600 {real} (in Kubernetes: defaultMode: 0440 on the Secret volume)")
         try:
             return f.read().decode()
         except UnicodeDecodeError:
@@ -101,7 +146,7 @@ def read_private(path: Path, what: str) -> str:
 
 def _read_public(path: Path) -> str:
     try:
-        return path.read_text()
+        return resolve_in_mount(path, "public key").read_text()
     except OSError as exc:
         raise KeyFileError(f"cannot read {path}: {exc.strerror}") from None
 
@@ -148,9 +193,11 @@ def load_trusted(patterns: Sequence[str]) -> list[TrustedKey]:
 
 def seal_keys(kc: KeysConfig) -> SealKeys:
     if kc.node_key is None:
-        raise KeyFileError("no keys.node_key in the config: this node cannot sign bundles")
+        raise KeyFileError("no keys.node_key in the config: this node cannot sign bundles (set it, then "
+                           "`tfwb-agent keys init --node`)")
     if not kc.recipients:
-        raise KeyFileError("no keys.recipients in the config: nobody could open the bundles")
+        raise KeyFileError("no keys.recipients in the config: nobody could open the bundles (put the gateway's "
+                           "age1... recipient there: `tfwb-agent keys init --gateway` on the gateway prints it)")
     recipients = tuple(agekeys.parse_recipient(r) for r in kc.recipients)
     return SealKeys(load_node_key(kc.node_key), recipients)
 
