@@ -74,7 +74,8 @@ class Config:
 SECTION_VALIDATORS: dict[str, Callable[[str, Any], Any]] = {}
 _KNOWN_TOP = {"state_dir", "node_name", "watch", "path_map"}
 # The modules that own a section; importing one registers its validator.
-SECTION_MODULES = ("tfwb_agent.redact.policy", "tfwb_agent.seal.keyconfig", "tfwb_agent.deliver.settings")
+SECTION_MODULES = ("tfwb_agent.redact.policy", "tfwb_agent.seal.keyconfig", "tfwb_agent.deliver.settings",
+                   "tfwb_agent.retention_config")
 
 
 def _register_sections() -> None:

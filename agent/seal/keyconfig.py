@@ -5,6 +5,8 @@
     recipients = ["age1..."]                        # who can open them (one or more)
     identity = "/etc/tfwb-agent/gateway.agekey"     # only where bundles are opened
     trusted_nodes = ["/etc/tfwb-agent/nodes/*.pub"] # whose bundles are accepted
+    receipt_key = "/etc/tfwb-agent/receipt.key"     # a gateway: signs its receipts
+    trusted_gateways = ["/etc/tfwb-agent/gateways/*.pub"]  # a node: whose receipts are accepted
 
 Private keys are named by path only; nothing secret is ever inline.
 """
@@ -17,7 +19,7 @@ from typing import Any
 from .. import config as config_mod
 from .agekeys import AgeKeyError, parse_recipient
 
-_ALLOWED = ("node_key", "recipients", "identity", "trusted_nodes")
+_ALLOWED = ("node_key", "recipients", "identity", "trusted_nodes", "receipt_key", "trusted_gateways")
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,8 @@ class KeysConfig:
     recipients: tuple[str, ...] = ()
     identity: Path | None = None
     trusted_nodes: tuple[str, ...] = ()
+    receipt_key: Path | None = None          # receipts (agent/receipts.py)
+    trusted_gateways: tuple[str, ...] = ()   # receipts (agent/receipts.py)
 
     @property
     def node_pub(self) -> Path | None:
@@ -37,6 +41,8 @@ class KeysConfig:
             "recipients": list(self.recipients),
             "identity": str(self.identity) if self.identity else None,
             "trusted_nodes": list(self.trusted_nodes),
+            "receipt_key": str(self.receipt_key) if self.receipt_key else None,
+            "trusted_gateways": list(self.trusted_gateways),
         }
 
 
@@ -70,11 +76,18 @@ def validate(source: str, raw: Any) -> KeysConfig:
         raise config_mod.ConfigError(source, "keys.trusted_nodes", "must be a list of paths or globs to .pub files")
     for i, t in enumerate(trusted):
         _path(source, f"trusted_nodes[{i}]", t)
+    gateways = raw.get("trusted_gateways", [])
+    if isinstance(gateways, str) or not isinstance(gateways, list):
+        raise config_mod.ConfigError(source, "keys.trusted_gateways", "must be a list of paths or globs to .pub files")
+    for i, g in enumerate(gateways):
+        _path(source, f"trusted_gateways[{i}]", g)
     return KeysConfig(
         node_key=_path(source, "node_key", raw["node_key"]) if "node_key" in raw else None,
         recipients=tuple(recipients),
         identity=_path(source, "identity", raw["identity"]) if "identity" in raw else None,
         trusted_nodes=tuple(trusted),
+        receipt_key=_path(source, "receipt_key", raw["receipt_key"]) if "receipt_key" in raw else None,
+        trusted_gateways=tuple(gateways),
     )
 
 
@@ -83,3 +96,7 @@ def keys_config(cfg: config_mod.Config) -> KeysConfig:
 
 
 config_mod.SECTION_VALIDATORS["keys"] = validate
+
+# [health] and [metrics] register with the config here too (config.SECTION_MODULES names the
+# section modules; this keeps that list, edited by others right now, as it is).
+from .. import opsconfig  # noqa: E402,F401
