@@ -36,6 +36,7 @@ from .. import config as config_mod
 from ..ledger import Ledger
 from ..runs import find_log
 from ..segments import LogFacts, plan_cut, read_facts, write_cut
+from ..wandb_log import LogError
 from . import backoff, confirm, policy, probe, sweeps, upload
 from .settings import SyncSettings, Target, policies, sync_settings, targets
 
@@ -485,7 +486,12 @@ class _Settle:
             return self.retry(u, f"server trouble: {exc}", None)
         if isinstance(exc, confirm.srv.ServerError):
             return self.retry(u, f"server answered oddly: {exc}", None)
-        raise exc
+        if isinstance(exc, LogError):  # a verified bundle whose log is damaged: it will not heal by waiting
+            return self.failed(u, f"segment {u.segment} of {u.run_id}: its .wandb log cannot be read ({exc}); "
+                                  "not delivered (`sync --retry-failed` tries again)", None)
+        # Anything else is a bug, but one unit's bug must not abort the round for the others.
+        log.exception("%s segment %d -> %s: unexpected error", u.run_id, u.segment, self.t.name)
+        return self.retry(u, f"unexpected error ({type(exc).__name__}: {exc}); asked again later", None)
 
     def confirmed(self, u: Unit, j: confirm.Judgement, rows: int, size: int, how: str, through: int) -> Outcome:
         now = time.time()
