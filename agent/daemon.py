@@ -22,7 +22,9 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from . import config as config_mod
-from . import failures, runs, statelock
+from . import failures, health, runs, statelock
+from .opsconfig import metrics_config
+from .sdnotify import Notifier
 from .ledger import Ledger, LedgerError
 from .reconcile import ClaimBook, PassResult, reconcile
 
@@ -68,6 +70,8 @@ class DaemonError(Exception):
 
 BUSY_RETRY_SECONDS = 0.5  # how often the daemon looks again while a command holds the state lock
 DISK_FULL_RETRY_SECONDS = 2.0  # how often a daemon paused by a full disk tries again
+FLOOR_RETRY_SECONDS = 2.0  # how often a daemon below the disk floor ([retention] min_free_mb) looks again
+PAUSED_BELOW_FLOOR = ("seal_stage",)  # the stages that fill the disk; delivery and retention go on
 
 
 class Daemon:
@@ -82,6 +86,10 @@ class Daemon:
         self._life: statelock.StateLock | None = None
         self._full_said = False
         self._busy_said = False
+        self._floor_said: str | None = None
+        self.notify = Notifier()
+        self.turns = 0
+        self.publisher: object | None = None
 
     # --- signals ----------------------------------------------------------------------------
 
@@ -165,8 +173,10 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._on_hup)
         observer, changes = self._start_observer()
         book = ClaimBook(self.cfg)
+        self._start_metrics()
         log.info("watching %s (%s); state in %s", ", ".join(map(str, self.cfg.watch.roots)) or "no roots",
                  self.cfg.watch.mode, self.cfg.state_dir)
+        self.notify.ready(f"watching {len(self.cfg.watch.roots)} root(s)")
         next_full = 0.0  # a full pass at start finds what arrived while we were down
         try:
             while not self.stopping:
@@ -177,6 +187,7 @@ class Daemon:
                         book = ClaimBook(self.cfg)
                         next_full = 0.0
                 book.heartbeat(time.time())  # the leases live on the volume: renewed even while waiting
+                self._alive()
                 if not self._take_turn(writer):
                     self.wake.wait(BUSY_RETRY_SECONDS)  # events stay queued for the next turn
                     self.wake.clear()
@@ -194,13 +205,18 @@ class Daemon:
                 finally:
                     writer.release()
                 # Wake for the next full pass, the next quiet deadline, and in time to renew our lease.
-                wait_until = min([next_full, *self.recheck.values(), time.time() + self.cfg.watch.lease_seconds / 3])
+                wait_until = min([next_full, *self.recheck.values(), time.time() + self.cfg.watch.lease_seconds / 3,
+                                  time.time() + (self.notify.wake_within() or float("inf")),
+                                  time.time() + (FLOOR_RETRY_SECONDS if self._floor_said else float("inf"))])
                 timeout = max(0.0, wait_until - time.time())
                 self.wake.wait(timeout)
                 self.wake.clear()
         finally:
+            self.notify.stopping()
             observer.stop()  # type: ignore[attr-defined]
             observer.join(timeout=3)  # type: ignore[attr-defined]
+            if self.publisher is not None:
+                self.publisher.stop()  # type: ignore[attr-defined]
             ledger.close()
             log.info("stopped")
         return 0
@@ -220,17 +236,57 @@ class Daemon:
                 self.recheck.pop(d, None)
             if batch:
                 self._absorb(reconcile(ledger, self.cfg, only=sorted(batch), now=now, book=book))
+        paused = self._below_floor()
         for stage in self.stages:
             if self.stopping:
                 break
+            if paused and getattr(stage, "__name__", "") in PAUSED_BELOW_FLOOR:
+                continue
             try:
+                before, t0 = ledger.db.total_changes, time.monotonic()
                 if stage(ledger, self.cfg):
                     self.wake.set()  # more work waiting: come straight back after events
+                if self.publisher is not None and ledger.db.total_changes != before:
+                    from .metrics import stage_name
+                    self.publisher.observe(stage_name(stage), time.monotonic() - t0)  # type: ignore[attr-defined]
             except Exception as exc:  # one stage failing must not stop watching
                 if failures.disk_full(exc):
                     raise
                 log.exception("stage %s failed", getattr(stage, "__name__", stage))
         return next_full
+
+    def _alive(self) -> None:
+        """Each turn of the loop: the heartbeat file (`health`), systemd's watchdog, the textfile."""
+        self.turns += 1
+        now = time.time()
+        health.write_heartbeat(self.cfg.state_dir, now, self.turns)
+        self.notify.alive()
+        if self.publisher is not None:
+            self.publisher.write_textfile(metrics_config(self.cfg).textfile, now)  # type: ignore[attr-defined]
+
+    def _start_metrics(self) -> None:
+        mc = metrics_config(self.cfg)
+        if mc.listen is None and mc.textfile is None:
+            return
+        from .metrics import Publisher  # prometheus_client only where metrics are asked for
+
+        self.publisher = Publisher(self.cfg)
+        try:
+            self.publisher.start(mc.listen)
+        except OSError as exc:
+            raise DaemonError(f"cannot serve metrics on {mc.listen[0]}:{mc.listen[1]}: {exc.strerror or exc}; "  # type: ignore[index]
+                              "another process has the port? set [metrics] listen to a free one") from None
+
+    def _below_floor(self) -> bool:
+        """The low-disk guard: below ``[retention] min_free_mb`` sealing waits (said once, and
+        once more when it resumes)."""
+        why = health.sealing_paused(self.cfg)
+        if why and not self._floor_said:
+            log.warning("%s", why)
+        elif self._floor_said and not why:
+            log.info("the disk holding %s is above the floor again; sealing resumed", self.cfg.state_dir)
+        self._floor_said = why
+        return why is not None
 
     def _disk_full(self, exc: Exception) -> None:
         if not self._full_said:

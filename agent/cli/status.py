@@ -15,6 +15,11 @@ DISK_FLOOR = 1 << 20  # less free than this in the state directory: work is paus
 
 
 def _disk_warning(ctx: Context) -> str | None:
+    from ..health import sealing_paused  # the daemon's low-disk guard ([retention] min_free_mb)
+
+    floor = sealing_paused(ctx.config)
+    if floor:
+        return floor
     free = failures.free_bytes(ctx.config.state_dir)
     if free is None or free >= DISK_FLOOR:
         return None
