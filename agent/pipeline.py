@@ -131,6 +131,7 @@ def seal_one(ledger: Ledger, cfg: config_mod.Config, row: dict[str, Any], keys: 
              secret: bytes, claims: Claims) -> Path:
     """Redact one ended run into this process's own work directory and seal it, from exactly
     what redaction wrote; mark it sealed, in the ledger and on the volume (``claims``)."""
+    from . import runlog
     from .redact.run import redact_run
     from .seal import RunIdentity, seal_run
     from .seal.bundle import snapshot
@@ -151,7 +152,9 @@ def seal_one(ledger: Ledger, cfg: config_mod.Config, row: dict[str, Any], keys: 
     work = statedir.work_for(cfg, run_dir.name)
     try:
         redacted = work / run_dir.name
-        report = redact_run(run_dir, redacted, policy, secret, cfg.map_path)
+        # The plan from the fold the classification made of the log: the log is read once more, to be rewritten.
+        report = redact_run(run_dir, redacted, policy, secret, cfg.map_path,
+                            fold=runlog.cached(row.get("log_path"), row.get("read_offset")))
         mark_ended(redacted, end_marker(row["ended"], row["reason"], supersedes_crash(ledger, row)))
         written = snapshot(redacted)
 

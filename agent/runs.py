@@ -1,8 +1,8 @@
 """Runs on the shared volume: finding them, reading what they hold, deciding how they ended.
 
 ``discover`` walks the roots without following symlinks. ``inspect`` reads a run's `.wandb`
-file from a saved offset and folds the new records into the run's facts. ``classify`` is a
-pure function from those facts and the clock to a state.
+file from a saved offset and folds the new records (``runlog``, the one reader) into the run's
+facts. ``classify`` is a pure function from those facts and the clock to a state.
 """
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .wandb_log import FILE_HEADER_LEN, CorruptLog, LogReader, NotAWandbLog
+from . import runlog
+from .runlog import find_log, locate_log, sensitive_globs  # noqa: F401  (the one rule, re-exported)
+from .wandb_log import FILE_HEADER_LEN, CorruptLog, NotAWandbLog
 
 RUN_DIR_PREFIX = "offline-run-"
 AGENT_DIR = ".tfwb-agent"
@@ -84,85 +86,6 @@ class RunFacts:
         return self.exit_code is not None
 
 
-def find_log(run_dir: Path) -> Path | None:
-    """The run's `run-<id>.wandb` file: a regular file directly inside the run directory."""
-    try:
-        return locate_log(run_dir)
-    except OSError:
-        return None
-
-
-def locate_log(run_dir: Path) -> Path | None:
-    """``find_log``, but a run directory that cannot be listed raises the ``OSError``."""
-    candidates = []
-    with os.scandir(run_dir) as it:
-        for e in it:
-            if e.name.endswith(".wandb") and e.name.startswith("run-") and e.is_file(follow_symlinks=False):
-                candidates.append(e.name)
-    if not candidates:
-        return None
-    suffix = run_dir.name.rsplit("-", 1)[-1]
-    candidates.sort(key=lambda n: (n != f"run-{suffix}.wandb", n))
-    return run_dir / candidates[0]
-
-
-def _fold(facts: RunFacts, rec: Any) -> None:
-    """Learn from one record."""
-    kind = rec.WhichOneof("record_type")
-    facts.records += 1
-    if kind == "run":
-        r = rec.run
-        facts.has_run_record = True
-        facts.run_id = r.run_id or facts.run_id
-        facts.project = r.project or facts.project
-        facts.entity = r.entity or facts.entity
-        sens = list(sensitive_globs(r.config.update))
-        if sens:
-            facts.extra["sensitive"] = sens
-    elif kind == "history":
-        facts.steps += 1
-    elif kind == "exit":
-        facts.exit_code = rec.exit.exit_code
-    elif kind == "header":
-        v = rec.header.version_info.producer
-        if v:
-            facts.wandb_version = v
-    elif kind == "telemetry":
-        cli_version = rec.telemetry.cli_version
-        if cli_version and not facts.wandb_version:
-            facts.wandb_version = cli_version
-    elif kind == "artifact":
-        paths = facts.extra.setdefault("artifact_files", [])
-        for entry in rec.artifact.manifest.contents:
-            if entry.local_path and entry.local_path not in paths:
-                paths.append(entry.local_path)
-    elif kind == "config":
-        sens = list(sensitive_globs(rec.config.update))
-        if sens:
-            facts.extra["sensitive"] = sens
-
-
-def sensitive_globs(updates: Any) -> tuple[str, ...]:
-    """The key globs the trainer plugin declared sensitive, from config updates (``tfwb`` →
-    ``sensitive``, whole or as a nested key); () when there are none."""
-    import json
-
-    for u in updates:
-        if (u.key or (u.nested_key[0] if len(u.nested_key) else "")) == "tfwb":
-            try:
-                value = json.loads(u.value_json)
-            except ValueError:
-                continue
-            if len(u.nested_key) == 2 and u.nested_key[1] == "sensitive":
-                value = {"sensitive": value}
-            if isinstance(value, dict) and isinstance(value.get("value"), dict):
-                value = value["value"]  # config.yaml style {"value": ...}
-            globs = value.get("sensitive") if isinstance(value, dict) else None
-            if isinstance(globs, list):
-                return tuple(str(g) for g in globs)
-    return ()
-
-
 # Files a live wandb process may write while its `.wandb` log stands still (wandb 0.31 writes
 # the log in 32 KiB blocks): its console capture and its internal logs.
 ACTIVITY_FILES = ("files/output.log", "logs/debug-internal.log", "logs/debug-core.log", "logs/debug.log")
@@ -186,8 +109,6 @@ def inspect(run_dir: Path, before: RunFacts | None = None) -> RunFacts:
 
     Never raises for a bad run: the problem goes into ``facts.error``.
     """
-    from wandb.proto import wandb_internal_pb2 as pb
-
     before = replace(before or RunFacts(), activity=activity(run_dir))
     facts = _copy(before)
     try:
@@ -215,6 +136,7 @@ def inspect(run_dir: Path, before: RunFacts | None = None) -> RunFacts:
 
     def failed(reason: str) -> RunFacts:
         # Keep only what was learnt before this read, so a later read never counts twice.
+        runlog.forget(log)
         out = _copy(before)
         out.log_path, out.error = str(log), reason
         return out
@@ -234,29 +156,44 @@ def inspect(run_dir: Path, before: RunFacts | None = None) -> RunFacts:
         if st.st_size < FILE_HEADER_LEN:
             facts.torn_at, facts.torn_reason = 0, "shorter than the .wandb header"
             return facts
-        start = max(facts.read_offset, FILE_HEADER_LEN)
         if facts.read_offset > st.st_size:
             return failed(f"{log.name} shrank from {facts.read_offset} to {st.st_size} bytes; it was rewritten")
-        reader = LogReader(f, start)
+        # The fold this process made of the log so far, or one that goes on from the saved facts.
+        fold = runlog.cached(log, facts.read_offset) if facts.read_offset else runlog.Fold()
         try:
-            for offset, payload in reader:
-                rec = pb.Record()
-                try:
-                    rec.ParseFromString(payload)
-                except Exception as exc:  # protobuf's DecodeError
-                    raise CorruptLog(f"a record that is not a wandb Record ({exc})", offset) from None
-                _fold(facts, rec)
+            fold = runlog.feed(f, fold or _seed(facts))
         except NotAWandbLog as exc:
             return failed(f"not a wandb run log: {exc}")
         except CorruptLog as exc:
             return failed(f"corrupt .wandb file: {exc}")
         except OSError as exc:
             return failed(_os_reason(exc, log))
-        tail = reader.tail
-        assert tail is not None
-        facts.read_offset = tail.end
-        facts.torn_at, facts.torn_reason = tail.torn_at, tail.reason
+    runlog.remember(log, fold)
+    _project(fold, facts)
     return facts
+
+
+def _seed(facts: RunFacts) -> runlog.Fold:
+    """A fold that goes on from saved facts (the ledger's, after a restart): the small facts of
+    what was read before; its plan and segment facts cover only what it reads from here."""
+    return runlog.Fold(start=facts.read_offset, end=facts.read_offset, records=facts.records, rows=facts.steps,
+                       run_id=facts.run_id, project=facts.project, entity=facts.entity,
+                       wandb_version=facts.wandb_version, has_run_record=facts.has_run_record,
+                       exit_code=facts.exit_code, sensitive=list(facts.extra.get("sensitive", [])),
+                       artifact_files=list(facts.extra.get("artifact_files", [])))
+
+
+def _project(fold: runlog.Fold, facts: RunFacts) -> None:
+    """The run's facts, as the ledger keeps them, from the fold."""
+    facts.records, facts.steps = fold.records, fold.rows
+    facts.run_id, facts.project, facts.entity = fold.run_id, fold.project, fold.entity
+    facts.wandb_version, facts.has_run_record, facts.exit_code = fold.wandb_version, fold.has_run_record, fold.exit_code
+    if fold.sensitive:
+        facts.extra["sensitive"] = list(fold.sensitive)
+    if fold.artifact_files:
+        facts.extra["artifact_files"] = list(fold.artifact_files)
+    facts.read_offset = fold.end
+    facts.torn_at, facts.torn_reason = fold.torn_at, fold.torn_reason
 
 
 def _copy(facts: RunFacts) -> RunFacts:

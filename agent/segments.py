@@ -7,7 +7,8 @@ such a file appends to the run on the server, so every step arrives once (DESIGN
 "Segments of a live run"). The same cut serves a live run's next segment and a delivery that
 a crash or a dying server interrupted halfway.
 
-Reading is streaming (one record at a time); the decisions are plain functions over the facts.
+Reading is streaming (one record at a time, ``runlog``'s one fold); the decisions are plain
+functions over the facts.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import runlog
 from .wandb_log import FILE_HEADER_LEN, LogReader, LogWriter
 
 
@@ -46,10 +48,6 @@ class LogFacts:
         return bisect.bisect_right(self.history_ends, offset)
 
 
-def _key(item: Any) -> str:
-    return item.key if item.key else "/".join(item.nested_key)
-
-
 def _loads(raw: str) -> Any:
     try:
         return json.loads(raw)
@@ -62,99 +60,16 @@ def _numeric(v: Any) -> bool:
 
 
 def read_facts(log: Path, limit: int | None = None) -> LogFacts:
-    """Fold the log's whole records (up to byte ``limit``) into ``LogFacts``."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    facts = LogFacts()
-    # The last value of each key, still as JSON text: decoding every value of every row was
-    # most of the time this took; only the summary's values are decoded, once, at the end.
-    # The loops below are the hot path of opening a segment for delivery (wandb 0.31 writes a
-    # summary record beside every history record): names are bound locally on purpose.
-    last_raw: dict[str, str] = {}
-    history_ends, history_keys = facts.history_ends, facts.history_keys
-    metric_values = 0
-    isfinite = math.isfinite
-    with open(log, "rb") as f:
-        facts.size = os.fstat(f.fileno()).st_size
-        reader = LogReader(f)
-        for offset, payload in reader:
-            if limit is not None and offset >= limit:
-                break
-            rec = pb.Record()
-            rec.ParseFromString(payload)
-            kind = rec.WhichOneof("record_type")
-            if kind == "history":
-                if facts.exit_code is not None:
-                    facts.data_after_exit = True
-                history_ends.append(_record_end(offset, len(payload)))
-                step = rec.history.step.num if rec.history.HasField("step") else None
-                for item in rec.history.item:
-                    k = item.key
-                    if not k:
-                        nested = item.nested_key
-                        if len(nested) != 1:
-                            continue  # wandb 0.31 also writes a media value's fields as nested keys; servers keep top-level values only
-                        k = nested[0]
-                    raw = item.value_json
-                    try:
-                        v = float(raw)
-                    except ValueError:
-                        v = None
-                    if k.startswith("_"):
-                        if k == "_step" and v is not None and isfinite(v):
-                            step = int(v)
-                        continue
-                    last_raw[k] = raw
-                    if v is not None and isfinite(v):
-                        history_keys.add(k)
-                        metric_values += 1
-                if step is not None:
-                    if facts.first_step is None:
-                        facts.first_step = step
-                    facts.last_step = step
-            elif kind == "summary":
-                if facts.exit_code is not None:
-                    facts.data_after_exit = True
-                for item in rec.summary.update:
-                    if item.key:
-                        last_raw[item.key] = item.value_json
-                    elif len(item.nested_key) == 1:
-                        last_raw[item.nested_key[0]] = item.value_json
-                for item in rec.summary.remove:
-                    last_raw.pop(_key(item), None)
-            elif kind == "run":
-                facts.run_id = rec.run.run_id or facts.run_id
-                facts.project = rec.run.project or facts.project
-                facts.entity = rec.run.entity or facts.entity
-            elif kind == "exit":
-                facts.exit_code = rec.exit.exit_code
-        tail = reader.tail
-    facts.history_rows = len(history_ends)
-    facts.metric_values = metric_values
-    facts.summary = {k: _loads(raw) for k, raw in last_raw.items()}
-    if tail is not None:
-        facts.end = tail.end if limit is None else min(tail.end, limit)
-        facts.torn = tail.torn_at is not None and limit is None
-    elif limit is not None:
-        facts.end = limit
-    return facts
-
-
-def _record_end(offset: int, length: int) -> int:
-    """The offset just after a record of ``length`` bytes written from ``offset``: walk the
-    chunks the way the writer laid them out (a chunk never crosses a 32 KiB block)."""
-    from .wandb_log import BLOCK_LEN, CHUNK_HEADER_LEN
-    pos, left = offset, length
-    while True:
-        room = BLOCK_LEN - pos % BLOCK_LEN
-        if room < CHUNK_HEADER_LEN:
-            pos += room
-            continue
-        piece = min(left, room - CHUNK_HEADER_LEN)
-        pos += CHUNK_HEADER_LEN + piece
-        left -= piece
-        if left == 0:
-            return pos
+    """The log's segment facts, from one fold of its whole records (up to byte ``limit``)."""
+    fold = runlog.read(log, limit=limit)
+    return LogFacts(size=fold.size, end=fold.end, torn=fold.torn_at is not None, history_rows=len(fold.history_ends),
+                    history_ends=fold.history_ends, first_step=fold.first_step, last_step=fold.last_step,
+                    history_keys=fold.history_keys, metric_values=fold.metric_values,
+                    # Only the summary's last values are decoded, once: decoding every value of
+                    # every row was most of the time reading a log took.
+                    summary={k: _loads(raw) for k, raw in fold.last_raw.items()},
+                    run_id=fold.run_id, project=fold.project, entity=fold.entity, exit_code=fold.exit_code,
+                    data_after_exit=fold.data_after_exit)
 
 
 def comparable_summary(summary: dict[str, Any]) -> dict[str, float]:

@@ -1,8 +1,9 @@
 """Redact one run directory into a complete, syncable copy: the I/O edge of redaction.
 
-Two passes over the `.wandb` file. The first finds every media object, the key it is logged
-under and the files it names, the keys the training code declared sensitive, and the run's
-identity (host, user, e-mail); the second rewrites the records (``records.py``: what is not
+The plan comes from the one fold of the `.wandb` file (``runlog.Fold``: every media object, the
+key it is logged under and the files it names, the keys the training code declared sensitive,
+and the run's identity (host, user, e-mail)), the one the classification made as the log grew,
+or one read here first. Then one pass rewrites the records (``records.py``: what is not
 understood does not leave), writing each media file's placeholder the first time any record
 refers to it, so every reference gets the same new name. Then ``files/`` is walked for what no
 record named (``files.py`` decides each file). ``logs/`` and debug logs are never copied. The
@@ -23,13 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..runs import sensitive_globs
+from .. import runlog
+from ..runlog import find_log
 from ..wandb_log import LogError, LogWriter, read_records
 from . import files as files_mod
 from . import items as items_mod
 from . import hasher, meta, placeholders
 from .console import TextStream
-from .media import FileOutcome, referenced_files, media_kind
+from .media import FileOutcome
 from .outgoing import Outgoing
 from .policy import Decision, Policy, is_sensitive
 from .records import STAGING, Console, rewrite
@@ -569,52 +571,51 @@ class _Run:
 
 
 def _find_log(src: Path) -> Path:
-    logs = [p for p in src.glob("*.wandb") if p.is_file() and not p.is_symlink()]
-    if len(logs) != 1:
-        raise RedactError(f"{src}: expected one .wandb file, found {len(logs)}")
-    return logs[0]
+    log = find_log(src)  # the one rule for which file is a run's log
+    if log is None:
+        raise RedactError(f"{src}: no run-*.wandb file (a regular file) in the run directory")
+    return log
 
 
 def _records(path: Path, report: RedactionReport):
+    """``(offset, record)`` of the log's whole records; notes a torn tail in ``report``."""
     gen = read_records(path)
     while True:
         try:
-            _, rec = next(gen)
+            item = next(gen)
         except StopIteration as stop:
             tail = stop.value
             report.torn_tail = tail is not None and tail.torn_at is not None
             return
-        yield rec
+        yield item
 
 
-# -- pass 1: plan ---------------------------------------------------------------------------
+# -- the plan -------------------------------------------------------------------------------
+# From the one fold of the log (``runlog.Fold``): the one the classification made as the log
+# grew, or, without one, a fold read here (one more pass over the log).
+PLAN_KINDS = frozenset({"run", "config", "environment"})  # records that change the plan past its media
 
-def _plan(r: _Run, log: Path) -> None:
-    sensitive: list[str] = []
-    identity: set[str] = set()
-    seen: set[Any] = set()
-    for rec in _records(log, RedactionReport()):
-        t = rec.WhichOneof("record_type")
-        if t == "run":
-            sensitive += sensitive_globs(rec.run.config.update)
-            identity |= {rec.run.host}
-        elif t == "environment":
-            identity |= {getattr(rec.environment, f, "") for f in ("host", "username", "email")}
-        elif t == "config":
-            sensitive += sensitive_globs(rec.config.update)
-        elif t in ("history", "summary"):
-            its = rec.history.item if t == "history" else rec.summary.update
-            for key, node in items_mod.media_in_items(its, items_mod.PLAN_FIELDS, seen):
-                kind = media_kind(node) or "any"
-                for f in referenced_files(node):
-                    r.planned.setdefault(f, (kind, key))
-                if isinstance(node.get("width"), int) and isinstance(node.get("height"), int):
-                    for f in referenced_files(node):
-                        r.sizes.setdefault(f, (node["width"], node["height"]))
-    r.sensitive = tuple(dict.fromkeys(sensitive))
+
+class _PlanOutdated(Exception):
+    """The log has records past the fold the plan came from that could change it."""
+
+
+def _changes_plan(rec: Any, fold: runlog.Fold) -> bool:
+    """Whether a record the fold has not seen declares sensitive keys or an identity it lacks."""
+    kind = rec.WhichOneof("record_type")
+    if kind not in PLAN_KINDS:
+        return False
+    new = runlog.Fold(identity=set(fold.identity), sensitive=list(fold.sensitive))
+    runlog.fold_one(new, 0, 0, rec)
+    return new.identity != fold.identity or new.sensitive != fold.sensitive
+
+
+def _plan(r: _Run, fold: runlog.Fold) -> None:
+    r.planned, r.sizes = fold.planned, fold.sizes  # read only from here on
+    r.sensitive = tuple(fold.sensitive)
     r.report.sensitive_keys = r.sensitive
     if r.policy.metadata == "redact":
-        r.add_identity(identity | _metadata_identity(r.src))
+        r.add_identity(fold.identity | _metadata_identity(r.src))
 
 
 def _metadata_identity(src: Path) -> set[str]:
@@ -746,12 +747,14 @@ def _config_yaml(r: _Run, rel: str, p: Path) -> None:
 # -- entry points ---------------------------------------------------------------------------
 
 def _redact(src: Path, dst: Path | None, policy: Policy, secret: bytes,
-            map_path: Callable[[str], Path], complete: bool) -> RedactionReport:
+            map_path: Callable[[str], Path], complete: bool, fold: runlog.Fold | None) -> RedactionReport:
     src = Path(src)
     log = _find_log(src)
+    if fold is None or not fold.whole or fold.file_id != _file_id(log):
+        fold = runlog.read(log)
     r = _Run(src, dst, policy, secret, map_path)
     r.report.run_id = log.stem.removeprefix("run-")
-    _plan(r, log)
+    _plan(r, fold)
     writer, out = None, None
     if dst is not None:
         dst.mkdir(parents=True, exist_ok=True)
@@ -763,7 +766,9 @@ def _redact(src: Path, dst: Path | None, policy: Policy, secret: bytes,
     console = Console(r)
     try:
         r.prepare()
-        for rec in _records(log, r.report):
+        for offset, rec in _records(log, r.report):
+            if offset >= fold.end and _changes_plan(rec, fold):
+                raise _PlanOutdated(f"{log.name} grew past byte {fold.end} with a record that changes the plan")
             r.report.records_in += 1
             for o in rewrite(r, rec, console):
                 r.report.records_out += 1
@@ -793,12 +798,38 @@ def _redact(src: Path, dst: Path | None, policy: Policy, secret: bytes,
     return r.report
 
 
+def _file_id(p: Path) -> tuple[int, int]:
+    st = os.stat(p, follow_symlinks=False)
+    return st.st_dev, st.st_ino
+
+
+def _empty(d: Path) -> None:
+    import shutil
+    for p in d.iterdir():
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
 def _guarded(src: Path, dst: Path | None, policy: Policy, secret: bytes,
-             map_path: Callable[[str], Path], complete: bool = True) -> RedactionReport:
+             map_path: Callable[[str], Path], complete: bool = True,
+             fold: runlog.Fold | None = None) -> RedactionReport:
     # A damaged log or an unparsable record is this run's problem, not the agent's: say so in
     # the one exception type callers quarantine on.
     try:
-        return _redact(src, dst, policy, secret, map_path, complete)
+        try:
+            return _redact(src, dst, policy, secret, map_path, complete, fold)
+        except _PlanOutdated:
+            # The log grew since it was folded (a run taken for ended wrote again): plan anew
+            # from the whole log, into an emptied destination. Twice: it is still being written.
+            if dst is not None:
+                _empty(dst)
+            try:
+                return _redact(src, dst, policy, secret, map_path, complete, None)
+            except _PlanOutdated as exc:
+                raise RedactError(f"{src}: the .wandb file is still being written ({exc}); "
+                                  "redact a run once it has ended, or a snapshot of it") from None
     except LogError as exc:
         raise RedactError(f"{src}: cannot read the .wandb file: {exc}") from exc
     except (ValueError, UnicodeDecodeError) as exc:
@@ -806,7 +837,8 @@ def _guarded(src: Path, dst: Path | None, policy: Policy, secret: bytes,
 
 
 def redact_run(src_run_dir: Path, dst_dir: Path, policy: Policy, secret: bytes,
-               map_path: Callable[[str], Path], complete: bool = True) -> RedactionReport:
+               map_path: Callable[[str], Path], complete: bool = True,
+               fold: runlog.Fold | None = None) -> RedactionReport:
     """Write a redacted copy of ``src_run_dir`` into ``dst_dir`` (created; must be empty).
 
     ``dst_dir`` becomes a run directory: give it a name wandb sync recognises
@@ -815,8 +847,12 @@ def redact_run(src_run_dir: Path, dst_dir: Path, policy: Policy, secret: bytes,
     call ``relocate_staging`` after moving the directory.
 
     ``complete=False`` for a snapshot of a run still being written (a live segment): console
-    text whose line has not ended yet is kept back for the next snapshot."""
-    return _guarded(Path(src_run_dir), Path(dst_dir), policy, secret, map_path, complete)
+    text whose line has not ended yet is kept back for the next snapshot.
+
+    ``fold``: the fold of the whole log the caller made already (``runlog.cached``: the
+    classification's); the plan comes from it, and the log is read once, to be rewritten.
+    Without it, the log is folded here first (one more pass)."""
+    return _guarded(Path(src_run_dir), Path(dst_dir), policy, secret, map_path, complete, fold)
 
 
 def plan_run(src_run_dir: Path, policy: Policy, secret: bytes,
@@ -834,7 +870,7 @@ def relocate_staging(run_dir: Path) -> int:
     n = 0
     with open(tmp, "wb") as f:
         w = LogWriter(f)
-        for rec in _records(log, RedactionReport()):
+        for _, rec in _records(log, RedactionReport()):
             if rec.WhichOneof("record_type") == "artifact":
                 for e in rec.artifact.manifest.contents:
                     i = e.local_path.find(f"/{STAGING}/")
