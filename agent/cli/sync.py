@@ -105,7 +105,7 @@ def command(ctx: Context, target: str, once: bool, run_id: str | None, dry_run: 
     cfg = ctx.config
     ledger = ctx.ledger()
     if run_id and not any(u.run_id == run_id for u in engine.pending_units(ledger)) \
-            and not ledger.runs_where("run_id = ?", (run_id,), limit=1):
+            and not ledger.has_run(run_id):
         raise click.ClickException(f"this host holds no run or bundle {run_id!r} (`tfwb-agent status` lists its runs, "
                                    "`tfwb-agent import` takes bundles carried in)")
     reporter = _Quiet() if as_json else (_Bars() if sys.stdout.isatty() else _Lines())
@@ -113,10 +113,13 @@ def command(ctx: Context, target: str, once: bool, run_id: str | None, dry_run: 
         # The bars print each outcome; the log adds only what needs a look (retries, failures),
         # printed above the bars instead of through them.
         from rich.logging import RichHandler
-        logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[
-            RichHandler(console=reporter.p.console, show_time=False, show_path=False)])
+        handler: logging.Handler = RichHandler(console=reporter.p.console, show_time=False, show_path=False)
+        logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler])
+        handler.addFilter(_not_an_outcome)
     elif not as_json:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_not_an_outcome)
     rounds: list[dict[str, Any]] = []
     holder = f"sync --to {target}"
     stopped: _Stopped | None = None
@@ -159,23 +162,57 @@ def command(ctx: Context, target: str, once: bool, run_id: str | None, dry_run: 
 def _report(ledger: Any, target: str, run_id: str | None, rounds: list[dict[str, Any]], stopped: "_Stopped | None",
             as_json: bool) -> None:
     last = rounds[-1] if rounds else {"status": None, "detail": None, "waiting": 0}
-    summary = _summary(ledger, target, run_id)
+    outcomes = [o for r in rounds for o in r["outcomes"]]
+    this_call = call_counts(outcomes)
     if as_json:
         echo_json({"target": target, "status": last["status"], "detail": last["detail"], "rounds": len(rounds),
                    "waiting": last["waiting"], "stopped": str(stopped) if stopped else None,
-                   "outcomes": [o for r in rounds for o in r["outcomes"]], "deliveries": summary})
+                   "outcomes": outcomes, "this_call": this_call, "deliveries": _summary(ledger, target, run_id)})
     else:
-        click.echo(f"target {target}: {last['status'] or 'not probed'}" + (f" ({last['detail']})" if last["detail"] else ""))
-        counts = "  ".join(f"{k}: {v}" for k, v in sorted(summary["counts"].items()))
-        if last["waiting"]:  # segments policy lets go that were not sent (offline, key, back-off)
-            counts = f"{counts}  " * bool(counts) + f"{last['waiting']} segment(s) wait for {target} " \
-                     f"({last['status'] or 'not probed'})"
-        click.echo(counts or "nothing to deliver")
+        for line in text_report(target, last, outcomes, this_call):
+            click.echo(line)
     if stopped is not None:
         click.echo(f"Error: {stopped}", err=True)
         sys.exit(stopped.code)
     if last["status"] in NEEDS_A_PERSON:
         sys.exit(3)
+
+
+# Outcomes the reporters print as they happen (segment_done); the rest (what policy holds or
+# a dry run would send) only the closing report can show.
+_REPORTED_LIVE = ("confirmed", "pending", "failed")
+
+
+def call_counts(outcomes: list[dict[str, Any]]) -> dict[str, int]:
+    """How each segment this call touched ended (its last outcome when rounds repeat it)."""
+    last = {(o["run_id"], o["segment"]): o["state"] for o in outcomes}
+    counts: dict[str, int] = {}
+    for state in last.values():
+        counts[state] = counts.get(state, 0) + 1
+    return counts
+
+
+def text_report(target: str, last: dict[str, Any], outcomes: list[dict[str, Any]],
+                this_call: dict[str, int]) -> list[str]:
+    """What --json says, as lines: the target, each segment the live lines did not show, and
+    what THIS call did (not the ledger's all-time count: `tfwb-agent status` has that)."""
+    status = last["status"] or "not probed"
+    lines = [f"target {target}: {status}" + (f" ({last['detail']})" if last["detail"] else "")]
+    seen: dict[tuple[str, int], dict[str, Any]] = {(o["run_id"], o["segment"]): o for o in outcomes}
+    for o in seen.values():
+        if o["state"] not in _REPORTED_LIVE:
+            lines.append(f"{o['run_id']} segment {o['segment']}: {o['state'].replace('_', ' ')} ({o['detail']})")
+    counts = ", ".join(f"{n} {state.replace('_', ' ')}" for state, n in sorted(this_call.items()))
+    parts = [f"this call: {counts}"] if counts else []
+    if last["waiting"]:  # segments policy lets go that were not sent (offline, key, back-off)
+        parts.append(f"{last['waiting']} segment(s) wait for {target} ({status})")
+    lines.append("; ".join(parts) if parts else "nothing to deliver")
+    return lines
+
+
+def _not_an_outcome(record: logging.LogRecord) -> bool:
+    """The engine logs each segment's outcome for the daemon's journal; sync prints it already."""
+    return not (record.name == "tfwb_agent.deliver" and str(record.msg).startswith("%s segment %d -> %s:"))
 
 
 class _Stopped(Exception):
@@ -214,9 +251,8 @@ class _Quiet:
 
 
 def _summary(ledger: Any, target: str, run_id: str | None) -> dict[str, Any]:
-    q = "SELECT run_id, segment, state, attempts, rows_sent, bytes_sent, server_rows, reason, last_error " \
-        "FROM deliveries WHERE target = ?" + (" AND run_id = ?" if run_id else "") + " ORDER BY run_id, segment"
-    rows = [dict(r) for r in ledger.db.execute(q, (target, run_id) if run_id else (target,))]
+    keep = ("run_id", "segment", "state", "attempts", "rows_sent", "bytes_sent", "server_rows", "reason", "last_error")
+    rows = [{k: d[k] for k in keep} for d in ledger.deliveries(target=target, run_id=run_id)]
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
