@@ -24,8 +24,7 @@ def command(ctx: Context, as_json: bool, seal: bool) -> None:
         try:
             seal_keys(keys_config(cfg))
         except (KeyFileError, ValueError) as exc:
-            raise click.ClickException(f"--seal needs this node's keys: {exc} "
-                                       "(`tfwb-agent keys init --node`, and [keys] in the config)") from None
+            raise click.ClickException(f"--seal needs this node's keys: {exc}") from None  # exc says what to do
     missing = [str(r) for r in cfg.watch.roots if not r.is_dir()]
     with ctx.writing("scan --seal" if seal else "scan"):
         ledger = ctx.ledger()
