@@ -19,19 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from . import config_checks as checks
 from . import ids
+from .config_checks import ConfigError  # noqa: F401  (raised and caught as config.ConfigError everywhere)
 
 DEFAULT_PATH = "/etc/tfwb-agent/agent.toml"
 ENV_VAR = "TFWB_AGENT_CONFIG"
-
-
-class ConfigError(Exception):
-    """A configuration that cannot be used. The message says where and what to do."""
-
-    def __init__(self, source: str, key: str | None, problem: str) -> None:
-        where = f"{source}: {key}" if key else source
-        super().__init__(f"{where}: {problem}")
-        self.source, self.key, self.problem = source, key, problem
 
 
 @dataclass(frozen=True)
@@ -106,63 +99,36 @@ def load(cli_path: str | None = None) -> Config:
     return parse(raw, path)
 
 
-def _type(source: str, key: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
-    if isinstance(value, bool) and kind in (int, float, (int, float)):
-        raise ConfigError(source, key, f"must be {what}, not a boolean")
-    if not isinstance(value, kind):
-        raise ConfigError(source, key, f"must be {what}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _positive(source: str, key: str, value: Any) -> float:
-    _type(source, key, value, (int, float), "a number of seconds")
-    if value <= 0:
-        raise ConfigError(source, key, f"must be greater than 0, got {value}")
-    return float(value)
-
-
-def _abs_path(source: str, key: str, value: Any) -> Path:
-    _type(source, key, value, str, "a path (string)")
-    if not value.startswith("/"):
-        raise ConfigError(source, key, f"must be an absolute path, got {value!r}")
-    return Path(value)
-
-
 def parse(raw: dict[str, Any], source: str = "<config>") -> Config:
     _register_sections()
-    for key in raw:
-        if key not in _KNOWN_TOP and key not in SECTION_VALIDATORS:
-            known = ", ".join(sorted(_KNOWN_TOP | set(SECTION_VALIDATORS)))
-            raise ConfigError(source, key, f"unknown key (known: {known})")
-    state_dir = _abs_path(source, "state_dir", raw.get("state_dir", "/var/lib/tfwb-agent"))
-    node_name = _type(source, "node_name", raw.get("node_name", socket.gethostname()), str, "a string")
+    checks.known_keys(source, "", raw, _KNOWN_TOP | set(SECTION_VALIDATORS))
+    state_dir = checks.absolute_path(source, "state_dir", raw.get("state_dir", "/var/lib/tfwb-agent"))
+    node_name = checks.of_type(source, "node_name", raw.get("node_name", socket.gethostname()), str, "a string")
     if ids.why_not(node_name):
         raise ConfigError(source, "node_name", f"{ids.BadId('node name', node_name, ids.why_not(node_name) or '')} "
                           "(it names this node's files in the claims directory)")
 
-    w = _type(source, "watch", raw.get("watch", {}), dict, "a table")
+    w = checks.of_type(source, "watch", raw.get("watch", {}), dict, "a table")
     allowed = {"roots", "mode", "quiet_seconds", "reconcile_seconds", "poll_seconds", "lease_seconds", "claims_dir"}
-    for key in w:
-        if key not in allowed:
-            raise ConfigError(source, f"watch.{key}", f"unknown key (known: {', '.join(sorted(allowed))})")
-    roots = _type(source, "watch.roots", w.get("roots", []), list, "a list of directories")
+    checks.known_keys(source, "watch", w, allowed)
+    roots = checks.of_type(source, "watch.roots", w.get("roots", []), list, "a list of directories")
     mode = w.get("mode", "inotify")
     if mode not in ("inotify", "poll"):
         raise ConfigError(source, "watch.mode", f"must be 'inotify' or 'poll', got {mode!r}")
     watch = WatchConfig(
-        roots=tuple(_abs_path(source, f"watch.roots[{i}]", r) for i, r in enumerate(roots)),
+        roots=tuple(checks.absolute_path(source, f"watch.roots[{i}]", r) for i, r in enumerate(roots)),
         mode=mode,
-        quiet_seconds=_positive(source, "watch.quiet_seconds", w.get("quiet_seconds", 120)),
-        reconcile_seconds=_positive(source, "watch.reconcile_seconds", w.get("reconcile_seconds", 60)),
-        poll_seconds=_positive(source, "watch.poll_seconds", w.get("poll_seconds", 2)),
-        lease_seconds=_positive(source, "watch.lease_seconds", w.get("lease_seconds", 60)),
-        claims_dir=_abs_path(source, "watch.claims_dir", w["claims_dir"]) if "claims_dir" in w else None,
+        quiet_seconds=checks.seconds(source, "watch.quiet_seconds", w.get("quiet_seconds", 120)),
+        reconcile_seconds=checks.seconds(source, "watch.reconcile_seconds", w.get("reconcile_seconds", 60)),
+        poll_seconds=checks.seconds(source, "watch.poll_seconds", w.get("poll_seconds", 2)),
+        lease_seconds=checks.seconds(source, "watch.lease_seconds", w.get("lease_seconds", 60)),
+        claims_dir=checks.absolute_path(source, "watch.claims_dir", w["claims_dir"]) if "claims_dir" in w else None,
     )
 
-    pm = _type(source, "path_map", raw.get("path_map", {}), dict, "a table of container path = host path")
+    pm = checks.of_type(source, "path_map", raw.get("path_map", {}), dict, "a table of container path = host path")
     path_map = tuple(
-        sorted(((_abs_path(source, f"path_map.{k!r}", k).as_posix(),
-                 _abs_path(source, f"path_map.{k!r}", v)) for k, v in pm.items()),
+        sorted(((checks.absolute_path(source, f"path_map.{k!r}", k).as_posix(),
+                 checks.absolute_path(source, f"path_map.{k!r}", v)) for k, v in pm.items()),
                key=lambda kv: -len(kv[0]))  # longest prefix first
     )
     sections = {name: validate(source, raw[name]) for name, validate in SECTION_VALIDATORS.items() if name in raw}
@@ -203,8 +169,8 @@ def secret_source(table: dict[str, Any], source: str, key_prefix: str, stem: str
     if has_file == has_env:
         raise ConfigError(source, key_prefix, f"set exactly one of {stem}_file or {stem}_env")
     if has_file:
-        return "file", _abs_path(source, f"{key_prefix}.{stem}_file", table[f"{stem}_file"]).as_posix()
-    return "env", _type(source, f"{key_prefix}.{stem}_env", table[f"{stem}_env"], str, "an environment variable name")
+        return "file", checks.absolute_path(source, f"{key_prefix}.{stem}_file", table[f"{stem}_file"]).as_posix()
+    return "env", checks.of_type(source, f"{key_prefix}.{stem}_env", table[f"{stem}_env"], str, "an environment variable name")
 
 
 CREDENTIAL_PREFIX = "tfwb_"  # the units load the whole credstore: LoadCredential=tfwb:/etc/tfwb-agent/credstore

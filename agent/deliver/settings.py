@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from .. import config as config_mod
+from .. import config_checks as checks
 from .. import ids
 from ..config import ConfigError
 
@@ -95,37 +96,18 @@ class Targets:
         return {n: t.describe() for n, t in self.by_name.items()}
 
 
-def _table(source: str, key: str, value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ConfigError(source, key, f"must be a table, got {type(value).__name__}")
-    return value
-
-
-def _str(source: str, key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(source, key, f"must be a non-empty string, got {value!r}")
-    return value
-
-
-def _number(source: str, key: str, value: Any, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= minimum:
-        raise ConfigError(source, key, f"must be a number greater than {minimum:g}, got {value!r}")
-    return float(value)
+_table, _str, _number = checks.table, checks.text, checks.number_above
 
 
 def _strings(source: str, key: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, list) or not value:
-        raise ConfigError(source, key, "must be a non-empty list of strings")
-    for i, v in enumerate(value):
-        _str(source, f"{key}[{i}]", v)
-    return tuple(value)
+    return checks.strings(source, key, value, non_empty=True)
+
+
+_INLINE_KEY = {"api_key": " (API keys are never inline: use api_key_file or api_key_env)"}
 
 
 def _unknown(source: str, prefix: str, table: dict[str, Any], allowed: set[str]) -> None:
-    for key in table:
-        if key not in allowed:
-            hint = " (API keys are never inline: use api_key_file or api_key_env)" if key == "api_key" else ""
-            raise ConfigError(source, f"{prefix}.{key}", f"unknown key (known: {', '.join(sorted(allowed))}){hint}")
+    checks.known_keys(source, prefix, table, allowed, _INLINE_KEY)
 
 
 def parse_window(source: str, key: str, text: Any) -> Window:
@@ -164,9 +146,7 @@ def validate_targets(source: str, raw: Any) -> Targets:
         ref = config_mod.secret_source(t, source, prefix, "api_key")
         ca_file = None
         if "ca_file" in t:
-            ca_file = _str(source, f"{prefix}.ca_file", t["ca_file"])
-            if not os.path.isabs(ca_file):
-                raise ConfigError(source, f"{prefix}.ca_file", f"must be an absolute path, got {ca_file!r}")
+            ca_file = str(checks.absolute_path(source, f"{prefix}.ca_file", t["ca_file"]))
             if not os.path.isfile(ca_file):
                 raise ConfigError(source, f"{prefix}.ca_file", f"{ca_file} is not a readable file (a PEM bundle "
                                   "of the CA that signed the server's certificate)")
@@ -213,12 +193,8 @@ def validate_sync(source: str, raw: Any) -> SyncSettings:
     raw = _table(source, "sync", raw)
     d = SyncSettings()
     _unknown(source, "sync", raw, set(d.__dict__))
-    mp = raw.get("max_parallel", d.max_parallel)
-    if isinstance(mp, bool) or not isinstance(mp, int) or not 1 <= mp <= 64:
-        raise ConfigError(source, "sync.max_parallel", f"must be a whole number from 1 to 64, got {mp!r}")
-    live = raw.get("live", d.live)
-    if not isinstance(live, bool):
-        raise ConfigError(source, "sync.live", f"must be true or false, got {live!r}")
+    mp = checks.whole_number(source, "sync.max_parallel", raw.get("max_parallel", d.max_parallel), 1, 64)
+    live = checks.boolean(source, "sync.live", raw.get("live", d.live))
     nums = {k: _number(source, f"sync.{k}", raw.get(k, getattr(d, k)))
             for k in ("backoff_base", "backoff_cap", "key_rejected_retry", "upload_timeout", "live_interval")}
     if nums["backoff_cap"] < nums["backoff_base"]:
@@ -238,9 +214,7 @@ def validate_policy(source: str, raw: Any) -> Policies:
         windows = r.get("windows", [])
         if isinstance(windows, str) or not isinstance(windows, list):
             raise ConfigError(source, f"{prefix}.windows", "must be a list like [\"22:00-06:00\"]")
-        hold = r.get("hold", False)
-        if not isinstance(hold, bool):
-            raise ConfigError(source, f"{prefix}.hold", f"must be true or false, got {hold!r}")
+        hold = checks.boolean(source, f"{prefix}.hold", r.get("hold", False))
         rules.append(PolicyRule(
             projects=_strings(source, f"{prefix}.projects", r.get("projects")),
             targets=_strings(source, f"{prefix}.targets", r.get("targets")),

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import config as config_mod
+from .. import config_checks as checks
 
 MEDIA_KINDS = ("image", "audio", "video", "html", "table", "object3d", "molecule", "any")
 ACTIONS = ("keep", "hash", "drop")
@@ -119,31 +120,18 @@ def is_sensitive(key: str, sensitive: tuple[str, ...]) -> bool:
 DEFAULT_POLICY = Policy()
 
 
-def _str_list(source: str, key: str, value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise config_mod.ConfigError(source, key, f"must be a list of strings, got {value!r}")
-    return tuple(value)
-
-
-def _choice(source: str, key: str, value: Any, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise config_mod.ConfigError(source, key, f"must be one of {', '.join(allowed)}, got {value!r}")
-    return value
+_str_list, _choice = checks.strings, checks.one_of
 
 
 def _bool(source: str, key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise config_mod.ConfigError(source, f"redact.{key}", "must be true or false")
-    return value
+    return checks.boolean(source, f"redact.{key}", value)
 
 
 def _rule(source: str, i: int, raw: Any) -> Rule:
     where = f"redact.rule[{i}]"
     if not isinstance(raw, dict):
         raise config_mod.ConfigError(source, where, "must be a table")
-    unknown = set(raw) - {"key", "media", "action", "columns"}
-    if unknown:
-        raise config_mod.ConfigError(source, f"{where}.{sorted(unknown)[0]}", "unknown key (known: key, media, action, columns)")
+    checks.known_keys(source, where, raw, ("key", "media", "action", "columns"))
     if not isinstance(raw.get("key"), str) or not raw["key"]:
         raise config_mod.ConfigError(source, f"{where}.key", "must be a non-empty key glob")
     media = _str_list(source, f"{where}.media", raw.get("media", ["any"]))
@@ -172,9 +160,7 @@ def parse_policy(source: str, raw: Any) -> Policy:
     known = {"secret_file", "secret_env", "secret", "console", "metadata", "config_keys", "patterns",
              "scrub_paths", "rule", "artifacts", "drop_files", "mode", "keep_strings", "keep_files",
              "scrub_files"}
-    for key in raw:
-        if key not in known:
-            raise config_mod.ConfigError(source, f"redact.{key}", f"unknown key (known: {', '.join(sorted(known))})")
+    checks.known_keys(source, "redact", raw, known)
     secret_ref = None
     if any(k in raw for k in ("secret", "secret_file", "secret_env")):
         secret_ref = config_mod.secret_source(raw, source, "redact", "secret")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import config as config_mod
+from .. import config_checks as checks
 from .agekeys import AgeKeyError, parse_recipient
 
 _ALLOWED = ("node_key", "recipients", "identity", "trusted_nodes", "receipt_key", "trusted_gateways")
@@ -47,18 +48,13 @@ class KeysConfig:
 
 
 def _path(source: str, key: str, value: Any) -> Path:
-    if not isinstance(value, str) or not value.startswith("/"):
-        raise config_mod.ConfigError(source, f"keys.{key}", f"must be an absolute path, got {value!r}")
-    return Path(value)
+    return checks.absolute_path(source, f"keys.{key}", value)
 
 
 def validate(source: str, raw: Any) -> KeysConfig:
-    if not isinstance(raw, dict):
-        raise config_mod.ConfigError(source, "keys", "must be a table")
-    for key in raw:
-        if key not in _ALLOWED:
-            hint = " (private keys are named by path, never inline)" if "secret" in key or key == "key" else ""
-            raise config_mod.ConfigError(source, f"keys.{key}", f"unknown key (known: {', '.join(_ALLOWED)}){hint}")
+    checks.table(source, "keys", raw)
+    inline = " (private keys are named by path, never inline)"
+    checks.known_keys(source, "keys", raw, _ALLOWED, {k: inline for k in raw if "secret" in k or k == "key"})
     recipients = raw.get("recipients", [])
     if isinstance(recipients, str) or not isinstance(recipients, list):
         raise config_mod.ConfigError(source, "keys.recipients", "must be a list of age1... recipients")
