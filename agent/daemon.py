@@ -23,6 +23,7 @@ from watchdog.observers.polling import PollingObserver
 
 from . import config as config_mod
 from . import failures, health, runs, statelock
+from . import retention
 from .opsconfig import metrics_config
 from .sdnotify import Notifier
 from .ledger import Ledger, LedgerError
@@ -78,7 +79,7 @@ class Daemon:
     def __init__(self, config_path: str | None, stages: list[Stage] | None = None) -> None:
         self.config_path = config_path
         self.cfg = config_mod.load(config_path)
-        self.stages = stages or []
+        self.stages = [*(stages or []), retention.stage]  # retention last: it removes what the others finished
         self.wake = threading.Event()
         self.stopping = False
         self.reload_requested = False

@@ -53,6 +53,7 @@ COMMANDS = {
     "redact": "redact", "audit": "audit", "ledger": "ledger_cmd",
     "sync": "sync", "targets": "targets", "approve": "approve",
     "demo": "demo",
+    "prune": "prune", "receipts": "receipts",
     "health": "health",
 }
 

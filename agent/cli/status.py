@@ -9,6 +9,7 @@ import click
 from ..status_view import (delivery_note, delivery_views, human_age, human_size, imported_views, run_view,
                            target_line)
 from .. import failures
+from ..ledger.receipts import unconfirmed as unconfirmed_bundles
 from .common import Context, echo_json, pass_ctx
 
 DISK_FLOOR = 1 << 20  # less free than this in the state directory: work is paused
@@ -47,10 +48,11 @@ def command(ctx: Context, as_json: bool) -> None:
     for i in imported:
         i["deliveries"] = [d for d in deliveries.get(i["run_id"], []) if d["segment"] == i["segment"]]
     disk = _disk_warning(ctx)
+    unconfirmed = [dict(u, age_seconds=now - u["created"]) for u in unconfirmed_bundles(ledger.db)]
     if as_json:
         echo_json({"runs": views, "counts": counts, "targets": targets, "imported": imported,
                    "deliveries": [dict(d, run_id=rid) for rid, ds in deliveries.items() for d in ds],
-                   "node": ctx.config.node_name, "problems": [disk] if disk else []})
+                   "unconfirmed": unconfirmed, "node": ctx.config.node_name, "problems": [disk] if disk else []})
         return
     if disk:
         click.echo(f"warning: {disk}", err=True)
@@ -75,5 +77,9 @@ def command(ctx: Context, as_json: bool) -> None:
         if any(len(r[-1]) > room for r in rows):
             click.echo("(the whole note: tfwb-agent runs show RUN)")
     click.echo("  ".join(f"{state}: {n}" for state, n in sorted(counts.items())) or "")
+    if unconfirmed:  # sealed or exported, and nothing (a delivery here, a receipt) says it arrived
+        said = {k: sum(1 for u in unconfirmed if u["gateway_says"] == k) for k in ("imported", "refused")}
+        click.echo(f"unconfirmed: {len(unconfirmed)} bundle(s), the oldest for {human_age(unconfirmed[0]['age_seconds'])}"
+                   f" (gateway receipts say imported: {said['imported']}, refused: {said['refused']})")
     for t in targets:
         click.echo(target_line(t, now))

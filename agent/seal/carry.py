@@ -328,6 +328,10 @@ def _remove_unrecorded(cfg: Config, ledger: Ledger, bundle_id: str) -> None:
 def _quarantine(cfg: Config, ledger: Ledger, path: Path, exc: bd.Refused) -> ImportOutcome:
     qroot = quarantine_root(cfg)
     qroot.mkdir(parents=True, exist_ok=True, mode=0o700)
+    from ..retention import quarantined_copy
+    kept = quarantined_copy(qroot, path, exc.reason)  # the same medium imported again: no second copy
+    if kept is not None:
+        return ImportOutcome(path.name, "refused", reason=exc.reason, detail=exc.detail, quarantined=str(kept))
     qdir = statedir.quarantine_entry(cfg, path.name)
     stamp = qdir.name.split("-", 1)[0]
     qdir.mkdir(mode=0o700)
