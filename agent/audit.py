@@ -49,9 +49,17 @@ def _last_line(f: Any) -> bytes | None:
 
 def append(path: str | os.PathLike, event: dict[str, Any]) -> dict[str, Any]:
     """Append ``event`` (JSON-able) as the next line; return the line as written."""
+    return append_many(path, [event])[0]
+
+
+def append_many(path: str | os.PathLike, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Append ``events`` as the next lines under one lock and one fsync (the ledger's
+    transitions of one transaction: a first pass over a large volume is one write, not
+    thousands); return the lines as written."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
+    written: list[dict[str, Any]] = []
     with os.fdopen(fd, "r+b") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         last = _last_line(f)
@@ -63,16 +71,21 @@ def append(path: str | os.PathLike, event: dict[str, Any]) -> dict[str, Any]:
             except (ValueError, KeyError, TypeError):
                 raise ValueError(f"{p}: the last line is not an audit entry; run `tfwb-agent audit verify`") from None
             prev = hashlib.sha256(last).hexdigest()
-        fields = {"seq": seq, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  "prev": prev, "event": event}
-        fields["sha256"] = hashlib.sha256(_canonical(fields)).hexdigest()
-        line = _canonical(fields)
-        if b"\n" in line:
-            raise ValueError("an audit line cannot hold a raw newline")  # json escapes them; belt and braces
-        f.write(line + b"\n")
+        out = b""
+        for event in events:
+            fields = {"seq": seq, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                      "prev": prev, "event": event}
+            fields["sha256"] = hashlib.sha256(_canonical(fields)).hexdigest()
+            line = _canonical(fields)
+            if b"\n" in line:
+                raise ValueError("an audit line cannot hold a raw newline")  # json escapes them; belt and braces
+            out += line + b"\n"
+            written.append(fields)
+            seq, prev = seq + 1, hashlib.sha256(line).hexdigest()
+        f.write(out)
         f.flush()
         os.fsync(f.fileno())
-    return fields
+    return written
 
 
 def head(path: str | os.PathLike) -> tuple[int, str]:

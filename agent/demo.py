@@ -151,7 +151,7 @@ def run_demo(work: Path, say: Say, to_url: str | None = None, api_key_env: str =
     for r in ledger.runs():
         report.runs.append({"run_id": r["run_id"], "project": r["project"], "ended": r["ended"], "state": r["state"],
                             "steps": r["steps"], "reason": r["reason"], "last_error": r["last_error"]})
-    for b in ledger.db.execute("SELECT run_id, name, content_id FROM bundles ORDER BY run_id"):
+    for b in sorted(ledger.bundles(), key=lambda b: b["run_id"]):
         size = (statedir.outbox(node_cfg) / b["name"]).stat().st_size
         report.bundles.append({"run_id": b["run_id"], "bundle": b["name"], "bytes": size})
 
@@ -160,8 +160,8 @@ def run_demo(work: Path, say: Say, to_url: str | None = None, api_key_env: str =
     usb.mkdir()
     node_pub = load_public_key(Path(f"{keys_config(node_cfg).node_key}.pub"))
     export_to(node_cfg, ledger, usb, node_pub)
-    exported = {b["run_id"] for b in ledger.db.execute("SELECT run_id FROM bundles WHERE state = 'exported'")}
-    report.runs = [dict(r, state="exported" if r["run_id"] in exported else r["state"]) for r in report.runs]
+    now_in = {r["run_id"]: r["state"] for r in ledger.runs()}  # export moved them to exported
+    report.runs = [dict(r, state=now_in.get(r["run_id"], r["state"])) for r in report.runs]
     gw_ledger = Ledger(gw_cfg.ledger_path)
     outcomes = import_dir(gw_cfg, open_keys(keys_config(gw_cfg)), gw_ledger, usb)
     report.imported = [o.as_dict() for o in outcomes if o.status == "imported"]

@@ -114,8 +114,7 @@ def part_number(ledger: Ledger, row: dict[str, Any]) -> int:
     """Which part of its run this directory is. A job killed and restarted with the same run id
     writes a second ``offline-run-<time>-<id>`` directory that resumes the run: the parts are
     its segments, in the order of their start times (the directory names)."""
-    keys = [r[0] for r in ledger.db.execute("SELECT key FROM runs WHERE run_id = ? AND state != 'invalid'",
-                                            (row["run_id"],))]
+    keys = ledger.part_keys(row["run_id"])
     return sorted(keys, key=lambda k: (Path(k).name, k)).index(row["key"])
 
 
@@ -147,7 +146,7 @@ def seal_one(ledger: Ledger, cfg: config_mod.Config, row: dict[str, Any], keys: 
         # its ledger was rebuilt): the rest is sealed as the segment after those, never again
         # as one of them.
         facts = dict(row["facts"], next_segment=resume["segment"], segment_start=resume["byte_start"])
-        ledger.set_run_state(row["key"], row["state"], facts=ledger.encode_facts(facts))
+        ledger.set_run_facts(row["key"], facts)
         row = dict(row, facts=facts)
     work = statedir.work_for(cfg, run_dir.name)
     try:
@@ -163,8 +162,7 @@ def seal_one(ledger: Ledger, cfg: config_mod.Config, row: dict[str, Any], keys: 
             # marker on the volume first; if another node's is there, this transaction and our
             # bundle go.
             _record_on_volume(claims, run_dir.name, sealed)
-            db.execute("UPDATE runs SET state = 'sealed', last_error = NULL, updated = ? WHERE key = ?",
-                       (time.time(), row["key"]))
+            ledger.mark_run_sealed(row["key"])
 
         try:
             sealed = seal_run(cfg, keys, ledger, redacted,
@@ -177,7 +175,7 @@ def seal_one(ledger: Ledger, cfg: config_mod.Config, row: dict[str, Any], keys: 
             raise
         if sealed.reused:  # already sealed before a crash: make sure the run and the volume say so
             _record_on_volume(claims, run_dir.name, sealed)
-            ledger.set_run_state(row["key"], "sealed", last_error=None)
+            ledger.mark_run_sealed(row["key"])
         return sealed.path
     finally:
         statedir.release_work(work)
@@ -212,8 +210,7 @@ def seal_stage(ledger: Ledger, cfg: config_mod.Config) -> bool:
     for leftover in statedir.sweep_work(cfg):
         log.info("removed work/%s, left by a process that is gone", leftover)
     # Runs delivered live are closed by their last live segment (deliver/live.py), not here.
-    waiting = "state = 'ended' AND json_extract(facts, '$.live_segments') IS NULL"
-    if not ledger.db.execute(f"SELECT 1 FROM runs WHERE {waiting} LIMIT 1").fetchone():
+    if not ledger.runs_to_seal(limit=1):
         return False  # the common idle case: no key or policy file read
     try:
         keys = seal_keys(keys_config(cfg))
@@ -229,7 +226,7 @@ def seal_stage(ledger: Ledger, cfg: config_mod.Config) -> bool:
         return False
     now = time.time()
     # A batch per call: the daemon goes back to its events between batches.
-    batch = ledger.runs_where(waiting, limit=SEAL_BATCH)
+    batch = ledger.runs_to_seal(limit=SEAL_BATCH)
     book = ClaimBook(cfg)  # renews this node's lease as it goes: a long batch keeps its runs
     tried = 0
     for row in batch:
@@ -271,13 +268,13 @@ def _disk_full_cause(exc: BaseException) -> BaseException | None:
 
 def _quarantine(ledger: Ledger, row: dict[str, Any], reason: str) -> None:
     log.error("%s: quarantined: %s", row["key"], reason)
-    ledger.set_run_state(row["key"], "quarantined", last_error=reason)
+    ledger.quarantine_run(row["key"], reason)
 
 
 def _retry_later(ledger: Ledger, row: dict[str, Any], reason: str) -> None:
     log.warning("%s: %s", row["key"], reason)
     facts = dict(row["facts"], seal_failed_at=time.time())
-    ledger.set_run_state(row["key"], "ended", last_error=reason, facts=ledger.encode_facts(facts))
+    ledger.set_run_facts(row["key"], facts, last_error=reason)
 
 
 def _delivery_stage() -> list[Callable[[Ledger, config_mod.Config], bool | None]]:

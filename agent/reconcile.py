@@ -141,6 +141,7 @@ def look(ledger: Ledger, cfg: Config, run_dir: Path, root: Path, book: ClaimBook
             ledger.drop_run(key)
         return None
     before = facts_from_row(prev) if prev else None
+    revision = None
     try:
         facts = runs.inspect(run_dir, before)
     except Exception as exc:  # the daemon survives bad input: record it on the run, go on
@@ -150,44 +151,39 @@ def look(ledger: Ledger, cfg: Config, run_dir: Path, root: Path, book: ClaimBook
     if prev and provisional(prev["state"], prev["ended"]):
         if not runs.revised(prev["ended"], before, facts):
             # Touched, nothing new: remember the file as it is, keep the sealed ending.
-            with ledger.tx() as db:
-                db.execute("UPDATE runs SET size = ?, mtime = ?, updated = ? WHERE key = ?",
-                           (facts.size, facts.mtime, time.time(), key))
+            ledger.note_file(key, facts.size, facts.mtime)
             return False, None
-        _revise(ledger, cfg, prev, facts, now)
+        revision = _revise(ledger, prev, facts, now)
     verdict = runs.classify(facts, now, cfg.watch.quiet_seconds)
     row = row_from(key, facts, verdict, cfg, prev)
     changed = prev is None or any(prev.get(k) != row[k] for k in ("state", "ended", "reason", "size", "steps"))
-    if changed or (prev and prev.get("mtime") != row["mtime"]):
-        with ledger.tx() as db:
-            ledger.save_run(db, row)
+    if changed or revision or (prev and prev.get("mtime") != row["mtime"]):
+        ledger.record_run(row, audit=revision)
     if changed:
         log.info("%s: %s%s%s", run_dir.name, verdict.state, f" ({verdict.ended})" if verdict.ended else "",
                  f": {verdict.reason}" if verdict.reason else "")
     return changed, verdict.recheck_at
 
 
-def _revise(ledger: Ledger, cfg: Config, prev: dict[str, Any], facts: runs.RunFacts, now: float) -> None:
+def _revise(ledger: Ledger, prev: dict[str, Any], facts: runs.RunFacts, now: float) -> dict[str, Any]:
     """A run sealed as crashed has written again: it was only quiet. Note the revision in its
     facts (``status`` shows it in the reason) and where its sealed segments end, so that the
-    growth is sealed as the next segment, and in the audit log."""
-    from . import audit, statedir
-
-    top = ledger.db.execute("SELECT MAX(segment) FROM bundles WHERE run_id = ?", (prev["run_id"],)).fetchone()[0]
-    end = ledger.db.execute("SELECT MAX(byte_end) FROM bundles WHERE run_key = ?", (prev["key"],)).fetchone()[0]
+    growth is sealed as the next segment. Returns the audit log's line for it (the ledger
+    writes it with the run's new state)."""
+    top, end = ledger.sealed_extent(prev["run_id"], prev["key"])
     segment = 0 if top is None else int(top) + 1
     was_reason = (prev["reason"] or "").split("; ending revised")[0] or None
     entry = {"at": now, "was": prev["ended"], "was_state": prev["state"], "was_reason": was_reason,
              "rows_sealed": prev["steps"], "segment": segment}
     facts.extra["revisions"] = [*facts.extra.get("revisions", []), entry]
     facts.extra["next_segment"], facts.extra["segment_start"] = segment, int(end or prev["read_offset"] or 0)
-    audit.append(statedir.audit_log(cfg), {"kind": "ending_revised", "run_id": prev["run_id"], "run_dir": prev["key"],
-                                          "was": prev["ended"], "was_reason": was_reason, "was_state": prev["state"],
-                                          "rows_sealed": prev["steps"], "rows_now": facts.steps,
-                                          "next_segment": segment})
+    event = {"kind": "ending_revised", "run_id": prev["run_id"], "run_dir": prev["key"], "was": prev["ended"],
+             "was_reason": was_reason, "was_state": prev["state"], "rows_sealed": prev["steps"],
+             "rows_now": facts.steps, "next_segment": segment}
     log.warning("%s: was taken for crashed (%s) and sealed, but its log grew again (%d -> %d history rows): "
                 "the ending is revised, the growth goes as segment %d", Path(prev["key"]).name,
                 was_reason or "no exit record", prev["steps"], facts.steps, segment)
+    return event
 
 
 def _odd_name(ledger: Ledger, key: str, run_dir: Path, light: tuple | None) -> bool:
@@ -195,8 +191,7 @@ def _odd_name(ledger: Ledger, key: str, run_dir: Path, light: tuple | None) -> b
     state = light[0] if light is not None else (ledger.run(key) or {}).get("state")
     if state == "invalid":
         return False
-    with ledger.tx() as db:
-        ledger.save_run(db, {"key": key, "state": "invalid", "reason": reason, "last_error": reason})
+    ledger.record_run({"key": key, "state": "invalid", "reason": reason, "last_error": reason})
     log.warning("%s", reason)
     return True
 
@@ -208,8 +203,7 @@ def reconcile(ledger: Ledger, cfg: Config, only: Iterable[Path] | None = None, n
     result = PassResult()
     known: dict[str, tuple] = {}
     if only is None:  # one query for the whole pass instead of one per run
-        known = {r[0]: tuple(r[1:]) for r in ledger.db.execute(
-            "SELECT key, state, size, mtime, log_path, ended FROM runs")}
+        known = ledger.run_glance()
     targets: Iterable[tuple[Path, Path]]
     if only is None:
         targets = ((d, root) for root in cfg.watch.roots for d in runs.discover(root))
@@ -262,4 +256,4 @@ def _mark_vanished(ledger: Ledger, known: dict[str, tuple], seen: set[str]) -> N
     reason = "the run directory disappeared before it was sealed"
     for key, (state, *_rest) in known.items():
         if key not in seen and state not in DOWNSTREAM and state != "invalid" and not Path(key).is_dir():
-            ledger.set_run_state(key, "invalid", reason=reason, last_error=reason)
+            ledger.mark_invalid(key, reason)

@@ -34,11 +34,10 @@ def run_view(row: dict[str, Any], now: float | None = None) -> dict[str, Any]:
     }
 
 
-def delivery_views(ledger_db: Any) -> dict[str, list[dict[str, Any]]]:
+def delivery_views(deliveries: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Per run id: each (segment, target) delivery with its state and, in words, why."""
     out: dict[str, list[dict[str, Any]]] = {}
-    for d in ledger_db.execute("SELECT * FROM deliveries ORDER BY run_id, segment, target"):
-        d = dict(d)
+    for d in deliveries:
         out.setdefault(d["run_id"], []).append({
             "segment": d["segment"], "target": d["target"], "state": d["state"],
             "why": d.get("reason") or d.get("last_error"), "next_attempt": d.get("next_attempt"),
@@ -46,11 +45,11 @@ def delivery_views(ledger_db: Any) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def imported_views(ledger_db: Any) -> list[dict[str, Any]]:
-    """On a gateway: the bundles imported from removable media (their runs are not watched here)."""
-    return [dict(r) for r in ledger_db.execute(
-        "SELECT i.run_id, i.segment, i.bundle_id, i.signer, i.imported_at, b.name FROM imports i "
-        "LEFT JOIN bundles b ON b.bundle_id = i.bundle_id ORDER BY i.imported_at")]
+def imported_view(i: dict[str, Any]) -> dict[str, Any]:
+    """On a gateway: one bundle imported from removable media (its run is not watched here);
+    ``state`` is imported, then delivered once a target confirmed it."""
+    keep = ("run_id", "segment", "bundle_id", "signer", "imported_at", "name", "state", "project", "entity")
+    return {k: i.get(k) for k in keep}
 
 
 def delivery_note(deliveries: list[dict[str, Any]]) -> str:

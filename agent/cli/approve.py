@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import getpass
-import time
 
 import click
 
-from .. import audit, statedir
 from .common import Context, echo_json, pass_ctx
 
 
@@ -19,19 +17,10 @@ def command(ctx: Context, run_id: str, who: str | None, as_json: bool) -> None:
     """Approve RUN_ID for delivery under policies with hold = true."""
     with ctx.writing("approve"):
         ledger = ctx.ledger()
-        known = ledger.db.execute("SELECT 1 FROM bundles WHERE run_id = ? UNION SELECT 1 FROM runs WHERE run_id = ?",
-                                  (run_id, run_id)).fetchone()
-        if known is None:
+        if not ledger.knows_run_id(run_id):
             raise click.ClickException(f"no run {run_id!r} is known here (see `tfwb-agent status`)")
         who = who or getpass.getuser()
-        now = time.time()
-        with ledger.tx() as db:
-            db.execute("INSERT OR REPLACE INTO approvals (run_id, approved_at, approved_by) VALUES (?, ?, ?)",
-                       (run_id, now, who))
-            # Held deliveries become pending: the next round asks the policy again.
-            db.execute("UPDATE deliveries SET state = 'pending', updated = ? WHERE run_id = ? AND state = 'held'",
-                       (now, run_id))
-        audit.append(statedir.audit_log(ctx.config), {"kind": "approved", "run_id": run_id, "by": who})
+        now = ledger.approve(run_id, who)
     if as_json:
         echo_json({"run_id": run_id, "approved_by": who, "approved_at": now})
     else:

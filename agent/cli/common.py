@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import sys
 from typing import Any, Callable, Iterator
 
 import click
@@ -69,7 +68,3 @@ def pass_ctx(fn: Callable[..., Any]) -> Callable[..., Any]:
 def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
-
-def fail(message: str, code: int = 1) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)

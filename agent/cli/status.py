@@ -6,7 +6,7 @@ import time
 
 import click
 
-from ..status_view import (delivery_note, delivery_views, human_age, human_size, imported_views, run_view,
+from ..status_view import (delivery_note, delivery_views, human_age, human_size, imported_view, run_view,
                            target_line)
 from .. import failures
 from ..ledger.receipts import unconfirmed as unconfirmed_bundles
@@ -36,21 +36,24 @@ def command(ctx: Context, as_json: bool) -> None:
 
     \b
     state:  live | ended | invalid | sealed | exported | delivered | quarantined
+            (a gateway: each imported bundle, imported | delivered)
     ended:  finished | crashed | - (still live, or not a run)
     """
     ledger = ctx.ledger()
     now = time.time()
-    deliveries = delivery_views(ledger.db)
+    deliveries = delivery_views(ledger.deliveries())
     views = [dict(run_view(r, now), deliveries=deliveries.get(r["run_id"], [])) for r in ledger.runs()]
     counts = ledger.counts()
-    targets = [dict(r) for r in ledger.db.execute("SELECT * FROM targets ORDER BY name")]
-    imported = imported_views(ledger.db)
+    targets = ledger.targets()
+    imported = [imported_view(i) for i in ledger.imports()]
+    import_counts = ledger.import_counts()  # a gateway's runs are its imports
     for i in imported:
         i["deliveries"] = [d for d in deliveries.get(i["run_id"], []) if d["segment"] == i["segment"]]
     disk = _disk_warning(ctx)
     unconfirmed = [dict(u, age_seconds=now - u["created"]) for u in unconfirmed_bundles(ledger.db)]
     if as_json:
         echo_json({"runs": views, "counts": counts, "targets": targets, "imported": imported,
+                   "import_counts": import_counts,
                    "deliveries": [dict(d, run_id=rid) for rid, ds in deliveries.items() for d in ds],
                    "unconfirmed": unconfirmed, "node": ctx.config.node_name, "problems": [disk] if disk else []})
         return
@@ -59,7 +62,7 @@ def command(ctx: Context, as_json: bool) -> None:
     if not views and imported:
         click.echo(f"{len(imported)} imported bundle(s) (this is a gateway):")
         for i in imported:
-            click.echo(f"  {i['name'] or i['bundle_id']}  from {i['signer']}  "
+            click.echo(f"  {i['name'] or i['bundle_id']}  {i['state']}  from {i['signer']}  "
                        f"{delivery_note(i['deliveries']) or 'not delivered yet'}")
     elif not views:
         click.echo(f"No runs yet under {', '.join(map(str, ctx.config.watch.roots)) or '(no roots configured)'}."
@@ -77,6 +80,8 @@ def command(ctx: Context, as_json: bool) -> None:
         if any(len(r[-1]) > room for r in rows):
             click.echo("(the whole note: tfwb-agent runs show RUN)")
     click.echo("  ".join(f"{state}: {n}" for state, n in sorted(counts.items())) or "")
+    if import_counts:
+        click.echo("imported bundles: " + "  ".join(f"{state}: {n}" for state, n in sorted(import_counts.items())))
     if unconfirmed:  # sealed or exported, and nothing (a delivery here, a receipt) says it arrived
         said = {k: sum(1 for u in unconfirmed if u["gateway_says"] == k) for k in ("imported", "refused")}
         click.echo(f"unconfirmed: {len(unconfirmed)} bundle(s), the oldest for {human_age(unconfirmed[0]['age_seconds'])}"

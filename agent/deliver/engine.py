@@ -23,7 +23,6 @@ import logging
 import os
 import shutil
 import subprocess
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
@@ -31,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator
 
-from .. import audit, ids, statedir
+from .. import ids, statedir
 from .. import config as config_mod
 from ..ledger import Ledger
 from ..runs import find_log
@@ -74,6 +73,7 @@ class Unit:
     project: str | None = None
     entity: str | None = None
     byte_start: int = 0
+    identity_known: bool = True  # False: an older ledger's row that never kept its project and entity
 
     @property
     def separate_part(self) -> bool:
@@ -135,108 +135,36 @@ def _staged_run_dir(staged: Path) -> Path | None:
     return dirs[0] if len(dirs) == 1 else None
 
 
-def _identity_from_log(run_dir: Path) -> tuple[str | None, str | None]:
-    log_path = find_log(run_dir)
-    if log_path is None:
-        return None, None
-    from ..wandb_log import read_records
-    for _off, rec in read_records(log_path):
-        if rec.WhichOneof("record_type") == "run":
-            return rec.run.project or None, rec.run.entity or None
-    return None, None
-
-
-class _Peeked(Exception):
-    def __init__(self, manifest: dict[str, Any]) -> None:
-        self.manifest = manifest
-
-
-_peek_cache: dict[str, tuple[str | None, str | None]] = {}
-
-
-def _identity_from_bundle(cfg: config_mod.Config, u: Unit) -> tuple[str | None, str | None]:
-    """The run's project and entity from a bundle's manifest (verified, decrypted just as far as
-    the manifest): for bundles sealed by hand, with no run row in this ledger."""
-    if u.bundle_id in _peek_cache:
-        return _peek_cache[u.bundle_id]
-    from ..seal import keys_config, open_bundle, open_keys
-
-    def stop(m: dict[str, Any]) -> None:
-        raise _Peeked(m)
-
-    found: tuple[str | None, str | None] = (None, None)
-    try:
-        open_bundle(u.path, open_keys(keys_config(cfg)), on_manifest=stop)
-    except _Peeked as p:
-        run = p.manifest.get("run") or {}
-        found = (run.get("project"), run.get("entity"))
-    except Exception:  # noqa: BLE001 - delivery itself opens it again and says what is wrong
-        return None, None
-    _peek_cache[u.bundle_id] = found
-    return found
-
-
-def _resolve_identity(cfg: config_mod.Config, u: Unit) -> None:
-    """Fill in the project and entity of a unit with no run row in this ledger (imported, or
-    sealed by hand). Only for units still to decide about: it reads the log or the bundle."""
-    if u.project is not None:
-        return
-    if u.source == "staged":
-        rd = _staged_run_dir(u.path)
-        if rd is not None:
-            u.project, u.entity = _identity_from_log(rd)
-    else:
-        u.project, u.entity = _identity_from_bundle(cfg, u)
+NO_IDENTITY = ("the ledger does not know this bundle's project and entity (recorded by an older agent, which did "
+               "not keep them); seal the run again (`tfwb-agent seal`), then sync")
 
 
 def pending_units(ledger: Ledger) -> list[Unit]:
-    """Every bundle this host could deliver, oldest run first, segments in order."""
-    rows = ledger.db.execute(
-        "SELECT b.*, r.project AS r_project, r.entity AS r_entity FROM bundles b "
-        "LEFT JOIN runs r ON r.key = b.run_key "
-        "WHERE b.state IN ('sealed', 'exported', 'imported') ORDER BY b.run_id, b.segment, b.created").fetchall()
+    """Every bundle this host could deliver, oldest run first, segments in order, with the
+    project and entity the ledger keeps for it (never read again from a log or a bundle)."""
     units: dict[tuple[str, int], Unit] = {}
-    for r in rows:
+    for r in ledger.deliverable():
         source = "staged" if r["state"] == "imported" else "outbox"
         u = Unit(r["run_id"], r["segment"], r["content_id"], r["bundle_id"], source, Path(r["path"]), r["created"],
-                 r["r_project"], r["r_entity"], r["byte_start"] or 0)
+                 r["run_project"], r["run_entity"], r["byte_start"] or 0, bool(r["identity_known"]))
         units[(u.run_id, u.segment)] = u  # a newer bundle of the same segment replaces an older one
     return sorted(units.values(), key=lambda u: (u.created if u.segment == 0 else 0, u.run_id, u.segment))
 
 
 # --- ledger bookkeeping -------------------------------------------------------------------
 
-_db_lock = threading.RLock()  # one sqlite connection, shared by the upload threads
-
-
 def _delivery(ledger: Ledger, u: Unit, target: str) -> dict[str, Any] | None:
-    with _db_lock:
-        row = ledger.db.execute("SELECT * FROM deliveries WHERE run_id = ? AND segment = ? AND target = ?",
-                                (u.run_id, u.segment, target)).fetchone()
-    return dict(row) if row else None
+    return ledger.delivery(u.run_id, u.segment, target)
 
 
-def _set(ledger: Ledger, u: Unit, target: str, state: str, **fields: Any) -> None:
-    now = time.time()
-    with _db_lock, ledger.tx() as db:
-        db.execute("INSERT OR IGNORE INTO deliveries (run_id, segment, target, content_id, state, updated) "
-                   "VALUES (?, ?, ?, ?, ?, ?)", (u.run_id, u.segment, target, u.content_id, state, now))
-        fields = {"content_id": u.content_id, "state": state, "updated": now, **fields}
-        sets = ", ".join(f"{k} = ?" for k in fields)
-        db.execute(f"UPDATE deliveries SET {sets} WHERE run_id = ? AND segment = ? AND target = ?",
-                   (*fields.values(), u.run_id, u.segment, target))
-        if state == "confirmed":
-            # A run whose every bundle reached some target is delivered (for `status`).
-            db.execute("UPDATE runs SET state = 'delivered', updated = ? WHERE run_id = ? AND state IN "
-                       "('sealed', 'exported') AND NOT EXISTS (SELECT 1 FROM bundles b WHERE b.run_id = runs.run_id "
-                       "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.run_id = b.run_id AND "
-                       "d.segment = b.segment AND d.state = 'confirmed'))", (now, u.run_id))
+def _set(ledger: Ledger, u: Unit, target: str, state: str, audit: dict[str, Any] | None = None,
+         **fields: Any) -> None:
+    ledger.set_delivery(run_id=u.run_id, segment=u.segment, content_id=u.content_id, bundle_id=u.bundle_id,
+                        target=target, state=state, audit=audit, **fields)
 
 
 def target_row(ledger: Ledger, name: str) -> dict[str, Any] | None:
-    with _db_lock:
-        row = ledger.db.execute("SELECT * FROM targets WHERE name = ?", (name,)).fetchone()
-    return dict(row) if row else None
+    return ledger.target(name)
 
 
 def record_probe(ledger: Ledger, name: str, result: probe.ProbeResult, settings: SyncSettings,
@@ -254,11 +182,7 @@ def record_probe(ledger: Ledger, name: str, result: probe.ProbeResult, settings:
     else:  # key rejected: wait long; an operator fixes the key and runs `targets check` or `sync`
         failures = prev["failures"] + 1
         nxt = now + settings.key_rejected_retry
-    with _db_lock, ledger.tx() as db:
-        db.execute("INSERT INTO targets (name, status, detail, failures, next_attempt, updated) VALUES (?, ?, ?, ?, ?, ?) "
-                   "ON CONFLICT(name) DO UPDATE SET status = excluded.status, detail = excluded.detail, "
-                   "failures = excluded.failures, next_attempt = excluded.next_attempt, updated = excluded.updated",
-                   (name, result.status, result.detail, failures, nxt, now))
+    ledger.record_target(name, result.status, result.detail, failures, nxt, now)
     return {"name": name, "status": result.status, "detail": result.detail, "failures": failures, "next_attempt": nxt}
 
 
@@ -277,8 +201,7 @@ def probe_target(ledger: Ledger, name: str, t: Target, settings: SyncSettings,
 
 
 def _approved(ledger: Ledger, run_id: str) -> bool:
-    with _db_lock:
-        return ledger.db.execute("SELECT 1 FROM approvals WHERE run_id = ?", (run_id,)).fetchone() is not None
+    return ledger.is_approved(run_id)
 
 
 # --- one segment ----------------------------------------------------------------------------
@@ -500,11 +423,10 @@ class _Settle:
         _set(self.ledger, u, self.t.name, "confirmed", last_error=None, reason=f"{how}: {j.detail}",
              server_rows=through, rows_sent=prev.get("rows_sent", 0) + rows,
              bytes_sent=prev.get("bytes_sent", 0) + size, confirmed_at=now, next_attempt=None,
-             uploader_pid=None, uploader_start=None)
-        audit.append(statedir.audit_log(self.cfg), {
-            "kind": "delivered", "run_id": u.run_id, "segment": u.segment, "content_id": u.content_id,
-            "bundle_id": u.bundle_id, "target": self.t.name, "base_url": self.t.base_url, "rows_sent": rows,
-            "bytes_sent": size, "server_rows": through, "how": how})
+             uploader_pid=None, uploader_start=None, audit={
+                 "kind": "delivered", "run_id": u.run_id, "segment": u.segment, "content_id": u.content_id,
+                 "bundle_id": u.bundle_id, "target": self.t.name, "base_url": self.t.base_url, "rows_sent": rows,
+                 "bytes_sent": size, "server_rows": through, "how": how})
         log.info("%s segment %d -> %s: confirmed (%s; %d rows, %d bytes sent)", u.run_id, u.segment, self.t.name,
                  how, rows, size)
         return Outcome(u.run_id, u.segment, self.t.name, "confirmed", how, rows, size)
@@ -584,9 +506,7 @@ def _sweep_leftovers(ledger: Ledger, cfg: config_mod.Config, target_name: str) -
     root = statedir.deliver_target(cfg, target_name)
     if not root.is_dir():
         return
-    with _db_lock:
-        rows = ledger.db.execute("SELECT uploader_pid, uploader_start FROM deliveries WHERE target = ? AND "
-                                 "state = 'uploading' AND uploader_pid IS NOT NULL", (target_name,)).fetchall()
+    rows = ledger.uploaders(target_name)
     if any(upload.alive(r["uploader_pid"], r["uploader_start"]) for r in rows):
         return
     for p in root.iterdir():
@@ -610,7 +530,11 @@ def _round(ledger: Ledger, cfg: config_mod.Config, target_name: str, t: Target, 
             continue  # delivered: nothing to ask, nothing to send
         if d and d["state"] == "failed" and d["content_id"] == u.content_id and not retry_failed:
             continue  # needs an operator (`sync --retry-failed` after looking)
-        _resolve_identity(cfg, u)
+        if not u.identity_known:
+            if not dry_run and (d is None or d["state"] != "held" or d["reason"] != NO_IDENTITY):
+                _set(ledger, u, target_name, "held", reason=NO_IDENTITY, last_error=None, next_attempt=None)
+            rr.outcomes.append(Outcome(u.run_id, u.segment, target_name, "held", NO_IDENTITY))
+            continue
         dec = policy.decide(rules, u.project, target_name, now=local_now, age_days=(now - u.created) / 86400,
                             approved=_approved(ledger, u.run_id))
         if not dec.may_send:

@@ -40,8 +40,7 @@ def seal_live_segments(ledger: Ledger, cfg: config_mod.Config, now: float | None
 
     now = time.time() if now is None else now
     settings = sync_settings(cfg)
-    rows = [r for r in ledger.runs_in_state("live")] + \
-           [r for r in ledger.runs_in_state("ended") if r["facts"].get("live_segments")]
+    rows = ledger.live_runs()
     if not rows:
         return []
     keys = seal_keys(keys_config(cfg))
@@ -77,7 +76,7 @@ def seal_live_segments(ledger: Ledger, cfg: config_mod.Config, now: float | None
                      resume["segment"] - 1, resume["by"], resume["segment"])
             k = resume["segment"]
             facts.update(live_segments=k, live_byte_end=resume["byte_start"], live_rows=resume["rows"])
-            ledger.set_run_state(row["key"], row["state"], facts=ledger.encode_facts(facts))
+            ledger.set_run_facts(row["key"], facts)
         # What the watcher has read of the log (whole records up to read_offset, `steps` history
         # rows): whether the run grew is known without reading it again.
         rows_now, cut_end = row["steps"], row["read_offset"]
@@ -122,11 +121,9 @@ def seal_live_segments(ledger: Ledger, cfg: config_mod.Config, now: float | None
                 f = dict(facts, live_segments=k + 1, live_rows=rows_now, live_cut_at=now,
                          live_byte_end=red.end if red else 0)
                 if ended:
-                    db.execute("UPDATE runs SET state = 'sealed', facts = ?, updated = ? WHERE key = ?",
-                               (ledger.encode_facts(f), time.time(), row["key"]))
+                    ledger.mark_run_sealed(row["key"], facts=f)
                 else:
-                    db.execute("UPDATE runs SET facts = ?, updated = ? WHERE key = ?",
-                               (ledger.encode_facts(f), time.time(), row["key"]))
+                    ledger.set_run_facts(row["key"], f)
                 end_state["ok"] = True
 
             seal_run(cfg, keys, ledger, redacted,

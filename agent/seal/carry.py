@@ -30,7 +30,7 @@ from ..ledger import Ledger
 from . import bundle as bd
 from . import minisign
 from .keystore import OpenKeys
-from .outbox import SIG_SUFFIX, audit_event, fsync_dir
+from .outbox import SIG_SUFFIX, fsync_dir
 
 INDEX_NAME = "tfwb-index.json"
 TMP_PREFIX = ".tfwb-tmp-"
@@ -87,8 +87,7 @@ def export_to(cfg: Config, ledger: Ledger, dest: Path, node_pub: minisign.Public
     dest = Path(dest)
     if not dest.is_dir():
         raise ExportError(f"{dest} is not a directory (is the medium mounted?)")
-    rows = [dict(r) for r in ledger.db.execute(
-        "SELECT * FROM bundles WHERE state = 'sealed' ORDER BY created, bundle_id")]
+    rows = ledger.bundles("sealed")
     report = ExportReport(str(dest))
     if not rows:
         return report
@@ -164,14 +163,8 @@ def export_to(cfg: Config, ledger: Ledger, dest: Path, node_pub: minisign.Public
                               "were removed and nothing was marked exported") from None
         raise ExportError(f"cannot write to {dest}: {exc.strerror or exc}; the partial copies were removed "
                           "and nothing was marked exported") from None
-    now = time.time()
-    with ledger.tx() as db:
-        for r in rows:
-            db.execute("UPDATE bundles SET state = 'exported', exported_at = ? WHERE bundle_id = ? AND state = 'sealed'",
-                       (now, r["bundle_id"]))
-    for e in report.exported:
-        audit_event(cfg, {"kind": "exported", "to": str(dest), **{k: e[k] for k in (
-            "name", "bundle_id", "content_id", "run_id", "segment", "size", "blake2b512")}})
+    ledger.mark_exported([r["bundle_id"] for r in rows], [{"kind": "exported", "to": str(dest), **{k: e[k] for k in (
+        "name", "bundle_id", "content_id", "run_id", "segment", "size", "blake2b512")}} for e in report.exported])
     return report
 
 
@@ -262,8 +255,7 @@ def import_one(cfg: Config, keys: OpenKeys, ledger: Ledger, path: Path) -> Impor
 
     def on_manifest(m: dict[str, Any]) -> None:
         # The manifest's ids passed ``ids.check`` (manifest.parse) before this is called.
-        row = ledger.db.execute("SELECT bundle_id, imported_at FROM imports WHERE content_id = ?",
-                                (m["content_id"],)).fetchone()
+        row = ledger.import_of_content(m["content_id"])
         if row is not None:
             raise bd.Refused("replay", f"content {m['content_id']} was imported on {_when(row['imported_at'])} "
                                        f"as bundle {row['bundle_id']}")
@@ -279,22 +271,13 @@ def import_one(cfg: Config, keys: OpenKeys, ledger: Ledger, path: Path) -> Impor
     seg = m["segment"]
     assert opened.staged is not None
     try:
-        with ledger.tx() as db:
-            now = time.time()
-            db.execute("INSERT INTO imports (content_id, bundle_id, run_id, segment, signer, staging, imported_at) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (m["content_id"], m["bundle_id"], m["run"]["run_id"], seg["number"], signer.label,
-                        str(opened.staged), now))
-            db.execute("INSERT OR REPLACE INTO bundles (bundle_id, run_key, run_id, segment, name, path, content_id, "
-                       "byte_start, byte_end, state, created) VALUES (?, NULL, ?, ?, ?, ?, ?, ?, ?, 'imported', ?)",
-                       (m["bundle_id"], m["run"]["run_id"], seg["number"], path.name, str(opened.staged),
-                        m["content_id"], seg.get("byte_start"), seg.get("byte_end"), now))
+        ledger.record_import(manifest=m, signer=signer.label, name=path.name, staging=str(opened.staged), audit={
+            "kind": "imported", "bundle": path.name, "from": str(path.parent), "bundle_id": m["bundle_id"],
+            "content_id": m["content_id"], "run_id": m["run"]["run_id"], "segment": seg["number"],
+            "signer": signer.label, "source_node": m.get("source_node"), "redaction": m.get("redaction")})
     except BaseException:  # not recorded (a full disk...): nothing of it stays staged
         shutil.rmtree(opened.staged, ignore_errors=True)
         raise
-    audit_event(cfg, {"kind": "imported", "bundle": path.name, "from": str(path.parent), "bundle_id": m["bundle_id"],
-                      "content_id": m["content_id"], "run_id": m["run"]["run_id"], "segment": seg["number"],
-                      "signer": signer.label, "source_node": m.get("source_node"), "redaction": m.get("redaction")})
     return ImportOutcome(path.name, "imported", signer=signer.label, bundle_id=m["bundle_id"],
                          run_id=m["run"]["run_id"], segment=seg["number"], content_id=m["content_id"],
                          staged=str(opened.staged))
@@ -307,10 +290,7 @@ def _when(t: float) -> str:
 def _refuse_conflict(ledger: Ledger, m: dict[str, Any]) -> None:
     """A bundle id this host already holds with other content is refused: an id names one
     bundle, and an imported run is never replaced by whatever next claims its id."""
-    row = ledger.db.execute(
-        "SELECT content_id, imported_at AS at, 'imported' AS state FROM imports WHERE bundle_id = ? UNION ALL "
-        "SELECT content_id, created AS at, state FROM bundles WHERE bundle_id = ? AND state != 'quarantined' "
-        "LIMIT 1", (m["bundle_id"], m["bundle_id"])).fetchone()
+    row = ledger.holds_bundle(m["bundle_id"])
     if row is not None and row["content_id"] != m["content_id"]:
         raise bd.Refused("conflict", f"bundle id {m['bundle_id']} is already {row['state']} here (since "
                                      f"{_when(row['at'])}) with content {row['content_id']}; this bundle carries "
@@ -320,8 +300,7 @@ def _refuse_conflict(ledger: Ledger, m: dict[str, Any]) -> None:
 def _remove_unrecorded(cfg: Config, ledger: Ledger, bundle_id: str) -> None:
     """``staging/<bundle_id>`` with no import recorded was extracted before a crash: start again."""
     leftover = statedir.staged(cfg, bundle_id)
-    if leftover.exists() and not ledger.db.execute("SELECT 1 FROM imports WHERE bundle_id = ?",
-                                                   (bundle_id,)).fetchone():
+    if leftover.exists() and not ledger.is_imported(bundle_id):
         shutil.rmtree(leftover)
 
 
@@ -349,20 +328,12 @@ def _quarantine(cfg: Config, ledger: Ledger, path: Path, exc: bd.Refused) -> Imp
         shutil.rmtree(qdir, ignore_errors=True)
         raise
     bundle_id = facts.bundle_id if facts else f"unverified-{path.name}"
-    with ledger.tx() as db:
-        db.execute("INSERT OR IGNORE INTO bundles (bundle_id, run_key, run_id, segment, name, path, content_id, "
-                   "state, created, reason) VALUES (?, NULL, ?, ?, ?, ?, ?, 'quarantined', ?, ?)",
-                   (bundle_id, facts.run_id if facts else "", facts.segment if facts else -1, path.name,
-                    str(qdir), facts.content_id if facts else "", time.time(), f"{exc.reason}: {exc.detail}"))
-    audit_event(cfg, {"kind": "quarantined", "bundle": path.name, "from": str(path.parent), "reason": exc.reason,
-                      "detail": exc.detail, "signer": info["signer"], "signed_facts": info["signed_facts"]})
+    ledger.quarantine_bundle(
+        bundle_id=bundle_id, run_id=facts.run_id if facts else "", segment=facts.segment if facts else -1,
+        name=path.name, path=str(qdir), content_id=facts.content_id if facts else "",
+        reason=f"{exc.reason}: {exc.detail}", audit={
+            "kind": "quarantined", "bundle": path.name, "from": str(path.parent), "reason": exc.reason,
+            "detail": exc.detail, "signer": info["signer"], "signed_facts": info["signed_facts"]})
     return ImportOutcome(path.name, "refused", reason=exc.reason, detail=exc.detail,
                          signer=v.signer.label if v else None, bundle_id=facts.bundle_id if facts else None,
                          run_id=facts.run_id if facts else None, quarantined=str(qdir))
-
-
-def imported_bundles(ledger: Ledger) -> list[dict[str, Any]]:
-    """The delivery queue on a gateway: imported bundles, oldest first (``path`` is the staged
-    directory; the run directory inside it is ``<path>/<run_dir>``)."""
-    return [dict(r) for r in ledger.db.execute(
-        "SELECT * FROM bundles WHERE state = 'imported' ORDER BY created, bundle_id")]

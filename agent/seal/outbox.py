@@ -17,7 +17,6 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
-import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from .. import __version__
-from .. import audit, failures, statedir
+from .. import failures, statedir
 from ..config import Config
 from ..ledger import Ledger
 from . import bundle as bd
@@ -72,11 +71,6 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def audit_event(cfg: Config, event: dict[str, Any]) -> None:
-    """Record a transition in the hash-chained audit log (after the ledger has it)."""
-    audit.append(statedir.audit_log(cfg), event)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -198,19 +192,17 @@ def seal_run(cfg: Config, keys: SealKeys, ledger: Ledger, run_dir: Path, run: mf
         def done(bundle_id: str, size: int, reused: bool) -> SealedBundle:
             sealed = SealedBundle(bundle_id, cid, run.run_id, seg.number, seg.byte_start, byte_end,
                                   final, size, reused)
-            _record(ledger, sealed, run_key, on_sealed)
-            audit_event(cfg, {"kind": "sealed", "bundle": name, "bundle_id": bundle_id, "content_id": cid,
-                              "run_id": run.run_id, "segment": seg.number, "byte_range": [seg.byte_start, byte_end],
-                              "size": size, "reused": reused, "node": cfg.node_name,
-                              "redaction": manifest["redaction"]})
+            _record(ledger, sealed, run_key, run, on_sealed, {
+                "kind": "sealed", "bundle": name, "bundle_id": bundle_id, "content_id": cid, "run_id": run.run_id,
+                "segment": seg.number, "byte_range": [seg.byte_start, byte_end], "size": size, "reused": reused,
+                "node": cfg.node_name, "redaction": manifest["redaction"]})
             progress("recorded", bundle_id=bundle_id, reused=reused)
             return sealed
 
         # Already sealed with this content (recorded, or installed just before a crash)?
         facts = _verify_own(final, pub) if final.exists() else None
         if facts and facts.content_id == cid and facts.run_id == run.run_id and facts.segment == seg.number:
-            row = ledger.db.execute("SELECT bundle_id, state FROM bundles WHERE bundle_id = ?",
-                                    (facts.bundle_id,)).fetchone()
+            row = ledger.bundle(facts.bundle_id)
             if row is not None and row["state"] != "sealed":
                 return SealedBundle(facts.bundle_id, cid, run.run_id, seg.number, seg.byte_start, byte_end,
                                     final, final.stat().st_size, True)
@@ -266,33 +258,19 @@ def withdraw(sealed: SealedBundle, pub: minisign.PublicKey) -> bool:
 
 
 def _refuse_overwriting_recorded(ledger: Ledger, run_id: str, segment: int, cid: str) -> None:
-    row = ledger.db.execute(
-        "SELECT bundle_id, content_id, state, path FROM bundles WHERE run_id = ? AND segment = ? "
-        "AND state IN ('sealed', 'exported') ORDER BY created DESC LIMIT 1", (run_id, segment)).fetchone()
+    row = ledger.outbox_bundle_of(run_id, segment)
     if row is not None and row["content_id"] != cid and Path(row["path"]).exists():
         raise bd.SealError(
             f"segment {segment} of run {run_id} is already {row['state']} as bundle {row['bundle_id']} "
             f"with other content; a segment's content must not change (seal the change as the next segment)")
 
 
-def _record(ledger: Ledger, sealed: SealedBundle, run_key: str | None,
-            on_sealed: Callable[[sqlite3.Connection, SealedBundle], None] | None) -> None:
+def _record(ledger: Ledger, sealed: SealedBundle, run_key: str | None, run: mf.RunIdentity,
+            on_sealed: Callable[[sqlite3.Connection, SealedBundle], None] | None, audit_line: dict[str, Any]) -> None:
     with ledger.tx() as db:
-        db.execute(
-            "INSERT INTO bundles (bundle_id, run_key, run_id, segment, name, path, content_id, byte_start, "
-            "byte_end, state, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'sealed', ?) "
-            "ON CONFLICT(bundle_id) DO UPDATE SET run_key = COALESCE(excluded.run_key, run_key), "
-            "path = excluded.path",
-            (sealed.bundle_id, run_key, sealed.run_id, sealed.segment, sealed.path.name, str(sealed.path),
-             sealed.content_id, sealed.byte_start, sealed.byte_end, time.time()))
-        # Rows for older bundles under the same name whose file was replaced are stale.
-        db.execute("DELETE FROM bundles WHERE run_id = ? AND segment = ? AND state = 'sealed' AND bundle_id != ?",
-                   (sealed.run_id, sealed.segment, sealed.bundle_id))
+        ledger.record_sealed(bundle_id=sealed.bundle_id, run_key=run_key, run_id=sealed.run_id, segment=sealed.segment,
+                             name=sealed.path.name, path=str(sealed.path), content_id=sealed.content_id,
+                             byte_start=sealed.byte_start, byte_end=sealed.byte_end, project=run.project,
+                             entity=run.entity, audit=audit_line)
         if on_sealed:
             on_sealed(db, sealed)
-
-
-def sealed_bundles(ledger: Ledger, states: tuple[str, ...] = ("sealed",)) -> list[dict[str, Any]]:
-    marks = ", ".join("?" for _ in states)
-    return [dict(r) for r in ledger.db.execute(
-        f"SELECT * FROM bundles WHERE state IN ({marks}) ORDER BY created, bundle_id", states)]
