@@ -119,3 +119,35 @@ def test_one_rule_finds_a_runs_log(tmp_path):
     (d / "run-abc123.wandb").write_bytes(b"x")
     assert find_log(d) == d / "run-abc123.wandb"
     assert find_log(tmp_path / "gone") is None
+
+
+def test_a_log_that_grew_after_its_fold_is_planned_again(tmp_path, corpus):
+    """Adversary: after the classification folded the log, the run appends a config record
+    declaring ``train/*`` sensitive. The plan from the old fold lacks it; redaction must see the
+    record it did not plan for and plan again, so no value of ``train/*`` leaves as it was."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    from tfwb_agent import runlog, runs
+    from tfwb_agent.redact.policy import DEFAULT_POLICY
+    from tfwb_agent.redact.run import redact_run
+    from tfwb_agent.wandb_log import LogWriter, read_records
+
+    run_dir = next(corpus.rglob("offline-run-*-3salp52t"))
+    facts = runs.inspect(run_dir)
+    log = runlog.find_log(run_dir)
+    fold = runlog.cached(log, facts.read_offset)
+    assert fold is not None and "train/*" not in fold.sensitive
+    rec = pb.Record()
+    item = rec.config.update.add()
+    item.key, item.value_json = "tfwb", '{"sensitive": ["train/*"]}'
+    with open(log, "r+b") as f:
+        LogWriter(f, append_at=facts.read_offset).write(rec)
+
+    dst = tmp_path / "out" / run_dir.name
+    report = redact_run(run_dir, dst, DEFAULT_POLICY, b"log-reads-test-secret-0123456789", Path, fold=fold)
+    assert "train/*" in report.sensitive_keys
+    sent = [it for _, r in read_records(runlog.find_log(dst)) if r.WhichOneof("record_type") == "history"
+            for it in r.history.item if (it.key or "/".join(it.nested_key)).startswith("train/")]
+    assert sent, "the history rows are still there"
+    plain = [it.value_json for it in sent if not it.value_json.strip('"').startswith("hash:")]
+    assert not plain, f"train/* values left as they were: {plain[:3]}"
