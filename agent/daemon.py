@@ -196,6 +196,8 @@ class Daemon:
                 try:
                     next_full = self._pass(ledger, changes, book, next_full)
                     self._disk_ok()
+                    if self.publisher is not None:  # after the pass: what it found is in the file
+                        self.publisher.write_textfile(metrics_config(self.cfg).textfile)  # type: ignore[attr-defined]
                 except Exception as exc:
                     if not failures.disk_full(exc):
                         raise
@@ -262,8 +264,6 @@ class Daemon:
         now = time.time()
         health.write_heartbeat(self.cfg.state_dir, now, self.turns)
         self.notify.alive()
-        if self.publisher is not None:
-            self.publisher.write_textfile(metrics_config(self.cfg).textfile, now)  # type: ignore[attr-defined]
 
     def _start_metrics(self) -> None:
         mc = metrics_config(self.cfg)

@@ -163,7 +163,7 @@ class _LedgerCollector:
 class Publisher:
     """The daemon's metrics: its stage timings, and where the whole set goes (port, textfile)."""
 
-    TEXTFILE_EVERY = 15.0  # seconds between rewrites of the textfile
+    TEXTFILE_EVERY = 10.0  # seconds between rewrites of the textfile
 
     def __init__(self, cfg: config_mod.Config) -> None:
         self.cfg = cfg
