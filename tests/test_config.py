@@ -82,6 +82,7 @@ def test_a_broken_config_is_reported_not_a_traceback(tmp_path):
 def test_secrets_are_shown_only_as_where_they_come_from(tmp_path):
     key_file = tmp_path / "redact.key"
     key_file.write_bytes(b"0123456789abcdef0123456789abcdef-SECRET")
+    key_file.chmod(0o600)  # `config check` refuses a secret others may read
     cfg = tmp_path / "agent.toml"
     cfg.write_text(f'state_dir = "{tmp_path}/s"\n[redact]\nsecret_file = "{key_file}"\n')
     out = agent(cfg, "config", "check").stdout + agent(cfg, "config", "check", "--json").stdout

@@ -611,7 +611,7 @@ def test_k8s_daemonset_contract(tmp_path):
     toml_text = docs["ConfigMap"]["data"]["agent.toml"]
     cfg = tmp_path / "agent.toml"
     cfg.write_text("node_name = 'gpu-node-1'\n" + toml_text)
-    res = run([tool("tfwb-agent"), "--config", str(cfg), "config", "check"])
+    res = run([tool("tfwb-agent"), "--config", str(cfg), "config", "check", "--no-files"])  # keys: in the pod
     assert res.returncode == 0, res.stdout + res.stderr
     parsed = tomllib.loads(toml_text)
     assert parsed["watch"]["roots"] == ["/srv/shared/runs"] and parsed["watch"]["mode"] == "poll"

@@ -1,0 +1,139 @@
+"""`config check` checks the files a config names and shows the defaults in force;
+`config example --node|--gateway` prints configs it accepts once their keys exist.
+
+Real CLI, real key files written by `keys init`; each check is made to fail first.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import agent
+
+
+def _example(tmp_path: Path, role: str) -> Path:
+    """The printed example with its absolute paths moved under ``tmp_path`` (as an admin's sed would)."""
+    text = agent(None, "config", "example", f"--{role}").stdout
+    for old, new in (("/etc/tfwb-agent", tmp_path / "etc"), ("/var/lib/tfwb-agent", tmp_path / f"{role}-state"),
+                     ("/srv/shared/runs", tmp_path / "runs")):
+        text = text.replace(old, str(new))
+    (tmp_path / "etc").mkdir(exist_ok=True)
+    (tmp_path / "runs").mkdir(exist_ok=True)
+    cfg = tmp_path / f"{role}.toml"
+    cfg.write_text(text)
+    return cfg
+
+
+def _check(cfg: Path, *args: str):
+    return agent(cfg, "config", "check", *args, check=False)
+
+
+def test_node_example_is_accepted_once_its_key_exists(tmp_path):
+    cfg = _example(tmp_path, "node")
+    assert "[keys]" in cfg.read_text() and "[watch]" in cfg.read_text()
+    before = _check(cfg)
+    assert before.returncode == 1, before.stdout + before.stderr
+    assert f"error: keys.node_key: node key {tmp_path}/etc/node.key does not exist" in before.stderr
+    assert "problem(s)" in before.stdout and ": OK" not in before.stdout
+    assert _check(cfg, "--no-files").returncode == 0  # the file alone is fine
+
+    agent(cfg, "keys", "init", "--node")
+    after = _check(cfg)
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert f"{cfg}: OK" in after.stdout
+    assert "keys.recipients: empty" in after.stderr  # said, not fatal: the gateway's key comes later
+    key = (tmp_path / "etc" / "node.key").read_text()
+    secret = [l for l in key.splitlines() if l and not l.startswith("untrusted")]
+    assert secret and not any(s in after.stdout + after.stderr for s in secret)
+
+
+def test_gateway_example_is_accepted_once_its_keys_exist(tmp_path):
+    cfg = _example(tmp_path, "gateway")
+    out = json.loads(_check(cfg, "--json").stdout)
+    assert out["ok"] is False
+    joined = "\n".join(out["problems"])
+    assert "keys.identity: age identity" in joined and "does not exist" in joined
+    assert f"keys.trusted_nodes: '{tmp_path}/etc/nodes/*.pub' matches no file" in joined
+    assert f"targets.local-server.api_key_file: {tmp_path}/etc/wandb-api-key does not exist" in joined
+
+    agent(cfg, "keys", "init", "--gateway")
+    node_cfg = _example(tmp_path, "node")
+    agent(node_cfg, "keys", "init", "--node")
+    (tmp_path / "etc" / "nodes").mkdir()
+    shutil.copy(tmp_path / "etc" / "node.key.pub", tmp_path / "etc" / "nodes" / "gpu-1.pub")
+    api_key = tmp_path / "etc" / "wandb-api-key"
+    api_key.write_text("local-" + "k" * 40 + "\n")
+    api_key.chmod(0o600)
+    done = _check(cfg, "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = json.loads(done.stdout)
+    assert out["ok"] is True and out["problems"] == [], out
+    assert "k" * 40 not in done.stdout + done.stderr
+
+
+def test_private_files_must_not_be_readable_by_others_and_globs_must_hold_keys(tmp_path):
+    cfg = _example(tmp_path, "gateway")
+    agent(cfg, "keys", "init", "--gateway")
+    (tmp_path / "etc" / "nodes").mkdir()
+    api_key = tmp_path / "etc" / "wandb-api-key"
+    api_key.write_text("k" * 40)
+    api_key.chmod(0o644)
+    junk = tmp_path / "etc" / "nodes" / "typo.pub"
+    junk.write_text("not a minisign public key\n")
+    identity = tmp_path / "etc" / "gateway.agekey"
+    identity.chmod(0o604)
+    proc = _check(cfg)
+    assert proc.returncode == 1
+    assert f"keys.identity: age identity {identity} is readable by others (mode 604)" in proc.stderr, proc.stderr
+    assert f"targets.local-server.api_key_file: {api_key} is readable by others (mode 644)" in proc.stderr
+    assert f"keys.trusted_nodes: {junk}:" in proc.stderr  # matched, but not a public key
+
+    identity.chmod(0o640)  # a Secret volume with fsGroup: said, not refused
+    api_key.chmod(0o600)
+    node_cfg = _example(tmp_path, "node")
+    agent(node_cfg, "keys", "init", "--node")
+    shutil.copy(tmp_path / "etc" / "node.key.pub", junk)
+    proc = _check(cfg)
+    assert proc.returncode == 0, proc.stderr
+    assert f"warning: keys.identity: {identity} is open to its group (mode 640)" in proc.stderr
+
+
+def test_defaults_in_force_are_shown_as_defaults(tmp_path):
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'state_dir = "{tmp_path}/s"\n[watch]\nmode = "poll"\n[sync]\nmax_parallel = 2\n')
+    out = json.loads(_check(cfg, "--json").stdout)
+    assert out["ok"] is True
+    d = set(out["defaults"])
+    # what the file sets is not a default; what it leaves out is, sections it never names included
+    assert {"node_name", "watch.quiet_seconds", "sync.live", "redact", "keys", "targets"} <= d, sorted(d)
+    assert not {"state_dir", "watch", "watch.mode", "sync", "sync.max_parallel"} & d, sorted(d)
+    assert out["watch"]["quiet_seconds"] == 120.0 and out["redact"]["console"] == "scrub"
+    text = _check(cfg).stdout.splitlines()
+    assert "  quiet_seconds = 120.0   (default)" in text and "  mode = poll" in text, text
+    assert any(l.startswith("redact:") and l.endswith("(default)") for l in text), text
+
+
+@pytest.mark.parametrize("role", ["node", "gateway"])
+def test_example_names_only_keys_the_agent_accepts(tmp_path, role):
+    """Every line of the example that is a commented `key = value` is accepted when uncommented."""
+    cfg = _example(tmp_path, role)
+    text = cfg.read_text()
+    (tmp_path / "etc" / "site-ca.pem").write_text("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
+    tried = 0
+    for line in [l for l in text.splitlines() if l.startswith("# ") and " = " in l.split("#")[1]]:
+        body = line[2:].split("  #")[0].strip()
+        if body.startswith("["):
+            continue
+        trial = tmp_path / "trial.toml"
+        header = "\n[redact]\n" if body.startswith("secret_file") else None
+        if header and "# [redact]" in text:
+            trial.write_text(text.replace("# [redact]", "[redact]").replace(line, body))
+        else:
+            trial.write_text(text.replace(line, body))
+        proc = agent(trial, "config", "check", "--no-files", check=False)
+        assert proc.returncode == 0, (line, proc.stderr)
+        tried += 1
+    assert tried >= 2
