@@ -54,6 +54,8 @@ def command(ctx: Context, as_json: bool) -> None:
     if as_json:
         echo_json({"runs": views, "counts": counts, "targets": targets, "imported": imported,
                    "import_counts": import_counts,
+                   "quarantined": [{k: b[k] for k in ("name", "bundle_id", "run_id", "segment", "reason", "path")}
+                                   for b in ledger.bundles("quarantined")],
                    "deliveries": [dict(d, run_id=rid) for rid, ds in deliveries.items() for d in ds],
                    "unconfirmed": unconfirmed, "node": ctx.config.node_name, "problems": [disk] if disk else []})
         return

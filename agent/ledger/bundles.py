@@ -84,7 +84,8 @@ class BundlesTable:
             keys = set()
             for bid in bundle_ids:
                 row = db.execute("SELECT state, run_key FROM bundles WHERE bundle_id = ?", (bid,)).fetchone()
-                states.check("bundle", bid, states.BUNDLES, row[0] if row else None, "exported")
+                if row is None or row[0] != "sealed":  # exported once: never marked again
+                    states.refuse("bundle", bid, row[0] if row else None, "exported")
                 db.execute("UPDATE bundles SET state = 'exported', exported_at = ? WHERE bundle_id = ?", (now, bid))
                 if row["run_key"]:
                     keys.add(row["run_key"])
