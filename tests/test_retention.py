@@ -152,3 +152,33 @@ def test_retention_config_errors_are_one_line(tmp_path: Path) -> None:
         assert out.returncode == 1 and words in out.stderr and "Traceback" not in out.stderr, out.stderr
     cfg.write_text(f'state_dir = "{tmp_path}/s"\n[retention]\nmin_free_mb = 0\n')  # the disk guard's key
     assert prune(cfg)["removed"] == []
+
+
+def test_the_daemon_applies_retention(corpus: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import sys
+    import time
+
+    site = make_site(tmp_path / "site")
+    key = add_receipt_keys(site)
+    seal_segments(site, corpus_run_dirs(corpus)["itokze55"], [0, 1])
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    agent(site.node_cfg, "export", "--to", str(usb))
+    b = bundles(site)
+    signed_receipt(site, key, tmp_path / "back", 7, [
+        {"bundle_id": b[1]["bundle_id"], "content_id": b[1]["content_id"], "status": "delivered"}])
+    agent(site.node_cfg, "receipts", "import", str(tmp_path / "back"))
+    daemon = subprocess.Popen([sys.executable, "-m", "tfwb_agent", "daemon"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, env=dict(os.environ, TFWB_AGENT_CONFIG=str(site.node_cfg)))
+    try:
+        deadline = time.monotonic() + 60
+        while (site.outbox / b[1]["name"]).exists() and daemon.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)  # polling for the effect, with a deadline
+        assert not (site.outbox / b[1]["name"]).exists(), "the daemon did not prune a delivered bundle"
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, err = daemon.communicate(timeout=30)
+    assert (site.outbox / b[0]["name"]).exists()  # unconfirmed: stays
+    assert "retention removed 1 item(s)" in err, err[-2000:]
