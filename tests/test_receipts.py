@@ -45,7 +45,7 @@ def take(cfg: Path, directory: Path, check: bool = True) -> tuple[int, list[dict
     return proc.returncode, json.loads(proc.stdout)
 
 
-@pytest.mark.slow(seconds=60)
+@pytest.mark.slow(seconds=70)
 def test_ten_runs_there_and_the_receipt_back(tmp_path: Path) -> None:
     server = start_openwandb(tmp_path)
     try:
