@@ -142,10 +142,12 @@ def gather(cfg: config_mod.Config, ledger: Any, now: float | None = None) -> Fac
                  floor_bytes=min_free_bytes(cfg))
 
 
-def check(cfg: config_mod.Config, ledger: Any, want_daemon: bool = True, now: float | None = None) -> dict[str, Any]:
+def check(cfg: config_mod.Config, ledger: Any, want_daemon: bool = True, now: float | None = None,
+          only: tuple[str, ...] = ()) -> dict[str, Any]:
     hc = health_config(cfg)
     facts = gather(cfg, ledger, now)
-    return report(assess(facts, hc.heartbeat_seconds, hc.failing_seconds, cfg.state_dir, want_daemon))
+    checks = assess(facts, hc.heartbeat_seconds, hc.failing_seconds, cfg.state_dir, want_daemon)
+    return report([c for c in checks if not only or c.name in only])
 
 
 def sealing_paused(cfg: config_mod.Config) -> str | None:

@@ -38,6 +38,7 @@ ENTRYPOINT = ROOT / "images" / "train" / "entrypoint.sh"
 SYSTEMD = ROOT / "systemd"
 UNITS = ["tfwb-agent.service", "tfwb-agent-sync.service", "tfwb-agent-sync.timer"]
 K8S = ROOT / "images" / "k8s"
+CONSTRAINTS = ROOT / "images" / "constraints.txt"
 SHIPPED_BIN = "/usr/local/bin/tfwb-agent"
 MAX_EXPOSURE = 2.0
 
@@ -101,11 +102,59 @@ def _from_images(dockerfile: Path) -> list[str]:
             for image in re.findall(r"^FROM\s+(\S+)", text, flags=re.M)]
 
 
-def _pip_pins(dockerfile: Path) -> dict[str, str]:
-    text = _instructions(dockerfile)
-    pins = dict(re.findall(r'"([A-Za-z0-9_.\-]+)==([0-9][^"\s]*)"', text))
-    assert pins, f"no pinned pip packages found in {dockerfile}"
+def _constraints(python_version: str) -> dict[str, str]:
+    """The pins images/constraints.txt gives an image whose Python is ``python_version``."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in CONSTRAINTS.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            r = Requirement(line)
+            if r.marker is None or r.marker.evaluate({"python_version": python_version}):
+                (spec,) = r.specifier
+                pins[canonicalize_name(r.name)] = spec.version if spec.operator == "==" else str(spec)
     return pins
+
+
+def _pip_pins(dockerfile: Path) -> dict[str, str]:
+    """What the Dockerfile's pip installs: every package through the one constraints file."""
+    text = _instructions(dockerfile)
+    installs = re.findall(r"pip install [^\n]*", text)
+    assert installs, f"no pip install in {dockerfile}"
+    for line in installs:
+        if "--no-deps" not in line:  # the plugin alone goes in without dependencies
+            assert re.search(r"-c \S+/constraints\.txt ", line), f"{dockerfile}: not through constraints: {line}"
+    assert re.search(r"^COPY images/constraints\.txt ", text, re.M), dockerfile
+    assert not re.search(r'"[A-Za-z0-9_.\-]+==', text), f"{dockerfile} pins outside images/constraints.txt"
+    return _constraints("3.11" if dockerfile == AGENT_DOCKERFILE else "3.8")
+
+
+def test_constraints_pin_the_agents_whole_dependency_closure():
+    """Every distribution tfwb-agent needs, as installed here (where the tests pass), is pinned for
+    the agent image at that version: the image installs what was tested, nothing floats."""
+    import importlib.metadata as md
+    from packaging.markers import default_environment
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    env = default_environment()
+    needed: dict[str, str] = {}
+    todo = ["tfwb-agent"]
+    while todo:
+        dist = md.distribution(todo.pop())
+        for r in map(Requirement, dist.requires or []):
+            if r.marker and not r.marker.evaluate(dict(env, extra="")):
+                continue
+            name = canonicalize_name(r.name)
+            if name not in needed:
+                needed[name] = md.version(r.name)
+                todo.append(r.name)
+    pins = _constraints("3.11")
+    assert {n: pins.get(n) for n in needed} == needed, sorted(set(needed) - set(pins))
+    for dockerfile in (AGENT_DOCKERFILE, TRAIN_DOCKERFILE):
+        ignore = dockerfile.with_name("Dockerfile.dockerignore").read_text().splitlines()
+        assert "!images/constraints.txt" in ignore, f"{dockerfile}: the build context leaves the constraints out"
 
 
 def test_train_image_pins_agree_with_pyproject():
@@ -153,7 +202,7 @@ def test_agent_image_pins_agree_with_pyproject():
     assert pins["wandb"] == version("wandb"), (pins["wandb"], version("wandb"))
     text = _instructions(AGENT_DOCKERFILE)
     assert "tensorflow" not in text.replace("find_spec('tensorflow')", "")
-    assert re.search(r"^HEALTHCHECK .*\n\s+CMD \[\"tfwb-agent\", \"status\", \"--json\"\]", text, re.M)
+    assert re.search(r"^HEALTHCHECK .*\n\s+CMD \[\"tfwb-agent\", \"health\"\]", text, re.M)
     assert re.search(r"^USER 10001:10001$", text, re.M)
 
 
@@ -556,7 +605,7 @@ def test_k8s_manifests_validate(k8s_version):
     res = run(cmd + [str(m) for m in MANIFESTS])
     assert res.returncode == 0, res.stdout + res.stderr
     passed = re.findall(r"passed for resource (\S+)", res.stdout + res.stderr)
-    assert len(passed) == len(MANIFESTS), res.stdout + res.stderr
+    assert len(passed) == sum(len(_docs_of(m)) for m in MANIFESTS), res.stdout + res.stderr
 
 
 def test_k8s_validator_rejects_a_broken_manifest(tmp_path):
@@ -568,13 +617,22 @@ def test_k8s_validator_rejects_a_broken_manifest(tmp_path):
     assert res.returncode != 0 and "readOnlyRootFilesytem" in res.stdout + res.stderr
 
 
+def _docs_of(manifest: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(manifest.read_text()) if d]
+
+
 def _docs() -> dict[str, dict]:
+    """Each resource by kind, and by "Kind/name" (two ConfigMaps, two PVCs, two Secrets)."""
     out = {}
     for m in MANIFESTS:
-        for doc in yaml.safe_load_all(m.read_text()):
-            if doc:
-                out[doc["kind"]] = doc
+        for doc in _docs_of(m):
+            out.setdefault(doc["kind"], doc)
+            out[f"{doc['kind']}/{doc['metadata']['name']}"] = doc
     return out
+
+
+def _probes(container: dict) -> tuple[list[str], list[str]]:
+    return container["livenessProbe"]["exec"]["command"], container["readinessProbe"]["exec"]["command"]
 
 
 def test_k8s_daemonset_contract(tmp_path):
@@ -606,14 +664,68 @@ def test_k8s_daemonset_contract(tmp_path):
         vols[mounts["/srv/shared/runs"]["name"]]["persistentVolumeClaim"]
     assert train["resources"]["limits"]["nvidia.com/gpu"] == 1
 
-    # The ConfigMap's agent.toml, with the node_name the init container prepends, passes the
-    # agent's own config check and names the mounted paths.
-    toml_text = docs["ConfigMap"]["data"]["agent.toml"]
-    cfg = tmp_path / "agent.toml"
-    cfg.write_text("node_name = 'gpu-node-1'\n" + toml_text)
-    res = run([tool("tfwb-agent"), "--config", str(cfg), "config", "check", "--no-files"])  # keys: in the pod
-    assert res.returncode == 0, res.stdout + res.stderr
+    # Probes on `health`: liveness on the loop alone (a restart cures a hang, not a key), readiness all.
+    assert _probes(agent) == (["tfwb-agent", "health", "--only", "daemon"], ["tfwb-agent", "health"])
+    # A key per node: made on the node's state volume at first start, kept after.
+    inits = {c["name"]: c for c in ds["initContainers"]}
+    assert inits["node-key"]["args"] == ["keys", "init", "--node", "--if-missing"]
+    assert {m["mountPath"] for m in inits["node-key"]["volumeMounts"]} >= {"/var/lib/tfwb-agent", "/etc/tfwb-agent"}
+    assert [c["name"] for c in ds["initContainers"]] == ["config", "node-key"]  # the config first
+
+    # The ConfigMap's agent.toml, with the node_name the init container prepends: the shipped
+    # recipient placeholder is refused (nothing is sealed to nobody); with the gateway's
+    # recipient and the node's key made as the init container makes it, `config check` passes.
+    toml_text = docs["ConfigMap/tfwb-agent-config"]["data"]["agent.toml"]
     parsed = tomllib.loads(toml_text)
     assert parsed["watch"]["roots"] == ["/srv/shared/runs"] and parsed["watch"]["mode"] == "poll"
     assert parsed["state_dir"] == "/var/lib/tfwb-agent"
-    assert parsed["keys"]["node_key"].startswith("/run/secrets/tfwb-agent/")
+    assert parsed["keys"]["node_key"] == "/var/lib/tfwb-agent/keys/node.key"
+    assert parsed["retention"]["min_free_mb"] > 0
+    cfg = tmp_path / "agent.toml"
+    here = toml_text.replace("/var/lib/tfwb-agent", str(tmp_path / "state"))
+    cfg.write_text("node_name = 'gpu-node-1'\n" + here)
+    res = run([tool("tfwb-agent"), "--config", str(cfg), "config", "check"])
+    assert res.returncode == 1 and "keys.recipients[0]" in res.stderr, res.stdout + res.stderr
+    ident = run(["age-keygen"]).stdout
+    recipient = re.search(r"age1[0-9a-z]+", ident).group(0)
+    cfg.write_text("node_name = 'gpu-node-1'\n" + here.replace("age1-REPLACE-WITH-THE-GATEWAY-RECIPIENT", recipient))
+    res = run([tool("tfwb-agent"), "--config", str(cfg), *inits["node-key"]["args"]])
+    assert res.returncode == 0 and res.stdout.startswith("key id "), res.stdout + res.stderr
+    res = run([tool("tfwb-agent"), "--config", str(cfg), "config", "check"])
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_k8s_gateway_contract(tmp_path):
+    docs = _docs()
+    dep = docs["Deployment/tfwb-gateway"]
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (gw,) = pod["containers"]
+    assert gw["args"] == ["daemon"]
+    assert gw["securityContext"]["readOnlyRootFilesystem"] is True
+    assert _probes(gw) == (["tfwb-agent", "health", "--only", "daemon"], ["tfwb-agent", "health"])
+    mounts = {m["mountPath"]: m["name"] for m in gw["volumeMounts"]}
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols[mounts["/var/lib/tfwb-agent"]]["persistentVolumeClaim"]["claimName"] == \
+        docs["PersistentVolumeClaim/tfwb-gateway-state"]["metadata"]["name"]
+    secret = vols[mounts["/run/secrets/tfwb-gateway"]]["secret"]
+    assert secret["secretName"] == docs["Secret/tfwb-gateway-keys"]["metadata"]["name"]
+    assert secret["defaultMode"] & 0o007 == 0  # the agent refuses keys others may read
+    assert vols[mounts["/etc/tfwb-agent"]]["configMap"]["name"] == "tfwb-gateway-config"
+    # Its config passes `config check` once the Secret's files exist (here, at a scratch path).
+    toml_text = docs["ConfigMap/tfwb-gateway-config"]["data"]["agent.toml"]
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    assert run(["age-keygen", "-o", str(keys / "gateway.agekey")]).returncode == 0
+    (keys / "wandb-api-key").write_text("x" * 40)
+    os.chmod(keys / "wandb-api-key", 0o600)
+    node_cfg = tmp_path / "node.toml"
+    node_cfg.write_text(f'state_dir = "{tmp_path}/n"\n[keys]\nnode_key = "{tmp_path}/n.key"\n')
+    assert run([tool("tfwb-agent"), "--config", str(node_cfg), "keys", "init", "--node"]).returncode == 0
+    shutil.copy(tmp_path / "n.key.pub", keys / "gpu-node-1.pub")
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(toml_text.replace("/run/secrets/tfwb-gateway", str(keys))
+                   .replace("/var/lib/tfwb-agent", str(tmp_path / "gw-state")))
+    res = run([tool("tfwb-agent"), "--config", str(cfg), "config", "check"])
+    assert res.returncode == 0, res.stdout + res.stderr
