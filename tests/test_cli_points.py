@@ -116,3 +116,53 @@ def test_sync_says_what_it_would_send_and_what_this_call_did(three_sealed):
     retried = _sync(site, "--once", "--retry-failed")
     assert retried.stdout.splitlines()[-1] == "this call: 1 failed", retried.stdout
     assert metric_rows(server, ids["good"]) == site.good_rows
+
+
+# Commands that print no result of their own: a long-running service, a config template, key
+# generation (its output is the public key alone, for `R=$(...)` in scripts).
+NO_JSON = {("daemon",), ("config", "example"), ("keys", "init"), ("receipts", "init-key")}
+
+
+def test_every_command_that_prints_a_result_takes_json():
+    import click
+
+    from tfwb_agent.cli.main import cli
+
+    ctx = click.Context(cli)
+    lacking, seen = [], 0
+
+    def walk(cmd, path):
+        nonlocal seen
+        if isinstance(cmd, click.Group):
+            for name in cmd.list_commands(ctx):
+                walk(cmd.get_command(ctx, name), path + (name,))
+            return
+        seen += 1
+        if path not in NO_JSON and not any("--json" in p.opts for p in cmd.params if isinstance(p, click.Option)):
+            lacking.append(" ".join(path))
+
+    walk(cli, ())
+    assert seen >= 20 and not lacking, f"commands without --json: {lacking}"
+
+
+def test_audit_verify_json_says_ok_or_what_broke(tmp_path):
+    from tfwb_agent import audit
+
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'state_dir = "{tmp_path}/state"\n')
+    log = tmp_path / "state" / "audit.log"
+    log.parent.mkdir()
+    for i in range(3):
+        audit.append(log, {"kind": "sealed", "run_id": f"run{i}"})
+    good = agent(cfg, "audit", "verify", "--json")
+    out = json.loads(good.stdout)
+    assert out == {"log": str(log), "ok": True, "lines": 3, "problems": []}
+    lines = log.read_text().splitlines(keepends=True)
+    lines[1] = lines[1].replace("run1", "runX")  # an edited line
+    log.write_text("".join(lines))
+    bad = agent(cfg, "audit", "verify", "--json", check=False)
+    out = json.loads(bad.stdout)
+    assert bad.returncode == 1 and out["ok"] is False and out["lines"] is None
+    assert out["problems"] and all(isinstance(p, str) for p in out["problems"]), out
+    text = agent(cfg, "audit", "verify", check=False)
+    assert text.returncode == 1 and text.stdout == "" and "line 2" in text.stderr, text.stderr

@@ -137,3 +137,10 @@ def test_example_names_only_keys_the_agent_accepts(tmp_path, role):
         assert proc.returncode == 0, (line, proc.stderr)
         tried += 1
     assert tried >= 2
+
+
+def test_a_policy_naming_an_unknown_target_is_a_problem(tmp_path):
+    cfg = _example(tmp_path, "gateway")
+    cfg.write_text(cfg.read_text().replace('targets = ["local-server"]', 'targets = ["local-sever"]'))
+    proc = _check(cfg, "--no-files")
+    assert proc.returncode == 1 and "policy[0] names target 'local-sever', which is not configured" in proc.stderr

@@ -66,5 +66,16 @@ def pass_ctx(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def echo_json(data: Any) -> None:
+    """The one shape of --json output: one object on stdout, 2-space indent, sorted keys."""
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def json_always(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """For a command whose result is always JSON: accept --json too, so that a script may pass
+    it to every command alike (README, Commands)."""
+    @click.option("--json", "_as_json", is_flag=True, help="Accepted for uniformity: the output is always JSON.")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, _as_json: bool = False, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+    return wrapper
 

@@ -54,11 +54,16 @@ def check(ctx: Context, as_json: bool, no_files: bool) -> None:
 
 def _roles(cfg: Any) -> list[config_files.Finding]:
     """Keys that only make sense together: a node key with no recipient seals nothing."""
+    out = []
     kc = cfg.sections.get("keys")
     if kc is not None and kc.node_key is not None and not kc.recipients:
-        return [config_files.Finding(config_files.WARNING, "keys.recipients", "empty: this node seals nothing until "
-                                     "the gateway's age1... recipient (`tfwb-agent keys init --gateway`) is listed")]
-    return []
+        out.append(config_files.Finding(config_files.WARNING, "keys.recipients", "empty: this node seals nothing "
+                                        "until the gateway's age1... recipient (`tfwb-agent keys init --gateway`) "
+                                        "is listed"))
+    if "policy" in cfg.sections:  # a typo in a policy's target would silently send nothing
+        from ..deliver.settings import check_references
+        out += [config_files.Finding(config_files.PROBLEM, "policy", m) for m in check_references(cfg)]
+    return out
 
 
 def _print(d: dict, defaults: set[str], prefix: str = "", indent: int = 0) -> None:

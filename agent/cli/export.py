@@ -7,12 +7,13 @@ import click
 
 from ..seal import keys_config, keystore
 from ..seal.carry import ExportError, export_to
-from .common import Context, echo_json, pass_ctx
+from .common import Context, echo_json, json_always, pass_ctx
 
 
 @click.command("export")
 @click.option("--to", "dest", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Where the medium is mounted.")
+@json_always
 @pass_ctx
 def command(ctx: Context, dest: Path) -> None:
     """Copy every sealed, not yet exported bundle with its signature and an index file to DIR,

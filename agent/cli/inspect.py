@@ -7,11 +7,12 @@ import click
 
 from ..seal import REASONS, Refused, keys_config, open_bundle
 from ..seal import keystore
-from .common import Context, echo_json, pass_ctx
+from .common import Context, echo_json, json_always, pass_ctx
 
 
 @click.command("inspect")
 @click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@json_always
 @pass_ctx
 def command(ctx: Context, bundle: Path) -> None:
     """Check BUNDLE's signature against the trusted node keys (and this node's own key); where

@@ -7,7 +7,7 @@ import click
 
 from ..seal import agekeys, keystore, minisign
 from ..seal.keyconfig import KeysConfig, keys_config
-from .common import Context, echo_json, pass_ctx
+from .common import Context, echo_json, json_always, pass_ctx
 
 
 @click.group("keys")
@@ -88,6 +88,7 @@ def _write_key(kc: KeysConfig, role: str, force: bool) -> None:
 
 
 @command.command("show")
+@json_always
 @pass_ctx
 def show(ctx: Context) -> None:
     """Print the public parts: this node's key, the recipients, the gateway's, trusted nodes."""

@@ -8,7 +8,7 @@ import click
 
 from .. import config as config_mod
 from ..redact import policy as policy_mod
-from .common import Context, echo_json, pass_ctx
+from .common import Context, echo_json, json_always, pass_ctx
 
 
 @click.command("redact")
@@ -16,6 +16,7 @@ from .common import Context, echo_json, pass_ctx
 @click.option("--dry-run", is_flag=True, help="Print what the policy would do; write nothing.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write the redacted copy to OUT/<run directory name>.")
+@json_always
 @pass_ctx
 def command(ctx: Context, run_dir: Path, dry_run: bool, out_dir: Path | None) -> None:
     """Apply the site's [redact] policy to RUN_DIR (an offline-run-* directory).

@@ -13,7 +13,7 @@ import click
 from ..seal import RunIdentity, Segment, SealError, keys_config, recover_outbox, seal_keys, seal_run
 from ..seal.keystore import KeyFileError
 from ..seal.outbox import outbox_dir
-from .common import Context, echo_json, pass_ctx
+from .common import Context, echo_json, json_always, pass_ctx
 
 
 @click.command("seal")
@@ -24,6 +24,7 @@ from .common import Context, echo_json, pass_ctx
 @click.option("--report", "report_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The redaction report (JSON) to put into the manifest.")
 @click.option("--progress", is_flag=True, help="One JSON line per step on stderr.")
+@json_always
 @pass_ctx
 def command(ctx: Context, run_dir: Path, segment: int, byte_range: str | None, report_file: Path | None,
             progress: bool) -> None:
