@@ -363,6 +363,9 @@ def accepted_keys() -> set[str]:
         "targets": ({"targets": {"t": {"zz_not_a_key": 1}}}, "targets.NAME.{}"),
         "sync": ({"sync": {"zz_not_a_key": 1}}, "sync.{}"),
         "policy": ({"policy": [{"zz_not_a_key": 1}]}, "policy[].{}"),
+        "retention": ({"retention": {"zz_not_a_key": 1}}, "retention.{}"),
+        "metrics": ({"metrics": {"zz_not_a_key": 1}}, "metrics.{}"),
+        "health": ({"health": {"zz_not_a_key": 1}}, "health.{}"),
     }
     for name in top:
         if name == "path_map":
