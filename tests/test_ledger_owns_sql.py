@@ -1,6 +1,6 @@
 """The ledger owns every table: no SQL is written anywhere in the agent outside agent/ledger/.
 
-Every string literal of every module (docstrings and comments aside: tokenize sees comments
+Every string literal of every module (docstrings and comments aside: ast never sees comments,
 apart, and a docstring is a string that stands alone as a statement) is matched against what
 SQL looks like (upper-case keywords, as this code base writes SQL; prose in lower case passes).
 A planted example proves the check finds what it is meant to find.
