@@ -39,7 +39,7 @@ if [[ -x "$PY" && -f "$STAMP" && "$(cat "$STAMP")" == "$PINS" ]]; then
 fi
 
 "$BASE_PY" -m venv "$VENV" >&2
-"$PY" -m pip install -q --disable-pip-version-check "${INSTALL[@]}" >&2
+"$PY" -m pip install -q --disable-pip-version-check --no-compile "${INSTALL[@]}" >&2
 "$PY" -m pip install -q --no-deps -e "$PROJECT" >&2
 "$PY" -c "$CHECK" >&2
 echo "$PINS" > "$STAMP"
