@@ -82,6 +82,10 @@ class Fold:
     last_raw: dict[str, str] = field(default_factory=dict)   # the summary's values, as JSON text
     data_after_exit: bool = False                            # history or summary after the exit record
     seen_media: set[Any] = field(default_factory=set, repr=False, compare=False)
+    # Which costly parts to learn (each is most of a pass's CPU): the media plan (sealing needs
+    # it, delivery does not), the history values (delivery needs them, sealing does not).
+    media: bool = True
+    values: bool = True
 
     @property
     def whole(self) -> bool:
@@ -90,7 +94,7 @@ class Fold:
     def snapshot(self) -> dict[str, Any]:
         """Everything learnt, for comparing two folds (not the read's own position)."""
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("seen_media", "start", "size", "file_id", "torn_at", "torn_reason")}
+                if k not in ("seen_media", "start", "size", "file_id", "torn_at", "torn_reason", "media", "values")}
 
 
 def read(path: str | os.PathLike, fold: Fold | None = None, limit: int | None = None) -> Fold:
@@ -158,20 +162,24 @@ class _Adder:
             fold.rows += 1
             fold.history_ends.append(_record_end(offset, length))
             h = rec.history
-            self._history(h.item, h.step.num if h.HasField("step") else None)
-            self._plan_media(h.item)
+            if fold.values:
+                self._history(h.item, h.step.num if h.HasField("step") else None)
+            if fold.media:
+                self._plan_media(h.item)
         elif kind == "summary":
             if fold.exit_code is not None:
                 fold.data_after_exit = True
-            last_raw = fold.last_raw
-            for item in rec.summary.update:
-                if item.key:
-                    last_raw[item.key] = item.value_json
-                elif len(item.nested_key) == 1:
-                    last_raw[item.nested_key[0]] = item.value_json
-            for item in rec.summary.remove:
-                last_raw.pop(item.key if item.key else "/".join(item.nested_key), None)
-            self._plan_media(rec.summary.update)
+            if fold.values:
+                last_raw = fold.last_raw
+                for item in rec.summary.update:
+                    if item.key:
+                        last_raw[item.key] = item.value_json
+                    elif len(item.nested_key) == 1:
+                        last_raw[item.nested_key[0]] = item.value_json
+                for item in rec.summary.remove:
+                    last_raw.pop(item.key if item.key else "/".join(item.nested_key), None)
+            if fold.media:
+                self._plan_media(rec.summary.update)
         elif kind == "run":
             r = rec.run
             fold.has_run_record = True

@@ -159,7 +159,8 @@ def inspect(run_dir: Path, before: RunFacts | None = None) -> RunFacts:
         if facts.read_offset > st.st_size:
             return failed(f"{log.name} shrank from {facts.read_offset} to {st.st_size} bytes; it was rewritten")
         # The fold this process made of the log so far, or one that goes on from the saved facts.
-        fold = runlog.cached(log, facts.read_offset) if facts.read_offset else runlog.Fold()
+        # (Its history values are not learnt: they serve delivery, which reads the redacted log.)
+        fold = runlog.cached(log, facts.read_offset) if facts.read_offset else runlog.Fold(values=False)
         try:
             fold = runlog.feed(f, fold or _seed(facts))
         except NotAWandbLog as exc:
@@ -176,7 +177,8 @@ def inspect(run_dir: Path, before: RunFacts | None = None) -> RunFacts:
 def _seed(facts: RunFacts) -> runlog.Fold:
     """A fold that goes on from saved facts (the ledger's, after a restart): the small facts of
     what was read before; its plan and segment facts cover only what it reads from here."""
-    return runlog.Fold(start=facts.read_offset, end=facts.read_offset, records=facts.records, rows=facts.steps,
+    return runlog.Fold(start=facts.read_offset, end=facts.read_offset, values=False, records=facts.records,
+                       rows=facts.steps,
                        run_id=facts.run_id, project=facts.project, entity=facts.entity,
                        wandb_version=facts.wandb_version, has_run_record=facts.has_run_record,
                        exit_code=facts.exit_code, sensitive=list(facts.extra.get("sensitive", [])),

@@ -61,7 +61,7 @@ def _numeric(v: Any) -> bool:
 
 def read_facts(log: Path, limit: int | None = None) -> LogFacts:
     """The log's segment facts, from one fold of its whole records (up to byte ``limit``)."""
-    fold = runlog.read(log, limit=limit)
+    fold = runlog.read(log, runlog.Fold(media=False), limit=limit)
     return LogFacts(size=fold.size, end=fold.end, torn=fold.torn_at is not None, history_rows=len(fold.history_ends),
                     history_ends=fold.history_ends, first_step=fold.first_step, last_step=fold.last_step,
                     history_keys=fold.history_keys, metric_values=fold.metric_values,

@@ -751,7 +751,7 @@ def _redact(src: Path, dst: Path | None, policy: Policy, secret: bytes,
     src = Path(src)
     log = _find_log(src)
     if fold is None or not fold.whole or fold.file_id != _file_id(log):
-        fold = runlog.read(log)
+        fold = runlog.read(log, runlog.Fold(values=False))
     r = _Run(src, dst, policy, secret, map_path)
     r.report.run_id = log.stem.removeprefix("run-")
     _plan(r, fold)
