@@ -157,6 +157,47 @@ def test_constraints_pin_the_agents_whole_dependency_closure():
         assert "!images/constraints.txt" in ignore, f"{dockerfile}: the build context leaves the constraints out"
 
 
+_TRAIN_CLOSURE = """
+import json, sys
+import importlib.metadata as md
+def closure(roots):
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    seen = {}
+    todo = list(roots)
+    while todo:
+        dist = md.distribution(todo.pop())
+        for r in map(Requirement, dist.requires or []):
+            if r.marker and not r.marker.evaluate({"extra": ""}):
+                continue
+            name = canonicalize_name(r.name)
+            if name not in seen:
+                seen[name] = md.version(r.name)
+                todo.append(r.name)
+    return seen
+mine = closure(["wandb", "scikit-learn", "pillow", "sweeps"])
+mine.update({n: md.version(n) for n in ("wandb", "scikit-learn", "pillow", "sweeps")})
+tf = closure(["tensorflow-cpu"])
+print(json.dumps({"mine": mine, "tf": sorted(tf)}))
+"""
+
+
+def test_constraints_pin_the_training_images_closure_as_tested_on_python_3_8():
+    """The training image's packages and all of theirs are pinned at the versions the seed pair's
+    tests run with (.venv-py38: Python 3.8, TF 2.13, wandb 0.15.12), except what TensorFlow itself
+    depends on (the base image brings it, built against it: a pin would replace it)."""
+    from trainer_helpers import PY38_LABEL, interpreters, require_python
+
+    py = require_python(PY38_LABEL, dict(interpreters())[PY38_LABEL])
+    out = subprocess.run([py, "-c", _TRAIN_CLOSURE], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout)
+    pins = _constraints("3.8")
+    wanted = {n: v for n, v in got["mine"].items() if n not in got["tf"]}
+    assert len(wanted) > 10 and {n: pins.get(n) for n in wanted} == wanted, sorted(set(wanted) - set(pins))
+    assert pins.get("numpy") == "<2" and not set(pins) & (set(got["tf"]) - {"numpy"}), "TensorFlow's own deps float"
+
+
 def test_train_image_pins_agree_with_pyproject():
     py = _pyproject()
     trainer = py["project"]["optional-dependencies"]["trainer"]
