@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import logging
 import os
 import re
 import shutil
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass
+from importlib.metadata import version as dist_version
 from pathlib import Path
 
 VERSION = re.compile(r"^\d+\.\d+\.\d+(?:(?:a|b|rc|\.post|\.dev)\d+)?$")
@@ -90,7 +92,6 @@ class Client:
     def syncs_in_parallel(self) -> bool:
         """``wandb sync -n`` (several runs in one process) exists from wandb 0.30 on."""
         if self.own:
-            from .upload import syncs_in_parallel
             return syncs_in_parallel()
         return vtuple(self.version) >= (0, 30, 0)
 
@@ -98,13 +99,31 @@ class Client:
         return f"wandb {self.version} ({self.how})"
 
 
+def wandb_exe() -> list[str]:
+    """The wandb CLI installed beside this Python (the agent's own wandb), else on PATH."""
+    beside = Path(sys.executable).parent / "wandb"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return [str(beside)]
+    return [sys.executable, "-m", "wandb"]
+
+
+@functools.lru_cache(maxsize=1)
+def syncs_in_parallel() -> bool:
+    """Whether the installed ``wandb sync`` takes ``-n`` (several runs at once in one process,
+    wandb >= 0.30). Older ones get one process per run, as many at a time as allowed."""
+    try:
+        from wandb.cli import cli  # lazy: importing wandb's CLI costs ~1 s, asked once per process
+        return any(p.name == "parallelism" for p in cli.sync.params)
+    except Exception:  # noqa: BLE001 - any doubt: the form every wandb understands
+        return False
+
+
 def _agent_wandb_version() -> str:
     try:
-        from importlib.metadata import version
-        return version("wandb")
+        return dist_version("wandb")
     except Exception:  # noqa: BLE001 - a wandb without metadata: ask the module itself
         try:
-            import wandb
+            import wandb  # lazy: heavy, and only for a wandb installed without its metadata
             return str(wandb.__version__)
         except Exception:  # noqa: BLE001
             return "unknown"
@@ -113,7 +132,6 @@ def _agent_wandb_version() -> str:
 @functools.lru_cache(maxsize=1)
 def agent_client() -> Client:
     """The wandb installed beside this Python (the agent's own), else ``python -m wandb``."""
-    from .upload import wandb_exe
     return Client(tuple(wandb_exe()), _agent_wandb_version(), "beside the agent")
 
 
@@ -279,7 +297,6 @@ _lock = threading.Lock()
 
 def announce(message: str) -> None:
     """Said before a client is installed (the CLI says it on stderr; the daemon logs it)."""
-    import logging
     logging.getLogger("tfwb_agent.deliver").warning("%s", message)
 
 

@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 from ..segments import END_KEY, LogFacts, comparable_summary
 from . import backoff
 from . import server as srv
+from .upload import stopping
 
 LIGHT_FIELDS = ('name state historyLineCount '
                 'files(names: ["wandb-history.jsonl"]) { edges { node { name directUrl } } }')
@@ -83,8 +84,7 @@ Sleep = Callable[[float], Any]
 
 
 def _default_sleep(seconds: float) -> None:
-    from .upload import stopping  # a stopping agent does not sit out a server's Retry-After
-    if stopping.wait(seconds):
+    if stopping.wait(seconds):  # a stopping agent does not sit out a server's Retry-After
         raise srv.Unreachable("the agent is stopping")
 
 

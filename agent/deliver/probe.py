@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import clients
 from . import server as srv
 
 ONLINE, OFFLINE, KEY_REJECTED, NO_KEY, TLS_FAILED = "online", "offline", "key_rejected", "no_key", "tls_failed"
@@ -72,7 +73,6 @@ def check_client(res: ProbeResult, base_url: str, api_key: str, client_version: 
     """An online probe's result with the server's version read and held against the target's
     wandb client: ``client_too_new`` (nothing is sent) when the server reports a version that
     client no longer supports; still online, with the version unknown, when it does not say."""
-    from .clients import too_new
     if res.status != ONLINE:
         return res
     try:
@@ -83,7 +83,7 @@ def check_client(res: ProbeResult, base_url: str, api_key: str, client_version: 
     if version is None:
         return ProbeResult(ONLINE, f"{res.detail}; server version unknown (it does not answer serverInfo); "
                            f"{client}", res.viewer)
-    why = too_new(client_version, version)
+    why = clients.too_new(client_version, version)
     if why:
         return ProbeResult(CLIENT_TOO_NEW, f"refused before sending anything: {why}", res.viewer, version)
     note = ""
@@ -93,8 +93,7 @@ def check_client(res: ProbeResult, base_url: str, api_key: str, client_version: 
 
 
 def _newer(a: str, b: str) -> bool:
-    from .clients import vtuple
-    return vtuple(a) > vtuple(b)
+    return clients.vtuple(a) > clients.vtuple(b)
 
 
 def probe(base_url: str, api_key: str, timeout: float = 10.0, *, ca_file: str | None = None,
@@ -118,7 +117,6 @@ def probe(base_url: str, api_key: str, timeout: float = 10.0, *, ca_file: str | 
     res = ProbeResult(ONLINE, f"reachable; key accepted (user {name})", name)
     # The target's wandb client ([targets.NAME] wandb; installed the first time) against the
     # server's version: a client too new for it is refused here, before anything is sent.
-    from . import clients
     try:
         client = clients.client_for(target)
     except clients.ClientError as exc:

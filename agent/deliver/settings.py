@@ -16,6 +16,7 @@ from .. import config as config_mod
 from .. import config_checks as checks
 from .. import ids
 from ..config import ConfigError
+from . import clients  # each target's wandb client, found by the probe and the upload (clients.py)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
@@ -168,7 +169,6 @@ def validate_targets(source: str, raw: Any) -> Targets:
 def _client(source: str, prefix: str, t: dict[str, Any]) -> tuple[str | None, str | None]:
     """``wandb``: a version to install ("0.25.1") or the absolute path of a Python that has wandb;
     ``wandb_index``: a wheelhouse directory or a package index URL for that install."""
-    from .clients import VERSION
     wandb = index = None
     if "wandb" in t:
         wandb = _str(source, f"{prefix}.wandb", t["wandb"]).strip()
@@ -176,7 +176,7 @@ def _client(source: str, prefix: str, t: dict[str, Any]) -> tuple[str | None, st
             if not (os.path.isfile(wandb) and os.access(wandb, os.X_OK)):
                 raise ConfigError(source, f"{prefix}.wandb", f"{wandb} is not an executable file (the path of a "
                                   "Python that has wandb, or a version such as \"0.25.1\")")
-        elif not VERSION.match(wandb.lstrip("=")):
+        elif not clients.VERSION.match(wandb.lstrip("=")):
             raise ConfigError(source, f"{prefix}.wandb", f"must be a wandb version such as \"0.25.1\" or the "
                               f"absolute path of a Python that has wandb, got {wandb!r}")
         else:
@@ -227,7 +227,6 @@ def validate_policy(source: str, raw: Any) -> Policies:
 def targets(cfg: config_mod.Config) -> dict[str, Target]:
     t = cfg.sections.get("targets")
     out = dict(t.by_name) if t else {}
-    from . import clients  # each target's wandb client, found by the probe and the upload (clients.py)
     clients.register(out, cfg.state_dir)
     return out
 

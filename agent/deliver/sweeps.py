@@ -45,7 +45,7 @@ def _unwrap(v: Any) -> Any:
 def sweep_in_log(log_path: Path) -> dict[str, Any] | None:
     """The ``tfwb.sweep`` a trial's log records in its config (run record or config records
     before the first history row), or None for a run that is not a trial."""
-    from wandb.proto import wandb_internal_pb2 as pb
+    from wandb.proto import wandb_internal_pb2 as pb  # lazy: wandb's protobuf modules are heavy (~0.5 s)
 
     found: dict[str, Any] | None = None
     with open(log_path, "rb") as f:

@@ -11,18 +11,21 @@ one's whole process group (wandb sync and what it started), and no new one start
 """
 from __future__ import annotations
 
-import functools
 import os
 import re
 import signal
+import ssl
 import subprocess
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..procs import alive, process_start_time  # noqa: F401  (the engine names them upload.*)
+import certifi
+
+from ..procs import alive, process_start_time  # noqa: F401  (delivery names them upload.*)
+from .clients import clean_env, client_for_url, wandb_exe
+from .server import ca_bundle, tls_message
 
 # Variables of the agent's own environment that would change what wandb sync does.
 _DROP = ("WANDB_MODE", "WANDB_DISABLED", "WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_ENTITY", "WANDB_PROJECT",
@@ -30,31 +33,17 @@ _DROP = ("WANDB_MODE", "WANDB_DISABLED", "WANDB_API_KEY", "WANDB_BASE_URL", "WAN
          "WANDB_SILENT", "WANDB_NETRC")
 
 
-def wandb_exe() -> list[str]:
-    """The wandb CLI installed beside this Python (the agent's own wandb), else on PATH."""
-    beside = Path(sys.executable).parent / "wandb"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return [str(beside)]
-    return [sys.executable, "-m", "wandb"]
-
-
 def ca_bundle_for_child(ca_file: str | None, home: Path) -> str | None:
     """The CA bundle the ``wandb sync`` child trusts: None (its defaults) unless a CA is set
     (``ca_file``, ``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE``). Then one file holding the system's
     CAs and the site's: wandb-core (Go) reads ``SSL_CERT_FILE`` *instead of* the system store,
     and the same upload may go on to a storage host signed by a public CA."""
-    from .server import ca_bundle
     ca = ca_bundle(ca_file)
     if not ca:
         return None
-    import ssl
     parts = []
     system = ssl.get_default_verify_paths().openssl_cafile
-    try:
-        import certifi
-        system = system if os.path.isfile(system) else certifi.where()
-    except ImportError:
-        pass
+    system = system if os.path.isfile(system) else certifi.where()
     for path in (ca, system):
         try:
             parts.append(Path(path).read_bytes())
@@ -70,7 +59,6 @@ def sync_env(base_url: str, api_key: str, home: Path, ca_file: str | None = None
              own_client: bool = True) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _DROP}
     if not own_client:  # a target's own wandb (clients.py) must not import the agent's packages
-        from .clients import clean_env
         env = clean_env(env)
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     bundle = ca_bundle_for_child(ca_file, home)
@@ -84,17 +72,6 @@ def sync_env(base_url: str, api_key: str, home: Path, ca_file: str | None = None
                # run's program: a local path of the delivering host.
                WANDB_PROGRAM="tfwb-agent sync")
     return env
-
-
-@functools.lru_cache(maxsize=1)
-def syncs_in_parallel() -> bool:
-    """Whether the installed ``wandb sync`` takes ``-n`` (several runs at once in one process,
-    wandb >= 0.30). Older ones get one process per run, as many at a time as allowed."""
-    try:
-        from wandb.cli import cli
-        return any(p.name == "parallelism" for p in cli.sync.params)
-    except Exception:  # noqa: BLE001 - any doubt: the form every wandb understands
-        return False
 
 
 def sync_argv(run_dirs: Sequence[Path], project: str, entity: str | None, parallel: int = 1,
@@ -166,7 +143,6 @@ def start(run_dirs: Sequence[Path], base_url: str, api_key: str, project: str, e
     if stopping.is_set():
         raise Stopped("stopping: no new upload")
     if client is None:  # the client configured for this target ([targets.NAME] wandb), else the agent's
-        from .clients import client_for_url
         client = client_for_url(base_url)
     own = client is None or client.own
     exe = None if client is None else client.argv
@@ -214,7 +190,6 @@ def diagnose(log_text: str, base_url: str, target: str) -> str | None:
     exits 0 on these): a certificate its TLS did not trust; a server that did not understand
     the client (too new for it)."""
     if any(sign in log_text for sign in _TLS_SIGNS):
-        from .server import tls_message
         return "wandb sync: " + tls_message(base_url, target)
     if any(sign.lower() in log_text.lower() for sign in _TOO_NEW_SIGNS):
         m = re.search(r"tfwb-agent: wandb sync by (wandb \S+)", log_text)

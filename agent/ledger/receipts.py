@@ -208,3 +208,10 @@ def unconfirmed(db: sqlite3.Connection) -> list[dict[str, Any]]:
             f"AND COALESCE({_MARK}, '') != 'delivered' AND {_NOT_PRUNED} ORDER BY b.created, b.bundle_id",
             ("outbox",))
     return [dict(r) for r in rows]
+
+
+def pruned_ids(ledger: Ledger, kind: str) -> set[str]:
+    """What retention removed of ``kind`` (outbox | staging | quarantine): bundle ids, or names."""
+    if not has_tables(ledger.db):
+        return set()
+    return {r[0] for r in ledger.db.execute("SELECT ident FROM pruned WHERE kind = ?", (kind,))}

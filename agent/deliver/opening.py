@@ -1,0 +1,59 @@
+"""Opening a segment: a private, writable copy of its run directory to upload from.
+
+From this node's outbox the bundle is verified and decrypted (``seal.open_bundle``); from a
+gateway's staging the run directory is copied (it was verified when it was imported). Either
+way ``wandb sync`` writes into the copy (its ``.synced`` marker, the cut log), never into the
+outbox or staging.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from .. import config as config_mod
+from ..redact.run import relocate_staging
+from ..seal import Refused, keys_config, open_bundle, open_keys
+from ..seal.keystore import KeyFileError
+from .outcomes import DeliveryError
+from .work import Unit
+
+
+def _staged_run_dir(staged: Path) -> Path | None:
+    dirs = [p for p in staged.iterdir() if p.is_dir() and not p.is_symlink()] if staged.is_dir() else []
+    return dirs[0] if len(dirs) == 1 else None
+
+
+def materialize(cfg: config_mod.Config, u: Unit, work: Path) -> Path:
+    """The segment's run directory, opened into ``work`` (made afresh, private)."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, mode=0o700)
+    if u.source == "staged":
+        src = _staged_run_dir(u.path)
+        if src is None:
+            raise DeliveryError(f"staged bundle {u.path} holds no single run directory")
+        dst = work / src.name
+        shutil.copytree(src, dst, symlinks=True)
+        return dst
+    try:
+        keys = open_keys(keys_config(cfg))
+    except (KeyFileError, ValueError, config_mod.ConfigError) as exc:
+        raise DeliveryError(f"cannot open this node's bundles: {exc} (set keys.identity and keys.trusted_nodes)") from None
+    try:
+        opened = open_bundle(u.path, keys, staging_root=work)
+    except Refused as exc:
+        raise DeliveryError(f"bundle {u.path.name} refused: {exc}") from None
+    except OSError as exc:
+        raise DeliveryError(f"cannot read bundle {u.path}: {exc}") from None
+    assert opened.staged is not None
+    rd = opened.staged / opened.manifest["run_dir"]
+    if not rd.is_dir():
+        raise DeliveryError(f"bundle {u.path.name} holds no run directory {opened.manifest['run_dir']!r}")
+    return rd
+
+
+def relocate(run_dir: Path) -> Path:
+    """Redacted runs carry run-table artifact files in ``_staging`` by absolute path: point
+    those at where this copy lives, or wandb sync cannot find them."""
+    if (run_dir / "_staging").is_dir():
+        relocate_staging(run_dir)
+    return run_dir

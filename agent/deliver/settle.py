@@ -1,0 +1,204 @@
+"""Settling segments with one target: open them, ask the server, send what it lacks, ask again.
+
+Only the server's answer settles a segment (``confirm``): before sending (already there: nothing
+is sent; partly there: the log is cut to what the server lacks, ``segments.plan_cut``) and after
+(``wandb sync`` exiting 0 proves nothing). What each answer means for the ledger is ``Book``'s.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from .. import config as config_mod
+from .. import ids, statedir
+from ..ledger import Ledger
+from ..runs import find_log
+from ..segments import LogFacts, plan_cut, read_facts, write_cut
+from . import confirm, sweeps, upload
+from .opening import materialize, relocate
+from .outcomes import NOT_CONFIRMED, STOPPED, Book, DeliveryError, NotYet, Outcome
+from .settings import SyncSettings, Target
+from .work import Unit
+
+Reporter = Callable[..., None]
+
+PROGRESS_POLL = 1.0  # seconds between looks for wandb's per-run .synced markers while it uploads
+
+
+@dataclass
+class Prepared:
+    """A segment opened into its work directory; once the server has answered, cut down to
+    what the server lacks."""
+    unit: Unit
+    work: Path
+    run_dir: Path
+    log_path: Path
+    facts: LogFacts
+    project: str
+    entity: str | None
+    base: int                   # rows of earlier parts the server holds (separate parts only)
+    server_rows: int = 0        # rows of this part the server already holds
+    rows: int = 0               # rows to send
+    resumed: bool = False
+    size: int = 0               # bytes of the cut log
+
+    @property
+    def batch_key(self) -> tuple[str, str | None]:
+        return self.project, self.entity
+
+
+def destination(t: Target, u: Unit, facts: LogFacts) -> tuple[str, str | None]:
+    project = t.project or u.project or facts.project or "uncategorized"
+    entity = t.entity or u.entity or facts.entity or None
+    return project, entity
+
+
+class Settler:
+    """Deliver segments to one target (its key in hand, the target online)."""
+
+    def __init__(self, ledger: Ledger, cfg: config_mod.Config, t: Target, key: str, settings: SyncSettings,
+                 report: Reporter) -> None:
+        self.ledger, self.cfg, self.t, self.key, self.settings, self.report = ledger, cfg, t, key, settings, report
+        self.book = Book(ledger, t, settings)
+        self.sweeps = sweeps.Sweeps(cfg, t, key)  # trials attached to their W&B sweep (sweeps.py)
+
+    def ask(self, opened: list[Prepared], after_upload: bool = False) -> list[confirm.Judgement]:
+        """The server's word on each opened segment, in one request for many (raises on server trouble)."""
+        wanted = [confirm.Wanted(p.entity, p.project, p.unit.run_id, p.base + p.facts.history_rows) for p in opened]
+        found = confirm.fetch_runs(self.t.base_url, self.key, wanted, self.t.timeout, ca_file=self.t.ca_file,
+                                   target=self.t.name)
+        how = confirm.assess_sent if after_upload else confirm.assess
+        return [how(p.facts, srv_run, p.base) for p, srv_run in zip(opened, found)]
+
+    def base_rows(self, u: Unit) -> int:
+        """History rows the server holds of this run before a separate part begins: what the
+        earlier segments, confirmed in order, brought."""
+        if not u.separate_part:
+            return 0
+        prev = self.ledger.delivery(u.run_id, u.segment - 1, self.t.name)
+        if not prev or prev["state"] != "confirmed" or prev["server_rows"] is None:
+            raise NotYet(f"segment {u.segment - 1} of {u.run_id} is not confirmed on {self.t.name} yet")
+        return int(prev["server_rows"])
+
+    def open(self, u: Unit) -> Prepared | Outcome:
+        """Open the segment into its private work directory and read its facts."""
+        try:
+            work = statedir.deliver_work(self.cfg, self.t.name, u.run_id, u.segment)
+        except ids.BadId as exc:
+            return self.book.failed(u, f"{exc}; not delivered", None)
+        try:
+            run_dir = relocate(materialize(self.cfg, u, work / "open"))
+            log_path = find_log(run_dir)
+            if log_path is None:
+                raise DeliveryError(f"segment {u.segment} of {u.run_id} holds no .wandb log")
+            facts = read_facts(log_path)
+            project, entity = destination(self.t, u, facts)
+            return Prepared(u, work, run_dir, log_path, facts, project, entity, self.base_rows(u))
+        except Exception as exc:
+            shutil.rmtree(work, ignore_errors=True)
+            return self.book.settle_error(u, exc)
+
+    def cut(self, p: Prepared, j: confirm.Judgement) -> Prepared | Outcome:
+        """Settled by the server's answer, or cut down to what the server lacks."""
+        u, keep = p.unit, False
+        try:
+            if j.kind == confirm.COMPLETE:
+                return self.book.confirmed(u, j, 0, 0, "already on the server", p.base + p.facts.history_rows)
+            if j.kind == confirm.UNKNOWN:
+                return self.book.retry(u, f"not sent: {j.detail}; asked again later", None)
+            if j.kind == confirm.MISMATCH:
+                return self.book.failed(u, f"the server holds this run but not as sent: {j.detail}; not sending "
+                                           "again (that would duplicate rows)", j.server_rows)
+            cut = plan_cut(p.facts, j.server_rows, send_end=j.end_behind or j.kind == confirm.ABSENT)
+            if cut is None:
+                raise DeliveryError(f"segment {u.segment} of {u.run_id}: nothing to send, yet the server lacks it "
+                                    f"({j.detail})")
+            cut = replace(cut, sweep_id=self.sweeps.sweep_id_for(p.log_path, p.project, p.entity))
+            upload_log = p.log_path.with_name(p.log_path.name + ".cut")
+            p.size = write_cut(p.log_path, upload_log, cut)
+            upload_log.replace(p.log_path)
+            p.server_rows, p.rows, p.resumed = j.server_rows, cut.rows, cut.resumed
+            keep = True
+            return p
+        except Exception as exc:
+            return self.book.settle_error(u, exc)
+        finally:
+            if not keep:
+                shutil.rmtree(p.work, ignore_errors=True)
+
+    def send(self, batch: list[Prepared]) -> list[Outcome]:
+        """One ``wandb sync`` for the whole batch (same project and entity), then the server's
+        word on each segment."""
+        t, book, first = self.t, self.book, batch[0]
+        scratch = first.work.parent / f"sync-{first.unit.run_id}-{first.unit.segment}"
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True, mode=0o700)
+        out_log = scratch / "wandb-sync.log"
+        try:
+            for p in batch:
+                self.report("upload_start", run_id=p.unit.run_id, segment=p.unit.segment, bytes=p.size, rows=p.rows)
+            try:
+                up = upload.start([p.run_dir for p in batch], t.base_url, self.key, first.project, first.entity,
+                                  scratch / "wandb-home", out_log, self.settings.max_parallel, t.ca_file)
+            except upload.Stopped:
+                return [book.retry(p.unit, STOPPED, None) for p in batch]
+            started = upload.process_start_time(up.pid)
+            for p in batch:
+                book.set(p.unit, "uploading", uploader_pid=up.pid, uploader_start=started,
+                         server_rows=p.base + p.server_rows, attempts=book.delivery(p.unit).get("attempts", 0) + 1,
+                         reason=f"sending {p.rows} history rows" + (" (resumed)" if p.resumed else ""))
+            rounds = -(-len(batch) // max(1, self.settings.max_parallel))
+            rc = self.wait(up, batch, self.settings.upload_timeout * rounds)
+            upload.finished(up)
+            if upload.stopping.is_set():  # the server is not asked now: the next round asks it
+                return [book.retry(p.unit, STOPPED, None) for p in batch]
+            try:
+                judged = self.ask(batch, after_upload=True)
+            except Exception as exc:
+                return [book.settle_error(p.unit, exc) for p in batch]
+            return [self.judge_sent(p, after, rc, out_log) for p, after in zip(batch, judged)]
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+            for p in batch:
+                shutil.rmtree(p.work, ignore_errors=True)
+
+    def wait(self, up: upload.Upload, batch: list[Prepared], timeout: float) -> int | None:
+        """Wait for the upload to end (killed after ``timeout``); meanwhile report each run whose
+        ``.synced`` marker wandb wrote (for progress only: the server's answer decides)."""
+        deadline = time.monotonic() + timeout
+        waiting = list(batch)
+        rc: int | None = None
+        while True:
+            try:
+                rc = up.proc.wait(timeout=PROGRESS_POLL)
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() > deadline:
+                    upload.kill(up)
+                    break
+            for p in [p for p in waiting if p.log_path.with_name(p.log_path.name + ".synced").exists()]:
+                waiting.remove(p)
+                self.report("upload_end", run_id=p.unit.run_id, segment=p.unit.segment, bytes=p.size, returncode=None)
+        for p in waiting:
+            self.report("upload_end", run_id=p.unit.run_id, segment=p.unit.segment, bytes=p.size, returncode=rc)
+        return rc
+
+    def judge_sent(self, p: Prepared, after: confirm.Judgement, rc: int | None, out_log: Path) -> Outcome:
+        u, book = p.unit, self.book
+        if after.kind == confirm.COMPLETE:
+            return book.confirmed(u, after, p.rows, p.size, "sent and confirmed", p.base + p.facts.history_rows)
+        if after.kind == confirm.MISMATCH:
+            return book.failed(u, f"sent, but {after.detail}; not sending again", after.server_rows)
+        tls = upload.diagnose(upload.tail(out_log, 4000), self.t.base_url, self.t.name)
+        if tls:
+            return book.retry(u, f"{NOT_CONFIRMED} (exit {rc}): {tls}", None)
+        if after.kind == confirm.UNKNOWN:
+            return book.retry(u, f"{NOT_CONFIRMED} (exit {rc}): {after.detail}", None)
+        why = upload.tail(out_log, 600).replace(self.key, "<key>").strip().splitlines()
+        last = why[-1] if why else ""
+        return book.retry(u, f"{NOT_CONFIRMED} (exit {rc}): {after.detail}"
+                             + (f"; wandb said: {last[:300]}" if last else ""), after.server_rows)
