@@ -9,6 +9,7 @@ import click
 
 from .. import config as config_mod
 from ..daemon import Daemon, DaemonError
+from ..pipeline import stages
 from .common import Context, pass_ctx
 
 
@@ -32,7 +33,7 @@ def command(ctx: Context, verbose: bool) -> None:
     """
     setup_logging(verbose)
     try:
-        daemon = Daemon(ctx.config_path, stages=_stages())
+        daemon = Daemon(ctx.config_path, stages=stages())
     except config_mod.ConfigError as exc:
         raise click.ClickException(f"config error: {exc}") from None
     try:
@@ -40,15 +41,3 @@ def command(ctx: Context, verbose: bool) -> None:
     except DaemonError as exc:
         raise click.ClickException(str(exc)) from None
 
-
-def _stages() -> list:
-    """The pipeline steps after classification that this build has."""
-    stages = []
-    try:
-        from ..pipeline import STAGES
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__.rsplit('.', 1)[0]}.pipeline":
-            raise
-    else:
-        stages.extend(STAGES)
-    return stages

@@ -16,6 +16,7 @@ import click
 
 from .. import config as config_mod
 from ..deliver.probe import NEEDS_A_PERSON
+from ..sealing import seal_live_segments
 from .common import Context, echo_json, pass_ctx
 
 
@@ -128,7 +129,6 @@ def command(ctx: Context, target: str, once: bool, run_id: str | None, dry_run: 
     try:
         while True:
             if engine.sync_settings(cfg).live and not dry_run:
-                from ..deliver.live import seal_live_segments
                 with ctx.writing(holder):
                     seal_live_segments(ledger, cfg)
             try:

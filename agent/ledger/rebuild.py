@@ -205,8 +205,6 @@ def _link_runs(ledger: Any, cfg: Any, book: Any, report: RebuildReport, ids: Any
     """Runs read again from the volume, tied to what this node sealed of them: the claims'
     markers first (sealed.json names the bundle; segment-<k>.json the live segments), else a
     bundle in the outbox for the run's id and part (an agent from before the markers)."""
-    from ..pipeline import part_number
-
     for row in ledger.runs():
         if not row["run_id"] or row["state"] not in ("live", "ended"):
             continue
@@ -243,7 +241,7 @@ def _link_runs(ledger: Any, cfg: Any, book: Any, report: RebuildReport, ids: Any
             continue
         if row["state"] != "ended":
             continue
-        part = part_number(ledger, row)
+        part = ledger.part_number(row["run_id"], row["key"])
         hit = ledger.db.execute("SELECT bundle_id FROM bundles WHERE run_id = ? AND segment = ? AND run_key IS NULL "
                                 "AND state IN ('sealed', 'exported')", (row["run_id"], part)).fetchone()
         if hit:

@@ -5,6 +5,7 @@ Every change of a run's state passes ``states.RUNS`` and is a ``run`` line in th
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from typing import Any
@@ -71,6 +72,12 @@ class RunsTable:
     def part_keys(self, run_id: str) -> list[str]:
         """The directories (not invalid) that hold parts of run ``run_id``."""
         return [r[0] for r in self._all("SELECT key FROM runs WHERE run_id = ? AND state != 'invalid'", (run_id,))]
+
+    def part_number(self, run_id: str, key: str) -> int:
+        """Which part of run ``run_id`` the directory ``key`` is. A job killed and restarted with
+        the same run id writes a second ``offline-run-<time>-<id>`` directory that resumes the run:
+        the parts are its segments, in the order of their start times (the directory names)."""
+        return sorted(self.part_keys(run_id), key=lambda k: (os.path.basename(k), k)).index(key)
 
     def counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self._all("SELECT state, COUNT(*) FROM runs GROUP BY state")}
