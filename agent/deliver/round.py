@@ -195,17 +195,10 @@ def _round(ledger: Ledger, cfg: config_mod.Config, target_name: str, t: Target, 
 
 
 def deliver_stage(ledger: Ledger, cfg: config_mod.Config) -> None:
-    """The daemon's stage: one round for every configured target (after cutting live segments)."""
+    """The daemon's stage: one round for every configured target (live segments were cut
+    before it, by ``pipeline.live_stage``)."""
     if not targets(cfg):
         return
-    if sync_settings(cfg).live:
-        try:
-            # Lazy: live.py seals, through pipeline, which imports this module (the sealing
-            # moves out of deliver/, issue 13; then this import goes to the top).
-            from .live import seal_live_segments
-            seal_live_segments(ledger, cfg)
-        except Exception:  # live segments are an extra; delivery of the rest goes on
-            log.exception("cutting live segments failed")
     for name in targets(cfg):
         try:
             deliver_round(ledger, cfg, name)
