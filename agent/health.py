@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from . import config as config_mod
-from . import failures
+from . import durable, failures
+from .ledger import views
 from .opsconfig import health_config, min_free_bytes
 
 HEARTBEAT = "daemon.heartbeat"
@@ -94,10 +95,8 @@ def report(checks: list[Check]) -> dict[str, Any]:
 def write_heartbeat(state_dir: Path, now: float, turns: int) -> None:
     """Each turn of the daemon's loop. A full disk must not stop the loop: then it is skipped
     (and `health` says the floor or the heartbeat's age)."""
-    tmp = state_dir / f".{HEARTBEAT}.tmp"
     try:
-        tmp.write_text(json.dumps({"time": now, "pid": os.getpid(), "turns": turns}))
-        os.replace(tmp, state_dir / HEARTBEAT)
+        durable.write_json(state_dir / HEARTBEAT, {"time": now, "pid": os.getpid(), "turns": turns})
     except OSError:
         pass
 
@@ -127,15 +126,8 @@ def gather(cfg: config_mod.Config, ledger: Any, now: float | None = None) -> Fac
     waiting = [r for r in ledger.runs_in_state("ended") if not (r["facts"] or {}).get("live_segments")]
     stuck_seals = [(r["run_id"] or r["key"], r["mtime"] or r["first_seen"], r["last_error"])
                    for r in waiting if r["last_error"]]
-    # Undone deliveries with an error, since their bundle was sealed here or imported here.
-    # (SQL kept to this one read; the ledger package is its home once it has a reader for it.)
-    rows = ledger.db.execute(
-        "SELECT d.run_id, d.segment, d.target, COALESCE(d.last_error, d.reason) AS error, "
-        "COALESCE((SELECT MIN(imported_at) FROM imports i WHERE i.run_id = d.run_id AND i.segment = d.segment), "
-        "(SELECT MIN(created) FROM bundles b WHERE b.run_id = d.run_id AND b.segment = d.segment), "
-        "d.updated) AS since FROM deliveries d WHERE d.state IN ('pending', 'uploading', 'failed') "
-        "AND d.last_error IS NOT NULL").fetchall()
-    stuck_deliveries = [(f"{r['run_id']}/{r['segment']} -> {r['target']}", r["since"], r["error"]) for r in rows]
+    stuck_deliveries = [(f"{r['run_id']}/{r['segment']} -> {r['target']}", r["since"], r["error"])
+                        for r in views.stuck_deliveries(ledger)]
     return Facts(now=now, heartbeat=read_heartbeat(cfg.state_dir), waiting_unsealed=len(waiting),
                  seal_blocker=seal_blocker(cfg) if waiting else None, stuck_seals=stuck_seals,
                  stuck_deliveries=stuck_deliveries, free_bytes=failures.free_bytes(cfg.state_dir),

@@ -30,6 +30,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from . import config as config_mod
 from . import statedir
+from .ledger import views
 
 log = logging.getLogger("tfwb_agent.metrics")
 
@@ -108,27 +109,14 @@ def _outbox(cfg: config_mod.Config) -> tuple[int, int]:
 def gather(cfg: config_mod.Config, ledger: Any, want_daemon: bool = True) -> Snapshot:
     from . import health
 
-    db = ledger.db
-    # (These reads belong in the ledger package once it has readers for them.)
-    deliveries = {(r[0], r[1]): r[2] for r in db.execute(
-        "SELECT target, state, COUNT(*) FROM deliveries GROUP BY target, state")}
-    last: dict[tuple[str, str], float] = {}
-    for stage, sql in (("seal", "SELECT '', MAX(created) FROM bundles WHERE run_key IS NOT NULL"),
-                       ("export", "SELECT '', MAX(exported_at) FROM bundles"),
-                       ("import", "SELECT '', MAX(imported_at) FROM imports"),
-                       ("deliver", "SELECT target, MAX(confirmed_at) FROM deliveries GROUP BY target")):
-        for target, when in db.execute(sql):
-            if when is not None:
-                last[(stage, target)] = float(when)
+    deliveries = views.delivery_counts(ledger)
+    last = views.last_successes(ledger)
     errors: dict[tuple[str, str], int] = {}
-    for (err,) in db.execute("SELECT last_error FROM runs WHERE state = 'ended' AND last_error IS NOT NULL"):
+    for err in views.seal_errors(ledger):
         errors[("seal", reason_of(err))] = errors.get(("seal", reason_of(err)), 0) + 1
-    for (n,) in db.execute("SELECT COUNT(*) FROM runs WHERE state = 'quarantined'"):
-        if n:
-            errors[("seal", "quarantined")] = n
-    for err, n in db.execute("SELECT COALESCE(last_error, reason), COUNT(*) FROM deliveries "
-                             "WHERE state IN ('pending', 'uploading', 'failed') AND last_error IS NOT NULL "
-                             "GROUP BY 1"):
+    if n := views.quarantined_runs(ledger):
+        errors[("seal", "quarantined")] = n
+    for err, n in views.delivery_errors(ledger):
         key = ("deliver", reason_of(err))
         errors[key] = errors.get(key, 0) + n
     result = health.check(cfg, ledger, want_daemon=want_daemon)
