@@ -12,7 +12,7 @@ from .states import BUNDLE_STATES, IMPORT_STATES, RUN_STATES
 def check(path: Path | str, outbox: Path | None = None) -> list[str]:
     """Every problem with the ledger at ``path``, in words; [] when it is sound. Reads only
     (never creates, migrates or repairs): SQLite's own ``integrity_check``, then the ledger's
-    consistency — known tables and states, every bundle it calls sealed present in ``outbox``,
+    consistency — known tables and states, every bundle it calls sealed present in ``outbox`` (unless retention pruned it),
     every run it calls sealed with a bundle."""
     path = Path(path)
     if not path.is_file():
@@ -46,7 +46,10 @@ def check(path: Path | str, outbox: Path | None = None) -> list[str]:
         for state, n in db.execute("SELECT state, COUNT(*) FROM imports GROUP BY state"):
             if state not in IMPORT_STATES:
                 problems.append(f"{n} import(s) in an unknown state {state!r}")
-        for bid, name, p in db.execute("SELECT bundle_id, name, path FROM bundles WHERE state = 'sealed'"):
+        # A bundle retention removed (its arrival known: table pruned) is gone by design, not missing.
+        for bid, name, p in db.execute(
+                "SELECT bundle_id, name, path FROM bundles b WHERE state = 'sealed' AND NOT EXISTS "
+                "(SELECT 1 FROM pruned p WHERE p.kind = 'outbox' AND p.ident = b.bundle_id)"):
             if not Path(p).is_file():
                 problems.append(f"bundle {name} ({bid}) is recorded as sealed but {p} is missing")
         for key, run_id, state in db.execute(

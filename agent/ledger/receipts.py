@@ -1,7 +1,7 @@
 """The ledger's side of receipts and retention: every SQL statement they need, and nothing else.
 
-Tables (made by ``ensure_receipt_tables``, which every command of receipts and retention calls
-first; ``CREATE TABLE IF NOT EXISTS``, so older ledgers gain them without a migration):
+Tables (made by the schema's migration 6 at the ledger's open; ``ensure_receipt_tables`` stays
+callable and makes them on a connection that never went through that open):
 
     receipts_issued  a gateway's receipts: one row per sequence number it has handed out
     receipts_seen    a node's newest receipt per gateway key (replay protection)
@@ -16,41 +16,9 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Iterable
 
-from . import Ledger
+from . import Ledger, schema
 
-TABLES = """
-CREATE TABLE IF NOT EXISTS receipts_issued (
-    sequence INTEGER PRIMARY KEY,
-    file     TEXT,
-    created  REAL NOT NULL,
-    bundles  INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS receipts_seen (
-    gateway_key_id TEXT PRIMARY KEY,
-    gateway        TEXT NOT NULL,
-    sequence       INTEGER NOT NULL,
-    file           TEXT NOT NULL,
-    imported_at    REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS receipt_marks (
-    bundle_id   TEXT PRIMARY KEY,
-    content_id  TEXT NOT NULL,
-    status      TEXT NOT NULL,   -- imported | delivered | refused (as the gateway said)
-    reason      TEXT,
-    gateway     TEXT NOT NULL,
-    sequence    INTEGER NOT NULL,
-    marked_at   REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS pruned (
-    kind       TEXT NOT NULL,    -- outbox | staging | quarantine
-    ident      TEXT NOT NULL,    -- bundle id, or the quarantine entry's name
-    path       TEXT NOT NULL,
-    why        TEXT NOT NULL,
-    bytes      INTEGER NOT NULL DEFAULT 0,
-    pruned_at  REAL NOT NULL,
-    PRIMARY KEY (kind, ident)
-)
-"""
+TABLES = schema.RECEIPT_TABLES  # migration 6; kept by this name for the callers of old
 
 # A confirmed delivery of exactly this content, by this host.
 _CONFIRMED_HERE = ("EXISTS (SELECT 1 FROM deliveries d WHERE d.run_id = b.run_id AND d.segment = b.segment "

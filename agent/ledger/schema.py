@@ -9,6 +9,44 @@ import json
 import sqlite3
 from pathlib import Path
 
+# receipts_issued  a gateway's receipts: one row per sequence number it has handed out
+# receipts_seen    a node's newest receipt per gateway key (replay protection)
+# receipt_marks    a node's bundles as the gateway's receipts describe them
+# pruned           what retention removed from disk (outbox bundles, staging, quarantine)
+RECEIPT_TABLES = """
+CREATE TABLE IF NOT EXISTS receipts_issued (
+    sequence INTEGER PRIMARY KEY,
+    file     TEXT,
+    created  REAL NOT NULL,
+    bundles  INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS receipts_seen (
+    gateway_key_id TEXT PRIMARY KEY,
+    gateway        TEXT NOT NULL,
+    sequence       INTEGER NOT NULL,
+    file           TEXT NOT NULL,
+    imported_at    REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS receipt_marks (
+    bundle_id   TEXT PRIMARY KEY,
+    content_id  TEXT NOT NULL,
+    status      TEXT NOT NULL,   -- imported | delivered | refused (as the gateway said)
+    reason      TEXT,
+    gateway     TEXT NOT NULL,
+    sequence    INTEGER NOT NULL,
+    marked_at   REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pruned (
+    kind       TEXT NOT NULL,    -- outbox | staging | quarantine
+    ident      TEXT NOT NULL,    -- bundle id, or the quarantine entry's name
+    path       TEXT NOT NULL,
+    why        TEXT NOT NULL,
+    bytes      INTEGER NOT NULL DEFAULT 0,
+    pruned_at  REAL NOT NULL,
+    PRIMARY KEY (kind, ident)
+)
+"""
+
 MIGRATIONS: list[str] = [
     # 1: runs as the watcher sees them.
     """
@@ -119,10 +157,14 @@ MIGRATIONS: list[str] = [
         d.run_id = imports.run_id AND d.segment = imports.segment AND d.content_id = imports.content_id
         AND d.state = 'confirmed');
     """,
+    # 6: receipts and retention's tables (``RECEIPT_TABLES``, above). IF NOT EXISTS: a ledger from
+    # before this migration may have them already, made by ``receipts.ensure_receipt_tables``.
+    RECEIPT_TABLES,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
-TABLES = {"runs", "bundles", "imports", "deliveries", "targets", "approvals"}
+TABLES = {"runs", "bundles", "imports", "deliveries", "targets", "approvals",
+          "receipts_issued", "receipts_seen", "receipt_marks", "pruned"}
 
 
 def apply(db: sqlite3.Connection, version: int) -> None:
