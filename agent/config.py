@@ -68,7 +68,7 @@ SECTION_VALIDATORS: dict[str, Callable[[str, Any], Any]] = {}
 _KNOWN_TOP = {"state_dir", "node_name", "watch", "path_map"}
 # The modules that own a section; importing one registers its validator.
 SECTION_MODULES = ("tfwb_agent.redact.policy", "tfwb_agent.seal.keyconfig", "tfwb_agent.deliver.settings",
-                   "tfwb_agent.retention_config")
+                   "tfwb_agent.retention_config", "tfwb_agent.opsconfig")
 
 
 def _register_sections() -> None:

@@ -92,7 +92,3 @@ def keys_config(cfg: config_mod.Config) -> KeysConfig:
 
 
 config_mod.SECTION_VALIDATORS["keys"] = validate
-
-# [health] and [metrics] register with the config here too (config.SECTION_MODULES names the
-# section modules; this keeps that list, edited by others right now, as it is).
-from .. import opsconfig  # noqa: E402,F401
