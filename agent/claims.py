@@ -28,52 +28,14 @@ import json
 import os
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import ids
+from . import durable, ids
 
 _GEN = re.compile(r"^(\d+)\.claim$")
 _SEGMENT = re.compile(r"^segment-(\d+)\.json$")
 SEALED = "sealed.json"
-
-
-def _write_atomic(path: Path, body: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(body)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _create_exclusive(path: Path, body: bytes) -> bool:
-    """Create ``path`` holding ``body``, whole from the first instant it has its name; False if
-    the name exists already (never replaced)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-    return True
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -106,7 +68,7 @@ class Claims:
             self.held.clear()
         (self.root / "nodes").mkdir(parents=True, exist_ok=True)
         self._beat_until = now + self.lease_seconds
-        _write_atomic(self.root / "nodes" / f"{self.node}.alive", json.dumps({"expires": self._beat_until}).encode())
+        durable.write_bytes(self.root / "nodes" / f"{self.node}.alive", json.dumps({"expires": self._beat_until}).encode())
         self._last_beat = now
 
     def node_alive(self, node: str, now: float) -> bool:
@@ -161,7 +123,7 @@ class Claims:
         gen = 0 if cur is None else cur[0] + 1
         d = self._run_dir(run)
         d.mkdir(parents=True, exist_ok=True)
-        if not _create_exclusive(d / f"{gen}.claim", json.dumps({"node": self.node}).encode()):
+        if not durable.create_exclusive(d / f"{gen}.claim", json.dumps({"node": self.node}).encode()):
             return False
         self.held.add(run)
         return True
@@ -179,7 +141,7 @@ class Claims:
         d = self._run_dir(run)
         d.mkdir(parents=True, exist_ok=True)
         mine = {"node": self.node, **info, "at": time.time()}
-        if _create_exclusive(d / SEALED, json.dumps(mine, sort_keys=True).encode()):
+        if durable.create_exclusive(d / SEALED, json.dumps(mine, sort_keys=True).encode()):
             self.held.add(run)
             return mine
         there = _read_json(d / SEALED) or {}
@@ -193,7 +155,7 @@ class Claims:
         d.mkdir(parents=True, exist_ok=True)
         name = f"segment-{int(segment)}.json"
         mine = {"node": self.node, "segment": int(segment), **info, "at": time.time()}
-        if _create_exclusive(d / name, json.dumps(mine, sort_keys=True).encode()):
+        if durable.create_exclusive(d / name, json.dumps(mine, sort_keys=True).encode()):
             return mine
         return _read_json(d / name) or {"node": "?"}
 

@@ -13,7 +13,9 @@ public file never tighter), set on the temporary file before a byte is written.
 
 Temporary files are named ``.<target name>.<pid>-<random>.tmp`` beside the target. One left by
 a writer that was killed is removed by the next successful write of the same target (when its
-pid is no longer alive), so a crash loop never fills a directory with them.
+pid is no longer alive), so a crash loop never fills a directory with them. Pids are per host:
+a target on a shared volume must be replaced from one host only (as a node's own ``.alive``
+file is); ``create_exclusive`` never sweeps, so any number of hosts may race on one name.
 """
 from __future__ import annotations
 

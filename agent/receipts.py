@@ -14,14 +14,13 @@ that gateway key, so an old receipt cannot be replayed to undo what a newer one 
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import ids
+from . import durable, ids
 from .seal import minisign
 
 FORMAT = "tfwb-receipt"
@@ -101,20 +100,8 @@ def write(dest: Path, doc: dict[str, Any], key: minisign.SecretKey) -> Path:
     sig = minisign.sign_digest(key, _digest(data), trusted_comment(doc["gateway"], doc["sequence"], name),
                                untrusted_comment="signature from tfwb-agent receipt key")
     final = dest / name
-    for path, content in ((Path(f"{final}{SIG_SUFFIX}"), sig.to_file().encode()), (final, data)):
-        tmp = dest / f".tfwb-tmp-{os.getpid()}-{path.name}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, content)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    dfd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    durable.write_bytes(Path(f"{final}{SIG_SUFFIX}"), sig.to_file().encode())  # durable before the receipt's name
+    durable.write_bytes(final, data)
     return final
 
 

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import audit, ids, statedir
+from . import audit, durable, ids, statedir
 from .ledger import receipts as lr
 from .retention_config import RetentionConfig, retention_config
 
@@ -182,11 +182,7 @@ def prune(cfg: Any, ledger: Any, dry_run: bool = False, now: float | None = None
         report.removed.append(r)
     if removals:
         for d in {Path(r.path).parent for r in removals if Path(r.path).parent.is_dir()}:
-            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            durable.fsync_dir(d)
         lr.record_pruned(ledger, [(r.kind, r.ident, r.path, r.why, r.bytes) for r in removals], now)
         for r in removals:
             audit.append(statedir.audit_log(cfg), {"kind": "pruned", **r.as_dict()})

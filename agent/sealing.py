@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import config as config_mod
-from . import ids, runlog, statedir
+from . import durable, ids, runlog, statedir
 from .claims import Claims
 from .deliver.settings import sync_settings
 from .ledger import Ledger
@@ -64,11 +64,8 @@ def ensure_redaction_secret(cfg: config_mod.Config) -> None:
     if path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(secrets.token_bytes(32))
-        f.flush()
-        os.fsync(f.fileno())
+    if not durable.create_exclusive(path, secrets.token_bytes(32), mode=0o600):
+        return  # another process made it first: that one is the node's secret
     log.warning("created a redaction secret at %s; copy it to every node of the site (redact.secret_file) "
                 "so that equal samples get equal tags across nodes", path)
 
@@ -303,4 +300,4 @@ def mark_ended(run_dir: Path, marker: dict[str, str] | None) -> None:
         f.truncate(reader.tail.end)  # the redactor writes whole records; never append after a torn one
         LogWriter(f, append_at=reader.tail.end).write(rec)
         f.flush()
-        os.fsync(f.fileno())
+        os.fsync(f.fileno())  # an append in place, not durable.replacing: a torn append is cut by the next reader

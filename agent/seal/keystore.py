@@ -16,6 +16,7 @@ from typing import Sequence
 from pyrage import x25519
 
 from . import agekeys, minisign
+from .. import durable
 from ..config import credential_path
 from .keyconfig import KeysConfig
 
@@ -56,28 +57,13 @@ class OpenKeys:
 
 
 def write_file(path: Path, text: str, mode: int, overwrite: bool = False) -> None:
-    """Write ``text`` durably with ``mode`` set at creation (no window with looser bits)."""
+    """Write ``text`` durably with ``mode`` set at creation (no window with looser bits); a key
+    is whole under its name or not there at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    target = tmp if overwrite else path
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(target, flags, mode)
-    except FileExistsError:
-        raise KeyFileError(f"{path} already exists; refusing to overwrite a key (use --force)") from None
-    try:
-        os.fchmod(fd, mode)  # the umask may have removed bits we want; never adds any
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
     if overwrite:
-        os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+        durable.write_text(path, text, mode)
+    elif not durable.create_exclusive(path, text.encode(), mode):
+        raise KeyFileError(f"{path} already exists; refusing to overwrite a key (use --force)")
 
 
 MAX_LINK_HOPS = 8  # a kubelet Secret volume needs two: node.key -> ..data/node.key, ..data -> ..<time>
