@@ -31,7 +31,7 @@ import pyrage
 import zstandard
 from pyrage import x25519
 
-from .. import ids, procs
+from .. import durable, ids, procs
 from . import agefmt
 from . import manifest as mf
 from . import minisign
@@ -447,20 +447,13 @@ class Staging:
         return os.fdopen(ffd, "wb")
 
     def commit(self, final_name: str) -> Path:
-        """Make the extraction durable, then give it its final name in one rename."""
+        """Make the extraction durable, then give it its final name in one rename. (A directory
+        tree, not a file: its members were fsynced as they were written, here their directories.)"""
         for dirpath, _dirs, _files in os.walk(self.path):
-            dfd = os.open(dirpath, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            durable.fsync_dir(dirpath)
         final = self.root / ids.check("bundle id", final_name)
         os.rename(self.path, final)  # fails if final exists: never merges two imports
-        rfd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(rfd)
-        finally:
-            os.close(rfd)
+        durable.fsync_dir(self.root)
         self.close()
         return final
 

@@ -24,13 +24,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import failures, statedir
+from .. import durable, failures, statedir
 from ..config import Config
 from ..ledger import Ledger
 from . import bundle as bd
 from . import minisign
 from .keystore import OpenKeys
-from .outbox import SIG_SUFFIX, fsync_dir
+from .outbox import SIG_SUFFIX
 
 INDEX_NAME = "tfwb-index.json"
 TMP_PREFIX = ".tfwb-tmp-"
@@ -48,7 +48,8 @@ class ExportReport:
 
 
 def _copy_file(src: Path, dst: Path) -> None:
-    """Copy with fsync; the destination is created exclusively (never clobbers)."""
+    """Copy with fsync; the destination is created exclusively (never clobbers). Not a durable
+    replace: the copy is read back and verified under its temporary name before its rename."""
     fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
         shutil.copyfileobj(fin, fout, bd.CHUNK)
@@ -122,7 +123,7 @@ def export_to(cfg: Config, ledger: Ledger, dest: Path, node_pub: minisign.Public
                 raise ExportError(f"the copy of {r['name']} on {dest} does not verify ({exc}); "
                                   "the medium may be failing; nothing was exported") from None
             staged.append((r, tmp_b, tmp_s, digest))
-        fsync_dir(dest)
+        durable.fsync_dir(dest)
         index = _read_index(dest)
         entries = {e.get("name"): e for e in index["bundles"] if isinstance(e, dict)}
         for r, tmp_b, tmp_s, digest in staged:
@@ -139,16 +140,7 @@ def export_to(cfg: Config, ledger: Ledger, dest: Path, node_pub: minisign.Public
             report.exported.append(entry)
         index["bundles"] = sorted(entries.values(), key=lambda e: str(e.get("name")))
         index["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        tmp_i = dest / f"{TMP_PREFIX}{INDEX_NAME}"
-        tmp_i.unlink(missing_ok=True)
-        written.append(tmp_i)
-        fd = os.open(tmp_i, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        with os.fdopen(fd, "w") as f:
-            json.dump(index, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_i, dest / INDEX_NAME)
-        fsync_dir(dest)
+        durable.write_json(dest / INDEX_NAME, index, indent=1, sort_keys=True)
         report.index = str(dest / INDEX_NAME)
     except (OSError, ExportError) as exc:
         for p in written:

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from .. import __version__
 from .. import failures, statedir
+from ..durable import fsync_dir
 from ..config import Config
 from ..ledger import Ledger
 from . import bundle as bd
@@ -63,14 +64,6 @@ def outbox_dir(cfg: Config) -> Path:
 def bundle_name(run_id: str, segment: int) -> str:
     """``<run_id>-<segment>.tar.zst.age``; ``ids.BadId`` if the run id is not a plain name."""
     return statedir.bundle_name(run_id, segment)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -134,6 +127,9 @@ def _verify_own(path: Path, pub: minisign.PublicKey) -> mf.SignedFacts | None:
 
 
 def _write_temp(outbox: Path, name: str, write: Callable[[Any], Any]) -> Path:
+    # Not durable.replacing: a bundle and its signature are two files renamed in order (signature
+    # first, then bundle, one directory fsync), under names ``recover`` sweeps, written through
+    # EarlyWritebackFile so a large bundle's fsync does not stall on gigabytes of dirty pages.
     tmp = outbox / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{name}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
