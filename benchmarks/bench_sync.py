@@ -1,6 +1,6 @@
 """Delivery vs plain `wandb sync`, same benchmark run; and a run grown by 10%.
 
-    python benchmarks/bench_sync.py [--runs N] [--steps S] [--parallel P] [--out FILE]
+    python benchmarks/bench_sync.py [--runs N] [--steps S] [--parallel P] [--history-line-count] [--out FILE]
 
 1. N runs of S steps written by real wandb (offline). Each is sealed into a bundle (outside the
    timing); `tfwb-agent sync --to bench` (verify, decrypt, ask the server, wandb sync, confirm)
@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
+from openwandb_server import HISTORY_LINE_COUNT_ENV  # noqa: E402
 from deliver_helpers import RestartableServer, make_deliver_site, metric_rows, seal_dirs, write_runs  # noqa: E402
 
 from tfwb_agent.runs import find_log  # noqa: E402
@@ -82,8 +84,15 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--parallel", type=int, default=8)
+    ap.add_argument("--history-line-count", action="store_true",
+                    help="servers answer historyLineCount as W&B Server does (a shim; stock OpenWandb answers 0)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "sync.json")
     a = ap.parse_args()
+    if a.history_line_count:  # the servers started below inherit it (openwandb_server.launch)
+        os.environ[HISTORY_LINE_COUNT_ENV] = "1"
+    # The agent as installed: pip compiles its bytecode at install (wandb's is compiled too); a
+    # source tree run with PYTHONDONTWRITEBYTECODE would otherwise compile ~100 modules per call.
+    compileall.compile_dir(str(REPO / "agent"), quiet=1)
     tmp = Path(tempfile.mkdtemp(prefix="bench-sync-"))
     server = RestartableServer(tmp).start()
     plain_server = RestartableServer(tmp / "plain-server").start()
@@ -146,6 +155,8 @@ def main() -> None:
         regrow_plain_s = time.perf_counter() - t
         result = {
             "runs": a.runs, "steps": a.steps, "parallel": a.parallel, "cpus": os.cpu_count(),
+            "server": "OpenWandb, historyLineCount as W&B Server answers it (shim)" if a.history_line_count
+                      else "OpenWandb, stock (historyLineCount 0)",
             "agent_sync_s": round(agent_s, 2), "wandb_sync_s": round(plain_s, 2),
             "ratio_agent_over_wandb": round(agent_s / plain_s, 3),
             # The server's own CPU time while each side ran: OpenWandb is one process on one core

@@ -112,6 +112,9 @@ def stop_process(proc: subprocess.Popen) -> None:
 
 
 _PACE_ENV = "TFWB_TEST_OPENWANDB_KEY_CHECK_SECONDS"
+# Benchmark mode, off unless set to 1 in the environment of whoever starts the server (see
+# ``_shim_history_line_count``); the tests run the stock answer.
+HISTORY_LINE_COUNT_ENV = "TFWB_TEST_OPENWANDB_HISTORY_LINE_COUNT"
 
 
 def launch(port: int, data_dir: Path, log_path: Path, key_check_seconds: float = 0.0) -> subprocess.Popen:
@@ -250,6 +253,36 @@ def _answer_retries_once() -> None:
     database.upsert_run = upsert_forgetting
 
 
+def _shim_history_line_count() -> None:
+    """A shim, for benchmarks only: a run's ``historyLineCount`` answered with the lines of the
+    history the server holds for it, as W&B Server answers it. Stock OpenWandb answers 0, so a
+    client that needs the count (the agent, to know what the server holds) downloads the whole
+    history file instead: a cost W&B users do not pay, which bounded the delivery benchmark's
+    figure. The count is memoised per file size (W&B keeps it as a counter; rereading the file
+    on every question would charge the server's CPU what W&B does not)."""
+    from openwandb import graphql_schema, storage
+
+    to_type = graphql_schema._run_to_type
+    counted: dict[str, tuple[int, int]] = {}  # history file -> (its size, its non-empty lines)
+
+    def with_line_count(run: dict):
+        t = to_type(run)
+        path = storage.get_run_files_dir(t._entity_name, t._project_name, t.name) / "wandb-history.jsonl"
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return t
+        memo = counted.get(str(path))
+        if memo is None or memo[0] != size:
+            with open(path, "rb") as f:
+                memo = (size, sum(1 for line in f if line.strip()))
+            counted[str(path)] = memo
+        t.history_line_count = memo[1]
+        return t
+
+    graphql_schema._run_to_type = with_line_count
+
+
 def _serve() -> None:
     """``openwandb serve`` with each API key checked once (see the top of this file), at the
     stock server's pace if asked; bcrypt hashes made at start-up (the admin password, the default
@@ -272,6 +305,8 @@ def _serve() -> None:
     _configure_from_argv()
     _answer_retries_once()
     _reject_wrong_keys()
+    if os.environ.get(HISTORY_LINE_COUNT_ENV) == "1":
+        _shim_history_line_count()
     from openwandb.cli import main
 
     main(prog_name="openwandb")
