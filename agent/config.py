@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from . import config_checks as checks
 from . import ids
+from . import statedir
 from .config_checks import ConfigError  # noqa: F401  (raised and caught as config.ConfigError everywhere)
 
 DEFAULT_PATH = "/etc/tfwb-agent/agent.toml"
@@ -49,8 +50,7 @@ class Config:
 
     @property
     def ledger_path(self) -> Path:
-        from .statedir import ledger
-        return ledger(self.state_dir)
+        return statedir.ledger(self.state_dir)
 
     def claims_dir_for(self, root: Path) -> Path:
         return self.watch.claims_dir or root / ".tfwb-agent" / "claims"

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import config as config_mod
+from .seal import keystore
 
 PROBLEM, WARNING = "problem", "warning"
 
@@ -52,8 +53,6 @@ def check_files(cfg: config_mod.Config) -> list[Finding]:
 
 
 def _keys(kc: Any) -> list[Finding]:
-    from .seal import keystore
-
     out: list[Finding] = []
 
     def load(key: str, path: Path | None, loader: Callable[[Path], Any]) -> None:

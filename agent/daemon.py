@@ -250,7 +250,7 @@ class Daemon:
                 if stage(ledger, self.cfg):
                     self.wake.set()  # more work waiting: come straight back after events
                 if self.publisher is not None and ledger.db.total_changes != before:
-                    from .metrics import stage_name
+                    from .metrics import stage_name  # lazy: imports prometheus_client, only with [metrics]
                     self.publisher.observe(stage_name(stage), time.monotonic() - t0)  # type: ignore[attr-defined]
             except Exception as exc:  # one stage failing must not stop watching
                 if failures.disk_full(exc):

@@ -18,8 +18,13 @@ from typing import Any, Callable
 
 from . import config as config_mod
 from . import statedir
+from .demo_train import DEMO_DATA_DIR, DEMO_TOKEN
 from .ledger import Ledger
+from .pipeline import seal_stage
 from .reconcile import reconcile
+from .seal import agekeys, keys_config, keystore, minisign, open_keys
+from .seal.carry import export_to, import_dir
+from .seal.keystore import load_public_key
 
 Say = Callable[[str], None]
 
@@ -51,8 +56,6 @@ class DemoReport:
 
 
 def _write_configs(work: Path) -> tuple[Path, Path]:
-    from .seal import agekeys, keystore, minisign
-
     keys = work / "keys"
     keys.mkdir(mode=0o700)
     sk = minisign.generate()
@@ -103,8 +106,6 @@ def _wait_until_ended(ledger: Ledger, cfg: config_mod.Config, timeout: float = 6
 
 def _forbidden(volume: Path) -> tuple[list[bytes], list[bytes]]:
     """What must not leave: the demo's secrets, host and home, and every original media file."""
-    from .demo_train import DEMO_DATA_DIR, DEMO_TOKEN
-
     home = os.path.expanduser("~").rstrip("/")
     # Short names ("vm", "/root") only count where they stand as a whole value or path.
     strings = [DEMO_TOKEN.encode(), DEMO_DATA_DIR.encode(), json.dumps(socket.gethostname()).encode(),
@@ -128,11 +129,6 @@ def _leak_check(staged: list[Path], volume: Path, report: DemoReport) -> None:
 
 
 def run_demo(work: Path, say: Say, to_url: str | None = None, api_key_env: str = "WANDB_API_KEY") -> DemoReport:
-    from .pipeline import seal_stage
-    from .seal import keys_config, open_keys
-    from .seal.carry import export_to, import_dir
-    from .seal.keystore import load_public_key
-
     t0 = time.time()
     report = DemoReport(work, to_url=to_url)
     volume = work / "volume"

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
@@ -21,12 +23,15 @@ DEMO_DATA_DIR = "/data/patients/demo-scans"
 
 
 def main(how: str) -> int:
+    # Lazy: the trainer plugin, wandb and tensorflow take seconds to load; only the demo's
+    # training needs them (the demo imports this module for its constants).
     import tfwb_trainer
 
     run = tfwb_trainer.init(project="tfwb-demo", name=f"demo-{how}", sensitive=["samples/*"],
                             config={"lr": 3e-3, "epochs": 3, "hf_token": DEMO_TOKEN, "data_dir": DEMO_DATA_DIR})
     print(f"loading data from {DEMO_DATA_DIR} with token {DEMO_TOKEN}", flush=True)
 
+    # Lazy, as above: tensorflow and its company only for the training itself.
     import numpy as np
     import tensorflow as tf
     import wandb
@@ -63,9 +68,6 @@ def _wait_for_flush(run, timeout: float = 20.0) -> None:
     """A real job dies after hours, long after wandb flushed its file; this one dies after
     seconds. wandb 0.31 writes its log in 32 KiB blocks, so wait until a first block is on disk,
     or the crashed run would hold nothing but the file header."""
-    import time
-    from pathlib import Path
-
     log = Path(run.dir).parent / f"run-{run.id}.wandb"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

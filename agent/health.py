@@ -22,6 +22,8 @@ from . import config as config_mod
 from . import durable, failures
 from .ledger import views
 from .opsconfig import health_config, min_free_bytes
+from .redact.policy import policy_from_config
+from .seal import KeyFileError, keys_config, seal_keys
 
 HEARTBEAT = "daemon.heartbeat"
 
@@ -110,9 +112,6 @@ def read_heartbeat(state_dir: Path) -> float | None:
 
 def seal_blocker(cfg: config_mod.Config) -> str | None:
     """Why this node cannot seal now (its keys or its redaction config), or None."""
-    from .redact.policy import policy_from_config
-    from .seal import KeyFileError, keys_config, seal_keys
-
     try:
         seal_keys(keys_config(cfg))
         policy_from_config(cfg)

@@ -30,7 +30,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from . import config as config_mod
 from . import statedir
+from . import health
 from .ledger import views
+from .ledger import Ledger
 
 log = logging.getLogger("tfwb_agent.metrics")
 
@@ -107,8 +109,6 @@ def _outbox(cfg: config_mod.Config) -> tuple[int, int]:
 
 
 def gather(cfg: config_mod.Config, ledger: Any, want_daemon: bool = True) -> Snapshot:
-    from . import health
-
     deliveries = views.delivery_counts(ledger)
     last = views.last_successes(ledger)
     errors: dict[tuple[str, str], int] = {}
@@ -138,8 +138,6 @@ class _LedgerCollector:
         self.publisher = publisher
 
     def collect(self) -> Iterable[Metric]:
-        from .ledger import Ledger
-
         cfg = self.publisher.cfg
         ledger = Ledger(cfg.ledger_path)
         try:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import durable, ids
+from .ledger import receipts as lr
 from .seal import minisign
 
 FORMAT = "tfwb-receipt"
@@ -235,8 +236,6 @@ class ImportOutcome:
 
 def issue(cfg: Any, ledger: Any, dest: Path, key: minisign.SecretKey) -> tuple[Path, dict[str, Any]]:
     """Write the gateway's next receipt into ``dest``; returns its path and document."""
-    from .ledger import receipts as lr
-
     if not dest.is_dir():
         raise ReceiptError("malformed", f"{dest} is not a directory (is the medium mounted?)")
     lr.ensure_receipt_tables(ledger)
@@ -251,8 +250,6 @@ def issue(cfg: Any, ledger: Any, dest: Path, key: minisign.SecretKey) -> tuple[P
 def take(ledger: Any, directory: Path, trusted: dict[str, minisign.PublicKey]) -> list[ImportOutcome]:
     """Verify every receipt in ``directory``; of each gateway's, apply the newest if it is newer
     than the last taken (older ones beside it are ``superseded``: the newest says it all)."""
-    from .ledger import receipts as lr
-
     lr.ensure_receipt_tables(ledger)
     outcomes: list[ImportOutcome] = []
     good: list[tuple[Receipt, ImportOutcome]] = []

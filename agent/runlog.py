@@ -11,6 +11,7 @@ there instead of reading the log once more.
 from __future__ import annotations
 
 import math
+import json
 import os
 import stat
 from collections import OrderedDict
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .wandb_log import BLOCK_LEN, CHUNK_HEADER_LEN, FILE_HEADER_LEN, CorruptLog, LogReader
+from .redact import items as items_mod
+from .redact.media import media_kind, referenced_files
 
 
 def find_log(run_dir: Path) -> Path | None:
@@ -111,6 +114,8 @@ def read(path: str | os.PathLike, fold: Fold | None = None, limit: int | None = 
 
 def feed(f: BinaryIO, fold: Fold, limit: int | None = None) -> Fold:
     """Fold the records of the open log ``f`` from ``fold.end`` on (up to byte ``limit``)."""
+    # Lazy: wandb.proto is preloaded without the SDK (wandb_proto.py); were that to fail, this
+    # import would load the whole SDK (~1 s): only where records are read.
     from wandb.proto import wandb_internal_pb2 as pb
 
     st = os.fstat(f.fileno())
@@ -147,8 +152,6 @@ class _Adder:
     time this took; ``segments`` decodes the summary's last values once)."""
 
     def __init__(self, fold: Fold) -> None:
-        from .redact import items as items_mod
-        from .redact.media import media_kind, referenced_files
         self.fold = fold
         self.media = (items_mod.media_in_items, items_mod.PLAN_FIELDS, media_kind, referenced_files)
 
@@ -257,8 +260,6 @@ class _Adder:
 def sensitive_globs(updates: Any) -> tuple[str, ...]:
     """The key globs the trainer plugin declared sensitive, from config updates (``tfwb`` →
     ``sensitive``, whole or as a nested key); () when there are none."""
-    import json
-
     for u in updates:
         if (u.key or (u.nested_key[0] if len(u.nested_key) else "")) == "tfwb":
             try:

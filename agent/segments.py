@@ -12,6 +12,7 @@ functions over the facts.
 """
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
@@ -44,7 +45,6 @@ class LogFacts:
 
     def rows_before(self, offset: int) -> int:
         """History rows whose records lie wholly before ``offset``."""
-        import bisect
         return bisect.bisect_right(self.history_ends, offset)
 
 
@@ -134,6 +134,8 @@ def write_cut(src: Path, dst: Path, cut: Cut) -> int:
     the exit record: that row never reached the server. With ``exit_last`` the exit record (and
     the end markers after it) go last, after the data that followed them. With ``sweep_id``,
     the run record names that sweep (wandb sync sends it with the run: it attaches to the sweep)."""
+    # Lazy: wandb.proto is preloaded without the SDK (wandb_proto.py); were that to fail, this
+    # import would load the whole SDK (~1 s): only where records are read.
     from wandb.proto import wandb_internal_pb2 as pb
 
     if not cut.resumed and not cut.exit_last and not cut.sweep_id:

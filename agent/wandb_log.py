@@ -206,6 +206,8 @@ def next_whole_chunk(data: bytes, base: int, size: int) -> int | None:
 
 def read_records(path: str | os.PathLike, start: int = FILE_HEADER_LEN):
     """Yield ``(offset, Record)``; the generator's return value is the ``Tail``."""
+    # Lazy: wandb.proto is preloaded without the SDK (wandb_proto.py); were that to fail, this
+    # import would load the whole SDK (~1 s): only where records are read.
     from wandb.proto import wandb_internal_pb2 as pb
 
     with open(path, "rb") as f:

@@ -9,6 +9,7 @@ import click
 
 from .. import config_examples, config_files
 from .common import Context, echo_json, pass_ctx
+from ..deliver.settings import check_references
 
 
 @click.group("config")
@@ -61,7 +62,6 @@ def _roles(cfg: Any) -> list[config_files.Finding]:
                                         "until the gateway's age1... recipient (`tfwb-agent keys init --gateway`) "
                                         "is listed"))
     if "policy" in cfg.sections:  # a typo in a policy's target would silently send nothing
-        from ..deliver.settings import check_references
         out += [config_files.Finding(config_files.PROBLEM, "policy", m) for m in check_references(cfg)]
     return out
 

@@ -1,6 +1,7 @@
 """`tfwb-agent demo`: the whole pipeline on a temporary volume, no server needed."""
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import tempfile
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import click
 
 from .common import echo_json
+from ..demo import run_demo
 
 
 @click.command("demo")
@@ -22,13 +24,10 @@ def command(to_url: str | None, work_dir: Path | None, keep: bool, as_json: bool
 
     Needs the trainer extra: pip install -e '.[trainer]'. Takes a minute or two on a laptop CPU.
     """
-    import importlib.util
-
     missing = [m for m in ("tensorflow", "sklearn", "tfwb_trainer") if importlib.util.find_spec(m) is None]
     if missing:
         raise click.ClickException(f"the demo trains a model and needs the trainer extra ({', '.join(missing)} "
                                    "missing): pip install -e '.[trainer]'")
-    from ..demo import run_demo
 
     if work_dir is not None and work_dir.exists() and any(work_dir.iterdir()):
         raise click.ClickException(f"{work_dir} is not empty; give a new or empty directory")

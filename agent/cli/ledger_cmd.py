@@ -6,6 +6,7 @@ import click
 
 from .. import ledger as ledger_mod
 from .. import statedir, statelock
+from ..ledger.rebuild import rebuild as rebuild_ledger
 from .common import Context, echo_json, pass_ctx
 
 
@@ -52,7 +53,7 @@ def rebuild(ctx: Context, as_json: bool) -> None:
             "(`systemctl stop tfwb-agent`), then run `tfwb-agent ledger rebuild` again")
     try:
         with ctx.writing("ledger rebuild"):
-            report = ledger_mod.rebuild(cfg)
+            report = rebuild_ledger(cfg)
     finally:
         daemon.release()
     if as_json:

@@ -9,6 +9,7 @@ import click
 from .. import config as config_mod
 from ..redact import policy as policy_mod
 from .common import Context, echo_json, json_always, pass_ctx
+from ..redact.run import RedactError, plan_run, redact_run
 
 
 @click.command("redact")
@@ -22,8 +23,6 @@ def command(ctx: Context, run_dir: Path, dry_run: bool, out_dir: Path | None) ->
     """Apply the site's [redact] policy to RUN_DIR (an offline-run-* directory).
 
     The original is only read. The report lists counts per rule, never an original value."""
-    from ..redact.run import RedactError, plan_run, redact_run  # wandb's protobufs: loaded only here
-
     if dry_run == (out_dir is not None):
         raise click.UsageError("give exactly one of --dry-run or --out DIR")
     cfg = ctx.config

@@ -4,6 +4,8 @@ from __future__ import annotations
 import click
 
 from ..reconcile import reconcile
+from ..pipeline import seal_stage
+from ..seal import KeyFileError, keys_config, seal_keys
 from .daemon import setup_logging
 from .common import Context, echo_json, pass_ctx
 
@@ -19,8 +21,6 @@ def command(ctx: Context, as_json: bool, seal: bool) -> None:
     """
     cfg = ctx.config
     if seal:
-        from ..seal import KeyFileError, keys_config, seal_keys
-
         try:
             seal_keys(keys_config(cfg))
         except (KeyFileError, ValueError) as exc:
@@ -30,8 +30,6 @@ def command(ctx: Context, as_json: bool, seal: bool) -> None:
         ledger = ctx.ledger()
         result = reconcile(ledger, cfg)
         if seal:
-            from ..pipeline import seal_stage
-
             setup_logging(False)
             while seal_stage(ledger, cfg):
                 pass

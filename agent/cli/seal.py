@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from .. import runs
 from ..seal import RunIdentity, Segment, SealError, keys_config, recover_outbox, seal_keys, seal_run
 from ..seal.keystore import KeyFileError
 from ..seal.outbox import outbox_dir
@@ -29,8 +30,6 @@ from .common import Context, echo_json, json_always, pass_ctx
 def command(ctx: Context, run_dir: Path, segment: int, byte_range: str | None, report_file: Path | None,
             progress: bool) -> None:
     """Seal RUN_DIR (already redacted) as a signed, encrypted bundle in the outbox."""
-    from .. import runs  # reads the run's identity from its .wandb file
-
     cfg = ctx.config
     try:
         keys = seal_keys(keys_config(cfg))

@@ -9,6 +9,7 @@ import click
 from ..status_view import (delivery_note, delivery_views, human_age, human_size, imported_view, run_view,
                            target_line)
 from .. import failures
+from ..health import sealing_paused  # the daemon's low-disk guard ([retention] min_free_mb)
 from ..ledger.receipts import unconfirmed as unconfirmed_bundles
 from .common import Context, echo_json, pass_ctx
 
@@ -16,8 +17,6 @@ DISK_FLOOR = 1 << 20  # less free than this in the state directory: work is paus
 
 
 def _disk_warning(ctx: Context) -> str | None:
-    from ..health import sealing_paused  # the daemon's low-disk guard ([retention] min_free_mb)
-
     floor = sealing_paused(ctx.config)
     if floor:
         return floor

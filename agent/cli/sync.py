@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from .. import config as config_mod
+from ..deliver import engine, upload
 from ..deliver.probe import NEEDS_A_PERSON
 from ..sealing import seal_live_segments
 from .common import Context, echo_json, pass_ctx
@@ -40,6 +41,7 @@ class _Bars:
     """Rich progress bars on a terminal: segments settled, bytes sent (as wandb finishes each run)."""
 
     def __init__(self) -> None:
+        # Lazy: rich's progress bars take ~70 ms to import and show only on a terminal.
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
         self.p = Progress(TextColumn("{task.description:<14}"), BarColumn(), TextColumn("{task.fields[shown]}"),
                           TimeElapsedColumn(), transient=False)
@@ -48,7 +50,7 @@ class _Bars:
         self.sent = self.p.add_task("bytes sent", total=0, shown="")
 
     def _show(self) -> None:
-        from rich.filesize import decimal
+        from rich.filesize import decimal  # lazy: rich, only on a terminal (as above)
         runs, sent = self.p.tasks[self.runs], self.p.tasks[self.sent]
         self.p.update(self.runs, shown=f"{int(runs.completed)}/{int(runs.total or 0)}")
         self.p.update(self.sent, shown=f"{decimal(int(sent.completed))}/{decimal(int(sent.total or 0))}")
@@ -101,8 +103,6 @@ def command(ctx: Context, target: str, once: bool, run_id: str | None, dry_run: 
     (see `targets check`); 1 --timeout ran out, or any other error; 128+N stopped by signal N
     (143 SIGTERM, 130 SIGINT). A stopped sync stops its `wandb sync` uploads too.
     """
-    from ..deliver import engine
-
     cfg = ctx.config
     ledger = ctx.ledger()
     if run_id and not any(u.run_id == run_id for u in engine.pending_units(ledger)) \
@@ -113,7 +113,7 @@ def command(ctx: Context, target: str, once: bool, run_id: str | None, dry_run: 
     if isinstance(reporter, _Bars):
         # The bars print each outcome; the log adds only what needs a look (retries, failures),
         # printed above the bars instead of through them.
-        from rich.logging import RichHandler
+        from rich.logging import RichHandler  # lazy: rich, only on a terminal
         handler: logging.Handler = RichHandler(console=reporter.p.console, show_time=False, show_path=False)
         logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler])
         handler.addFilter(_not_an_outcome)
@@ -228,8 +228,6 @@ def _stop_on_signals(timeout: float | None) -> None:
     """SIGTERM, SIGINT and the --timeout alarm stop sync at once, wherever it is: its uploads'
     process groups are killed (none starts after), then ``_Stopped`` unwinds it (transactions
     roll back, locks go with their files)."""
-    from ..deliver import upload
-
     def stop(why: str, code: int) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
             signal.signal(sig, signal.SIG_IGN)  # once is enough: let the unwinding finish

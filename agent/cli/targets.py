@@ -5,7 +5,9 @@ import sys
 
 import click
 
+from ..deliver import clients, engine
 from ..deliver.probe import NEEDS_A_PERSON, OFFLINE
+from ..deliver.settings import check_references, sync_settings, targets
 from .common import Context, echo_json, pass_ctx
 
 
@@ -23,9 +25,6 @@ def check(ctx: Context, as_json: bool, names: tuple[str, ...]) -> None:
     target's wandb client ([targets.NAME] wandb, installed here the first time) is too new for it.
     Records the answer for `status`. Exit status: 0 all online, 1 some offline, 3 some key rejected
     or missing, a certificate not trusted, a client too new for the server or not installable."""
-    from ..deliver import engine
-    from ..deliver.settings import check_references, sync_settings, targets
-
     cfg = ctx.config
     all_t = targets(cfg)
     if not all_t:
@@ -33,7 +32,6 @@ def check(ctx: Context, as_json: bool, names: tuple[str, ...]) -> None:
     unknown = [n for n in names if n not in all_t]
     if unknown:
         raise click.ClickException(f"no such target: {', '.join(unknown)} (known: {', '.join(sorted(all_t))})")
-    from ..deliver import clients
     clients.announce = lambda message: click.echo(message, err=True)
     ledger = ctx.ledger()
     out = []

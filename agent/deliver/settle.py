@@ -68,7 +68,11 @@ class Settler:
 
     def ask(self, opened: list[Prepared], after_upload: bool = False) -> list[confirm.Judgement]:
         """The server's word on each opened segment, in one request for many (raises on server trouble)."""
-        wanted = [confirm.Wanted(p.entity, p.project, p.unit.run_id, p.base + p.facts.history_rows) for p in opened]
+        # Right after an upload the rows almost always match, so the summary decides: it is asked
+        # in the same request (one round trip to the server, not two). Before, it is asked only
+        # for the runs whose row count says it matters (most of a wave is partial or absent).
+        wanted = [confirm.Wanted(p.entity, p.project, p.unit.run_id,
+                                 None if after_upload else p.base + p.facts.history_rows) for p in opened]
         found = confirm.fetch_runs(self.t.base_url, self.key, wanted, self.t.timeout, ca_file=self.t.ca_file,
                                    target=self.t.name)
         how = confirm.assess_sent if after_upload else confirm.assess

@@ -20,7 +20,6 @@ from .core import LedgerCore
 from .deliveries import DeliveriesTable
 from .errors import IllegalTransition, LedgerError
 from .imports import ImportsTable
-from .rebuild import RebuildReport, move_aside, rebuild
 from .runs import RunsTable
 from .schema import MIGRATIONS, SCHEMA_VERSION, TABLES
 from .states import BUNDLE_STATES, RUN_STATES
@@ -31,5 +30,5 @@ class Ledger(RunsTable, BundlesTable, ImportsTable, DeliveriesTable, ApprovalsTa
     is ``audit.log`` beside it, as in the state directory."""
 
 
-__all__ = ["Ledger", "LedgerError", "IllegalTransition", "check", "rebuild", "move_aside", "RebuildReport",
+__all__ = ["Ledger", "LedgerError", "IllegalTransition", "check",
            "MIGRATIONS", "SCHEMA_VERSION", "TABLES", "RUN_STATES", "BUNDLE_STATES"]

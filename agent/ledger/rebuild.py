@@ -10,6 +10,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import audit, ids, statedir
+from ..reconcile import ClaimBook, reconcile
+from ..seal import keys_config, seal_keys
+from ..seal.keystore import KeyFileError
+from ..seal.outbox import _verify_own
+from . import Ledger
+
 
 
 @dataclass
@@ -50,8 +57,6 @@ def move_aside(path: Path) -> list[Path]:
 
 
 def _audit_events(log_path: Path, report: RebuildReport) -> list[dict[str, Any]]:
-    from .. import audit
-
     if not log_path.is_file():
         report.notes.append(f"no audit log at {log_path}: bundles are known from the outbox alone")
         return []
@@ -84,13 +89,9 @@ def rebuild(cfg: Any) -> RebuildReport:
     imports, deliveries, approvals), the gateway's staging, and the volume (every run read
     again, and the claims' "sealed by NODE as BUNDLE" markers). A run this node sealed is
     recorded sealed, so it is never sealed again. The caller holds the state directory's locks."""
-    from .. import ids, statedir
-    from ..reconcile import ClaimBook, reconcile
-
     path = Path(cfg.ledger_path)
     report = RebuildReport(str(path))
     report.moved_aside = [str(p) for p in move_aside(path)]
-    from . import Ledger
 
     ledger = Ledger(path)
     try:
@@ -128,7 +129,6 @@ def rebuild(cfg: Any) -> RebuildReport:
         report.bundles = ledger.bundle_counts()
     finally:
         ledger.close()
-    from .. import audit
 
     audit.append(statedir.audit_log(cfg), {"kind": "ledger_rebuilt", "ledger": str(path),
                                           "moved_aside": report.moved_aside, "runs": report.runs,
@@ -138,11 +138,6 @@ def rebuild(cfg: Any) -> RebuildReport:
 
 def _outbox_bundles(cfg: Any, db: sqlite3.Connection, sealed_ev: dict, exported_ev: dict,
                     report: RebuildReport) -> None:
-    from .. import statedir
-    from ..seal import keys_config, seal_keys
-    from ..seal.keystore import KeyFileError
-    from ..seal.outbox import _verify_own
-
     outbox = cfg.state_dir / "outbox"
     files = sorted(f for f in outbox.glob(f"*{statedir.BUNDLE_SUFFIX}") if f.is_file() and not f.is_symlink()) \
         if outbox.is_dir() else []
@@ -170,8 +165,6 @@ def _outbox_bundles(cfg: Any, db: sqlite3.Connection, sealed_ev: dict, exported_
 
 
 def _imported_bundles(cfg: Any, db: sqlite3.Connection, imported: list[dict[str, Any]], report: RebuildReport) -> None:
-    from .. import ids, statedir
-
     for e in imported:
         try:
             staged = statedir.staged(cfg, str(e.get("bundle_id")))

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import importlib.util
 import os
 import pickle
+import queue
 import stat
 import struct
 import sys
+import threading
 from typing import Any, BinaryIO
 
 _NEW_FMT = {"image": "png", "audio": "wav", "video": "gif"}
@@ -109,7 +112,6 @@ def one(ph: Any, base_hmac: Any, task: tuple, writes: list[tuple[str, bytes]]) -
 
 
 def _load_placeholders() -> Any:
-    import importlib.util
     here = os.path.dirname(os.path.abspath(__file__))
     spec = importlib.util.spec_from_file_location("_tfwb_placeholders", os.path.join(here, "placeholders.py"))
     mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
@@ -141,8 +143,6 @@ def main() -> None:
     """Answers go back before their files are written: the parent needs the names, not the
     files, to go on; a thread creates the files meanwhile, and the exit status says whether
     all of them were (the parent waits for it before the redaction counts as done)."""
-    import queue
-    import threading
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     secret = recv(inp)
     ph = _load_placeholders()

@@ -18,11 +18,19 @@ import hashlib
 import hmac
 import json
 import os
+import queue
 import re
+import shutil
 import stat
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+import yaml
 
 from .. import runlog
 from ..runlog import find_log
@@ -103,10 +111,6 @@ class _Helper:
     BATCH = 256
 
     def __init__(self, secret: bytes, jobs: list[tuple]) -> None:
-        import queue
-        import subprocess
-        import sys
-        import threading
         self.proc = subprocess.Popen([sys.executable, "-I", "-S", hasher.__file__],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.answers: "queue.Queue[Any]" = queue.Queue()
@@ -174,8 +178,6 @@ class _BackgroundWriter:
     BATCH_BYTES = 4 << 20
 
     def __init__(self) -> None:
-        import queue
-        import threading
         self.q: "queue.Queue[list[tuple[str, bytes, str]] | None]" = queue.Queue(maxsize=16)
         self.error: BaseException | None = None
         self.batch: list[tuple[str, bytes, str]] = []
@@ -392,8 +394,6 @@ class _Run:
         adds threads for the reading and hashing (measured: no gain on a 2-core VM once the
         writer runs). Each task counts into its own report, merged here, so the counts stay
         exact and do not depend on the order tasks finish."""
-        from concurrent.futures import ThreadPoolExecutor
-
         def task(chunk: list[tuple[str, tuple[str, str]]]) -> tuple[list[tuple[str, FileOutcome | None]], RedactionReport]:
             rep = RedactionReport()
             return [(path, self._resolve(path, kind, self.decide(key, kind), key, rep))
@@ -726,7 +726,6 @@ def _summary_dict(r: _Run, d: Any) -> Any:
 
 
 def _config_yaml(r: _Run, rel: str, p: Path) -> None:
-    import yaml
     data = p.read_bytes()
     r.report.bytes_in += len(data)
     try:
@@ -804,7 +803,6 @@ def _file_id(p: Path) -> tuple[int, int]:
 
 
 def _empty(d: Path) -> None:
-    import shutil
     for p in d.iterdir():
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)

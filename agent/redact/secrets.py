@@ -93,6 +93,7 @@ _CHECKS: dict[str, Callable[[str], bool]] = {"high_entropy_token": _high_entropy
 @functools.lru_cache(maxsize=1)
 def detect_secrets_rules() -> tuple[tuple[str, re.Pattern[str]], ...]:
     """The regex plugins of the installed detect-secrets, as (rule name, pattern)."""
+    # Lazy: detect-secrets takes ~0.2 s to import; only a policy that asks for its rules pays it.
     from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
     from detect_secrets.plugins.base import RegexBasedDetector
 

@@ -27,6 +27,7 @@ from typing import Any
 from .. import durable, failures, statedir
 from ..config import Config
 from ..ledger import Ledger
+from ..retention import quarantined_copy
 from . import bundle as bd
 from . import minisign
 from .keystore import OpenKeys
@@ -299,7 +300,6 @@ def _remove_unrecorded(cfg: Config, ledger: Ledger, bundle_id: str) -> None:
 def _quarantine(cfg: Config, ledger: Ledger, path: Path, exc: bd.Refused) -> ImportOutcome:
     qroot = quarantine_root(cfg)
     qroot.mkdir(parents=True, exist_ok=True, mode=0o700)
-    from ..retention import quarantined_copy
     kept = quarantined_copy(qroot, path, exc.reason)  # the same medium imported again: no second copy
     if kept is not None:
         return ImportOutcome(path.name, "refused", reason=exc.reason, detail=exc.detail, quarantined=str(kept))

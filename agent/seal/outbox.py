@@ -29,6 +29,7 @@ from .. import failures, statedir
 from ..durable import fsync_dir
 from ..config import Config
 from ..ledger import Ledger
+from ..runlog import find_log  # the reader's rule for which file is the run's log
 from . import bundle as bd
 from . import manifest as mf
 from . import minisign
@@ -168,7 +169,6 @@ def seal_run(cfg: Config, keys: SealKeys, ledger: Ledger, run_dir: Path, run: mf
     final = outbox / name
     pub = keys.signer.public()
     if log_path is None:
-        from ..runs import find_log  # the reader's rule for which file is the run's log
         log_path = find_log(run_dir)
     with _name_lock(outbox, name):
         progress("plan", run_dir=str(run_dir))
