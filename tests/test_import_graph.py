@@ -22,7 +22,6 @@ LAZY = {
     "numpy": "only the demo's training needs it",
     "sklearn": "only the demo's training needs it (its digits data set)",
     "tfwb_trainer": "the trainer plugin: only the demo's training uses it, and it imports wandb",
-    "tfwb_agent.demo_train": "the demo's training imports tensorflow and wandb",
     "tfwb_agent.metrics": "imports prometheus_client: loaded only where [metrics] asks for it",
     "prometheus_client": "loaded only where [metrics] asks for it",
     "tfwb_agent.deliver.sweeps": "the sweeps engine imports wandb: loaded only for a sweep run",
