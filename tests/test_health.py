@@ -175,3 +175,48 @@ def test_daemon_sends_ready_and_watchdog_to_the_notify_socket(tmp_path, corpus):
     assert max(gaps) < 1.0, gaps  # within the watchdog's second, every time
     rc, _ = d.terminate()
     assert rc == 0
+
+
+def test_on_a_small_tmpfs_sealing_pauses_below_the_floor_and_resumes_after_prune(tmp_path, corpus):
+    """The state dir on its own small disk: a kept 6 MiB checkpoint fills it past the floor the
+    site then sets; the next run waits unsealed (status and health say why) until `prune` frees
+    the space (here by the site's explicit outbox size limit), then seals by itself."""
+    from fault_helpers import tmpfs
+
+    node_key, _identity, recipient = _keys(tmp_path)
+    extra = ('[redact]\nkeep_files = ["*.ckpt"]\n'
+             "[retention]\ninterval_seconds = 1000000\n")  # the daemon prunes at its first turn, then not again
+    cfg = _node(tmp_path, corpus, node_key, recipient, extra=extra)
+    first = next((tmp_path / "watched").iterdir())
+    with open(first / "files" / "model.ckpt", "wb") as f:  # incompressible, as weights are
+        f.write(os.urandom(6 << 20))
+    MB = 1 << 20
+    with tmpfs(tmp_path / "state", "24m") as state:
+        d = DaemonProc(cfg, tmp_path / "daemon.log").start()
+        wait_for(lambda: list((state / "outbox").glob(BUNDLE_GLOB)), 60, "the first run sealed", d)
+        (bundle,) = list((state / "outbox").glob(BUNDLE_GLOB))
+        assert bundle.stat().st_size > 6 * MB - MB // 4, "the checkpoint went into the bundle"
+        st = os.statvfs(state)
+        free_mb = st.f_bavail * st.f_frsize // MB
+        floor = free_mb + 3  # above what is free now, below what freeing the bundle gives back
+        # The floor, and the site's explicit outbox limit that `prune` below applies.
+        cfg.write_text(cfg.read_text().replace("[retention]\n", f"[retention]\nmin_free_mb = {floor}\noutbox_max_mb = 1\n"))
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "sealing paused" in d.output(), 60, "the daemon saying sealing is paused", d)
+
+        second = sorted(corpus_run_dirs(corpus).values())[1]
+        shutil.copytree(second, tmp_path / "watched" / second.name)
+        seen = turns(state)
+        wait_for(lambda: turns(state) >= seen + 4, 60, "four more turns of the loop", d)
+        assert list((state / "outbox").glob(BUNDLE_GLOB)) == [bundle], "sealed below the floor"
+        st_json = json.loads(agent(cfg, "status", "--json").stdout)
+        assert any("sealing paused" in p and f"min_free_mb = {floor}" in p for p in st_json["problems"]), st_json
+        rc, out = health(cfg)
+        assert rc == 1 and "below the floor" in check_of(out, "disk")["detail"], out
+
+        pruned = json.loads(agent(cfg, "prune", "--json").stdout)
+        assert not bundle.exists(), pruned
+        wait_for(lambda: len(list((state / "outbox").glob(BUNDLE_GLOB))) == 1, 60, "the second run sealed", d)
+        assert "sealing resumed" in d.output()
+        assert health(cfg)[0] == 0
+        d.terminate()
