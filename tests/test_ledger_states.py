@@ -9,8 +9,10 @@ delivery tests exercise, at a cost this walk does not need.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -52,6 +54,9 @@ def site(corpus: Path, tmp_path: Path):
     shutil.copytree(corpus_run_dirs(corpus)[RUN], root / corpus_run_dirs(corpus)[RUN].name, symlinks=True)
     # Not a run: a run directory with no .wandb file in it.
     (root / "offline-run-20240101_000000-notarun1" / "files").mkdir(parents=True)
+    old = time.time() - 3600  # and quiet for an hour: not a run that is just starting
+    for p in (root / "offline-run-20240101_000000-notarun1", root / "offline-run-20240101_000000-notarun1" / "files"):
+        os.utime(p, (old, old))
     with open(site.node_cfg, "a") as f:
         f.write(f'[watch]\nroots = ["{root}"]\nquiet_seconds = 1\n')
     site.volume = root

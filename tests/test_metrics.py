@@ -3,8 +3,10 @@ parsed with prometheus_client's own parser and compared with `status --json` and
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
+import time
 import urllib.request
 from pathlib import Path
 
@@ -42,6 +44,8 @@ def test_metrics_from_a_running_daemon_agree_with_status(tmp_path, corpus):
         shutil.copytree(src, root / src.name)
     # A third "run" that is not one (no .wandb log): classified invalid, another state to count.
     (root / "offline-run-20260101_000000-notarun").mkdir()
+    old = time.time() - 3600  # quiet for an hour: invalid from the first look, not a run starting
+    os.utime(root / "offline-run-20260101_000000-notarun", (old, old))
     port = free_port()
     textfile = tmp_path / "textfile" / "tfwb.prom"
     textfile.parent.mkdir()
