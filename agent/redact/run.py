@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .. import runlog
+from .. import durable, runlog
 from ..runlog import find_log
 from ..wandb_log import LogError, LogWriter, read_records
 from . import files as files_mod
@@ -864,9 +864,8 @@ def relocate_staging(run_dir: Path) -> int:
     of a bundle on the gateway). Rewrites the `.wandb` file; returns entries repointed."""
     run_dir = Path(run_dir).resolve()
     log = _find_log(run_dir)
-    tmp = log.with_name(log.name + ".relocate")
     n = 0
-    with open(tmp, "wb") as f:
+    with durable.replacing(log, mode=0o600) as f:  # a decrypted run: its owner's alone
         w = LogWriter(f)
         for _, rec in _records(log, RedactionReport()):
             if rec.WhichOneof("record_type") == "artifact":
@@ -876,7 +875,4 @@ def relocate_staging(run_dir: Path) -> int:
                         e.local_path = str(run_dir) + e.local_path[i:]
                         n += 1
             w.write(rec)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, log)
     return n
