@@ -195,10 +195,8 @@ def _round(ledger: Ledger, cfg: config_mod.Config, target_name: str, t: Target, 
 
 
 def deliver_stage(ledger: Ledger, cfg: config_mod.Config) -> None:
-    """The daemon's stage: one round for every configured target (live segments were cut
-    before it, by ``pipeline.live_stage``)."""
-    if not targets(cfg):
-        return
+    """The daemon's stage: one round for every configured target. Live segments are cut before
+    it, by the pipeline's own stage (``pipeline.live_stage``)."""
     for name in targets(cfg):
         try:
             deliver_round(ledger, cfg, name)
