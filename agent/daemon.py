@@ -72,14 +72,14 @@ class DaemonError(Exception):
 BUSY_RETRY_SECONDS = 0.5  # how often the daemon looks again while a command holds the state lock
 DISK_FULL_RETRY_SECONDS = 2.0  # how often a daemon paused by a full disk tries again
 FLOOR_RETRY_SECONDS = 2.0  # how often a daemon below the disk floor ([retention] min_free_mb) looks again
-PAUSED_BELOW_FLOOR = ("seal_stage",)  # the stages that fill the disk; delivery and retention go on
+PAUSED_BELOW_FLOOR = ("seal_stage", "live_stage")  # the stages that fill the disk; delivery and retention go on
 
 
 class Daemon:
     def __init__(self, config_path: str | None, stages: list[Stage] | None = None) -> None:
         self.config_path = config_path
         self.cfg = config_mod.load(config_path)
-        self.stages = [*(stages or []), retention.stage]  # retention last: it removes what the others finished
+        self.stages = [*(stages or []), retention.RetentionStage()]  # retention last: it removes what the others finished
         self.wake = threading.Event()
         self.stopping = False
         self.reload_requested = False

@@ -189,21 +189,24 @@ def prune(cfg: Any, ledger: Any, dry_run: bool = False, now: float | None = None
     return report
 
 
-_next_due: dict[str, float] = {}
+class RetentionStage:
+    """The daemon's stage: ``prune`` every ``retention.interval_seconds`` (first at its first
+    turn). One lives as long as its daemon, with the time the next prune is due."""
+    __name__ = "retention_stage"  # the stage's name in the daemon's log and metrics
 
+    def __init__(self) -> None:
+        self.next_due = 0.0
 
-def stage(ledger: Any, cfg: Any) -> None:
-    """The daemon's stage: ``prune`` every ``retention.interval_seconds``."""
-    key = str(cfg.state_dir)
-    now = time.time()
-    if now < _next_due.get(key, 0.0):
+    def __call__(self, ledger: Any, cfg: Any) -> None:
+        now = time.time()
+        if now < self.next_due:
+            return None
+        self.next_due = now + retention_config(cfg).interval_seconds
+        report = prune(cfg, ledger, now=now)
+        if report.removed:
+            log.info("retention removed %d item(s), %d bytes: %s", len(report.removed), report.freed,
+                     ", ".join(f"{r.kind} {r.ident} ({r.why})" for r in report.removed[:10]))
         return None
-    _next_due[key] = now + retention_config(cfg).interval_seconds
-    report = prune(cfg, ledger, now=now)
-    if report.removed:
-        log.info("retention removed %d item(s), %d bytes: %s", len(report.removed), report.freed,
-                 ", ".join(f"{r.kind} {r.ident} ({r.why})" for r in report.removed[:10]))
-    return None
 
 
 # --- quarantine: one copy per refused bundle ------------------------------------------------
