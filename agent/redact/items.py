@@ -36,13 +36,15 @@ def _paths(items: Sequence[Any]) -> list[Path_]:
     return [tuple(nk) if len(nk := it.nested_key) else (it.key,) for it in items]
 
 
-def _media_roots(raws: Sequence[str], paths: Sequence[Path_]) -> set[Path_]:
-    """Roots of media objects that wandb 0.31 flattened into one item per field."""
+def _media_roots(raws: Sequence[str], paths: Sequence[Path_], typed: Sequence[int] | None = None) -> set[Path_]:
+    """Roots of media objects that wandb 0.31 flattened into one item per field. ``typed``: the
+    indices of the items whose path ends in ``_type`` (the only candidates), when known."""
     roots: set[Path_] = set()
-    for raw, path in zip(raws, paths):
+    for i in (typed if typed is not None else range(len(paths))):
+        path = paths[i]
         if len(path) >= 2 and path[-1] == "_type":
             try:
-                t = _loads(raw)
+                t = _loads(raws[i])
             except ValueError:
                 continue
             if isinstance(t, str) and t in media.KINDS:
@@ -57,10 +59,13 @@ def _root_of(path: Path_, roots: set[Path_]) -> Path_ | None:
     return None
 
 
-def _media_groups(raws: Sequence[str], paths: Sequence[Path_]) -> tuple[list[Path_ | None], dict[Path_, list[int]]]:
+def _media_groups(raws: Sequence[str], paths: Sequence[Path_], typed: Sequence[int] | None = None
+                  ) -> tuple[list[Path_ | None], dict[Path_, list[int]]]:
     """For each item, the media object (its root path) it belongs to, or None; and each media
-    object's items, in order of first appearance."""
-    roots = _media_roots(raws, paths)
+    object's items, in order of first appearance. ``typed``: as ``_media_roots``."""
+    if typed is not None and not typed:
+        return [None] * len(paths), {}
+    roots = _media_roots(raws, paths, typed)
     if not roots:
         return [None] * len(paths), {}
     owner = _owners(paths, roots)
@@ -73,6 +78,9 @@ def _media_groups(raws: Sequence[str], paths: Sequence[Path_]) -> tuple[list[Pat
 
 def _owners(paths: Sequence[Path_], roots: set[Path_]) -> list[Path_ | None]:
     """``_root_of`` of each path; most roots are one key long."""
+    if all(len(r) == 1 for r in roots):
+        # Then a path's root can only be its first key (the common case: one comprehension).
+        return [p[:1] if len(p) >= 2 and p[:1] in roots else None for p in paths]
     out: list[Path_ | None] = []
     for p in paths:
         if len(p) < 2:
@@ -143,12 +151,14 @@ def redact_items(items: Sequence[Any], new_item: Callable[[Path_, str], Any], de
     return out if changed else None
 
 
-def _plain(items: Sequence[Any]) -> tuple[list[Path_], list[str], list[bool]] | None:
-    """(paths, value_json, nested?) of items that hold nothing but a key or a nested key and
-    a JSON value; None if any item holds anything else (then the generic path does it)."""
+def _plain(items: Sequence[Any]) -> tuple[list[Path_], list[str], list[bool], list[int]] | None:
+    """(paths, value_json, nested?, indices of the items whose path ends in ``_type``) of
+    items that hold nothing but a key or a nested key and a JSON value; None if any item holds
+    anything else (then the generic path does it). One loop: this runs for every row."""
     paths: list[Path_] = []
     raws: list[str] = []
     nested: list[bool] = []
+    typed: list[int] = []
     for it in items:
         parts = item_parts(it.ListFields())
         if parts is None:
@@ -157,13 +167,16 @@ def _plain(items: Sequence[Any]) -> tuple[list[Path_], list[str], list[bool]] | 
         if nk is not None:
             if key:
                 return None
-            paths.append(tuple(nk))
+            path = tuple(nk)
+            if len(path) >= 2 and path[-1] == "_type":
+                typed.append(len(paths))
+            paths.append(path)
             nested.append(True)
         else:
             paths.append((key,))
             nested.append(False)
         raws.append(raw)
-    return paths, raws, nested
+    return paths, raws, nested, typed
 
 
 def redact_scrub_items(items: Sequence[Any], decide: Decide, resolve: Resolve, text_tag: TextTag, count: Callable[[Any, str, str], None],
@@ -184,8 +197,8 @@ def redact_scrub_items(items: Sequence[Any], decide: Decide, resolve: Resolve, t
     snap = _plain(items)
     if snap is None:
         return False, None
-    paths, raws, nested = snap
-    owner, groups = _media_groups(raws, paths)
+    paths, raws, nested, typed = snap
+    owner, groups = _media_groups(raws, paths, typed)
     results: dict[Path_, Any] = {}
     for r, group in groups.items():
         n = len(r)
@@ -282,9 +295,20 @@ def media_in_items(items: Sequence[Any], fields: frozenset[str] | None = None,
     ``seen``: flattened objects met before (same key, same fields, same values: wandb writes
     each one in the history row and again in the summary) are not returned again."""
     found: list[tuple[str, dict[str, Any]]] = []
-    paths = _paths(items)
-    raws = [it.value_json for it in items]
-    roots = _media_roots(raws, paths)
+    paths: list[Path_] = []
+    raws: list[str] = []
+    typed: list[int] = []       # items whose path ends in "_type": the only root candidates
+    for it in items:            # one loop: this runs for every row of every log read
+        nk = it.nested_key
+        if len(nk):
+            path = tuple(nk)
+            if len(path) >= 2 and path[-1] == "_type":
+                typed.append(len(paths))
+        else:
+            path = (it.key,)
+        paths.append(path)
+        raws.append(it.value_json)
+    roots = _media_roots(raws, paths, typed) if typed else None
     owner = _owners(paths, roots) if roots else [None] * len(paths)
     members: dict[Path_, list[tuple[Path_, str]]] = {}
     for raw, path, r in zip(raws, paths, owner):
