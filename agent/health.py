@@ -20,6 +20,7 @@ from typing import Any
 
 from . import config as config_mod
 from . import durable, failures
+from .deliver.settings import targets as configured_targets
 from .ledger import views
 from .opsconfig import health_config, min_free_bytes
 from .redact.policy import policy_from_config
@@ -45,6 +46,7 @@ class Facts:
     stuck_deliveries: list[tuple[str, float, str]] = field(default_factory=list)  # (what, since, error)
     free_bytes: int | None = None
     floor_bytes: int | None = None
+    refused_targets: list[tuple[str, str]] = field(default_factory=list)  # (target, why) its key is refused
 
 
 # --- the core -------------------------------------------------------------------------------
@@ -78,9 +80,14 @@ def assess(f: Facts, heartbeat_seconds: float, failing_seconds: float, where: Pa
                             f"{len(late)} run(s) unsealed for more than {failing_seconds:g}s, failing: "
                             f"{late[0][0]}: {late[0][2]}"))
     late = [(w, s, e) for w, s, e in f.stuck_deliveries if f.now - s > failing_seconds]
-    checks.append(Check("delivery", not late, "no delivery failing for long" if not late else
-                        f"{len(late)} delivery(ies) undone for more than {failing_seconds:g}s, failing: "
-                        f"{late[0][0]}: {late[0][2]}"))
+    if f.refused_targets:  # a key or config error, as for sealing: no waiting makes it pass
+        name, why = f.refused_targets[0]
+        checks.append(Check("delivery", False, f"target {name!r} cannot deliver: {why}"
+                            + (f" (and {len(f.refused_targets) - 1} more target(s))" if len(f.refused_targets) > 1 else "")))
+    else:
+        checks.append(Check("delivery", not late, "no delivery failing for long" if not late else
+                            f"{len(late)} delivery(ies) undone for more than {failing_seconds:g}s, failing: "
+                            f"{late[0][0]}: {late[0][2]}"))
     floor = floor_reason(f.free_bytes, f.floor_bytes, where)
     checks.append(Check("disk", floor is None, floor or (
         f"{(f.free_bytes or 0) // (1 << 20)} MiB free" if f.free_bytes is not None else "free space unknown")))
@@ -130,7 +137,9 @@ def gather(cfg: config_mod.Config, ledger: Any, now: float | None = None) -> Fac
     return Facts(now=now, heartbeat=read_heartbeat(cfg.state_dir), waiting_unsealed=len(waiting),
                  seal_blocker=seal_blocker(cfg) if waiting else None, stuck_seals=stuck_seals,
                  stuck_deliveries=stuck_deliveries, free_bytes=failures.free_bytes(cfg.state_dir),
-                 floor_bytes=min_free_bytes(cfg))
+                 floor_bytes=min_free_bytes(cfg),
+                 refused_targets=[(t["name"], t["detail"] or t["status"]) for t in views.refused_targets(ledger)
+                                  if t["name"] in configured_targets(cfg)])
 
 
 def check(cfg: config_mod.Config, ledger: Any, want_daemon: bool = True, now: float | None = None,

@@ -220,3 +220,29 @@ def test_on_a_small_tmpfs_sealing_pauses_below_the_floor_and_resumes_after_prune
         assert "sealing resumed" in d.output()
         assert health(cfg)[0] == 0
         d.terminate()
+
+
+def test_health_fails_while_a_targets_key_is_refused_and_passes_once_it_delivers(tmp_path, corpus):
+    """A node with a link out whose W&B key the server refuses: nothing is delivered, however long
+    it waits, so `health` fails at once (a key error, as for sealing), naming the target; with the
+    right key in place the next sync delivers and `health` passes."""
+    from deliver_helpers import RestartableServer, corpus_dirs, make_deliver_site, metric_rows, seal_dirs, sync
+
+    server = RestartableServer(tmp_path).start()
+    try:
+        (run_dir,) = corpus_dirs(corpus)[:1]
+        site = make_deliver_site(tmp_path / "site", server.url, "wrong" + "1" * 40)
+        (run_id,) = seal_dirs(site, [run_dir])
+        assert sync(site, check=False).returncode == 3  # key rejected
+        rc, out = health(site.cfg, "--no-daemon")
+        assert rc == 1 and not check_of(out, "delivery")["ok"], out
+        assert "'local'" in check_of(out, "delivery")["detail"] and "reject" in check_of(out, "delivery")["detail"]
+        assert "1" * 40 not in json.dumps(out)
+
+        site.key_file.write_text(server.api_key + "\n")
+        sync(site, "--retry-failed")
+        assert metric_rows(server, run_id) > 0
+        rc, out = health(site.cfg, "--no-daemon")
+        assert rc == 0 and check_of(out, "delivery")["ok"], out
+    finally:
+        server.stop()

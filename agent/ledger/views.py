@@ -20,6 +20,12 @@ def stuck_deliveries(ledger: Any) -> list[dict[str, Any]]:
         f"d.updated) AS since FROM deliveries d WHERE {_FAILING}")]
 
 
+def refused_targets(ledger: Any) -> list[dict[str, Any]]:
+    """Targets whose last probe refused this host's key or found none: ``name, status, detail``."""
+    return [dict(r) for r in ledger._all(
+        "SELECT name, status, detail FROM targets WHERE status IN ('key_rejected', 'no_key') ORDER BY name")]
+
+
 def delivery_errors(ledger: Any) -> list[tuple[str, int]]:
     """``(error, how many)`` of the failing deliveries, one per distinct error text."""
     return [(r[0], r[1]) for r in ledger._all(
