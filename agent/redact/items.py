@@ -151,6 +151,23 @@ def redact_items(items: Sequence[Any], new_item: Callable[[Path_, str], Any], de
     return out if changed else None
 
 
+_PLAIN_FIELDS = frozenset({"key", "nested_key", "value_json"})
+_ONEOF_CHECKS: dict[Any, tuple[str, ...] | None] = {}
+
+
+def _oneof_check(d: Any) -> tuple[str, ...] | None:
+    """The oneofs to ask of an item type so that "none of them set" means "nothing but a key,
+    a nested key and a value_json": every other field of the type lies in one of them (a
+    HistoryItem's typed ``value``; a SummaryItem has none). None if some other field lies
+    outside a oneof (a newer wandb's): then each item's fields are listed."""
+    if d not in _ONEOF_CHECKS:
+        others = [f for f in d.fields if f.name not in _PLAIN_FIELDS]
+        ok = all(f.containing_oneof is not None for f in others) and \
+            not any(f.containing_oneof is not None for f in d.fields if f.name in _PLAIN_FIELDS)
+        _ONEOF_CHECKS[d] = tuple(sorted({f.containing_oneof.name for f in others})) if ok else None
+    return _ONEOF_CHECKS[d]
+
+
 def _plain(items: Sequence[Any]) -> tuple[list[Path_], list[str], list[bool], list[int]] | None:
     """(paths, value_json, nested?, indices of the items whose path ends in ``_type``) of
     items that hold nothing but a key or a nested key and a JSON value; None if any item holds
@@ -159,11 +176,22 @@ def _plain(items: Sequence[Any]) -> tuple[list[Path_], list[str], list[bool], li
     raws: list[str] = []
     nested: list[bool] = []
     typed: list[int] = []
+    oneofs = _oneof_check(items[0].DESCRIPTOR) if len(items) else None
     for it in items:
-        parts = item_parts(it.ListFields())
-        if parts is None:
-            return None
-        key, nk, raw = parts
+        if oneofs is not None:
+            # (Fields are either these three or in a oneof: one call per oneof instead of
+            # listing the fields; an unknown field was discarded before.)
+            for o in oneofs:
+                if it.WhichOneof(o) is not None:
+                    return None
+            key, nk, raw = it.key, it.nested_key, it.value_json
+            if not len(nk):
+                nk = None
+        else:
+            parts = item_parts(it.ListFields())
+            if parts is None:
+                return None
+            key, nk, raw = parts
         if nk is not None:
             if key:
                 return None
@@ -186,9 +214,10 @@ def redact_scrub_items(items: Sequence[Any], decide: Decide, resolve: Resolve, t
     plain data: what ``redact_items`` followed by ``Outgoing.message`` on each item gives,
     without building protobuf items to parse them again.
 
-    Returns (handled, items): handled False when an item is not plain (the caller then takes
-    the generic path); items None when nothing changed, else the items that replace them as
-    (path, nested?, value_json): a nested key when ``nested``, else a key.
+    Returns (handled, items, updates): handled False when an item is not plain (the caller
+    then takes the generic path); items None when nothing changed, else the items that replace
+    them as (path, nested?, value_json): a nested key when ``nested``, else a key; updates
+    (``_in_place``): the same change as (position, new value_json), when it can be made so.
 
     ``memo`` remembers the last media objects rewritten: wandb writes each one twice, in the
     history row and in the summary after it. A repeat (same key, same fields, same values) is
@@ -196,7 +225,7 @@ def redact_scrub_items(items: Sequence[Any], decide: Decide, resolve: Resolve, t
     resolved the first time (``resolve`` would only look them up)."""
     snap = _plain(items)
     if snap is None:
-        return False, None
+        return False, None, None
     paths, raws, nested, typed = snap
     owner, groups = _media_groups(raws, paths, typed)
     results: dict[Path_, Any] = {}
@@ -274,8 +303,25 @@ def redact_scrub_items(items: Sequence[Any], decide: Decide, resolve: Resolve, t
             raw = media.dumps(out.value(value, place, key))
         done.append((names, nest, raw))
     if not changed:
-        return True, None
-    return True, done
+        return True, None, None
+    return True, done, _in_place(paths, nested, raws, done)
+
+
+def _in_place(paths: Sequence[Path_], nested: Sequence[bool], raws: Sequence[str],
+              done: Sequence[tuple[Path_, bool, str]]) -> list[tuple[int, str]] | None:
+    """When the new items line up one for one with the old ones (same count, the same key in
+    each place: a rewritten media object keeps its fields), the values that changed, by
+    position; else None. Setting those in place gives the same items as rebuilding the list,
+    without building every item anew."""
+    if len(done) != len(paths):
+        return None
+    updates: list[tuple[int, str]] = []
+    for i, (names, nest, raw) in enumerate(done):
+        if names != paths[i] or nest != nested[i]:
+            return None
+        if raw != raws[i]:
+            updates.append((i, raw))
+    return updates
 
 
 def _insert(node: dict[str, Any], rel: Path_, value: Any) -> None:

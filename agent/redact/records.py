@@ -298,12 +298,15 @@ def _items_scrubbed(r: "_Run", rec: Any, t: str) -> bool:
     name and value scrubbed (as ``Outgoing`` would), without a second parse of each value.
     False when an item holds more than a key and a JSON value: the generic path does it."""
     container = rec.history.item if t == "history" else rec.summary.update
-    handled, new = items_mod.redact_scrub_items(container, r.decide, r.resolve, r.text_tag, r.count,
-                                                r.is_sensitive if r.sensitive else None, r.out, PLACE[t],
-                                                r.media_memo)
+    handled, new, updates = items_mod.redact_scrub_items(container, r.decide, r.resolve, r.text_tag, r.count,
+                                                         r.is_sensitive if r.sensitive else None, r.out, PLACE[t],
+                                                         r.media_memo)
     if not handled:
         return False
-    if new is not None:
+    if updates is not None:
+        for i, raw in updates:   # same keys in the same places: only values change
+            container[i].value_json = raw
+    elif new is not None:
         del container[:]
         add = container.add
         for path, nested, raw in new:
