@@ -280,6 +280,8 @@ def rewrite(r: "_Run", rec: Any, console: Console) -> list[Any]:
         skip = _ITEM_FIELD[t]       # its items are redacted and scrubbed already
     elif RULES[t](r, rec):
         out = [rec]
+        if t == "files":
+            skip = _FILES_ITEMS     # every kept item's path is a name ``_files`` made already
     else:
         r.report.records_dropped[f"{t} (nothing left to send)"] += 1
         return []
@@ -291,6 +293,14 @@ def rewrite(r: "_Run", rec: Any, console: Console) -> list[Any]:
 # The item containers of history and summary records, which ``_items_scrubbed`` handles whole.
 _ITEM_FIELD = {"history": pb.HistoryRecord.DESCRIPTOR.fields_by_name["item"],
                "summary": pb.SummaryRecord.DESCRIPTOR.fields_by_name["update"]}
+
+
+# A FilesItem's only string is its path (the rest are enums), which ``_files`` has set to a
+# name the redaction made (``Outgoing.path`` leaves those as they are): the walk may skip the
+# items. Were a wandb to add a string field to it, the walk takes them again.
+_FILES_ITEMS = pb.FilesRecord.DESCRIPTOR.fields_by_name["files"] if all(
+    f.name == "path" or f.type not in (f.TYPE_STRING, f.TYPE_MESSAGE, f.TYPE_BYTES)
+    for f in pb.FilesItem.DESCRIPTOR.fields) else None
 
 
 def _items_scrubbed(r: "_Run", rec: Any, t: str) -> bool:
