@@ -237,6 +237,7 @@ class _Run:
         self.listed: dict[str, frozenset[str]] = {}
         self.src_dirs: dict[str, str] = {}     # files/ subdirectory -> its checked path
         self._sensitive_keys: dict[str, bool] = {}
+        self._decisions: dict[tuple[str, str], Decision] = {}
         self.media_memo: dict[Any, Any] = {}   # see items.redact_scrub_items
         self.helper: _Helper | None = None
         self.pending: dict[str, bool] = {}      # files whose placeholder the helper makes
@@ -265,7 +266,14 @@ class _Run:
         return placeholders.text_tag(self.secret, kind, value)
 
     def decide(self, key: str, kind: str) -> Decision:
-        return self.policy.decide(key, kind, self.sensitive)
+        # Asked for every media object of every row (a handful of distinct keys): remembered.
+        # ``_plan`` empties it when it sets the sensitive keys the decision depends on.
+        hit = self._decisions.get((key, kind))
+        if hit is None:
+            hit = self.policy.decide(key, kind, self.sensitive)
+            if len(self._decisions) < 100_000:
+                self._decisions[(key, kind)] = hit
+        return hit
 
     def count(self, d: Decision, kind: str, key: str) -> None:
         self.report.count_media(d.rule, kind, d.action, key)
@@ -622,6 +630,8 @@ def _changes_plan(rec: Any, fold: runlog.Fold) -> bool:
 def _plan(r: _Run, fold: runlog.Fold) -> None:
     r.planned, r.sizes = fold.planned, fold.sizes  # read only from here on
     r.sensitive = tuple(fold.sensitive)
+    r._decisions.clear()
+    r._sensitive_keys.clear()
     r.report.sensitive_keys = r.sensitive
     if r.policy.metadata == "redact":
         r.add_identity(fold.identity | _metadata_identity(r.src))
