@@ -20,7 +20,7 @@ from tfwb_agent.seal.keystore import write_file
 
 from conftest import CORPUS_RUNS, agent
 
-BUNDLE_GLOB = "*.tar.zst.age"
+BUNDLE_GLOB = "[!.]*.tar.zst.age"  # not the outbox's .tmp-* files, still being written
 
 
 def corpus_run_dirs(corpus: Path) -> dict[str, Path]:
