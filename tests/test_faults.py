@@ -269,7 +269,7 @@ def _segment_markers(volume: Path, run_dir: Path) -> dict[int, str]:
 
 def _live_pass(site) -> list[str]:
     """What the daemon does for live runs in one pass, in this process: look, then cut segments."""
-    from tfwb_agent.deliver.live import seal_live_segments
+    from tfwb_agent.sealing import seal_live_segments
     from tfwb_agent.reconcile import reconcile
 
     cfg, ledger = site.node(), site.node_ledger()

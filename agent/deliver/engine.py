@@ -11,7 +11,7 @@ deliver/, by job:
     target_status.py  a target probed and its verdict recorded, with back-off
     upload.py / clients.py    ``wandb sync`` with the target's wandb client
     confirm.py / server.py / probe.py    what the server holds; the HTTP layer; reachability
-    policy.py / settings.py / backoff.py / sweeps.py / live.py
+    policy.py / settings.py / backoff.py / sweeps.py
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from . import states
 
-# A run delivered live is closed by its last live segment (deliver/live.py), not by sealing.
+# A run delivered live is closed by its last live segment (sealing.seal_live_segments), not by the ended-run stage.
 _WAITING_TO_SEAL = "state = 'ended' AND json_extract(facts, '$.live_segments') IS NULL"
 
 
