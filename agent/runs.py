@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import runlog
-from .runlog import find_log, locate_log, sensitive_globs  # noqa: F401  (the one rule, re-exported)
+from .runlog import locate_log
 from .wandb_log import FILE_HEADER_LEN, CorruptLog, NotAWandbLog
 
 RUN_DIR_PREFIX = "offline-run-"

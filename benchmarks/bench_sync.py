@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from openwandb_server import HISTORY_LINE_COUNT_ENV  # noqa: E402
 from deliver_helpers import RestartableServer, make_deliver_site, metric_rows, seal_dirs, write_runs  # noqa: E402
 
-from tfwb_agent.runs import find_log  # noqa: E402
+from tfwb_agent.runlog import find_log  # noqa: E402
 from tfwb_agent.segments import read_facts  # noqa: E402
 from tfwb_agent.wandb_log import LogReader, LogWriter  # noqa: E402
 

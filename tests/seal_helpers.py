@@ -16,7 +16,6 @@ from tfwb_agent import config as config_mod
 from tfwb_agent.ledger import Ledger
 from tfwb_agent.seal import agekeys, keys_config, minisign, open_keys, seal_keys
 from tfwb_agent.seal import manifest as mf
-from tfwb_agent.seal.keystore import write_file
 
 from conftest import CORPUS_RUNS, agent
 

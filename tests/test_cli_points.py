@@ -19,7 +19,7 @@ import pytest
 from conftest import REPO, agent
 from deliver_helpers import RestartableServer, make_deliver_site, metric_rows, seal_dirs, write_runs
 
-from tfwb_agent.runs import find_log
+from tfwb_agent.runlog import find_log
 from tfwb_agent.segments import read_facts
 
 PRINT_ONLY = REPO / "tests" / "writers" / "print_only_run.py"

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import shutil
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import agent, by_run_id, status
+from conftest import status
 from daemon_helpers import DaemonProc, Writer, dump, run_states, wait_for
 
 QUIET = 4.0
@@ -94,7 +93,7 @@ def test_bad_runs_are_marked_and_the_daemon_keeps_going(tmp_path, make_config, c
     made = _bad_runs(root, corpus)
     w = Writer(root, "finish", 10)
     assert w.wait() == 0
-    st = wait_for(lambda: (s := run_states(cfg)) and s.get(w.run_id, {}).get("ended") == "finished" and s, 30,
+    wait_for(lambda: (s := run_states(cfg)) and s.get(w.run_id, {}).get("ended") == "finished" and s, 30,
                   "a good run after bad ones", d)
     rows = status(cfg)["runs"]
     bad = [r for r in rows if Path(r["path"]).name.rsplit("-", 1)[-1] in made]

@@ -14,8 +14,6 @@ installer; a site's state dir gets it as a link to that venv, so the agent finds
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -29,7 +27,7 @@ from wandb_standins import WandbFrontDoor, _read_body, _reply
 from tfwb_agent.config import ConfigError
 from tfwb_agent.deliver import clients
 from tfwb_agent.deliver.settings import validate_targets
-from tfwb_agent.runs import find_log
+from tfwb_agent.runlog import find_log
 from tfwb_agent.segments import read_facts
 
 PINNED = "0.25.1"          # a wandb older than the agent's, as a site with an old W&B Server pins it

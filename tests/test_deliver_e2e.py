@@ -23,7 +23,7 @@ from deliver_helpers import (RestartableServer, corpus_dirs, duplicate_rows, mak
                              seal_dirs, server_console, server_files, server_summary, sync,
                              write_runs)
 
-from tfwb_agent.runs import find_log
+from tfwb_agent.runlog import find_log
 from tfwb_agent.segments import comparable_summary, read_facts
 
 

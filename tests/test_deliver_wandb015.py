@@ -18,7 +18,7 @@ from deliver_helpers import make_deliver_site
 from openwandb_server import start_openwandb
 from trainer_helpers import PY38_LABEL, interpreters, require_python
 
-from tfwb_agent.runs import find_log
+from tfwb_agent.runlog import find_log
 from tfwb_agent.segments import read_facts
 
 RUN_ID = "w015exit"

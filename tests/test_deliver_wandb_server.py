@@ -26,7 +26,7 @@ from wandb_standins import FrontDoorRules, RecordingHost, RecordingStorage, Wand
 from tfwb_agent.config import ConfigError
 from tfwb_agent.deliver import confirm, probe, upload
 from tfwb_agent.deliver import server as srv
-from tfwb_agent.runs import find_log
+from tfwb_agent.runlog import find_log
 from tfwb_agent.segments import read_facts
 
 

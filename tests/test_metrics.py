@@ -8,7 +8,6 @@ import shutil
 import socket
 import time
 import urllib.request
-from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 

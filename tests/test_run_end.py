@@ -22,7 +22,7 @@ from conftest import REPO, status
 from daemon_helpers import DaemonProc, Writer, dump, run_states, wait_for
 from deliver_helpers import RestartableServer, duplicate_rows, make_deliver_site, metric_rows, server_summary
 
-from tfwb_agent.runs import find_log
+from tfwb_agent.runlog import find_log
 from tfwb_agent.segments import read_facts
 
 PAUSER = REPO / "tests" / "writers" / "pause_run.py"

@@ -15,7 +15,6 @@ must produce no output at all (verify exits 0 even on unknown keys, so silence i
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re

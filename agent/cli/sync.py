@@ -5,7 +5,6 @@ going, waiting out a target's back-off, until nothing it may send is left unconf
 """
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys

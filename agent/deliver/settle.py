@@ -16,7 +16,7 @@ from typing import Callable
 from .. import config as config_mod
 from .. import ids, statedir
 from ..ledger import Ledger
-from ..runs import find_log
+from ..runlog import find_log
 from ..segments import LogFacts, plan_cut, read_facts, write_cut
 from . import confirm, sweeps, upload
 from .opening import materialize, relocate

@@ -11,7 +11,6 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import Any, Mapping, Sequence
 
 from .. import ids
