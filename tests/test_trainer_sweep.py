@@ -23,7 +23,6 @@ from trainer_helpers import ROOT, child_env, config_value, read_run, run_files
 HELPERS = ROOT / "tests" / "trainer_helpers.py"
 TRIAL = [sys.executable, str(HELPERS), "sweep-trial"]
 LIGHT = [sys.executable, str(HELPERS), "sweep-light-trial"]  # no TensorFlow: the lease test
-TRIALS = 3  # the digits sweep: 3 processes, one trial each (the run cap is the lease test's)
 RANDOM_CFG = textwrap.dedent("""\
     method: random
     metric: {name: epoch/val_loss, goal: minimize}
@@ -57,14 +56,13 @@ def run_record(wandb_file: Path):
 
 
 def digits_sweep(base: Path) -> dict:
-    """A random sweep drawn by 3 trainer processes at once, one trial each (TRIALS in all): each
-    trial is a real TensorFlow process, the expensive part of the suite."""
+    """A random sweep of 6 trials drawn by 3 trainer processes at once (each may take 3)."""
     runs = base / "runs"
     runs.mkdir()
     (base / "sweep.yaml").write_text(RANDOM_CFG)
     env = child_env(runs)
     procs = [subprocess.Popen(sweep_cmd(str(base / "sweep.yaml"), "--name", "digits-rand", "--project", "sweep-digits",
-                                        "--count", "1", "--", *TRIAL),
+                                        "--count", "3", "--", *TRIAL),
                               env=env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(3)]
     outs = [p.communicate(timeout=420) for p in procs]
@@ -78,22 +76,22 @@ def digits_sweep(base: Path) -> dict:
 def test_digits_sweep_three_processes_ranked_plotted_delivered(tmp_path: Path) -> None:
     """One sweep, checked three ways (one test: the trials are the expensive part)."""
     sweep = digits_sweep(tmp_path)
-    check_trials_each_run_once(sweep)
+    check_six_trials_each_run_once(sweep)
     check_results_ranked_and_plotted(sweep)
     check_delivered_to_openwandb_grouped_with_params(sweep, tmp_path / "deliver")
 
 
-def check_trials_each_run_once(digits_sweep: dict) -> None:
+def check_six_trials_each_run_once(digits_sweep: dict) -> None:
     sdir, runs = digits_sweep["dir"], digits_sweep["runs"]
     trials = [json.loads(f.read_text()) for f in sorted((sdir / "trials").glob("*.json"))]
-    assert [t["number"] for t in trials] == list(range(TRIALS))
+    assert [t["number"] for t in trials] == list(range(6))
     ran = [r for out, _ in digits_sweep["outs"] for r in json.loads(out.strip().splitlines()[-1])["ran"]]
     assert sorted(ran) == sorted(t["run_id"] for t in trials), "each trial run exactly once, by one process"
     holders = {t["lease"]["holder"] for t in trials}
     assert len(holders) == 3, f"all three processes drew trials: {holders}"
-    assert len({json.dumps(t["params"], sort_keys=True) for t in trials}) == TRIALS, "distinct trials"
+    assert len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 6, "6 distinct trials"
     done = sorted(f.name for f in (sdir / "done").iterdir())
-    assert done == [f"{n:06d}.1.json" for n in range(TRIALS)], done
+    assert done == [f"{n:06d}.1.json" for n in range(6)], done
 
     on_disk = runs_by_id(runs)
     assert set(on_disk) == {t["run_id"] for t in trials}
@@ -121,15 +119,14 @@ def check_results_ranked_and_plotted(digits_sweep: dict) -> None:
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
     metrics = [r["metric"] for r in data["trials"]]
-    assert len(metrics) == TRIALS and metrics == sorted(metrics)
-    assert [r["rank"] for r in data["trials"]] == list(range(1, TRIALS + 1))
+    assert len(metrics) == 6 and metrics == sorted(metrics) and [r["rank"] for r in data["trials"]] == list(range(1, 7))
     assert all(r["state"] == "finished" and set(r["params"]) == {"lr", "batch_size", "dropout"} for r in data["trials"])
     page = out_html.read_text()
-    assert page.count("<figure>") == 3 and page.count("<circle") == 3 * TRIALS
+    assert page.count("<figure>") == 3 and page.count("<circle") == 18
     assert "<script" not in page and not re.search(r"(src|href)=\"?https?:", page), "self-contained"
     text = subprocess.run(sweep_cmd("results", "digits-rand"), env=env, cwd=str(ROOT), capture_output=True,
                           text=True, timeout=120)
-    assert text.returncode == 0 and f"{TRIALS} trials" in text.stdout and "dropout" in text.stdout, text.stdout
+    assert text.returncode == 0 and "6 trials" in text.stdout and "dropout" in text.stdout, text.stdout
 
 
 def check_delivered_to_openwandb_grouped_with_params(digits_sweep: dict, tmp_path: Path) -> None:
@@ -146,7 +143,7 @@ def check_delivered_to_openwandb_grouped_with_params(digits_sweep: dict, tmp_pat
         assert not server_has_sweeps(server.graphql(HAS_SWEEPS_QUERY).get("data") or {})
         site = make_deliver_site(tmp_path / "site", server.url, server.api_key)
         out = site.scan_seal_sync(runs, quiet_seconds=1)
-        assert out["deliveries"]["counts"] == {"confirmed": TRIALS}, out
+        assert out["deliveries"]["counts"] == {"confirmed": 6}, out
         rows = {r: (json.loads(c), json.loads(tg)) for r, c, tg in
                 server.query("SELECT run_id, config_json, tags_json FROM runs")}
         assert set(rows) == {t["run_id"] for t in trials}
