@@ -35,7 +35,7 @@ from .runlog import find_log
 from .seal import RunIdentity, SealedBundle, SealKeys, Segment, keys_config, seal_keys, seal_run
 from .seal.bundle import snapshot
 from .seal.outbox import withdraw
-from .segments import end_marker, read_facts
+from .segments import LogFacts, end_marker, read_facts, sealed_facts
 from .wandb_log import LogReader, LogWriter
 
 log = logging.getLogger("tfwb_agent.sealing")
@@ -104,8 +104,9 @@ def seal_ended(ledger: Ledger, cfg: config_mod.Config, sealer: Sealer, row: dict
             _record_on_volume(claims, run_dir.name, sealed)
             ledger.mark_run_sealed(row["key"])
 
+        red_log = find_log(redacted)
         sealed = _seal(ledger, cfg, sealer, row, redacted, report, next_segment(ledger, row), mark_sealed,
-                       expect=snapshot(redacted))
+                       expect=snapshot(redacted), log_facts=read_facts(red_log) if red_log else None)
         if sealed.reused:  # already sealed before a crash: make sure the run and the volume say so
             _record_on_volume(claims, run_dir.name, sealed)
             ledger.mark_run_sealed(row["key"])
@@ -198,7 +199,8 @@ def seal_live(ledger: Ledger, cfg: config_mod.Config, sealer: Sealer, row: dict[
         # is sent its summary alone then (segments.plan_cut with send_end).
         report = _redact(ledger, cfg, sealer, row, snap, redacted, ended=ended, complete=ended)
         red_log = find_log(redacted)
-        byte_end = read_facts(red_log).end if red_log else 0
+        red_facts = read_facts(red_log) if red_log else None
+        byte_end = red_facts.end if red_facts else 0
 
         def mark(db: Any, sealed: SealedBundle) -> None:
             # The markers on the volume first (the run's, for the last segment; the segment's).
@@ -216,7 +218,7 @@ def seal_live(ledger: Ledger, cfg: config_mod.Config, sealer: Sealer, row: dict[
                 ledger.set_run_facts(row["key"], f)
 
         _seal(ledger, cfg, sealer, row, redacted, report,
-              Segment(k, facts.get("live_byte_end", facts.get("segment_start", 0)), None), mark)
+              Segment(k, facts.get("live_byte_end", facts.get("segment_start", 0)), None), mark, log_facts=red_facts)
         log.info("%s: sealed live segment %d (%d history rows%s)", row["run_id"], k, rows_now,
                  ", final" if ended else "")
         return k
@@ -248,14 +250,17 @@ def _redact(ledger: Ledger, cfg: config_mod.Config, sealer: Sealer, row: dict[st
 
 def _seal(ledger: Ledger, cfg: config_mod.Config, sealer: Sealer, row: dict[str, Any], redacted: Path,
           report: RedactionReport, segment: int | Segment,
-          on_sealed: Callable[[Any, SealedBundle], None], expect: Any = None) -> SealedBundle:
-    """Seal the redacted run into the outbox. ``on_sealed`` runs inside the ledger's transaction,
+          on_sealed: Callable[[Any, SealedBundle], None], expect: Any = None,
+          log_facts: LogFacts | None = None) -> SealedBundle:
+    """Seal the redacted run into the outbox, with its log's facts (read from the redacted log
+    here, on the node, so that delivery plans without folding it). ``on_sealed`` runs inside the ledger's transaction,
     after the bundle is whole in the outbox; if it finds another node's marker on the volume
     (``HeldElsewhere``), the transaction and our bundle go."""
     try:
         return seal_run(cfg, sealer.keys, ledger, redacted,
                         RunIdentity(row["run_id"], row["project"], row["entity"], row["wandb_version"]),
-                        segment, report.to_dict(), run_key=row["key"], on_sealed=on_sealed, expect=expect)
+                        segment, report.to_dict(), run_key=row["key"], on_sealed=on_sealed, expect=expect,
+                        log_facts=sealed_facts(log_facts) if log_facts is not None else None)
     except HeldElsewhere as exc:
         if exc.sealed is not None and withdraw(exc.sealed, sealer.keys.signer.public()):
             log.info("%s: withdrew %s: %s", row["run_id"], exc.sealed.path.name, exc)

@@ -42,6 +42,7 @@ class LogFacts:
     entity: str | None = None
     exit_code: int | None = None        # None: no exit record (still live, or crashed)
     data_after_exit: bool = False       # history or summary written after the exit record
+    ends_known: bool = True             # False: from sealed facts, ``history_ends`` holds the last end only
 
     def rows_before(self, offset: int) -> int:
         """History rows whose records lie wholly before ``offset``."""
@@ -70,6 +71,46 @@ def read_facts(log: Path, limit: int | None = None) -> LogFacts:
                     summary={k: _loads(raw) for k, raw in fold.last_raw.items()},
                     run_id=fold.run_id, project=fold.project, entity=fold.entity, exit_code=fold.exit_code,
                     data_after_exit=fold.data_after_exit)
+
+
+SEALED_FACTS_VERSION = 1
+
+
+def sealed_facts(facts: LogFacts) -> dict[str, Any]:
+    """Pure: what delivery needs to know of a log before it sends it, as plain data kept in the
+    bundle's manifest at sealing (``facts_from_sealed``): it plans from these without folding
+    the log again. Not each history row's offset (a long run has millions): a server holding
+    part of the rows has the log read for its cut (``LogFacts.ends_known``)."""
+    return {"version": SEALED_FACTS_VERSION, "size": facts.size, "end": facts.end, "torn": facts.torn,
+            "history_rows": facts.history_rows, "last_history_end": facts.history_ends[-1] if facts.history_ends else None,
+            "first_step": facts.first_step, "last_step": facts.last_step, "metric_values": facts.metric_values,
+            "summary": facts.summary, "run_id": facts.run_id, "project": facts.project, "entity": facts.entity,
+            "exit_code": facts.exit_code, "data_after_exit": facts.data_after_exit}
+
+
+def _int(v: Any, none: bool = False) -> bool:
+    return (v is None and none) or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+
+
+def facts_from_sealed(d: Any, log_size: int) -> LogFacts | None:
+    """Pure: the facts ``sealed_facts`` kept, for a log now ``log_size`` bytes long; None when
+    they are missing (an older agent sealed it), malformed, or not of this log's size: then
+    the log is read (``read_facts``)."""
+    if not isinstance(d, dict) or d.get("version") != SEALED_FACTS_VERSION or d.get("size") != log_size:
+        return None
+    rows, last = d.get("history_rows"), d.get("last_history_end")
+    if not (_int(rows) and _int(d.get("end")) and _int(d.get("metric_values")) and _int(last, none=True)
+            and _int(d.get("first_step"), none=True) and _int(d.get("last_step"), none=True)
+            and (last is None) == (rows == 0) and isinstance(d.get("summary"), dict)
+            and isinstance(d.get("torn"), bool) and isinstance(d.get("data_after_exit"), bool)
+            and (d.get("exit_code") is None or isinstance(d.get("exit_code"), int))
+            and all(d.get(k) is None or isinstance(d.get(k), str) for k in ("run_id", "project", "entity"))):
+        return None
+    return LogFacts(size=log_size, end=d["end"], torn=d["torn"], history_rows=rows,
+                    history_ends=[] if last is None else [last], first_step=d["first_step"],
+                    last_step=d["last_step"], metric_values=d["metric_values"], summary=d["summary"],
+                    run_id=d["run_id"], project=d["project"], entity=d["entity"], exit_code=d["exit_code"],
+                    data_after_exit=d["data_after_exit"], ends_known=False)
 
 
 def comparable_summary(summary: dict[str, Any]) -> dict[str, float]:
@@ -121,6 +162,8 @@ def plan_cut(facts: LogFacts, server_rows: int, send_end: bool = False) -> Cut |
         return Cut(facts.history_ends[-1], facts.end, True, 0, facts.data_after_exit)
     if server_rows <= 0:
         return Cut(FILE_HEADER_LEN, facts.end, False, facts.history_rows, facts.data_after_exit)
+    if not facts.ends_known:
+        raise ValueError("a cut after part of the rows needs every row's offset: read the log (read_facts)")
     return Cut(facts.history_ends[server_rows - 1], facts.end, True, facts.history_rows - server_rows,
                facts.data_after_exit)
 

@@ -2,9 +2,9 @@
 
     python benchmarks/bench_sync.py [--runs N] [--steps S] [--parallel P] [--history-line-count] [--out FILE]
 
-1. N runs of S steps written by real wandb (offline). Each is sealed into a bundle (outside the
-   timing); `tfwb-agent sync --to bench` (verify, decrypt, ask the server, wandb sync, confirm)
-   is timed against `wandb sync -n P` of plain copies of the same runs. Each side gets its own
+1. N runs of S steps written by real wandb (offline). Each is sealed into a bundle as the daemon
+   seals one, its log's facts in the manifest (outside the timing); `tfwb-agent sync --to bench`
+   (verify, decrypt, ask the server, wandb sync, confirm) is timed against `wandb sync -n P` of plain copies of the same runs. Each side gets its own
    fresh OpenWandb, started before either is timed: a server whose database already holds the
    other side's rows is slower, which would favour whichever side goes first. The plain copies
    carry the same records under another run id (re-framed with the agent's own writer: same
@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from openwandb_server import HISTORY_LINE_COUNT_ENV  # noqa: E402
-from deliver_helpers import RestartableServer, make_deliver_site, metric_rows, seal_dirs, write_runs  # noqa: E402
+from deliver_helpers import RestartableServer, make_deliver_site, metric_rows, write_runs  # noqa: E402
 
 from tfwb_agent.runlog import find_log  # noqa: E402
 from tfwb_agent.segments import read_facts  # noqa: E402
@@ -68,6 +68,25 @@ def truncated_copy(src: Path, dst_root: Path, rows: int) -> Path:
     return dst
 
 
+def seal_as_daemon(site, run_dirs: list[Path], segment=0) -> None:
+    """Seal each run directory into the site's outbox as the daemon's sealing does
+    (``sealing._seal``): with its log's facts in the manifest (``segments.sealed_facts``)."""
+    from tfwb_agent import runs
+    from tfwb_agent.seal import RunIdentity, keys_config, seal_keys, seal_run
+    from tfwb_agent.segments import sealed_facts
+
+    cfg = site.config()
+    keys = seal_keys(keys_config(cfg))
+    ledger = site.ledger()
+    try:
+        for d in run_dirs:
+            facts = runs.inspect(d)
+            seal_run(cfg, keys, ledger, d, RunIdentity(facts.run_id, facts.project, facts.entity, facts.wandb_version),
+                     segment, {"note": "bench input, not redacted"}, log_facts=sealed_facts(read_facts(find_log(d))))
+    finally:
+        ledger.close()
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) the process has used so far, all its threads."""
     stat = Path(f"/proc/{pid}/stat").read_text()
@@ -103,7 +122,7 @@ def main() -> None:
         print(f"wrote {len(runs) + 1} runs of {a.steps} steps in {time.perf_counter() - t0:.1f}s", flush=True)
         site = make_deliver_site(tmp / "site", server.url, server.api_key, target="bench",
                                  sync=f"max_parallel = {a.parallel}\n")
-        seal_dirs(site, runs)
+        seal_as_daemon(site, runs)
         plain_root = tmp / "plain" / "wandb"
         plain_root.mkdir(parents=True)
         plain = [renamed_copy(r, plain_root, "p") for r in runs]
@@ -130,16 +149,12 @@ def main() -> None:
         first_rows = round(facts.history_rows / 1.1)
         before = truncated_copy(grow_src, tmp / "before", first_rows)
         site2 = make_deliver_site(tmp / "site2", server.url, server.api_key, target="bench")
-        from tfwb_agent.seal import RunIdentity, Segment, keys_config, seal_keys, seal_run
-        seal_dirs(site2, [before])
+        from tfwb_agent.seal import Segment
+        seal_as_daemon(site2, [before])
         o1 = subprocess.run([sys.executable, "-m", "tfwb_agent", "sync", "--to", "bench", "--json"],
                             env=agent_env(site2.cfg), capture_output=True, text=True)
         assert o1.returncode == 0, o1.stderr[-2000:]
-        cfg2 = site2.config()
-        led = site2.ledger()
-        seal_run(cfg2, seal_keys(keys_config(cfg2)), led, grow_src,
-                 RunIdentity(facts.run_id, facts.project, facts.entity, None),
-                 Segment(1, read_facts(find_log(before)).end, None), {"note": "bench"})
+        seal_as_daemon(site2, [grow_src], Segment(1, read_facts(find_log(before)).end, None))
         t = time.perf_counter()
         o2 = subprocess.run([sys.executable, "-m", "tfwb_agent", "sync", "--to", "bench", "--json"],
                             env=agent_env(site2.cfg), capture_output=True, text=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from .. import config as config_mod
 from ..redact.run import relocate_staging
@@ -23,8 +24,9 @@ def _staged_run_dir(staged: Path) -> Path | None:
     return dirs[0] if len(dirs) == 1 else None
 
 
-def materialize(cfg: config_mod.Config, u: Unit, work: Path) -> Path:
-    """The segment's run directory, opened into ``work`` (made afresh, private)."""
+def materialize(cfg: config_mod.Config, u: Unit, work: Path) -> tuple[Path, dict[str, Any] | None]:
+    """The segment's run directory, opened into ``work`` (made afresh, private), and the log
+    facts its bundle's manifest kept at sealing (None from staging, or an older agent's bundle)."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, mode=0o700)
     if u.source == "staged":
@@ -33,7 +35,7 @@ def materialize(cfg: config_mod.Config, u: Unit, work: Path) -> Path:
             raise DeliveryError(f"staged bundle {u.path} holds no single run directory")
         dst = work / src.name
         shutil.copytree(src, dst, symlinks=True)
-        return dst
+        return dst, None
     try:
         keys = open_keys(keys_config(cfg))
     except (KeyFileError, ValueError, config_mod.ConfigError) as exc:
@@ -48,12 +50,14 @@ def materialize(cfg: config_mod.Config, u: Unit, work: Path) -> Path:
     rd = opened.staged / opened.manifest["run_dir"]
     if not rd.is_dir():
         raise DeliveryError(f"bundle {u.path.name} holds no run directory {opened.manifest['run_dir']!r}")
-    return rd
+    return rd, opened.manifest.get("log_facts")
 
 
-def relocate(run_dir: Path) -> Path:
+def relocate(run_dir: Path) -> bool:
     """Redacted runs carry run-table artifact files in ``_staging`` by absolute path: point
-    those at where this copy lives, or wandb sync cannot find them."""
-    if (run_dir / "_staging").is_dir():
-        relocate_staging(run_dir)
-    return run_dir
+    those at where this copy lives, or wandb sync cannot find them. Returns whether it did
+    (the log was rewritten: its offsets are no longer those sealed)."""
+    if not (run_dir / "_staging").is_dir():
+        return False
+    relocate_staging(run_dir)
+    return True

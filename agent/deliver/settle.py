@@ -6,8 +6,10 @@ is sent; partly there: the log is cut to what the server lacks, ``segments.plan_
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,7 +19,8 @@ from .. import config as config_mod
 from .. import ids, statedir
 from ..ledger import Ledger
 from ..runlog import find_log
-from ..segments import LogFacts, plan_cut, read_facts, write_cut
+from ..segments import Cut, LogFacts, facts_from_sealed, plan_cut, read_facts, write_cut
+from ..wandb_log import FILE_HEADER_LEN
 from . import confirm, sweeps, upload
 from .opening import materialize, relocate
 from .outcomes import NOT_CONFIRMED, STOPPED, Book, DeliveryError, NotYet, Outcome
@@ -65,6 +68,44 @@ class Settler:
         self.ledger, self.cfg, self.t, self.key, self.settings, self.report = ledger, cfg, t, key, settings, report
         self.book = Book(ledger, t, settings)
         self.sweeps = sweeps.Sweeps(cfg, t, key)  # trials attached to their W&B sweep (sweeps.py)
+        self.spare: list[upload.Warm] = []  # wandb sync processes started ahead, waiting for runs
+        self.spare_lock = threading.Lock()
+        self.warmed = 0
+
+    def prewarm(self) -> None:
+        """Have one ``wandb sync`` waiting for its runs while the next ones are opened and asked
+        about (its start-up overlaps this process's work instead of following it)."""
+        with self.spare_lock:
+            if self.spare or upload.stopping.is_set():
+                return
+            self.warmed += 1
+            root = statedir.deliver_target(self.cfg, self.t.name) / f"sync-warm-{os.getpid()}-{self.warmed}"
+            w = upload.warm(self.t.base_url, self.key, root, self.t.ca_file)
+            if w is not None:
+                self.spare.append(w)
+
+    def close(self) -> None:
+        """End the spare processes no batch took."""
+        with self.spare_lock:
+            spare, self.spare = self.spare, []
+        for w in spare:
+            w.discard()
+            shutil.rmtree(w.home.parent, ignore_errors=True)
+
+    def _start(self, batch: list[Prepared]) -> tuple[upload.Upload, Path]:
+        """Start the batch's upload, in a spare process if one waits: (the upload, its directory)."""
+        first = batch[0]
+        with self.spare_lock:
+            w = self.spare.pop(0) if self.spare else None
+        if w is not None:
+            return upload.start_warm(w, [p.run_dir for p in batch], first.project, first.entity,
+                                     self.settings.max_parallel), w.home.parent
+        scratch = first.work.parent / f"sync-{first.unit.run_id}-{first.unit.segment}"
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True, mode=0o700)
+        return upload.start([p.run_dir for p in batch], self.t.base_url, self.key, first.project, first.entity,
+                            scratch / "wandb-home", scratch / "wandb-sync.log", self.settings.max_parallel,
+                            self.t.ca_file), scratch
 
     def ask(self, opened: list[Prepared], after_upload: bool = False) -> list[confirm.Judgement]:
         """The server's word on each opened segment, in one request for many (raises on server trouble)."""
@@ -95,11 +136,15 @@ class Settler:
         except ids.BadId as exc:
             return self.book.failed(u, f"{exc}; not delivered", None)
         try:
-            run_dir = relocate(materialize(self.cfg, u, work / "open"))
+            run_dir, sealed = materialize(self.cfg, u, work / "open")
+            if relocate(run_dir):
+                sealed = None  # the log was rewritten here: read it
             log_path = find_log(run_dir)
             if log_path is None:
                 raise DeliveryError(f"segment {u.segment} of {u.run_id} holds no .wandb log")
-            facts = read_facts(log_path)
+            # The facts kept at sealing, when they are of this very log: folding it again was
+            # most of the CPU opening a bundle took.
+            facts = facts_from_sealed(sealed, log_path.stat().st_size) or read_facts(log_path)
             project, entity = destination(self.t, u, facts)
             return Prepared(u, work, run_dir, log_path, facts, project, entity, self.base_rows(u))
         except Exception as exc:
@@ -117,14 +162,19 @@ class Settler:
             if j.kind == confirm.MISMATCH:
                 return self.book.failed(u, f"the server holds this run but not as sent: {j.detail}; not sending "
                                            "again (that would duplicate rows)", j.server_rows)
+            if 0 < j.server_rows < p.facts.history_rows and not p.facts.ends_known:
+                p.facts = read_facts(p.log_path)  # the server holds part of the rows: cut after the last of them
             cut = plan_cut(p.facts, j.server_rows, send_end=j.end_behind or j.kind == confirm.ABSENT)
             if cut is None:
                 raise DeliveryError(f"segment {u.segment} of {u.run_id}: nothing to send, yet the server lacks it "
                                     f"({j.detail})")
             cut = replace(cut, sweep_id=self.sweeps.sweep_id_for(p.log_path, p.project, p.entity))
-            upload_log = p.log_path.with_name(p.log_path.name + ".cut")
-            p.size = write_cut(p.log_path, upload_log, cut)
-            upload_log.replace(p.log_path)
+            if cut == Cut(FILE_HEADER_LEN, p.facts.size, False, p.facts.history_rows) and not p.facts.torn:
+                p.size = p.facts.size  # the whole log as sealed: sent as it is, not copied first
+            else:
+                upload_log = p.log_path.with_name(p.log_path.name + ".cut")
+                p.size = write_cut(p.log_path, upload_log, cut)
+                upload_log.replace(p.log_path)
             p.server_rows, p.rows, p.resumed = j.server_rows, cut.rows, cut.resumed
             keep = True
             return p
@@ -137,19 +187,15 @@ class Settler:
     def send(self, batch: list[Prepared]) -> list[Outcome]:
         """One ``wandb sync`` for the whole batch (same project and entity), then the server's
         word on each segment."""
-        t, book, first = self.t, self.book, batch[0]
-        scratch = first.work.parent / f"sync-{first.unit.run_id}-{first.unit.segment}"
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir(parents=True, mode=0o700)
-        out_log = scratch / "wandb-sync.log"
+        book, scratch = self.book, None
         try:
             for p in batch:
                 self.report("upload_start", run_id=p.unit.run_id, segment=p.unit.segment, bytes=p.size, rows=p.rows)
             try:
-                up = upload.start([p.run_dir for p in batch], t.base_url, self.key, first.project, first.entity,
-                                  scratch / "wandb-home", out_log, self.settings.max_parallel, t.ca_file)
+                up, scratch = self._start(batch)
             except upload.Stopped:
                 return [book.retry(p.unit, STOPPED, None) for p in batch]
+            out_log = up.log_path
             started = upload.process_start_time(up.pid)
             for p in batch:
                 book.set(p.unit, "uploading", uploader_pid=up.pid, uploader_start=started,
@@ -166,7 +212,8 @@ class Settler:
                 return [book.settle_error(p.unit, exc) for p in batch]
             return [self.judge_sent(p, after, rc, out_log) for p, after in zip(batch, judged)]
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
             for p in batch:
                 shutil.rmtree(p.work, ignore_errors=True)
 

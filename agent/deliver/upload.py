@@ -11,11 +11,13 @@ one's whole process group (wandb sync and what it started), and no new one start
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import ssl
 import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +134,71 @@ class Upload:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+
+# A ``wandb sync`` started before its runs are known: it imports wandb's CLI (~1.2 s of CPU, most
+# of a small delivery's time) while the agent opens bundles and asks the server, then reads its
+# arguments, one JSON line, from stdin and runs the same CLI entry point as the ``wandb`` script.
+# An empty stdin (the agent died or needed it no more) ends it without a request to anyone.
+_WARM_MAIN = ("import json, sys\n"
+              "from wandb.cli.cli import cli\n"
+              "line = sys.stdin.readline()\n"
+              "if not line.strip():\n"
+              "    sys.exit(0)\n"
+              "sys.argv = ['wandb', *json.loads(line)]\n"
+              "sys.exit(cli())\n")
+
+
+@dataclass
+class Warm:
+    """A ``wandb sync`` process waiting for its arguments, with its private directory."""
+    proc: subprocess.Popen
+    home: Path      # wandb's config/cache/data and the process's cwd
+    log_path: Path  # its stdout and stderr
+
+    def discard(self) -> None:
+        """End it unused (its whole process group) and forget it."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        with _running_lock:
+            _running.pop(self.proc.pid, None)
+
+
+def warm(base_url: str, api_key: str, root: Path, ca_file: str | None = None) -> Warm | None:
+    """Start a ``wandb sync`` of the agent's own wandb in ``root`` (made private) that waits for
+    its runs; None where the target has a wandb of its own (started cold, as before)."""
+    client = client_for_url(base_url)
+    if (client is not None and not client.own) or stopping.is_set():
+        return None
+    home = root / "wandb-home"
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log_path = root / "wandb-sync.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-c", _WARM_MAIN], env=sync_env(base_url, api_key, home, ca_file),
+                                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, cwd=str(home),
+                                start_new_session=True, close_fds=True)
+    with _running_lock:
+        _running[proc.pid] = proc
+    if stopping.is_set():
+        stop_all()
+    return Warm(proc, home, log_path)
+
+
+def start_warm(w: Warm, run_dirs: Sequence[Path], project: str, entity: str | None, parallel: int = 1) -> Upload:
+    """Hand ``w`` its runs: from here it is an upload like one ``start`` began."""
+    if stopping.is_set():
+        raise Stopped("stopping: no new upload")
+    argv = sync_argv(run_dirs, project, entity, parallel, exe=["wandb"])[1:]
+    assert w.proc.stdin is not None
+    try:
+        w.proc.stdin.write((json.dumps(argv) + "\n").encode())
+        w.proc.stdin.close()
+    except BrokenPipeError:  # it died while waiting: its log says why; the server is asked after
+        pass
+    return Upload(w.proc, w.log_path)
 
 
 def start(run_dirs: Sequence[Path], base_url: str, api_key: str, project: str, entity: str | None,

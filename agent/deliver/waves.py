@@ -35,15 +35,18 @@ def deliver_waves(settler: Settler, to_send: list[Unit], report) -> Iterator[Out
     queues: dict[str, list[Unit]] = {}
     for u in sorted(to_send, key=lambda x: x.segment):
         queues.setdefault(u.run_id, []).append(u)
-    with ThreadPoolExecutor(max_workers=settler.settings.max_parallel, thread_name_prefix="deliver") as pool:
-        while queues and not upload.stopping.is_set():
-            for o in deliver_wave(settler, [q[0] for q in queues.values()], pool):
-                report("segment_done", outcome=o)
-                yield o
-                q = queues[o.run_id]
-                q.pop(0)
-                if o.state != "confirmed" or not q:
-                    del queues[o.run_id]  # done, or a later segment waits for this one
+    try:
+        with ThreadPoolExecutor(max_workers=settler.settings.max_parallel, thread_name_prefix="deliver") as pool:
+            while queues and not upload.stopping.is_set():
+                for o in deliver_wave(settler, [q[0] for q in queues.values()], pool):
+                    report("segment_done", outcome=o)
+                    yield o
+                    q = queues[o.run_id]
+                    q.pop(0)
+                    if o.state != "confirmed" or not q:
+                        del queues[o.run_id]  # done, or a later segment waits for this one
+    finally:
+        settler.close()  # a wandb sync started ahead that no batch took
 
 
 def deliver_wave(settler: Settler, wave: list[Unit], pool: ThreadPoolExecutor) -> Iterator[Outcome]:
@@ -54,6 +57,7 @@ def deliver_wave(settler: Settler, wave: list[Unit], pool: ThreadPoolExecutor) -
         for part in wave_parts(wave, settler.settings.max_parallel):
             if upload.stopping.is_set():
                 break
+            settler.prewarm()  # its start-up overlaps the opening and the question below
             ready, settled = prepare(settler, part, pool)
             yield from settled
             sending += [senders.submit(settler.send, b) for b in batches(ready, settler.ledger, settler.t.name)]

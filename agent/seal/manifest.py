@@ -97,7 +97,10 @@ def canonical(data: Any) -> bytes:
 def build(*, bundle_id: str, run: RunIdentity, run_dir_name: str, segment: Segment, log_name: str | None,
           log_size: int | None, members: Sequence[Member], skipped: Sequence[Mapping[str, str]],
           redaction: Mapping[str, Any], source_node: str, node_key_id: str, created: str,
-          agent_version: str) -> dict[str, Any]:
+          agent_version: str, log_facts: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest. ``log_facts``: what delivery needs to know of the log before sending it
+    (``segments.sealed_facts``), kept so that it need not fold the log again; outside the
+    content id (they follow from the log it covers)."""
     seg = segment.as_dict(log_size)
     cid = content_id(run, seg, members)  # before "log": the id covers the range, not a file name
     seg["log"] = log_name
@@ -116,6 +119,7 @@ def build(*, bundle_id: str, run: RunIdentity, run_dir_name: str, segment: Segme
         "node_key_id": node_key_id,
         "created": created,
         "agent_version": agent_version,
+        **({"log_facts": dict(log_facts)} if log_facts is not None else {}),
     }
 
 

@@ -149,7 +149,8 @@ def seal_run(cfg: Config, keys: SealKeys, ledger: Ledger, run_dir: Path, run: mf
              run_key: str | None = None, log_path: Path | None = None,
              on_sealed: Callable[[sqlite3.Connection, SealedBundle], None] | None = None,
              progress: bd.Progress = bd._no_progress, level: int = 3,
-             store_compressed: bool = True, expect: bd.Snapshot | None = None) -> SealedBundle:
+             store_compressed: bool = True, expect: bd.Snapshot | None = None,
+             log_facts: Mapping[str, Any] | None = None) -> SealedBundle:
     """Seal ``run_dir`` (already redacted) as one segment of ``run`` into the outbox.
 
     ``segment``: a number, or ``Segment(number, byte_start, byte_end)`` where the byte range is
@@ -158,6 +159,7 @@ def seal_run(cfg: Config, keys: SealKeys, ledger: Ledger, run_dir: Path, run: mf
     inside the ledger transaction that records the bundle, for the caller's own bookkeeping.
     ``store_compressed=False`` recompresses already-compressed media too (for measuring).
     ``expect``: what redaction wrote (``bundle.snapshot``); a copy that differs is refused.
+    ``log_facts``: the log's facts for delivery (``segments.sealed_facts``), kept in the manifest.
     Idempotent: the same content sealed again returns the bundle already there (``reused``).
     Raises ``bd.SealError`` (a file changed, the disk filled) leaving no bundle behind.
     """
@@ -181,7 +183,7 @@ def seal_run(cfg: Config, keys: SealKeys, ledger: Ledger, run_dir: Path, run: mf
             log_name=plan.log_name, log_size=plan.log_size, members=[p.member for p in plan.members],
             skipped=plan.skipped, redaction=redaction_report or {}, source_node=cfg.node_name,
             node_key_id=pub.key_id_hex, created=created.isoformat().replace("+00:00", "Z"),
-            agent_version=__version__)
+            agent_version=__version__, log_facts=log_facts)
         cid = manifest["content_id"]
         byte_end = manifest["segment"]["byte_end"]
 
