@@ -13,6 +13,7 @@ functions over the facts.
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import math
 import os
@@ -74,14 +75,17 @@ def read_facts(log: Path, limit: int | None = None) -> LogFacts:
 
 
 SEALED_FACTS_VERSION = 1
+ENDS_KEPT_MAX = 100_000  # history rows up to which every row's offset is kept (as differences: ~4 bytes a row)
 
 
 def sealed_facts(facts: LogFacts) -> dict[str, Any]:
     """Pure: what delivery needs to know of a log before it sends it, as plain data kept in the
     bundle's manifest at sealing (``facts_from_sealed``): it plans from these without folding
-    the log again. Not each history row's offset (a long run has millions): a server holding
-    part of the rows has the log read for its cut (``LogFacts.ends_known``)."""
-    return {"version": SEALED_FACTS_VERSION, "size": facts.size, "end": facts.end, "torn": facts.torn,
+    the log again. Each history row's offset (where a cut after part of the rows starts) only
+    up to ``ENDS_KEPT_MAX`` rows: a longer log is read for such a cut (``LogFacts.ends_known``)."""
+    ends = facts.history_ends
+    kept = {"history_ends_diff": [b - a for a, b in zip([0, *ends], ends)]} if len(ends) <= ENDS_KEPT_MAX else {}
+    return {**kept, "version": SEALED_FACTS_VERSION, "size": facts.size, "end": facts.end, "torn": facts.torn,
             "history_rows": facts.history_rows, "last_history_end": facts.history_ends[-1] if facts.history_ends else None,
             "first_step": facts.first_step, "last_step": facts.last_step, "metric_values": facts.metric_values,
             "summary": facts.summary, "run_id": facts.run_id, "project": facts.project, "entity": facts.entity,
@@ -106,11 +110,21 @@ def facts_from_sealed(d: Any, log_size: int) -> LogFacts | None:
             and (d.get("exit_code") is None or isinstance(d.get("exit_code"), int))
             and all(d.get(k) is None or isinstance(d.get(k), str) for k in ("run_id", "project", "entity"))):
         return None
+    ends = _ends(d.get("history_ends_diff"), rows, last)
     return LogFacts(size=log_size, end=d["end"], torn=d["torn"], history_rows=rows,
-                    history_ends=[] if last is None else [last], first_step=d["first_step"],
+                    history_ends=ends or ([] if last is None else [last]), first_step=d["first_step"],
                     last_step=d["last_step"], metric_values=d["metric_values"], summary=d["summary"],
                     run_id=d["run_id"], project=d["project"], entity=d["entity"], exit_code=d["exit_code"],
-                    data_after_exit=d["data_after_exit"], ends_known=False)
+                    data_after_exit=d["data_after_exit"], ends_known=ends is not None)
+
+
+def _ends(diffs: Any, rows: int, last: int | None) -> list[int] | None:
+    """Each history row's end offset from their kept differences; None if not kept or not
+    consistent with the row count and the last row's end."""
+    if not isinstance(diffs, list) or len(diffs) != rows or not all(_int(x) and x > 0 for x in diffs):
+        return None
+    ends = list(itertools.accumulate(diffs))
+    return ends if (ends[-1] if ends else None) == last else None
 
 
 def comparable_summary(summary: dict[str, Any]) -> dict[str, float]:

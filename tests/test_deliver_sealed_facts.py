@@ -3,7 +3,8 @@
 
 The facts are an optimisation, never a second truth: kept facts that are not of the opened log
 (another size), malformed, or missing (an older agent's bundle) mean the log is read as before;
-a server holding part of a run has the log read for its cut (the facts keep no row offsets).
+a server holding part of a run whose rows' offsets were not kept (a very long log) has the log
+read for its cut.
 The server is asked before anything is sent, whatever the facts say. A `wandb sync` started
 ahead that no batch took is ended with the round: no process is left behind.
 """
@@ -36,10 +37,22 @@ def test_kept_facts_plan_what_the_log_plans(corpus: Path) -> None:
         for name in ("end", "torn", "history_rows", "summary", "run_id", "project", "entity", "exit_code",
                      "data_after_exit", "metric_values", "last_step"):
             assert getattr(kept, name) == getattr(whole, name), (log.name, name)
-        for server_rows, send_end in [(0, False), (0, True), (whole.history_rows, False), (whole.history_rows, True)]:
-            assert plan_cut(kept, server_rows, send_end) == plan_cut(whole, server_rows, send_end), (log.name, server_rows)
-        with pytest.raises(ValueError):  # part of the rows on the server: the log must be read for the cut
-            plan_cut(kept, whole.history_rows // 2, False)
+        for server_rows in range(whole.history_rows + 2):
+            for send_end in (False, True):
+                assert plan_cut(kept, server_rows, send_end) == plan_cut(whole, server_rows, send_end), \
+                    (log.name, server_rows)
+        # A log too long to keep each row's end (or kept ends that do not add up): a cut after
+        # part of the rows is refused from the facts alone; the log must be read for it.
+        for diffs in (None, [1] * whole.history_rows, [0] * whole.history_rows):
+            d = {k: v for k, v in sealed_facts(whole).items() if k != "history_ends_diff"}
+            if diffs is not None:
+                d["history_ends_diff"] = diffs
+            short = facts_from_sealed(d, log.stat().st_size)
+            assert short is not None and not short.ends_known
+            assert plan_cut(short, 0) == plan_cut(whole, 0)
+            assert plan_cut(short, whole.history_rows, True) == plan_cut(whole, whole.history_rows, True)
+            with pytest.raises(ValueError):
+                plan_cut(short, whole.history_rows // 2, False)
 
 
 def test_kept_facts_not_of_this_log_are_not_used(corpus: Path) -> None:
@@ -122,6 +135,15 @@ def test_a_grown_run_sealed_with_its_facts_arrives_whole_once(corpus: Path, tmp_
         assert _warm_left(tmp_path) == []
         deliver_dir = other.config().state_dir / "deliver"
         assert not list(deliver_dir.rglob("sync-warm-*")), list(deliver_dir.rglob("*"))
+
+        # The server goes away after the target's last probe said online: the process started
+        # before this probe is ended with the round, and nothing is confirmed.
+        server.kill()
+        late = _seal(site, next(d for d in corpus_dirs(corpus) if d.name != src.name))
+        out = json.loads(sync(site, "--once", check=False).stdout)
+        assert all(r["state"] != "confirmed" for r in out["deliveries"]["rows"] if r["run_id"] == late), out
+        assert _warm_left(tmp_path) == []
+        assert not list((site.config().state_dir / "deliver").rglob("sync-warm-*"))
     finally:
         server.stop()
 

@@ -32,7 +32,7 @@ from . import policy, probe, upload
 from .outcomes import Outcome, RoundReport, delivery, set_state
 from .settings import Target, policies, sync_settings, targets
 from .settle import Reporter, Settler
-from .target_status import probe_target, target_row
+from .target_status import probe_target, read_key, target_row
 from .waves import deliver_waves
 from .work import NO_IDENTITY, Unit, pending_units
 
@@ -107,6 +107,19 @@ def _sweep_leftovers(ledger: Ledger, cfg: config_mod.Config, target_name: str) -
         shutil.rmtree(p, ignore_errors=True)
 
 
+def _warm_early(cfg: config_mod.Config, target_name: str, t: Target, row: dict[str, Any] | None) -> upload.Warm | None:
+    """A ``wandb sync`` started before the probe, to import wandb while it runs: only for a
+    target that was online when last probed and sends with the agent's own wandb (ended
+    unused if the probe says otherwise now)."""
+    if t.wandb is not None or not row or row["status"] != probe.ONLINE:
+        return None
+    key, missing = read_key(target_name, t)
+    if missing is not None:
+        return None
+    root = statedir.deliver_target(cfg, target_name) / f"sync-warm-{os.getpid()}-0"
+    return upload.warm(t.base_url, key, root, t.ca_file)
+
+
 def _choose(ledger: Ledger, cfg: config_mod.Config, target_name: str, rr: RoundReport, *, only_run: str | None,
             dry_run: bool, force_probe: bool, wait_for_others: bool, retry_failed: bool, now: float) -> list[Unit]:
     """The segments to send now; the others' outcome (held, waiting, uploading) goes in ``rr``."""
@@ -179,16 +192,20 @@ def _round(ledger: Ledger, cfg: config_mod.Config, target_name: str, t: Target, 
     if row and row["status"] != probe.ONLINE and row["next_attempt"] and row["next_attempt"] > now and not force_probe:
         rr.status, rr.detail, rr.waiting = row["status"], row["detail"], rr.waiting + len(to_send)
         return rr
+    _sweep_leftovers(ledger, cfg, target_name)
+    early = _warm_early(cfg, target_name, t, row)
     res, rec, key = probe_target(ledger, target_name, t, settings, now)
     rr.status, rr.detail = rec["status"], rec["detail"]
     if res.status != probe.ONLINE:
+        if early is not None:
+            early.discard()
+            shutil.rmtree(early.home.parent, ignore_errors=True)
         log.warning("target %s is %s: %s; next attempt in %.0fs", target_name, res.status, res.detail,
                     (rec["next_attempt"] or now) - now)
         rr.waiting += len(to_send)
         return rr
 
-    _sweep_leftovers(ledger, cfg, target_name)
-    settler = Settler(ledger, cfg, t, key, settings, report)
+    settler = Settler(ledger, cfg, t, key, settings, report, spare=early)
     report("round_start", target=target_name, segments=len(to_send))
     rr.outcomes.extend(deliver_waves(settler, to_send, report))
     return rr

@@ -64,11 +64,11 @@ class Settler:
     """Deliver segments to one target (its key in hand, the target online)."""
 
     def __init__(self, ledger: Ledger, cfg: config_mod.Config, t: Target, key: str, settings: SyncSettings,
-                 report: Reporter) -> None:
+                 report: Reporter, spare: upload.Warm | None = None) -> None:
         self.ledger, self.cfg, self.t, self.key, self.settings, self.report = ledger, cfg, t, key, settings, report
         self.book = Book(ledger, t, settings)
         self.sweeps = sweeps.Sweeps(cfg, t, key)  # trials attached to their W&B sweep (sweeps.py)
-        self.spare: list[upload.Warm] = []  # wandb sync processes started ahead, waiting for runs
+        self.spare: list[upload.Warm] = [spare] if spare else []  # wandb sync processes started ahead
         self.spare_lock = threading.Lock()
         self.warmed = 0
 
@@ -163,7 +163,7 @@ class Settler:
                 return self.book.failed(u, f"the server holds this run but not as sent: {j.detail}; not sending "
                                            "again (that would duplicate rows)", j.server_rows)
             if 0 < j.server_rows < p.facts.history_rows and not p.facts.ends_known:
-                p.facts = read_facts(p.log_path)  # the server holds part of the rows: cut after the last of them
+                p.facts = read_facts(p.log_path)  # part of the rows on the server, a log too long to keep each row's end
             cut = plan_cut(p.facts, j.server_rows, send_end=j.end_behind or j.kind == confirm.ABSENT)
             if cut is None:
                 raise DeliveryError(f"segment {u.segment} of {u.run_id}: nothing to send, yet the server lacks it "
