@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from .. import __version__
-from .. import failures, statedir
+from .. import failures, procs, statedir
 from ..durable import fsync_dir
 from ..config import Config
 from ..ledger import Ledger
@@ -67,16 +67,6 @@ def bundle_name(run_id: str, segment: int) -> str:
     return statedir.bundle_name(run_id, segment)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def recover(outbox: Path) -> list[str]:
     """Remove what a crash left: temporary files of dead processes and signatures whose bundle
     never arrived. Safe while other sealers run (their temporary files are left alone)."""
@@ -90,7 +80,7 @@ def recover(outbox: Path) -> list[str]:
                 pid = int(name[len(TMP_PREFIX):].split("-", 1)[0])
             except ValueError:
                 pid = -1
-            if pid == os.getpid() or not _pid_alive(pid):
+            if pid == os.getpid() or not procs.alive(pid, None):
                 p.unlink(missing_ok=True)
                 removed.append(name)
         elif name.endswith(SUFFIX + SIG_SUFFIX) and not (outbox / name[:-len(SIG_SUFFIX)]).exists():
