@@ -22,9 +22,11 @@ BATCH_MAX = 64  # runs per wandb sync process: bounds its argv and how long conf
 
 def wave_parts(wave: list[Unit], parallel: int) -> list[list[Unit]]:
     """Pure: the order a wave is opened and sent in. A long wave goes in two parts: its first
-    ``parallel`` segments start uploading while the rest are opened (decrypting, verifying and
-    reading a bundle is ~0.1 s of this process's CPU each, time the server would otherwise sit
-    idle); a short one goes whole."""
+    ``parallel`` segments start uploading while the rest are opened (decrypting and verifying a
+    bundle, and folding its log where the manifest kept no facts of it, up to ~0.1 s of this
+    process's CPU each, time the server would otherwise sit idle); a short one goes whole.
+    (With the facts kept, one part for the whole wave measured the same: 1.00 and 1.04 against
+    1.04, 50 runs.)"""
     if len(wave) <= 2 * parallel:
         return [wave]
     return [wave[:parallel], wave[parallel:]]
