@@ -84,20 +84,36 @@ def _write_new(out: str, data: bytes) -> None:
     write_all(fd, data)
 
 
+def open_regular(path: str) -> tuple[int, os.stat_result] | None:
+    """(fd, stat) of ``path`` opened for reading if it is a regular file when opened, else None:
+    O_NOFOLLOW (a symlink swapped in is not followed), O_NONBLOCK (a FIFO does not hang the open).
+    Shared by the helper and the redactor (this module loads with the standard library alone)."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return None
+    return fd, st
+
+
 def one(ph: Any, base_hmac: Any, task: tuple, writes: list[tuple[str, bytes]]) -> tuple | None:
     """(new path, sha256, size, tag, format, bytes in) of one file, or None if it is not a
     regular file any more (swapped for a symlink, a FIFO ... since the parent checked it).
     The new path is ``prefix`` + the placeholder's hash + ``ext`` (the parent's naming); the
     file to create goes into ``writes``."""
     src, kind, hint, prefix, ext, out_dir = task
-    try:
-        fd = os.open(src, _OPEN_FLAGS)
-    except OSError:
+    opened = open_regular(src)
+    if opened is None:
         return None
+    fd, st = opened
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None
         h = base_hmac.copy()
         data = _read(fd, st.st_size, h)
     finally:

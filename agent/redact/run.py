@@ -72,9 +72,6 @@ def _write_new(out: str, data: bytes, rel: str) -> None:
     hasher.write_all(fd, data)
 
 
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-
-
 def _regular_files(d: str) -> frozenset[str]:
     """Names of the regular files in ``d`` (not symlinks: d_type, no stat per entry)."""
     try:
@@ -367,21 +364,8 @@ class _Run:
         is still a regular file when opened (O_NOFOLLOW: a symlink swapped in since is not
         followed; O_NONBLOCK: a FIFO swapped in does not hang the open); else None."""
         full = self.source_file(rel)
-        if full is None:
-            return None
-        try:
-            fd = os.open(full, _OPEN_FLAGS)
-        except OSError:
-            return None
-        try:
-            st = os.fstat(fd)
-        except OSError:
-            os.close(fd)
-            return None
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            return None
-        return fd, st.st_size
+        opened = None if full is None else hasher.open_regular(str(full))
+        return None if opened is None else (opened[0], opened[1].st_size)
 
     # -- media files -----------------------------------------------------------------------
     def resolve(self, path: str, kind: str, d: Decision, key: str) -> FileOutcome | None:
