@@ -176,3 +176,11 @@ def craft_bundle(out: Path, node_key: Path, recipient: str, good: dict[str, byte
 def recipient_of(identity: Path) -> str:
     return subprocess.run(["age-keygen", "-y", str(identity)], check=True, capture_output=True,
                           text=True).stdout.strip()
+
+
+def site_redact_secret(site_root: Path) -> Path:
+    """A fresh 0600 site secret for keyed tags under ``site_root/keys`` (redact.secret_file)."""
+    secret = Path(site_root) / "keys" / "redact.key"
+    secret.write_bytes(os.urandom(32))
+    secret.chmod(0o600)
+    return secret

@@ -15,7 +15,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from seal_helpers import make_site
+from seal_helpers import make_site, site_redact_secret
 
 from conftest import CORPUS_RUNS
 
@@ -35,9 +35,7 @@ sys.addaudithook(_hook)  # cannot be removed; it does nothing for a path no test
 
 def _site(tmp_path: Path, corpus: Path):
     site = make_site(tmp_path / "site")
-    secret = tmp_path / "site" / "keys" / "redact.key"
-    secret.write_bytes(os.urandom(32))
-    secret.chmod(0o600)
+    secret = site_redact_secret(tmp_path / "site")
     with open(site.node_cfg, "a") as f:
         f.write(f'[watch]\nroots = ["{corpus}"]\nquiet_seconds = 2\n[path_map]\n"/runs" = "{corpus}"\n'
                 f'[redact]\nsecret_file = "{secret}"\nmetadata = "redact"\n')

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
-from seal_helpers import make_site, minisign_ok, tool_list
+from seal_helpers import make_site, minisign_ok, site_redact_secret, tool_list
 
 from conftest import CORPUS_RUNS, status
 from daemon_helpers import DaemonProc, run_states, wait_for
@@ -32,9 +31,7 @@ columns = {{ "patient_id" = "hash", "email" = "drop" }}
 
 def node_site(tmp_path: Path, corpus: Path):
     site = make_site(tmp_path / "site")
-    secret = tmp_path / "site" / "keys" / "redact.key"
-    secret.write_bytes(os.urandom(32))
-    secret.chmod(0o600)
+    secret = site_redact_secret(tmp_path / "site")
     with open(site.node_cfg, "a") as f:
         f.write(f'[watch]\nroots = ["{corpus}"]\nquiet_seconds = 2\nreconcile_seconds = 30\n'
                 f'[path_map]\n"/runs" = "{corpus}"\n' + POLICY.format(secret=secret))
