@@ -232,7 +232,8 @@ def tmpfs(path: Path, size: str, nr_inodes: int | None = None):
         why = f"mount -t tmpfs failed ({r.stderr.strip() or r.returncode})"
         if os.geteuid() == 0:
             pytest.fail(f"{why}: as root the full-disk test needs its tmpfs", pytrace=False)
-        pytest.skip(f"{why}: mounting needs root, which this user is not; a full disk is not simulated here")
+        pytest.skip(f"{why}: a full disk is simulated with a tmpfs, and mounting one needs root, which this "
+                    "user is not (CI runs as root, where a failed mount fails the test)")
     try:
         yield path
     finally:
