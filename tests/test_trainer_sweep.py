@@ -21,7 +21,7 @@ import pytest
 from trainer_helpers import ROOT, child_env, config_value, read_run, run_files
 
 HELPERS = ROOT / "tests" / "trainer_helpers.py"
-TRIAL = [sys.executable, str(HELPERS), "sweep-trial"]
+IN_PROCESS = [sys.executable, str(HELPERS), "sweep-digits-in-process"]
 LIGHT = [sys.executable, str(HELPERS), "sweep-light-trial"]  # no TensorFlow: the lease test
 RANDOM_CFG = textwrap.dedent("""\
     method: random
@@ -56,13 +56,15 @@ def run_record(wandb_file: Path):
 
 
 def digits_sweep(base: Path) -> dict:
-    """A random sweep of 6 trials drawn by 3 trainer processes at once (each may take 3)."""
+    """A random sweep of 6 trials drawn by 3 trainer processes at once, 2 each, each training
+    its trials in process (``tfwb_trainer.sweep`` with a function). The runner that starts a
+    process per trial (``python -m tfwb_trainer.sweep … -- command``) is the one the lease and
+    hyperband tests drive."""
     runs = base / "runs"
     runs.mkdir()
     (base / "sweep.yaml").write_text(RANDOM_CFG)
     env = child_env(runs)
-    procs = [subprocess.Popen(sweep_cmd(str(base / "sweep.yaml"), "--name", "digits-rand", "--project", "sweep-digits",
-                                        "--count", "3", "--", *TRIAL),
+    procs = [subprocess.Popen([*IN_PROCESS, str(base / "sweep.yaml"), "digits-rand", "2"],
                               env=env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(3)]
     outs = [p.communicate(timeout=420) for p in procs]

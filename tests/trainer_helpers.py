@@ -216,17 +216,25 @@ def _count_reads(runs_dir: str, steps: int, every: int) -> None:
     print(json.dumps({"reads": Counted.reads, "lazy_calls": calls["n"], "logged": logged}))
 
 
-def _sweep_trial(args: list[str]) -> None:
-    """One sweep trial on the digits example: lr, batch_size and dropout come from the sweep
-    through ``tfwb_trainer.init``; ``--hold-at N`` stops at step N until stdin closes."""
-    import argparse
+def _sweep_digits_in_process(args: list[str]) -> None:
+    """``CONFIG NAME COUNT``: this process draws up to COUNT trials of the sweep and trains each
+    in process (``tfwb_trainer.sweep`` with a function, TensorFlow imported once); prints the
+    run ids it trained as JSON."""
+    import tfwb_trainer
 
-    p = argparse.ArgumentParser()
-    p.add_argument("--hold-at", type=int)
-    p.add_argument("--samples", type=int, default=192)
-    a = p.parse_args(args)
+    config, name, count = args
+    ran: list[str] = []
+    tfwb_trainer.sweep(config, lambda: ran.append(_train_digits()), count=int(count), name=name,
+                       project="sweep-digits")
+    print(json.dumps({"ran": ran}))
+
+
+def _train_digits() -> str:
+    """One trial on the digits example: lr, batch_size and dropout come from the sweep through
+    ``tfwb_trainer.init``."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.path.insert(0, str(EXAMPLES))
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
     import tfwb_trainer
 
     run = tfwb_trainer.init(project="sweep-digits", config={"lr": 1e-2, "batch_size": 32, "dropout": 0.0, "epochs": 1})
@@ -235,29 +243,19 @@ def _sweep_trial(args: list[str]) -> None:
     from tensorflow import keras
     from _data import digits
 
-    (x, y), (xv, yv), _ = digits(train_samples=a.samples, val_samples=64)
+    (x, y), (xv, yv), _ = digits(train_samples=192, val_samples=64)
     tf.random.set_seed(0)
     model = keras.Sequential([keras.layers.Input((8, 8, 1)), keras.layers.Flatten(),
                               keras.layers.Dropout(float(cfg["dropout"])), keras.layers.Dense(10)])
     model.compile(optimizer=keras.optimizers.Adam(float(cfg["lr"])),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 
-    class Hold(keras.callbacks.Callback):
-        def __init__(self) -> None:
-            super().__init__()
-            self.n = 0
-
-        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-            self.n += 1
-            if a.hold_at is not None and self.n == a.hold_at:
-                print(f"HOLD {self.n}", flush=True)
-                sys.stdin.readline()
-
     model.fit(x, y, batch_size=int(cfg["batch_size"]), epochs=int(cfg["epochs"]), verbose=0,
               validation_data=(xv, yv), callbacks=[
-                  tfwb_trainer.MetricsCallback(log_every_n_steps=2, batch_size=int(cfg["batch_size"]), best_monitor=None),
-                  Hold()])
+                  tfwb_trainer.MetricsCallback(log_every_n_steps=2, batch_size=int(cfg["batch_size"]), best_monitor=None)])
+    run_id = run.id
     tfwb_trainer.finish()
+    return run_id
 
 
 def _sweep_light_trial(args: list[str]) -> None:
@@ -280,7 +278,7 @@ def _sweep_light_trial(args: list[str]) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "count-reads":
         _count_reads(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
-    elif sys.argv[1] == "sweep-trial":
-        _sweep_trial(sys.argv[2:])
+    elif sys.argv[1] == "sweep-digits-in-process":
+        _sweep_digits_in_process(sys.argv[2:])
     elif sys.argv[1] == "sweep-light-trial":
         _sweep_light_trial(sys.argv[2:])
