@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from typing import TYPE_CHECKING, Any, Callable
 
 from google.protobuf import unknown_fields
@@ -122,7 +123,7 @@ def _artifact(r: "_Run", rec: Any) -> bool:
     if not table_artifact and r.policy.artifacts == "drop":
         r.report.artifacts["dropped"] += 1
         return False
-    keep = []
+    keep, tables = [], []  # tables: the keys of a run-table artifact's tables
     for e in art.manifest.contents:
         if e.ref and not e.local_path:
             ref = e.ref
@@ -158,6 +159,7 @@ def _artifact(r: "_Run", rec: Any) -> bool:
                                            f"{key} (artifact)", r.out)).encode()
             r.write(rel, data)
             digest, size = hashlib.md5(data).digest(), len(data)
+            tables.append(key)
         else:
             md5 = hashlib.md5()
             sink = Sink(r.out_path(rel))
@@ -175,9 +177,11 @@ def _artifact(r: "_Run", rec: Any) -> bool:
         e.digest = base64.b64encode(digest).decode()
         e.size = size
         keep.append(e)
-    if not keep:
+    if not keep or (table_artifact and not tables):
         r.report.artifacts["dropped"] += 1
         return False
+    if table_artifact:
+        art.name = _table_artifact_name(art.run_id, art.name, tables[0], r.out.name(tables[0]))
     del art.manifest.contents[:]
     art.manifest.contents.extend(keep)
     h = hashlib.md5(b"wandb-artifact-manifest-v1\n")
@@ -186,6 +190,21 @@ def _artifact(r: "_Run", rec: Any) -> bool:
     art.digest = h.hexdigest()
     r.report.artifacts["rewritten"] += 1
     return True
+
+
+def _table_artifact_name(run_id: str, name: str, key: str, new_key: str) -> str:
+    """A run-table artifact's name, made again from the table's key as scrubbed (the same new
+    name the key has in the history). wandb names
+    it after the key: ``run-<id>-<key>`` (0.31), or with every character but letters, digits
+    and ``_`` removed (0.15). That second form no longer looks like the secret it came from
+    (``glpat-…`` loses its dash), so scrubbing the old name as text cannot be trusted: the old
+    name never leaves, whatever its form."""
+    if name == f"run-{run_id}-{key}":
+        return f"run-{run_id}-{new_key}"
+    return f"run-{run_id}-{_WANDB015_TABLE_NAME.sub('', new_key)}"
+
+
+_WANDB015_TABLE_NAME = re.compile(r"[^a-zA-Z0-9_]+")  # wandb 0.15's sdk/data_types/utils.py
 
 
 def _safe_rel(rel: str) -> bool:
