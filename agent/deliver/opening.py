@@ -3,7 +3,9 @@
 From this node's outbox the bundle is verified and decrypted (``seal.open_bundle``); from a
 gateway's staging the run directory is copied (it was verified when it was imported). Either
 way ``wandb sync`` writes into the copy (its ``.synced`` marker, the cut log), never into the
-outbox or staging.
+outbox or staging. The log's facts come with it: from the bundle's manifest, or, for a staged
+run, from the ledger, which kept the manifest's at import (the gateway neither folds the log
+nor opens its manifest again to learn them).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import config as config_mod
+from ..ledger import Ledger
 from ..redact.run import relocate_staging
 from ..seal import Refused, keys_config, open_bundle, open_keys
 from ..seal.keystore import KeyFileError
@@ -24,9 +27,10 @@ def _staged_run_dir(staged: Path) -> Path | None:
     return dirs[0] if len(dirs) == 1 else None
 
 
-def materialize(cfg: config_mod.Config, u: Unit, work: Path) -> tuple[Path, dict[str, Any] | None]:
+def materialize(cfg: config_mod.Config, ledger: Ledger, u: Unit, work: Path) -> tuple[Path, dict[str, Any] | None]:
     """The segment's run directory, opened into ``work`` (made afresh, private), and the log
-    facts its bundle's manifest kept at sealing (None from staging, or an older agent's bundle)."""
+    facts its bundle's manifest kept at sealing (staged: as the import recorded them; None for
+    an older agent's bundle)."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, mode=0o700)
     if u.source == "staged":
@@ -35,7 +39,7 @@ def materialize(cfg: config_mod.Config, u: Unit, work: Path) -> tuple[Path, dict
             raise DeliveryError(f"staged bundle {u.path} holds no single run directory")
         dst = work / src.name
         shutil.copytree(src, dst, symlinks=True)
-        return dst, None
+        return dst, ledger.import_log_facts(u.bundle_id, u.content_id)
     try:
         keys = open_keys(keys_config(cfg))
     except (KeyFileError, ValueError, config_mod.ConfigError) as exc:

@@ -136,7 +136,7 @@ class Settler:
         except ids.BadId as exc:
             return self.book.failed(u, f"{exc}; not delivered", None)
         try:
-            run_dir, sealed = materialize(self.cfg, u, work / "open")
+            run_dir, sealed = materialize(self.cfg, self.ledger, u, work / "open")
             if relocate(run_dir):
                 sealed = None  # the log was rewritten here: read it
             log_path = find_log(run_dir)

@@ -160,6 +160,13 @@ MIGRATIONS: list[str] = [
     # 6: receipts and retention's tables (``RECEIPT_TABLES``, above). IF NOT EXISTS: a ledger from
     # before this migration may have them already, made by ``receipts.ensure_receipt_tables``.
     RECEIPT_TABLES,
+    # 7: the log facts an imported bundle's manifest carries (``segments.sealed_facts``, as JSON),
+    # so a gateway plans its delivery from them instead of folding the run's log again. Imports
+    # from before keep none (NULL; staging holds the run directory only, not the manifest):
+    # their logs are read at delivery, as they were.
+    """
+    ALTER TABLE imports ADD COLUMN log_facts TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
