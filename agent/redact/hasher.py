@@ -48,13 +48,21 @@ def placeholder(ph: Any, kind: str, data: bytes, tag: str, hint: Any) -> bytes:
     return ph.text_placeholder(tag)
 
 
-def _read(fd: int, size: int, h: Any) -> bytes:
+def read_all(fd: int, size: int) -> bytes:
+    """All of an open file, to its end (whatever its size was when stat'ed): one read of its
+    own size for a small file (a block-sized buffer for each of 10,000s of images costs more
+    than the images)."""
+    data = os.read(fd, size + 1)
+    while block := os.read(fd, max(size, 1 << 16)):
+        data += block
+    return data
+
+
+def read_tagged(fd: int, size: int, h: Any) -> bytes:
     """The bytes the placeholder needs (all of a small file, the first block of a big one);
     every byte goes into ``h``."""
     if size <= BLOCK:
-        data = os.read(fd, size + 1)
-        while block := os.read(fd, max(size, 1 << 16)):
-            data += block
+        data = read_all(fd, size)
         h.update(data)
         return data
     data = os.read(fd, BLOCK)
@@ -115,7 +123,7 @@ def one(ph: Any, base_hmac: Any, task: tuple, writes: list[tuple[str, bytes]]) -
     fd, st = opened
     try:
         h = base_hmac.copy()
-        data = _read(fd, st.st_size, h)
+        data = read_tagged(fd, st.st_size, h)
     finally:
         os.close(fd)
     tag = h.hexdigest()

@@ -2,94 +2,20 @@
 
 An item is a protobuf ``HistoryItem`` / ``SummaryItem`` (``key`` or ``nested_key``, and
 ``value_json``). Items that carry no media come back as the very same objects, so their bytes
-are unchanged: the property test relies on it.
+are unchanged: the property test relies on it. Which items make up a media object:
+``media_items.py``.
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Callable, Sequence
 
 from . import media
 from .media import Decide, Resolve, TextTag
-from .outgoing import item_parts
+from .media_items import (PLAN_FIELDS, Path_, display_key, insert, item_paths, loads, may_hold_media,
+                          media_groups, media_in_items)
+from .string_fields import item_parts
 
-Path_ = tuple[str, ...]
-# json.loads without its wrapper (the values are str: the same result, the same ValueError).
-_loads = json.JSONDecoder().decode
-
-
-def item_path(item: Any) -> Path_:
-    return tuple(item.nested_key) if len(item.nested_key) else (item.key,)
-
-
-def display_key(path: Path_) -> str:
-    return ".".join(path)
-
-
-def _may_hold_media(raw: str) -> bool:
-    # Cheap test before parsing: media objects are JSON objects (or lists of them).
-    s = raw.lstrip()
-    return s[:1] in ("{", "[")
-
-
-def _paths(items: Sequence[Any]) -> list[Path_]:
-    return [tuple(nk) if len(nk := it.nested_key) else (it.key,) for it in items]
-
-
-def _media_roots(raws: Sequence[str], paths: Sequence[Path_], typed: Sequence[int] | None = None) -> set[Path_]:
-    """Roots of media objects that wandb 0.31 flattened into one item per field. ``typed``: the
-    indices of the items whose path ends in ``_type`` (the only candidates), when known."""
-    roots: set[Path_] = set()
-    for i in (typed if typed is not None else range(len(paths))):
-        path = paths[i]
-        if len(path) >= 2 and path[-1] == "_type":
-            try:
-                t = _loads(raws[i])
-            except ValueError:
-                continue
-            if isinstance(t, str) and t in media.KINDS:
-                roots.add(path[:-1])
-    return roots
-
-
-def _root_of(path: Path_, roots: set[Path_]) -> Path_ | None:
-    for n in range(1, len(path)):
-        if path[:n] in roots:
-            return path[:n]
-    return None
-
-
-def _media_groups(raws: Sequence[str], paths: Sequence[Path_], typed: Sequence[int] | None = None
-                  ) -> tuple[list[Path_ | None], dict[Path_, list[int]]]:
-    """For each item, the media object (its root path) it belongs to, or None; and each media
-    object's items, in order of first appearance. ``typed``: as ``_media_roots``."""
-    if typed is not None and not typed:
-        return [None] * len(paths), {}
-    roots = _media_roots(raws, paths, typed)
-    if not roots:
-        return [None] * len(paths), {}
-    owner = _owners(paths, roots)
-    groups: dict[Path_, list[int]] = {}
-    for i, r in enumerate(owner):
-        if r is not None:
-            groups.setdefault(r, []).append(i)
-    return owner, groups
-
-
-def _owners(paths: Sequence[Path_], roots: set[Path_]) -> list[Path_ | None]:
-    """``_root_of`` of each path; most roots are one key long."""
-    if all(len(r) == 1 for r in roots):
-        # Then a path's root can only be its first key (the common case: one comprehension).
-        return [p[:1] if len(p) >= 2 and p[:1] in roots else None for p in paths]
-    out: list[Path_ | None] = []
-    for p in paths:
-        if len(p) < 2:
-            out.append(None)
-        elif p[:1] in roots:
-            out.append(p[:1])
-        else:
-            out.append(_root_of(p, roots) if len(p) > 2 else None)
-    return out
+__all__ = ["PLAN_FIELDS", "media_in_items", "redact_items", "redact_scrub_items"]  # the first two: for runlog
 
 
 def redact_items(items: Sequence[Any], new_item: Callable[[Path_, str], Any], decide: Decide,
@@ -101,9 +27,9 @@ def redact_items(items: Sequence[Any], new_item: Callable[[Path_, str], Any], de
     ``new_item(path, value_json)`` builds an item of the caller's type. Plain values under a
     key the training code declared ``sensitive`` are replaced by their keyed tag (wandb's own
     ``_step``/``_runtime``/``_timestamp`` never are); None: no key is."""
-    paths = _paths(items)
+    paths = item_paths(items)
     raws = [it.value_json for it in items]
-    owner, groups = _media_groups(raws, paths)
+    owner, groups = media_groups(raws, paths)
     # Each flattened media object is decided once, in order of first appearance. A kept one
     # leaves its items where they were; a rewritten one takes its first item's place.
     results: dict[Path_, Any] = {}
@@ -111,7 +37,7 @@ def redact_items(items: Sequence[Any], new_item: Callable[[Path_, str], Any], de
         node: dict[str, Any] = {}
         n = len(r)
         for i in group:
-            _insert(node, paths[i][n:], _loads(raws[i]))
+            insert(node, paths[i][n:], loads(raws[i]))
         new = media.transform_node(node, display_key(r), decide, resolve, text_tag, count)
         results[r] = None if new is node else new
     out: list[Any] = []
@@ -129,9 +55,9 @@ def redact_items(items: Sequence[Any], new_item: Callable[[Path_, str], Any], de
                 else:
                     out.append(new_item(r, media.dumps(new)))
             continue
-        if _may_hold_media(raw):
+        if may_hold_media(raw):
             try:
-                value = _loads(raw)
+                value = loads(raw)
             except ValueError:
                 out.append(it)
                 continue
@@ -227,7 +153,7 @@ def redact_scrub_items(items: Sequence[Any], decide: Decide, resolve: Resolve, t
     if snap is None:
         return False, None, None
     paths, raws, nested, typed = snap
-    owner, groups = _media_groups(raws, paths, typed)
+    owner, groups = media_groups(raws, paths, typed)
     results: dict[Path_, Any] = {}
     for r, group in groups.items():
         n = len(r)
@@ -240,7 +166,7 @@ def redact_scrub_items(items: Sequence[Any], decide: Decide, resolve: Resolve, t
             continue
         node: dict[str, Any] = {}
         for i in group:
-            _insert(node, paths[i][n:], _loads(raws[i]))
+            insert(node, paths[i][n:], loads(raws[i]))
         new = media.transform_node(node, key, decide, resolve, text_tag, count)
         results[r] = None if new is node else new
         if mk is not None:
@@ -264,9 +190,9 @@ def redact_scrub_items(items: Sequence[Any], decide: Decide, resolve: Resolve, t
                 else:
                     entries.append((r, len(r) > 1, None, new))
             continue
-        if _may_hold_media(raw):
+        if may_hold_media(raw):
             try:
-                value = _loads(raw)
+                value = loads(raw)
             except ValueError:
                 entries.append((path, nest, raw, None))
                 continue
@@ -323,71 +249,3 @@ def _in_place(paths: Sequence[Path_], nested: Sequence[bool], raws: Sequence[str
             updates.append((i, raw))
     return updates
 
-
-def _insert(node: dict[str, Any], rel: Path_, value: Any) -> None:
-    for part in rel[:-1]:
-        node = node.setdefault(part, {})
-    node[rel[-1]] = value
-
-
-# The fields of a media object that planning reads: its type, its files, its size.
-PLAN_FIELDS = frozenset({"_type", "path", "filenames", "width", "height"})
-
-
-def media_in_items(items: Sequence[Any], fields: frozenset[str] | None = None,
-                   seen: set[Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
-    """(key, media object) for every media object in the items: the planning pass uses it.
-    ``fields``: of a flattened object (wandb 0.31), only these top-level fields are read.
-    ``seen``: flattened objects met before (same key, same fields, same values: wandb writes
-    each one in the history row and again in the summary) are not returned again."""
-    found: list[tuple[str, dict[str, Any]]] = []
-    paths: list[Path_] = []
-    raws: list[str] = []
-    typed: list[int] = []       # items whose path ends in "_type": the only root candidates
-    for it in items:            # one loop: this runs for every row of every log read
-        nk = it.nested_key
-        if len(nk):
-            path = tuple(nk)
-            if len(path) >= 2 and path[-1] == "_type":
-                typed.append(len(paths))
-        else:
-            path = (it.key,)
-        paths.append(path)
-        raws.append(it.value_json)
-    roots = _media_roots(raws, paths, typed) if typed else None
-    owner = _owners(paths, roots) if roots else [None] * len(paths)
-    members: dict[Path_, list[tuple[Path_, str]]] = {}
-    for raw, path, r in zip(raws, paths, owner):
-        if r is not None:
-            members.setdefault(r, []).append((path[len(r):], raw))
-        elif _may_hold_media(raw):
-            try:
-                _walk(_loads(raw), display_key(path), found)
-            except ValueError:
-                pass
-    for r, mem in members.items():
-        if seen is not None:
-            k = (r, tuple(mem))
-            if k in seen:
-                continue
-            if len(seen) >= 256:
-                seen.clear()
-            seen.add(k)
-        node: dict[str, Any] = {}
-        for rel, raw in mem:
-            if fields is None or rel[0] in fields:
-                _insert(node, rel, _loads(raw))
-        found.append((display_key(r), node))
-    return found
-
-
-def _walk(value: Any, key: str, found: list[tuple[str, dict[str, Any]]]) -> None:
-    if isinstance(value, dict):
-        if media.media_kind(value) is not None:
-            found.append((key, value))
-            return
-        for k, v in value.items():
-            _walk(v, f"{key}.{k}" if key else str(k), found)
-    elif isinstance(value, list):
-        for v in value:
-            _walk(v, key, found)

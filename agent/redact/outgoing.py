@@ -11,7 +11,7 @@ protobuf descriptors — and every file's text, and scrubs each string by what i
   under a secret-looking key replaced whole, then written back;
 - **text**: everything else.
 
-Only the fields in ``STRUCTURAL`` skip the scrubber: identifiers that route and join the run
+Only the fields in ``string_fields.STRUCTURAL`` skip the scrubber: identifiers that route and join the run
 (run id, entity, project, digests, the writer's version) and wandb's own bookkeeping. A new
 wandb version's new string field is therefore scrubbed as text without anyone listing it.
 Counts of changed strings per place go into the report; places the policy names in
@@ -28,41 +28,9 @@ from google.protobuf.descriptor import FieldDescriptor
 from .policy import Policy
 from .report import RedactionReport
 from .secrets import Scrubber, scrub_args
+from .string_fields import (JSON, MAP, MSG, MSGS, NAME, PATH, SKIP, field_plan, item_parts,
+                            repeated)
 
-# (message name, field) -> never scrubbed: identifiers and wandb's own bookkeeping.
-STRUCTURAL = frozenset({
-    ("Record", "uuid"), ("Record", "_info"), ("Record", "control"),
-    ("RunRecord", "run_id"), ("RunRecord", "entity"), ("RunRecord", "project"),
-    ("RunRecord", "storage_id"), ("RunRecord", "sweep_id"),
-    ("ArtifactRecord", "run_id"), ("ArtifactRecord", "project"), ("ArtifactRecord", "entity"),
-    ("ArtifactRecord", "digest"), ("ArtifactRecord", "distributed_id"), ("ArtifactRecord", "client_id"),
-    ("ArtifactRecord", "sequence_client_id"), ("ArtifactRecord", "base_id"),
-    ("ArtifactRecord", "digest_algorithm"), ("ArtifactRecord", "type"),
-    ("ArtifactManifest", "storage_policy"), ("ArtifactManifestEntry", "digest"),
-    ("ArtifactManifestEntry", "birth_artifact_id"), ("ArtifactManifestEntry", "local_path"),
-    ("ArtifactManifestEntry", "mimetype"),
-    ("VersionInfo", "producer"), ("VersionInfo", "min_consumer"),
-    ("GitRepoRecord", "commit"), ("GitInfo", "commit"),
-    ("TelemetryRecord", "python_version"), ("TelemetryRecord", "cli_version"),
-    ("TelemetryRecord", "core_version"), ("TelemetryRecord", "platform"),
-    ("EnvironmentRecord", "writer_id"), ("AlertRecord", "level"),
-})
-# (message name, field) -> how the string is read. Anything not listed is text.
-NAMES = frozenset({
-    ("HistoryItem", "key"), ("HistoryItem", "nested_key"), ("SummaryItem", "key"), ("SummaryItem", "nested_key"),
-    ("ConfigItem", "key"), ("ConfigItem", "nested_key"), ("StatsItem", "key"), ("SettingsItem", "key"),
-    ("ExtraItem", "key"), ("StoragePolicyConfigItem", "key"), ("FilesItem", "path"),
-    ("MetricRecord", "name"), ("MetricRecord", "glob_name"), ("MetricRecord", "step_metric"),
-    ("ArtifactManifestEntry", "path"),
-})
-JSON_FIELDS = frozenset({
-    ("HistoryItem", "value_json"), ("HistoryItem", "json"), ("SummaryItem", "value_json"),
-    ("ConfigItem", "value_json"), ("StatsItem", "value_json"), ("SettingsItem", "value_json"),
-    ("ExtraItem", "value_json"), ("StoragePolicyConfigItem", "value_json"), ("ArtifactRecord", "metadata"),
-    ("JobInputRequest", "input_schema"),
-})
-# Places whose strings are names: the kind of marker differs, the rules do not.
-NAME_PLACES = ("key_names", "file_names")
 _COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 # A digest (md5, sha256: what wandb writes beside every media file; a tagged value ``hash:…``
 # that redaction wrote): random, no rule's shape, nothing to scrub.
@@ -75,89 +43,9 @@ _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode   #
 _ITEMS = frozenset({"HistoryItem", "SummaryItem", "ConfigItem", "StatsItem"})
 
 
-def _has_strings(d: Any, seen: frozenset = frozenset()) -> bool:
-    """Whether a message type can hold a string at any depth (a step number, a timestamp
-    cannot: the walk skips them)."""
-    hit = _STRINGS.get(d.full_name)
-    if hit is None:
-        hit = any(f.type == FieldDescriptor.TYPE_STRING or
-                  (f.type == FieldDescriptor.TYPE_MESSAGE and f.message_type.full_name not in seen
-                   and _has_strings(f.message_type, seen | {d.full_name}))
-                  for f in d.fields)
-        _STRINGS[d.full_name] = hit
-    return hit
-
-
-_STRINGS: dict[str, bool] = {}
-
-
-def _repeated(fd: Any) -> bool:
-    # protobuf >= 5.28 has ``is_repeated``; 7 removed ``label``.
-    rep = getattr(fd, "is_repeated", None)
-    return rep if rep is not None else fd.label == FieldDescriptor.LABEL_REPEATED
-
-
-# How the walk treats each field of a message type, decided once per type from its
-# descriptor (the same decision the walk made field by field): skipped (structural, or a
-# type that cannot hold a string), a message, repeated messages, a map, or a string read as
-# a name, a path, JSON or text.
-_SKIP, _MSG, _MSGS, _MAP, _NAME, _PATH, _JSON, _TEXT = (object() for _ in range(8))
-_PATHS = frozenset({("FilesItem", "path"), ("ArtifactManifestEntry", "path")})
-_PLANS: dict[Any, dict[Any, object]] = {}
-
-
-def _field_plan(mname: str, fd: Any) -> object:
-    f = (mname, fd.name)
-    if f in STRUCTURAL:
-        return _SKIP
-    if fd.type == FieldDescriptor.TYPE_MESSAGE:
-        if not _has_strings(fd.message_type):
-            return _SKIP
-        if fd.message_type.GetOptions().map_entry:
-            return _MAP
-        return _MSGS if _repeated(fd) else _MSG
-    if fd.type == FieldDescriptor.TYPE_STRING:
-        if f in NAMES:
-            return _PATH if f in _PATHS else _NAME
-        return _JSON if f in JSON_FIELDS else _TEXT
-    return _SKIP
-
-
-class _Plan(dict):
-    """Field descriptor -> treatment. A field the descriptor did not list when the plan was
-    made (an extension) is planned when first met, the same way."""
-
-    def __init__(self, d: Any) -> None:
-        super().__init__((fd, _field_plan(d.name, fd)) for fd in d.fields)
-        self.mname = d.name
-
-    def __missing__(self, fd: Any) -> object:
-        how = self[fd] = _field_plan(self.mname, fd)
-        return how
-
-
-def _plan(d: Any) -> _Plan:
-    return _Plan(d)
-
-
-def item_parts(fields: Any) -> tuple[str, Any, str] | None:
-    """(key, nested_key or None, value_json) of an item's set fields (``ListFields()``); None if
-    it holds anything else: then only the generic walk may handle it."""
-    key, nested, raw = "", None, ""
-    for fd, value in fields:
-        n = fd.name
-        if n == "key":
-            key = value
-        elif n == "nested_key":
-            nested = value
-        elif n == "value_json":
-            raw = value
-        else:
-            return None
-    return key, nested, raw
-
-
 class Outgoing:
+    """Scrubs every outgoing string (see the module docstring), remembering what it decided."""
+
     def __init__(self, scrubber: Scrubber, policy: Policy, report: RedactionReport) -> None:
         self.policy = policy
         self.report = report
@@ -325,30 +213,28 @@ class Outgoing:
         """Scrub every string of ``msg`` in place (see the module docstring). ``skip``: one
         field (descriptor) whose strings the caller has scrubbed already."""
         d = msg.DESCRIPTOR
-        plan = _PLANS.get(d)
-        if plan is None:
-            plan = _PLANS[d] = _plan(d)
+        plan = field_plan(d)
         fields = msg.ListFields()
         if d.name in _ITEMS and self._item(msg, fields, place):
             return
         item_key = None
         for fd, value in fields:
             how = plan[fd]
-            if how is _SKIP or fd is skip:
+            if how is SKIP or fd is skip:
                 continue
-            if how is _MSG:
+            if how is MSG:
                 self.message(value, place, skip)
-            elif how is _MSGS:
+            elif how is MSGS:
                 for m in value:
                     self.message(m, place, skip)
-            elif how is _MAP:
+            elif how is MAP:
                 self._map(msg, fd, value, place)
             else:
-                if how is _NAME:
+                if how is NAME:
                     fn = self.name
-                elif how is _PATH:
+                elif how is PATH:
                     fn = self.path
-                elif how is _JSON:
+                elif how is JSON:
                     if item_key is None:
                         item_key = ""
                         if d.name.endswith("Item"):
@@ -357,7 +243,7 @@ class Outgoing:
                     fn = lambda s, k=item_key: self.json_text(s, place, k)  # noqa: E731
                 else:
                     fn = lambda s: self.text(s, place)  # noqa: E731
-                if _repeated(fd):
+                if repeated(fd):
                     new = [fn(s) for s in value]
                     if new != list(value):
                         del value[:]

@@ -26,7 +26,7 @@ from .files import Sink, copy_stream, file_action, is_text
 from .tables import redact_table
 
 if TYPE_CHECKING:
-    from .run import _Run
+    from .redaction import Redaction
 
 STAGING = "_staging"
 CONSOLE = ("output_raw", "output")
@@ -55,8 +55,8 @@ def _make(cls: Any) -> Callable[[tuple[str, ...], str], Any]:
 _NEW_SUMMARY, _NEW_HISTORY = _make(pb.SummaryItem), _make(pb.HistoryItem)
 
 
-def _items(r: "_Run", container: Any, new_item: Callable[[tuple[str, ...], str], Any]) -> bool:
-    new = items_mod.redact_items(container, new_item, r.decide, r.resolve, r.text_tag, r.count,
+def _items(r: "Redaction", container: Any, new_item: Callable[[tuple[str, ...], str], Any]) -> bool:
+    new = items_mod.redact_items(container, new_item, r.decide, r.media.resolve, r.text_tag, r.count,
                                  r.is_sensitive if r.sensitive else None)
     if new is not None:
         del container[:]          # the kept items survive in ``new`` (protobuf copies on extend)
@@ -64,7 +64,7 @@ def _items(r: "_Run", container: Any, new_item: Callable[[tuple[str, ...], str],
     return True
 
 
-def _config(r: "_Run", updates: Any) -> bool:
+def _config(r: "Redaction", updates: Any) -> bool:
     for u in updates:
         key = u.key or ".".join(u.nested_key)
         try:
@@ -77,25 +77,25 @@ def _config(r: "_Run", updates: Any) -> bool:
     return True
 
 
-def _run(r: "_Run", rec: Any) -> bool:
+def _run(r: "Redaction", rec: Any) -> bool:
     _config(r, rec.run.config.update)
     if r.policy.metadata == "redact":
         meta.redact_run_identity(rec.run, r.text_tag, r.report)
     return _items(r, rec.run.summary.update, _NEW_SUMMARY)
 
 
-def _environment(r: "_Run", rec: Any) -> bool:
+def _environment(r: "Redaction", rec: Any) -> bool:
     if r.policy.metadata == "redact":
         meta.redact_environment(rec.environment, r.out, r.text_tag, r.report)
     return True
 
 
-def _files(r: "_Run", rec: Any) -> bool:
+def _files(r: "Redaction", rec: Any) -> bool:
     keep = []
     for f in rec.files.files:
         action = file_action(f.path, r.policy)
         if action == "media":
-            o = r.file_outcome(f.path)
+            o = r.media.file_outcome(f.path)
             if o is None:
                 continue
             f.path = o.path
@@ -112,12 +112,12 @@ def _files(r: "_Run", rec: Any) -> bool:
     return bool(keep)
 
 
-def _is_text(r: "_Run", rel: str) -> bool:
-    src = r.source_file(rel)
+def _is_text(r: "Redaction", rel: str) -> bool:
+    src = r.source.file(rel)
     return src is not None and is_text(src)
 
 
-def _artifact(r: "_Run", rec: Any) -> bool:
+def _artifact(r: "Redaction", rec: Any) -> bool:
     art = rec.artifact
     table_artifact = art.type == "run_table"
     if not table_artifact and r.policy.artifacts == "drop":
@@ -212,11 +212,11 @@ def _safe_rel(rel: str) -> bool:
         not any(p in ("..", ".", "") for p in rel.split("/"))
 
 
-def _keep(r: "_Run", rec: Any) -> bool:
+def _keep(r: "Redaction", rec: Any) -> bool:
     return True
 
 
-RULES: dict[str, Callable[["_Run", Any], bool]] = {
+RULES: dict[str, Callable[["Redaction", Any], bool]] = {
     "history": lambda r, rec: _items(r, rec.history.item, _NEW_HISTORY),
     "summary": lambda r, rec: _items(r, rec.summary.update, _NEW_SUMMARY),
     "config": lambda r, rec: _config(r, rec.config.update),
@@ -239,7 +239,7 @@ def _type_name(rec: Any) -> str:
 class Console:
     """Console records, per stream, re-joined into whole lines before scrubbing."""
 
-    def __init__(self, r: "_Run") -> None:
+    def __init__(self, r: "Redaction") -> None:
         self.r = r
         self.streams: dict[tuple[str, int], tuple[TextStream, Any]] = {}
 
@@ -281,7 +281,7 @@ class Console:
         return recs
 
 
-def rewrite(r: "_Run", rec: Any, console: Console) -> list[Any]:
+def rewrite(r: "Redaction", rec: Any, console: Console) -> list[Any]:
     """The records that leave in place of ``rec``: none, it (rewritten), or held console text."""
     t = _type_name(rec)
     if t in DROPPED or t not in RULES and t not in CONSOLE:
@@ -322,12 +322,12 @@ _FILES_ITEMS = pb.FilesRecord.DESCRIPTOR.fields_by_name["files"] if all(
     for f in pb.FilesItem.DESCRIPTOR.fields) else None
 
 
-def _items_scrubbed(r: "_Run", rec: Any, t: str) -> bool:
+def _items_scrubbed(r: "Redaction", rec: Any, t: str) -> bool:
     """History and summary items in one pass: media rewritten (as ``_items``) and every key
     name and value scrubbed (as ``Outgoing`` would), without a second parse of each value.
     False when an item holds more than a key and a JSON value: the generic path does it."""
     container = rec.history.item if t == "history" else rec.summary.update
-    handled, new, updates = items_mod.redact_scrub_items(container, r.decide, r.resolve, r.text_tag, r.count,
+    handled, new, updates = items_mod.redact_scrub_items(container, r.decide, r.media.resolve, r.text_tag, r.count,
                                                          r.is_sensitive if r.sensitive else None, r.out, PLACE[t],
                                                          r.media_memo)
     if not handled:

@@ -48,16 +48,6 @@ class RedactionReport:
         self.media[(rule, kind, action)] += n
         self.keys[(key, action)] += n
 
-    def merge(self, other: "RedactionReport") -> None:
-        """Add the file-level counts of a worker's report (see ``run._Run.prepare``)."""
-        self.files.update(other.files)
-        self.strings.update(other.strings)
-        self.secrets.update(other.secrets)
-        self.file_list += other.file_list
-        self.columns.update(other.columns)
-        self.bytes_in += other.bytes_in
-        self.bytes_out += other.bytes_out
-
     def add_scrub(self, counts: dict[str, int]) -> None:
         self.secrets.update(counts)
 

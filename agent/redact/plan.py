@@ -1,0 +1,43 @@
+"""The plan of a redaction, from the one fold of the log (``runlog.Fold``): the one the
+classification made as the log grew, or, without one, a fold read first (one more pass over
+the log). It names every media file and the key it is logged under, the keys the training code
+declared sensitive, and the run's identity (host, user, e-mail)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .. import runlog
+from .redaction import Redaction
+
+PLAN_KINDS = frozenset({"run", "config", "environment"})  # records that change the plan past its media
+
+
+class PlanOutdated(Exception):
+    """The log has records past the fold the plan came from that could change it."""
+
+
+def changes_plan(rec: Any, fold: runlog.Fold) -> bool:
+    """Whether a record the fold has not seen declares sensitive keys or an identity it lacks."""
+    kind = rec.WhichOneof("record_type")
+    if kind not in PLAN_KINDS:
+        return False
+    new = runlog.Fold(identity=set(fold.identity), sensitive=list(fold.sensitive))
+    runlog.fold_one(new, 0, 0, rec)
+    return new.identity != fold.identity or new.sensitive != fold.sensitive
+
+
+def apply_plan(r: Redaction, fold: runlog.Fold) -> None:
+    r.set_plan(fold.planned, fold.sizes, tuple(fold.sensitive))
+    if r.policy.metadata == "redact":
+        r.add_identity(fold.identity | _metadata_identity(r.src))
+
+
+def _metadata_identity(src: Path) -> set[str]:
+    """Host, user and e-mail from wandb 0.15's files/wandb-metadata.json."""
+    try:
+        meta = json.loads((src / "files" / "wandb-metadata.json").read_text())
+    except (OSError, ValueError):
+        return set()
+    return {str(meta[k]) for k in ("host", "username", "email") if isinstance(meta, dict) and meta.get(k)}

@@ -1,0 +1,129 @@
+"""How ``Outgoing`` reads each string field of a protobuf message: never (a structural
+identifier), as a name, a path, JSON or text; and which fields lead to more strings. Decided
+once per message type from its descriptor, so a field a new wandb adds is read as text without
+anyone listing it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf.descriptor import FieldDescriptor
+
+# (message name, field) -> never scrubbed: identifiers and wandb's own bookkeeping.
+STRUCTURAL = frozenset({
+    ("Record", "uuid"), ("Record", "_info"), ("Record", "control"),
+    ("RunRecord", "run_id"), ("RunRecord", "entity"), ("RunRecord", "project"),
+    ("RunRecord", "storage_id"), ("RunRecord", "sweep_id"),
+    ("ArtifactRecord", "run_id"), ("ArtifactRecord", "project"), ("ArtifactRecord", "entity"),
+    ("ArtifactRecord", "digest"), ("ArtifactRecord", "distributed_id"), ("ArtifactRecord", "client_id"),
+    ("ArtifactRecord", "sequence_client_id"), ("ArtifactRecord", "base_id"),
+    ("ArtifactRecord", "digest_algorithm"), ("ArtifactRecord", "type"),
+    ("ArtifactManifest", "storage_policy"), ("ArtifactManifestEntry", "digest"),
+    ("ArtifactManifestEntry", "birth_artifact_id"), ("ArtifactManifestEntry", "local_path"),
+    ("ArtifactManifestEntry", "mimetype"),
+    ("VersionInfo", "producer"), ("VersionInfo", "min_consumer"),
+    ("GitRepoRecord", "commit"), ("GitInfo", "commit"),
+    ("TelemetryRecord", "python_version"), ("TelemetryRecord", "cli_version"),
+    ("TelemetryRecord", "core_version"), ("TelemetryRecord", "platform"),
+    ("EnvironmentRecord", "writer_id"), ("AlertRecord", "level"),
+})
+# (message name, field) -> how the string is read. Anything not listed is text.
+NAMES = frozenset({
+    ("HistoryItem", "key"), ("HistoryItem", "nested_key"), ("SummaryItem", "key"), ("SummaryItem", "nested_key"),
+    ("ConfigItem", "key"), ("ConfigItem", "nested_key"), ("StatsItem", "key"), ("SettingsItem", "key"),
+    ("ExtraItem", "key"), ("StoragePolicyConfigItem", "key"), ("FilesItem", "path"),
+    ("MetricRecord", "name"), ("MetricRecord", "glob_name"), ("MetricRecord", "step_metric"),
+    ("ArtifactManifestEntry", "path"),
+})
+JSON_FIELDS = frozenset({
+    ("HistoryItem", "value_json"), ("HistoryItem", "json"), ("SummaryItem", "value_json"),
+    ("ConfigItem", "value_json"), ("StatsItem", "value_json"), ("SettingsItem", "value_json"),
+    ("ExtraItem", "value_json"), ("StoragePolicyConfigItem", "value_json"), ("ArtifactRecord", "metadata"),
+    ("JobInputRequest", "input_schema"),
+})
+
+
+def _has_strings(d: Any, seen: frozenset = frozenset()) -> bool:
+    """Whether a message type can hold a string at any depth (a step number, a timestamp
+    cannot: the walk skips them)."""
+    hit = _STRINGS.get(d.full_name)
+    if hit is None:
+        hit = any(f.type == FieldDescriptor.TYPE_STRING or
+                  (f.type == FieldDescriptor.TYPE_MESSAGE and f.message_type.full_name not in seen
+                   and _has_strings(f.message_type, seen | {d.full_name}))
+                  for f in d.fields)
+        _STRINGS[d.full_name] = hit
+    return hit
+
+
+_STRINGS: dict[str, bool] = {}
+
+
+def repeated(fd: Any) -> bool:
+    # protobuf >= 5.28 has ``is_repeated``; 7 removed ``label``.
+    rep = getattr(fd, "is_repeated", None)
+    return rep if rep is not None else fd.label == FieldDescriptor.LABEL_REPEATED
+
+
+# How the walk treats each field of a message type, decided once per type from its
+# descriptor (the same decision the walk made field by field): skipped (structural, or a
+# type that cannot hold a string), a message, repeated messages, a map, or a string read as
+# a name, a path, JSON or text.
+SKIP, MSG, MSGS, MAP, NAME, PATH, JSON, TEXT = (object() for _ in range(8))
+_PATHS = frozenset({("FilesItem", "path"), ("ArtifactManifestEntry", "path")})
+_PLANS: dict[Any, "_Plan"] = {}
+
+
+def _field_plan(mname: str, fd: Any) -> object:
+    f = (mname, fd.name)
+    if f in STRUCTURAL:
+        return SKIP
+    if fd.type == FieldDescriptor.TYPE_MESSAGE:
+        if not _has_strings(fd.message_type):
+            return SKIP
+        if fd.message_type.GetOptions().map_entry:
+            return MAP
+        return MSGS if repeated(fd) else MSG
+    if fd.type == FieldDescriptor.TYPE_STRING:
+        if f in NAMES:
+            return PATH if f in _PATHS else NAME
+        return JSON if f in JSON_FIELDS else TEXT
+    return SKIP
+
+
+class _Plan(dict):
+    """Field descriptor -> treatment. A field the descriptor did not list when the plan was
+    made (an extension) is planned when first met, the same way."""
+
+    def __init__(self, d: Any) -> None:
+        super().__init__((fd, _field_plan(d.name, fd)) for fd in d.fields)
+        self.mname = d.name
+
+    def __missing__(self, fd: Any) -> object:
+        how = self[fd] = _field_plan(self.mname, fd)
+        return how
+
+
+def field_plan(d: Any) -> _Plan:
+    """The plan of message type ``d``, made once."""
+    plan = _PLANS.get(d)
+    if plan is None:
+        plan = _PLANS[d] = _Plan(d)
+    return plan
+
+
+def item_parts(fields: Any) -> tuple[str, Any, str] | None:
+    """(key, nested_key or None, value_json) of an item's set fields (``ListFields()``); None if
+    it holds anything else: then only the generic walk may handle it."""
+    key, nested, raw = "", None, ""
+    for fd, value in fields:
+        n = fd.name
+        if n == "key":
+            key = value
+        elif n == "nested_key":
+            nested = value
+        elif n == "value_json":
+            raw = value
+        else:
+            return None
+    return key, nested, raw
