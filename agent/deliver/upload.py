@@ -136,12 +136,21 @@ class Upload:
         return self.proc.pid
 
 
-# A ``wandb sync`` started before its runs are known: it imports wandb's CLI (~1.2 s of CPU, most
-# of a small delivery's time) while the agent opens bundles and asks the server, then reads its
-# arguments, one JSON line, from stdin and runs the same CLI entry point as the ``wandb`` script.
-# An empty stdin (the agent died or needed it no more) ends it without a request to anyone.
+# A ``wandb sync`` started before its runs are known: it imports wandb's CLI (~1 s of CPU, most
+# of a small delivery's time) and starts wandb's service process (wandb-core, ~0.2 s), which
+# `wandb sync` would otherwise start only once it has its runs, while the agent opens bundles and
+# asks the server; then it reads its arguments, one JSON line, from stdin and runs the same CLI
+# entry point as the ``wandb`` script (which finds the service started and uses it). Starting the
+# service sends nothing to anyone; if it fails here, `wandb sync` tries again and says why. An
+# empty stdin (the agent died or needed it no more) ends it without a request to anyone; the
+# service goes with its process group (``Warm.discard``) or notices its parent gone.
 _WARM_MAIN = ("import json, sys\n"
               "from wandb.cli.cli import cli\n"
+              "from wandb.sdk import wandb_setup\n"
+              "try:\n"
+              "    wandb_setup.singleton().ensure_service()\n"
+              "except Exception:\n"
+              "    pass\n"
               "line = sys.stdin.readline()\n"
               "if not line.strip():\n"
               "    sys.exit(0)\n"
