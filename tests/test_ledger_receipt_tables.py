@@ -47,7 +47,7 @@ def test_older_ledgers_gain_them_and_keep_what_they_had(tmp_path: Path) -> None:
     ledger_at_v5(made, with_receipt_tables=True)
     for path in (bare, made):
         led = Ledger(path)
-        assert led.schema_version == schema.SCHEMA_VERSION == 6
+        assert led.schema_version == schema.SCHEMA_VERSION >= 6  # migrated to the newest, past the receipts
         lr.ensure_receipt_tables(led)  # still callable, and changes nothing now
         led.close()
         assert RECEIPT_TABLES <= tables(path)
