@@ -143,8 +143,12 @@ class Upload:
 # entry point as the ``wandb`` script (which finds the service started and uses it). Starting the
 # service sends nothing to anyone; if it fails here, `wandb sync` tries again and says why. An
 # empty stdin (the agent died or needed it no more) ends it without a request to anyone; the
-# service goes with its process group (``Warm.discard``) or notices its parent gone.
-_WARM_MAIN = ("import json, sys\n"
+# service notices its parent gone and ends too.
+# Once the CLI returns, wandb is torn down as its own exit handler would (the service is told to
+# finish and waited for), and the process ends without the interpreter's finalization of wandb's
+# modules: that took 0.15-0.2 s after the upload was over, time the agent spent waiting before it
+# could ask the server. An exception other than the CLI's exit ends the process as usual.
+_WARM_MAIN = ("import json, logging, os, sys\n"
               "from wandb.cli.cli import cli\n"
               "from wandb.sdk import wandb_setup\n"
               "try:\n"
@@ -155,7 +159,18 @@ _WARM_MAIN = ("import json, sys\n"
               "if not line.strip():\n"
               "    sys.exit(0)\n"
               "sys.argv = ['wandb', *json.loads(line)]\n"
-              "sys.exit(cli())\n")
+              "try:\n"
+              "    cli()\n"
+              "    code = 0\n"
+              "except SystemExit as exc:\n"
+              "    code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1\n"
+              "    if isinstance(exc.code, str):\n"
+              "        print(exc.code, file=sys.stderr)\n"
+              "wandb_setup.teardown(code)\n"
+              "logging.shutdown()\n"
+              "sys.stdout.flush()\n"
+              "sys.stderr.flush()\n"
+              "os._exit(code)\n")
 
 
 @dataclass
