@@ -146,8 +146,9 @@ def redact_scrub_items(items: Sequence[Any], decide: Decide, resolve: Resolve, t
     (``_in_place``): the same change as (position, new value_json), when it can be made so.
 
     ``memo`` remembers the last media objects rewritten: wandb writes each one twice, in the
-    history row and in the summary after it. A repeat (same key, same fields, same values) is
-    decided and counted again, and takes the rewritten object from the memo; its files were
+    history row and in the summary after it. A repeat (same key, same fields, same values, in
+    any order for a flat object) is decided and counted again, and takes the rewritten object
+    from the memo, its fields in the order the rewrite gives this repeat's; its files were
     resolved the first time (``resolve`` would only look them up)."""
     snap = _plain(items)
     if snap is None:
@@ -155,15 +156,26 @@ def redact_scrub_items(items: Sequence[Any], decide: Decide, resolve: Resolve, t
     paths, raws, nested, typed = snap
     owner, groups = media_groups(raws, paths, typed)
     results: dict[Path_, Any] = {}
+    ready: dict[Path_, dict[str, str]] = {}   # repeats: each field's outgoing JSON, as it left before
+    fresh: dict[Path_, Any] = {}              # objects rewritten here: their memo key
     for r, group in groups.items():
         n = len(r)
         key = display_key(r)
-        mk = (r, tuple((paths[i][n:], raws[i]) for i in group)) if memo is not None else None
-        hit = memo.get(mk) if mk is not None else None
-        if hit is not None:
-            kind, results[r] = hit
-            count(decide(key, kind), kind, key)
-            continue
+        mk = flat = None
+        if memo is not None:
+            fields = [(paths[i][n:], raws[i]) for i in group]
+            # wandb writes the summary's fields in another order than the row's (a Go map):
+            # a flat object is the same object in any order, and is found again sorted.
+            flat = all(len(rel) == 1 for rel, _ in fields)
+            mk = (r, tuple(sorted(fields)) if flat else tuple(fields))
+            hit = memo.get(mk)
+            if hit is not None:
+                kind, new, scrubbed = hit
+                count(decide(key, kind), kind, key)
+                results[r] = media.in_field_order(new, [rel[0] for rel, _ in fields]) if flat else new
+                if scrubbed is not None:
+                    ready[r] = scrubbed
+                continue
         node: dict[str, Any] = {}
         for i in group:
             insert(node, paths[i][n:], loads(raws[i]))
@@ -172,49 +184,69 @@ def redact_scrub_items(items: Sequence[Any], decide: Decide, resolve: Resolve, t
         if mk is not None:
             if len(memo) >= 256:
                 memo.clear()
-            memo[mk] = (media.media_kind(node) or "any", results[r])
+            memo[mk] = (media.media_kind(node) or "any", results[r], None)
+            if isinstance(results[r], dict):
+                fresh[r] = mk
     changed = False
-    # (path, nested?, original value_json or None, new value when rewritten)
-    entries: list[tuple[Path_, bool, str | None, Any]] = []
+    # (path, nested?, original value_json or None, new value when rewritten, the rewritten
+    # object whose field it is or None)
+    entries: list[tuple[Path_, bool, str | None, Any, Path_ | None]] = []
     emitted: set[Path_] = set()
     for path, raw, nest, r in zip(paths, raws, nested, owner):
         if r is not None:
             new = results[r]
             if new is None:
-                entries.append((path, nest, raw, None))
+                entries.append((path, nest, raw, None, None))
             elif r not in emitted:
                 emitted.add(r)
                 changed = True
                 if isinstance(new, dict):
-                    entries.extend((r + (k,), True, None, v) for k, v in new.items())
+                    entries.extend((r + (k,), True, None, v, r) for k, v in new.items())
                 else:
-                    entries.append((r, len(r) > 1, None, new))
+                    entries.append((r, len(r) > 1, None, new, None))
             continue
         if may_hold_media(raw):
             try:
                 value = loads(raw)
             except ValueError:
-                entries.append((path, nest, raw, None))
+                entries.append((path, nest, raw, None, None))
                 continue
             if media.contains_media(value):
                 nv, c = media.transform_value(value, display_key(path), decide, resolve, text_tag, count)
                 if c:
                     changed = True
-                    entries.append((path, len(path) > 1, None, nv))
+                    entries.append((path, len(path) > 1, None, nv, None))
                     continue
         if sensitive is not None:
             key = display_key(path)
             if not key.startswith("_") and sensitive(key):
                 changed = True
-                entries.append((path, len(path) > 1, None, f"hash:{text_tag('value', raw)}"))
+                entries.append((path, len(path) > 1, None, f"hash:{text_tag('value', raw)}", None))
                 continue
-        entries.append((path, nest, raw, None))
-    # The outgoing scrub, as ``Outgoing._item`` does it: every key name, and the JSON value
-    # under the key its walk would see (a nested key's last name after scrubbing; a plain
-    # key as it was).
+        entries.append((path, nest, raw, None, None))
+    done, scrub_changed = _scrub(entries, out, place, ready, fresh, memo)
+    if not (changed or scrub_changed):
+        return True, None, None
+    return True, done, _in_place(paths, nested, raws, done)
+
+
+def _scrub(entries: Sequence[tuple[Path_, bool, str | None, Any, Path_ | None]], out: Any, place: str,
+           ready: dict[Path_, dict[str, str]], fresh: dict[Path_, Any], memo: dict[Any, Any] | None
+           ) -> tuple[list[tuple[Path_, bool, str]], bool]:
+    """The outgoing scrub, as ``Outgoing._item`` does it: every key name, and the JSON value
+    under the key its walk would see (a nested key's last name after scrubbing; a plain key as
+    it was). Returns the items and whether any changed.
+
+    A rewritten object whose fields all came out of the scrub as they went in (nothing
+    scrubbed, so nothing counted) leaves the same way again whatever the place, unless a place
+    is kept as is: its fields' JSON is remembered in the memo, and a repeat (``ready``) takes
+    it instead of walking and encoding each value again."""
     done: list[tuple[Path_, bool, str]] = []
+    changed = False
     path_names = out.path_names
-    for path, nest, raw, value in entries:
+    scrubbed: dict[Path_, dict[str, str]] = {}
+    unclean: set[Path_] = set()
+    for path, nest, raw, value, obj in entries:
         names = path_names(path)
         if names != path:
             changed = True
@@ -225,12 +257,24 @@ def redact_scrub_items(items: Sequence[Any], decide: Decide, resolve: Resolve, t
                 if new_raw != raw:
                     changed = True
                     raw = new_raw
+        elif obj is not None and obj in ready:
+            raw = ready[obj][path[-1]]
         else:
-            raw = media.dumps(out.value(value, place, key))
+            nv = out.value(value, place, key)
+            raw = media.dumps(nv)
+            if obj in fresh:
+                if nv == value:
+                    scrubbed.setdefault(obj, {})[path[-1]] = raw
+                else:
+                    unclean.add(obj)
         done.append((names, nest, raw))
-    if not changed:
-        return True, None, None
-    return True, done, _in_place(paths, nested, raws, done)
+    if memo is not None and place not in out.keep:
+        for obj, mk in fresh.items():
+            if obj not in unclean and obj in scrubbed:
+                kind, new, _ = memo.get(mk) or (None, None, None)
+                if kind is not None:
+                    memo[mk] = (kind, new, scrubbed[obj])
+    return done, changed
 
 
 def _in_place(paths: Sequence[Path_], nested: Sequence[bool], raws: Sequence[str],

@@ -116,6 +116,19 @@ def transform_node(node: dict[str, Any], key: str, decide: Decide, resolve: Reso
     return new
 
 
+def in_field_order(new: Any, order: list[str]) -> Any:
+    """A rewritten flat object (``transform_node``'s) with its fields in the order the rewrite
+    gives a node whose fields came in ``order``: the node's own fields where they came (the
+    overlays excepted: the rewrite sets them again, at the end), then those it added, in the
+    order it adds them."""
+    if not isinstance(new, dict):
+        return new
+    out = {k: new[k] for k in order if k in new and k not in _OVERLAYS}
+    if len(out) != len(new):
+        out.update((k, v) for k, v in new.items() if k not in out)
+    return out
+
+
 def _hash_texts(value: Any, text_tag: TextTag) -> Any:
     if isinstance(value, str):
         return f"hash:{text_tag('caption', value)}"

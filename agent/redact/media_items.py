@@ -103,8 +103,9 @@ def media_in_items(items: Sequence[Any], fields: frozenset[str] | None = None,
                    seen: set[Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
     """(key, media object) for every media object in the items: the planning pass uses it.
     ``fields``: of a flattened object (wandb 0.31), only these top-level fields are read.
-    ``seen``: flattened objects met before (same key, same fields, same values: wandb writes
-    each one in the history row and again in the summary) are not returned again."""
+    ``seen``: flattened objects met before (same key, same fields, same values, in any order for
+    a flat object: wandb writes each one in the history row and again in the summary, in
+    another order) are not returned again."""
     found: list[tuple[str, dict[str, Any]]] = []
     paths: list[Path_] = []
     raws: list[str] = []
@@ -132,7 +133,8 @@ def media_in_items(items: Sequence[Any], fields: frozenset[str] | None = None,
                 pass
     for r, mem in members.items():
         if seen is not None:
-            k = (r, tuple(mem))
+            # In any order: wandb writes the summary's fields in another order than the row's.
+            k = (r, tuple(sorted(mem)) if all(len(rel) == 1 for rel, _ in mem) else tuple(mem))
             if k in seen:
                 continue
             if len(seen) >= 256:
