@@ -32,10 +32,16 @@ from . import server as srv
 
 log = logging.getLogger("tfwb_agent.deliver")
 
-try:  # the plugin's documents (the agent may be installed without the trainer plugin)
-    from tfwb_trainer.sweep_wandb import HAS_SWEEPS_QUERY, UPSERT_SWEEP, server_has_sweeps, upsert_sweep_variables
-except ImportError:  # pragma: no cover - the plugin is installed beside the agent in this repo
-    HAS_SWEEPS_QUERY = UPSERT_SWEEP = None  # type: ignore[assignment]
+def _documents() -> Any:
+    """The trainer plugin's GraphQL documents for sweeps (``tfwb_trainer.sweep_wandb``), or None
+    where the agent is installed without the plugin. Loaded only once a trial is met: the
+    plugin's package loads its training helpers too (~25 ms, before a delivery could start its
+    ``wandb sync``), and most deliveries carry no trial."""
+    try:
+        from tfwb_trainer import sweep_wandb  # lazy: see above
+    except ImportError:  # pragma: no cover - the plugin is installed beside the agent in this repo
+        return None
+    return sweep_wandb
 
 
 def _unwrap(v: Any) -> Any:
@@ -87,11 +93,12 @@ class Sweeps:
     def server_has_sweeps(self) -> bool:
         """Asked once a round; raises srv.ServerError when the server cannot be asked."""
         if self.has is None:
-            if HAS_SWEEPS_QUERY is None:
+            docs = _documents()
+            if docs is None:
                 self.has = False
             else:
-                ans = self._gql(HAS_SWEEPS_QUERY)
-                self.has = server_has_sweeps(ans.data)
+                ans = self._gql(docs.HAS_SWEEPS_QUERY)
+                self.has = docs.server_has_sweeps(ans.data)
         return self.has
 
     def _state(self) -> dict[str, str]:
@@ -114,9 +121,10 @@ class Sweeps:
         state = self._state()
         if where in state:
             return state[where] or None
-        variables = upsert_sweep_variables({"id": sweep["id"], "name": sweep.get("name") or sweep["id"],
+        docs = _documents()  # there: the server was found to have sweeps (``server_has_sweeps``)
+        variables = docs.upsert_sweep_variables({"id": sweep["id"], "name": sweep.get("name") or sweep["id"],
                                             "config": sweep["config"]}, entity, project, run_ids=[])
-        ans = self._gql(UPSERT_SWEEP, variables)  # network trouble raises: retried later
+        ans = self._gql(docs.UPSERT_SWEEP, variables)  # network trouble raises: retried later
         got = ((ans.data.get("upsertSweep") or {}).get("sweep") or {}).get("name")
         if not got:
             why = ans.errors[0].message if ans.errors else "no sweep in the answer"
