@@ -1,7 +1,8 @@
 """The hashing helper process (``hasher.py`` runs in it): it reads, tags and writes the
 placeholders of many media files on the other core while this process rewrites the records.
-A thread feeds it the tasks, another reads its answers into a queue, so it can run ahead of
-the records that need them."""
+A thread feeds it the tasks as they are handed over (the helper starts on the first batch while
+the rest are made), another reads its answers into a queue, so it can run ahead of the records
+that need them."""
 from __future__ import annotations
 
 import queue
@@ -20,22 +21,29 @@ HELPER_MIN = 256
 class HashingHelper:
     BATCH = 256
 
-    def __init__(self, secret: bytes, jobs: list[tuple]) -> None:
+    def __init__(self, secret: bytes) -> None:
         self.proc = subprocess.Popen([sys.executable, "-I", "-S", hasher.__file__],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.answers: "queue.Queue[Any]" = queue.Queue()
+        self.batches: "queue.Queue[list[tuple] | None]" = queue.Queue()
         self.feed_error: BaseException | None = None
-        batches = [jobs[i:i + self.BATCH] for i in range(0, len(jobs), self.BATCH)]
-        self.feeder = threading.Thread(target=self._feed, args=(secret, batches), name="redact-helper-feed",
-                                       daemon=True)
+        self.feeder = threading.Thread(target=self._feed, args=(secret,), name="redact-helper-feed", daemon=True)
         self.reader = threading.Thread(target=self._read, name="redact-helper-read", daemon=True)
         self.feeder.start()
         self.reader.start()
 
-    def _feed(self, secret: bytes, batches: list[list[tuple]]) -> None:
+    def send(self, jobs: list[tuple]) -> None:
+        """One batch of at most ``BATCH`` tasks; answered in order, one answer per batch."""
+        self.batches.put(jobs)
+
+    def end(self) -> None:
+        """No more tasks: the helper finishes those it has and exits."""
+        self.batches.put(None)
+
+    def _feed(self, secret: bytes) -> None:
         try:
             hasher.send(self.proc.stdin, secret)
-            for b in batches:
+            while (b := self.batches.get()) is not None:
                 hasher.send(self.proc.stdin, b)
         except BaseException as exc:
             self.feed_error = exc
@@ -72,5 +80,6 @@ class HashingHelper:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+        self.batches.put(None)     # a feeder waiting for tasks stops
         self.feeder.join()
         self.reader.join()

@@ -166,10 +166,15 @@ class MediaFiles:
     # -- the hashing helper process ----------------------------------------------------------
     def start_helper(self, tasks: list[tuple[str, str]]) -> bool:
         """Hand the placeholders of ``tasks`` ((path, kind), all decided "hash") to a helper
-        process; their outcomes are taken as the records need them. False: no helper (the
-        caller does them here)."""
+        process, batch by batch as their names are made; their outcomes are taken as the records
+        need them. False: no helper (the caller does them here)."""
         r = self.r
-        jobs, paths = [], []
+        try:
+            self.helper = helper = HashingHelper(r.secret)
+        except OSError:
+            return False
+        jobs: list[tuple] = []
+        paths: list[str] = []
         for path, kind in tasks:
             src = r.source.file(path)
             if src is None:
@@ -181,15 +186,18 @@ class MediaFiles:
                 r.make_parent(os.path.join(r.dst_str, "files/" + prefix))
             jobs.append((src, kind, r.sizes.get(path), prefix, ext, r.dst_str if r.dst is not None else None))
             paths.append(path)
-        try:
-            self.helper = HashingHelper(r.secret, jobs)
-        except OSError:
-            return False
-        for i in range(0, len(paths), HashingHelper.BATCH):
-            self.helper_batches.append(paths[i:i + HashingHelper.BATCH])
-        for p in paths:
-            self.pending[p] = True
+            self.pending[path] = True
+            if len(jobs) == HashingHelper.BATCH:
+                self._hand_over(helper, jobs, paths)
+                jobs, paths = [], []
+        if jobs:
+            self._hand_over(helper, jobs, paths)
+        helper.end()
         return True
+
+    def _hand_over(self, helper: HashingHelper, jobs: list[tuple], paths: list[str]) -> None:
+        self.helper_batches.append(paths)
+        helper.send(jobs)
 
     def _take_batch(self) -> None:
         """The helper's next batch of outcomes, counted and remembered as ``_resolve_open``
