@@ -6,12 +6,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+
+from cli_fork import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO.parent / "shared" / "corpus"
@@ -123,12 +124,12 @@ def make_config(tmp_path: Path):
 
 def agent(config: Path | None, *args: str, check: bool = True, env: dict | None = None,
           timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run the real `tfwb-agent` CLI in a subprocess."""
+    """Run the real `tfwb-agent` CLI in a process of its own: forked from this worker
+    (tests/cli_fork.py), or started afresh with ``TFWB_TEST_CLI=exec``."""
     e = dict(os.environ, **(env or {}))
     if config is not None:
         e["TFWB_AGENT_CONFIG"] = str(config)
-    proc = subprocess.run([sys.executable, "-m", "tfwb_agent", *args], capture_output=True, text=True,
-                          env=e, timeout=timeout)
+    proc = run_cli(args, e, timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"tfwb-agent {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from cli_fork import popen
 from conftest import REPO, status
 
 WRITER = REPO / "tests" / "writers" / "write_run.py"
@@ -27,7 +28,7 @@ class DaemonProc:
 
     def start(self) -> "DaemonProc":
         self._out = open(self.log, "ab")
-        self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "tfwb_agent", "daemon"], stdout=self._out,
+        self.proc = popen([*self.prefix, sys.executable, "-m", "tfwb_agent", "daemon"], stdout=self._out,
                                      stderr=subprocess.STDOUT, env=dict(os.environ, TFWB_AGENT_CONFIG=str(self.config)))
         STARTED.append(self)
         wait_for(lambda: b"watching" in self.log.read_bytes(), 30, "daemon start", self)

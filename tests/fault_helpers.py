@@ -25,6 +25,7 @@ from tfwb_agent.seal import manifest as mf
 from tfwb_agent.seal.keystore import load_identities, write_file
 from tfwb_agent.wandb_log import LogWriter, read_records
 
+from cli_fork import popen
 from conftest import CORPUS_RUNS
 from seal_helpers import Site, corpus_run_dirs, minisign_ok
 
@@ -135,7 +136,7 @@ def run_counts(state_dir: Path) -> dict[str, int]:
 
 
 def popen_agent(config: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tfwb_agent", *args], stdout=subprocess.PIPE,
+    return popen([sys.executable, "-m", "tfwb_agent", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, TFWB_AGENT_CONFIG=str(config)))
 
 

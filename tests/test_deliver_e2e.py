@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_fork import popen
 from conftest import agent, built_once, status, tree_state
 from deliver_helpers import (RestartableServer, corpus_dirs, duplicate_rows, make_deliver_site, metric_rows,
                              seal_dirs, server_console, server_files, server_summary, sync,
@@ -51,7 +52,7 @@ def assert_exactly_once(server, want: dict[str, dict]) -> None:
 def _popen_sync(site, *args, log: Path):
     env = dict(os.environ, TFWB_AGENT_CONFIG=str(site.cfg))
     with open(log, "ab") as f:
-        return subprocess.Popen([sys.executable, "-m", "tfwb_agent", "sync", "--to", "local", "--json", *args],
+        return popen([sys.executable, "-m", "tfwb_agent", "sync", "--to", "local", "--json", *args],
                                 stdout=f, stderr=subprocess.STDOUT, env=env)
 
 

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from cli_fork import popen
 from conftest import REPO, agent
 from daemon_helpers import STARTED, DaemonProc, wait_for
 from seal_helpers import BUNDLE_GLOB, corpus_run_dirs
@@ -28,7 +29,7 @@ class EnvDaemon(DaemonProc):
 
     def start(self) -> "EnvDaemon":
         self._out = open(self.log, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "tfwb_agent", "daemon"], stdout=self._out,
+        self.proc = popen([sys.executable, "-m", "tfwb_agent", "daemon"], stdout=self._out,
                                      stderr=subprocess.STDOUT,
                                      env=dict(os.environ, TFWB_AGENT_CONFIG=str(self.config), **self.env))
         STARTED.append(self)

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_fork import popen
 from canary_helpers import (REQUIRED, SITE_PATTERNS, Canaries, Canary, CanaryRun, Hit, describe, present_in_source,
                             rnd, scan_bytes, scan_tree, session_runs)
 from conftest import agent, status
@@ -107,7 +108,7 @@ def _start_seal(world: World, site_root: Path, cfg: Path, extra: str) -> subproc
     with open(cfg, "a") as f:
         f.write(f'[watch]\nroots = [{roots}]\nquiet_seconds = 1\nclaims_dir = "{site_root / "claims"}"\n{extra}')
     env = dict(os.environ, TFWB_AGENT_CONFIG=str(cfg))
-    return subprocess.Popen([sys.executable, "-m", "tfwb_agent", "scan", "--seal", "--json"], env=env,
+    return popen([sys.executable, "-m", "tfwb_agent", "scan", "--seal", "--json"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from cli_fork import popen
 from conftest import agent, status
 from seal_helpers import BUNDLE_GLOB, corpus_run_dirs, make_site
 from test_receipts import add_receipt_keys
@@ -170,7 +171,7 @@ def test_the_daemon_applies_retention(corpus: Path, tmp_path: Path) -> None:
     signed_receipt(site, key, tmp_path / "back", 7, [
         {"bundle_id": b[1]["bundle_id"], "content_id": b[1]["content_id"], "status": "delivered"}])
     agent(site.node_cfg, "receipts", "import", str(tmp_path / "back"))
-    daemon = subprocess.Popen([sys.executable, "-m", "tfwb_agent", "daemon"], stdout=subprocess.DEVNULL,
+    daemon = popen([sys.executable, "-m", "tfwb_agent", "daemon"], stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True, env=dict(os.environ, TFWB_AGENT_CONFIG=str(site.node_cfg)))
     try:
         deadline = time.monotonic() + 60

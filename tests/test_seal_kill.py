@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_fork import popen
 from seal_helpers import corpus_run_dirs, make_site, minisign_ok, tool_list
 
 SEED = 20261127
@@ -61,7 +62,7 @@ def test_sigkill_at_random_moments_leaves_only_whole_bundles(corpus: Path, tmp_p
         nth = rng.randint(1, 4) if phase in ("hashed", "packing", "packed") else 1
         segment += 1  # a new bundle each time, so every attempt runs every phase
         attempted.append((d, segment))
-        proc = subprocess.Popen([sys.executable, "-m", "tfwb_agent", "seal", "--progress", "--segment",
+        proc = popen([sys.executable, "-m", "tfwb_agent", "seal", "--progress", "--segment",
                                  str(segment), str(d)],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         assert proc.stderr is not None

@@ -74,7 +74,7 @@ def digits_sweep(base: Path) -> dict:
             "dir": runs / "sweeps" / "digits-rand"}
 
 
-@pytest.mark.slow(seconds=150)
+@pytest.mark.slow(seconds=70)
 def test_digits_sweep_three_processes_ranked_plotted_delivered(tmp_path: Path) -> None:
     """One sweep, checked three ways (one test: the trials are the expensive part)."""
     sweep = digits_sweep(tmp_path)
@@ -257,14 +257,17 @@ def test_grid_covers_its_grid_exactly_then_bayes_uses_metrics(tmp_path: Path) ->
     for t, r in zip(trials, runs):  # the engine is fed the metric each run logged
         assert r.summary_metrics["score"] == pytest.approx((t.params["x"] - 0.3) ** 2)
     # The proposal depends on those metrics: the same trials with the metric's sign flipped
-    # (same random state) lead the engine elsewhere.
-    np.random.seed(7)
-    a = sweeps.next_run(bayes, runs).config["x"]["value"]
+    # (same random state) lead the engine elsewhere. For some trials and one random state the
+    # two may land on the same point (the engine samples candidates), so several states are
+    # tried: an engine that ignored the metrics would give the same point for every one.
     flipped = [sweeps.SweepRun(name=r.name, state=r.state, config=r.config,
                                summaryMetrics={"score": -r.summary_metrics["score"]}) for r in runs]
-    np.random.seed(7)
-    b = sweeps.next_run(bayes, flipped).config["x"]["value"]
-    assert a != b
+
+    def proposal(trials: list, seed: int) -> float:
+        np.random.seed(seed)
+        return sweeps.next_run(bayes, trials).config["x"]["value"]
+
+    assert any(proposal(runs, seed) != proposal(flipped, seed) for seed in range(7, 12))
 
 
 BAD = [

@@ -1,0 +1,190 @@
+"""Run the agent's CLI as a real child process that starts from a fork of the test worker.
+
+The suite calls `tfwb-agent` several hundred times; a fresh `python -m tfwb_agent` spends most of a
+short command's CPU starting Python and importing the agent. A forked child has that done already
+and is still a process of its own: its own pid, environment, working directory, descriptors 0-2
+(everything else closed, as ``close_fds`` does), exit code and signals, so it can be
+SIGKILLed at any moment like any other. Before running the command it puts back what a fresh
+interpreter has and a pytest worker changes: default signal handlers, Python's default warning
+filters printing to stderr, no logging handlers, empty ``atexit`` and ``lru_cache`` state, and
+``sys.std*`` on the new descriptors.
+
+``ForkedPopen`` is ``subprocess.Popen`` (pipes, ``communicate``, ``wait``, ``send_signal`` all as
+usual) for ``[sys.executable, "-m", "tfwb_agent", ...]`` only; anything else — a command behind a
+prefix such as ``setpriv``, or ``TFWB_TEST_CLI=exec`` in the environment — starts for real, and so
+does the CLI while this process has an SQLite database open (SQLite does not survive a fork).
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import traceback
+import warnings
+from typing import Any, Sequence
+
+_SIGNALS_RESET = (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM, signal.SIGCHLD, signal.SIGUSR1,
+                  signal.SIGUSR2, signal.SIGQUIT)
+
+
+def is_agent_cli(argv: Sequence[str]) -> bool:
+    return list(argv[:3]) == [sys.executable, "-m", "tfwb_agent"] and os.environ.get("TFWB_TEST_CLI") != "exec"
+
+
+def popen(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
+    """``subprocess.Popen(argv, **kwargs)``; forked when ``argv`` is the agent's CLI."""
+    return (ForkedPopen if is_agent_cli(argv) else subprocess.Popen)(list(argv), **kwargs)
+
+
+def run_cli(args: Sequence[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """``subprocess.run([python, "-m", "tfwb_agent", *args], capture_output=True, text=True,
+    env=env, timeout=timeout)``, forked."""
+    argv = [sys.executable, "-m", "tfwb_agent", *args]
+    with popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+               env=env) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+class ForkedPopen(subprocess.Popen):
+    """``Popen`` whose child is a fork of this process running the agent's CLI in it."""
+
+    def _execute_child(self, args, executable, preexec_fn, close_fds, pass_fds, cwd, env, startupinfo,
+                       creationflags, shell, p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite,
+                       *rest) -> None:
+        if not is_agent_cli(args) or shell or preexec_fn is not None:
+            raise ValueError(f"ForkedPopen runs the agent's CLI only, not {args!r}")
+        if _sqlite_open():  # SQLite's per-process state would be shared: start afresh instead
+            return super()._execute_child(args, executable, preexec_fn, close_fds, pass_fds, cwd, env, startupinfo,
+                                          creationflags, shell, p2cread, p2cwrite, c2pread, c2pwrite, errread,
+                                          errwrite, *rest)
+        # restore_signals, gid, gids, uid, umask, start_new_session[, process_group (3.11+)]
+        new_session = bool(rest[5]) if len(rest) > 5 else False
+        group = rest[6] if len(rest) > 6 and rest[6] is not None and rest[6] >= 0 else None
+        from tfwb_agent.cli.main import cli  # once per worker: what every child then skips
+
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()  # nothing buffered here is written twice by the child
+        pid = os.fork()
+        if pid == 0:
+            _child(cli, list(args[3:]), env, cwd, (p2cread, c2pwrite, errwrite), tuple(pass_fds), new_session, group)
+        self.pid = pid
+        self._child_created = True
+        self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)  # the child's ends
+
+
+def _child(cli: Any, args: list[str], env: dict[str, str] | None, cwd: Any, fds: tuple[int, int, int],
+           pass_fds: tuple[int, ...], new_session: bool, group: int | None) -> None:
+    code: int = 1
+    try:
+        for target, fd in enumerate(fds):
+            if fd != -1 and fd != target:
+                os.dup2(fd, target)
+        _close_other_fds(keep={0, 1, 2, *pass_fds})
+        if new_session:
+            os.setsid()
+        if group is not None:
+            os.setpgid(0, group)
+        if cwd is not None:
+            os.chdir(cwd)
+        sys.stdin = open(0, "r", closefd=False)
+        sys.stdout = open(1, "w", closefd=False)
+        sys.stderr = open(2, "w", closefd=False, errors="backslashreplace", buffering=1)
+        if env is not None:
+            os.environ.clear()
+            os.environ.update(env)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig in _SIGNALS_RESET:
+            signal.signal(sig, signal.SIG_DFL)
+        _fresh_warnings()
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        root.setLevel(logging.WARNING)
+        atexit._clear()
+        _clear_agent_caches()
+        sys.argv = [sys.modules["tfwb_agent"].__file__.replace("__init__.py", "__main__.py"), *args]
+        cli.main(args=args, prog_name="tfwb-agent")
+        code = 0
+    except SystemExit as exc:
+        code = _exit_code(exc.code)
+    except BaseException:  # noqa: BLE001 - what a fresh interpreter would print, and exit 1
+        traceback.print_exc()
+        code = 1
+    finally:
+        try:
+            atexit._run_exitfuncs()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+_SQLITE_FILE = re.compile(r"\.(sqlite3?|db)(-wal|-shm|-journal)?$")
+
+
+def _sqlite_open() -> bool:
+    """Whether this process has an SQLite database open (a ledger, OpenWandb's tables). SQLite
+    keeps per-process state about the files it has open (locks, the WAL index); a forked child
+    would start with a copy of it, which SQLite does not support."""
+    return any(_SQLITE_FILE.search(path) for path in _open_paths().values())
+
+
+def _open_paths() -> dict[int, str]:
+    out = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            pass  # the listing's own descriptor, already gone
+    return out
+
+
+def _close_other_fds(keep: set[int]) -> None:
+    """Close what this process had open, as ``close_fds`` does: a lock the test holds through an
+    open file (``flock``) must not stay held by the child, nor a pipe's end stay open in it."""
+    for fd in _open_paths():
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _exit_code(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)  # as the interpreter does with sys.exit("message")
+    return 1
+
+
+def _fresh_warnings() -> None:
+    """Python's own default filters, shown on stderr, instead of pytest's recording ones."""
+    warnings.resetwarnings()
+    for category in (ResourceWarning, ImportWarning, PendingDeprecationWarning, DeprecationWarning):
+        warnings.simplefilter("ignore", category)
+    warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
+    warnings._showwarnmsg_impl = lambda msg: sys.stderr.write(warnings._formatwarnmsg_impl(msg))
+    warnings.showwarning = warnings._showwarning_orig
+
+
+def _clear_agent_caches() -> None:
+    """Nothing an earlier in-process test computed (a proxy setting, a CA context) reaches the child."""
+    for name, module in list(sys.modules.items()):
+        if name.split(".")[0] not in ("tfwb_agent", "tfwb_trainer") or module is None:
+            continue
+        for value in list(vars(module).values()):
+            clear = getattr(value, "cache_clear", None)
+            if callable(clear):
+                clear()
