@@ -1,6 +1,7 @@
 """Delivery vs plain `wandb sync`, same benchmark run; and a run grown by 10%.
 
     python benchmarks/bench_sync.py [--runs N] [--steps S] [--parallel P] [--history-line-count] [--out FILE]
+    python benchmarks/bench_sync.py --history-line-count --grow-only [--repeat R]
 
 1. N runs of S steps written by real wandb (offline). Each is sealed into a bundle as the daemon
    seals one, its log's facts in the manifest (outside the timing); `tfwb-agent sync --to bench`
@@ -10,7 +11,10 @@
    carry the same records under another run id (re-framed with the agent's own writer: same
    bytes per record otherwise).
 2. One delivered run that then grows by 10%: the second delivery's rows and bytes sent (the
-   agent sends only the new part) beside a plain re-sync of the whole grown run.
+   agent sends only the new part) beside a plain re-sync of the whole grown run. With
+   ``--grow-only --repeat R``: only this part, R times (a fresh site each time, the agent and
+   plain `wandb sync` one after the other), each pair and the median ratio reported: on a
+   shared machine one pair says little.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import compileall
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -98,6 +103,59 @@ def agent_env(cfg: Path) -> dict[str, str]:
     return dict(os.environ, TFWB_AGENT_CONFIG=str(cfg))
 
 
+def grow_once(root: Path, server, plain_server, grow_src: Path) -> dict:
+    """One delivered run grows by 10%: its second delivery (only the new rows) beside a plain
+    `wandb sync` of the whole grown run (to a fresh id, so it cannot disturb the run above)."""
+    from tfwb_agent.seal import Segment
+
+    facts = read_facts(find_log(grow_src))
+    first_rows = round(facts.history_rows / 1.1)
+    before = truncated_copy(grow_src, root / "before", first_rows)
+    site2 = make_deliver_site(root / "site", server.url, server.api_key, target="bench")
+    seal_as_daemon(site2, [before])
+    o1 = subprocess.run([sys.executable, "-m", "tfwb_agent", "sync", "--to", "bench", "--json"],
+                        env=agent_env(site2.cfg), capture_output=True, text=True)
+    assert o1.returncode == 0, o1.stderr[-2000:]
+    seal_as_daemon(site2, [grow_src], Segment(1, read_facts(find_log(before)).end, None))
+    t = time.perf_counter()
+    o2 = subprocess.run([sys.executable, "-m", "tfwb_agent", "sync", "--to", "bench", "--json"],
+                        env=agent_env(site2.cfg), capture_output=True, text=True)
+    grow_s = time.perf_counter() - t
+    assert o2.returncode == 0, o2.stderr[-2000:]
+    seg1 = next(r for r in json.loads(o2.stdout)["deliveries"]["rows"] if r["segment"] == 1)
+    grown_rows_ok = metric_rows(server, facts.run_id) == facts.metric_values
+    replain, _ = renamed_copy(grow_src, root / "plain", "g")
+    t = time.perf_counter()
+    subprocess.run(["wandb", "sync", "--project", "ct-bench-plain", "--entity", "admin", str(replain)],
+                   env=plain_server.sync_env(), capture_output=True, text=True)
+    regrow_plain_s = time.perf_counter() - t
+    return {"rows_before": first_rows, "rows_after": facts.history_rows,
+            "agent_rows_sent": seg1["rows_sent"], "agent_bytes_sent": seg1["bytes_sent"],
+            "agent_s": round(grow_s, 2), "server_rows_exact": grown_rows_ok,
+            "plain_rows_sent": facts.history_rows, "plain_bytes_sent": find_log(grow_src).stat().st_size,
+            "plain_s": round(regrow_plain_s, 2)}
+
+
+def grow_only(a: argparse.Namespace, tmp: Path, server, plain_server) -> dict:
+    """Only the 10% case, ``a.repeat`` times against the same servers (a fresh run id each time)."""
+    pairs = []
+    (written,) = write_runs(tmp / "written", 1, a.steps, project="ct-bench")
+    for i in range(a.repeat):
+        src, _ = renamed_copy(written, tmp / f"src-{i}", f"r{i}")  # a run id of its own each time
+        g = grow_once(tmp / f"grow-{i}", server, plain_server, src)
+        assert g["server_rows_exact"], g
+        print(f"{i + 1}/{a.repeat}: agent {g['agent_s']} s ({g['agent_rows_sent']} rows) vs plain {g['plain_s']} s "
+              f"({g['plain_rows_sent']} rows)", flush=True)
+        pairs.append(g)
+    ratios = [g["agent_s"] / g["plain_s"] for g in pairs]
+    return {"steps": a.steps, "repeat": a.repeat, "cpus": os.cpu_count(), "pairs": pairs,
+            "ratio_median": round(statistics.median(ratios), 3), "ratio_min": round(min(ratios), 3),
+            "ratio_max": round(max(ratios), 3),
+            "agent_s_median": round(statistics.median(g["agent_s"] for g in pairs), 2),
+            "plain_s_median": round(statistics.median(g["plain_s"] for g in pairs), 2),
+            "load_average": os.getloadavg()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=50)
@@ -105,17 +163,27 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=8)
     ap.add_argument("--history-line-count", action="store_true",
                     help="servers answer historyLineCount as W&B Server does (a shim; stock OpenWandb answers 0)")
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "sync.json")
+    ap.add_argument("--grow-only", action="store_true", help="only the run grown by 10%%, --repeat times")
+    ap.add_argument("--repeat", type=int, default=5, help="with --grow-only: how many times")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default: benchmarks/results/sync.json (sync-grow.json with --grow-only)")
     a = ap.parse_args()
     if a.history_line_count:  # the servers started below inherit it (openwandb_server.launch)
         os.environ[HISTORY_LINE_COUNT_ENV] = "1"
     # The agent as installed: pip compiles its bytecode at install (wandb's is compiled too); a
     # source tree run with PYTHONDONTWRITEBYTECODE would otherwise compile ~100 modules per call.
     compileall.compile_dir(str(REPO / "agent"), quiet=1)
+    a.out = a.out or REPO / "benchmarks" / "results" / ("sync-grow.json" if a.grow_only else "sync.json")
     tmp = Path(tempfile.mkdtemp(prefix="bench-sync-"))
     server = RestartableServer(tmp).start()
     plain_server = RestartableServer(tmp / "plain-server").start()
     try:
+        if a.grow_only:
+            result = grow_only(a, tmp, server, plain_server)
+            print(json.dumps({k: v for k, v in result.items() if k != "pairs"}, indent=1))
+            a.out.parent.mkdir(parents=True, exist_ok=True)
+            a.out.write_text(json.dumps(result, indent=1) + "\n")
+            return
         t0 = time.perf_counter()
         runs = write_runs(tmp / "written", a.runs + 1, a.steps, project="ct-bench")
         grow_src, runs = runs[-1], runs[:-1]
@@ -145,29 +213,7 @@ def main() -> None:
         plain_ok = sum(metric_rows(plain_server, nid) == expect[d.name.rsplit("-", 1)[1][:-1]] for d, nid in plain)
 
         # 2. A delivered run grows by 10%.
-        facts = read_facts(find_log(grow_src))
-        first_rows = round(facts.history_rows / 1.1)
-        before = truncated_copy(grow_src, tmp / "before", first_rows)
-        site2 = make_deliver_site(tmp / "site2", server.url, server.api_key, target="bench")
-        from tfwb_agent.seal import Segment
-        seal_as_daemon(site2, [before])
-        o1 = subprocess.run([sys.executable, "-m", "tfwb_agent", "sync", "--to", "bench", "--json"],
-                            env=agent_env(site2.cfg), capture_output=True, text=True)
-        assert o1.returncode == 0, o1.stderr[-2000:]
-        seal_as_daemon(site2, [grow_src], Segment(1, read_facts(find_log(before)).end, None))
-        t = time.perf_counter()
-        o2 = subprocess.run([sys.executable, "-m", "tfwb_agent", "sync", "--to", "bench", "--json"],
-                            env=agent_env(site2.cfg), capture_output=True, text=True)
-        grow_s = time.perf_counter() - t
-        assert o2.returncode == 0, o2.stderr[-2000:]
-        seg1 = next(r for r in json.loads(o2.stdout)["deliveries"]["rows"] if r["segment"] == 1)
-        grown_rows_ok = metric_rows(server, facts.run_id) == facts.metric_values
-        # Plain re-sync of the grown run (to a fresh id, so it cannot disturb the run above).
-        replain, _ = renamed_copy(grow_src, tmp / "plain", "g")
-        t = time.perf_counter()
-        subprocess.run(["wandb", "sync", "--project", "ct-bench-plain", "--entity", "admin", str(replain)],
-                       env=env, capture_output=True, text=True)
-        regrow_plain_s = time.perf_counter() - t
+        grow = grow_once(tmp / "grow", server, plain_server, grow_src)
         result = {
             "runs": a.runs, "steps": a.steps, "parallel": a.parallel, "cpus": os.cpu_count(),
             "server": "OpenWandb, historyLineCount as W&B Server answers it (shim)" if a.history_line_count
@@ -179,11 +225,7 @@ def main() -> None:
             # side's time; the difference is what confirming on the server costs it.
             "server_cpu_s": {"agent": round(agent_server_cpu, 2), "wandb": round(plain_server_cpu, 2)},
             "agent_counts": counts, "agent_runs_exact": agent_ok, "plain_runs_exact": plain_ok,
-            "grow": {"rows_before": first_rows, "rows_after": facts.history_rows,
-                     "agent_rows_sent": seg1["rows_sent"], "agent_bytes_sent": seg1["bytes_sent"],
-                     "agent_s": round(grow_s, 2), "server_rows_exact": grown_rows_ok,
-                     "plain_rows_sent": facts.history_rows, "plain_bytes_sent": find_log(grow_src).stat().st_size,
-                     "plain_s": round(regrow_plain_s, 2)},
+            "grow": grow,
         }
         print(json.dumps(result, indent=1))
         a.out.parent.mkdir(parents=True, exist_ok=True)
