@@ -21,7 +21,7 @@ from wandb.proto import wandb_internal_pb2 as pb
 
 from . import items as items_mod
 from . import meta
-from .console import TextStream
+from .console_records import Console
 from .files import Sink, copy_stream, file_action, is_text
 from .tables import redact_table
 
@@ -234,51 +234,6 @@ def _type_name(rec: Any) -> str:
         return t
     numbers = sorted({f.field_number for f in unknown_fields.UnknownFieldSet(rec)})
     return "unknown:" + ",".join(map(str, numbers)) if numbers else "empty"
-
-
-class Console:
-    """Console records, per stream, re-joined into whole lines before scrubbing."""
-
-    def __init__(self, r: "Redaction") -> None:
-        self.r = r
-        self.streams: dict[tuple[str, int], tuple[TextStream, Any]] = {}
-
-    def take(self, t: str, rec: Any) -> list[Any]:
-        r = self.r
-        if r.policy.console == "drop":
-            r.report.console["dropped"] += 1
-            return []
-        out = getattr(rec, t)
-        if r.policy.console == "keep":
-            r.report.console["kept"] += 1
-            return [rec]
-        stream, _ = self.streams.get((t, out.output_type)) or (TextStream(lambda s: r.out.text(s, "console")), None)
-        self.streams[(t, out.output_type)] = (stream, rec)
-        held = stream.pieces_held
-        text = stream.feed(out.line)
-        if not text:
-            return []
-        out.line = text
-        self._count(text, held)
-        return [rec]
-
-    def _count(self, text: str, joined: int) -> None:
-        self.r.report.console_joined += joined
-        self.r.report.console["lines"] += text.count("\n")
-
-    def close(self) -> list[Any]:
-        """The text still held when the log ends, in one record per stream."""
-        recs = []
-        for (t, _), (stream, last) in self.streams.items():
-            held = stream.pieces_held
-            text = stream.close()
-            if text:
-                self._count(text, held)
-                rec = pb.Record()
-                rec.CopyFrom(last)
-                getattr(rec, t).line = text
-                recs.append(rec)
-        return recs
 
 
 def rewrite(r: "Redaction", rec: Any, console: Console) -> list[Any]:

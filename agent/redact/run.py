@@ -24,7 +24,8 @@ from .errors import RedactError
 from .files_copy import copy_files_dir
 from .plan import PlanOutdated, apply_plan, changes_plan
 from .policy import Policy
-from .records import STAGING, Console, rewrite
+from .console_records import Console
+from .records import STAGING, rewrite
 from .redaction import Redaction
 from .report import RedactionReport
 
