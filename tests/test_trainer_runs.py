@@ -130,3 +130,29 @@ def test_custom_loop_run_holds_everything(tmp_path: Path, label: str, python: st
     # Everything wandb stages lives on the volume: no wandb dir in the (fake) home.
     assert not (tmp_path / "home" / ".cache" / "wandb").exists()
     assert (runs / "wandb-data").is_dir() and (runs / "wandb-config").is_dir()
+
+
+NO_TF = """\
+import sys, tfwb_trainer
+run = tfwb_trainer.init(project="no-tf", config={"lr": 0.1})
+run.log({"x": 1.0}, step=1)
+assert "tensorflow" not in sys.modules, "init imported TensorFlow"
+tfwb_trainer.finish()
+assert "tensorflow" not in sys.modules, "finish imported TensorFlow"
+"""
+
+
+def test_a_run_that_never_imports_tensorflow_does_not_pay_for_it(tmp_path: Path) -> None:
+    """The fingerprint takes TensorFlow's part only from a process that imported it (the Keras
+    and custom-loop runs above import it after ``init`` and still carry it): a sweep trial of
+    another kind does not load TensorFlow for four lines of config."""
+    import subprocess
+    import sys
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    p = subprocess.run([sys.executable, "-c", NO_TF], env=child_env(runs), capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    tfwb = config_value(_one_run(runs), "tfwb")
+    assert "tf_build" not in tfwb and "gpus" not in tfwb and tfwb["python"] and tfwb["packages"], tfwb

@@ -23,6 +23,7 @@ class StepLogger:
         self.optimizer = optimizer
         self.global_step = initial_step  # a Python int: counting steps never reads the device
         self.session = _session.current()
+        self.session.note_tensorflow()
         self._mark_t, self._mark_step = time.perf_counter(), initial_step
         import wandb
 

@@ -185,5 +185,14 @@ def collect(source: str | os.PathLike | None = None) -> dict[str, Any]:
         "host": socket.gethostname(),
         "os": platform.platform(),
     }
-    fp.update(tf_info())
+    if tensorflow_loaded():
+        fp.update(tf_info())
     return fp
+
+
+def tensorflow_loaded() -> bool:
+    """Whether the process has imported TensorFlow. The fingerprint never imports it: a
+    process that does not train with it (a sweep trial of another kind, a script that imports it
+    after ``init``) would pay its whole import, several seconds of CPU, for four lines of config.
+    Its part is added once it is there (``Session.note_tensorflow``)."""
+    return "tensorflow" in sys.modules

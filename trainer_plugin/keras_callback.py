@@ -69,6 +69,7 @@ class MetricsCallback(WandbMetricsLogger):
         if self.best_monitor and self.best is None:
             self.best = BestKeeper(self.model.save, monitor=self.best_monitor, mode=self.best_mode,
                                    log_artifact=self.best_artifact)
+        self.session.note_tensorflow()
         jit = getattr(self.model, "jit_compile", None)
         self.session.update_tfwb(("xla", "model_jit_compile"), None if jit is None else bool(jit))
         try:

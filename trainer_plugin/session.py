@@ -110,6 +110,15 @@ class Session:
             node[leaf] = value
             self.publish_tfwb()
 
+    def note_tensorflow(self) -> None:
+        """Add TensorFlow's part of the fingerprint (build, GPUs, XLA, precision) once the
+        process has imported it and the fingerprint lacks it; called where training with it
+        begins (the Keras callback, the step logger) and when the run is closed."""
+        if "tf_build" not in self.tfwb and fingerprint.tensorflow_loaded():
+            for key, value in fingerprint.tf_info().items():
+                self.tfwb.setdefault(key, value)  # what the run already said stays
+            self.publish_tfwb()
+
     def publish_tfwb(self) -> None:
         # The whole block is rewritten: wandb replaces a top-level config value, it does not merge.
         self.drain()
@@ -222,6 +231,10 @@ def init(
 
 def _close(s: Session) -> None:
     try:
+        try:
+            s.note_tensorflow()
+        except Exception:  # noqa: BLE001 - informative only: closing the run matters more
+            pass
         if s.shipper is not None:
             s.shipper.close()
     finally:
