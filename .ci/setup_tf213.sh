@@ -38,8 +38,36 @@ if [[ -x "$PY" && -f "$STAMP" && "$(cat "$STAMP")" == "$PINS" ]]; then
   exit 0
 fi
 
-"$BASE_PY" -m venv "$VENV" >&2
-"$PY" -m pip install -q --disable-pip-version-check --no-compile "${INSTALL[@]}" >&2
+# The pinned environment without the plugin is built once per machine in a cache, keyed by the
+# pins and the base Python, and each checkout gets a copy made of hard links (a second or two
+# instead of a TensorFlow install): like pip's wheel cache, one level up. The copy is a venv of
+# its own (its pyvenv.cfg, its own directories); only unchanged files are shared, and pip
+# replaces a file rather than writing into it. TFWB_VENV_CACHE=off builds in place, as before.
+CACHE="${TFWB_VENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tfwb-agent}"
+build() {  # $1: where
+  "$BASE_PY" -m venv "$1" >&2
+  "$1/bin/python" -m pip install -q --disable-pip-version-check --no-compile "${INSTALL[@]}" >&2
+}
+rm -rf "$VENV"
+if [[ "$CACHE" == "off" ]]; then
+  build "$VENV"
+else
+  KEY="$(printf '%s\n%s\n' "$PINS" "$("$BASE_PY" -c 'import sys; print(sys.version)')" | sha256sum | cut -c1-16)"
+  CACHED="$CACHE/venv-py38-$KEY"
+  if [[ ! -f "$CACHED/.tfwb-cached" ]]; then
+    mkdir -p "$CACHE"
+    TMP="$CACHED.tmp.$$"
+    rm -rf "$TMP"
+    build "$TMP"
+    # Byte-compiled once here, so that no checkout compiles TensorFlow again on first import.
+    "$TMP/bin/python" -m compileall -q -j 0 "$TMP/lib" >/dev/null 2>&1 || true
+    # A venv's own path is written in its activate scripts only; the copy runs $VENV/bin/python.
+    touch "$TMP/.tfwb-cached"
+    rm -rf "$CACHED" && mv "$TMP" "$CACHED"
+  fi
+  cp -al "$CACHED" "$VENV" 2>/dev/null || cp -a "$CACHED" "$VENV"  # another file system: a real copy
+  rm -f "$VENV/.tfwb-cached"
+fi
 "$PY" -m pip install -q --no-deps -e "$PROJECT" >&2
 "$PY" -c "$CHECK" >&2
 echo "$PINS" > "$STAMP"
