@@ -27,6 +27,8 @@ LAZY = {
     "tfwb_agent.deliver.sweeps": "the sweeps engine imports wandb: loaded only for a sweep run",
     "detect_secrets": "its plugins take long to import: loaded once a policy asks for secret detection",
     "rich": "progress bars: loaded only when sync's output is a terminal",
+    "tfwb_agent.sealing": "sealing and redaction: `sync` loads them only where it seals live segments, so a "
+                          "delivery (a gateway's always) starts its wandb sync sooner",
 }
 
 

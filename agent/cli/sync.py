@@ -16,7 +16,6 @@ import click
 from .. import config as config_mod
 from ..deliver import engine, upload
 from ..deliver.probe import NEEDS_A_PERSON
-from ..sealing import seal_live_segments
 from .common import Context, echo_json, pass_ctx
 
 
@@ -128,6 +127,8 @@ def command(ctx: Context, target: str, once: bool, run_id: str | None, dry_run: 
     try:
         while True:
             if engine.sync_settings(cfg).live and not dry_run:
+                from ..sealing import seal_live_segments  # lazy: see tests/test_import_graph.py LAZY
+
                 with ctx.writing(holder):
                     seal_live_segments(ledger, cfg)
             try:
