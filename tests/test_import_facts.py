@@ -12,7 +12,6 @@ is checked on the server too: every row there once.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sqlite3

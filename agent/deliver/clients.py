@@ -211,14 +211,15 @@ def install(state_dir: Path, version: str, index: str | None = None, target: str
         env = clean_env(dict(os.environ))
         env.pop("PIP_REQUIRE_VIRTUALENV", None)
         for argv in steps:
+            why = ""
             try:
                 with open(pip_log, "ab") as out:
                     rc = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         env=env, timeout=INSTALL_TIMEOUT).returncode
             except (OSError, subprocess.TimeoutExpired) as exc:
-                rc, _why = -1, str(exc)
+                rc, why = -1, str(exc)
             if rc != 0:
-                said = _last_words(pip_log)
+                said = _last_words(pip_log) or why
                 shutil.rmtree(root, ignore_errors=True)
                 raise ClientError(
                     f"cannot install wandb {version} for {where} into {root}"

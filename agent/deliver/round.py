@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any, Callable, ContextManager, Iterator
 
 from .. import config as config_mod
-from .. import ids, statedir
+from .. import ids, procs, statedir
 from ..ledger import Ledger
 from . import policy, probe, upload
 from .outcomes import Outcome, RoundReport, delivery, set_state
@@ -101,7 +101,7 @@ def _sweep_leftovers(ledger: Ledger, cfg: config_mod.Config, target_name: str) -
     if not root.is_dir():
         return
     rows = ledger.uploaders(target_name)
-    if any(upload.alive(r["uploader_pid"], r["uploader_start"]) for r in rows):
+    if any(procs.alive(r["uploader_pid"], r["uploader_start"]) for r in rows):
         return
     for p in root.iterdir():
         shutil.rmtree(p, ignore_errors=True)
@@ -149,13 +149,13 @@ def _choose(ledger: Ledger, cfg: config_mod.Config, target_name: str, rr: RoundR
             rr.outcomes.append(Outcome(u.run_id, u.segment, target_name, "held" if state == "held" else "waiting",
                                        dec.reason))
             continue
-        if d and d["state"] == "uploading" and d["uploader_pid"] and upload.alive(d["uploader_pid"], d["uploader_start"]):
+        if d and d["state"] == "uploading" and d["uploader_pid"] and procs.alive(d["uploader_pid"], d["uploader_start"]):
             if not wait_for_others:
                 rr.waiting += 1
                 rr.outcomes.append(Outcome(u.run_id, u.segment, target_name, "uploading",
                                            f"an upload started earlier (pid {d['uploader_pid']}) is still running"))
                 continue
-            while upload.alive(d["uploader_pid"], d["uploader_start"]) and not upload.stopping.is_set():
+            while procs.alive(d["uploader_pid"], d["uploader_start"]) and not upload.stopping.is_set():
                 time.sleep(0.5)  # a poll interval: the earlier uploader's exit is what we wait for
             if upload.stopping.is_set():
                 rr.waiting += 1

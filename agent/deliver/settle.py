@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import config as config_mod
-from .. import ids, statedir
+from .. import ids, procs, statedir
 from ..ledger import Ledger
 from ..runlog import find_log
 from ..segments import Cut, LogFacts, facts_from_sealed, plan_cut, read_facts, write_cut
@@ -196,7 +196,7 @@ class Settler:
             except upload.Stopped:
                 return [book.retry(p.unit, STOPPED, None) for p in batch]
             out_log = up.log_path
-            started = upload.process_start_time(up.pid)
+            started = procs.process_start_time(up.pid)
             for p in batch:
                 book.set(p.unit, "uploading", uploader_pid=up.pid, uploader_start=started,
                          server_rows=p.base + p.server_rows, attempts=book.delivery(p.unit).get("attempts", 0) + 1,

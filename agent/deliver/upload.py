@@ -25,7 +25,6 @@ from typing import Sequence
 
 import certifi
 
-from ..procs import alive, process_start_time  # noqa: F401  (delivery names them upload.*)
 from .clients import clean_env, client_for_url, wandb_exe
 from .server import ca_bundle, tls_message
 

@@ -8,9 +8,8 @@ The API the daemon and delivery use:
 - ``import_dir(cfg, keys, ledger, directory) -> ImportReport``; ``export_to(...)``
 - ``open_bundle(path, keys, staging_root=...)`` for anything that needs a bundle's content
 
-Importing this package registers the ``[keys]`` config section.
+Importing this package registers the ``[keys]`` config section (``keyconfig``, imported below).
 """
-from . import keyconfig as _keyconfig  # noqa: F401  (registers the [keys] validator)
 from .bundle import REASONS, Refused, SealError, open_bundle
 from .keyconfig import KeysConfig, keys_config
 from .keystore import KeyFileError, OpenKeys, SealKeys, open_keys, seal_keys
