@@ -57,7 +57,9 @@ class Server:
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Read what arrived from the server's SQLite database (tables runs, metrics, files)."""
-        con = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
+        # An ordinary connection (it only reads): a read-only one may not map the server's WAL
+        # index and then reads the main file alone, without the rows still in the WAL.
+        con = sqlite3.connect(self.db_path, timeout=10)
         try:
             return con.execute(sql, params).fetchall()
         finally:
