@@ -59,6 +59,7 @@ else
     TMP="$CACHED.tmp.$$"
     rm -rf "$TMP"
     build "$TMP"
+    "$TMP/bin/python" -c "import tensorflow, wandb, sweeps" >&2  # checked once, where it was built
     # Byte-compiled once here, so that no checkout compiles TensorFlow again on first import.
     "$TMP/bin/python" -m compileall -q -j 0 "$TMP/lib" >/dev/null 2>&1 || true
     # A venv's own path is written in its activate scripts only; the copy runs $VENV/bin/python.
@@ -67,6 +68,8 @@ else
   fi
   cp -al "$CACHED" "$VENV" 2>/dev/null || cp -a "$CACHED" "$VENV"  # another file system: a real copy
   rm -f "$VENV/.tfwb-cached"
+  # TensorFlow was imported where the copy came from; here the plugin and wandb are what is new.
+  CHECK="import sys, wandb, sweeps, tfwb_trainer; assert sys.version_info[:2] == (3, 8), sys.version"
 fi
 "$PY" -m pip install -q --no-deps -e "$PROJECT" >&2
 "$PY" -c "$CHECK" >&2
