@@ -53,6 +53,10 @@ def main(how: str) -> int:
     class CrashHalfway(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             if how == "crashed" and epoch == 1:
+                # The rows logged so far are handed to wandb off the training thread: have them
+                # all in wandb's hands first (a busy machine could otherwise kill them in flight
+                # and the crashed run would hold its sample images and nothing else).
+                tfwb_trainer.current().drain()
                 _wait_for_flush(run)
                 sys.stdout.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
