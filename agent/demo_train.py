@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from .wandb_log import read_records
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
@@ -69,16 +71,24 @@ def main(how: str) -> int:
 
 
 def _wait_for_flush(run, timeout: float = 20.0) -> None:
-    """A real job dies after hours, long after wandb flushed its file; this one dies after
-    seconds. wandb 0.31 writes its log in 32 KiB blocks, so wait until a first block is on disk,
-    or the crashed run would hold nothing but the file header."""
+    """A real job dies after hours, long after wandb wrote its rows; this one dies after seconds.
+    wandb writes its log on its own schedule, so wait until the log on disk holds a training row
+    (its loss), or the crashed run would hold its sample images and nothing else."""
     log = Path(run.dir).parent / f"run-{run.id}.wandb"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if log.exists() and log.stat().st_size > 4096:
+        if log.exists() and _holds_a_loss(log):
             return
         run.log({"crash/padding": "x" * 512})  # more data: the writer flushes a full block
         time.sleep(0.05)
+
+
+def _holds_a_loss(log: Path) -> bool:
+    for _, rec in read_records(log):  # whole records only: a torn tail is where it stops
+        if rec.WhichOneof("record_type") == "history" and any(
+                (item.key or "/".join(item.nested_key)).endswith("/loss") for item in rec.history.item):
+            return True
+    return False
 
 
 if __name__ == "__main__":
