@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .wandb_log import read_records
+from .wandb_log import FILE_HEADER_LEN, read_records
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
@@ -73,22 +73,30 @@ def main(how: str) -> int:
 def _wait_for_flush(run, timeout: float = 20.0) -> None:
     """A real job dies after hours, long after wandb wrote its rows; this one dies after seconds.
     wandb writes its log on its own schedule, so wait until the log on disk holds a training row
-    (its loss), or the crashed run would hold its sample images and nothing else."""
+    (its loss), or the crashed run would hold its sample images and nothing else. Each look reads
+    only the records written since the last one."""
     log = Path(run.dir).parent / f"run-{run.id}.wandb"
-    deadline = time.monotonic() + timeout
+    deadline, start = time.monotonic() + timeout, FILE_HEADER_LEN
     while time.monotonic() < deadline:
-        if log.exists() and _holds_a_loss(log):
-            return
+        if log.exists():
+            found, start = _loss_since(log, start)
+            if found:
+                return
         run.log({"crash/padding": "x" * 512})  # more data: the writer flushes a full block
         time.sleep(0.05)
 
 
-def _holds_a_loss(log: Path) -> bool:
-    for _, rec in read_records(log):  # whole records only: a torn tail is where it stops
+def _loss_since(log: Path, start: int) -> tuple[bool, int]:
+    """Whether a whole history record from ``start`` on logs a loss; where the next look starts."""
+    records = read_records(log, start)
+    while True:
+        try:
+            _, rec = next(records)
+        except StopIteration as done:  # its value is the Tail: where the whole records end
+            return False, done.value.end
         if rec.WhichOneof("record_type") == "history" and any(
                 (item.key or "/".join(item.nested_key)).endswith("/loss") for item in rec.history.item):
-            return True
-    return False
+            return True, start
 
 
 if __name__ == "__main__":
