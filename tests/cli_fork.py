@@ -1,4 +1,4 @@
-"""Run the agent's CLI as a real child process that starts from a fork of the test worker.
+"""Run the agent's CLI (and the test server) as a real child process that starts from a fork of the test worker.
 
 The suite calls `tfwb-agent` several hundred times; a fresh `python -m tfwb_agent` spends most of a
 short command's CPU starting Python and importing the agent. A forked child has that done already
@@ -13,6 +13,8 @@ filters printing to stderr, no logging handlers, empty ``atexit`` and ``lru_cach
 usual) for ``[sys.executable, "-m", "tfwb_agent", ...]`` only; anything else — a command behind a
 prefix such as ``setpriv``, or ``TFWB_TEST_CLI=exec`` in the environment — starts for real, and so
 does the CLI while this process has an SQLite database open (SQLite does not survive a fork).
+A subclass names another program the same way (``accepts`` and ``load``): the OpenWandb test
+server (``openwandb_server.ForkedServer``), whose web and GraphQL libraries are most of its start.
 """
 from __future__ import annotations
 
@@ -25,14 +27,18 @@ import subprocess
 import sys
 import traceback
 import warnings
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 _SIGNALS_RESET = (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM, signal.SIGCHLD, signal.SIGUSR1,
                   signal.SIGUSR2, signal.SIGQUIT)
 
 
+def forking_allowed() -> bool:
+    return os.environ.get("TFWB_TEST_CLI") != "exec"
+
+
 def is_agent_cli(argv: Sequence[str]) -> bool:
-    return list(argv[:3]) == [sys.executable, "-m", "tfwb_agent"] and os.environ.get("TFWB_TEST_CLI") != "exec"
+    return list(argv[:3]) == [sys.executable, "-m", "tfwb_agent"] and forking_allowed()
 
 
 def popen(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
@@ -58,11 +64,27 @@ def run_cli(args: Sequence[str], env: dict[str, str], timeout: float) -> subproc
 class ForkedPopen(subprocess.Popen):
     """``Popen`` whose child is a fork of this process running the agent's CLI in it."""
 
+    @staticmethod
+    def accepts(args: Sequence[str]) -> bool:
+        """Whether ``args`` is the program this class runs in a fork."""
+        return is_agent_cli(args)
+
+    @staticmethod
+    def load() -> Callable[[list[str]], None]:
+        """Import the program here, once per worker (what every child then skips); return what
+        runs it in the child, given the whole ``args``."""
+        from tfwb_agent.cli.main import cli
+
+        def run(args: list[str]) -> None:
+            sys.argv = [sys.modules["tfwb_agent"].__file__.replace("__init__.py", "__main__.py"), *args[3:]]
+            cli.main(args=args[3:], prog_name="tfwb-agent")
+        return run
+
     def _execute_child(self, args, executable, preexec_fn, close_fds, pass_fds, cwd, env, startupinfo,
                        creationflags, shell, p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite,
                        *rest) -> None:
-        if not is_agent_cli(args) or shell or preexec_fn is not None:
-            raise ValueError(f"ForkedPopen runs the agent's CLI only, not {args!r}")
+        if not self.accepts(args) or shell or preexec_fn is not None:
+            raise ValueError(f"{type(self).__name__} does not run {args!r}")
         if _sqlite_open():  # SQLite's per-process state would be shared: start afresh instead
             return super()._execute_child(args, executable, preexec_fn, close_fds, pass_fds, cwd, env, startupinfo,
                                           creationflags, shell, p2cread, p2cwrite, c2pread, c2pwrite, errread,
@@ -70,19 +92,18 @@ class ForkedPopen(subprocess.Popen):
         # restore_signals, gid, gids, uid, umask, start_new_session[, process_group (3.11+)]
         new_session = bool(rest[5]) if len(rest) > 5 else False
         group = rest[6] if len(rest) > 6 and rest[6] is not None and rest[6] >= 0 else None
-        from tfwb_agent.cli.main import cli  # once per worker: what every child then skips
-
+        run = self.load()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()  # nothing buffered here is written twice by the child
         pid = os.fork()
         if pid == 0:
-            _child(cli, list(args[3:]), env, cwd, (p2cread, c2pwrite, errwrite), tuple(pass_fds), new_session, group)
+            _child(run, list(args), env, cwd, (p2cread, c2pwrite, errwrite), tuple(pass_fds), new_session, group)
         self.pid = pid
         self._child_created = True
         self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)  # the child's ends
 
 
-def _child(cli: Any, args: list[str], env: dict[str, str] | None, cwd: Any, fds: tuple[int, int, int],
+def _child(run: Callable[[list[str]], None], args: list[str], env: dict[str, str] | None, cwd: Any, fds: tuple[int, int, int],
            pass_fds: tuple[int, ...], new_session: bool, group: int | None) -> None:
     code: int = 1
     try:
@@ -112,8 +133,7 @@ def _child(cli: Any, args: list[str], env: dict[str, str] | None, cwd: Any, fds:
         root.setLevel(logging.WARNING)
         atexit._clear()
         _clear_agent_caches()
-        sys.argv = [sys.modules["tfwb_agent"].__file__.replace("__init__.py", "__main__.py"), *args]
-        cli.main(args=args, prog_name="tfwb-agent")
+        run(args)
         code = 0
     except SystemExit as exc:
         code = _exit_code(exc.code)

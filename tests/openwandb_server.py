@@ -12,7 +12,7 @@ and the helper polls the HTTP port until it answers. OpenWandb is test-only (its
 non-commercial); nothing in the agent imports this.
 
 The server runs as ``openwandb serve`` does, through this file (``python openwandb_server.py serve
-...``, at the bottom), with one change: an API key is checked with bcrypt once, not on every
+...``, at the bottom; started as a fork of the test worker, ``ForkedServer``), with one change: an API key is checked with bcrypt once, not on every
 request. OpenWandb checks the key of each request with ``bcrypt.checkpw`` (about 0.3 s of CPU
 each), which made the test server the costliest process of every delivery test (55 of the 95 CPU
 seconds of a 20-run delivery). A key that failed its check fails again, from the same memo.
@@ -35,7 +35,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
+
+from cli_fork import ForkedPopen, forking_allowed
 
 ENTITY = "admin"  # OpenWandb's default user; runs synced with this key land under it
 _KEY_RX = re.compile(r"WANDB_API_KEY=(\S+)")
@@ -125,10 +127,34 @@ def launch(port: int, data_dir: Path, log_path: Path, key_check_seconds: float =
     if importlib.util.find_spec("openwandb") is None:
         raise RuntimeError("openwandb is not installed (pip install -e '.[test]')")
     env = dict(os.environ, **{_PACE_ENV: str(key_check_seconds)})
+    argv = [sys.executable, __file__, "serve", "--host", "127.0.0.1", "--port", str(port),
+            "--data-dir", str(data_dir), "--log-level", "warning"]
     with open(log_path, "wb") as log:
-        return subprocess.Popen([sys.executable, __file__, "serve", "--host", "127.0.0.1", "--port", str(port),
-                                 "--data-dir", str(data_dir), "--log-level", "warning"],
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        return (ForkedServer if ForkedServer.accepts(argv) else subprocess.Popen)(
+            argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+
+
+class ForkedServer(ForkedPopen):
+    """``python openwandb_server.py serve ...`` in a fork of this process (see ``cli_fork``): the
+    libraries OpenWandb serves with (FastAPI, Strawberry, uvicorn: most of its start-up CPU) are
+    imported here once; OpenWandb's own modules are not, since they read their configuration
+    from the environment at their first import, which happens in the child as before."""
+
+    @staticmethod
+    def accepts(args: Sequence[str]) -> bool:
+        return list(args[:3]) == [sys.executable, __file__, "serve"] and forking_allowed()
+
+    @staticmethod
+    def load() -> Callable[[list[str]], None]:
+        import bcrypt  # noqa: F401
+        import fastapi.templating  # noqa: F401
+        import strawberry.fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+
+        def run(args: list[str]) -> None:
+            sys.argv = list(args[1:])
+            _serve()
+        return run
 
 
 def wait_ready(proc: subprocess.Popen, url: str, log_path: Path, timeout: float) -> str | None:
