@@ -1,7 +1,9 @@
 """`tfwb-agent sync --to NAME`: deliver sealed (or imported) runs to a configured target.
 
 Thin: parse, call ``deliver.engine.deliver_round`` in a loop, print. Without ``--once`` it keeps
-going, waiting out a target's back-off, until nothing it may send is left unconfirmed.
+going, waiting out a target's back-off, until nothing it may send is left unconfirmed. Where the
+first round will most likely send, a ``wandb sync`` is started ahead (``deliver.ahead``) before
+the engine is even imported: its start-up, not the agent's, is a small delivery's critical path.
 """
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ from typing import Any
 import click
 
 from .. import config as config_mod
-from ..deliver import engine, upload
+from ..deliver import ahead, upload
 from ..deliver.probe import NEEDS_A_PERSON
+from ..deliver.work import pending_units
 from .common import Context, echo_json, pass_ctx
 
 
@@ -103,10 +106,35 @@ def command(ctx: Context, target: str, once: bool, run_id: str | None, dry_run: 
     """
     cfg = ctx.config
     ledger = ctx.ledger()
-    if run_id and not any(u.run_id == run_id for u in engine.pending_units(ledger)) \
-            and not ledger.has_run(run_id):
+    if run_id and not any(u.run_id == run_id for u in pending_units(ledger)) and not ledger.has_run(run_id):
         raise click.ClickException(f"this host holds no run or bundle {run_id!r} (`tfwb-agent status` lists its runs, "
                                    "`tfwb-agent import` takes bundles carried in)")
+    _stop_on_signals(timeout)  # from here a stop kills the wandb sync started ahead too (upload.stop_all)
+    early: upload.Warm | None = None
+    rounds: list[dict[str, Any]] = []
+    stopped: _Stopped | None = None
+    try:
+        early = ahead.start(ledger, cfg, target, only_run=run_id, dry_run=dry_run, retry_failed=retry_failed)
+        _rounds(ctx, ledger, target, once, run_id, dry_run, retry_failed, as_json, early, rounds)
+    except _Stopped as exc:
+        stopped = exc
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # what is left (the report) may simply be cut
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        ahead.finish(early)
+    _report(ledger, target, run_id, rounds, stopped, as_json)
+
+
+def _rounds(ctx: Context, ledger: Any, target: str, once: bool, run_id: str | None, dry_run: bool,
+            retry_failed: bool, as_json: bool, early: upload.Warm | None, rounds: list[dict[str, Any]]) -> None:
+    """The rounds, until done (each round's report appended to ``rounds``); ``_Stopped`` where a
+    signal or --timeout stops them."""
+    # Lazy: the engine (sealing's and opening's crypto, HTTP, ~0.3 s) loads while the wandb sync
+    # started ahead imports wandb, not before it starts.
+    from ..deliver import engine
+
+    cfg = ctx.config
     reporter = _Quiet() if as_json else (_Bars() if sys.stdout.isatty() else _Lines())
     if isinstance(reporter, _Bars):
         # The bars print each outcome; the log adds only what needs a look (retries, failures),
@@ -119,10 +147,7 @@ def command(ctx: Context, target: str, once: bool, run_id: str | None, dry_run: 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
         for handler in logging.getLogger().handlers:
             handler.addFilter(_not_an_outcome)
-    rounds: list[dict[str, Any]] = []
     holder = f"sync --to {target}"
-    stopped: _Stopped | None = None
-    _stop_on_signals(timeout)
     first = True
     try:
         while True:
@@ -134,7 +159,7 @@ def command(ctx: Context, target: str, once: bool, run_id: str | None, dry_run: 
             try:
                 rr = engine.deliver_round(ledger, cfg, target, only_run=run_id, dry_run=dry_run, force_probe=first,
                                           wait_for_others=True, retry_failed=retry_failed and first, report=reporter,
-                                          exclusive=lambda: ctx.writing(holder))
+                                          exclusive=lambda: ctx.writing(holder), ahead=early if first else None)
             except config_mod.ConfigError as exc:
                 raise click.ClickException(str(exc)) from None
             first = False
@@ -149,14 +174,8 @@ def command(ctx: Context, target: str, once: bool, run_id: str | None, dry_run: 
             nxt = row.get("next_attempt") or 0
             # Wait out the back-off the engine chose (a schedule, not a synchronisation guess).
             time.sleep(min(max(nxt - time.time(), 0.5), 30.0))
-    except _Stopped as exc:
-        stopped = exc
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # what is left (the report) may simply be cut
-        signal.signal(signal.SIGINT, signal.default_int_handler)
         reporter.close()
-    _report(ledger, target, run_id, rounds, stopped, as_json)
 
 
 def _report(ledger: Any, target: str, run_id: str | None, rounds: list[dict[str, Any]], stopped: "_Stopped | None",

@@ -34,7 +34,7 @@ from .settings import Target, policies, sync_settings, targets
 from .settle import Reporter, Settler
 from .target_status import probe_target, read_key, target_row
 from .waves import deliver_waves
-from .work import NO_IDENTITY, Unit, pending_units
+from .work import NO_IDENTITY, Unit, pending_units, settled
 
 log = logging.getLogger("tfwb_agent.deliver")
 
@@ -46,7 +46,8 @@ def _quiet(event: str, **info: Any) -> None:
 def deliver_round(ledger: Ledger, cfg: config_mod.Config, target_name: str, *, only_run: str | None = None,
                   dry_run: bool = False, force_probe: bool = False, wait_for_others: bool = False,
                   retry_failed: bool = False, report: Reporter = _quiet, now: float | None = None,
-                  exclusive: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> RoundReport:
+                  exclusive: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
+                  ahead: upload.Warm | None = None) -> RoundReport:
     """Deliver what policy allows now to ``target_name``; return what happened, per segment.
 
     One process at a time delivers to a target (the daemon's stage and a `sync` by hand would
@@ -54,22 +55,33 @@ def deliver_round(ledger: Ledger, cfg: config_mod.Config, target_name: str, *, o
     the round waits for such a process, and for uploads a killed one left running; without it
     (the daemon) it leaves those to finish and goes on with the rest. ``exclusive()`` is held
     around the round once the target is ours: a command's hold on the state directory (the
-    daemon holds it already for its whole pass)."""
+    daemon holds it already for its whole pass). ``ahead``: a ``wandb sync`` the caller started
+    before it (``ahead.py``), used for the first upload, else ended here."""
+    try:
+        return _locked_round(ledger, cfg, target_name, dry_run, exclusive, ahead,
+                             dict(only_run=only_run, force_probe=force_probe, wait_for_others=wait_for_others,
+                                  retry_failed=retry_failed, report=report, now=now))
+    finally:
+        if ahead is not None:
+            ahead.discard()  # nothing, once an upload took it
+
+
+def _locked_round(ledger: Ledger, cfg: config_mod.Config, target_name: str, dry_run: bool,
+                  exclusive: Callable[[], ContextManager[Any]], ahead: upload.Warm | None,
+                  args: dict[str, Any]) -> RoundReport:
     all_targets = targets(cfg)
     if target_name not in all_targets:
         known = ", ".join(sorted(all_targets)) or "none configured"
         raise config_mod.ConfigError(cfg.source, f"targets.{target_name}", f"no such target (known: {known})")
-    args = dict(only_run=only_run, force_probe=force_probe, wait_for_others=wait_for_others, retry_failed=retry_failed,
-                report=report, now=now)
     if dry_run:
-        return _round(ledger, cfg, target_name, all_targets[target_name], dry_run=True, **args)
-    with _target_lock(cfg, target_name, wait=wait_for_others) as held:
+        return _round(ledger, cfg, target_name, all_targets[target_name], dry_run=True, ahead=None, **args)
+    with _target_lock(cfg, target_name, wait=args["wait_for_others"]) as held:
         if not held:
             row = target_row(ledger, target_name) or {}
             return RoundReport(target_name, row.get("status"), f"another tfwb-agent process is delivering to "
                                f"{target_name} now", waiting=1)
         with exclusive():
-            return _round(ledger, cfg, target_name, all_targets[target_name], dry_run=False, **args)
+            return _round(ledger, cfg, target_name, all_targets[target_name], dry_run=False, ahead=ahead, **args)
 
 
 @contextlib.contextmanager
@@ -107,10 +119,13 @@ def _sweep_leftovers(ledger: Ledger, cfg: config_mod.Config, target_name: str) -
         shutil.rmtree(p, ignore_errors=True)
 
 
-def _warm_early(cfg: config_mod.Config, target_name: str, t: Target, row: dict[str, Any] | None) -> upload.Warm | None:
+def _warm_early(cfg: config_mod.Config, target_name: str, t: Target, row: dict[str, Any] | None,
+                ahead: upload.Warm | None) -> upload.Warm | None:
     """A ``wandb sync`` started before the probe, to import wandb while it runs: only for a
     target that was online when last probed and sends with the agent's own wandb (ended
-    unused if the probe says otherwise now)."""
+    unused if the probe says otherwise now). The caller's, where it started one ahead."""
+    if ahead is not None:
+        return ahead
     if t.wandb is not None or not row or row["status"] != probe.ONLINE:
         return None
     key, missing = read_key(target_name, t)
@@ -130,10 +145,8 @@ def _choose(ledger: Ledger, cfg: config_mod.Config, target_name: str, rr: RoundR
         if only_run and u.run_id != only_run:
             continue
         d = delivery(ledger, u, target_name)
-        if d and d["state"] == "confirmed" and d["content_id"] == u.content_id:
-            continue  # delivered: nothing to ask, nothing to send
-        if d and d["state"] == "failed" and d["content_id"] == u.content_id and not retry_failed:
-            continue  # needs an operator (`sync --retry-failed` after looking)
+        if settled(d, u, retry_failed):
+            continue  # delivered, or needs an operator (`sync --retry-failed` after looking)
         if not u.identity_known:
             if not dry_run and (d is None or d["state"] != "held" or d["reason"] != NO_IDENTITY):
                 set_state(ledger, u, target_name, "held", reason=NO_IDENTITY, last_error=None, next_attempt=None)
@@ -173,7 +186,7 @@ def _choose(ledger: Ledger, cfg: config_mod.Config, target_name: str, rr: RoundR
 
 def _round(ledger: Ledger, cfg: config_mod.Config, target_name: str, t: Target, *, only_run: str | None,
            dry_run: bool, force_probe: bool, wait_for_others: bool, retry_failed: bool, report: Reporter,
-           now: float | None) -> RoundReport:
+           now: float | None, ahead: upload.Warm | None) -> RoundReport:
     settings = sync_settings(cfg)
     now = time.time() if now is None else now
     rr = RoundReport(target_name)
@@ -193,7 +206,7 @@ def _round(ledger: Ledger, cfg: config_mod.Config, target_name: str, t: Target, 
         rr.status, rr.detail, rr.waiting = row["status"], row["detail"], rr.waiting + len(to_send)
         return rr
     _sweep_leftovers(ledger, cfg, target_name)
-    early = _warm_early(cfg, target_name, t, row)
+    early = _warm_early(cfg, target_name, t, row, ahead)
     res, rec, key = probe_target(ledger, target_name, t, settings, now)
     rr.status, rr.detail = rec["status"], rec["detail"]
     if res.status != probe.ONLINE:

@@ -178,9 +178,14 @@ class Warm:
     proc: subprocess.Popen
     home: Path      # wandb's config/cache/data and the process's cwd
     log_path: Path  # its stdout and stderr
+    spent: bool = False  # given its runs (``start_warm``, an upload now) or discarded: nothing left to end
 
     def discard(self) -> None:
-        """End it unused (its whole process group) and forget it."""
+        """End it unused (its whole process group) and forget it; nothing once it is an upload
+        (its pid may be reaped and reused by now) or discarded already."""
+        if self.spent:
+            return
+        self.spent = True
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -215,7 +220,8 @@ def start_warm(w: Warm, run_dirs: Sequence[Path], project: str, entity: str | No
     if stopping.is_set():
         raise Stopped("stopping: no new upload")
     argv = sync_argv(run_dirs, project, entity, parallel, exe=["wandb"])[1:]
-    assert w.proc.stdin is not None
+    assert w.proc.stdin is not None and not w.spent
+    w.spent = True
     try:
         w.proc.stdin.write((json.dumps(argv) + "\n").encode())
         w.proc.stdin.close()

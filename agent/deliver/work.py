@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..ledger import Ledger
 from ..ledger.receipts import pruned_ids
@@ -57,3 +58,11 @@ def pending_units(ledger: Ledger) -> list[Unit]:
     pruned = {kind: pruned_ids(ledger, kind) for kind in _PRUNED_KIND.values()}
     kept = [u for u in units.values() if u.bundle_id not in pruned[_PRUNED_KIND[u.source]]]
     return sorted(kept, key=lambda u: (u.created if u.segment == 0 else 0, u.run_id, u.segment))
+
+
+def settled(d: dict[str, Any] | None, u: Unit, retry_failed: bool) -> bool:
+    """Nothing to do for ``u`` on the target of its delivery row ``d``: this very content is
+    confirmed there, or failed and waits for an operator (``sync --retry-failed``)."""
+    if not d or d["content_id"] != u.content_id:
+        return False
+    return d["state"] == "confirmed" or (d["state"] == "failed" and not retry_failed)
