@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -206,16 +205,21 @@ class Settler:
             upload.finished(up)
             if upload.stopping.is_set():  # the server is not asked now: the next round asks it
                 return [book.retry(p.unit, STOPPED, None) for p in batch]
+            said = upload.tail(out_log, 4000)  # what wandb said, kept before its directory goes
+            # The directories go while the server is asked (their removal took as long as the
+            # question, ~60 ms, after it): nothing reads them once wandb sync has ended.
+            removing = threading.Thread(target=_remove, args=([scratch, *(p.work for p in batch)],),
+                                        name="deliver-cleanup")
+            removing.start()
             try:
                 judged = self.ask(batch, after_upload=True)
             except Exception as exc:
                 return [book.settle_error(p.unit, exc) for p in batch]
-            return [self.judge_sent(p, after, rc, out_log) for p, after in zip(batch, judged)]
+            finally:
+                removing.join()
+            return [self.judge_sent(p, after, rc, said) for p, after in zip(batch, judged)]
         finally:
-            if scratch is not None:
-                shutil.rmtree(scratch, ignore_errors=True)
-            for p in batch:
-                shutil.rmtree(p.work, ignore_errors=True)
+            _remove([scratch, *(p.work for p in batch)])
 
     def wait(self, up: upload.Upload, batch: list[Prepared], timeout: float) -> int | None:
         """Wait for the upload to end (killed after ``timeout``); meanwhile report each run whose
@@ -224,13 +228,12 @@ class Settler:
         waiting = list(batch)
         rc: int | None = None
         while True:
-            try:
-                rc = up.proc.wait(timeout=PROGRESS_POLL)
+            rc = upload.wait_exit(up.proc, PROGRESS_POLL)
+            if rc is not None:
                 break
-            except subprocess.TimeoutExpired:
-                if time.monotonic() > deadline:
-                    upload.kill(up)
-                    break
+            if time.monotonic() > deadline:
+                upload.kill(up)
+                break
             for p in [p for p in waiting if p.log_path.with_name(p.log_path.name + ".synced").exists()]:
                 waiting.remove(p)
                 self.report("upload_end", run_id=p.unit.run_id, segment=p.unit.segment, bytes=p.size, returncode=None)
@@ -238,18 +241,25 @@ class Settler:
             self.report("upload_end", run_id=p.unit.run_id, segment=p.unit.segment, bytes=p.size, returncode=rc)
         return rc
 
-    def judge_sent(self, p: Prepared, after: confirm.Judgement, rc: int | None, out_log: Path) -> Outcome:
+    def judge_sent(self, p: Prepared, after: confirm.Judgement, rc: int | None, said: str) -> Outcome:
+        """The server's word on an upload that ended; ``said``: the end of wandb sync's log."""
         u, book = p.unit, self.book
         if after.kind == confirm.COMPLETE:
             return book.confirmed(u, after, p.rows, p.size, "sent and confirmed", p.base + p.facts.history_rows)
         if after.kind == confirm.MISMATCH:
             return book.failed(u, f"sent, but {after.detail}; not sending again", after.server_rows)
-        tls = upload.diagnose(upload.tail(out_log, 4000), self.t.base_url, self.t.name)
+        tls = upload.diagnose(said, self.t.base_url, self.t.name)
         if tls:
             return book.retry(u, f"{NOT_CONFIRMED} (exit {rc}): {tls}", None)
         if after.kind == confirm.UNKNOWN:
             return book.retry(u, f"{NOT_CONFIRMED} (exit {rc}): {after.detail}", None)
-        why = upload.tail(out_log, 600).replace(self.key, "<key>").strip().splitlines()
+        why = said[-600:].replace(self.key, "<key>").strip().splitlines()
         last = why[-1] if why else ""
         return book.retry(u, f"{NOT_CONFIRMED} (exit {rc}): {after.detail}"
                              + (f"; wandb said: {last[:300]}" if last else ""), after.server_rows)
+
+
+def _remove(dirs: list[Path | None]) -> None:
+    for d in dirs:
+        if d is not None:
+            shutil.rmtree(d, ignore_errors=True)

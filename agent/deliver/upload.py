@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import signal
 import ssl
 import subprocess
@@ -111,6 +112,24 @@ def stop_all() -> int:
     return stopped
 
 
+def wait_exit(proc: subprocess.Popen, timeout: float) -> int | None:
+    """``proc``'s exit status if it ends within ``timeout`` seconds, else None. Woken by the
+    kernel the moment it ends (a pidfd), not by ``Popen.wait``'s polling, which looks every 50 ms
+    once it has waited a while: up to 50 ms more before the server is asked, per upload."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # no pidfd here (an old kernel), or it was reaped already
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+    return proc.wait() if ready else None
+
+
 def kill(up: "Upload") -> None:
     """Kill one upload, its whole process group (wandb sync starts helpers of its own)."""
     try:
@@ -147,9 +166,18 @@ class Upload:
 # finish and waited for), and the process ends without the interpreter's finalization of wandb's
 # modules: that took 0.15-0.2 s after the upload was over, time the agent spent waiting before it
 # could ask the server. An exception other than the CLI's exit ends the process as usual.
-_WARM_MAIN = ("import json, logging, os, sys\n"
+# wandb waits for its service's port file in sleeps of 0.2 s, where the service is up in ~0.02 s:
+# since the sync is started ahead (``ahead.py``), this start-up is the delivery's critical path,
+# so the wait looks every 10 ms (its ``_SLEEP`` hook; a wandb without it just waits as before).
+_WARM_MAIN = ("import json, logging, os, sys, time\n"
               "from wandb.cli.cli import cli\n"
               "from wandb.sdk import wandb_setup\n"
+              "try:\n"
+              "    from wandb.sdk.lib.service import service_port_file\n"
+              "    if hasattr(service_port_file, '_SLEEP'):\n"
+              "        service_port_file._SLEEP = lambda s: time.sleep(min(s, 0.01))\n"
+              "except ImportError:\n"
+              "    pass\n"
               "try:\n"
               "    wandb_setup.singleton().ensure_service()\n"
               "except Exception:\n"

@@ -1,0 +1,226 @@
+"""`sync` starts its `wandb sync` ahead (``deliver/ahead.py``), before it loads the engine. What
+must hold: it starts one only where the first round will most likely send (an idle `sync --once`
+timer, a dry run, a target offline at its last probe, a segment policy holds: no process at all);
+the round discards one it cannot use (the target offline now, nothing left to send); a stopped
+sync kills it; and none outlives the command, nor its wandb service, nor its directory.
+
+Real processes observed in /proc, a real ledger and bundles sealed from the shared corpus. The
+target's URL is a closed port on 127.0.0.1: the warm process waits for its runs without asking
+anyone, and a probe finds the target offline.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from deliver_helpers import corpus_dirs, make_deliver_site, seal_dirs
+from tfwb_agent import statedir
+from tfwb_agent.deliver import ahead, upload
+from tfwb_agent.deliver.engine import deliver_round, pending_units
+from tfwb_agent.deliver.outcomes import set_state
+
+CLOSED = "http://127.0.0.1:9"  # nothing listens on the discard port
+
+
+def _children_of(pid: int) -> list[int]:
+    out = []
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+            out.append(int(p))
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] != "Z"
+
+
+def _wait_for(what, timeout: float = 60.0):
+    """Poll an observed condition (what /proc shows) until it holds or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = what()
+        if got:
+            return got
+        time.sleep(0.05)
+    return what()
+
+
+def _service_of(pid: int) -> list[int]:
+    out = []
+    for c in _children_of(pid):
+        try:
+            if b"wandb-core" in Path(f"/proc/{c}/cmdline").read_bytes():
+                out.append(c)
+        except OSError:
+            pass
+    return out
+
+
+@pytest.fixture
+def site(tmp_path: Path, corpus: Path):
+    """A node whose target `local` was online at its last probe (now a closed port)."""
+    s = make_deliver_site(tmp_path / "site", CLOSED, "k" * 40)
+    s.runs = corpus_dirs(corpus)
+    with _ledger(s) as ledger:
+        ledger.record_target("local", "online", None, 0, None, time.time())
+    return s
+
+
+class _ledger:
+    def __init__(self, site) -> None:
+        self.ledger = site.ledger()
+
+    def __enter__(self):
+        return self.ledger
+
+    def __exit__(self, *exc) -> None:
+        self.ledger.close()
+
+
+def _start(site, **kw):
+    args = dict(only_run=None, dry_run=False, retry_failed=False) | kw
+    with _ledger(site) as ledger:
+        return ahead.start(ledger, site.config(), "local", **args)
+
+
+def _confirm_all(site) -> None:
+    with _ledger(site) as ledger:
+        for u in pending_units(ledger):
+            set_state(ledger, u, "local", "confirmed", reason="test: delivered by another process")
+
+
+@pytest.mark.parametrize("case", ["nothing sealed", "all confirmed", "dry run", "offline at last probe",
+                                  "never probed", "policy lets nothing go", "another run only"])
+def test_no_wandb_sync_starts_where_the_round_would_send_nothing(site, case: str) -> None:
+    if case != "nothing sealed":
+        seal_dirs(site, site.runs[:1])
+    if case == "all confirmed":
+        _confirm_all(site)
+    if case in ("offline at last probe", "never probed"):
+        with _ledger(site) as ledger:
+            if case == "never probed":
+                ledger.db.execute("DELETE FROM targets")
+                ledger.db.commit()
+            else:
+                ledger.record_target("local", "offline", "connection refused", 1, time.time() + 60, time.time())
+    if case == "policy lets nothing go":  # held until someone approves the run
+        site.cfg.write_text(site.cfg.read_text().replace('targets = ["local"]\n', 'targets = ["local"]\nhold = true\n'))
+        assert "hold = true" in site.cfg.read_text()
+    before = set(_children_of(os.getpid()))
+    w = _start(site, dry_run=case == "dry run", only_run="no-such-run" if case == "another run only" else None)
+    assert w is None
+    assert set(_children_of(os.getpid())) == before, "a process was started"
+    assert not (site.config().state_dir / "work").exists() or not any((site.config().state_dir / "work").iterdir())
+
+
+def test_pending_work_starts_one_and_finish_ends_it_its_service_and_its_directory(site) -> None:
+    seal_dirs(site, site.runs[:1])
+    w = _start(site)
+    assert w is not None and _running(w.proc.pid)
+    service = _wait_for(lambda: _service_of(w.proc.pid))
+    assert service, "the warm sync did not start wandb's service"
+    work = site.config().state_dir / "work"
+    assert w.home.is_relative_to(work), w.home
+    ahead.finish(w)
+    assert not _running(w.proc.pid)
+    assert _wait_for(lambda: not any(_running(p) for p in service)), f"wandb-core {service} still running"
+    assert not any(work.iterdir()), list(work.iterdir())
+
+
+@pytest.mark.parametrize("case", ["target offline now", "nothing left to send"])
+def test_the_round_ends_a_warm_sync_it_cannot_use(site, case: str) -> None:
+    seal_dirs(site, site.runs[:1])
+    w = _start(site)
+    assert w is not None
+    service = _wait_for(lambda: _service_of(w.proc.pid))
+    assert service
+    if case == "nothing left to send":
+        _confirm_all(site)  # another process delivered it meanwhile
+    with _ledger(site) as ledger:
+        rr = deliver_round(ledger, site.config(), "local", force_probe=True, wait_for_others=True, ahead=w)
+        states = {d["state"] for d in ledger.deliveries(target="local")}
+    assert not _running(w.proc.pid), "the round left the warm sync running"
+    assert _wait_for(lambda: not any(_running(p) for p in service)), f"wandb-core {service} still running"
+    if case == "target offline now":
+        assert rr.status == "offline" and rr.waiting == 1, rr
+        assert states <= {"pending"}, states
+    else:
+        assert rr.outcomes == [] and states == {"confirmed"}, (rr, states)
+    ahead.finish(w)  # the command's last word: nothing left to end, the directory goes
+    assert not any((site.config().state_dir / "work").iterdir())
+
+
+def _sync_blocked_on_the_target(site, *args: str) -> tuple[subprocess.Popen, int]:
+    """`sync --to local --once` as a real process, waiting for the target's lock, which this
+    test holds (as another process delivering to it would): (the process, the lock's fd).
+    Returns once sync says it waits: whatever it starts ahead is started by then."""
+    root = statedir.deliver_root(site.config())
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / "local.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    proc = subprocess.Popen([sys.executable, "-m", "tfwb_agent", "--config", str(site.cfg), "sync", "--to", "local",
+                             "--once", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    said, deadline = b"", time.monotonic() + 120
+    while b"waiting for it to finish" not in said:
+        assert proc.poll() is None, (proc.returncode, said, proc.stdout.read())
+        assert time.monotonic() < deadline, said
+        if select.select([proc.stderr], [], [], 1.0)[0]:
+            said += os.read(proc.stderr.fileno(), 4096)
+    return proc, fd
+
+
+def test_an_idle_sync_starts_no_wandb_sync(site) -> None:
+    """Nothing pending (what a `sync --once` timer meets most of the time): while the real
+    command waits for the target, it has started no process."""
+    seal_dirs(site, site.runs[:1])
+    _confirm_all(site)
+    proc, fd = _sync_blocked_on_the_target(site)
+    try:
+        assert _children_of(proc.pid) == []
+    finally:
+        os.close(fd)  # let it go on: it finds nothing to send
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert b"nothing to deliver" in out, out
+
+
+def test_a_stopped_sync_kills_the_wandb_sync_it_started_ahead(site) -> None:
+    """Pending work: the command starts its wandb sync ahead, then waits for the target; a
+    SIGTERM now ends the command (143) and the warm process and its service with it, and
+    removes its directory."""
+    seal_dirs(site, site.runs[:1])
+    proc, fd = _sync_blocked_on_the_target(site)
+    try:
+        warm = _children_of(proc.pid)
+        assert len(warm) == 1, warm
+        service = _wait_for(lambda: _service_of(warm[0]))
+        assert service, "the warm sync did not start wandb's service"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        os.close(fd)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, (out, err)
+    assert b"stopped by SIGTERM" in err, err
+    assert not _running(warm[0]), "the warm sync outlived the stopped command"
+    assert _wait_for(lambda: not any(_running(p) for p in service)), f"wandb-core {service} still running"
+    assert not any((site.config().state_dir / "work").iterdir())
+    with _ledger(site) as ledger:
+        assert {d["state"] for d in ledger.deliveries(target="local")} <= {"pending"}
