@@ -19,9 +19,11 @@ server (``openwandb_server.ForkedServer``), whose web and GraphQL libraries are 
 from __future__ import annotations
 
 import atexit
+import importlib
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,23 +44,34 @@ def is_agent_cli(argv: Sequence[str]) -> bool:
 
 
 def popen(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
-    """``subprocess.Popen(argv, **kwargs)``; forked when ``argv`` is the agent's CLI."""
-    return (ForkedPopen if is_agent_cli(argv) else subprocess.Popen)(list(argv), **kwargs)
+    """``subprocess.Popen(argv, **kwargs)``; forked when ``argv`` is the agent's CLI, one of the
+    tests' wandb writer scripts (``ForkedWriter``) or a plain ``wandb sync`` (``ForkedWandbSync``)."""
+    for forked in (ForkedPopen, ForkedWriter, ForkedWandbSync):
+        if forked.accepts(argv):
+            return forked(list(argv), **kwargs)
+    return subprocess.Popen(list(argv), **kwargs)
 
 
-def run_cli(args: Sequence[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    """``subprocess.run([python, "-m", "tfwb_agent", *args], capture_output=True, text=True,
-    env=env, timeout=timeout)``, forked."""
-    argv = [sys.executable, "-m", "tfwb_agent", *args]
-    with popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-               env=env) as proc:
+def run(argv: Sequence[str], timeout: float | None = None, capture_output: bool = False,
+        **kwargs: Any) -> subprocess.CompletedProcess:
+    """``subprocess.run(argv, ...)`` through ``popen``."""
+    if capture_output:
+        kwargs.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with popen(argv, **kwargs) as proc:
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
             raise
-    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    return subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
+
+
+def run_cli(args: Sequence[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """``subprocess.run([python, "-m", "tfwb_agent", *args], capture_output=True, text=True,
+    env=env, timeout=timeout)``, forked."""
+    return run([sys.executable, "-m", "tfwb_agent", *args], timeout=timeout, capture_output=True,
+               stdin=subprocess.DEVNULL, text=True, env=env)
 
 
 class ForkedPopen(subprocess.Popen):
@@ -103,6 +116,74 @@ class ForkedPopen(subprocess.Popen):
         self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)  # the child's ends
 
 
+class ForkedWriter(ForkedPopen):
+    """``python tests/writers/<script>.py ...``: a training process writing offline runs with real
+    wandb, in a fork of this process with wandb imported once per worker (its import is most of
+    a short writer's CPU). The script runs as ``__main__``, as ``python script.py`` runs it. Not
+    while this process has set wandb up itself (its service would be the child's too)."""
+
+    SCRIPTS = ("write_run.py", "pause_run.py")
+
+    @staticmethod
+    def accepts(args: Sequence[str]) -> bool:
+        if len(args) < 2 or args[0] != sys.executable or not forking_allowed():
+            return False
+        script = os.path.abspath(args[1])
+        if os.path.dirname(script) != _WRITERS or os.path.basename(script) not in ForkedWriter.SCRIPTS:
+            return False
+        return _wandb_unset()
+
+    @staticmethod
+    def load() -> Callable[[list[str]], None]:
+        import runpy
+
+        import wandb  # noqa: F401
+
+        def run(args: list[str]) -> None:
+            _capture_own_console()
+            sys.argv = list(args[1:])
+            sys.path.insert(0, os.path.dirname(os.path.abspath(args[1])))
+            runpy.run_path(args[1], run_name="__main__")
+        return run
+
+
+class ForkedWandbSync(ForkedPopen):
+    """``wandb sync ...`` with the wandb beside this interpreter (the tests' plain syncs, the
+    side the agent's deliveries are compared with), in a fork with wandb's CLI imported once
+    per worker. Not while this process has set wandb up itself."""
+
+    @staticmethod
+    def accepts(args: Sequence[str]) -> bool:
+        return (list(args[:2]) == ["wandb", "sync"] and forking_allowed() and _wandb_unset()
+                and shutil.which("wandb") == os.path.join(os.path.dirname(sys.executable), "wandb"))
+
+    @staticmethod
+    def load() -> Callable[[list[str]], None]:
+        from wandb.cli.cli import cli
+
+        def run(args: list[str]) -> None:
+            _capture_own_console()
+            sys.argv = [shutil.which("wandb") or "wandb", *args[1:]]
+            cli.main(args=list(args[1:]), prog_name="wandb")
+        return run
+
+
+def _wandb_unset() -> bool:
+    setup = sys.modules.get("wandb.sdk.wandb_setup")
+    return setup is None or getattr(setup, "_singleton", None) is None
+
+
+def _capture_own_console() -> None:
+    """wandb patches sys.stdout's and sys.stderr's write() when it is first imported (its
+    console capture); here that was the worker's: patch the child's own streams."""
+    capture = sys.modules.get("wandb.sdk.lib.console_capture")
+    if capture is not None:
+        importlib.reload(capture)
+
+
+_WRITERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "writers")
+
+
 def _child(run: Callable[[list[str]], None], args: list[str], env: dict[str, str] | None, cwd: Any, fds: tuple[int, int, int],
            pass_fds: tuple[int, ...], new_session: bool, group: int | None) -> None:
     code: int = 1
@@ -120,6 +201,7 @@ def _child(run: Callable[[list[str]], None], args: list[str], env: dict[str, str
         sys.stdin = open(0, "r", closefd=False)
         sys.stdout = open(1, "w", closefd=False)
         sys.stderr = open(2, "w", closefd=False, errors="backslashreplace", buffering=1)
+        sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr  # as a fresh interpreter's
         if env is not None:
             os.environ.clear()
             os.environ.update(env)

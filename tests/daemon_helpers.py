@@ -74,9 +74,9 @@ class Writer:
 
     def __init__(self, root: Path, mode: str, steps: int, rate: float = 0.05, project: str = "ct-writer") -> None:
         self.mode = mode
-        self.proc = subprocess.Popen([sys.executable, str(WRITER), str(root), mode, str(steps), str(rate)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     env=dict(os.environ, WRITER_PROJECT=project), text=True)
+        self.proc = popen([sys.executable, str(WRITER), str(root), mode, str(steps), str(rate)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         env=dict(os.environ, WRITER_PROJECT=project), text=True)
         self.run_id: str | None = None
         self.run_dir: Path | None = None
         self.run_ids: list[str] = []

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from openwandb_server import Server, _free_port, launch, stop_process, wait_ready
 
+from cli_fork import popen
 from conftest import REPO, agent
 
 WRITER = REPO / "tests" / "writers" / "write_run.py"
@@ -169,8 +170,8 @@ def write_runs(root: Path, n: int, steps: int, project: str = "ct-fresh") -> lis
     env = dict(os.environ, WRITER_PROJECT=project)
     env.pop("WANDB_MODE", None)
     halves = [(f"w{j}", len(range(j, n, 2))) for j in range(2) if range(j, n, 2)]
-    procs = [subprocess.Popen([sys.executable, str(WRITER), str(root / name), "many", str(steps), str(count)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name, count in halves]
+    procs = [popen([sys.executable, str(WRITER), str(root / name), "many", str(steps), str(count)], env=env,
+                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name, count in halves]
     dirs: list[Path] = []
     for p in procs:
         out, err = p.communicate(timeout=300)

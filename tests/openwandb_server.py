@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import cli_fork as forks
 from cli_fork import ForkedPopen, forking_allowed
 
 ENTITY = "admin"  # OpenWandb's default user; runs synced with this key land under it
@@ -194,8 +195,8 @@ def start_openwandb(tmp_path: Path, timeout: float = 60.0) -> Server:
 
 def wandb_sync(server: Server, run_dir: Path, project: str, timeout: float = 300.0) -> subprocess.CompletedProcess:
     """`wandb sync` one run directory (a copy: sync writes into it) to the server."""
-    return subprocess.run(["wandb", "sync", "--project", project, "--entity", server.entity, str(run_dir)],
-                          env=server.sync_env(), capture_output=True, text=True, timeout=timeout)
+    return forks.run(["wandb", "sync", "--project", project, "--entity", server.entity, str(run_dir)],
+                     env=server.sync_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def _configure_from_argv() -> None:

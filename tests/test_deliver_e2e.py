@@ -352,8 +352,8 @@ def test_live_run_delivered_in_segments_each_step_once(tmp_path):
     env = dict(os.environ, WRITER_PROJECT="ct-live")
     env.pop("WANDB_MODE", None)
     from deliver_helpers import WRITER
-    writer = subprocess.Popen([sys.executable, str(WRITER), str(root), "hold", "20", "0.05"], env=env,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    writer = popen([sys.executable, str(WRITER), str(root), "hold", "20", "0.05"], env=env,
+                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         run_line = writer.stdout.readline().split()
         assert run_line[0] == "RUN", run_line

@@ -15,12 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+import cli_fork as forks
 from deliver_helpers import (RestartableServer, corpus_dirs, make_deliver_site, seal_dirs, server_console, sync,
                              write_runs)
 
@@ -76,8 +76,8 @@ def test_the_agent_delivers_everything_plain_wandb_sync_does(tmp_path, corpus):
         for d in dirs:
             copy = tmp_path / "plain-runs" / d.name
             shutil.copytree(d, copy, symlinks=True)
-            p = subprocess.run(["wandb", "sync", "--entity", "admin", str(copy)], env=env,  # the site's entity
-                               capture_output=True, text=True, timeout=300)
+            p = forks.run(["wandb", "sync", "--entity", "admin", str(copy)], env=env,  # the site's entity
+                          capture_output=True, text=True, timeout=300)
             assert p.returncode == 0, p.stderr[-2000:]
         for rid in run_ids:
             a, b = stored(via_agent, rid), stored(plain, rid)

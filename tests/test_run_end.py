@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_fork import popen
 from conftest import REPO, status
 from daemon_helpers import DaemonProc, Writer, dump, run_states, wait_for
 from deliver_helpers import RestartableServer, duplicate_rows, make_deliver_site, metric_rows, server_summary
@@ -47,9 +48,9 @@ class Pauser:
         env = dict(os.environ, WRITER_PROJECT="ct-pause")
         env.pop("WANDB_MODE", None)
         args = [str(a) for a in (resume or ())]
-        self.proc = subprocess.Popen([sys.executable, str(PAUSER), str(root), str(before), str(after), *args],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     env=env, text=True)
+        self.proc = popen([sys.executable, str(PAUSER), str(root), str(before), str(after), *args],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         env=env, text=True)
         line = self.proc.stdout.readline().split()
         assert line and line[0] == "RUN", line
         self.run_id, self.run_dir = line[1], Path(line[2]).parent
