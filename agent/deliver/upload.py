@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import select
 import signal
 import ssl
 import subprocess
@@ -110,24 +109,6 @@ def stop_all() -> int:
             except ProcessLookupError:
                 pass
     return stopped
-
-
-def wait_exit(proc: subprocess.Popen, timeout: float) -> int | None:
-    """``proc``'s exit status if it ends within ``timeout`` seconds, else None. Woken by the
-    kernel the moment it ends (a pidfd), not by ``Popen.wait``'s polling, which looks every 50 ms
-    once it has waited a while: up to 50 ms more before the server is asked, per upload."""
-    try:
-        fd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):  # no pidfd here (an old kernel), or it was reaped already
-        try:
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-    try:
-        ready, _, _ = select.select([fd], [], [], timeout)
-    finally:
-        os.close(fd)
-    return proc.wait() if ready else None
 
 
 def kill(up: "Upload") -> None:
