@@ -131,11 +131,14 @@ def test_no_wandb_sync_starts_where_the_round_would_send_nothing(site, case: str
 
 def test_pending_work_starts_one_and_finish_ends_it_its_service_and_its_directory(site) -> None:
     seal_dirs(site, site.runs[:1])
+    work = site.config().state_dir / "work"
+    killed = work / f"p{2 ** 22 + 1}-1" / "sync-ahead"  # a SIGKILLed sync's (no such pid: pid_max is 2**22)
+    (killed / "wandb-home").mkdir(parents=True)
     w = _start(site)
+    assert not killed.parent.exists(), "a killed sync's directory was left"
     assert w is not None and _running(w.proc.pid)
     service = _wait_for(lambda: _service_of(w.proc.pid))
     assert service, "the warm sync did not start wandb's service"
-    work = site.config().state_dir / "work"
     assert w.home.is_relative_to(work), w.home
     ahead.finish(w)
     assert not _running(w.proc.pid)

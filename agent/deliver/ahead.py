@@ -66,6 +66,9 @@ def start(ledger: Ledger, cfg: config_mod.Config, target_name: str, *, only_run:
     key, missing = read_key(target_name, t)
     if missing is not None:
         return None
+    # A SIGKILLed sync leaves its directory behind (its warm process ends by itself, stdin
+    # closed); a gateway may run no daemon to sweep work/, so the next one started ahead does.
+    statedir.sweep_work(cfg)
     return upload.warm(t.base_url, key, statedir.work_for(cfg, _DIR), t.ca_file)
 
 

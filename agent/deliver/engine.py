@@ -9,7 +9,8 @@ deliver/, by job:
     opening.py        a bundle verified and decrypted (or a staged run copied) into a work directory
     outcomes.py       what became of each segment, written to the ledger
     target_status.py  a target probed and its verdict recorded, with back-off
-    upload.py / clients.py    ``wandb sync`` with the target's wandb client
+    upload.py / clients.py    ``wandb sync`` with the target's wandb client; sync_log.py what its log says
+    ahead.py          `sync`'s ``wandb sync`` started before the engine loads, where it will likely send
     confirm.py / server.py / probe.py    what the server holds; the HTTP layer; reachability
     policy.py / settings.py / backoff.py / sweeps.py
 """

@@ -22,7 +22,7 @@ from ..ledger import Ledger
 from ..runlog import find_log
 from ..segments import Cut, LogFacts, facts_from_sealed, plan_cut, read_facts, write_cut
 from ..wandb_log import FILE_HEADER_LEN
-from . import confirm, sweeps, upload
+from . import confirm, sweeps, sync_log, upload
 from .opening import materialize, relocate
 from .outcomes import NOT_CONFIRMED, STOPPED, Book, DeliveryError, NotYet, Outcome
 from .settings import SyncSettings, Target
@@ -207,7 +207,7 @@ class Settler:
             upload.finished(up)
             if upload.stopping.is_set():  # the server is not asked now: the next round asks it
                 return [book.retry(p.unit, STOPPED, None) for p in batch]
-            said = upload.tail(out_log, 4000)  # what wandb said, kept before its directory goes
+            said = sync_log.tail(out_log, 4000)  # what wandb said, kept before its directory goes
             # The directories go while the server is asked (their removal took as long as the
             # question, ~60 ms, after it): nothing reads them once wandb sync has ended.
             removing = threading.Thread(target=_remove, args=([scratch, *(p.work for p in batch)],),
@@ -250,7 +250,7 @@ class Settler:
             return book.confirmed(u, after, p.rows, p.size, "sent and confirmed", p.base + p.facts.history_rows)
         if after.kind == confirm.MISMATCH:
             return book.failed(u, f"sent, but {after.detail}; not sending again", after.server_rows)
-        tls = upload.diagnose(said, self.t.base_url, self.t.name)
+        tls = sync_log.diagnose(said, self.t.base_url, self.t.name)
         if tls:
             return book.retry(u, f"{NOT_CONFIRMED} (exit {rc}): {tls}", None)
         if after.kind == confirm.UNKNOWN:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
+import select
 import signal
 import ssl
 import subprocess
@@ -26,7 +26,8 @@ from typing import Sequence
 import certifi
 
 from .clients import clean_env, client_for_url, wandb_exe
-from .server import ca_bundle, tls_message
+from .server import ca_bundle
+from .sync_log import diagnose, tail  # noqa: F401 - named here too (upload.diagnose), as before
 
 # Variables of the agent's own environment that would change what wandb sync does.
 _DROP = ("WANDB_MODE", "WANDB_DISABLED", "WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_ENTITY", "WANDB_PROJECT",
@@ -195,6 +196,10 @@ class Warm:
         if self.spent:
             return
         self.spent = True
+        # wandb starts its service in a session of its own, outside the group killed here: left
+        # to notice its parent gone, it went on writing its log into ``home`` after the caller
+        # had removed it. It is ended too, and waited for (a pidfd names it for sure).
+        service = _pidfds(_children(self.proc.pid))
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -202,6 +207,36 @@ class Warm:
         self.proc.wait()
         with _running_lock:
             _running.pop(self.proc.pid, None)
+        for fd in service:
+            try:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+                select.select([fd], [], [], 10.0)
+            except OSError:
+                pass  # ended already
+            finally:
+                os.close(fd)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes ``pid``'s threads started that still run (Linux's /proc children lists)."""
+    kids: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                kids += [int(k) for k in f.read().split()]
+    except OSError:
+        pass
+    return kids
+
+
+def _pidfds(pids: list[int]) -> list[int]:
+    fds = []
+    for pid in pids:
+        try:
+            fds.append(os.pidfd_open(pid))
+        except OSError:
+            pass  # ended meanwhile
+    return fds
 
 
 def warm(base_url: str, api_key: str, root: Path, ca_file: str | None = None) -> Warm | None:
@@ -269,37 +304,3 @@ def start(run_dirs: Sequence[Path], base_url: str, api_key: str, project: str, e
     if stopping.is_set():  # stopped between the check above and here
         stop_all()
     return Upload(proc, log_path)
-
-
-def tail(log_path: Path, n: int = 2000) -> str:
-    try:
-        with open(log_path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - n))
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
-
-
-_TLS_SIGNS = ("x509:", "certificate signed by unknown authority", "certificate verify failed",
-              "CERTIFICATE_VERIFY_FAILED", "failed to verify certificate")
-
-
-# What a server says to a client newer than it (GraphQL validation of fields and arguments it
-# does not have), as wandb sync logs it before exiting 0.
-_TOO_NEW_SIGNS = ("Cannot query field", "Unknown argument", "Unknown type", "not supported by this server",
-                  "upgrade your server")
-
-
-def diagnose(log_text: str, base_url: str, target: str) -> str | None:
-    """What a ``wandb sync`` log says went wrong, when it is something a person must fix (it
-    exits 0 on these): a certificate its TLS did not trust; a server that did not understand
-    the client (too new for it)."""
-    if any(sign in log_text for sign in _TLS_SIGNS):
-        return "wandb sync: " + tls_message(base_url, target)
-    if any(sign.lower() in log_text.lower() for sign in _TOO_NEW_SIGNS):
-        m = re.search(r"tfwb-agent: wandb sync by (wandb \S+)", log_text)
-        who = m.group(1) if m else "the wandb client"
-        return (f"wandb sync: {base_url} did not understand {who}'s requests: the client is likely too new for "
-                f"this server; set targets.{target}.wandb to an older wandb (`tfwb-agent targets check {target}` "
-                "shows the server's version and the client's), or upgrade the server")
-    return None
