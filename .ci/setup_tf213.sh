@@ -1,31 +1,39 @@
 #!/usr/bin/env bash
-# Create (idempotently) the second interpreter the trainer tests run under: the seed image's own
-# pair (tensorflow/tensorflow:2.13.0-gpu), Python 3.8 + TensorFlow 2.13.1 + wandb 0.15.12
-# (Keras 2), in .venv-py38/ (or $TFWB_PY38_VENV), with the trainer plugin alone (the tfwb-trainer
-# distribution, trainer_plugin/pyproject.toml) and its sweeps engine: the agent needs Python 3.11
-# and is not installed there.
-# Prints the venv's python path on its last stdout line (export it as TFWB_PY38_PYTHON to use
-# another place; the tests also find the default one). Everything else goes to stderr.
-# (`--py38`, the flag of the days when a second venv existed, is accepted and means the same.)
+# Create (idempotently) an interpreter the trainer tests run under besides the agent's own (TF 2.21
+# + wandb 0.31): TensorFlow 2.13.1 + wandb 0.15.12 (Keras 2), with the trainer plugin alone (the
+# tfwb-trainer distribution, trainer_plugin/pyproject.toml) and its sweeps engine; the agent is
+# not installed there.
+#   .ci/setup_tf213.sh          the seed image's own pair (tensorflow/tensorflow:2.13.0-gpu):
+#                               Python 3.8, in .venv-py38/ (or $TFWB_PY38_VENV)
+#   .ci/setup_tf213.sh --py311  the same libraries on Python 3.11 (the pair tested before the
+#                               plugin ran on 3.8), in .venv-tf213-py311/ (or $TFWB_PY311_TF213_VENV)
+# Prints the venv's python path on its last stdout line (export it as TFWB_PY38_PYTHON or
+# TFWB_PY311_TF213_PYTHON to use another place; the tests also find the default ones).
+# Everything else goes to stderr. (`--py38` is accepted and means the default.)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-VENV="${TFWB_PY38_VENV:-$ROOT/.venv-py38}"
+if [[ "${1:-}" == "--py311" ]]; then
+  PYV=3.11; TAG=py311; VENV="${TFWB_PY311_TF213_VENV:-$ROOT/.venv-tf213-py311}"; BASE_PY="${TFWB_PY311_BASE:-}"
+else
+  PYV=3.8; TAG=py38; VENV="${TFWB_PY38_VENV:-$ROOT/.venv-py38}"; BASE_PY="${TFWB_PY38_BASE:-}"
+fi
 # The stamp records what was installed; a changed pin list rebuilds the environment.
-PINS="py38 tensorflow-cpu==2.13.1 wandb==0.15.12 numpy<2 scikit-learn pillow pytest sweeps==0.2.0"
+PINS="$TAG tensorflow-cpu==2.13.1 wandb==0.15.12 numpy<2 scikit-learn pillow pytest sweeps==0.2.0"
 INSTALL=(tensorflow-cpu==2.13.1 wandb==0.15.12 'numpy<2' scikit-learn pillow pytest sweeps==0.2.0)
 PROJECT="$ROOT/trainer_plugin"
-CHECK="import sys, tensorflow, wandb, sweeps, tfwb_trainer; assert sys.version_info[:2] == (3, 8), sys.version"
-# A Python 3.8: $TFWB_PY38_BASE, pyenv's (the development and CI machines have one), or PATH's.
-BASE_PY="${TFWB_PY38_BASE:-}"
+VERSION_CHECK="assert sys.version_info[:2] == (${PYV/./, }), sys.version"
+CHECK="import sys, tensorflow, wandb, sweeps, tfwb_trainer; $VERSION_CHECK"
+# The base Python: $TFWB_PY38_BASE / $TFWB_PY311_BASE, pyenv's (the development and CI machines
+# have them), or PATH's.
 if [[ -z "$BASE_PY" ]]; then
-  for c in "$(pyenv root 2>/dev/null || echo /root/.pyenv)"/versions/3.8*/bin/python3.8 "$(command -v python3.8 || true)"; do
+  for c in "$(pyenv root 2>/dev/null || echo /root/.pyenv)"/versions/$PYV.*/bin/python$PYV "$(command -v python$PYV || true)"; do
     if [[ -n "$c" && -x "$c" ]]; then BASE_PY="$c"; break; fi
   done
 fi
 if [[ -z "$BASE_PY" ]]; then
-  echo "setup_tf213.sh: no Python 3.8 found (pyenv's versions/3.8*, python3.8 on PATH);" \
-       "install one or set TFWB_PY38_BASE=/path/to/python3.8" >&2
+  echo "setup_tf213.sh: no Python $PYV found (pyenv's versions/$PYV.*, python$PYV on PATH);" \
+       "install one or set TFWB_${TAG^^}_BASE=/path/to/python$PYV" >&2
   exit 1
 fi
 PY="$VENV/bin/python"
@@ -53,7 +61,7 @@ if [[ "$CACHE" == "off" ]]; then
   build "$VENV"
 else
   KEY="$(printf '%s\n%s\n' "$PINS" "$("$BASE_PY" -c 'import sys; print(sys.version)')" | sha256sum | cut -c1-16)"
-  CACHED="$CACHE/venv-py38-$KEY"
+  CACHED="$CACHE/venv-$TAG-$KEY"
   if [[ ! -f "$CACHED/.tfwb-cached" ]]; then
     mkdir -p "$CACHE"
     TMP="$CACHED.tmp.$$"
@@ -69,7 +77,7 @@ else
   cp -al "$CACHED" "$VENV" 2>/dev/null || cp -a "$CACHED" "$VENV"  # another file system: a real copy
   rm -f "$VENV/.tfwb-cached"
   # TensorFlow was imported where the copy came from; here the plugin and wandb are what is new.
-  CHECK="import sys, wandb, sweeps, tfwb_trainer; assert sys.version_info[:2] == (3, 8), sys.version"
+  CHECK="import sys, wandb, sweeps, tfwb_trainer; $VERSION_CHECK"
 fi
 "$PY" -m pip install -q --no-deps -e "$PROJECT" >&2
 "$PY" -c "$CHECK" >&2

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from trainer_helpers import ROOT, child_env, interpreters, require_python
+from trainer_helpers import ROOT, child_env, trainer_interpreters, require_python
 
-PAIRS = interpreters()
+PAIRS = trainer_interpreters()
 
 
 @pytest.mark.parametrize("label,python", PAIRS, ids=[l for l, _ in PAIRS])

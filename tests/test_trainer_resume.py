@@ -11,10 +11,10 @@ import pytest
 from deliver_helpers import make_deliver_site
 from openwandb_server import start_openwandb
 
-from trainer_helpers import (child_env, config_value, interpreters, read_run, require_python, run_example,
-                             run_files, run_until_hold_then_kill)
+from trainer_helpers import (child_env, config_value, read_run, require_python, run_example, run_files,
+                             run_until_hold_then_kill, trainer_interpreters)
 
-PAIRS = interpreters()
+PAIRS = trainer_interpreters()
 IDS = [l for l, _ in PAIRS]
 EPOCHS, SAMPLES, EVERY, HOLD = 4, 320, 5, 27  # 10 steps an epoch: killed 7 steps after a checkpoint
 STEPS = EPOCHS * SAMPLES // 32

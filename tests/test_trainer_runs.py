@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from trainer_helpers import (PY38_LABEL, RunData, child_env, config_value, interpreters, media_tables, read_run,
-                             require_python, run_example, run_files)
+from trainer_helpers import (PY38_LABEL, PY311_TF213_LABEL, RunData, child_env, config_value, media_tables, read_run,
+                             require_python, run_example, run_files, trainer_interpreters)
 
-PAIRS = interpreters()
+PAIRS = trainer_interpreters()
 IDS = [l for l, _ in PAIRS]
-EXPECT = {"tf221-wandb031": ("2.21", "0.31"), PY38_LABEL: ("2.13", "0.15.12")}
+EXPECT = {"tf221-wandb031": ("2.21", "0.31"), PY311_TF213_LABEL: ("2.13", "0.15.12"), PY38_LABEL: ("2.13", "0.15.12")}
 EPOCHS, SAMPLES, BATCH, EVERY = 3, 320, 32, 4  # 10 steps an epoch; epoch ends off the log grid
 STEPS = EPOCHS * SAMPLES // BATCH
 

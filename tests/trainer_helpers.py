@@ -20,21 +20,39 @@ PY38_ENV = "TFWB_PY38_PYTHON"
 PY38_LABEL = "py38-tf213-wandb015"
 
 
+PY311_TF213_ENV = "TFWB_PY311_TF213_PYTHON"
+PY311_TF213_LABEL = "py311-tf213-wandb015"
+_SETUP = {PY38_LABEL: (PY38_ENV, "`.ci/setup_tf213.sh`", ROOT / ".venv-py38"),
+          PY311_TF213_LABEL: (PY311_TF213_ENV, "`.ci/setup_tf213.sh --py311`", ROOT / ".venv-tf213-py311")}
+
+
+def _venv_python(label: str) -> str | None:
+    # scripts/install-test-deps builds each venv at its default place; the variable overrides it.
+    env, _how, venv = _SETUP[label]
+    default = venv / "bin" / "python"
+    return os.environ.get(env) or (str(default) if default.is_file() else None)
+
+
 def interpreters() -> list[tuple[str, str | None]]:
     """(label, python path or None when missing) for both version pairs: TF 2.21 + wandb 0.31 on
     this interpreter, and the seed image's own pair, Python 3.8 + TF 2.13.1 + wandb 0.15.12, with
     the plugin installed alone (the tfwb-trainer distribution, no agent)."""
-    # scripts/install-test-deps builds the venv at its default place; the variable overrides it.
-    default = ROOT / ".venv-py38" / "bin" / "python"
-    py38 = os.environ.get(PY38_ENV) or (str(default) if default.is_file() else None)
-    return [("tf221-wandb031", sys.executable), (PY38_LABEL, py38)]
+    return [("tf221-wandb031", sys.executable), (PY38_LABEL, _venv_python(PY38_LABEL))]
+
+
+def trainer_interpreters() -> list[tuple[str, str | None]]:
+    """``interpreters()`` and a third pair for the trainer's own tests (Keras callback, custom
+    loop, resume, evaluation): TF 2.13.1 + wandb 0.15.12 on Python 3.11, the pair those tests ran
+    under before the plugin ran on 3.8 (Keras 2 on a current Python)."""
+    (current, py38) = interpreters()
+    return [current, (PY311_TF213_LABEL, _venv_python(PY311_TF213_LABEL)), py38]
 
 
 def require_python(label: str, python: str | None) -> str:
     """The interpreter path, or a test failure saying how to provide it (never a silent skip)."""
     import pytest
 
-    env, how = PY38_ENV, "`.ci/setup_tf213.sh`"
+    env, how, _venv = _SETUP[label]
     if python is None:
         pytest.fail(f"{label}: {env} is not set. Create the venv with {how} and export {env}=<the path it "
                     "prints>.", pytrace=False)
