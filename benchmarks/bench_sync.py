@@ -1,7 +1,7 @@
 """Delivery vs plain `wandb sync`, same benchmark run; and a run grown by 10%.
 
     python benchmarks/bench_sync.py [--runs N] [--steps S] [--parallel P] [--history-line-count] [--out FILE]
-    python benchmarks/bench_sync.py --history-line-count --grow-only [--repeat R]
+    python benchmarks/bench_sync.py --history-line-count --grow-only [--repeat R] [--before REV]
 
 1. N runs of S steps written by real wandb (offline). Each is sealed into a bundle as the daemon
    seals one, its log's facts in the manifest (outside the timing); `tfwb-agent sync --to bench`
@@ -14,7 +14,9 @@
    agent sends only the new part) beside a plain re-sync of the whole grown run. With
    ``--grow-only --repeat R``: only this part, R times (a fresh site each time, the agent and
    plain `wandb sync` one after the other), each pair and the median ratio reported: on a
-   shared machine one pair says little.
+   shared machine one pair says little. ``--before REV`` also times the agent as it was at git
+   revision REV (a temporary worktree put first on PYTHONPATH) in each of the same rounds, after
+   the pair: before and after compared under the same load.
 """
 from __future__ import annotations
 
@@ -99,30 +101,50 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def agent_env(cfg: Path) -> dict[str, str]:
-    return dict(os.environ, TFWB_AGENT_CONFIG=str(cfg))
+def agent_env(cfg: Path, pythonpath: Path | None = None) -> dict[str, str]:
+    return dict(os.environ, TFWB_AGENT_CONFIG=str(cfg), **({"PYTHONPATH": str(pythonpath)} if pythonpath else {}))
+
+
+def before_tree(rev: str, work: Path) -> Path:
+    """A directory to put first on PYTHONPATH so that ``tfwb_agent`` is the code at ``rev``."""
+    tree = work / f"before-{rev}"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), rev], check=True,
+                   capture_output=True)
+    compileall.compile_dir(str(tree / "agent"), quiet=1)
+    shim = work / f"shim-{rev}"
+    shim.mkdir()
+    (shim / "tfwb_agent").symlink_to(tree / "agent")
+    return shim
+
+
+def second_delivery(root: Path, server, grow_src: Path, pythonpath: Path | None = None) -> tuple[float, dict]:
+    """``grow_src`` less its last 10% delivered, then grown: the seconds its second `tfwb-agent
+    sync` took (the agent at ``pythonpath``, else this one) and that sync's row for segment 1."""
+    from tfwb_agent.seal import Segment
+
+    facts = read_facts(find_log(grow_src))
+    before = truncated_copy(grow_src, root / "before", round(facts.history_rows / 1.1))
+    site2 = make_deliver_site(root / "site", server.url, server.api_key, target="bench")
+    seal_as_daemon(site2, [before])
+    env = agent_env(site2.cfg, pythonpath)
+    o1 = subprocess.run([sys.executable, "-m", "tfwb_agent", "sync", "--to", "bench", "--json"],
+                        env=env, capture_output=True, text=True)
+    assert o1.returncode == 0, o1.stderr[-2000:]
+    seal_as_daemon(site2, [grow_src], Segment(1, read_facts(find_log(before)).end, None))
+    t = time.perf_counter()
+    o2 = subprocess.run([sys.executable, "-m", "tfwb_agent", "sync", "--to", "bench", "--json"],
+                        env=env, capture_output=True, text=True)
+    grow_s = time.perf_counter() - t
+    assert o2.returncode == 0, o2.stderr[-2000:]
+    return grow_s, next(r for r in json.loads(o2.stdout)["deliveries"]["rows"] if r["segment"] == 1)
 
 
 def grow_once(root: Path, server, plain_server, grow_src: Path) -> dict:
     """One delivered run grows by 10%: its second delivery (only the new rows) beside a plain
     `wandb sync` of the whole grown run (to a fresh id, so it cannot disturb the run above)."""
-    from tfwb_agent.seal import Segment
-
     facts = read_facts(find_log(grow_src))
     first_rows = round(facts.history_rows / 1.1)
-    before = truncated_copy(grow_src, root / "before", first_rows)
-    site2 = make_deliver_site(root / "site", server.url, server.api_key, target="bench")
-    seal_as_daemon(site2, [before])
-    o1 = subprocess.run([sys.executable, "-m", "tfwb_agent", "sync", "--to", "bench", "--json"],
-                        env=agent_env(site2.cfg), capture_output=True, text=True)
-    assert o1.returncode == 0, o1.stderr[-2000:]
-    seal_as_daemon(site2, [grow_src], Segment(1, read_facts(find_log(before)).end, None))
-    t = time.perf_counter()
-    o2 = subprocess.run([sys.executable, "-m", "tfwb_agent", "sync", "--to", "bench", "--json"],
-                        env=agent_env(site2.cfg), capture_output=True, text=True)
-    grow_s = time.perf_counter() - t
-    assert o2.returncode == 0, o2.stderr[-2000:]
-    seg1 = next(r for r in json.loads(o2.stdout)["deliveries"]["rows"] if r["segment"] == 1)
+    grow_s, seg1 = second_delivery(root, server, grow_src)
     grown_rows_ok = metric_rows(server, facts.run_id) == facts.metric_values
     replain, _ = renamed_copy(grow_src, root / "plain", "g")
     t = time.perf_counter()
@@ -140,20 +162,29 @@ def grow_only(a: argparse.Namespace, tmp: Path, server, plain_server) -> dict:
     """Only the 10% case, ``a.repeat`` times against the same servers (a fresh run id each time)."""
     pairs = []
     (written,) = write_runs(tmp / "written", 1, a.steps, project="ct-bench")
+    shim = before_tree(a.before, tmp) if a.before else None
     for i in range(a.repeat):
         src, _ = renamed_copy(written, tmp / f"src-{i}", f"r{i}")  # a run id of its own each time
         g = grow_once(tmp / f"grow-{i}", server, plain_server, src)
         assert g["server_rows_exact"], g
-        print(f"{i + 1}/{a.repeat}: agent {g['agent_s']} s ({g['agent_rows_sent']} rows) vs plain {g['plain_s']} s "
-              f"({g['plain_rows_sent']} rows)", flush=True)
+        line = (f"{i + 1}/{a.repeat}: agent {g['agent_s']} s ({g['agent_rows_sent']} rows) vs plain {g['plain_s']} s "
+                f"({g['plain_rows_sent']} rows)")
+        if shim is not None:
+            old, _ = renamed_copy(written, tmp / f"src-{i}-before", f"b{i}")
+            g["before_s"] = round(second_delivery(tmp / f"grow-{i}-before", server, old, shim)[0], 2)
+            line += f"; the agent at {a.before}: {g['before_s']} s"
+        print(line, flush=True)
         pairs.append(g)
     ratios = [g["agent_s"] / g["plain_s"] for g in pairs]
-    return {"steps": a.steps, "repeat": a.repeat, "cpus": os.cpu_count(), "pairs": pairs,
-            "ratio_median": round(statistics.median(ratios), 3), "ratio_min": round(min(ratios), 3),
-            "ratio_max": round(max(ratios), 3),
-            "agent_s_median": round(statistics.median(g["agent_s"] for g in pairs), 2),
-            "plain_s_median": round(statistics.median(g["plain_s"] for g in pairs), 2),
-            "load_average": os.getloadavg()}
+    out = {"steps": a.steps, "repeat": a.repeat, "cpus": os.cpu_count(), "pairs": pairs,
+           "ratio_median": round(statistics.median(ratios), 3), "ratio_min": round(min(ratios), 3),
+           "ratio_max": round(max(ratios), 3),
+           "agent_s_median": round(statistics.median(g["agent_s"] for g in pairs), 2),
+           "plain_s_median": round(statistics.median(g["plain_s"] for g in pairs), 2)}
+    if shim is not None:
+        out.update(before=a.before, before_s_median=round(statistics.median(g["before_s"] for g in pairs), 2),
+                   before_ratio_median=round(statistics.median(g["before_s"] / g["plain_s"] for g in pairs), 3))
+    return out | {"load_average": os.getloadavg()}
 
 
 def main() -> None:
@@ -165,6 +196,7 @@ def main() -> None:
                     help="servers answer historyLineCount as W&B Server does (a shim; stock OpenWandb answers 0)")
     ap.add_argument("--grow-only", action="store_true", help="only the run grown by 10%%, --repeat times")
     ap.add_argument("--repeat", type=int, default=5, help="with --grow-only: how many times")
+    ap.add_argument("--before", metavar="REV", help="with --grow-only: also time the agent at this git revision")
     ap.add_argument("--out", type=Path, default=None,
                     help="default: benchmarks/results/sync.json (sync-grow.json with --grow-only)")
     a = ap.parse_args()
@@ -233,6 +265,9 @@ def main() -> None:
     finally:
         server.stop()
         plain_server.stop()
+        if a.before and (tmp / f"before-{a.before}").exists():
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tmp / f"before-{a.before}")],
+                           capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

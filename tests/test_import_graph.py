@@ -29,6 +29,8 @@ LAZY = {
     "rich": "progress bars: loaded only when sync's output is a terminal",
     "tfwb_agent.sealing": "sealing and redaction: `sync` loads them only where it seals live segments, so a "
                           "delivery (a gateway's always) starts its wandb sync sooner",
+    "tfwb_agent.redact.run": "redaction (its redactors, yaml): opening a bundle needs it only to relocate a run "
+                             "table's _staging files, not in every delivery",
     "tfwb_agent.deliver.engine": "`sync` starts its wandb sync ahead (deliver/ahead.py) before it loads the "
                                  "engine (crypto, HTTP, ~0.3 s): wandb's start-up is a small delivery's critical path",
 }
