@@ -110,8 +110,10 @@ def _plain(items: Sequence[Any]) -> tuple[list[Path_], list[str], list[bool], li
             for o in oneofs:
                 if it.WhichOneof(o) is not None:
                     return None
-            key, nk, raw = it.key, it.nested_key, it.value_json
-            if not len(nk):
+            # (``nk[:]``: the repeated field as a list in one call, a third of what
+            # iterating the container costs; rows are mostly nested keys.)
+            key, nk, raw = it.key, it.nested_key[:], it.value_json
+            if not nk:
                 nk = None
         else:
             parts = item_parts(it.ListFields())
@@ -158,6 +160,7 @@ def redact_scrub_items(items: Sequence[Any], decide: Decide, resolve: Resolve, t
     results: dict[Path_, Any] = {}
     ready: dict[Path_, dict[str, str]] = {}   # repeats: each field's outgoing JSON, as it left before
     fresh: dict[Path_, Any] = {}              # objects rewritten here: their memo key
+    same: dict[Path_, str] = {}               # their fields the rewrite left as they were: the JSON
     for r, group in groups.items():
         n = len(r)
         key = display_key(r)
@@ -181,6 +184,11 @@ def redact_scrub_items(items: Sequence[Any], decide: Decide, resolve: Resolve, t
             insert(node, paths[i][n:], loads(raws[i]))
         new = media.transform_node(node, key, decide, resolve, text_tag, count)
         results[r] = None if new is node else new
+        if isinstance(new, dict) and new is not node:
+            for i in group:
+                rel = paths[i][n:]
+                if len(rel) == 1 and rel[0] in new and new[rel[0]] is node[rel[0]]:
+                    same[paths[i]] = raws[i]
         if mk is not None:
             if len(memo) >= 256:
                 memo.clear()
@@ -224,15 +232,15 @@ def redact_scrub_items(items: Sequence[Any], decide: Decide, resolve: Resolve, t
                 entries.append((path, len(path) > 1, None, f"hash:{text_tag('value', raw)}", None))
                 continue
         entries.append((path, nest, raw, None, None))
-    done, scrub_changed = _scrub(entries, out, place, ready, fresh, memo)
+    done, scrub_changed = _scrub(entries, out, place, ready, fresh, memo, same)
     if not (changed or scrub_changed):
         return True, None, None
     return True, done, _in_place(paths, nested, raws, done)
 
 
 def _scrub(entries: Sequence[tuple[Path_, bool, str | None, Any, Path_ | None]], out: Any, place: str,
-           ready: dict[Path_, dict[str, str]], fresh: dict[Path_, Any], memo: dict[Any, Any] | None
-           ) -> tuple[list[tuple[Path_, bool, str]], bool]:
+           ready: dict[Path_, dict[str, str]], fresh: dict[Path_, Any], memo: dict[Any, Any] | None,
+           same: dict[Path_, str]) -> tuple[list[tuple[Path_, bool, str]], bool]:
     """The outgoing scrub, as ``Outgoing._item`` does it: every key name, and the JSON value
     under the key its walk would see (a nested key's last name after scrubbing; a plain key as
     it was). Returns the items and whether any changed.
@@ -240,7 +248,9 @@ def _scrub(entries: Sequence[tuple[Path_, bool, str | None, Any, Path_ | None]],
     A rewritten object whose fields all came out of the scrub as they went in (nothing
     scrubbed, so nothing counted) leaves the same way again whatever the place, unless a place
     is kept as is: its fields' JSON is remembered in the memo, and a repeat (``ready``) takes
-    it instead of walking and encoding each value again."""
+    it instead of walking and encoding each value again. A field the rewrite left as it was
+    (``same``: its original JSON) is scrubbed and encoded by ``Outgoing.reencoded``, which
+    remembers it ("64", "png" come in every row)."""
     done: list[tuple[Path_, bool, str]] = []
     changed = False
     path_names = out.path_names
@@ -260,10 +270,14 @@ def _scrub(entries: Sequence[tuple[Path_, bool, str | None, Any, Path_ | None]],
         elif obj is not None and obj in ready:
             raw = ready[obj][path[-1]]
         else:
-            nv = out.value(value, place, key)
-            raw = media.dumps(nv)
+            src = same.get(path)
+            if src is not None:
+                raw, clean = out.reencoded(src, value, place, key)
+            else:
+                nv = out.value(value, place, key)
+                raw, clean = media.dumps(nv), nv == value
             if obj in fresh:
-                if nv == value:
+                if clean:
                     scrubbed.setdefault(obj, {})[path[-1]] = raw
                 else:
                     unclean.add(obj)

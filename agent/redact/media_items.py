@@ -29,7 +29,8 @@ def may_hold_media(raw: str) -> bool:
 
 
 def item_paths(items: Sequence[Any]) -> list[Path_]:
-    return [tuple(nk) if len(nk := it.nested_key) else (it.key,) for it in items]
+    # (``nested_key[:]``: the repeated field as a list in one call, cheaper than iterating it.)
+    return [tuple(nk) if (nk := it.nested_key[:]) else (it.key,) for it in items]
 
 
 def _media_roots(raws: Sequence[str], paths: Sequence[Path_], typed: Sequence[int] | None = None) -> set[Path_]:
@@ -111,8 +112,8 @@ def media_in_items(items: Sequence[Any], fields: frozenset[str] | None = None,
     raws: list[str] = []
     typed: list[int] = []       # items whose path ends in "_type": the only root candidates
     for it in items:            # one loop: this runs for every row of every log read
-        nk = it.nested_key
-        if len(nk):
+        nk = it.nested_key[:]   # a list in one call (see item_paths)
+        if nk:
             path = tuple(nk)
             if len(path) >= 2 and path[-1] == "_type":
                 typed.append(len(paths))

@@ -57,6 +57,8 @@ class Outgoing:
         # "png", a media type, in every record).
         self._same_json: set[tuple[str, str, str]] = set()
         self._secret_keys: dict[str, bool] = {}
+        # (raw JSON, place, key) -> the JSON ``reencoded`` gave, when the scrub left it as it was.
+        self._reencoded: dict[tuple[str, str, str], str] = {}
         self._path_names: dict[tuple[str, ...], tuple[str, ...]] = {}
         self.produced: set[str] = set()     # file paths this redaction wrote: names already
         self.scrubber = scrubber
@@ -71,6 +73,7 @@ class Outgoing:
         self._scrubber = scrubber
         self._texts.clear()
         self._same_json.clear()
+        self._reencoded.clear()
 
     def _secret_key(self, key: str) -> bool:
         hit = self._secret_keys.get(key)
@@ -184,6 +187,21 @@ class Outgoing:
                 self._same_json.add(ck)
             return raw
         return _ENCODE(nv)
+
+    def reencoded(self, raw: str, value: Any, place: str, key: str = "") -> tuple[str, bool]:
+        """``value`` (which is ``raw`` parsed) scrubbed as ``value`` does and encoded, and
+        whether the scrub left it as it was. A value the scrub left alone is remembered by its
+        JSON: nothing was counted, so meeting it again gives the same JSON and counts nothing."""
+        ck = (raw, place, key)
+        hit = self._reencoded.get(ck)
+        if hit is not None:
+            return hit, True
+        nv = self.value(value, place, key)
+        new = _ENCODE(nv)
+        clean = nv == value
+        if clean and len(raw) < 4096 and len(self._reencoded) < _CACHE_LIMIT:
+            self._reencoded[ck] = new
+        return new, clean
 
     # -- protobuf --------------------------------------------------------------------------
     def _item(self, msg: Any, fields: list, place: str) -> bool:
