@@ -28,7 +28,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from .policy import Policy
 from .report import RedactionReport
 from .secrets import Scrubber, scrub_args
-from .string_fields import (JSON, MAP, MSG, MSGS, NAME, PATH, SKIP, field_plan, item_parts,
+from .string_fields import (JSON, MAP, MSG, MSGS, NAME, PATH, SKIP, TEXT, field_plan, item_parts,
                             repeated)
 
 _COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
@@ -41,6 +41,14 @@ _MEDIA_NAME = re.compile(r"(?P<base>.+?)(?P<suffix>(?:_\d+)+_[0-9a-f]{20}(?:\.[A
 _CACHE_LIMIT = 50_000
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode   # as json.dumps(...) with these
 _ITEMS = frozenset({"HistoryItem", "SummaryItem", "ConfigItem", "StatsItem"})
+_PLANS: dict[Any, tuple[Any, bool, frozenset]] = {}
+
+
+def _planned(d: Any) -> tuple[Any, bool, frozenset]:
+    """What ``Outgoing.message`` asks of a message type, once: its fields' plan, whether it is
+    an item (the fast path), and its single (not repeated) text fields."""
+    plan = field_plan(d)
+    return plan, d.name in _ITEMS, frozenset(fd for fd in d.fields if plan[fd] is TEXT and not repeated(fd))
 
 
 class Outgoing:
@@ -231,9 +239,12 @@ class Outgoing:
         """Scrub every string of ``msg`` in place (see the module docstring). ``skip``: one
         field (descriptor) whose strings the caller has scrubbed already."""
         d = msg.DESCRIPTOR
-        plan = field_plan(d)
+        planned = _PLANS.get(d)
+        if planned is None:
+            planned = _PLANS[d] = _planned(d)
+        plan, is_item, single_text = planned
         fields = msg.ListFields()
-        if d.name in _ITEMS and self._item(msg, fields, place):
+        if is_item and self._item(msg, fields, place):
             return
         item_key = None
         for fd, value in fields:
@@ -247,6 +258,11 @@ class Outgoing:
                     self.message(m, place, skip)
             elif how is MAP:
                 self._map(msg, fd, value, place)
+            elif fd in single_text:
+                # (Most strings left: a record's stream id, a stat's name. No closure per field.)
+                new = self.text(value, place)
+                if new != value:
+                    setattr(msg, fd.name, new)
             else:
                 if how is NAME:
                     fn = self.name
