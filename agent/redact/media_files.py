@@ -175,6 +175,7 @@ class MediaFiles:
             return False
         jobs: list[tuple] = []
         paths: list[str] = []
+        made: set[str] = set()      # directories of the new names that exist (a handful for 10,000s)
         for path, kind in tasks:
             src = r.source.file(path)
             if src is None:
@@ -182,8 +183,9 @@ class MediaFiles:
                 self.done[path] = None
                 continue
             prefix, ext = self.naming(path, kind)
-            if r.dst is not None:
+            if r.dst is not None and (d := prefix.rpartition("/")[0]) not in made:
                 r.make_parent(os.path.join(r.dst_str, "files/" + prefix))
+                made.add(d)
             jobs.append((src, kind, r.sizes.get(path), prefix, ext, r.dst_str if r.dst is not None else None))
             paths.append(path)
             self.pending[path] = True

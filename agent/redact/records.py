@@ -91,24 +91,26 @@ def _environment(r: "Redaction", rec: Any) -> bool:
 
 
 def _files(r: "Redaction", rec: Any) -> bool:
+    files = rec.files.files       # (one record per media file in wandb 0.31: read each once)
     keep = []
-    for f in rec.files.files:
-        action = file_action(f.path, r.policy)
+    for f in files:
+        path = f.path
+        action = file_action(path, r.policy)
         if action == "media":
-            o = r.media.file_outcome(f.path)
+            o = r.media.file_outcome(path)
             if o is None:
                 continue
             f.path = o.path
         elif action.startswith("drop"):
             continue
-        elif action == "scrub" and not _is_text(r, f.path):
+        elif action == "scrub" and not _is_text(r, path):
             continue              # the walk of files/ drops it: no record may name it
         else:
-            f.path = r.out.path(f.path)
+            f.path = r.out.path(path)
         keep.append(f)
-    if len(keep) != len(rec.files.files):
-        del rec.files.files[:]
-        rec.files.files.extend(keep)
+    if len(keep) != len(files):
+        del files[:]
+        files.extend(keep)
     return bool(keep)
 
 
