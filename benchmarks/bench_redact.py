@@ -76,7 +76,7 @@ def make_run(work: Path, n: int, size: int) -> Path:
 # a fixed cost of a few tenths of a second that a daemon pays once, not per run) and says how
 # long that took, so the per-run time and the cold time (rules + run) are both reported.
 CHILD = r'''
-import os, sys, time
+import os, resource, sys, time
 from pathlib import Path
 from tfwb_agent.redact.policy import DEFAULT_POLICY
 from tfwb_agent.redact.run import redact_run
@@ -100,8 +100,12 @@ try:                         # a redactor that takes the log's fold: made first,
         t = time.monotonic()
 except ImportError:
     pass
+c0 = time.process_time()
 report = redact_run(src, dst / src.name, DEFAULT_POLICY, os.urandom(32), lambda p: Path(p), **kw)
-print(rules, folded, time.monotonic() - t, report.files["hashed"])
+w = time.monotonic() - t
+cpu = time.process_time() - c0                  # this process, all its threads
+ch = resource.getrusage(resource.RUSAGE_CHILDREN)  # the hashing helper (waited for)
+print(rules, folded, w, report.files["hashed"], cpu, ch.ru_utime + ch.ru_stime)
 '''
 
 
@@ -118,13 +122,14 @@ def before_tree(rev: str, work: Path) -> Path:
     return shim
 
 
-def redact_child(src: Path, dst: Path, pythonpath: Path | None) -> tuple[float, float, float, int]:
-    """(seconds loading the rules, seconds folding the log, seconds redacting, images hashed).
+def redact_child(src: Path, dst: Path, pythonpath: Path | None) -> tuple[float, float, float, int, float, float]:
+    """(seconds loading the rules, seconds folding the log, seconds redacting, images hashed,
+    CPU seconds of the redacting process during ``redact_run``, CPU seconds of its helper).
     Folding is 0 for a redactor that folds inside ``redact_run`` (or not at all)."""
     env = dict(os.environ, **({"PYTHONPATH": str(pythonpath)} if pythonpath else {}))
     out = subprocess.run([sys.executable, "-c", CHILD, str(src), str(dst)], env=env, check=True,
                          capture_output=True, text=True).stdout.split()
-    return float(out[-4]), float(out[-3]), float(out[-2]), int(out[-1])
+    return float(out[-6]), float(out[-5]), float(out[-4]), int(out[-3]), float(out[-2]), float(out[-1])
 
 
 def main() -> None:
@@ -142,6 +147,7 @@ def main() -> None:
     print(f"run: {src}\n  {images} images, {size / 1e6:.1f} MB in the run directory")
     shim = before_tree(args.before, args.work) if args.before else None
     cp_times, red_times, old_times, cold_times, old_cold, warm_times = [], [], [], [], [], []
+    cpu: dict[str, list[tuple[float, float]]] = {"red": [], "old": []}   # (redactor, helper) CPU s
     out = args.work / "out"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -155,14 +161,16 @@ def main() -> None:
             cp_times.append(time.monotonic() - t)
 
         def red() -> None:
-            rules, folded, t, hashed = redact_child(src, out / f"red{i}", None)
+            rules, folded, t, hashed, c, hc = redact_child(src, out / f"red{i}", None)
+            cpu["red"].append((c, hc))
             red_times.append(folded + t)
             warm_times.append(t)
             cold_times.append(rules + folded + t)
             assert hashed == images, hashed
 
         def old() -> None:
-            rules, folded, t, hashed = redact_child(src, out / f"old{i}", shim)
+            rules, folded, t, hashed, c, hc = redact_child(src, out / f"old{i}", shim)
+            cpu["old"].append((c, hc))
             old_times.append(folded + t)
             old_cold.append(rules + folded + t)
             assert hashed == images, hashed
@@ -187,6 +195,12 @@ def main() -> None:
         print(f"redact_run at {args.before}: {old_t:6.2f} s (with rules {oc_t:.2f} s); its speed / cp: {cp_t / old_t:.2f}"
               f" ({cp_t / oc_t:.2f}); after / before time: {red_t / old_t:.2f} ({cold_t / oc_t:.2f});"
               f" all runs {[round(x, 2) for x in old_times]}")
+    for which, label in (("red", "redact_run"), ("old", f"redact_run at {args.before}")):
+        if cpu[which]:
+            print(f"CPU seconds of {label}: redacting process {statistics.median(c for c, _ in cpu[which]):.2f}"
+                  f" (all runs {[round(c, 2) for c, _ in cpu[which]]}), hashing helper"
+                  f" {statistics.median(h for _, h in cpu[which]):.2f}")
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     shutil.rmtree(args.work / "out", ignore_errors=True)
     from secret_recall import measure
     res = measure(corpus=Path(__file__).resolve().parent.parent.parent / "shared" / "corpus")
