@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from trainer_helpers import ROOT, child_env, trainer_interpreters, require_python
+from trainer_helpers import ROOT, child_env, require_python, run_training, trainer_interpreters
 
 PAIRS = trainer_interpreters()
 
@@ -18,8 +17,8 @@ def test_no_reads_on_steps_not_logged(tmp_path: Path, label: str, python: str | 
     runs = tmp_path / "runs"
     runs.mkdir()
     steps, every = 23, 5
-    p = subprocess.run([py, str(ROOT / "tests" / "trainer_helpers.py"), "count-reads", str(runs), str(steps), str(every)],
-                       env=child_env(runs), cwd=str(ROOT), capture_output=True, text=True, timeout=120)
+    p = run_training([py, str(ROOT / "tests" / "trainer_helpers.py"), "count-reads", str(runs), str(steps), str(every)],
+                     child_env(runs), timeout=120)
     assert p.returncode == 0, p.stderr[-4000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert out["logged"] == [5, 10, 15, 20]

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ def require_python(label: str, python: str | None) -> str:
     """The interpreter path, or a test failure saying how to provide it (never a silent skip)."""
     import pytest
 
-    env, how, _venv = _SETUP[label]
+    env, how, _venv = _SETUP.get(label, ("", "", None))
     if python is None:
         pytest.fail(f"{label}: {env} is not set. Create the venv with {how} and export {env}=<the path it "
                     "prints>.", pytrace=False)
@@ -70,9 +71,30 @@ def child_env(runs_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def run_training(argv: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)`` for a training process,
+    which ends as its container would: once it has exited, whatever it left in its session is
+    killed. wandb 0.15's service process can outlive the process it served (seen on Python 3.11:
+    it waited for a teardown that never came, holding the output pipes open for minutes); the
+    run it wrote is whole by then (``finish`` returns once the run's exit record is written)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen(argv, env=env, cwd=str(ROOT), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                             text=True, start_new_session=True)
+        try:
+            p.wait(timeout=timeout)
+        finally:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(argv, p.returncode, out.read(), err.read())
+
+
 def run_example(python: str, script: str, args: list[str], env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run([python, str(EXAMPLES / script), *args], env=env, cwd=str(ROOT),
-                       capture_output=True, text=True, timeout=timeout)
+    p = run_training([python, str(EXAMPLES / script), *args], env, timeout)
     if p.returncode != 0:
         raise AssertionError(f"{script} exited {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-5000:]}")
     return p
