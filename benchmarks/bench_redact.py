@@ -199,7 +199,7 @@ def main() -> None:
         if cpu[which]:
             print(f"CPU seconds of {label}: redacting process {statistics.median(c for c, _ in cpu[which]):.2f}"
                   f" (all runs {[round(c, 2) for c, _ in cpu[which]]}), hashing helper"
-                  f" {statistics.median(h for _, h in cpu[which]):.2f}")
+                  f" {statistics.median(h for _, h in cpu[which]):.2f} (all runs {[round(h, 2) for _, h in cpu[which]]})")
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     shutil.rmtree(args.work / "out", ignore_errors=True)
     from secret_recall import measure

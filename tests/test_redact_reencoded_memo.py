@@ -2,7 +2,8 @@
 every row) are scrubbed and encoded once per distinct JSON (``Outgoing.reencoded``). The memo
 must never serve an answer the current rules would not give: not after the rules change (the
 run's identity is added once its metadata is read), and never for a value the scrub changed
-(each such value is scrubbed, and counted, every time)."""
+(each such value is scrubbed, and counted, every time). And the run's own words, which the
+scrubber now searches apart from the site's combined rules, are still found."""
 from __future__ import annotations
 
 import hashlib
@@ -81,3 +82,19 @@ def test_the_same_json_under_another_key_is_asked_again():
     assert json.loads(a["label"]) == "s3cr3t-value"
     b = r.row(2, {"api_key": '"s3cr3t-value"'}, memo)
     assert "s3cr3t-value" not in b["api_key"], b
+
+
+def test_the_runs_words_are_found_though_searched_apart_from_the_other_rules():
+    # ``with_words`` keeps the site's combined pre-check and searches the run's words apart:
+    # a string that only the run's words match must still be scrubbed, wherever the word stands,
+    # and again after a second set of words is added on top.
+    base = Scrubber(compile_patterns(), _tag, True)
+    s = base.with_words("identity", {"gpu-node-17", "alice"})
+    for text in ("gpu-node-17", "ran on gpu-node-17 today", "by alice", "alice"):
+        new, counts = s.scrub(text)
+        assert counts.get("identity") == 1 and "gpu-node-17" not in new and "alice" not in new, (text, new)
+        assert base.scrub(text) == (text, {})
+    s2 = s.with_words("identity2", {"bob"})
+    new, counts = s2.scrub("bob and alice")
+    assert counts == {"identity2": 1, "identity": 1} and "bob" not in new and "alice" not in new
+    assert s2.scrub_name("alice")[0].startswith("redacted-identity-")
