@@ -1,4 +1,5 @@
-"""Run the agent's CLI (and the test server) as a real child process that starts from a fork of the test worker.
+"""Run the agent's CLI, and the tests' other Python programs, as real child processes that start
+from a fork of the test worker.
 
 The suite calls `tfwb-agent` several hundred times; a fresh `python -m tfwb_agent` spends most of a
 short command's CPU starting Python and importing the agent. A forked child has that done already
@@ -13,8 +14,10 @@ filters printing to stderr, no logging handlers, empty ``atexit`` and ``lru_cach
 usual) for ``[sys.executable, "-m", "tfwb_agent", ...]`` only; anything else — a command behind a
 prefix such as ``setpriv``, or ``TFWB_TEST_CLI=exec`` in the environment — starts for real, and so
 does the CLI while this process has an SQLite database open (SQLite does not survive a fork).
-A subclass names another program the same way (``accepts`` and ``load``): the OpenWandb test
-server (``openwandb_server.ForkedServer``), whose web and GraphQL libraries are most of its start.
+A subclass names another program the same way (``accepts`` and ``load``): the wandb writer
+scripts (``ForkedWriter``), a plain ``wandb sync`` (``ForkedWandbSync``) and the OpenWandb test
+server (``openwandb_server.ForkedServer``), whose imports are most of their start.
+``test_forks.py`` checks a forked writer's run and the forked CLI's answers against fresh ones.
 """
 from __future__ import annotations
 
@@ -184,8 +187,8 @@ def _capture_own_console() -> None:
 _WRITERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "writers")
 
 
-def _child(run: Callable[[list[str]], None], args: list[str], env: dict[str, str] | None, cwd: Any, fds: tuple[int, int, int],
-           pass_fds: tuple[int, ...], new_session: bool, group: int | None) -> None:
+def _child(run: Callable[[list[str]], None], args: list[str], env: dict[str, str] | None, cwd: Any,
+           fds: tuple[int, int, int], pass_fds: tuple[int, ...], new_session: bool, group: int | None) -> None:
     code: int = 1
     try:
         for target, fd in enumerate(fds):

@@ -12,8 +12,8 @@ and the helper polls the HTTP port until it answers. OpenWandb is test-only (its
 non-commercial); nothing in the agent imports this.
 
 The server runs as ``openwandb serve`` does, through this file (``python openwandb_server.py serve
-...``, at the bottom; started as a fork of the test worker, ``ForkedServer``), with one change: an API key is checked with bcrypt once, not on every
-request. OpenWandb checks the key of each request with ``bcrypt.checkpw`` (about 0.3 s of CPU
+...``, at the bottom; started as a fork of the test worker, ``ForkedServer``), with one change: an
+API key is checked with bcrypt once, not on every request. OpenWandb checks the key of each request with ``bcrypt.checkpw`` (about 0.3 s of CPU
 each), which made the test server the costliest process of every delivery test (55 of the 95 CPU
 seconds of a 20-run delivery). A key that failed its check fails again, from the same memo.
 A test whose timing was chosen against the stock server's pace (the delivery kill test) asks for
