@@ -21,11 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from deliver_helpers import corpus_dirs, make_deliver_site, seal_dirs
+from deliver_helpers import RestartableServer, corpus_dirs, make_deliver_site, metric_rows, seal_dirs
 from tfwb_agent import statedir
 from tfwb_agent.deliver import ahead, upload
 from tfwb_agent.deliver.engine import deliver_round, pending_units
 from tfwb_agent.deliver.outcomes import set_state
+from tfwb_agent.runlog import find_log
+from tfwb_agent.segments import read_facts
 
 CLOSED = "http://127.0.0.1:9"  # nothing listens on the discard port
 
@@ -144,6 +146,30 @@ def test_pending_work_starts_one_and_finish_ends_it_its_service_and_its_director
     assert not _running(w.proc.pid)
     assert _wait_for(lambda: not any(_running(p) for p in service)), f"wandb-core {service} still running"
     assert not any(work.iterdir()), list(work.iterdir())
+
+
+def test_the_round_sends_with_the_wandb_sync_started_ahead(tmp_path: Path, corpus: Path) -> None:
+    """Handed to the round, the process started ahead is the upload (it ends by itself, 0; one
+    the round discarded is killed), every row arrives once, and nothing of it is left."""
+    server = RestartableServer(tmp_path / "server").start()
+    try:
+        s = make_deliver_site(tmp_path / "site", server.url, server.api_key)
+        (run,) = corpus_dirs(corpus)[:1]
+        seal_dirs(s, [run])
+        with _ledger(s) as ledger:
+            ledger.record_target("local", "online", None, 0, None, time.time())
+        w = _start(s)
+        assert w is not None
+        with _ledger(s) as ledger:
+            rr = deliver_round(ledger, s.config(), "local", force_probe=True, wait_for_others=True, ahead=w)
+        assert [o.state for o in rr.outcomes] == ["confirmed"], rr
+        assert w.proc.returncode == 0, f"the warm sync was not the upload (status {w.proc.returncode})"
+        facts = read_facts(find_log(run))
+        assert metric_rows(server, facts.run_id) == facts.metric_values
+        ahead.finish(w)
+        assert not any((s.config().state_dir / "work").iterdir())
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize("case", ["target offline now", "nothing left to send"])

@@ -68,8 +68,11 @@ def start(ledger: Ledger, cfg: config_mod.Config, target_name: str, *, only_run:
         return None
     # A SIGKILLed sync leaves its directory behind (its warm process ends by itself, stdin
     # closed); a gateway may run no daemon to sweep work/, so the next one started ahead does.
-    statedir.sweep_work(cfg)
-    return upload.warm(t.base_url, key, statedir.work_for(cfg, _DIR), t.ca_file)
+    try:
+        statedir.sweep_work(cfg)
+        return upload.warm(t.base_url, key, statedir.work_for(cfg, _DIR), t.ca_file)
+    except OSError:
+        return None  # only a head start: the round starts its own, or says what is wrong
 
 
 def finish(w: upload.Warm | None) -> None:
