@@ -5,7 +5,8 @@ service: about a second); the agent's own work before it can send (importing the
 probe, opening the bundle, the server's answer) is shorter and runs beside it. So the CLI starts
 the waiting process (``upload.warm``) first, from this module, which imports only what that
 needs, and hands it to the first round (``deliver_round(ahead=...)``): measured on the 10 % grown
-run, the round's own early start came ~0.4 s after the command began, this one ~0.15 s.
+run (strace), the round's own early start came 0.4-0.6 s after the command began, this one
+0.25-0.3 s (the CLI's modules and the config's sections load before it).
 
 Only where a round would most likely use it: not for a dry run, a target with a wandb client of
 its own, a target not online at its last probe (the round would not send, or would wait out a
