@@ -256,18 +256,24 @@ def test_grid_covers_its_grid_exactly_then_bayes_uses_metrics(tmp_path: Path) ->
     runs = sweep_runs(bayes, trials)
     for t, r in zip(trials, runs):  # the engine is fed the metric each run logged
         assert r.summary_metrics["score"] == pytest.approx((t.params["x"] - 0.3) ** 2)
-    # The proposal depends on those metrics: the same trials with the metric's sign flipped
-    # (same random state) lead the engine elsewhere. For some trials and one random state the
-    # two may land on the same point (the engine samples candidates), so several states are
-    # tried: an engine that ignored the metrics would give the same point for every one.
-    flipped = [sweeps.SweepRun(name=r.name, state=r.state, config=r.config,
-                               summaryMetrics={"score": -r.summary_metrics["score"]}) for r in runs]
+    # The engine proposes from those metrics: fed runs of the same kind (``sweeps.SweepRun``, as
+    # ``sweep_runs`` makes them) at points spread over the range, it proposes near the minimum
+    # of the score, and far from it when the score's sign is flipped, for every random state.
+    # (The 4 trials above are at random points; where they bunch together the engine's Gaussian
+    # process degenerates and proposes the same point either way, so they cannot show this.)
+    assert all(isinstance(r, sweeps.SweepRun) for r in runs)
+    spread = (0.05, 0.35, 0.65, 0.95)
+
+    def fed(sign: float) -> list:
+        return [sweeps.SweepRun(name=f"t{i}", state="finished", config={"x": {"value": x}},
+                                summaryMetrics={"score": sign * (x - 0.3) ** 2}) for i, x in enumerate(spread)]
 
     def proposal(trials: list, seed: int) -> float:
         np.random.seed(seed)
         return sweeps.next_run(bayes, trials).config["x"]["value"]
 
-    assert any(proposal(runs, seed) != proposal(flipped, seed) for seed in range(7, 12))
+    for seed in range(7, 10):
+        assert abs(proposal(fed(1.0), seed) - 0.3) < abs(proposal(fed(-1.0), seed) - 0.3), seed
 
 
 BAD = [
