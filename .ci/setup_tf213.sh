@@ -76,8 +76,10 @@ else
   fi
   cp -al "$CACHED" "$VENV" 2>/dev/null || cp -a "$CACHED" "$VENV"  # another file system: a real copy
   rm -f "$VENV/.tfwb-cached"
-  # TensorFlow was imported where the copy came from; here the plugin and wandb are what is new.
-  CHECK="import sys, wandb, sweeps, tfwb_trainer; $VERSION_CHECK"
+  # TensorFlow, wandb and sweeps were imported where the copy came from; here the plugin is what
+  # is new, and the others only need to be found (importing them again is seconds of CPU).
+  CHECK="import sys, importlib.util, tfwb_trainer; $VERSION_CHECK; "
+  CHECK+="assert all(importlib.util.find_spec(m) for m in ('tensorflow', 'wandb', 'sweeps')), 'copy incomplete'"
 fi
 "$PY" -m pip install -q --no-deps -e "$PROJECT" >&2
 "$PY" -c "$CHECK" >&2
