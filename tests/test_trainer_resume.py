@@ -11,8 +11,8 @@ import pytest
 from deliver_helpers import make_deliver_site
 from openwandb_server import start_openwandb
 
-from trainer_helpers import (PY311_TF213_LABEL, child_env, config_value, read_run, require_python, run_example,
-                             run_files, run_until_hold_then_kill, trainer_interpreters)
+from trainer_helpers import (child_env, config_value, read_run, require_python, run_example, run_files,
+                             run_until_hold_then_kill, trainer_interpreters)
 
 PAIRS = trainer_interpreters()
 IDS = [l for l, _ in PAIRS]
@@ -67,10 +67,6 @@ def test_sigkill_then_restart_is_one_continuous_run(tmp_path: Path, label: str, 
 
     # The agent scans, redacts, seals and delivers both parts: one run on the server. (For
     # wandb 0.15.12 this needs the exit record moved last: tests/test_deliver_wandb015.py.)
-    # Once per wandb version: the Python 3.11 pair's wandb 0.15.12 writes the files the 3.8
-    # pair's does, whose delivery is checked here; what that pair adds is the training above.
-    if label == PY311_TF213_LABEL:
-        return
     server = start_openwandb(tmp_path / "server")
     try:
         site = make_deliver_site(tmp_path / "site", server.url, server.api_key)
