@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 
 from deliver_helpers import RestartableServer, corpus_dirs, make_deliver_site, metric_rows, seal_dirs
+from proc_helpers import children_of, running, wait_for
 from tfwb_agent import statedir
-from tfwb_agent.deliver import ahead, upload
+from tfwb_agent.deliver import ahead
 from tfwb_agent.deliver.engine import deliver_round, pending_units
 from tfwb_agent.deliver.outcomes import set_state
 from tfwb_agent.runlog import find_log
@@ -32,40 +33,9 @@ from tfwb_agent.segments import read_facts
 CLOSED = "http://127.0.0.1:9"  # nothing listens on the discard port
 
 
-def _children_of(pid: int) -> list[int]:
-    out = []
-    for p in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = Path(f"/proc/{p}/stat").read_text()
-        except OSError:
-            continue
-        if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
-            out.append(int(p))
-    return out
-
-
-def _running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2:].split()[0] != "Z"
-
-
-def _wait_for(what, timeout: float = 60.0):
-    """Poll an observed condition (what /proc shows) until it holds or the time runs out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = what()
-        if got:
-            return got
-        time.sleep(0.05)
-    return what()
-
-
 def _service_of(pid: int) -> list[int]:
     out = []
-    for c in _children_of(pid):
+    for c in children_of(pid):
         try:
             if b"wandb-core" in Path(f"/proc/{c}/cmdline").read_bytes():
                 out.append(c)
@@ -124,10 +94,10 @@ def test_no_wandb_sync_starts_where_the_round_would_send_nothing(site, case: str
     if case == "policy lets nothing go":  # held until someone approves the run
         site.cfg.write_text(site.cfg.read_text().replace('targets = ["local"]\n', 'targets = ["local"]\nhold = true\n'))
         assert "hold = true" in site.cfg.read_text()
-    before = set(_children_of(os.getpid()))
+    before = set(children_of(os.getpid()))
     w = _start(site, dry_run=case == "dry run", only_run="no-such-run" if case == "another run only" else None)
     assert w is None
-    assert set(_children_of(os.getpid())) == before, "a process was started"
+    assert set(children_of(os.getpid())) == before, "a process was started"
     assert not (site.config().state_dir / "work").exists() or not any((site.config().state_dir / "work").iterdir())
 
 
@@ -138,13 +108,13 @@ def test_pending_work_starts_one_and_finish_ends_it_its_service_and_its_director
     (killed / "wandb-home").mkdir(parents=True)
     w = _start(site)
     assert not killed.parent.exists(), "a killed sync's directory was left"
-    assert w is not None and _running(w.proc.pid)
-    service = _wait_for(lambda: _service_of(w.proc.pid))
+    assert w is not None and running(w.proc.pid)
+    service = wait_for(lambda: _service_of(w.proc.pid))
     assert service, "the warm sync did not start wandb's service"
     assert w.home.is_relative_to(work), w.home
     ahead.finish(w)
-    assert not _running(w.proc.pid)
-    assert _wait_for(lambda: not any(_running(p) for p in service)), f"wandb-core {service} still running"
+    assert not running(w.proc.pid)
+    assert wait_for(lambda: not any(running(p) for p in service)), f"wandb-core {service} still running"
     assert not any(work.iterdir()), list(work.iterdir())
 
 
@@ -177,15 +147,15 @@ def test_the_round_ends_a_warm_sync_it_cannot_use(site, case: str) -> None:
     seal_dirs(site, site.runs[:1])
     w = _start(site)
     assert w is not None
-    service = _wait_for(lambda: _service_of(w.proc.pid))
+    service = wait_for(lambda: _service_of(w.proc.pid))
     assert service
     if case == "nothing left to send":
         _confirm_all(site)  # another process delivered it meanwhile
     with _ledger(site) as ledger:
         rr = deliver_round(ledger, site.config(), "local", force_probe=True, wait_for_others=True, ahead=w)
         states = {d["state"] for d in ledger.deliveries(target="local")}
-    assert not _running(w.proc.pid), "the round left the warm sync running"
-    assert _wait_for(lambda: not any(_running(p) for p in service)), f"wandb-core {service} still running"
+    assert not running(w.proc.pid), "the round left the warm sync running"
+    assert wait_for(lambda: not any(running(p) for p in service)), f"wandb-core {service} still running"
     if case == "target offline now":
         assert rr.status == "offline" and rr.waiting == 1, rr
         assert states <= {"pending"}, states
@@ -221,7 +191,7 @@ def test_an_idle_sync_starts_no_wandb_sync(site) -> None:
     _confirm_all(site)
     proc, fd = _sync_blocked_on_the_target(site)
     try:
-        assert _children_of(proc.pid) == []
+        assert children_of(proc.pid) == []
     finally:
         os.close(fd)  # let it go on: it finds nothing to send
         out, err = proc.communicate(timeout=120)
@@ -236,9 +206,9 @@ def test_a_stopped_sync_kills_the_wandb_sync_it_started_ahead(site) -> None:
     seal_dirs(site, site.runs[:1])
     proc, fd = _sync_blocked_on_the_target(site)
     try:
-        warm = _children_of(proc.pid)
+        warm = children_of(proc.pid)
         assert len(warm) == 1, warm
-        service = _wait_for(lambda: _service_of(warm[0]))
+        service = wait_for(lambda: _service_of(warm[0]))
         assert service, "the warm sync did not start wandb's service"
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
@@ -248,8 +218,8 @@ def test_a_stopped_sync_kills_the_wandb_sync_it_started_ahead(site) -> None:
             proc.kill()
     assert proc.returncode == 143, (out, err)
     assert b"stopped by SIGTERM" in err, err
-    assert not _running(warm[0]), "the warm sync outlived the stopped command"
-    assert _wait_for(lambda: not any(_running(p) for p in service)), f"wandb-core {service} still running"
+    assert not running(warm[0]), "the warm sync outlived the stopped command"
+    assert wait_for(lambda: not any(running(p) for p in service)), f"wandb-core {service} still running"
     assert not any((site.config().state_dir / "work").iterdir())
     with _ledger(site) as ledger:
         assert {d["state"] for d in ledger.deliveries(target="local")} <= {"pending"}
