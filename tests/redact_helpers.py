@@ -103,3 +103,18 @@ def leaks(data: bytes, extra: list[bytes] = ()) -> list[str]:
     found = [s.decode() for s in LEAK_STRINGS + list(extra) if s in data]
     found += [rx.pattern.decode() for rx in LEAK_PATTERNS if rx.search(data)]
     return found
+
+
+def site_tag(kind: str, value: str) -> str:
+    """A stand-in for the site's keyed tag: stable, and different per kind and value."""
+    return hashlib.sha256(f"{kind}\0{value}".encode()).hexdigest()[:16]
+
+
+def default_outgoing(report):
+    """The choke point every outgoing string passes through, as the default policy builds it
+    (built-in rules, paths scrubbed), counting into ``report``."""
+    from tfwb_agent.redact.outgoing import Outgoing
+    from tfwb_agent.redact.policy import DEFAULT_POLICY
+    from tfwb_agent.redact.secrets import Scrubber, compile_patterns
+
+    return Outgoing(Scrubber(compile_patterns(), site_tag, True), DEFAULT_POLICY, report)

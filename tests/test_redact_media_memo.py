@@ -4,17 +4,15 @@ be exactly those a redaction without the memo writes for that summary, and the m
 been used (the files are resolved once)."""
 from __future__ import annotations
 
-import hashlib
 import random
 
+from redact_helpers import default_outgoing, site_tag
 from wandb.proto import wandb_internal_pb2 as pb
 
 from tfwb_agent.redact.items import redact_scrub_items
 from tfwb_agent.redact.media import FileOutcome
-from tfwb_agent.redact.outgoing import Outgoing
 from tfwb_agent.redact.policy import DEFAULT_POLICY
 from tfwb_agent.redact.report import RedactionReport
-from tfwb_agent.redact.secrets import Scrubber, compile_patterns
 
 FIELDS = {
     "_type": '"image-file"', "path": '"media/images/ct_3_0205fb893815c1a9be16.png"',
@@ -25,16 +23,12 @@ FIELDS = {
 }
 
 
-def _tag(kind: str, value: str) -> str:
-    return hashlib.sha256(f"{kind}\0{value}".encode()).hexdigest()[:16]
-
-
 class Redactor:
     """The pieces ``redact_scrub_items`` takes, real where it matters (scrubber, outgoing)."""
 
     def __init__(self) -> None:
         self.report = RedactionReport()
-        self.out = Outgoing(Scrubber(compile_patterns(), _tag, True), DEFAULT_POLICY, self.report)
+        self.out = default_outgoing(self.report)
         self.resolved: list[str] = []
 
     def resolve(self, path, kind, d, key):
@@ -43,7 +37,7 @@ class Redactor:
 
     def run(self, items, place, memo):
         decide = lambda key, kind: DEFAULT_POLICY.decide(key, kind, ())  # noqa: E731
-        handled, new, _ = redact_scrub_items(items, decide, self.resolve, _tag,
+        handled, new, _ = redact_scrub_items(items, decide, self.resolve, site_tag,
                                              lambda d, kind, key: self.report.count_media(d.rule, kind, d.action, key),
                                              None, self.out, place, memo)
         assert handled

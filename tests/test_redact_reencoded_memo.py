@@ -9,11 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 
+from redact_helpers import default_outgoing, site_tag
 from wandb.proto import wandb_internal_pb2 as pb
 
 from tfwb_agent.redact.items import redact_scrub_items
 from tfwb_agent.redact.media import FileOutcome
-from tfwb_agent.redact.outgoing import Outgoing
 from tfwb_agent.redact.policy import DEFAULT_POLICY
 from tfwb_agent.redact.report import RedactionReport
 from tfwb_agent.redact.secrets import Scrubber, compile_patterns
@@ -21,14 +21,10 @@ from tfwb_agent.redact.secrets import Scrubber, compile_patterns
 TOKEN = "hf_aBcDeFgHiJkLmNoPqRsTuVwXyZ012345"
 
 
-def _tag(kind: str, value: str) -> str:
-    return hashlib.sha256(f"{kind}\0{value}".encode()).hexdigest()[:16]
-
-
 class Redactor:
     def __init__(self) -> None:
         self.report = RedactionReport()
-        self.out = Outgoing(Scrubber(compile_patterns(), _tag, True), DEFAULT_POLICY, self.report)
+        self.out = default_outgoing(self.report)
 
     def resolve(self, path, kind, d, key):
         h = hashlib.sha256(path.encode()).hexdigest()
@@ -41,7 +37,7 @@ class Redactor:
             "_type": '"image-file"', "path": f'"media/images/ct_{step}_{step:020x}.png"',
             "format": '"png"', "width": "64", **fields}.items()]
         decide = lambda key, kind: DEFAULT_POLICY.decide(key, kind, ())  # noqa: E731
-        handled, new, _ = redact_scrub_items(items, decide, self.resolve, _tag,
+        handled, new, _ = redact_scrub_items(items, decide, self.resolve, site_tag,
                                              lambda d, kind, key: self.report.count_media(d.rule, kind, d.action, key),
                                              None, self.out, "history", memo)
         assert handled and new is not None
@@ -88,7 +84,7 @@ def test_the_runs_words_are_found_though_searched_apart_from_the_other_rules():
     # ``with_words`` keeps the site's combined pre-check and searches the run's words apart:
     # a string that only the run's words match must still be scrubbed, wherever the word stands,
     # and again after a second set of words is added on top.
-    base = Scrubber(compile_patterns(), _tag, True)
+    base = Scrubber(compile_patterns(), site_tag, True)
     s = base.with_words("identity", {"gpu-node-17", "alice"})
     for text in ("gpu-node-17", "ran on gpu-node-17 today", "by alice", "alice"):
         new, counts = s.scrub(text)
