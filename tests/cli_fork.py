@@ -32,7 +32,7 @@ import subprocess
 import sys
 import traceback
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 _SIGNALS_RESET = (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM, signal.SIGCHLD, signal.SIGUSR1,
                   signal.SIGUSR2, signal.SIGQUIT)
@@ -50,7 +50,7 @@ def popen(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
     """``subprocess.Popen(argv, **kwargs)``; forked when ``argv`` is the agent's CLI, one of the
     tests' wandb writer scripts (``ForkedWriter``) or a plain ``wandb sync`` (``ForkedWandbSync``)."""
     for forked in (ForkedPopen, ForkedWriter, ForkedWandbSync):
-        if forked.accepts(argv):
+        if forked.accepts(argv, kwargs.get("env")):
             return forked(list(argv), **kwargs)
     return subprocess.Popen(list(argv), **kwargs)
 
@@ -81,8 +81,8 @@ class ForkedPopen(subprocess.Popen):
     """``Popen`` whose child is a fork of this process running the agent's CLI in it."""
 
     @staticmethod
-    def accepts(args: Sequence[str]) -> bool:
-        """Whether ``args`` is the program this class runs in a fork."""
+    def accepts(args: Sequence[str], env: Mapping[str, str] | None = None) -> bool:
+        """Whether ``args`` (run with ``env``, None: this process's) is the program this class runs in a fork."""
         return is_agent_cli(args)
 
     @staticmethod
@@ -99,7 +99,7 @@ class ForkedPopen(subprocess.Popen):
     def _execute_child(self, args, executable, preexec_fn, close_fds, pass_fds, cwd, env, startupinfo,
                        creationflags, shell, p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite,
                        *rest) -> None:
-        if not self.accepts(args) or shell or preexec_fn is not None:
+        if not self.accepts(args, env) or shell or preexec_fn is not None:
             raise ValueError(f"{type(self).__name__} does not run {args!r}")
         if _sqlite_open():  # SQLite's per-process state would be shared: start afresh instead
             return super()._execute_child(args, executable, preexec_fn, close_fds, pass_fds, cwd, env, startupinfo,
@@ -128,7 +128,7 @@ class ForkedWriter(ForkedPopen):
     SCRIPTS = ("write_run.py", "pause_run.py")
 
     @staticmethod
-    def accepts(args: Sequence[str]) -> bool:
+    def accepts(args: Sequence[str], env: Mapping[str, str] | None = None) -> bool:
         if len(args) < 2 or args[0] != sys.executable or not forking_allowed():
             return False
         script = os.path.abspath(args[1])
@@ -156,9 +156,11 @@ class ForkedWandbSync(ForkedPopen):
     per worker. Not while this process has set wandb up itself."""
 
     @staticmethod
-    def accepts(args: Sequence[str]) -> bool:
+    def accepts(args: Sequence[str], env: Mapping[str, str] | None = None) -> bool:
+        # The wandb the child's own PATH finds (a test may put another interpreter's first).
+        path = (os.environ if env is None else env).get("PATH")
         return (list(args[:2]) == ["wandb", "sync"] and forking_allowed() and _wandb_unset()
-                and shutil.which("wandb") == os.path.join(os.path.dirname(sys.executable), "wandb"))
+                and shutil.which("wandb", path=path) == os.path.join(os.path.dirname(sys.executable), "wandb"))
 
     @staticmethod
     def load() -> Callable[[list[str]], None]:

@@ -35,7 +35,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import cli_fork as forks
 from cli_fork import ForkedPopen, forking_allowed
@@ -131,7 +131,7 @@ def launch(port: int, data_dir: Path, log_path: Path, key_check_seconds: float =
     argv = [sys.executable, __file__, "serve", "--host", "127.0.0.1", "--port", str(port),
             "--data-dir", str(data_dir), "--log-level", "warning"]
     with open(log_path, "wb") as log:
-        return (ForkedServer if ForkedServer.accepts(argv) else subprocess.Popen)(
+        return (ForkedServer if ForkedServer.accepts(argv, env) else subprocess.Popen)(
             argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
 
@@ -142,7 +142,7 @@ class ForkedServer(ForkedPopen):
     from the environment at their first import, which happens in the child as before."""
 
     @staticmethod
-    def accepts(args: Sequence[str]) -> bool:
+    def accepts(args: Sequence[str], env: Mapping[str, str] | None = None) -> bool:
         return list(args[:3]) == [sys.executable, __file__, "serve"] and forking_allowed()
 
     @staticmethod

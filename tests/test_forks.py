@@ -4,11 +4,12 @@ the forked agent CLI answers as the installed one does."""
 from __future__ import annotations
 
 import collections
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from cli_fork import ForkedPopen, ForkedWriter, popen
+from cli_fork import ForkedPopen, ForkedWandbSync, ForkedWriter, popen
 from conftest import REPO
 
 from tfwb_agent.runlog import find_log
@@ -60,3 +61,19 @@ def test_the_forked_cli_answers_as_the_installed_one(tmp_path):
     out, err = forked.communicate(timeout=60)
     fresh = subprocess.run(bad, capture_output=True, text=True, timeout=60)
     assert (forked.returncode, err) == (fresh.returncode, fresh.stderr) and forked.returncode == 2
+
+
+def test_a_wandb_sync_whose_path_finds_another_wandb_starts_that_one(tmp_path):
+    """The fork stands only for the wandb beside this interpreter: a PATH that finds another
+    (another interpreter's venv first) runs that one, for real."""
+    other = tmp_path / "bin"
+    other.mkdir()
+    (other / "wandb").write_text("#!/bin/sh\necho other wandb \"$@\"\n")
+    (other / "wandb").chmod(0o755)
+    env = dict(os.environ, PATH=f"{other}:{os.environ['PATH']}")
+    proc = popen(["wandb", "sync", "--help"], env=env, stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate(timeout=60)
+    assert not isinstance(proc, ForkedWandbSync) and out.strip() == "other wandb sync --help"
+    mine = popen(["wandb", "sync", "--help"], stdout=subprocess.PIPE, text=True)
+    out, _ = mine.communicate(timeout=120)
+    assert isinstance(mine, ForkedWandbSync) == ForkedWandbSync.accepts(["wandb", "sync"]) and "Usage" in out
