@@ -21,11 +21,14 @@ def copy_files_dir(r: Redaction) -> None:
     if not base.is_dir() or base.is_symlink():
         return
     prefix = len(str(base)) + 1
+    done = r.media.done
     for dirpath, dirnames, filenames in os.walk(base):   # os.walk does not follow symlinks
         dirnames.sort()
+        # (The directory's part of each name made once: 10,000s of media files share one.)
+        rel_dir = os.path.join(dirpath, "")[prefix:].replace(os.sep, "/")
         for name in sorted(filenames):
-            rel = os.path.join(dirpath, name)[prefix:].replace(os.sep, "/")
-            if rel in r.media.done:
+            rel = rel_dir + name
+            if rel in done:
                 continue       # a media file the records named: already written
             p = Path(dirpath) / name
             if p.is_symlink() or not p.is_file():

@@ -15,6 +15,7 @@ import io
 import struct
 import wave
 import zlib
+from typing import Callable
 
 TAG_KEYWORD = "tfwb-redacted"
 
@@ -26,8 +27,20 @@ def tag(secret: bytes, data: bytes) -> str:
 
 def text_tag(secret: bytes, kind: str, value: str) -> str:
     """Short keyed tag for a text value (a secret, a path, a table cell, a host name)."""
-    msg = kind.encode() + b"\x00" + value.encode("utf-8", "surrogatepass")
-    return hmac.new(secret, msg, hashlib.sha256).hexdigest()[:16]
+    return text_tagger(secret)(kind, value)
+
+
+def text_tagger(secret: bytes) -> Callable[[str, str], str]:
+    """``text_tag`` under one secret, for many values (a caption of every image, a cell of
+    every table): the keyed hash is set up once and copied per value, without deriving the
+    HMAC's pads again each time."""
+    base = hmac.new(secret, digestmod=hashlib.sha256)
+
+    def tag(kind: str, value: str) -> str:
+        h = base.copy()
+        h.update(kind.encode() + b"\x00" + value.encode("utf-8", "surrogatepass"))
+        return h.hexdigest()[:16]
+    return tag
 
 
 # --- images -----------------------------------------------------------------------------

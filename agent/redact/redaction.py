@@ -40,6 +40,7 @@ class Redaction:
         self._sensitive_keys: dict[str, bool] = {}
         self._decisions: dict[tuple[str, str], Decision] = {}
         self.media_memo: dict[Any, Any] = {}   # see items.redact_scrub_items
+        self._text_tag = placeholders.text_tagger(self.secret)
         self.writer: BackgroundWriter | None = None
         self.scrubber = Scrubber(compile_patterns(self.policy.patterns), self.text_tag, self.policy.scrub_paths)
         self.out = Outgoing(self.scrubber, self.policy, self.report)
@@ -61,7 +62,7 @@ class Redaction:
         self.out.scrubber = self.scrubber
 
     def text_tag(self, kind: str, value: str) -> str:
-        return placeholders.text_tag(self.secret, kind, value)
+        return self._text_tag(kind, value)
 
     def decide(self, key: str, kind: str) -> Decision:
         # Asked for every media object of every row (a handful of distinct keys): remembered.
