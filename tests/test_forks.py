@@ -1,16 +1,21 @@
-"""The suite's forked children (``cli_fork``) are the programs they stand for: a run written by a
-forked writer holds the same records and files as one written by ``python write_run.py``, and
-the forked agent CLI answers as the installed one does."""
+"""The suite's forked children (``cli_fork``, ``tf_forkserver``) are the programs they stand for: a
+run written by a forked writer holds the same records and files as one written by ``python
+write_run.py``, the forked agent CLI answers as the installed one does, and a fork server's child
+runs its script as ``python script.py`` would, as a process of its own."""
 from __future__ import annotations
 
 import collections
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from cli_fork import ForkedPopen, ForkedWandbSync, ForkedWriter, popen
 from conftest import REPO
+from tf_forkserver import ForkServerPopen
 
 from tfwb_agent.runlog import find_log
 from tfwb_agent.wandb_log import LogReader
@@ -77,3 +82,58 @@ def test_a_wandb_sync_whose_path_finds_another_wandb_starts_that_one(tmp_path):
     mine = popen(["wandb", "sync", "--help"], stdout=subprocess.PIPE, text=True)
     out, _ = mine.communicate(timeout=120)
     assert isinstance(mine, ForkedWandbSync) == ForkedWandbSync.accepts(["wandb", "sync"]) and "Usage" in out
+
+
+PROBE = r'''
+import os, sys
+print("argv", sys.argv[1:], "cwd", os.getcwd(), "env", os.environ.get("PROBE_VALUE"), "path0", sys.path[0])
+print("tensorflow", "tensorflow" in sys.modules, "session", os.getsid(0) == os.getpid())
+print("open", sorted(int(fd) for fd in os.listdir("/proc/self/fd")))
+line = sys.stdin.readline()
+if line.startswith("hold"):
+    print("HOLD", flush=True)
+    sys.stdin.readline()
+sys.exit(int(line.split()[-1]) if line.strip() else 0)
+'''
+
+
+def test_a_fork_server_child_is_a_process_of_its_own(tmp_path):
+    """``tf_forkserver``: the script runs as ``python script.py`` would (argv, cwd, environment,
+    its own directory first on sys.path, descriptors 0-2 only) in a new session, with TensorFlow
+    imported before it starts; its exit code and its death by a signal come back; a timeout is one."""
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE)
+    env = dict(os.environ, PROBE_VALUE="x y")
+
+    def start() -> ForkServerPopen:
+        return ForkServerPopen([sys.executable, str(script), "a", "b c"], env=env, cwd=str(tmp_path), text=True,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    proc = start()
+    out, err = proc.communicate("exit 7\n", timeout=120)
+    fresh = subprocess.run([sys.executable, str(script), "a", "b c"], env=env, cwd=str(tmp_path), text=True,
+                           input="exit 7\n", capture_output=True, start_new_session=True, timeout=60)
+    assert proc.returncode == fresh.returncode == 7, err
+    assert out.replace("tensorflow True", "tensorflow False") == fresh.stdout
+    assert f"argv ['a', 'b c'] cwd {tmp_path} env x y path0 {tmp_path}" in out
+    assert "tensorflow True session True" in out
+    assert proc.pid != os.getpid() and not os.path.exists(f"/proc/{proc.pid}")  # reaped by the server
+
+    proc = start()
+    proc.stdin.write("hold\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().startswith("argv")
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(timeout=0.2)  # holding: still running
+    assert proc.poll() is None
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    proc.stdout.close(), proc.stderr.close(), proc.stdin.close()
+
+
+def test_a_fork_server_that_cannot_start_says_why(tmp_path):
+    broken = tmp_path / "python"
+    broken.write_text("#!/bin/sh\necho 'no tensorflow here' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    with pytest.raises(RuntimeError, match="(?s)did not start.*exit 3.*no tensorflow here"):
+        ForkServerPopen([str(broken), str(tmp_path / "x.py")], stdout=subprocess.DEVNULL)

@@ -18,7 +18,7 @@ def test_no_reads_on_steps_not_logged(tmp_path: Path, label: str, python: str | 
     runs.mkdir()
     steps, every = 23, 5
     p = run_training([py, str(ROOT / "tests" / "trainer_helpers.py"), "count-reads", str(runs), str(steps), str(every)],
-                     child_env(runs), timeout=120)
+                     child_env(runs), timeout=120, preloaded=True)
     assert p.returncode == 0, p.stderr[-4000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert out["logged"] == [5, 10, 15, 20]

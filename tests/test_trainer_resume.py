@@ -34,12 +34,12 @@ def test_sigkill_then_restart_is_one_continuous_run(tmp_path: Path, label: str, 
     args = ["--epochs", str(EPOCHS), "--train-samples", str(SAMPLES), "--log-every", str(EVERY)]
     if script == "train_custom_loop.py":
         args += ["--ckpt-every", "20"]
-    first = run_until_hold_then_kill(py, script, args + ["--hold-at-step", str(HOLD)], env)
+    first = run_until_hold_then_kill(py, script, args + ["--hold-at-step", str(HOLD)], env, preloaded=True)
     assert "START step=0 epoch=0" in first
     part1 = run_files(runs)
     assert len(part1) == 1
 
-    second = run_example(py, script, args, env).stdout
+    second = run_example(py, script, args, env, preloaded=True).stdout
     # It continued from the last checkpoint, not from scratch and not from the kill point.
     m = re.search(r"START step=(\d+)", second)
     assert m and int(m.group(1)) == ckpt_step, second

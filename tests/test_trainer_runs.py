@@ -112,9 +112,11 @@ def test_custom_loop_run_holds_everything(tmp_path: Path, label: str, python: st
     py = require_python(label, python)
     runs = tmp_path / "runs"
     runs.mkdir()
+    # Forked with TensorFlow imported before the plugin's init (the Keras run above starts afresh
+    # and imports it after): the fingerprint is whole either way.
     run_example(py, "train_custom_loop.py", ["--epochs", str(EPOCHS), "--train-samples", str(SAMPLES),
                                              "--batch-size", str(BATCH), "--log-every", str(EVERY)],
-                child_env(runs))
+                child_env(runs), preloaded=True)
     rd = _one_run(runs)
     _check_fingerprint(rd, label, {"eval/predictions"})
     steps = sorted(s for s, r in rd.rows.items() if "train/loss" in r)

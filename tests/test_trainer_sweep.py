@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tf_forkserver import ForkServerPopen
 from trainer_helpers import ROOT, child_env, config_value, read_run, run_files
 
 HELPERS = ROOT / "tests" / "trainer_helpers.py"
@@ -64,8 +65,8 @@ def digits_sweep(base: Path) -> dict:
     runs.mkdir()
     (base / "sweep.yaml").write_text(RANDOM_CFG)
     env = child_env(runs)
-    procs = [subprocess.Popen([*IN_PROCESS, str(base / "sweep.yaml"), "digits-rand", "2"],
-                              env=env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [ForkServerPopen([*IN_PROCESS, str(base / "sweep.yaml"), "digits-rand", "2"],  # TensorFlow preloaded
+                             env=env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(3)]
     outs = [p.communicate(timeout=420) for p in procs]
     for p, (out, err) in zip(procs, outs):

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tf_forkserver import ForkServerPopen
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 PY38_ENV = "TFWB_PY38_PYTHON"
@@ -74,15 +76,26 @@ def child_env(runs_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_training(argv: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+def training_popen(argv: list[str], preloaded: bool, **kwargs: Any) -> subprocess.Popen:
+    """``subprocess.Popen(argv, start_new_session=True, **kwargs)``; with ``preloaded``, forked by
+    the fork server of ``argv[0]``, which has TensorFlow imported already (``tf_forkserver.py``):
+    for tests whose subject is not how a training process starts."""
+    if preloaded:
+        return ForkServerPopen(argv, **kwargs)
+    return subprocess.Popen(argv, start_new_session=True, **kwargs)
+
+
+def run_training(argv: list[str], env: dict[str, str], timeout: float,
+                 preloaded: bool = False) -> subprocess.CompletedProcess[str]:
     """``subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)`` for a training process,
     which ends as its container would: once it has exited, whatever it left in its session is
     killed. wandb 0.15's service process can outlive the process it served (seen on Python 3.11:
     it waited for a teardown that never came, holding the output pipes open for minutes); the
-    run it wrote is whole by then (``finish`` returns once the run's exit record is written)."""
+    run it wrote is whole by then (``finish`` returns once the run's exit record is written).
+    ``preloaded``: see ``training_popen``."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        p = subprocess.Popen(argv, env=env, cwd=str(ROOT), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                             text=True, start_new_session=True)
+        p = training_popen(argv, preloaded, env=env, cwd=str(ROOT), stdin=subprocess.DEVNULL, stdout=out,
+                           stderr=err, text=True)
         try:
             p.wait(timeout=timeout)
         finally:
@@ -96,22 +109,23 @@ def run_training(argv: list[str], env: dict[str, str], timeout: float) -> subpro
         return subprocess.CompletedProcess(argv, p.returncode, out.read(), err.read())
 
 
-def run_example(python: str, script: str, args: list[str], env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    p = run_training([python, str(EXAMPLES / script), *args], env, timeout)
+def run_example(python: str, script: str, args: list[str], env: dict[str, str], timeout: float = 240,
+                preloaded: bool = False) -> subprocess.CompletedProcess[str]:
+    p = run_training([python, str(EXAMPLES / script), *args], env, timeout, preloaded)
     if p.returncode != 0:
         raise AssertionError(f"{script} exited {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-5000:]}")
     return p
 
 
-def run_until_hold_then_kill(python: str, script: str, args: list[str], env: dict[str, str], timeout: float = 240) -> str:
+def run_until_hold_then_kill(python: str, script: str, args: list[str], env: dict[str, str], timeout: float = 240,
+                             preloaded: bool = False) -> str:
     """Start training, wait for its ``HOLD n`` line, SIGKILL its whole process group.
 
     The group matters: a killed container takes wandb's writer process with it, which is the
     case where buffered records are lost and the resume logic has to make up for it.
     """
-    p = subprocess.Popen([python, str(EXAMPLES / script), *args], env=env, cwd=str(ROOT), text=True,
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         start_new_session=True)
+    p = training_popen([python, str(EXAMPLES / script), *args], preloaded, env=env, cwd=str(ROOT), text=True,
+                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out = []
     try:
         assert p.stdout is not None
