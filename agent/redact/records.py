@@ -22,7 +22,8 @@ from wandb.proto import wandb_internal_pb2 as pb
 from . import items as items_mod
 from . import meta
 from .console_records import Console
-from .files import Sink, copy_stream, file_action, is_text
+from .files import Sink, copy_stream
+from .files_records import FILES_ITEMS, files
 from .tables import redact_table
 
 if TYPE_CHECKING:
@@ -88,35 +89,6 @@ def _environment(r: "Redaction", rec: Any) -> bool:
     if r.policy.metadata == "redact":
         meta.redact_environment(rec.environment, r.out, r.text_tag, r.report)
     return True
-
-
-def _files(r: "Redaction", rec: Any) -> bool:
-    files = rec.files.files       # (one record per media file in wandb 0.31: read each once)
-    keep = []
-    for f in files:
-        path = f.path
-        action = file_action(path, r.policy)
-        if action == "media":
-            o = r.media.file_outcome(path)
-            if o is None:
-                continue
-            f.path = o.path
-        elif action.startswith("drop"):
-            continue
-        elif action == "scrub" and not _is_text(r, path):
-            continue              # the walk of files/ drops it: no record may name it
-        else:
-            f.path = r.out.path(path)
-        keep.append(f)
-    if len(keep) != len(files):
-        del files[:]
-        files.extend(keep)
-    return bool(keep)
-
-
-def _is_text(r: "Redaction", rel: str) -> bool:
-    src = r.source.file(rel)
-    return src is not None and is_text(src)
 
 
 def _artifact(r: "Redaction", rec: Any) -> bool:
@@ -222,7 +194,7 @@ RULES: dict[str, Callable[["Redaction", Any], bool]] = {
     "history": lambda r, rec: _items(r, rec.history.item, _NEW_HISTORY),
     "summary": lambda r, rec: _items(r, rec.summary.update, _NEW_SUMMARY),
     "config": lambda r, rec: _config(r, rec.config.update),
-    "run": _run, "environment": _environment, "files": _files, "artifact": _artifact,
+    "run": _run, "environment": _environment, "files": files, "artifact": _artifact,
     # No structure of ours in these: the generic pass scrubs their strings.
     "stats": _keep, "alert": _keep, "telemetry": _keep, "metric": _keep, "exit": _keep,
     "final": _keep, "header": _keep, "footer": _keep, "preempting": _keep,
@@ -257,7 +229,7 @@ def rewrite(r: "Redaction", rec: Any, console: Console) -> list[Any]:
     elif RULES[t](r, rec):
         out = [rec]
         if t == "files":
-            skip = _FILES_ITEMS     # every kept item's path is a name ``_files`` made already
+            skip = FILES_ITEMS      # every kept item's path is a name ``files`` made already
     else:
         r.report.records_dropped[f"{t} (nothing left to send)"] += 1
         return []
@@ -269,14 +241,6 @@ def rewrite(r: "Redaction", rec: Any, console: Console) -> list[Any]:
 # The item containers of history and summary records, which ``_items_scrubbed`` handles whole.
 _ITEM_FIELD = {"history": pb.HistoryRecord.DESCRIPTOR.fields_by_name["item"],
                "summary": pb.SummaryRecord.DESCRIPTOR.fields_by_name["update"]}
-
-
-# A FilesItem's only string is its path (the rest are enums), which ``_files`` has set to a
-# name the redaction made (``Outgoing.path`` leaves those as they are): the walk may skip the
-# items. Were a wandb to add a string field to it, the walk takes them again.
-_FILES_ITEMS = pb.FilesRecord.DESCRIPTOR.fields_by_name["files"] if all(
-    f.name == "path" or f.type not in (f.TYPE_STRING, f.TYPE_MESSAGE, f.TYPE_BYTES)
-    for f in pb.FilesItem.DESCRIPTOR.fields) else None
 
 
 def _items_scrubbed(r: "Redaction", rec: Any, t: str) -> bool:
