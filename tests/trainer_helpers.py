@@ -45,13 +45,11 @@ def interpreters() -> list[tuple[str, str | None]]:
 
 def trainer_interpreters() -> list[tuple[str, str | None]]:
     """``interpreters()``, and for the trainer's own tests (Keras callback, custom loop, resume,
-    evaluation) a third pair where it is built (`.ci/setup_tf213.sh --py311`, or
-    ``TFWB_TEST_PY311_TF213=1 scripts/install-test-deps``, or $TFWB_PY311_TF213_PYTHON): TF 2.13.1
-    + wandb 0.15.12 on Python 3.11, the pair those tests ran under before the plugin ran on 3.8.
-    CI's default run leaves it out: it costs about 30 s of the 8 minutes CI has."""
+    evaluation) a third pair: TF 2.13.1 + wandb 0.15.12 on Python 3.11, the pair those tests ran
+    under before the plugin ran on 3.8 (`.ci/setup_tf213.sh --py311`, which
+    ``scripts/install-test-deps`` runs, or $TFWB_PY311_TF213_PYTHON)."""
     (current, py38) = interpreters()
-    py311 = _venv_python(PY311_TF213_LABEL)
-    return [current, *([(PY311_TF213_LABEL, py311)] if py311 else []), py38]
+    return [current, (PY311_TF213_LABEL, _venv_python(PY311_TF213_LABEL)), py38]
 
 
 def require_python(label: str, python: str | None) -> str:
