@@ -1,13 +1,14 @@
 """Delivery vs plain `wandb sync`, same benchmark run; and a run grown by 10%.
 
-    python benchmarks/bench_sync.py [--runs N] [--steps S] [--parallel P] [--history-line-count] [--out FILE]
+    python benchmarks/bench_sync.py [--runs N] [--steps S] [--parallel P] [--repeat-many R] [--history-line-count] [--out FILE]
     python benchmarks/bench_sync.py --history-line-count --grow-only [--repeat R] [--before REV]
 
 1. N runs of S steps written by real wandb (offline). Each is sealed into a bundle as the daemon
    seals one, its log's facts in the manifest (outside the timing); `tfwb-agent sync --to bench`
    (verify, decrypt, ask the server, wandb sync, confirm) is timed against `wandb sync -n P` of plain copies of the same runs. Each side gets its own
    fresh OpenWandb, started before either is timed: a server whose database already holds the
-   other side's rows is slower, which would favour whichever side goes first. The plain copies
+   other side's rows is slower, which would favour whichever side goes first. ``--repeat-many R``
+   rounds (fresh servers and site each time, the order alternating) give the median ratio. The plain copies
    carry the same records under another run id (re-framed with the agent's own writer: same
    bytes per record otherwise).
 2. One delivered run that then grows by 10%: the second delivery's rows and bytes sent (the
@@ -158,6 +159,57 @@ def grow_once(root: Path, server, plain_server, grow_src: Path) -> dict:
             "plain_s": round(regrow_plain_s, 2)}
 
 
+def many_runs_once(a: argparse.Namespace, root: Path, runs: list[Path], agent_first: bool) -> dict:
+    """One round of part 1: a fresh server for each side (a server whose database holds rows
+    already is slower), the runs sealed into a fresh site, then `tfwb-agent sync` and `wandb sync
+    -n P` of plain copies, in the order given (rounds alternate it)."""
+    server = RestartableServer(root / "server").start()
+    plain_server = RestartableServer(root / "plain-server").start()
+    try:
+        site = make_deliver_site(root / "site", server.url, server.api_key, target="bench",
+                                 sync=f"max_parallel = {a.parallel}\n")
+        seal_as_daemon(site, runs)
+        plain_root = root / "plain" / "wandb"
+        plain_root.mkdir(parents=True)
+        plain = [renamed_copy(r, plain_root, "p") for r in runs]
+        expect = {read_facts(find_log(r)).run_id: read_facts(find_log(r)).metric_values for r in runs}
+        timed: dict[str, tuple[float, float, subprocess.CompletedProcess]] = {}
+
+        def agent() -> None:
+            cpu0, t = cpu_seconds(server.proc.pid), time.perf_counter()
+            out = subprocess.run([sys.executable, "-m", "tfwb_agent", "sync", "--to", "bench", "--json"],
+                                 env=agent_env(site.cfg), capture_output=True, text=True)
+            timed["agent"] = (time.perf_counter() - t, cpu_seconds(server.proc.pid) - cpu0, out)
+            assert out.returncode == 0, out.stderr[-3000:]
+
+        def wandb_sync() -> None:
+            cpu0, t = cpu_seconds(plain_server.proc.pid), time.perf_counter()
+            p = subprocess.run(["wandb", "sync", "-n", str(a.parallel), "--project", "ct-bench-plain", "--entity",
+                                "admin", *[str(d) for d, _ in plain]], env=plain_server.sync_env(),
+                               capture_output=True, text=True)
+            timed["plain"] = (time.perf_counter() - t, cpu_seconds(plain_server.proc.pid) - cpu0, p)
+            assert p.returncode == 0, p.stderr[-2000:]
+        for side in ((agent, wandb_sync) if agent_first else (wandb_sync, agent)):
+            side()
+        (agent_s, agent_server_cpu, out), (plain_s, plain_server_cpu, _) = timed["agent"], timed["plain"]
+        return {
+            "first": "agent" if agent_first else "wandb sync",
+            "agent_sync_s": round(agent_s, 2), "wandb_sync_s": round(plain_s, 2),
+            "ratio_agent_over_wandb": round(agent_s / plain_s, 3),
+            # The server's own CPU time while each side ran: OpenWandb is one process on one core
+            # and checks the API key with bcrypt on every request, so this is the floor of each
+            # side's time; the difference is what confirming on the server costs it.
+            "server_cpu_s": {"agent": round(agent_server_cpu, 2), "wandb": round(plain_server_cpu, 2)},
+            "agent_counts": json.loads(out.stdout)["deliveries"]["counts"],
+            "agent_runs_exact": sum(metric_rows(server, rid) == n for rid, n in expect.items()),
+            "plain_runs_exact": sum(metric_rows(plain_server, nid) == expect[d.name.rsplit("-", 1)[1][:-1]]
+                                    for d, nid in plain),
+        }
+    finally:
+        server.stop()
+        plain_server.stop()
+
+
 def grow_only(a: argparse.Namespace, tmp: Path, server, plain_server) -> dict:
     """Only the 10% case, ``a.repeat`` times against the same servers (a fresh run id each time)."""
     pairs = []
@@ -196,6 +248,8 @@ def main() -> None:
                     help="servers answer historyLineCount as W&B Server does (a shim; stock OpenWandb answers 0)")
     ap.add_argument("--grow-only", action="store_true", help="only the run grown by 10%%, --repeat times")
     ap.add_argument("--repeat", type=int, default=5, help="with --grow-only: how many times")
+    ap.add_argument("--repeat-many", type=int, default=3,
+                    help="without --grow-only: rounds of the N-run comparison (the median is reported)")
     ap.add_argument("--before", metavar="REV", help="with --grow-only: also time the agent at this git revision")
     ap.add_argument("--out", type=Path, default=None,
                     help="default: benchmarks/results/sync.json (sync-grow.json with --grow-only)")
@@ -220,44 +274,20 @@ def main() -> None:
         runs = write_runs(tmp / "written", a.runs + 1, a.steps, project="ct-bench")
         grow_src, runs = runs[-1], runs[:-1]
         print(f"wrote {len(runs) + 1} runs of {a.steps} steps in {time.perf_counter() - t0:.1f}s", flush=True)
-        site = make_deliver_site(tmp / "site", server.url, server.api_key, target="bench",
-                                 sync=f"max_parallel = {a.parallel}\n")
-        seal_as_daemon(site, runs)
-        plain_root = tmp / "plain" / "wandb"
-        plain_root.mkdir(parents=True)
-        plain = [renamed_copy(r, plain_root, "p") for r in runs]
-        expect = {read_facts(find_log(r)).run_id: read_facts(find_log(r)).metric_values for r in runs}
-
-        cpu0, t = cpu_seconds(server.proc.pid), time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "tfwb_agent", "sync", "--to", "bench", "--json"],
-                             env=agent_env(site.cfg), capture_output=True, text=True)
-        agent_s, agent_server_cpu = time.perf_counter() - t, cpu_seconds(server.proc.pid) - cpu0
-        assert out.returncode == 0, out.stderr[-3000:]
-        counts = json.loads(out.stdout)["deliveries"]["counts"]
-
-        env = plain_server.sync_env()
-        cpu0, t = cpu_seconds(plain_server.proc.pid), time.perf_counter()
-        p = subprocess.run(["wandb", "sync", "-n", str(a.parallel), "--project", "ct-bench-plain", "--entity", "admin",
-                            *[str(d) for d, _ in plain]], env=env, capture_output=True, text=True)
-        plain_s, plain_server_cpu = time.perf_counter() - t, cpu_seconds(plain_server.proc.pid) - cpu0
-        assert p.returncode == 0, p.stderr[-2000:]
-        agent_ok = sum(metric_rows(server, rid) == n for rid, n in expect.items())
-        plain_ok = sum(metric_rows(plain_server, nid) == expect[d.name.rsplit("-", 1)[1][:-1]] for d, nid in plain)
+        rounds = [many_runs_once(a, tmp / f"round-{i}", runs, agent_first=i % 2 == 0) for i in range(a.repeat_many)]
+        for i, r in enumerate(rounds):
+            print(f"round {i + 1}/{a.repeat_many}: agent {r['agent_sync_s']} s vs wandb sync {r['wandb_sync_s']} s "
+                  f"({r['first']} first): {r['ratio_agent_over_wandb']}", flush=True)
 
         # 2. A delivered run grows by 10%.
         grow = grow_once(tmp / "grow", server, plain_server, grow_src)
+        ratios = [r["ratio_agent_over_wandb"] for r in rounds]
         result = {
             "runs": a.runs, "steps": a.steps, "parallel": a.parallel, "cpus": os.cpu_count(),
             "server": "OpenWandb, historyLineCount as W&B Server answers it (shim)" if a.history_line_count
                       else "OpenWandb, stock (historyLineCount 0)",
-            "agent_sync_s": round(agent_s, 2), "wandb_sync_s": round(plain_s, 2),
-            "ratio_agent_over_wandb": round(agent_s / plain_s, 3),
-            # The server's own CPU time while each side ran: OpenWandb is one process on one core
-            # and checks the API key with bcrypt on every request, so this is the floor of each
-            # side's time; the difference is what confirming on the server costs it.
-            "server_cpu_s": {"agent": round(agent_server_cpu, 2), "wandb": round(plain_server_cpu, 2)},
-            "agent_counts": counts, "agent_runs_exact": agent_ok, "plain_runs_exact": plain_ok,
-            "grow": grow,
+            "ratio_median": round(statistics.median(ratios), 3), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "rounds": rounds, "grow": grow, "load_average": os.getloadavg(),
         }
         print(json.dumps(result, indent=1))
         a.out.parent.mkdir(parents=True, exist_ok=True)
