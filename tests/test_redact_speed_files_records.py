@@ -12,6 +12,7 @@ Each fails if the fast path copies the path, or takes a record it does not fully
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 from pathlib import Path
@@ -31,8 +32,11 @@ SECRET = b"files-records-test-secret-0123456789"
 TOKEN = "ghp_" + "aB3dE5gH7jK9mN1pQ3sT5vW7yZ9bC1dE3fG5"     # a GitHub token's shape
 PLAIN = "media/images/samples/ct_0_" + "0" * 20 + ".png"
 SECRET_KEY = f"media/images/{TOKEN}_3_" + "a" * 20 + ".png"
-PATHS = [PLAIN, SECRET_KEY, "media/images/samples/mask_7_" + "b" * 20 + ".png", "media/images/gone_1_" + "c" * 20 + ".png",
-         f"{TOKEN}.txt", "requirements.txt"]
+# Its key's parts are site patterns: scrubbed into markers, its new name's lengths take two bytes.
+LONG = "media/images/" + "P1234/" * 10 + "k_2_" + "d" * 20 + ".png"
+POLICY = dataclasses.replace(DEFAULT_POLICY, patterns=(r"\bP\d{4}\b",))
+PATHS = [PLAIN, SECRET_KEY, "media/images/samples/mask_7_" + "b" * 20 + ".png", LONG,
+         "media/images/gone_1_" + "c" * 20 + ".png", f"{TOKEN}.txt", "requirements.txt"]
 
 
 def _varint(n: int) -> bytes:
@@ -59,7 +63,8 @@ def make_run(base: Path) -> Path:
     run = base / "offline-run-20260101_000000-filesrec"
     images = run / "files" / "media" / "images"
     (images / "samples").mkdir(parents=True)
-    for p in PATHS[:3]:
+    (run / "files" / LONG).parent.mkdir(parents=True)
+    for p in PATHS[:4]:
         (run / "files" / p).write_bytes(placeholders.image_png(4, 4, hashlib.sha256(p.encode()).hexdigest()))
     (run / "files" / f"{TOKEN}.txt").write_text("notes\n")
     (run / "files" / "requirements.txt").write_text("numpy\n")
@@ -67,7 +72,7 @@ def make_run(base: Path) -> Path:
 
 
 def redaction(run: Path) -> Redaction:
-    return Redaction(run, None, DEFAULT_POLICY, SECRET, Path)
+    return Redaction(run, None, POLICY, SECRET, Path)
 
 
 def generic(r: Redaction, payload: bytes) -> bytes | None:
@@ -120,6 +125,7 @@ def test_the_wandb_shape_leaves_as_the_generic_path_writes_it(tmp_path: Path) ->
         assert fast is not False, path                      # the shape: taken by the fast path
         assert fast == generic(slow_r, payload), path
         assert fast is None or TOKEN.encode() not in fast, path
+        assert (fast is not None and len(fast) > 130) == (path == LONG), path
     assert fast_r.report.to_dict() == slow_r.report.to_dict()
     # The planted key was scrubbed (a marker in the new name), and the token's own file dropped.
     new = files_records.rewrite_bytes(redaction(run), wandb_shape(9, SECRET_KEY))
@@ -145,7 +151,7 @@ def test_a_run_redacts_to_the_same_bytes_with_and_without_the_fast_path(tmp_path
     for enabled in (True, False):
         monkeypatch.setattr(files_records, "ENABLED", enabled)
         dst = tmp_path / f"out-{enabled}" / run.name
-        report = redact_run(run, dst, DEFAULT_POLICY, SECRET, Path)
+        report = redact_run(run, dst, POLICY, SECRET, Path)
         log = (dst / "run-filesrec.wandb").read_bytes()
         assert TOKEN.encode() not in log
         assert not any(TOKEN in p.name for p in dst.rglob("*"))
@@ -158,7 +164,7 @@ def test_a_run_redacts_to_the_same_bytes_with_and_without_the_fast_path(tmp_path
 def test_damage_to_the_shape_is_declined_or_redacted_alike(tmp_path: Path, seed: int) -> None:
     run = make_run(tmp_path)
     rng = random.Random(seed)
-    base = wandb_shape(rng.randrange(1, 1 << 40), rng.choice(PATHS[:3]))
+    base = wandb_shape(rng.randrange(1, 1 << 40), rng.choice(PATHS[:4]))
     for _ in range(400):
         p = bytearray(base)
         for _ in range(rng.randint(1, 3)):
@@ -170,8 +176,16 @@ def test_damage_to_the_shape_is_declined_or_redacted_alike(tmp_path: Path, seed:
             else:
                 del p[at]
         p = bytes(p)
-        fast = files_records.rewrite_bytes(redaction(run), p)
+        fast = _outcome(files_records.rewrite_bytes, p, run)
         if fast is False:
             continue
-        # Taken: then protobuf reads it as a files record, and the generic path agrees.
-        assert fast == generic(redaction(run), p), p
+        # Taken: then protobuf reads it as a files record, and the generic path agrees (a path
+        # with a NUL in it fails both alike: the run is malformed).
+        assert fast == _outcome(generic, p, run), p
+
+
+def _outcome(f, p: bytes, run: Path):
+    try:
+        return f(redaction(run), p)
+    except ValueError as exc:
+        return type(exc)
