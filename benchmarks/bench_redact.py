@@ -100,12 +100,25 @@ try:                         # a redactor that takes the log's fold: made first,
         t = time.monotonic()
 except ImportError:
     pass
+tail = [0.0]                 # waiting for the helper's last files after the records were done
+try:
+    from tfwb_agent.redact.media_files import MediaFiles
+    _finish = MediaFiles.finish_helper
+    def _timed(self):
+        t0 = time.monotonic()
+        try:
+            return _finish(self)
+        finally:
+            tail[0] += time.monotonic() - t0
+    MediaFiles.finish_helper = _timed
+except (ImportError, AttributeError):  # an older redactor: no helper to wait for
+    pass
 c0 = time.process_time()
 report = redact_run(src, dst / src.name, DEFAULT_POLICY, os.urandom(32), lambda p: Path(p), **kw)
 w = time.monotonic() - t
 cpu = time.process_time() - c0                  # this process, all its threads
 ch = resource.getrusage(resource.RUSAGE_CHILDREN)  # the hashing helper (waited for)
-print(rules, folded, w, report.files["hashed"], cpu, ch.ru_utime + ch.ru_stime)
+print(tail[0], rules, folded, w, report.files["hashed"], cpu, ch.ru_utime + ch.ru_stime)
 '''
 
 
@@ -122,14 +135,28 @@ def before_tree(rev: str, work: Path) -> Path:
     return shim
 
 
-def redact_child(src: Path, dst: Path, pythonpath: Path | None) -> tuple[float, float, float, int, float, float]:
+def redact_child(src: Path, dst: Path, pythonpath: Path | None) -> tuple[float, ...]:
     """(seconds loading the rules, seconds folding the log, seconds redacting, images hashed,
-    CPU seconds of the redacting process during ``redact_run``, CPU seconds of its helper).
-    Folding is 0 for a redactor that folds inside ``redact_run`` (or not at all)."""
+    CPU seconds of the redacting process during ``redact_run``, CPU seconds of its helper,
+    seconds waiting for the helper's last files once the records were done). Folding is 0 for a
+    redactor that folds inside ``redact_run`` (or not at all)."""
     env = dict(os.environ, **({"PYTHONPATH": str(pythonpath)} if pythonpath else {}))
     out = subprocess.run([sys.executable, "-c", CHILD, str(src), str(dst)], env=env, check=True,
                          capture_output=True, text=True).stdout.split()
-    return float(out[-6]), float(out[-5]), float(out[-4]), int(out[-3]), float(out[-2]), float(out[-1])
+    return (float(out[-6]), float(out[-5]), float(out[-4]), int(out[-3]), float(out[-2]), float(out[-1]),
+            float(out[-7]))
+
+
+def pressure() -> str:
+    """The kernel's CPU and I/O pressure (share of the last 10 s that tasks waited), if it says."""
+    parts = []
+    for what in ("cpu", "io"):
+        try:
+            some = Path(f"/proc/pressure/{what}").read_text().split()[1]
+            parts.append(f"{what} {float(some.split('=')[1]):.0f} %")
+        except (OSError, IndexError, ValueError):
+            pass
+    return ", ".join(parts) or "unknown"
 
 
 def main() -> None:
@@ -148,6 +175,7 @@ def main() -> None:
     shim = before_tree(args.before, args.work) if args.before else None
     cp_times, red_times, old_times, cold_times, old_cold, warm_times = [], [], [], [], [], []
     cpu: dict[str, list[tuple[float, float]]] = {"red": [], "old": []}   # (redactor, helper) CPU s
+    tails: dict[str, list[float]] = {"red": [], "old": []}   # waiting for the helper's last files
     out = args.work / "out"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -161,16 +189,18 @@ def main() -> None:
             cp_times.append(time.monotonic() - t)
 
         def red() -> None:
-            rules, folded, t, hashed, c, hc = redact_child(src, out / f"red{i}", None)
+            rules, folded, t, hashed, c, hc, tail = redact_child(src, out / f"red{i}", None)
             cpu["red"].append((c, hc))
+            tails["red"].append(tail)
             red_times.append(folded + t)
             warm_times.append(t)
             cold_times.append(rules + folded + t)
             assert hashed == images, hashed
 
         def old() -> None:
-            rules, folded, t, hashed, c, hc = redact_child(src, out / f"old{i}", shim)
+            rules, folded, t, hashed, c, hc, tail = redact_child(src, out / f"old{i}", shim)
             cpu["old"].append((c, hc))
+            tails["old"].append(tail)
             old_times.append(folded + t)
             old_cold.append(rules + folded + t)
             assert hashed == images, hashed
@@ -200,7 +230,14 @@ def main() -> None:
             print(f"CPU seconds of {label}: redacting process {statistics.median(c for c, _ in cpu[which]):.2f}"
                   f" (all runs {[round(c, 2) for c, _ in cpu[which]]}), hashing helper"
                   f" {statistics.median(h for _, h in cpu[which]):.2f} (all runs {[round(h, 2) for _, h in cpu[which]]})")
-    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    # Which bound the wall time: the redacting process's CPU (its share of the cores: the CPU
+    # pressure), or the helper's file creation after the records were done (this disk creates
+    # files slowly for minutes after many were deleted: cp -r slows down as much).
+    for which, label in (("red", "redact_run"), ("old", f"redact_run at {args.before}")):
+        if tails[which]:
+            print(f"  {label} waited for the helper's last files after the records:"
+                  f" {statistics.median(tails[which]):.2f} s (all runs {[round(x, 2) for x in tails[which]]})")
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; pressure (avg10): {pressure()}")
     shutil.rmtree(args.work / "out", ignore_errors=True)
     from secret_recall import measure
     res = measure(corpus=Path(__file__).resolve().parent.parent.parent / "shared" / "corpus")
