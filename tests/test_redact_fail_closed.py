@@ -285,6 +285,35 @@ def _rnd(n: int, alphabet: str = ALNUM) -> str:
     return "".join(rng.choice(alphabet) for _ in range(n))
 
 
+def test_only_string_fields_skip_the_scrubber() -> None:
+    """What skips the scrubber is named field by field, never a whole message: a message listed
+    as structural would let every string a later wandb adds to it leave unread (``_info`` and
+    ``control`` once were). Every message that can hold a string is walked."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    from tfwb_agent.redact.string_fields import MSG, SKIP, STRUCTURAL, field_plan
+
+    seen: set[str] = set()
+    found: set[tuple[str, str]] = set()
+
+    def walk(d) -> None:
+        if d.full_name in seen:
+            return
+        seen.add(d.full_name)
+        for f in d.fields:
+            if (d.name, f.name) in STRUCTURAL:
+                found.add((d.name, f.name))
+                assert f.type == FieldDescriptor.TYPE_STRING, f"{d.name}.{f.name} is not a string field"
+            if f.type == FieldDescriptor.TYPE_MESSAGE:
+                walk(f.message_type)
+    walk(pb.Record.DESCRIPTOR)
+    assert {("_RecordInfo", "stream_id"), ("Control", "relay_id"), ("Record", "uuid")} <= found
+    plan = field_plan(pb.Record.DESCRIPTOR)
+    for name in ("_info", "control"):
+        assert plan[pb.Record.DESCRIPTOR.fields_by_name[name]] is MSG, name
+    assert plan[pb.Record.DESCRIPTOR.fields_by_name["uuid"]] is SKIP
+
+
 def test_unknown_record_types_and_fields_never_leave(pristine, tmp_path: Path) -> None:
     src = _copy(pristine["tf221-wandb031"], tmp_path / "src")
     (log,) = src.glob("run-*.wandb")

@@ -4,9 +4,9 @@ wandb 0.31 writes one files record per media file (10,000s in a big run: most of
 records), each exactly ``num``, ``_info`` holding only a ``stream_id``, and ``files`` holding
 one item holding only a ``path``, in that order. ``rewrite_bytes`` rewrites such a record from
 its bytes into the bytes the generic path gives (parse, ``records.rewrite``, serialize), for a
-third of the time: the item's path by the same rule (``file_path``); ``num`` and ``_info`` are
-what the walk leaves as they are (no string; structural), and the walk skips the item's path
-(``records.FILES_ITEMS``: a name the redaction made).
+third of the time: the item's path by the same rule (``file_path``); ``num`` (no string) and
+``_info``'s ``stream_id`` (an identifier, ``string_fields.STRUCTURAL``) are what the walk leaves
+as they are, and the walk skips the item's path (``FILES_ITEMS``: a name the redaction made).
 
 Fail closed: a record of any other shape (another field, a field twice or in another order, a
 second item, an unknown field, a number or length not written the way protobuf writes it, bytes
@@ -79,9 +79,12 @@ def _shape_holds() -> bool:
     except KeyError:
         return False
     plan, files_plan = field_plan(rec), field_plan(fr)
+    # _info is walked, its stream_id left as it is (an identifier): the bytes keep it as they are.
+    info_plan = field_plan(info.message_type)
     return (FILES_ITEMS is not None and all(fd.number == n and fd.type == t for fd, n, t in want)
             and fil.message_type is fr and FILES_ITEMS.message_type is fi
-            and plan[num] is SKIP and plan[info] is SKIP and plan[fil] is MSG and files_plan[FILES_ITEMS] is MSGS)
+            and plan[num] is SKIP and plan[info] is MSG and info_plan[info.message_type.fields_by_name["stream_id"]] is SKIP
+            and plan[fil] is MSG and files_plan[FILES_ITEMS] is MSGS)
 
 
 ENABLED = _shape_holds()

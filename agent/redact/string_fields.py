@@ -9,9 +9,12 @@ from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
 
-# (message name, field) -> never scrubbed: identifiers and wandb's own bookkeeping.
+# (message name, string field) -> never scrubbed: identifiers and wandb's own bookkeeping. Only
+# string fields, by name: a message-typed field listed here would let every string a later wandb
+# adds to that message leave unread (tests/test_redact_fail_closed.py checks).
 STRUCTURAL = frozenset({
-    ("Record", "uuid"), ("Record", "_info"), ("Record", "control"),
+    ("Record", "uuid"), ("_RecordInfo", "stream_id"), ("_RecordInfo", "_tracelog_id"),
+    ("Control", "relay_id"), ("Control", "mailbox_slot"), ("Control", "connection_id"),
     ("RunRecord", "run_id"), ("RunRecord", "entity"), ("RunRecord", "project"),
     ("RunRecord", "storage_id"), ("RunRecord", "sweep_id"),
     ("ArtifactRecord", "run_id"), ("ArtifactRecord", "project"), ("ArtifactRecord", "entity"),
