@@ -15,6 +15,7 @@ import pytest
 
 from cli_fork import ForkedPopen, ForkedWandbSync, ForkedWriter, popen
 from conftest import REPO
+import tf_forkserver
 from tf_forkserver import ForkServerPopen
 
 from tfwb_agent.runlog import find_log
@@ -129,6 +130,15 @@ def test_a_fork_server_child_is_a_process_of_its_own(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL
     proc.stdout.close(), proc.stderr.close(), proc.stdin.close()
+
+
+def test_a_fork_server_runs_code_given_with_c_as_python_c_does(tmp_path):
+    code = "import sys, os; print(sys.argv, __name__, repr(sys.path[0]), os.getcwd()); sys.exit(3)"
+    argv = [sys.executable, "-c", code, "a", "-b"]
+    forked = tf_forkserver.run(argv, cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
+    fresh = subprocess.run(argv, cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
+    assert (forked.returncode, forked.stdout) == (fresh.returncode, fresh.stdout) == (3, fresh.stdout)
+    assert fresh.stdout.startswith("['-c', 'a', '-b'] __main__ ''")
 
 
 def test_a_fork_server_that_cannot_start_says_why(tmp_path):

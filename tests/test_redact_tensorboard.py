@@ -9,12 +9,12 @@ gone (and reported), the scalar's rows are there with their values, and the toke
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import tf_forkserver
 from tfwb_agent.redact.policy import DEFAULT_POLICY
 from tfwb_agent.redact.run import redact_run
 from tfwb_agent.wandb_log import read_records
@@ -41,8 +41,9 @@ print("RUN", run.dir)
 
 def test_tensorboard_scalars_leave_as_history_and_nothing_else(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard", reason="the test extra installs tensorboard")
-    proc = subprocess.run([sys.executable, "-c", WRITER, str(tmp_path)], capture_output=True, text=True,
-                          timeout=300)
+    # TensorFlow preloaded (tf_forkserver): the writer imports it before wandb either way.
+    proc = tf_forkserver.run([sys.executable, "-c", WRITER, str(tmp_path)], capture_output=True, text=True,
+                             timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     src = next((tmp_path / "wandb").glob("offline-run-*"))
     token = "ghp_" + "Tb7q" * 9

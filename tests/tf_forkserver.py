@@ -132,11 +132,17 @@ def _child(req: dict, fds: list) -> None:
         sys.stdin = sys.__stdin__ = open(0, "r", closefd=False)
         sys.stdout = sys.__stdout__ = open(1, "w", closefd=False)
         sys.stderr = sys.__stderr__ = open(2, "w", closefd=False, errors="backslashreplace", buffering=1)
-        script = os.path.abspath(req["argv"][0])
-        sys.argv = list(req["argv"])
-        sys.path[0] = os.path.dirname(script)  # as `python script.py` sets it
-        import runpy
-        runpy.run_path(script, run_name="__main__")
+        if req["argv"][0] == "-c":  # `python -c CODE args...`
+            sys.argv = ["-c", *req["argv"][2:]]
+            sys.path[0] = ""
+            main = sys.modules["__main__"] = type(sys)("__main__")
+            exec(compile(req["argv"][1], "<string>", "exec"), main.__dict__)
+        else:
+            script = os.path.abspath(req["argv"][0])
+            sys.argv = list(req["argv"])
+            sys.path[0] = os.path.dirname(script)  # as `python script.py` sets it
+            import runpy
+            runpy.run_path(script, run_name="__main__")
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -241,17 +247,17 @@ def _answers(sock_path: str) -> bool:
 
 
 class ForkServerPopen(subprocess.Popen):
-    """``subprocess.Popen([python, script, *args], ...)`` whose child the fork server of ``python``
-    forks (pipes, ``communicate``, ``wait`` and ``send_signal`` as usual). The child always starts
-    a new session (as ``start_new_session=True``)."""
+    """``subprocess.Popen([python, script, *args], ...)`` (or ``[python, "-c", code, *args]``)
+    whose child the fork server of ``python`` forks (pipes, ``communicate``, ``wait`` and
+    ``send_signal`` as usual). The child always starts a new session (as ``start_new_session=True``)."""
 
     _conn: Optional[socket.socket] = None
 
     def _execute_child(self, args, executable, preexec_fn, close_fds, pass_fds, cwd, env, startupinfo,
                        creationflags, shell, p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite,
                        *rest) -> None:
-        if shell or preexec_fn is not None or pass_fds or len(args) < 2:
-            raise ValueError(f"ForkServerPopen runs `python script.py ...` only, not {args!r}")
+        if shell or preexec_fn is not None or pass_fds or len(args) < 2 or (args[1] == "-c" and len(args) < 3):
+            raise ValueError(f"ForkServerPopen runs `python script.py ...` or `python -c CODE ...` only, not {args!r}")
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             conn.connect(server_socket(args[0]))
@@ -302,6 +308,21 @@ class ForkServerPopen(subprocess.Popen):
         conn.close()
         self._conn = None
         self.returncode = answer["exit"]
+
+
+def run(argv: list, timeout: Optional[float] = None, capture_output: bool = False,
+        **kwargs: Any) -> subprocess.CompletedProcess:
+    """``subprocess.run(argv, ...)`` with the child forked by ``argv[0]``'s fork server."""
+    if capture_output:
+        kwargs.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with ForkServerPopen(argv, **kwargs) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 if __name__ == "__main__":
