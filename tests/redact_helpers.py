@@ -118,3 +118,20 @@ def default_outgoing(report):
     from tfwb_agent.redact.secrets import Scrubber, compile_patterns
 
     return Outgoing(Scrubber(compile_patterns(), site_tag, True), DEFAULT_POLICY, report)
+
+
+def protobuf_varint(n: int) -> bytes:
+    """``n`` as protobuf writes a varint (tests that build records by hand)."""
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def protobuf_field(number: int, payload: bytes, wire: int = 2) -> bytes:
+    """Field ``number``: length-delimited (wire 2, the default) or a varint (wire 0, ``payload``
+    its bytes already)."""
+    head = protobuf_varint(number << 3 | wire)
+    return head + (payload if wire == 0 else protobuf_varint(len(payload)) + payload)

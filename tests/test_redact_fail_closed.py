@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from wandb.proto import wandb_internal_pb2 as pb
 
 from canary_helpers import SITE_PATTERNS, Canaries, Canary, describe, scan_tree, session_runs
+from redact_helpers import protobuf_field
 from trainer_helpers import interpreters, require_python
 
 from tfwb_agent.redact.policy import DEFAULT_POLICY
@@ -268,18 +269,6 @@ def _copy(run_dir: Path, dst: Path) -> Path:
     return out
 
 
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field ``number`` (wire type 2)."""
-    def varint(n: int) -> bytes:
-        out = bytearray()
-        while True:
-            b, n = n & 0x7F, n >> 7
-            out.append(b | (0x80 if n else 0))
-            if not n:
-                return bytes(out)
-    return varint(number << 3 | 2) + varint(len(payload)) + payload
-
-
 def _rnd(n: int, alphabet: str = ALNUM) -> str:
     rng = random.SystemRandom()
     return "".join(rng.choice(alphabet) for _ in range(n))
@@ -328,20 +317,20 @@ def test_unknown_record_types_and_fields_never_leave(pristine, tmp_path: Path) -
         rec.ParseFromString(payload)
         t = rec.WhichOneof("record_type")
         if t == "run":
-            rec.run.config.update[0].MergeFromString(_field(9001, canaries["unknown_field_in_config_item"].encode()))
-            rec.run.MergeFromString(_field(9000, canaries["unknown_field_in_run_record"].encode()))
+            rec.run.config.update[0].MergeFromString(protobuf_field(9001, canaries["unknown_field_in_config_item"].encode()))
+            rec.run.MergeFromString(protobuf_field(9000, canaries["unknown_field_in_run_record"].encode()))
             out.append(rec.SerializeToString())
             # a record of a type wandb's Record does not have: only field 9999
-            out.append(_field(9999, canaries["unknown_record_type"].encode()))
+            out.append(protobuf_field(9999, canaries["unknown_record_type"].encode()))
             continue
         if t == "history" and not done_history:
             done_history = True
-            out.append(payload + _field(9999, canaries["unknown_field_on_history_record"].encode()))
+            out.append(payload + protobuf_field(9999, canaries["unknown_field_on_history_record"].encode()))
             continue
         if t == "history" and not done_item and any(_key(it) == "loss" for it in rec.history.item):
             done_item = True
             loss = next(it for it in rec.history.item if _key(it) == "loss")
-            loss.MergeFromString(_field(9002, canaries["unknown_field_in_history_item"].encode()))
+            loss.MergeFromString(protobuf_field(9002, canaries["unknown_field_in_history_item"].encode()))
             out.append(rec.SerializeToString())
             continue
         out.append(payload)

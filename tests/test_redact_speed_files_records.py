@@ -18,6 +18,7 @@ import random
 from pathlib import Path
 
 import pytest
+from redact_helpers import protobuf_field, protobuf_varint
 from wandb.proto import wandb_internal_pb2 as pb
 
 from tfwb_agent.redact import files_records, placeholders
@@ -39,23 +40,13 @@ PATHS = [PLAIN, SECRET_KEY, "media/images/samples/mask_7_" + "b" * 20 + ".png", 
          "media/images/gone_1_" + "c" * 20 + ".png", f"{TOKEN}.txt", "requirements.txt"]
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _field(number: int, wire: int, payload: bytes) -> bytes:
-    """Field ``number``: a varint (wire 0, ``payload`` its bytes) or length-delimited (wire 2)."""
-    return _varint(number << 3 | wire) + (payload if wire == 0 else _varint(len(payload)) + payload)
+    return protobuf_field(number, payload, wire)
 
 
 def wandb_shape(num: int, path: str, stream: str = "y3gnkxwr") -> bytes:
     """A files record as wandb 0.31 writes it: num, _info, files (not protobuf's field order)."""
-    return (_field(1, 0, _varint(num)) + _field(200, 2, _field(1, 2, stream.encode()))
+    return (_field(1, 0, protobuf_varint(num)) + _field(200, 2, _field(1, 2, stream.encode()))
             + _field(6, 2, _field(1, 2, _field(1, 2, path.encode()))))
 
 
