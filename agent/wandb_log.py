@@ -15,7 +15,7 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator
 
 FILE_HEADER = struct.pack("<4sHB", b":W&B", 0xBEE1, 0)
 FILE_HEADER_LEN = len(FILE_HEADER)
@@ -213,13 +213,20 @@ def read_records(path: str | os.PathLike, start: int = FILE_HEADER_LEN):
     with open(path, "rb") as f:
         reader = LogReader(f, start)
         for offset, payload in reader:
-            rec = pb.Record()
-            try:
-                rec.ParseFromString(payload)
-            except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
-                raise CorruptLog(f"record is not a wandb Record ({exc})", offset) from exc
-            yield offset, rec
+            yield offset, parse_record(payload, offset, pb)
         return reader.tail
+
+
+def parse_record(payload: bytes, offset: int, pb: Any = None) -> Any:
+    """The ``Record`` in ``payload`` (read at ``offset``), or ``CorruptLog``."""
+    if pb is None:
+        from wandb.proto import wandb_internal_pb2 as pb  # lazy, as in read_records
+    rec = pb.Record()
+    try:
+        rec.ParseFromString(payload)
+    except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
+        raise CorruptLog(f"record is not a wandb Record ({exc})", offset) from exc
+    return rec
 
 
 class LogWriter:

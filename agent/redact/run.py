@@ -14,13 +14,13 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from wandb.proto import wandb_internal_pb2 as pb
 
 from .. import durable, runlog
 from ..runlog import find_log
-from ..wandb_log import CorruptLog, LogError, LogReader, LogWriter, read_records
+from ..wandb_log import LogError, LogReader, LogWriter, parse_record
 from .background_writer import BackgroundWriter
 from .errors import RedactError
 from .files_copy import copy_files_dir
@@ -42,19 +42,6 @@ def _find_log(src: Path) -> Path:
     return log
 
 
-def _records(path: Path, report: RedactionReport):
-    """``(offset, record)`` of the log's whole records; notes a torn tail in ``report``."""
-    gen = read_records(path)
-    while True:
-        try:
-            item = next(gen)
-        except StopIteration as stop:
-            tail = stop.value
-            report.torn_tail = tail is not None and tail.torn_at is not None
-            return
-        yield item
-
-
 def _payloads(path: Path, report: RedactionReport):
     """``(offset, bytes)`` of the log's whole records; notes a torn tail in ``report``."""
     with open(path, "rb") as f:
@@ -63,13 +50,10 @@ def _payloads(path: Path, report: RedactionReport):
         report.torn_tail = reader.tail is not None and reader.tail.torn_at is not None
 
 
-def _parsed(payload: bytes, offset: int) -> Any:
-    rec = pb.Record()
-    try:
-        rec.ParseFromString(payload)
-    except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
-        raise CorruptLog(f"record is not a wandb Record ({exc})", offset) from exc
-    return rec
+def _records(path: Path, report: RedactionReport):
+    """``(offset, record)`` of the log's whole records; notes a torn tail in ``report``."""
+    for offset, payload in _payloads(path, report):
+        yield offset, parse_record(payload, offset, pb)
 
 
 def _redact(src: Path, dst: Path | None, policy: Policy, secret: bytes,
@@ -103,7 +87,7 @@ def _redact(src: Path, dst: Path | None, policy: Policy, secret: bytes,
                     if writer is not None:
                         writer.write(fast)
                 continue
-            rec = _parsed(payload, offset)
+            rec = parse_record(payload, offset, pb)
             if offset >= fold.end and changes_plan(rec, fold):
                 raise PlanOutdated(f"{log.name} grew past byte {fold.end} with a record that changes the plan")
             r.report.records_in += 1
