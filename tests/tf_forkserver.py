@@ -28,6 +28,7 @@ import json
 import os
 import resource
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -59,10 +60,10 @@ def serve(sock_path: str, watch_pid: int) -> None:
     while True:
         ready, _, _ = select.select([listener, wake_r], [], [], 1.0)
         if not _alive(watch_pid):
-            os.unlink(sock_path)
             own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
             print(f"fork server done: {served} children; CPU seconds: server {own.ru_utime + own.ru_stime:.1f}, "
                   f"children {children.ru_utime + children.ru_stime:.1f}", file=sys.stderr)
+            _remove(sock_path)
             return
         if wake_r in ready:
             os.read(wake_r, 4096)
@@ -174,6 +175,20 @@ def _reap(waiting: dict) -> None:
             code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
             _send(conn, {"exit": code})
             conn.close()
+
+
+def _remove(sock_path: str) -> None:
+    """The session is over: this server's socket, lock and log go, and the directory with the
+    last server's (the log of a server that failed to start is read before then)."""
+    base = sock_path[:-len(".sock")]
+    for path in (sock_path, base + ".lock", base + ".log"):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    root = os.path.dirname(sock_path)
+    if not any(name.endswith(".sock") for name in os.listdir(root)):
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
