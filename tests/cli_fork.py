@@ -56,11 +56,11 @@ def popen(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
 
 
 def run(argv: Sequence[str], timeout: float | None = None, capture_output: bool = False,
-        **kwargs: Any) -> subprocess.CompletedProcess:
-    """``subprocess.run(argv, ...)`` through ``popen``."""
+        start: Callable[..., subprocess.Popen] | None = None, **kwargs: Any) -> subprocess.CompletedProcess:
+    """``subprocess.run(argv, ...)`` through ``popen`` (or ``start``, another ``Popen``)."""
     if capture_output:
         kwargs.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    with popen(argv, **kwargs) as proc:
+    with (start or popen)(list(argv), **kwargs) as proc:
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -138,16 +138,29 @@ class ForkedWriter(ForkedPopen):
 
     @staticmethod
     def load() -> Callable[[list[str]], None]:
-        import runpy
-
         import wandb  # noqa: F401
 
         def run(args: list[str]) -> None:
             _capture_own_console()
-            sys.argv = list(args[1:])
-            sys.path.insert(0, os.path.dirname(os.path.abspath(args[1])))
-            runpy.run_path(args[1], run_name="__main__")
+            run_python(args[1:])
         return run
+
+
+def run_python(argv: list[str]) -> None:
+    """Run what ``python ARGV...`` runs, here: ``script.py args...`` or ``-c CODE args...``, as
+    ``__main__``, with the ``sys.argv`` and ``sys.path[0]`` the interpreter would give it."""
+    if argv[0] == "-c":
+        sys.argv = ["-c", *argv[2:]]
+        sys.path[0] = ""
+        main = sys.modules["__main__"] = type(sys)("__main__")
+        exec(compile(argv[1], "<string>", "exec"), main.__dict__)
+        return
+    import runpy
+
+    script = os.path.abspath(argv[0])
+    sys.argv = list(argv)
+    sys.path[0] = os.path.dirname(script)
+    runpy.run_path(script, run_name="__main__")
 
 
 class ForkedWandbSync(ForkedPopen):
@@ -193,6 +206,7 @@ def _child(run: Callable[[list[str]], None], args: list[str], env: dict[str, str
            fds: tuple[int, int, int], pass_fds: tuple[int, ...], new_session: bool, group: int | None) -> None:
     code: int = 1
     try:
+        signal.set_wakeup_fd(-1)  # (a fork server's, see tf_forkserver)
         for target, fd in enumerate(fds):
             if fd != -1 and fd != target:
                 os.dup2(fd, target)

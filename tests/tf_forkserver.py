@@ -4,7 +4,7 @@ Importing TensorFlow, scikit-learn and their kin is most of what a short trainin
 tests costs (several seconds of CPU each, against one or two for the training itself), and the
 trainer tests start a few dozen of them under three interpreters. A fork server per interpreter
 (this file run as ``python tf_forkserver.py SOCKET WATCH_PID``, under that interpreter: it must
-stay valid Python 3.8) imports them once; ``ForkServerPopen`` asks it for a child that runs a
+stay valid Python 3.8, and so must ``cli_fork``, whose child set-up it uses) imports them once; ``ForkServerPopen`` asks it for a child that runs a
 script as ``python script.py args...`` would, with the caller's environment, working directory
 and descriptors 0-2 (passed over the socket). The child is a real process of its own, in a new
 session, that the test can SIGKILL like any other; its exit status comes back over the socket.
@@ -35,6 +35,8 @@ import subprocess
 import sys
 import tempfile
 from typing import Any, Optional
+
+import cli_fork  # (this directory: sys.path[0] when run as a script under another interpreter)
 
 _MAX = 1 << 20  # one request: argv, env and cwd as JSON
 
@@ -111,55 +113,10 @@ def _spawn(conn: socket.socket, listener: socket.socket, wake_r: int, wake_w: in
 
 
 def _child(req: dict, fds: list) -> None:
-    code = 1
-    try:
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        os.setsid()
-        for target, fd in enumerate(fds):
-            os.dup2(fd, target)
-        keep = {0, 1, 2}
-        for name in os.listdir("/proc/self/fd"):
-            if int(name) not in keep:
-                try:
-                    os.close(int(name))
-                except OSError:
-                    pass
-        os.chdir(req["cwd"])
-        os.environ.clear()
-        os.environ.update(req["env"])
-        sys.stdin = sys.__stdin__ = open(0, "r", closefd=False)
-        sys.stdout = sys.__stdout__ = open(1, "w", closefd=False)
-        sys.stderr = sys.__stderr__ = open(2, "w", closefd=False, errors="backslashreplace", buffering=1)
-        if req["argv"][0] == "-c":  # `python -c CODE args...`
-            sys.argv = ["-c", *req["argv"][2:]]
-            sys.path[0] = ""
-            main = sys.modules["__main__"] = type(sys)("__main__")
-            exec(compile(req["argv"][1], "<string>", "exec"), main.__dict__)
-        else:
-            script = os.path.abspath(req["argv"][0])
-            sys.argv = list(req["argv"])
-            sys.path[0] = os.path.dirname(script)  # as `python script.py` sets it
-            import runpy
-            runpy.run_path(script, run_name="__main__")
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if not isinstance(exc.code, (int, type(None))):
-            print(exc.code, file=sys.stderr)
-    except BaseException:  # noqa: BLE001 - what a fresh interpreter prints before exiting 1
-        import traceback
-        traceback.print_exc()
-    finally:
-        try:
-            import atexit
-            atexit._run_exitfuncs()
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
+    """The request's program, as ``cli_fork`` runs a forked one: descriptors 0-2 the caller's,
+    everything else closed, a session of its own, fresh signal handlers and streams."""
+    cli_fork._child(cli_fork.run_python, list(req["argv"]), req["env"], req["cwd"],
+                    tuple(fds), (), True, None)
 
 
 def _reap(waiting: dict) -> None:
@@ -325,19 +282,9 @@ class ForkServerPopen(subprocess.Popen):
         self.returncode = answer["exit"]
 
 
-def run(argv: list, timeout: Optional[float] = None, capture_output: bool = False,
-        **kwargs: Any) -> subprocess.CompletedProcess:
+def run(argv: list, **kwargs: Any) -> subprocess.CompletedProcess:
     """``subprocess.run(argv, ...)`` with the child forked by ``argv[0]``'s fork server."""
-    if capture_output:
-        kwargs.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    with ForkServerPopen(argv, **kwargs) as proc:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            raise
-    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    return cli_fork.run(argv, start=ForkServerPopen, **kwargs)
 
 
 if __name__ == "__main__":
