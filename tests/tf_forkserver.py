@@ -4,8 +4,8 @@ Importing TensorFlow, scikit-learn and their kin is most of what a short trainin
 tests costs (several seconds of CPU each, against one or two for the training itself), and the
 trainer tests start a few dozen of them under three interpreters. A fork server per interpreter
 (this file run as ``python tf_forkserver.py SOCKET WATCH_PID``, under that interpreter: it must
-stay valid Python 3.8, and so must ``cli_fork``, whose child set-up it uses) imports them once; ``ForkServerPopen`` asks it for a child that runs a
-script as ``python script.py args...`` would, with the caller's environment, working directory
+stay valid Python 3.8, and so must ``cli_fork``, whose child set-up it uses) imports them once;
+``ForkServerPopen`` asks it for a child that runs a script as ``python script.py args...`` would, with the caller's environment, working directory
 and descriptors 0-2 (passed over the socket). The child is a real process of its own, in a new
 session, that the test can SIGKILL like any other; its exit status comes back over the socket.
 
