@@ -5,8 +5,8 @@ tests costs (several seconds of CPU each, against one or two for the training it
 trainer tests start a few dozen of them under three interpreters. A fork server per interpreter
 (this file run as ``python tf_forkserver.py SOCKET WATCH_PID``, under that interpreter: it must
 stay valid Python 3.8, and so must ``cli_fork``, whose child set-up it uses) imports them once;
-``ForkServerPopen`` asks it for a child that runs a script as ``python script.py args...`` would, with the caller's environment, working directory
-and descriptors 0-2 (passed over the socket). The child is a real process of its own, in a new
+``ForkServerPopen`` asks it for a child that runs a script as ``python script.py args...`` would,
+with the caller's environment, working directory and descriptors 0-2 (passed over the socket). The child is a real process of its own, in a new
 session, that the test can SIGKILL like any other; its exit status comes back over the socket.
 
 What differs from a fresh ``python script.py``: TensorFlow and scikit-learn are in ``sys.modules``
