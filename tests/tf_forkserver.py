@@ -6,8 +6,9 @@ trainer tests start a few dozen of them under three interpreters. A fork server 
 (this file run as ``python tf_forkserver.py SOCKET WATCH_PID``, under that interpreter: it must
 stay valid Python 3.8, and so must ``cli_fork``, whose child set-up it uses) imports them once;
 ``ForkServerPopen`` asks it for a child that runs a script as ``python script.py args...`` would,
-with the caller's environment, working directory and descriptors 0-2 (passed over the socket). The child is a real process of its own, in a new
-session, that the test can SIGKILL like any other; its exit status comes back over the socket.
+with the caller's environment, working directory and descriptors 0-2 (passed over the socket).
+The child is a real process of its own, in a new session, that the test can SIGKILL like any
+other; its exit status comes back over the socket.
 
 What differs from a fresh ``python script.py``: TensorFlow and scikit-learn are in ``sys.modules``
 before the script starts, so code that imports TensorFlow late sees it loaded already. Tests whose
@@ -182,7 +183,8 @@ def _session_pid() -> int:
 def server_socket(python: str) -> str:
     """The socket of ``python``'s fork server, started here if no worker has started it yet."""
     root = _server_dir()
-    key = hashlib.sha256(os.path.abspath(python).encode()).hexdigest()[:16]  # a venv's python is a symlink: not resolved
+    # A venv's python is a symlink to its base interpreter: keyed as given, not resolved.
+    key = hashlib.sha256(os.path.abspath(python).encode()).hexdigest()[:16]
     sock_path = os.path.join(root, f"{key}.sock")
     with open(os.path.join(root, f"{key}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
