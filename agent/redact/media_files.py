@@ -154,6 +154,9 @@ class MediaFiles:
         """A placeholder's new name is prefix + the first 20 hex digits of its sha256 + ext:
         the scrubbed original's directory and key, or ``redacted`` for a name wandb did not
         make."""
+        parts = self.r.out.media_path(path)
+        if parts is not None:   # (what ``path`` gives, without matching the scrubbed name again)
+            return parts[0], _NEW_EXT.get(kind, parts[2])
         scrubbed = self.r.out.path(path)
         m = _RENAME_RX.match(scrubbed)
         ext = _NEW_EXT.get(kind, m.group("ext") if m else Path(scrubbed).suffix)

@@ -120,27 +120,49 @@ def media_in_items(items: Sequence[Any], fields: frozenset[str] | None = None,
     ``seen``: flattened objects met before (same key, same fields, same values, in any order for
     a flat object: wandb writes each one in the history row and again in the summary, in
     another order) are not returned again."""
+    # (This runs for every history and summary record of every log read: one loop over the
+    # items, the roots and owners found inline, JSON parsed only where it may hold media.)
     found: list[tuple[str, dict[str, Any]]] = []
-    paths: list[Path_] = []
-    raws: list[str] = []
+    rows: list[tuple[Path_, str]] = []
     typed: list[int] = []       # items whose path ends in "_type": the only root candidates
-    for it in items:            # one loop: this runs for every row of every log read
+    add = rows.append
+    for it in items:
         nk = it.nested_key[:]   # a list in one call (see item_paths)
         if nk:
-            path = tuple(nk)
-            if len(path) >= 2 and path[-1] == "_type":
-                typed.append(len(paths))
+            if len(nk) >= 2 and nk[-1] == "_type":
+                typed.append(len(rows))
+            add((tuple(nk), it.value_json))
         else:
-            path = (it.key,)
-        paths.append(path)
-        raws.append(it.value_json)
-    roots = _media_roots(raws, paths, typed) if typed else None
-    owner = _owners(paths, roots) if roots else [None] * len(paths)
+            add(((it.key,), it.value_json))
+    roots: set[Path_] = set()
+    for i in typed:
+        path, raw = rows[i]
+        try:
+            t = loads(raw)
+        except ValueError:
+            continue
+        if isinstance(t, str) and t in media.KINDS:
+            roots.add(path[:-1])
+    deep = bool(roots) and not all(len(r) == 1 for r in roots)
     members: dict[Path_, list[tuple[Path_, str]]] = {}
-    for raw, path, r in zip(raws, paths, owner):
+    nested: set[Path_] = set()  # roots with a field below their top level
+    for path, raw in rows:
+        r = None
+        if roots and len(path) >= 2:
+            if path[:1] in roots:
+                r = path[:1]
+            elif deep and len(path) > 2:
+                r = _root_of(path, roots)
         if r is not None:
-            members.setdefault(r, []).append((path[len(r):], raw))
-        elif may_hold_media(raw):
+            rel = path[len(r):]
+            if len(rel) != 1:
+                nested.add(r)
+            m = members.get(r)
+            if m is None:
+                members[r] = [(rel, raw)]
+            else:
+                m.append((rel, raw))
+        elif (c := raw[:1]) == "{" or c == "[" or (c.isspace() and may_hold_media(raw)):
             try:
                 _walk(loads(raw), display_key(path), found)
             except ValueError:
@@ -148,7 +170,7 @@ def media_in_items(items: Sequence[Any], fields: frozenset[str] | None = None,
     for r, mem in members.items():
         if seen is not None:
             # In any order: wandb writes the summary's fields in another order than the row's.
-            k = (r, tuple(sorted(mem)) if all(len(rel) == 1 for rel, _ in mem) else tuple(mem))
+            k = (r, tuple(mem) if r in nested else tuple(sorted(mem)))
             if k in seen:
                 continue
             if len(seen) >= 256:
@@ -157,7 +179,10 @@ def media_in_items(items: Sequence[Any], fields: frozenset[str] | None = None,
         node: dict[str, Any] = {}
         for rel, raw in mem:
             if fields is None or rel[0] in fields:
-                insert(node, rel, loads(raw))
+                if len(rel) == 1:
+                    node[rel[0]] = loads(raw)
+                else:
+                    insert(node, rel, loads(raw))
         found.append((display_key(r), node))
     return found
 

@@ -23,13 +23,10 @@ import json
 import re
 from typing import Any
 
-from google.protobuf.descriptor import FieldDescriptor
-
 from .policy import Policy
 from .report import RedactionReport
 from .secrets import Scrubber, scrub_args
-from .string_fields import (JSON, MAP, MSG, MSGS, NAME, PATH, SKIP, TEXT, field_plan, item_parts,
-                            repeated)
+from .outgoing_walk import MessageWalk
 
 _COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 # A digest (md5, sha256: what wandb writes beside every media file; a tagged value ``hash:…``
@@ -37,21 +34,10 @@ _COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _DIGEST = re.compile(r"hash:[0-9a-f]{16,64}|[0-9a-f]{32}|[0-9a-f]{64}")
 # wandb's media file names: <key>_<step>[_<index>]_<hash>.<ext>. The part after the key is
 # wandb's own (numbers, a content hash): only the key part is a name to scrub, and it repeats.
-_MEDIA_NAME = re.compile(r"(?P<base>.+?)(?P<suffix>(?:_\d+)+_[0-9a-f]{20}(?:\.[A-Za-z0-9]+)+)")
+_MEDIA_NAME = re.compile(r"(?P<base>.+?)(?P<suffix>(?P<steps>(?:_\d+)+)_(?P<hash>[0-9a-f]{20})(?P<ext>(?:\.[A-Za-z0-9]+)+))")
 _CACHE_LIMIT = 50_000
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode   # as json.dumps(...) with these
-_ITEMS = frozenset({"HistoryItem", "SummaryItem", "ConfigItem", "StatsItem"})
-_PLANS: dict[Any, tuple[Any, bool, frozenset]] = {}
-
-
-def _planned(d: Any) -> tuple[Any, bool, frozenset]:
-    """What ``Outgoing.message`` asks of a message type, once: its fields' plan, whether it is
-    an item (the fast path), and its single (not repeated) text fields."""
-    plan = field_plan(d)
-    return plan, d.name in _ITEMS, frozenset(fd for fd in d.fields if plan[fd] is TEXT and not repeated(fd))
-
-
-class Outgoing:
+class Outgoing(MessageWalk):
     """Scrubs every outgoing string (see the module docstring), remembering what it decided."""
 
     def __init__(self, scrubber: Scrubber, policy: Policy, report: RedactionReport) -> None:
@@ -68,6 +54,7 @@ class Outgoing:
         # (raw JSON, place, key) -> the JSON ``reencoded`` gave, when the scrub left it as it was.
         self._reencoded: dict[tuple[str, str, str], str] = {}
         self._path_names: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._dir_names: dict[str, str] = {}   # a file path's directory -> its names, each + "/"
         self.produced: set[str] = set()     # file paths this redaction wrote: names already
         self.scrubber = scrubber
 
@@ -141,12 +128,42 @@ class Outgoing:
         Paths this redaction produced (a placeholder's name) are remembered and stay."""
         if rel in self.produced:
             return rel
-        parts = rel.split("/")
-        m = _MEDIA_NAME.fullmatch(parts[-1])
-        last = self.name(m["base"], "file_names") + m["suffix"] if m else self.name(parts[-1], "file_names")
-        new = "/".join([self.name(p, "file_names") for p in parts[:-1]] + [last])
+        head, slash, last = rel.rpartition("/")
+        m = _MEDIA_NAME.fullmatch(last)
+        last = self.name(m["base"], "file_names") + m["suffix"] if m else self.name(last, "file_names")
+        new = self._dir(head, slash) + last
         self.produced.add(new)
         return new
+
+    def media_path(self, rel: str) -> tuple[str, str, str] | None:
+        """``path(rel)`` split as (the part before the hash, the hash, the extension) for a
+        wandb media file name (``<dir>/<key>_<step>_<hash>.<ext>``: ``path`` scrubs the
+        directories and the key, and leaves wandb's numbers and hash as they are); None for
+        any other name or one produced here (then ``path`` alone says what it becomes)."""
+        if rel in self.produced:
+            return None
+        head, slash, last = rel.rpartition("/")
+        m = _MEDIA_NAME.fullmatch(last)
+        if m is None:
+            return None
+        base = self.name(m["base"], "file_names")
+        if "/" in base:     # (a marker never adds a slash: were one to, ``path`` says it all)
+            return None
+        stem = self._dir(head, slash) + base + m["steps"] + "_"
+        h, ext = m["hash"], m["ext"]
+        self.produced.add(stem + h + ext)
+        return stem, h, ext
+
+    def _dir(self, head: str, slash: str) -> str:
+        """A path's directories as names, each followed by "/"; made once per directory
+        (10,000s of media files share a few: ``name`` remembers each name and counts it once,
+        so asking it again would change nothing)."""
+        d = self._dir_names.get(head)
+        if d is None:
+            d = "".join([self.name(p, "file_names") + "/" for p in head.split("/")]) if slash else ""
+            if len(self._dir_names) < _CACHE_LIMIT:
+                self._dir_names[head] = d
+        return d
 
     def secret_value(self, value: Any, place: str) -> str:
         """A value under a secret-looking key or after a secret-looking flag: it goes whole."""
@@ -210,101 +227,3 @@ class Outgoing:
         if clean and len(raw) < 4096 and len(self._reencoded) < _CACHE_LIMIT:
             self._reencoded[ck] = new
         return new, clean
-
-    # -- protobuf --------------------------------------------------------------------------
-    def _item(self, msg: Any, fields: list, place: str) -> bool:
-        """The fast path for history/summary/config/stats items (most of a log): key names and
-        the JSON value. False if the item holds anything else (then the generic walk does it)."""
-        parts = item_parts(fields)
-        if parts is None:
-            return False
-        key, nested, raw = parts
-        if key:
-            new = self.name(key)
-            if new != key:
-                msg.key = new
-        if nested is not None:
-            names = [self.name(k) for k in nested]
-            if names != list(nested):
-                del nested[:]
-                nested.extend(names)
-            key = nested[-1]
-        if '"' in raw:
-            new = self.json_text(raw, place, key)
-            if new != raw:
-                msg.value_json = new
-        return True
-
-    def message(self, msg: Any, place: str, skip: Any = None) -> None:
-        """Scrub every string of ``msg`` in place (see the module docstring). ``skip``: one
-        field (descriptor) whose strings the caller has scrubbed already."""
-        d = msg.DESCRIPTOR
-        planned = _PLANS.get(d)
-        if planned is None:
-            planned = _PLANS[d] = _planned(d)
-        plan, is_item, single_text = planned
-        fields = msg.ListFields()
-        if is_item and self._item(msg, fields, place):
-            return
-        item_key = None
-        for fd, value in fields:
-            how = plan[fd]
-            if how is SKIP or fd is skip:
-                continue
-            if how is MSG:
-                self.message(value, place, skip)
-            elif how is MSGS:
-                for m in value:
-                    self.message(m, place, skip)
-            elif how is MAP:
-                self._map(msg, fd, value, place)
-            elif fd in single_text:
-                # (Most strings left: a record's stream id, a stat's name. No closure per field.)
-                new = self.text(value, place)
-                if new != value:
-                    setattr(msg, fd.name, new)
-            else:
-                if how is NAME:
-                    fn = self.name
-                elif how is PATH:
-                    fn = self.path
-                elif how is JSON:
-                    if item_key is None:
-                        item_key = ""
-                        if d.name.endswith("Item"):
-                            path = list(getattr(msg, "nested_key", ())) or [getattr(msg, "key", "")]
-                            item_key = path[-1] if path else ""
-                    fn = lambda s, k=item_key: self.json_text(s, place, k)  # noqa: E731
-                else:
-                    fn = lambda s: self.text(s, place)  # noqa: E731
-                if repeated(fd):
-                    new = [fn(s) for s in value]
-                    if new != list(value):
-                        del value[:]
-                        value.extend(new)
-                else:
-                    new = fn(value)
-                    if new != value:
-                        setattr(msg, fd.name, new)
-
-    def _map(self, msg: Any, fd: Any, value: Any, place: str) -> None:
-        vfield = fd.message_type.fields_by_name["value"]
-        items = list(value.items())
-        is_msg = vfield.type == FieldDescriptor.TYPE_MESSAGE
-        if is_msg:
-            copies = []
-            for k, v in items:
-                c = type(v)()
-                c.CopyFrom(v)
-                self.message(c, place)
-                copies.append((self.text(k, place), c))
-            msg.ClearField(fd.name)
-            target = getattr(msg, fd.name)
-            for k, c in copies:
-                target[k].CopyFrom(c)
-        else:
-            new = [(self.text(k, place), self.text(v, place) if isinstance(v, str) else v) for k, v in items]
-            msg.ClearField(fd.name)
-            target = getattr(msg, fd.name)
-            for k, v in new:
-                target[k] = v

@@ -28,6 +28,7 @@ class SourceFiles:
         self.ok_dirs: set[str] = set()
         self.listed: dict[str, frozenset[str]] = {}
         self.dirs: dict[str, str] = {}     # files/ subdirectory -> its checked path
+        self.in_dir: dict[str, tuple[str, frozenset[str]]] = {}   # ... -> (that path + "/", its files)
 
     def file(self, rel: str) -> str | None:
         """``files/rel`` of the source run if it is a regular file inside it, reached through
@@ -37,16 +38,20 @@ class SourceFiles:
         dir_rel, _, name = rel.rpartition("/")
         if name in ("..", ".", ""):
             return None
-        d = self.dirs.get(dir_rel)
-        if d is None:
-            d = self._dir(dir_rel)
+        hit = self.in_dir.get(dir_rel)
+        if hit is None:
+            d = self.dirs.get(dir_rel)
             if d is None:
-                return None
-        full = os.path.join(d, name)
-        listed = self.listed.get(d)
-        if listed is None:
-            listed = self.listed[d] = _regular_files(d)
-        if name in listed:
+                d = self._dir(dir_rel)
+                if d is None:
+                    return None
+            listed = self.listed.get(d)
+            if listed is None:
+                listed = self.listed[d] = _regular_files(d)
+            # (``d`` never ends in a slash, nor has ``name`` one: os.path.join's result.)
+            hit = self.in_dir[dir_rel] = (d + "/", listed)
+        full = hit[0] + name
+        if name in hit[1]:
             return full
         try:
             return full if stat.S_ISREG(os.lstat(full).st_mode) else None
