@@ -261,6 +261,41 @@ def test_an_aliased_error_never_resends_and_w_and_b_like_counts_need_no_download
         server.stop()
 
 
+@pytest.mark.slow(seconds=60)
+def test_a_wave_is_asked_about_once_before_it_is_sent(tmp_path, corpus):
+    """The server is asked about a whole wave while its bundles are opened, once: a long wave's
+    second part is not asked again before it goes (its answer came before the first part was
+    sent, and stays true: those are other runs). A run the answer says is there is not sent; the
+    others arrive exactly once. One upload at a time (max_parallel 1): the wave of four goes in
+    two parts, one run and three."""
+    server = RestartableServer(tmp_path / "ow").start()
+    door = WandbFrontDoor(server.url, server.api_key, FrontDoorRules(report_line_count=True))
+    try:
+        dirs = corpus_dirs(corpus)
+        assert len(dirs) == 4
+        want = _want(dirs)
+        there = read_facts(find_log(dirs[1])).run_id  # in the wave's second part
+        first = make_deliver_site(tmp_path / "first", door.url, server.api_key)
+        seal_dirs(first, [dirs[1]])
+        sync(first)
+        _assert_exactly_once(server, {there: want[there]})
+        door.seen.clear()
+        site = make_deliver_site(tmp_path / "site", door.url, server.api_key, sync="max_parallel = 1\n")
+        seal_dirs(site, dirs)
+        sync(site)
+        _assert_exactly_once(server, want)
+        d = _deliveries(site)
+        assert {x["state"] for x in d.values()} == {"confirmed"}, d
+        assert d[there]["rows_sent"] == 0 and not d[there]["attempts"], d[there]
+        asked = [n for n, status in door.graphql_runs_asked() if status == 200]
+        # Before sending, all four at once; then the summary of the one there (its rows match, so
+        # the summary decides) and one question after each upload (one run, then two).
+        assert asked[0] == 4 and sorted(asked[1:]) == [1, 1, 2], asked
+    finally:
+        door.stop()
+        server.stop()
+
+
 @pytest.mark.slow(seconds=90)
 def test_delivery_over_tls_with_a_private_ca_and_the_clear_message_without_it(tmp_path, corpus, monkeypatch):
     monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)

@@ -144,11 +144,24 @@ def fetch_runs(base_url: str, api_key: str, wanted: Sequence[Wanted], timeout: f
     """What the server holds of each run, in the order asked: one GraphQL request per 50 runs
     (fewer under back-pressure); one download of the history file for each run the server holds
     but gives no row count for (OpenWandb); one more request for the summaries that decide."""
-    sleep = sleep or _default_sleep
     # A caller that does not say when the summary matters gets it at once, in the same request.
-    at_once = any(w.summary_at is None for w in wanted)
-    found = _ask(base_url, api_key, wanted, LIGHT_FIELDS + (" " + SUMMARY_FIELDS if at_once else ""), timeout,
-                 ca_file, target, sleep)
+    if any(w.summary_at is None for w in wanted):
+        return _fetch(base_url, api_key, wanted, timeout, ca_file, target, sleep, with_summary=True)
+    runs = _fetch(base_url, api_key, wanted, timeout, ca_file, target, sleep, with_summary=False)
+    return add_summaries(base_url, api_key, wanted, runs, timeout, ca_file=ca_file, target=target, sleep=sleep)
+
+
+def fetch_rows(base_url: str, api_key: str, wanted: Sequence[Wanted], timeout: float = 20.0, *,
+               ca_file: str | None = None, target: str | None = None, sleep: Sleep | None = None) -> list[ServerRun]:
+    """``fetch_runs`` without the summaries: whether each run is there, its state and rows
+    (``summary_at`` is not looked at). ``add_summaries`` completes the answer."""
+    return _fetch(base_url, api_key, wanted, timeout, ca_file, target, sleep, with_summary=False)
+
+
+def _fetch(base_url: str, api_key: str, wanted: Sequence[Wanted], timeout: float, ca_file: str | None,
+           target: str | None, sleep: Sleep | None, with_summary: bool) -> list[ServerRun]:
+    found = _ask(base_url, api_key, wanted, LIGHT_FIELDS + (" " + SUMMARY_FIELDS if with_summary else ""), timeout,
+                 ca_file, target, sleep or _default_sleep)
     runs: list[ServerRun] = []
     for w, (run, why) in zip(wanted, found):
         if why is not None:
@@ -156,12 +169,21 @@ def fetch_runs(base_url: str, api_key: str, wanted: Sequence[Wanted], timeout: f
         elif not run:
             runs.append(ServerRun(False))
         else:
-            runs.append(ServerRun(True, run.get("state"), _summary(run.get("summaryMetrics")) if at_once else {},
+            runs.append(ServerRun(True, run.get("state"), _summary(run.get("summaryMetrics")) if with_summary else {},
                                   _rows(base_url, api_key, run, timeout, ca_file, target)))
-    need = [] if at_once else [i for i, (w, r) in enumerate(zip(wanted, runs))
-                               if r.exists and r.history_rows == w.summary_at]
+    return runs
+
+
+def add_summaries(base_url: str, api_key: str, wanted: Sequence[Wanted], runs: list[ServerRun],
+                  timeout: float = 20.0, *, ca_file: str | None = None, target: str | None = None,
+                  sleep: Sleep | None = None) -> list[ServerRun]:
+    """``runs`` (``fetch_rows``' answer for ``wanted``) with the summary of each run that holds
+    ``summary_at`` rows (where the summary decides), in one more request."""
+    runs = list(runs)
+    need = [i for i, (w, r) in enumerate(zip(wanted, runs)) if r.exists and r.history_rows == w.summary_at]
     if need:
-        sums = _ask(base_url, api_key, [wanted[i] for i in need], SUMMARY_FIELDS, timeout, ca_file, target, sleep)
+        sums = _ask(base_url, api_key, [wanted[i] for i in need], SUMMARY_FIELDS, timeout, ca_file, target,
+                    sleep or _default_sleep)
         for i, (run, why) in zip(need, sums):
             r = runs[i]
             if why is not None:

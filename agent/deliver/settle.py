@@ -22,7 +22,7 @@ from ..ledger import Ledger
 from ..runlog import find_log
 from ..segments import Cut, LogFacts, facts_from_sealed, plan_cut, read_facts, write_cut
 from ..wandb_log import FILE_HEADER_LEN
-from . import confirm, sweeps, sync_log, upload
+from . import confirm, questions, sweeps, sync_log, upload
 from .opening import materialize, relocate
 from .outcomes import NOT_CONFIRMED, STOPPED, Book, DeliveryError, NotYet, Outcome
 from .settings import SyncSettings, Target
@@ -108,17 +108,20 @@ class Settler:
                             scratch / "wandb-home", scratch / "wandb-sync.log", self.settings.max_parallel,
                             self.t.ca_file), scratch
 
-    def ask(self, opened: list[Prepared], after_upload: bool = False) -> list[confirm.Judgement]:
-        """The server's word on each opened segment, in one request for many (raises on server trouble)."""
-        # Right after an upload the rows almost always match, so the summary decides: it is asked
-        # in the same request (one round trip to the server, not two). Before, it is asked only
-        # for the runs whose row count says it matters (most of a wave is partial or absent).
+    def ask(self, opened: list[Prepared], after_upload: bool = False,
+            ahead: questions.Ahead | None = None) -> list[confirm.Judgement]:
+        """The server's word on each opened segment, in one request for many (raises on server
+        trouble); ``ahead``: what it said of them while they were opened (``questions.py``)."""
         wanted = [confirm.Wanted(p.entity, p.project, p.unit.run_id,
                                  None if after_upload else p.base + p.facts.history_rows) for p in opened]
-        found = confirm.fetch_runs(self.t.base_url, self.key, wanted, self.t.timeout, ca_file=self.t.ca_file,
-                                   target=self.t.name)
-        how = confirm.assess_sent if after_upload else confirm.assess
-        return [how(p.facts, srv_run, p.base) for p, srv_run in zip(opened, found)]
+        facts, bases = [p.facts for p in opened], [p.base for p in opened]
+        if after_upload:
+            return questions.after(self.t, self.key, wanted, facts, bases)
+        keys = [(p.unit.run_id, p.unit.segment, p.project, p.entity) for p in opened]
+        return questions.before(self.t, self.key, keys, wanted, facts, bases, ahead or {})
+
+    def ask_ahead(self, units: list[Unit]) -> questions.Ahead:
+        return questions.ahead(self.t, self.key, units)
 
     def base_rows(self, u: Unit) -> int:
         """History rows the server holds of this run before a separate part begins: what the

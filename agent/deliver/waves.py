@@ -2,18 +2,19 @@
 
 Segments of one run go in order, one wave after the other (a later segment builds on the rows
 the earlier ones brought); different runs go side by side. Within a wave, segments are opened in
-parallel, the server is asked about all of them in one request, and they are sent in batches of
-one ``wandb sync`` per project and entity.
+parallel, the server is asked about all of them in one request (while they are opened:
+``questions.py``), and they are sent in batches of one ``wandb sync`` per project and entity.
 """
 from __future__ import annotations
 
 import shutil
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from typing import Iterator
 
 from ..ledger import Ledger
 from . import clients, upload
 from .outcomes import NOT_CONFIRMED, Outcome, delivery
+from .questions import Ahead
 from .settle import Prepared, Settler
 from .work import Unit
 
@@ -55,28 +56,31 @@ def deliver_wave(settler: Settler, wave: list[Unit], pool: ThreadPoolExecutor) -
     """The wave's outcomes as they are settled (an upload's as soon as the server confirmed it),
     so that progress follows the server, not the slowest upload of the wave."""
     with ThreadPoolExecutor(max_workers=settler.settings.max_parallel, thread_name_prefix="send") as senders:
+        asking = senders.submit(settler.ask_ahead, wave)  # while the first part is opened
         sending = []
         for part in wave_parts(wave, settler.settings.max_parallel):
             if upload.stopping.is_set():
                 break
             settler.prewarm()  # its start-up overlaps the opening and the question below
-            ready, settled = prepare(settler, part, pool)
+            ready, settled = prepare(settler, part, pool, asking)
             yield from settled
             sending += [senders.submit(settler.send, b) for b in batches(ready, settler.ledger, settler.t.name)]
         for f in as_completed(sending):
             yield from f.result()
 
 
-def prepare(settler: Settler, units: list[Unit], pool: ThreadPoolExecutor) -> tuple[list[Prepared], list[Outcome]]:
-    """Open ``units``, ask the server about them in one request, cut each to what it lacks:
-    the segments to send, and the outcomes of those settled already (or refused)."""
+def prepare(settler: Settler, units: list[Unit], pool: ThreadPoolExecutor,
+            asking: Future[Ahead]) -> tuple[list[Prepared], list[Outcome]]:
+    """Open ``units``, take the server's answer about them (``asking``: asked ahead, while they
+    were opened; what it lacks is asked now, in one request), cut each to what it lacks: the
+    segments to send, and the outcomes of those settled already (or refused)."""
     opened = list(pool.map(settler.open, units))
     outcomes = [o for o in opened if isinstance(o, Outcome)]
     ready = [p for p in opened if isinstance(p, Prepared)]
     if not ready:
         return [], outcomes
     try:
-        judged = settler.ask(ready)
+        judged = settler.ask(ready, ahead=asking.result())
     except Exception as exc:
         for p in ready:
             shutil.rmtree(p.work, ignore_errors=True)
