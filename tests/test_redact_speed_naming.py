@@ -92,6 +92,21 @@ def test_a_secret_in_the_directories_or_the_key_never_reaches_the_prefix() -> No
     assert again.report.strings["file_names"] == 1
 
 
+def test_a_secret_in_the_extension_never_reaches_the_name() -> None:
+    """wandb keeps the user's file's extension for some kinds (a 3-D object, a molecule): it is
+    a name like the key, scrubbed; a planted W&B key or a site pattern there does not leave."""
+    wandb_key = "0123456789abcdef" * 2 + "01234567"  # a bare 40-hex W&B API key
+    cases = [(f"media/object3D/pts_1_{HASH}.{wandb_key}", "object3d"), (f"media/molecule/m_2_{HASH}.P1234", "any"),
+             (f"media/object3D/pts_3_{HASH}.obj.P1234", "any")]
+    for policy, secrets in ((DEFAULT_POLICY, [wandb_key]), (SITE, [wandb_key, "P1234"])):
+        fast, got = _same(cases, policy)
+        names = [prefix + ext for prefix, ext in got] + sorted(fast.out.produced)
+        for name in names:
+            for secret in secrets:
+                assert secret not in name, (secret, name)
+        assert fast.report.strings["file_names"] >= len(secrets)
+
+
 _PART = st.text(alphabet=st.sampled_from("ab_.-/19fP0s3crtmk"), max_size=10)
 
 

@@ -32,9 +32,10 @@ _COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 # A digest (md5, sha256: what wandb writes beside every media file; a tagged value ``hash:…``
 # that redaction wrote): random, no rule's shape, nothing to scrub.
 _DIGEST = re.compile(r"hash:[0-9a-f]{16,64}|[0-9a-f]{32}|[0-9a-f]{64}")
-# wandb's media file names: <key>_<step>[_<index>]_<hash>.<ext>. The part after the key is
-# wandb's own (numbers, a content hash): only the key part is a name to scrub, and it repeats.
-_MEDIA_NAME = re.compile(r"(?P<base>.+?)(?P<suffix>(?P<steps>(?:_\d+)+)_(?P<hash>[0-9a-f]{20})(?P<ext>(?:\.[A-Za-z0-9]+)+))")
+# wandb's media file names: <key>_<step>[_<index>]_<hash>.<ext>. The numbers and the content
+# hash are wandb's own; the key (it repeats) and the extension (a user's file's, for some kinds)
+# are names to scrub.
+_MEDIA_NAME = re.compile(r"(?P<base>.+?)(?P<steps>(?:_\d+)+)_(?P<hash>[0-9a-f]{20})(?P<ext>(?:\.[A-Za-z0-9]+)+)")
 _CACHE_LIMIT = 50_000
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode   # as json.dumps(...) with these
 class Outgoing(MessageWalk):
@@ -130,7 +131,11 @@ class Outgoing(MessageWalk):
             return rel
         head, slash, last = rel.rpartition("/")
         m = _MEDIA_NAME.fullmatch(last)
-        last = self.name(m["base"], "file_names") + m["suffix"] if m else self.name(last, "file_names")
+        if m:  # the extension too: wandb keeps the one the user's file had (a 3-D object, a molecule)
+            last = (self.name(m["base"], "file_names") + m["steps"] + "_" + m["hash"]
+                    + self.name(m["ext"], "file_names"))
+        else:
+            last = self.name(last, "file_names")
         new = self._dir(head, slash) + last
         self.produced.add(new)
         return new
@@ -138,7 +143,7 @@ class Outgoing(MessageWalk):
     def media_path(self, rel: str) -> tuple[str, str, str] | None:
         """``path(rel)`` split as (the part before the hash, the hash, the extension) for a
         wandb media file name (``<dir>/<key>_<step>_<hash>.<ext>``: ``path`` scrubs the
-        directories and the key, and leaves wandb's numbers and hash as they are); None for
+        directories, the key and the extension, and leaves wandb's numbers and hash as they are); None for
         any other name or one produced here (then ``path`` alone says what it becomes)."""
         if rel in self.produced:
             return None
@@ -150,7 +155,7 @@ class Outgoing(MessageWalk):
         if "/" in base:     # (a marker never adds a slash: were one to, ``path`` says it all)
             return None
         stem = self._dir(head, slash) + base + m["steps"] + "_"
-        h, ext = m["hash"], m["ext"]
+        h, ext = m["hash"], self.name(m["ext"], "file_names")
         self.produced.add(stem + h + ext)
         return stem, h, ext
 
