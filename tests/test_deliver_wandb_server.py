@@ -217,6 +217,7 @@ def test_delivery_behind_a_wandb_front_door_storage_redirects_and_a_429(tmp_path
         _assert_exactly_once(server, _want(dirs))
         assert {d["state"] for d in _deliveries(site).values()} == {"confirmed"}
         assert storage.seen, "the history file was read from the storage host"
+        assert any(s.files_asked for s in door.seen)  # asked for, since the server gave no count
         assert all("Authorization" not in h for _p, h in storage.seen)  # the key never reached it
         assert any(status == 429 for _n, status in door.graphql_runs_asked())
         assert "/api/v2/auth/me" not in {s.path for s in door.seen}
@@ -243,6 +244,7 @@ def test_an_aliased_error_never_resends_and_w_and_b_like_counts_need_no_download
         sync(first)
         _assert_exactly_once(server, want)
         assert storage.seen == []  # the server's row count sufficed: no history download at all
+        assert not any(s.files_asked for s in door.seen)  # nor a question about the history file
         errored = sorted(want)[0]
         rules.alias_errors, rules.alias_errors_left = {errored: "internal error while resolving run"}, 1
         second = make_deliver_site(tmp_path / "second", door.url, server.api_key)

@@ -119,6 +119,7 @@ class Seen:
     path: str
     authorized: bool          # carried the real key
     runs_asked: int = 0       # GraphQL: how many `run(name:` the query names
+    files_asked: bool = False  # GraphQL: whether it asks for a run's files
     status: int = 0
 
 
@@ -197,6 +198,7 @@ class WandbFrontDoor:
             doc = json.loads(body or b"{}")
             query = doc.get("query") or ""
             seen.runs_asked = query.count("run(name:")
+            seen.files_asked = "files(" in query
             with self.lock:  # requests are served on threads: throttle exactly as many as asked
                 throttle = seen.runs_asked > 1 and r.throttle_many_run_queries > 0
                 if throttle:
@@ -240,6 +242,27 @@ class WandbFrontDoor:
         finally:
             conn.close()
 
+    def _upstream_history_lines(self, project: str | None, entity: str | None, run: str | None) -> int:
+        """The non-empty lines of the run's history file upstream (0: none)."""
+        query = ('query H($p: String!, $e: String, $r: String!) { project(name: $p, entityName: $e) { run(name: $r) '
+                 '{ files(names: ["wandb-history.jsonl"]) { edges { node { name directUrl } } } } } }')
+        u = urlsplit(self.upstream)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+        try:
+            conn.request("POST", "/graphql", body=json.dumps({"query": query, "variables": {
+                "p": project, "e": entity, "r": run}}).encode(), headers={
+                "Content-Type": "application/json",
+                "Authorization": "Basic " + base64.b64encode(f"api:{self.api_key}".encode()).decode()})
+            doc = json.loads(conn.getresponse().read() or b"{}")
+        finally:
+            conn.close()
+        found = (((doc.get("data") or {}).get("project") or {}).get("run") or {})
+        for edge in (found.get("files") or {}).get("edges") or []:
+            n = edge.get("node") or {}
+            if n.get("name") == "wandb-history.jsonl" and n.get("directUrl"):
+                return sum(1 for line in self._upstream_get(n["directUrl"]).splitlines() if line.strip())
+        return 0
+
     def _rewrite(self, req: dict[str, Any], raw: bytes) -> bytes:
         """W&B's answers where OpenWandb's differ: line counts, storage URLs, aliased errors."""
         r = self.rules
@@ -264,7 +287,13 @@ class WandbFrontDoor:
                 data[alias] = None
                 errors.append({"message": r.alias_errors[rid], "path": [alias]})
                 continue
-            if not isinstance(run, dict) or "files" not in run:
+            if not isinstance(run, dict):
+                continue
+            if r.report_line_count and "historyLineCount" in run and "files" not in run:
+                # W&B keeps the count; here it is the lines of the history file upstream holds.
+                run["historyLineCount"] = self._upstream_history_lines(
+                    variables.get(f"p{alias[1:]}"), variables.get(f"e{alias[1:]}"), rid)
+            if "files" not in run:
                 continue
             for edge in (run.get("files") or {}).get("edges") or []:
                 n = edge.get("node") or {}

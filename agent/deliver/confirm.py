@@ -8,7 +8,7 @@ upload, is an error: rows arrived twice), and its summary equals the summary tha
 Only what W&B's own client asks is asked, over ``/graphql``: ``project(name, entityName) {
 run(name) { ... } }``. How many history rows the server holds: ``historyLineCount`` (W&B), or
 the lines of the run's ``wandb-history.jsonl`` where the server gives 0 for the count but keeps
-the file (OpenWandb; downloaded only then). ``summaryMetrics`` is heavy (wandb's own run listing
+the file (OpenWandb; the file asked for in a second request, and downloaded, only then). ``summaryMetrics`` is heavy (wandb's own run listing
 leaves it out): it is asked in a second request, only for the runs whose row count says the
 summary decides (``Wanted.summary_at``).
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from ..segments import END_KEY, LogFacts, comparable_summary
@@ -31,8 +31,11 @@ from . import backoff
 from . import server as srv
 from .upload import stopping
 
-LIGHT_FIELDS = ('name state historyLineCount '
-                'files(names: ["wandb-history.jsonl"]) { edges { node { name directUrl } } }')
+LIGHT_FIELDS = "name state historyLineCount"
+# Asked again only of the runs the server holds but gives no row count for (OpenWandb): a files
+# lookup costs a server about as much as the run's own, on every run of every question, and
+# W&B gives the count.
+HISTORY_FILE_FIELDS = 'files(names: ["wandb-history.jsonl"]) { edges { node { name directUrl } } }'
 SUMMARY_FIELDS = "summaryMetrics"
 RUN_FIELDS = LIGHT_FIELDS  # what the batch query asks of every run
 BATCH = 50  # runs per GraphQL request at most: every request costs the server an API-key check
@@ -142,8 +145,9 @@ def _ask(base_url: str, api_key: str, wanted: Sequence[Wanted], fields: str, tim
 def fetch_runs(base_url: str, api_key: str, wanted: Sequence[Wanted], timeout: float = 20.0, *,
                ca_file: str | None = None, target: str | None = None, sleep: Sleep | None = None) -> list[ServerRun]:
     """What the server holds of each run, in the order asked: one GraphQL request per 50 runs
-    (fewer under back-pressure); one download of the history file for each run the server holds
-    but gives no row count for (OpenWandb); one more request for the summaries that decide."""
+    (fewer under back-pressure); for the runs the server holds but gives no row count for
+    (OpenWandb), one more request for their history files and a download of each; one more
+    request for the summaries that decide."""
     # A caller that does not say when the summary matters gets it at once, in the same request.
     if any(w.summary_at is None for w in wanted):
         return _fetch(base_url, api_key, wanted, timeout, ca_file, target, sleep, with_summary=True)
@@ -160,8 +164,9 @@ def fetch_rows(base_url: str, api_key: str, wanted: Sequence[Wanted], timeout: f
 
 def _fetch(base_url: str, api_key: str, wanted: Sequence[Wanted], timeout: float, ca_file: str | None,
            target: str | None, sleep: Sleep | None, with_summary: bool) -> list[ServerRun]:
+    sleep = sleep or _default_sleep
     found = _ask(base_url, api_key, wanted, LIGHT_FIELDS + (" " + SUMMARY_FIELDS if with_summary else ""), timeout,
-                 ca_file, target, sleep or _default_sleep)
+                 ca_file, target, sleep)
     runs: list[ServerRun] = []
     for w, (run, why) in zip(wanted, found):
         if why is not None:
@@ -170,7 +175,18 @@ def _fetch(base_url: str, api_key: str, wanted: Sequence[Wanted], timeout: float
             runs.append(ServerRun(False))
         else:
             runs.append(ServerRun(True, run.get("state"), _summary(run.get("summaryMetrics")) if with_summary else {},
-                                  _rows(base_url, api_key, run, timeout, ca_file, target)))
+                                  _count(run)))
+    uncounted = [i for i, r in enumerate(runs) if r.exists and not r.history_rows]
+    if uncounted:
+        files = _ask(base_url, api_key, [wanted[i] for i in uncounted], HISTORY_FILE_FIELDS, timeout, ca_file, target,
+                     sleep)
+        for i, (run, why) in zip(uncounted, files):
+            if why is not None:
+                runs[i] = ServerRun(False, known=False, detail=why)
+            elif not run:  # gone between the two requests: ask again later
+                runs[i] = ServerRun(False, known=False, detail=f"{wanted[i].where()} vanished while being asked about")
+            else:
+                runs[i] = replace(runs[i], history_rows=_history_lines(base_url, api_key, run, timeout, ca_file, target))
     return runs
 
 
@@ -204,14 +220,17 @@ def _summary(raw: Any) -> dict[str, Any]:
     return raw if isinstance(raw, dict) else {}
 
 
-def _rows(base_url: str, api_key: str, run: dict[str, Any], timeout: float, ca_file: str | None,
-          target: str | None) -> int:
+def _count(run: dict[str, Any]) -> int:
     try:
-        rows = int(run.get("historyLineCount") or 0)
+        return max(0, int(run.get("historyLineCount") or 0))
     except (TypeError, ValueError):
-        rows = 0
-    if rows:
-        return rows
+        return 0
+
+
+def _history_lines(base_url: str, api_key: str, run: dict[str, Any], timeout: float, ca_file: str | None,
+                   target: str | None) -> int:
+    """The non-empty lines of the run's ``wandb-history.jsonl``, downloaded from where the
+    server's ``directUrl`` points (0: no such file)."""
     edges = ((run.get("files") or {}).get("edges")) or []
     url = next((e["node"].get("directUrl") for e in edges
                 if isinstance(e, dict) and isinstance(e.get("node"), dict)
