@@ -5,9 +5,10 @@ One round for a target:
  2. probe the target unless its back-off says not yet; record online/offline/key_rejected/no_key;
  3. in waves (the first waiting segment of every run, then the next ...; ``waves.py``): open and
     verify each bundle into a private work directory, ask the server how many history rows of
-    each run it holds (one GraphQL request for the whole wave, while it is opened), cut each log to what the server
-    lacks, send them with one stock ``wandb sync -n P`` per project and entity, then ask the
-    server again; only its answer marks a segment ``confirmed`` (``settle.py``).
+    each run it holds (one GraphQL request for the whole wave, while it is opened), cut each
+    log to what the server lacks, send them with one stock ``wandb sync -n P`` per project and
+    entity, then ask the server again; only its answer marks a segment ``confirmed``
+    (``settle.py``).
 A crash anywhere is settled the same way: the next round asks the server before sending, so an
 upload that finished before the crash is confirmed without sending it again, and one that
 stopped halfway is completed from where the server's rows end. An upload still running from a
