@@ -8,9 +8,9 @@ upload, is an error: rows arrived twice), and its summary equals the summary tha
 Only what W&B's own client asks is asked, over ``/graphql``: ``project(name, entityName) {
 run(name) { ... } }``. How many history rows the server holds: ``historyLineCount`` (W&B), or
 the lines of the run's ``wandb-history.jsonl`` where the server gives 0 for the count but keeps
-the file (OpenWandb; the file asked for in a second request, and downloaded, only then). ``summaryMetrics`` is heavy (wandb's own run listing
-leaves it out): it is asked in a second request, only for the runs whose row count says the
-summary decides (``Wanted.summary_at``).
+the file (OpenWandb; the file asked for in a second request, and downloaded, only then).
+``summaryMetrics`` is heavy (wandb's own run listing leaves it out): it is asked in a second
+request, only for the runs whose row count says the summary decides (``Wanted.summary_at``).
 
 Many runs are asked about in one GraphQL request (aliases q0, q1, ...). Each alias is read on
 its own: an alias that came back with an error is ``unknown`` (asked again later), never
@@ -186,7 +186,8 @@ def _fetch(base_url: str, api_key: str, wanted: Sequence[Wanted], timeout: float
             elif not run:  # gone between the two requests: ask again later
                 runs[i] = ServerRun(False, known=False, detail=f"{wanted[i].where()} vanished while being asked about")
             else:
-                runs[i] = replace(runs[i], history_rows=_history_lines(base_url, api_key, run, timeout, ca_file, target))
+                rows = _history_lines(base_url, api_key, run, timeout, ca_file, target)
+                runs[i] = replace(runs[i], history_rows=rows)
     return runs
 
 
