@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .wandb_log import BLOCK_LEN, CHUNK_HEADER_LEN, FILE_HEADER_LEN, CorruptLog, LogReader
+from .wandb_log import BLOCK_LEN, CHUNK_HEADER_LEN, FILE_HEADER_LEN, LogReader, parse_record
 from .redact import items as items_mod
 from .redact.media import media_kind, referenced_files
 
@@ -122,17 +122,11 @@ def feed(f: BinaryIO, fold: Fold, limit: int | None = None) -> Fold:
     fold.size, fold.file_id = st.st_size, (st.st_dev, st.st_ino)
     reader = LogReader(f, max(fold.end, FILE_HEADER_LEN))
     add = _Adder(fold)
-    Record = pb.Record
     for offset, payload in reader:
         if limit is not None and offset >= limit:
             fold.end, fold.torn_at, fold.torn_reason = limit, None, None
             return fold
-        rec = Record()
-        try:
-            rec.ParseFromString(payload)
-        except Exception as exc:  # protobuf's DecodeError
-            raise CorruptLog(f"a record that is not a wandb Record ({exc})", offset) from None
-        add(offset, len(payload), rec)
+        add(offset, len(payload), parse_record(payload, offset, pb))
     tail = reader.tail
     assert tail is not None
     fold.end = tail.end if limit is None else min(tail.end, limit)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import runlog
-from .wandb_log import FILE_HEADER_LEN, LogReader, LogWriter
+from .wandb_log import FILE_HEADER_LEN, LogReader, LogWriter, parse_record
 
 
 @dataclass
@@ -213,8 +213,7 @@ def write_cut(src: Path, dst: Path, cut: Cut) -> int:
         for offset, payload in LogReader(fin):
             if offset >= cut.end:
                 break
-            rec = pb.Record()
-            rec.ParseFromString(payload)
+            rec = parse_record(payload, offset, pb)
             kind = rec.WhichOneof("record_type")
             if kind == "run" and cut.sweep_id:
                 rec.run.sweep_id = cut.sweep_id

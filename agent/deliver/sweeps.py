@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import statedir
-from ..wandb_log import LogReader
+from ..wandb_log import LogReader, parse_record
 from . import server as srv
 
 log = logging.getLogger("tfwb_agent.deliver")
@@ -56,8 +56,7 @@ def sweep_in_log(log_path: Path) -> dict[str, Any] | None:
     found: dict[str, Any] | None = None
     with open(log_path, "rb") as f:
         for _off, payload in LogReader(f):
-            rec = pb.Record()
-            rec.ParseFromString(payload)
+            rec = parse_record(payload, _off, pb)
             kind = rec.WhichOneof("record_type")
             if kind == "history":
                 break
