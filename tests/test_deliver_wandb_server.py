@@ -24,7 +24,8 @@ from deliver_helpers import (RestartableServer, corpus_dirs, duplicate_rows, mak
 from wandb_standins import FrontDoorRules, RecordingHost, RecordingStorage, WandbFrontDoor, private_ca
 
 from tfwb_agent.config import ConfigError
-from tfwb_agent.deliver import confirm, probe, upload
+from tfwb_agent.deliver import confirm, probe, questions, upload
+from tfwb_agent.deliver.settings import Target
 from tfwb_agent.deliver import server as srv
 from tfwb_agent.runlog import find_log
 from tfwb_agent.segments import read_facts
@@ -293,6 +294,43 @@ def test_a_wave_is_asked_about_once_before_it_is_sent(tmp_path, corpus):
         # Before sending, all four at once; then the summary of the one there (its rows match, so
         # the summary decides) and one question after each upload (one run, then two).
         assert asked[0] == 4 and sorted(asked[1:]) == [1, 1, 2], asked
+    finally:
+        door.stop()
+        server.stop()
+
+
+@pytest.mark.slow(seconds=40)
+def test_an_answer_asked_ahead_is_used_only_for_what_it_was_asked_about(tmp_path, corpus):
+    """``questions.before`` takes an answer asked ahead only for the same run, segment, project
+    and entity, and never an answer that was an error: given stale or mismatched answers saying
+    "absent" about a run the server holds whole, it asks again and finds it complete (sending
+    it again would duplicate every row)."""
+    server = RestartableServer(tmp_path / "ow").start()
+    door = WandbFrontDoor(server.url, server.api_key, FrontDoorRules(report_line_count=True))
+    try:
+        run_dir = corpus_dirs(corpus)[0]
+        facts = read_facts(find_log(run_dir))
+        first = make_deliver_site(tmp_path / "first", door.url, server.api_key)
+        seal_dirs(first, [run_dir])
+        sync(first)
+        _assert_exactly_once(server, _want([run_dir]))
+        project = facts.project or "uncategorized"
+        t = Target("local", door.url, ("file", "unused"), timeout=10)
+        wanted = [confirm.Wanted("admin", project, facts.run_id, facts.history_rows)]
+        key = (facts.run_id, 0, project, "admin")
+        absent, errored = confirm.ServerRun(False), confirm.ServerRun(False, known=False, detail="error")
+        for known in ({(facts.run_id, 0, "another-project", "admin"): absent},   # another project
+                      {(facts.run_id, 0, project, None): absent},                 # another entity
+                      {(facts.run_id, 1, project, "admin"): absent},              # another segment
+                      {key: errored}):                                              # an error ahead
+            door.seen.clear()
+            (j,) = questions.before(t, server.api_key, [key], wanted, [facts], [0], known)
+            assert j.kind == confirm.COMPLETE, (known, j)
+            assert door.graphql_runs_asked(), "the server was asked again"
+        door.seen.clear()
+        (j,) = questions.before(t, server.api_key, [key], wanted, [facts], [0], {key: absent})
+        assert j.kind == confirm.ABSENT  # the answer for this very key is taken as given ...
+        assert [n for n, _ in door.graphql_runs_asked()] == []  # ... without asking again
     finally:
         door.stop()
         server.stop()
