@@ -239,13 +239,17 @@ def _answer_retries_once() -> None:
     twice in ``metrics``). The memo lives in the server's database (it must survive the kill)
     and is forgotten for a run whenever the run is upserted, i.e. when a new ``wandb sync``
     begins sending it: a chunk an agent *re-sends* in a later sync is stored again, so
-    duplicates the agent causes still show."""
+    duplicates the agent causes still show. Only what this server process stored is forgotten:
+    after a restart the same ``wandb sync`` upserts the run again before it retries the chunk
+    the kill left unanswered, and that chunk was stored by the server before the restart."""
     import hashlib
+    import uuid
 
     from openwandb import database, file_stream
 
+    boot = uuid.uuid4().hex  # this server process, apart from the ones before a restart
     with database.get_db() as con:
-        con.execute("CREATE TABLE IF NOT EXISTS test_stream_chunks (run_id TEXT, digest TEXT, "
+        con.execute("CREATE TABLE IF NOT EXISTS test_stream_chunks (run_id TEXT, digest TEXT, boot TEXT, "
                     "PRIMARY KEY (run_id, digest))")
     process, upsert_run = file_stream.process_file_stream, database.upsert_run
     held: list[tuple[str, list[dict]]] = []  # one request at a time: the endpoint runs on the event loop
@@ -269,12 +273,12 @@ def _answer_retries_once() -> None:
             for rid, rows in held:
                 con.executemany("INSERT INTO metrics (run_id, key, step, value, wall_time) VALUES (?,?,?,?,?)",
                                 [(rid, m["key"], m["step"], m["value"], m["wall_time"]) for m in rows])
-            con.execute("INSERT OR IGNORE INTO test_stream_chunks VALUES (?, ?)", (run_id, digest))
+            con.execute("INSERT OR IGNORE INTO test_stream_chunks VALUES (?, ?, ?)", (run_id, digest, boot))
         return answer
 
     def upsert_forgetting(project_id, run_id, *args, **kwargs):
         with database.get_db() as con:
-            con.execute("DELETE FROM test_stream_chunks WHERE run_id = ?", (run_id,))
+            con.execute("DELETE FROM test_stream_chunks WHERE run_id = ? AND boot = ?", (run_id, boot))
         return upsert_run(project_id, run_id, *args, **kwargs)
 
     insert_metrics = database.insert_metrics
