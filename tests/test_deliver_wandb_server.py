@@ -24,7 +24,7 @@ from deliver_helpers import (RestartableServer, corpus_dirs, duplicate_rows, mak
 from wandb_standins import FrontDoorRules, RecordingHost, RecordingStorage, WandbFrontDoor, private_ca
 
 from tfwb_agent.config import ConfigError
-from tfwb_agent.deliver import confirm, probe, questions, upload
+from tfwb_agent.deliver import confirm, probe, questions, sync_log, upload
 from tfwb_agent.deliver.settings import Target
 from tfwb_agent.deliver import server as srv
 from tfwb_agent.runlog import find_log
@@ -360,7 +360,7 @@ def test_delivery_over_tls_with_a_private_ca_and_the_clear_message_without_it(tm
                           tmp_path / "child.log", 1)
         up.proc.wait(timeout=300)
         upload.finished(up)
-        said = upload.diagnose((tmp_path / "child.log").read_text(errors="replace"), door.url, "local")
+        said = sync_log.diagnose((tmp_path / "child.log").read_text(errors="replace"), door.url, "local")
         assert said and "certificate verify failed" in said and "targets.local.ca_file" in said
         assert metric_rows(server, read_facts(find_log(dirs[0])).run_id) == 0  # nothing arrived
         # With ca_file: the probe, the confirmation and the wandb sync child all trust it.

@@ -27,7 +27,6 @@ import certifi
 
 from .clients import clean_env, client_for_url, wandb_exe
 from .server import ca_bundle
-from .sync_log import diagnose, tail  # noqa: F401 - named here too (upload.diagnose), as before
 
 # Variables of the agent's own environment that would change what wandb sync does.
 _DROP = ("WANDB_MODE", "WANDB_DISABLED", "WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_ENTITY", "WANDB_PROJECT",
