@@ -16,6 +16,13 @@ secret-detection recall and false positives (``secret_recall.py``) are printed a
 The run is written by real wandb (offline) the first time and kept in --work for later runs.
 Each measurement is wall time, with the page cache warm for both (cp runs first); the median of
 --repeat runs is reported (the VM's disk is shared and noisy). MB/s counts the bytes of the source run directory.
+Every step starts with the writes of the step before flushed (``sync``, untimed): ext4 allocates
+a written file's blocks when it flushes it, so a step that follows ``cp -r`` (118 MB written)
+would otherwise pay for cp's allocation and writeback on the same two cores, and cp for
+none of the redactor's. Neither side's own writeback is timed, as ``cp`` alone would show it.
+On a disk mounted with ``discard`` (this VM's), creating files is slow for minutes after many
+were deleted, and this benchmark deletes its outputs when it ends: run it again a few
+minutes later, not at once (``cp`` shows it: seconds instead of about 0.6 s).
 """
 from __future__ import annotations
 
@@ -206,6 +213,7 @@ def main() -> None:
             assert hashed == images, hashed
         steps = [cp, red] + ([old] if shim else [])
         for step in (steps if i % 2 == 0 else steps[::-1]):
+            os.sync()  # the step before's writes flushed first (see the top)
             step()
     import statistics
     cp_t, red_t = statistics.median(cp_times), statistics.median(red_times)
