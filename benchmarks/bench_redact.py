@@ -20,9 +20,10 @@ Every step starts with the writes of the step before flushed (``sync``, untimed)
 a written file's blocks when it flushes it, so a step that follows ``cp -r`` (118 MB written)
 would otherwise pay for cp's allocation and writeback on the same two cores, and cp for
 none of the redactor's. Neither side's own writeback is timed, as ``cp`` alone would show it.
-On a disk mounted with ``discard`` (this VM's), creating files is slow for minutes after many
-were deleted, and this benchmark deletes its outputs when it ends: run it again a few
-minutes later, not at once (``cp`` shows it: seconds instead of about 0.6 s).
+On this VM's disk (ext4 without a journal: before reusing a freed inode the kernel looks at
+when it was freed, ``recently_deleted`` in a profile) creating files is slow for minutes after
+many were deleted, and this benchmark deletes its outputs when it ends: run it again some
+minutes later, not at once (``cp`` shows it: seconds instead of about 0.5 s).
 """
 from __future__ import annotations
 
