@@ -40,10 +40,11 @@ class RestartableServer:
     def db_path(self) -> Path:
         return self.data_dir / "openwandb.db"
 
-    def start(self, timeout: float = 60.0) -> "RestartableServer":
+    def start(self, timeout: float = 60.0, die_after_chunks: int = 0) -> "RestartableServer":
+        """Start it (again); ``die_after_chunks``: see ``openwandb_server.launch``."""
         self.starts += 1
         log_path = self.data_dir.parent / f"openwandb-{self.port}-{self.starts}.log"
-        self.proc = launch(self.port, self.data_dir, log_path, self.key_check_seconds)
+        self.proc = launch(self.port, self.data_dir, log_path, self.key_check_seconds, die_after_chunks)
         key = wait_ready(self.proc, self.url, log_path, timeout)
         if key is None:
             raise RuntimeError(f"openwandb did not come up: {log_path.read_text(errors='replace')[-2000:]}")

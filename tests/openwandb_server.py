@@ -26,6 +26,7 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -117,17 +118,21 @@ def stop_process(proc: subprocess.Popen) -> None:
 
 
 _PACE_ENV = "TFWB_TEST_OPENWANDB_KEY_CHECK_SECONDS"
+_DIE_ENV = "TFWB_TEST_OPENWANDB_DIE_AFTER_CHUNKS"
 # Benchmark mode, off unless set to 1 in the environment of whoever starts the server (see
 # ``_shim_history_line_count``); the tests run the stock answer.
 HISTORY_LINE_COUNT_ENV = "TFWB_TEST_OPENWANDB_HISTORY_LINE_COUNT"
 
 
-def launch(port: int, data_dir: Path, log_path: Path, key_check_seconds: float = 0.0) -> subprocess.Popen:
+def launch(port: int, data_dir: Path, log_path: Path, key_check_seconds: float = 0.0,
+           die_after_chunks: int = 0) -> subprocess.Popen:
     """``openwandb serve`` on 127.0.0.1:``port`` with its data in ``data_dir``, output to ``log_path``;
-    ``key_check_seconds``: how long each key check holds its request (stock OpenWandb: ~0.3)."""
+    ``key_check_seconds``: how long each key check holds its request (stock OpenWandb: ~0.3);
+    ``die_after_chunks`` N > 0: the server SIGKILLs itself once it has stored its Nth chunk of
+    rows, before answering it (the worst moment to lose it: see ``_answer_retries_once``)."""
     if importlib.util.find_spec("openwandb") is None:
         raise RuntimeError("openwandb is not installed (pip install -e '.[test]')")
-    env = dict(os.environ, **{_PACE_ENV: str(key_check_seconds)})
+    env = dict(os.environ, **{_PACE_ENV: str(key_check_seconds), _DIE_ENV: str(die_after_chunks)})
     argv = [sys.executable, __file__, "serve", "--host", "127.0.0.1", "--port", str(port),
             "--data-dir", str(data_dir), "--log-level", "warning"]
     with open(log_path, "wb") as log:
@@ -248,6 +253,8 @@ def _answer_retries_once() -> None:
     from openwandb import database, file_stream
 
     boot = uuid.uuid4().hex  # this server process, apart from the ones before a restart
+    die_after = int(os.environ.get(_DIE_ENV) or 0)
+    stored = [0]
     with database.get_db() as con:
         con.execute("CREATE TABLE IF NOT EXISTS test_stream_chunks (run_id TEXT, digest TEXT, boot TEXT, "
                     "PRIMARY KEY (run_id, digest))")
@@ -274,6 +281,9 @@ def _answer_retries_once() -> None:
                 con.executemany("INSERT INTO metrics (run_id, key, step, value, wall_time) VALUES (?,?,?,?,?)",
                                 [(rid, m["key"], m["step"], m["value"], m["wall_time"]) for m in rows])
             con.execute("INSERT OR IGNORE INTO test_stream_chunks VALUES (?, ?, ?)", (run_id, digest, boot))
+        stored[0] += 1
+        if stored[0] == die_after:  # stored, not answered: the client can only send it again
+            os.kill(os.getpid(), signal.SIGKILL)
         return answer
 
     def upsert_forgetting(project_id, run_id, *args, **kwargs):

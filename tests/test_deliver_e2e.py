@@ -180,6 +180,32 @@ def test_server_killed_mid_upload_and_restarted(tmp_path, corpus, fresh_runs):
         server.stop()
 
 
+@pytest.mark.slow(seconds=20)
+def test_server_killed_after_storing_rows_before_answering_them(tmp_path, corpus, fresh_runs):
+    """The worst moment to lose the server, made certain instead of hoped for: it has stored a
+    chunk of rows (its second, early in a run's upload) and dies before it answers (the server
+    kills itself right there). The same ``wandb sync`` sends that chunk again to the restarted server, in some
+    rounds after upserting the run again (the test server's memo of stored chunks must survive
+    that: with the memo forgotten on every upsert, as it was, one round in four held rows twice);
+    every row still arrives once."""
+    server = RestartableServer(tmp_path).start(die_after_chunks=2)
+    dirs = corpus_dirs(corpus) + fresh_runs
+    want = expected(dirs)
+    site = make_deliver_site(tmp_path / "site", server.url, server.api_key)
+    seal_dirs(site, dirs)
+    log = tmp_path / "sync.log"
+    proc = _popen_sync(site, "--timeout", "300", log=log)
+    try:
+        assert server.proc.wait(timeout=120) == -signal.SIGKILL, "the server did not die where it was told to"
+        assert 0 < server.query("SELECT COUNT(*) FROM metrics")[0][0] < sum(w["rows"] for w in want.values())
+        server.start()
+        assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+        assert_exactly_once(server, want)
+    finally:
+        proc.kill()
+        server.stop()
+
+
 @pytest.mark.slow(seconds=90)
 def test_agent_sigkilled_at_random_moments_every_row_once(tmp_path, corpus, fresh_runs):
     rng = random.Random(20261127)
