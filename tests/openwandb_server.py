@@ -245,7 +245,7 @@ def _answer_retries_once() -> None:
     and is forgotten for a run whenever the run is upserted, i.e. when a new ``wandb sync``
     begins sending it: a chunk an agent *re-sends* in a later sync is stored again, so
     duplicates the agent causes still show. Only what this server process stored is forgotten:
-    after a restart the same ``wandb sync`` upserts the run again before it retries the chunk
+    after a restart the same ``wandb sync`` may upsert the run again before it retries the chunk
     the kill left unanswered, and that chunk was stored by the server before the restart."""
     import hashlib
     import uuid

@@ -184,10 +184,10 @@ def test_server_killed_mid_upload_and_restarted(tmp_path, corpus, fresh_runs):
 def test_server_killed_after_storing_rows_before_answering_them(tmp_path, corpus, fresh_runs):
     """The worst moment to lose the server, made certain instead of hoped for: it has stored a
     chunk of rows (its second, early in a run's upload) and dies before it answers (the server
-    kills itself right there). The same ``wandb sync`` sends that chunk again to the restarted server, in some
-    rounds after upserting the run again (the test server's memo of stored chunks must survive
-    that: with the memo forgotten on every upsert, as it was, one round in four held rows twice);
-    every row still arrives once."""
+    kills itself right there). The same ``wandb sync`` sends that chunk again to the restarted
+    server, in some rounds after upserting the run again (the test server's memo of stored
+    chunks must survive that: with the memo forgotten on every upsert, as it was, one round in
+    four held rows twice); every row still arrives once."""
     server = RestartableServer(tmp_path).start(die_after_chunks=2)
     dirs = corpus_dirs(corpus) + fresh_runs
     want = expected(dirs)
