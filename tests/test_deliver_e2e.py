@@ -156,28 +156,34 @@ def test_server_down_at_start_then_up_everything_arrives(tmp_path, corpus):
         server.stop()
 
 
-@pytest.mark.slow(seconds=70)
-def test_server_killed_mid_upload_and_restarted(tmp_path, corpus, fresh_runs):
-    server = RestartableServer(tmp_path).start()
-    dirs = corpus_dirs(corpus) + fresh_runs
+def _through_an_outage(tmp_path, dirs: list[Path], outage, die_after_chunks: int = 0) -> None:
+    """Seal ``dirs`` and start a `sync`; ``outage(server)`` takes the server down mid-upload
+    (some rows in, not all); it is started again, and every row arrives once."""
+    server = RestartableServer(tmp_path).start(die_after_chunks=die_after_chunks)
     want = expected(dirs)
     site = make_deliver_site(tmp_path / "site", server.url, server.api_key)
     seal_dirs(site, dirs)
     log = tmp_path / "sync.log"
     proc = _popen_sync(site, "--timeout", "300", log=log)
     try:
-        # Mid-upload: some rows of some run are in, not all of all.
-        _wait(lambda: server.query("SELECT COUNT(*) FROM metrics")[0][0] > 0 if server.db_path.exists() else False,
-              120, "the first rows on the server")
-        server.kill()
-        assert sum(want[r]["rows"] for r in want) > server.query("SELECT COUNT(*) FROM metrics")[0][0]
-        time.sleep(3)  # the outage itself, not a wait for anything
+        outage(server)
+        assert 0 < server.query("SELECT COUNT(*) FROM metrics")[0][0] < sum(w["rows"] for w in want.values())
         server.start()
         assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
         assert_exactly_once(server, want)
     finally:
         proc.kill()
         server.stop()
+
+
+@pytest.mark.slow(seconds=70)
+def test_server_killed_mid_upload_and_restarted(tmp_path, corpus, fresh_runs):
+    def outage(server) -> None:
+        _wait(lambda: server.query("SELECT COUNT(*) FROM metrics")[0][0] > 0 if server.db_path.exists() else False,
+              120, "the first rows on the server")
+        server.kill()
+        time.sleep(3)  # the outage itself, not a wait for anything
+    _through_an_outage(tmp_path, corpus_dirs(corpus) + fresh_runs, outage)
 
 
 @pytest.mark.slow(seconds=20)
@@ -188,22 +194,9 @@ def test_server_killed_after_storing_rows_before_answering_them(tmp_path, corpus
     server, in some rounds after upserting the run again (the test server's memo of stored
     chunks must survive that: with the memo forgotten on every upsert, as it was, one round in
     four held rows twice); every row still arrives once."""
-    server = RestartableServer(tmp_path).start(die_after_chunks=2)
-    dirs = corpus_dirs(corpus) + fresh_runs
-    want = expected(dirs)
-    site = make_deliver_site(tmp_path / "site", server.url, server.api_key)
-    seal_dirs(site, dirs)
-    log = tmp_path / "sync.log"
-    proc = _popen_sync(site, "--timeout", "300", log=log)
-    try:
+    def outage(server) -> None:
         assert server.proc.wait(timeout=120) == -signal.SIGKILL, "the server did not die where it was told to"
-        assert 0 < server.query("SELECT COUNT(*) FROM metrics")[0][0] < sum(w["rows"] for w in want.values())
-        server.start()
-        assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
-        assert_exactly_once(server, want)
-    finally:
-        proc.kill()
-        server.stop()
+    _through_an_outage(tmp_path, corpus_dirs(corpus) + fresh_runs, outage, die_after_chunks=2)
 
 
 @pytest.mark.slow(seconds=90)
