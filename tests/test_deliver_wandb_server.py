@@ -336,6 +336,38 @@ def test_an_answer_asked_ahead_is_used_only_for_what_it_was_asked_about(tmp_path
         server.stop()
 
 
+@pytest.mark.slow(seconds=30)
+def test_a_failed_question_about_the_history_file_is_never_taken_for_absent(tmp_path, corpus):
+    """Where the server gives no row count (OpenWandb), the history file is asked for in a
+    second request. An error there about a run the server holds whole must leave the run
+    unknown (asked again later), never "absent" or "0 rows": that would send every row again.
+    Once the error is gone, the same question finds it complete."""
+    server = RestartableServer(tmp_path / "ow").start()
+    rules = FrontDoorRules(report_line_count=False, alias_errors_on_files_only=True)
+    door = WandbFrontDoor(server.url, server.api_key, rules)
+    try:
+        run_dir = corpus_dirs(corpus)[0]
+        facts = read_facts(find_log(run_dir))
+        first = make_deliver_site(tmp_path / "first", door.url, server.api_key)
+        seal_dirs(first, [run_dir])
+        sync(first)
+        _assert_exactly_once(server, _want([run_dir]))
+        project = facts.project or "uncategorized"
+        t = Target("local", door.url, ("file", "unused"), timeout=10)
+        key, wanted = (facts.run_id, 0, project, "admin"), [confirm.Wanted("admin", project, facts.run_id,
+                                                                             facts.history_rows)]
+        rules.alias_errors, rules.alias_errors_left = {facts.run_id: "internal error while listing files"}, 1
+        (j,) = questions.before(t, server.api_key, [key], wanted, [facts], [0], {})
+        assert rules.alias_errors_given == 1, "the history-file question was not the one that failed"
+        assert j.kind == confirm.UNKNOWN, j
+        (j,) = questions.before(t, server.api_key, [key], wanted, [facts], [0], {})
+        assert j.kind == confirm.COMPLETE, j
+        _assert_exactly_once(server, _want([run_dir]))
+    finally:
+        door.stop()
+        server.stop()
+
+
 @pytest.mark.slow(seconds=90)
 def test_delivery_over_tls_with_a_private_ca_and_the_clear_message_without_it(tmp_path, corpus, monkeypatch):
     monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)

@@ -134,6 +134,7 @@ class FrontDoorRules:
     alias_errors: dict[str, str] = field(default_factory=dict)  # run id -> error message (aliased, in a 200)
     alias_errors_left: int = 10 ** 9        # how many more times one is given
     alias_errors_given: int = 0
+    alias_errors_on_files_only: bool = False  # given only to queries that ask for a run's files
     graphql_redirect_to: str | None = None  # answer /graphql with 302 to this URL (an SSO front door)
 
 
@@ -231,12 +232,15 @@ class WandbFrontDoor:
         finally:
             conn.close()
 
-    def _upstream_get(self, url: str) -> bytes:
+    def _upstream_call(self, method: str, url: str, body: bytes | None = None) -> bytes:
+        """The body of the upstream's answer (b"" unless 200) to a request of its own, with the key."""
         u = urlsplit(url)
+        headers = {"Authorization": "Basic " + base64.b64encode(f"api:{self.api_key}".encode()).decode()}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
         try:
-            conn.request("GET", u.path + (f"?{u.query}" if u.query else ""), headers={
-                "Authorization": "Basic " + base64.b64encode(f"api:{self.api_key}".encode()).decode()})
+            conn.request(method, u.path + (f"?{u.query}" if u.query else ""), body=body, headers=headers)
             resp = conn.getresponse()
             return resp.read() if resp.status == 200 else b""
         finally:
@@ -246,21 +250,13 @@ class WandbFrontDoor:
         """The non-empty lines of the run's history file upstream (0: none)."""
         query = ('query H($p: String!, $e: String, $r: String!) { project(name: $p, entityName: $e) { run(name: $r) '
                  '{ files(names: ["wandb-history.jsonl"]) { edges { node { name directUrl } } } } } }')
-        u = urlsplit(self.upstream)
-        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
-        try:
-            conn.request("POST", "/graphql", body=json.dumps({"query": query, "variables": {
-                "p": project, "e": entity, "r": run}}).encode(), headers={
-                "Content-Type": "application/json",
-                "Authorization": "Basic " + base64.b64encode(f"api:{self.api_key}".encode()).decode()})
-            doc = json.loads(conn.getresponse().read() or b"{}")
-        finally:
-            conn.close()
+        doc = json.loads(self._upstream_call("POST", f"{self.upstream}/graphql", json.dumps(
+            {"query": query, "variables": {"p": project, "e": entity, "r": run}}).encode()) or b"{}")
         found = (((doc.get("data") or {}).get("project") or {}).get("run") or {})
         for edge in (found.get("files") or {}).get("edges") or []:
             n = edge.get("node") or {}
             if n.get("name") == "wandb-history.jsonl" and n.get("directUrl"):
-                return sum(1 for line in self._upstream_get(n["directUrl"]).splitlines() if line.strip())
+                return sum(1 for line in self._upstream_call("GET", n["directUrl"]).splitlines() if line.strip())
         return 0
 
     def _rewrite(self, req: dict[str, Any], raw: bytes) -> bytes:
@@ -279,7 +275,8 @@ class WandbFrontDoor:
             run = (node or {}).get("run") if isinstance(node, dict) else None
             rid = variables.get(f"r{alias[1:]}") if alias.startswith("q") else None
             with self.lock:  # requests are served on threads: give each error once
-                give = rid in r.alias_errors and r.alias_errors_left > 0
+                give = rid in r.alias_errors and r.alias_errors_left > 0 and \
+                    (not r.alias_errors_on_files_only or "files(" in (req.get("query") or ""))
                 if give:
                     r.alias_errors_left -= 1
                     r.alias_errors_given += 1
@@ -300,11 +297,11 @@ class WandbFrontDoor:
                 if n.get("name") != "wandb-history.jsonl" or not n.get("directUrl"):
                     continue
                 if r.report_line_count and "historyLineCount" in run:
-                    blob = self._upstream_get(n["directUrl"])
+                    blob = self._upstream_call("GET", n["directUrl"])
                     run["historyLineCount"] = sum(1 for line in blob.splitlines() if line.strip())
                 if r.storage is not None:
                     token = secrets.token_hex(8)
-                    self.redirects[token] = r.storage.put(self._upstream_get(n["directUrl"]))
+                    self.redirects[token] = r.storage.put(self._upstream_call("GET", n["directUrl"]))
                     n["directUrl"] = f"/_storage/{token}"  # relative, as a front door may hand it out
         if errors:
             doc["errors"] = errors
