@@ -299,6 +299,21 @@ def test_a_wave_is_asked_about_once_before_it_is_sent(tmp_path, corpus):
         server.stop()
 
 
+def _one_run_delivered(tmp_path, corpus, door, server):
+    """A corpus run delivered whole through ``door``, and how ``questions.before`` asks about
+    it: (run dir, its facts, the target, its key, what is wanted of it)."""
+    run_dir = corpus_dirs(corpus)[0]
+    facts = read_facts(find_log(run_dir))
+    first = make_deliver_site(tmp_path / "first", door.url, server.api_key)
+    seal_dirs(first, [run_dir])
+    sync(first)
+    _assert_exactly_once(server, _want([run_dir]))
+    project = facts.project or "uncategorized"
+    t = Target("local", door.url, ("file", "unused"), timeout=10)
+    key = (facts.run_id, 0, project, "admin")
+    return run_dir, facts, t, key, [confirm.Wanted("admin", project, facts.run_id, facts.history_rows)]
+
+
 @pytest.mark.slow(seconds=40)
 def test_an_answer_asked_ahead_is_used_only_for_what_it_was_asked_about(tmp_path, corpus):
     """``questions.before`` takes an answer asked ahead only for the same run, segment, project
@@ -308,16 +323,8 @@ def test_an_answer_asked_ahead_is_used_only_for_what_it_was_asked_about(tmp_path
     server = RestartableServer(tmp_path / "ow").start()
     door = WandbFrontDoor(server.url, server.api_key, FrontDoorRules(report_line_count=True))
     try:
-        run_dir = corpus_dirs(corpus)[0]
-        facts = read_facts(find_log(run_dir))
-        first = make_deliver_site(tmp_path / "first", door.url, server.api_key)
-        seal_dirs(first, [run_dir])
-        sync(first)
-        _assert_exactly_once(server, _want([run_dir]))
-        project = facts.project or "uncategorized"
-        t = Target("local", door.url, ("file", "unused"), timeout=10)
-        wanted = [confirm.Wanted("admin", project, facts.run_id, facts.history_rows)]
-        key = (facts.run_id, 0, project, "admin")
+        _run_dir, facts, t, key, wanted = _one_run_delivered(tmp_path, corpus, door, server)
+        project = key[2]
         absent, errored = confirm.ServerRun(False), confirm.ServerRun(False, known=False, detail="error")
         for known in ({(facts.run_id, 0, "another-project", "admin"): absent},   # another project
                       {(facts.run_id, 0, project, None): absent},                 # another entity
@@ -346,16 +353,7 @@ def test_a_failed_question_about_the_history_file_is_never_taken_for_absent(tmp_
     rules = FrontDoorRules(report_line_count=False, alias_errors_on_files_only=True)
     door = WandbFrontDoor(server.url, server.api_key, rules)
     try:
-        run_dir = corpus_dirs(corpus)[0]
-        facts = read_facts(find_log(run_dir))
-        first = make_deliver_site(tmp_path / "first", door.url, server.api_key)
-        seal_dirs(first, [run_dir])
-        sync(first)
-        _assert_exactly_once(server, _want([run_dir]))
-        project = facts.project or "uncategorized"
-        t = Target("local", door.url, ("file", "unused"), timeout=10)
-        key, wanted = (facts.run_id, 0, project, "admin"), [confirm.Wanted("admin", project, facts.run_id,
-                                                                             facts.history_rows)]
+        run_dir, facts, t, key, wanted = _one_run_delivered(tmp_path, corpus, door, server)
         rules.alias_errors, rules.alias_errors_left = {facts.run_id: "internal error while listing files"}, 1
         (j,) = questions.before(t, server.api_key, [key], wanted, [facts], [0], {})
         assert rules.alias_errors_given == 1, "the history-file question was not the one that failed"
