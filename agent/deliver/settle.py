@@ -75,7 +75,10 @@ class Settler:
 
     def prewarm(self) -> None:
         """Have one ``wandb sync`` waiting for its runs while the next ones are opened and asked
-        about (its start-up overlaps this process's work instead of following it)."""
+        about (its start-up overlaps this process's work instead of following it). A spare is
+        claimed when its batch is handed to a sender (``claim_spare``), not when the sender
+        thread gets to it: otherwise the next part's ``prewarm`` could still see the spare the
+        batch before was about to take, start none, and that part's upload start cold."""
         with self.spare_lock:
             if self.spare or upload.stopping.is_set():
                 return
@@ -93,11 +96,14 @@ class Settler:
             w.discard()
             shutil.rmtree(w.home.parent, ignore_errors=True)
 
-    def _start(self, batch: list[Prepared]) -> tuple[upload.Upload, Path]:
-        """Start the batch's upload, in a spare process if one waits: (the upload, its directory)."""
-        first = batch[0]
+    def claim_spare(self) -> upload.Warm | None:
+        """A spare ``wandb sync`` for the batch about to be handed to ``send``, if one waits."""
         with self.spare_lock:
-            w = self.spare.pop(0) if self.spare else None
+            return self.spare.pop(0) if self.spare else None
+
+    def _start(self, batch: list[Prepared], w: upload.Warm | None) -> tuple[upload.Upload, Path]:
+        """Start the batch's upload, in ``w`` if given: (the upload, its directory)."""
+        first = batch[0]
         if w is not None:
             return upload.start_warm(w, [p.run_dir for p in batch], first.project, first.entity,
                                      self.settings.max_parallel), w.home.parent
@@ -188,15 +194,15 @@ class Settler:
             if not keep:
                 shutil.rmtree(p.work, ignore_errors=True)
 
-    def send(self, batch: list[Prepared]) -> list[Outcome]:
-        """One ``wandb sync`` for the whole batch (same project and entity), then the server's
-        word on each segment."""
+    def send(self, batch: list[Prepared], spare: upload.Warm | None = None) -> list[Outcome]:
+        """One ``wandb sync`` for the whole batch (same project and entity), in ``spare`` if
+        given (``claim_spare``), then the server's word on each segment."""
         book, scratch = self.book, None
         try:
             for p in batch:
                 self.report("upload_start", run_id=p.unit.run_id, segment=p.unit.segment, bytes=p.size, rows=p.rows)
             try:
-                up, scratch = self._start(batch)
+                up, scratch = self._start(batch, spare)
             except upload.Stopped:
                 return [book.retry(p.unit, STOPPED, None) for p in batch]
             out_log = up.log_path
@@ -224,6 +230,9 @@ class Settler:
                 removing.join()
             return [self.judge_sent(p, after, rc, said) for p, after in zip(batch, judged)]
         finally:
+            if spare is not None and not spare.spent:  # not started: its upload never began
+                spare.discard()
+                scratch = spare.home.parent
             _remove([scratch, *(p.work for p in batch)])
 
     def wait(self, up: upload.Upload, batch: list[Prepared], timeout: float) -> int | None:

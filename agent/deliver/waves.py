@@ -64,7 +64,8 @@ def deliver_wave(settler: Settler, wave: list[Unit], pool: ThreadPoolExecutor) -
             settler.prewarm()  # its start-up overlaps the opening and the question below
             ready, settled = prepare(settler, part, pool, asking)
             yield from settled
-            sending += [senders.submit(settler.send, b) for b in batches(ready, settler.ledger, settler.t.name)]
+            sending += [senders.submit(settler.send, b, settler.claim_spare())
+                        for b in batches(ready, settler.ledger, settler.t.name)]
         for f in as_completed(sending):
             yield from f.result()
 

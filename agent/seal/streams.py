@@ -9,7 +9,6 @@ for matches, which is where most of zstd's time goes on incompressible input.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import hashlib
 import os
 import struct
@@ -120,7 +119,9 @@ class HashingReader:
 
 def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # The process's own symbols, libc's among them: ``ctypes.util.find_library`` would run
+        # ``ldconfig -p`` in a subprocess whenever this module is imported (every command).
+        libc = ctypes.CDLL(None, use_errno=True)
         fn = libc.sync_file_range
     except (OSError, AttributeError):
         return None
