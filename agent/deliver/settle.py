@@ -77,8 +77,7 @@ class Settler:
         """Have one ``wandb sync`` waiting for its runs while the next ones are opened and asked
         about (its start-up overlaps this process's work instead of following it). A spare is
         claimed when its batch is handed to a sender (``claim_spare``), not when the sender
-        thread gets to it: otherwise the next part's ``prewarm`` could still see the spare the
-        batch before was about to take, start none, and that part's upload start cold."""
+        thread gets to it: which batch it serves is decided there, not by a race."""
         with self.spare_lock:
             if self.spare or upload.stopping.is_set():
                 return
