@@ -11,11 +11,14 @@ anyone, and a probe finds the target offline.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,6 +66,14 @@ class _ledger:
 
     def __exit__(self, *exc) -> None:
         self.ledger.close()
+
+
+def _own_tmpdir(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temporary directory of the test's own for the processes it starts (``TMPDIR``), to
+    see what they leave there. Short: wandb's service puts its socket in it."""
+    tmp = Path(tempfile.mkdtemp(prefix="t", dir="/tmp"))
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    return tmp
 
 
 def _start(site, **kw):
@@ -118,9 +129,14 @@ def test_pending_work_starts_one_and_finish_ends_it_its_service_and_its_director
     assert not any(work.iterdir()), list(work.iterdir())
 
 
-def test_the_round_sends_with_the_wandb_sync_started_ahead(tmp_path: Path, corpus: Path) -> None:
+def test_the_round_sends_with_the_wandb_sync_started_ahead(tmp_path: Path, corpus: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Handed to the round, the process started ahead is the upload (it ends by itself, 0; one
-    the round discarded is killed), every row arrives once, and nothing of it is left."""
+    the round discarded is killed), every row arrives once, and nothing of it is left: not its
+    directory, and not wandb's temporary directories (its media and artifacts scratch, which
+    wandb removes at the interpreter's exit, which the process skips: in a daemon's private
+    /tmp they piled up, two per upload, for as long as it ran)."""
+    tmp = _own_tmpdir(monkeypatch)
     server = RestartableServer(tmp_path / "server").start()
     try:
         s = make_deliver_site(tmp_path / "site", server.url, server.api_key)
@@ -138,8 +154,38 @@ def test_the_round_sends_with_the_wandb_sync_started_ahead(tmp_path: Path, corpu
         assert metric_rows(server, facts.run_id) == facts.metric_values
         ahead.finish(w)
         assert not any((s.config().state_dir / "work").iterdir())
+        assert sorted(p.name for p in tmp.iterdir()) == [], "left in TMPDIR"
     finally:
         server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_sync_command_leaves_nothing_in_the_temporary_directory(tmp_path: Path, corpus: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tfwb-agent sync` as its own process (not forked from this one) and the upload it starts
+    ahead both end without the interpreter's finalization: neither leaves anything in
+    ``TMPDIR`` (a timer's `sync --once` added wandb's two scratch directories each time and grew
+    wandb's CLI debug log, readable by every user). The run is confirmed on the server."""
+    tmp = _own_tmpdir(monkeypatch)
+    monkeypatch.setenv("TFWB_TEST_CLI", "exec")  # a process of its own, not a fork (cli_fork.py)
+    server = RestartableServer(tmp_path / "server").start()
+    try:
+        s = make_deliver_site(tmp_path / "site", server.url, server.api_key)
+        (run,) = corpus_dirs(corpus)[:1]
+        seal_dirs(s, [run])
+        with _ledger(s) as ledger:
+            ledger.record_target("local", "online", None, 0, None, time.time())
+        out = subprocess.run([sys.executable, "-m", "tfwb_agent", "--config", str(s.cfg), "sync", "--to", "local",
+                              "--once", "--json"], capture_output=True, text=True, timeout=300,
+                             stdin=subprocess.DEVNULL)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert [r["state"] for r in json.loads(out.stdout)["deliveries"]["rows"]] == ["confirmed"], out.stdout
+        facts = read_facts(find_log(run))
+        assert metric_rows(server, facts.run_id) == facts.metric_values
+        assert sorted(p.name for p in tmp.iterdir()) == [], "left in TMPDIR"
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_a_long_waves_first_part_is_sent_by_the_process_started_ahead(tmp_path: Path, corpus: Path,
@@ -148,9 +194,10 @@ def test_a_long_waves_first_part_is_sent_by_the_process_started_ahead(tmp_path: 
     first part's upload is the process the round started before its probe (claimed when the
     batch is handed to its sender thread), the second part's is started once its runs are ready
     (``upload.start``, wrapped here to count its calls: it still runs). Every row arrives once,
-    and no process or directory is left."""
+    and no process or directory is left, nor anything in the temporary directory."""
     from tfwb_agent.deliver import upload
 
+    tmp = _own_tmpdir(monkeypatch)
     server = RestartableServer(tmp_path / "server").start()
     try:
         s = make_deliver_site(tmp_path / "site", server.url, server.api_key, sync="max_parallel = 1\n")
@@ -183,8 +230,10 @@ def test_a_long_waves_first_part_is_sent_by_the_process_started_ahead(tmp_path: 
             facts = read_facts(find_log(r))
             assert metric_rows(server, facts.run_id) == facts.metric_values, r.name
         assert not list((s.config().state_dir / "deliver").rglob("sync-*")), "a process's directory was left"
+        assert sorted(p.name for p in tmp.iterdir()) == [], "left in TMPDIR"
     finally:
         server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.mark.parametrize("case", ["target offline now", "nothing left to send"])

@@ -2,8 +2,9 @@
 
 The server URL and API key travel in the child's environment only, never on its command line
 (``ps`` shows argv to every user) and never in a log. wandb's own config, cache and data
-directories point into the private work directory, so the child neither reads nor writes the
-agent user's ``~/.netrc`` or ``~/.config/wandb``. The child runs in its own session: if the
+directories and its CLI's debug log point into the private work directory, so the child neither
+reads nor writes the agent user's ``~/.netrc`` or ``~/.config/wandb``, nor the system's
+temporary directory. The child runs in its own session: if the
 agent is killed mid-upload, the upload finishes by itself, and the next agent waits for it
 (its pid and start time are in the ledger) before asking the server what arrived. An agent that
 is *stopped* (SIGTERM, SIGINT, its --timeout) stops its uploads itself: ``stop_all`` kills each
@@ -65,8 +66,13 @@ def sync_env(base_url: str, api_key: str, home: Path, ca_file: str | None = None
     bundle = ca_bundle_for_child(ca_file, home)
     if bundle:  # wandb's Python side reads REQUESTS_CA_BUNDLE; wandb-core (Go) reads SSL_CERT_FILE
         env.update(REQUESTS_CA_BUNDLE=bundle, SSL_CERT_FILE=bundle)
-    env.update(WANDB_BASE_URL=base_url, WANDB_API_KEY=api_key, WANDB_CONFIG_DIR=str(home / "config"),
-               WANDB_CACHE_DIR=str(home / "cache"), WANDB_DATA_DIR=str(home / "data"),
+    # wandb's CLI appends its debug log to ``WANDB_DIR/wandb/debug-cli.<user>.log`` if that
+    # directory exists, else to one file in the system's temporary directory, readable by every
+    # user and never rotated (the work directories' paths, file names, tracebacks of every
+    # upload): here it goes into the private directory, removed with it.
+    (home / "wandb").mkdir(exist_ok=True, mode=0o700)
+    env.update(WANDB_DIR=str(home), WANDB_BASE_URL=base_url, WANDB_API_KEY=api_key,
+               WANDB_CONFIG_DIR=str(home / "config"), WANDB_CACHE_DIR=str(home / "cache"), WANDB_DATA_DIR=str(home / "data"),
                WANDB_NETRC=str(home / "netrc"), WANDB_SILENT="false",
                WANDB_DISABLE_GIT="true", WANDB_ERROR_REPORTING="false", WANDB_X_ERROR_REPORTING="false",
                # Otherwise the server records this host's path to the wandb executable as the
@@ -147,6 +153,11 @@ class Upload:
 # finish and waited for), and the process ends without the interpreter's finalization of wandb's
 # modules: that took 0.15-0.2 s after the upload was over, time the agent spent waiting before it
 # could ask the server. An exception other than the CLI's exit ends the process as usual.
+# The interpreter's exit would also have removed wandb's temporary directories (its media and
+# artifacts scratch, made when wandb is imported, in the system's temporary directory): they are
+# removed here, or a daemon's private /tmp gained two empty directories per upload for as long
+# as it ran. (The agent's own process does not import the ``wandb`` package, only its protobuf
+# types: it makes none.)
 # wandb waits for its service's port file in sleeps of 0.2 s, where the service is up in ~0.02 s:
 # since the sync is started ahead (``ahead.py``), this start-up is the delivery's critical path,
 # so the wait looks every 10 ms (its ``_SLEEP`` hook; a wandb without it just waits as before).
@@ -175,6 +186,13 @@ _WARM_MAIN = ("import json, logging, os, sys, time\n"
               "    if isinstance(exc.code, str):\n"
               "        print(exc.code, file=sys.stderr)\n"
               "wandb_setup.teardown(code)\n"
+              "import tempfile\n"
+              "for name, attr in (('wandb.sdk.data_types._private', 'MEDIA_TMP'),\n"
+              "                   ('wandb.sdk.artifacts.artifact', 'Artifact')):\n"
+              "    tmp = getattr(sys.modules.get(name), attr, None)\n"
+              "    tmp = getattr(tmp, '_TMP_DIR', tmp)\n"
+              "    if isinstance(tmp, tempfile.TemporaryDirectory):\n"
+              "        tmp.cleanup()\n"
               "logging.shutdown()\n"
               "sys.stdout.flush()\n"
               "sys.stderr.flush()\n"
