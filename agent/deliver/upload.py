@@ -72,8 +72,8 @@ def sync_env(base_url: str, api_key: str, home: Path, ca_file: str | None = None
     # upload): here it goes into the private directory, removed with it.
     (home / "wandb").mkdir(exist_ok=True, mode=0o700)
     env.update(WANDB_DIR=str(home), WANDB_BASE_URL=base_url, WANDB_API_KEY=api_key,
-               WANDB_CONFIG_DIR=str(home / "config"), WANDB_CACHE_DIR=str(home / "cache"), WANDB_DATA_DIR=str(home / "data"),
-               WANDB_NETRC=str(home / "netrc"), WANDB_SILENT="false",
+               WANDB_CONFIG_DIR=str(home / "config"), WANDB_CACHE_DIR=str(home / "cache"),
+               WANDB_DATA_DIR=str(home / "data"), WANDB_NETRC=str(home / "netrc"), WANDB_SILENT="false",
                WANDB_DISABLE_GIT="true", WANDB_ERROR_REPORTING="false", WANDB_X_ERROR_REPORTING="false",
                # Otherwise the server records this host's path to the wandb executable as the
                # run's program: a local path of the delivering host.

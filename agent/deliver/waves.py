@@ -65,8 +65,7 @@ def deliver_wave(settler: Settler, wave: list[Unit], pool: ThreadPoolExecutor) -
                 # The first part's wandb sync is started ahead: its start-up overlaps the opening
                 # and the question below. A later part's starts once its runs are ready: started
                 # ahead too, its import (about a second of CPU) ran beside the first part's start
-                # on the same cores and measured no faster (50 runs, six rounds: 1.10 against
-                # 1.05 with the server on tmpfs, 1.01 against 1.02 on disk).
+                # on the same cores and measured no faster (the README's Measured).
                 settler.prewarm()
             ready, settled = prepare(settler, part, pool, asking)
             yield from settled
