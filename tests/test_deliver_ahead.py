@@ -10,6 +10,7 @@ anyone, and a probe finds the target offline.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -76,6 +77,30 @@ def _own_tmpdir(monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp
 
 
+@contextlib.contextmanager
+def _online(tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch, n_runs: int = 1, **site_kw):
+    """A site with ``n_runs`` runs of the corpus sealed, its target `local` a real server that
+    was online at its last probe, and a ``TMPDIR`` of the test's own: (site, server, runs, tmp)."""
+    tmp = _own_tmpdir(monkeypatch)
+    server = RestartableServer(tmp_path / "server").start()
+    try:
+        s = make_deliver_site(tmp_path / "site", server.url, server.api_key, **site_kw)
+        runs = corpus_dirs(corpus)[:n_runs]
+        seal_dirs(s, runs)
+        with _ledger(s) as ledger:
+            ledger.record_target("local", "online", None, 0, None, time.time())
+        yield s, server, runs, tmp
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _arrived_once(server, runs: list[Path]) -> None:
+    for r in runs:
+        facts = read_facts(find_log(r))
+        assert metric_rows(server, facts.run_id) == facts.metric_values, r.name
+
+
 def _start(site, **kw):
     args = dict(only_run=None, dry_run=False, retry_failed=False) | kw
     with _ledger(site) as ledger:
@@ -136,28 +161,17 @@ def test_the_round_sends_with_the_wandb_sync_started_ahead(tmp_path: Path, corpu
     directory, and not wandb's temporary directories (its media and artifacts scratch, which
     wandb removes at the interpreter's exit, which the process skips: in a daemon's private
     /tmp they piled up, two per upload, for as long as it ran)."""
-    tmp = _own_tmpdir(monkeypatch)
-    server = RestartableServer(tmp_path / "server").start()
-    try:
-        s = make_deliver_site(tmp_path / "site", server.url, server.api_key)
-        (run,) = corpus_dirs(corpus)[:1]
-        seal_dirs(s, [run])
-        with _ledger(s) as ledger:
-            ledger.record_target("local", "online", None, 0, None, time.time())
+    with _online(tmp_path, corpus, monkeypatch) as (s, server, runs, tmp):
         w = _start(s)
         assert w is not None
         with _ledger(s) as ledger:
             rr = deliver_round(ledger, s.config(), "local", force_probe=True, wait_for_others=True, ahead=w)
         assert [o.state for o in rr.outcomes] == ["confirmed"], rr
         assert w.proc.returncode == 0, f"the warm sync was not the upload (status {w.proc.returncode})"
-        facts = read_facts(find_log(run))
-        assert metric_rows(server, facts.run_id) == facts.metric_values
+        _arrived_once(server, runs)
         ahead.finish(w)
         assert not any((s.config().state_dir / "work").iterdir())
         assert sorted(p.name for p in tmp.iterdir()) == [], "left in TMPDIR"
-    finally:
-        server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_a_sync_command_leaves_nothing_in_the_temporary_directory(tmp_path: Path, corpus: Path,
@@ -166,26 +180,15 @@ def test_a_sync_command_leaves_nothing_in_the_temporary_directory(tmp_path: Path
     ahead both end without the interpreter's finalization: neither leaves anything in
     ``TMPDIR`` (a timer's `sync --once` added wandb's two scratch directories each time and grew
     wandb's CLI debug log, readable by every user). The run is confirmed on the server."""
-    tmp = _own_tmpdir(monkeypatch)
     monkeypatch.setenv("TFWB_TEST_CLI", "exec")  # a process of its own, not a fork (cli_fork.py)
-    server = RestartableServer(tmp_path / "server").start()
-    try:
-        s = make_deliver_site(tmp_path / "site", server.url, server.api_key)
-        (run,) = corpus_dirs(corpus)[:1]
-        seal_dirs(s, [run])
-        with _ledger(s) as ledger:
-            ledger.record_target("local", "online", None, 0, None, time.time())
+    with _online(tmp_path, corpus, monkeypatch) as (s, server, runs, tmp):
         out = subprocess.run([sys.executable, "-m", "tfwb_agent", "--config", str(s.cfg), "sync", "--to", "local",
                               "--once", "--json"], capture_output=True, text=True, timeout=300,
                              stdin=subprocess.DEVNULL)
         assert out.returncode == 0, out.stderr[-3000:]
         assert [r["state"] for r in json.loads(out.stdout)["deliveries"]["rows"]] == ["confirmed"], out.stdout
-        facts = read_facts(find_log(run))
-        assert metric_rows(server, facts.run_id) == facts.metric_values
+        _arrived_once(server, runs)
         assert sorted(p.name for p in tmp.iterdir()) == [], "left in TMPDIR"
-    finally:
-        server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_a_long_waves_first_part_is_sent_by_the_process_started_ahead(tmp_path: Path, corpus: Path,
@@ -197,15 +200,8 @@ def test_a_long_waves_first_part_is_sent_by_the_process_started_ahead(tmp_path: 
     and no process or directory is left, nor anything in the temporary directory."""
     from tfwb_agent.deliver import upload
 
-    tmp = _own_tmpdir(monkeypatch)
-    server = RestartableServer(tmp_path / "server").start()
-    try:
-        s = make_deliver_site(tmp_path / "site", server.url, server.api_key, sync="max_parallel = 1\n")
-        runs = corpus_dirs(corpus)[:3]
+    with _online(tmp_path, corpus, monkeypatch, n_runs=3, sync="max_parallel = 1\n") as (s, server, runs, tmp):
         assert len({read_facts(find_log(r)).project for r in runs}) == 1  # one batch per part
-        seal_dirs(s, runs)
-        with _ledger(s) as ledger:
-            ledger.record_target("local", "online", None, 0, None, time.time())
         cold: list[list[str]] = []
         warmed: list[upload.Warm] = []
         start, warm = upload.start, upload.warm
@@ -226,14 +222,9 @@ def test_a_long_waves_first_part_is_sent_by_the_process_started_ahead(tmp_path: 
         assert [o.state for o in rr.outcomes] == ["confirmed"] * 3, rr
         assert len(warmed) == 1 and warmed[0].proc.returncode == 0, "the process started ahead was not an upload"
         assert cold == [sorted(r.name for r in runs[1:])], cold  # the second part, in one upload
-        for r in runs:
-            facts = read_facts(find_log(r))
-            assert metric_rows(server, facts.run_id) == facts.metric_values, r.name
+        _arrived_once(server, runs)
         assert not list((s.config().state_dir / "deliver").rglob("sync-*")), "a process's directory was left"
         assert sorted(p.name for p in tmp.iterdir()) == [], "left in TMPDIR"
-    finally:
-        server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.mark.parametrize("case", ["target offline now", "nothing left to send"])
