@@ -177,10 +177,16 @@ class ForkedWandbSync(ForkedPopen):
 
     @staticmethod
     def load() -> Callable[[list[str]], None]:
+        from wandb.cli import cli as cli_mod
         from wandb.cli.cli import cli
 
         def run(args: list[str]) -> None:
             _capture_own_console()
+            # wandb's CLI chose its debug log's place when this worker imported it; a fresh
+            # `wandb` chooses it from its own environment: ``WANDB_DIR/wandb`` if that exists.
+            wandb_dir = os.path.join(os.environ.get("WANDB_DIR") or os.getcwd(), "wandb")
+            if os.path.isdir(wandb_dir):
+                cli_mod._wandb_log_path = os.path.join(wandb_dir, os.path.basename(cli_mod._wandb_log_path))
             sys.argv = [shutil.which("wandb") or "wandb", *args[1:]]
             cli.main(args=list(args[1:]), prog_name="wandb")
         return run

@@ -78,9 +78,13 @@ class Server:
             return json.loads(resp.read())
 
     def sync_env(self) -> dict[str, str]:
-        """Environment for a `wandb sync` subprocess aimed at this server."""
+        """Environment for a `wandb sync` subprocess aimed at this server. Its CLI debug log goes
+        beside the server's data (``WANDB_DIR``, its ``wandb/`` made first), not into the one
+        world-readable file in /tmp that wandb appends to otherwise."""
+        client = self.data_dir.parent / "wandb-client"
+        (client / "wandb").mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
-        env.update(WANDB_BASE_URL=self.url, WANDB_API_KEY=self.api_key, WANDB_SILENT="true")
+        env.update(WANDB_BASE_URL=self.url, WANDB_API_KEY=self.api_key, WANDB_SILENT="true", WANDB_DIR=str(client))
         env.pop("WANDB_MODE", None)
         return env
 
