@@ -264,9 +264,8 @@ def main() -> None:
                     help="without --grow-only: rounds of the N-run comparison (the median is reported)")
     ap.add_argument("--before", metavar="REV", help="with --grow-only: also time the agent at this git revision")
     ap.add_argument("--server-dir", type=Path, default=None, metavar="DIR",
-                    help="keep the N-run rounds' servers' data in DIR (e.g. /dev/shm): on this VM's shared disk "
-                         "the server's database writes made plain `wandb sync` take 13.7-21 s for the same work, "
-                         "in memory 8.6-11.4 s")
+                    help="keep the N-run rounds' servers' data in DIR (e.g. /dev/shm, in memory): on a shared "
+                         "disk the server's database writes set much of the pace and most of the spread")
     ap.add_argument("--out", type=Path, default=None,
                     help="default: benchmarks/results/sync.json (sync-grow.json with --grow-only)")
     a = ap.parse_args()
