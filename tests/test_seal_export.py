@@ -3,25 +3,13 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from conftest import agent
+from fault_helpers import tmpfs
 from seal_helpers import all_files, corpus_run_dirs, make_site, minisign_ok
-
-
-@contextmanager
-def tmpfs(path: Path, options: str) -> Iterator[Path]:
-    path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=True)
 
 
 def states(site) -> list[tuple[str, str, object]]:
@@ -41,7 +29,7 @@ def test_export_to_a_full_medium_marks_nothing_and_leaves_nothing(corpus: Path, 
     seal_padded(site, corpus, 0.7)  # two bundles of ~0.75 MB: more than a 1 MB medium holds
     before = states(site)
     assert [s[1] for s in before] == ["sealed", "sealed"]
-    with tmpfs(tmp_path / "usb", "size=1m") as usb:
+    with tmpfs(tmp_path / "usb", "1m") as usb:
         out = agent(site.node_cfg, "export", "--to", str(usb), check=False)
         assert out.returncode != 0
         assert "not enough space" in out.stderr and str(usb) in out.stderr and "nothing was exported" in out.stderr
@@ -49,14 +37,14 @@ def test_export_to_a_full_medium_marks_nothing_and_leaves_nothing(corpus: Path, 
     assert states(site) == before
     # Room for the bytes but not for the files (inodes run out mid-copy): same outcome, and
     # the copies already made are removed again.
-    with tmpfs(tmp_path / "usb2", "size=8m,nr_inodes=4") as usb:
+    with tmpfs(tmp_path / "usb2", "8m", 4) as usb:
         out = agent(site.node_cfg, "export", "--to", str(usb), check=False)
         assert out.returncode != 0
         assert "ran out of space" in out.stderr and "nothing was marked exported" in out.stderr
         assert all_files(usb) == []
     assert states(site) == before
     # With room: every bundle copied, checked, indexed and only then marked.
-    with tmpfs(tmp_path / "usb3", "size=8m") as usb:
+    with tmpfs(tmp_path / "usb3", "8m") as usb:
         out = json.loads(agent(site.node_cfg, "export", "--to", str(usb)).stdout)
         names = sorted(p.name for p in usb.iterdir())
         assert names == sorted([*(s[0] for s in before), *(f"{s[0]}.minisig" for s in before), "tfwb-index.json"])
@@ -72,6 +60,6 @@ def test_export_to_a_full_medium_marks_nothing_and_leaves_nothing(corpus: Path, 
     after = states(site)
     assert [s[1] for s in after] == ["exported", "exported"] and all(s[2] for s in after)
     # Nothing left to export: a second export copies nothing.
-    with tmpfs(tmp_path / "usb4", "size=1m") as usb:
+    with tmpfs(tmp_path / "usb4", "1m") as usb:
         out = json.loads(agent(site.node_cfg, "export", "--to", str(usb)).stdout)
         assert out["exported"] == [] and all_files(usb) == []
