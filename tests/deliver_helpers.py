@@ -7,13 +7,17 @@ adds on top of it (same readiness rule: the key from its output, then the port a
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from openwandb_server import Server, _free_port, launch, stop_process, wait_ready
 
@@ -21,6 +25,17 @@ from cli_fork import popen
 from conftest import REPO, agent
 
 WRITER = REPO / "tests" / "writers" / "write_run.py"
+
+
+@contextlib.contextmanager
+def short_tmpdir() -> Iterator[Path]:
+    """A temporary directory of the test's own, to give processes as ``TMPDIR`` and see what they
+    leave there; removed after. Short: wandb's service may put its socket in it."""
+    tmp = Path(tempfile.mkdtemp(prefix="t", dir="/tmp"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class RestartableServer:

@@ -15,17 +15,15 @@ import fcntl
 import json
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from deliver_helpers import RestartableServer, corpus_dirs, make_deliver_site, metric_rows, seal_dirs
+from deliver_helpers import RestartableServer, corpus_dirs, make_deliver_site, metric_rows, seal_dirs, short_tmpdir
 from proc_helpers import children_of, running, wait_for
 from tfwb_agent import statedir
 from tfwb_agent.deliver import ahead
@@ -69,30 +67,22 @@ class _ledger:
         self.ledger.close()
 
 
-def _own_tmpdir(monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A temporary directory of the test's own for the processes it starts (``TMPDIR``), to
-    see what they leave there. Short: wandb's service puts its socket in it."""
-    tmp = Path(tempfile.mkdtemp(prefix="t", dir="/tmp"))
-    monkeypatch.setenv("TMPDIR", str(tmp))
-    return tmp
-
-
 @contextlib.contextmanager
 def _online(tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch, n_runs: int = 1, **site_kw):
     """A site with ``n_runs`` runs of the corpus sealed, its target `local` a real server that
     was online at its last probe, and a ``TMPDIR`` of the test's own: (site, server, runs, tmp)."""
-    tmp = _own_tmpdir(monkeypatch)
-    server = RestartableServer(tmp_path / "server").start()
-    try:
-        s = make_deliver_site(tmp_path / "site", server.url, server.api_key, **site_kw)
-        runs = corpus_dirs(corpus)[:n_runs]
-        seal_dirs(s, runs)
-        with _ledger(s) as ledger:
-            ledger.record_target("local", "online", None, 0, None, time.time())
-        yield s, server, runs, tmp
-    finally:
-        server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+    with short_tmpdir() as tmp:
+        monkeypatch.setenv("TMPDIR", str(tmp))
+        server = RestartableServer(tmp_path / "server").start()
+        try:
+            s = make_deliver_site(tmp_path / "site", server.url, server.api_key, **site_kw)
+            runs = corpus_dirs(corpus)[:n_runs]
+            seal_dirs(s, runs)
+            with _ledger(s) as ledger:
+                ledger.record_target("local", "online", None, 0, None, time.time())
+            yield s, server, runs, tmp
+        finally:
+            server.stop()
 
 
 def _arrived_once(server, runs: list[Path]) -> None:

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from conftest import agent, built_once
-from deliver_helpers import RestartableServer, corpus_dirs, make_deliver_site, metric_rows, seal_dirs, sync
+from deliver_helpers import (RestartableServer, corpus_dirs, make_deliver_site, metric_rows, seal_dirs,
+                             short_tmpdir, sync)
 from wandb_standins import WandbFrontDoor, _read_body, _reply
 
 from tfwb_agent.config import ConfigError
@@ -182,7 +183,11 @@ def test_a_pinned_wandb_0_25_delivers_to_an_old_server_and_is_confirmed(tmp_path
         assert f"server {OLD_SERVER}" in check.stdout and f"client wandb {PINNED} (venv " in check.stdout
         dirs = corpus_dirs(corpus)[:2]
         seal_dirs(site, dirs)
-        out = json.loads(sync(site).stdout)
+        # The pinned client's `wandb sync` gets a temporary directory of the test's own: its CLI
+        # debug log must not land there (it goes to the upload's private directory).
+        with short_tmpdir() as tmp:
+            out = json.loads(sync(site, env={"TMPDIR": str(tmp)}).stdout)
+            assert sorted(p.name for p in tmp.iterdir()) == [], "left in TMPDIR"
         assert out["status"] == "online", out
         for d in dirs:
             f = read_facts(find_log(d))
