@@ -246,7 +246,7 @@ def test_grid_covers_its_grid_exactly_then_bayes_uses_metrics(tmp_path: Path) ->
     bayes = {"method": "bayes", "metric": {"name": "score", "goal": "minimize"},
              "parameters": {"x": {"min": 0.0, "max": 1.0}}}
     bdir = _fn_sweep(tmp_path, bayes, "bayes", count=4)
-    from tfwb_trainer.sweep import sweep_runs
+    from tfwb_trainer.sweep_runner import sweep_runs
     from tfwb_trainer.sweepstore import SweepStore
     import numpy as np
     import sweeps
