@@ -33,7 +33,7 @@ from .redact.report import RedactionReport
 from .redact.run import redact_run
 from .runlog import find_log
 from .seal import RunIdentity, SealedBundle, SealKeys, Segment, keys_config, seal_keys, seal_run
-from .seal.bundle import snapshot
+from .seal.bundle_write import snapshot
 from .seal.outbox import withdraw
 from .segments import LogFacts, end_marker, read_facts, sealed_facts
 from .wandb_log import LogReader, LogWriter

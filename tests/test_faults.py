@@ -24,7 +24,7 @@ from fault_helpers import (HeldLock, clone_run, craft_with_id, fill, gateway_sit
                            sealing_site, tmpfs, tree_digest, unprivileged)
 from seal_helpers import corpus_run_dirs
 from tfwb_agent.seal import RunIdentity, SealError, seal_run
-from tfwb_agent.seal.bundle import snapshot
+from tfwb_agent.seal.bundle_write import snapshot
 from tfwb_agent.wandb_log import BLOCK_LEN, LogReader
 
 # --- 1. one writer per state directory ------------------------------------------------------

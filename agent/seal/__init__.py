@@ -10,7 +10,8 @@ The API the daemon and delivery use:
 
 Importing this package registers the ``[keys]`` config section (``keyconfig``, imported below).
 """
-from .bundle import REASONS, Refused, SealError, open_bundle
+from .bundle_open import REASONS, Refused, open_bundle
+from .bundle_write import SealError
 from .keyconfig import KeysConfig, keys_config
 from .keystore import KeyFileError, OpenKeys, SealKeys, open_keys, seal_keys
 from .manifest import RunIdentity, Segment

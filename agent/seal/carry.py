@@ -28,8 +28,9 @@ from .. import durable, failures, statedir
 from ..config import Config
 from ..ledger import Ledger
 from ..retention import quarantined_copy
-from . import bundle as bd
 from . import minisign
+from .bundle import CHUNK
+from .bundle_open import REASONS, Refused, clean_staging_leftovers, iter_bundles, open_bundle
 from .keystore import OpenKeys
 from .outbox import SIG_SUFFIX
 
@@ -53,7 +54,7 @@ def _copy_file(src: Path, dst: Path) -> None:
     replace: the copy is read back and verified under its temporary name before its rename."""
     fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
-        shutil.copyfileobj(fin, fout, bd.CHUNK)
+        shutil.copyfileobj(fin, fout, CHUNK)
         fout.flush()
         os.fsync(fout.fileno())
 
@@ -210,9 +211,9 @@ def import_dir(cfg: Config, keys: OpenKeys, ledger: Ledger, directory: Path) -> 
         raise FileNotFoundError(f"{directory} is not a directory")
     root = staging_root(cfg)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    bd.clean_staging_leftovers(root)
+    clean_staging_leftovers(root)
     outcomes: list[ImportOutcome] = []
-    for path, not_a_bundle in bd.iter_bundles(directory):
+    for path, not_a_bundle in iter_bundles(directory):
         if not_a_bundle:
             outcomes.append(ImportOutcome(path.name, "skipped", detail=not_a_bundle))
             continue
@@ -234,7 +235,7 @@ def import_dir(cfg: Config, keys: OpenKeys, ledger: Ledger, directory: Path) -> 
 
 def _check_room(cfg: Config, m: dict[str, Any]) -> None:
     """The manifest says how much a bundle unpacks to: refuse what cannot fit before writing any
-    of it (the stream is held to that declaration, see ``bundle.Bounded``)."""
+    of it (the stream is held to that declaration, see ``bundle_open.Bounded``)."""
     declared = sum(e["size"] for e in m["members"])
     free = failures.free_bytes(staging_root(cfg))
     if free is not None and declared + STAGING_RESERVE > free:
@@ -250,15 +251,15 @@ def import_one(cfg: Config, keys: OpenKeys, ledger: Ledger, path: Path) -> Impor
         # The manifest's ids passed ``ids.check`` (manifest.parse) before this is called.
         row = ledger.import_of_content(m["content_id"])
         if row is not None:
-            raise bd.Refused("replay", f"content {m['content_id']} was imported on {_when(row['imported_at'])} "
-                                       f"as bundle {row['bundle_id']}")
+            raise Refused("replay", f"content {m['content_id']} was imported on {_when(row['imported_at'])} "
+                                    f"as bundle {row['bundle_id']}")
         _refuse_conflict(ledger, m)
         _remove_unrecorded(cfg, ledger, m["bundle_id"])
         _check_room(cfg, m)
 
     try:
-        opened = bd.open_bundle(path, keys, staging_root=root, on_manifest=on_manifest)
-    except bd.Refused as exc:
+        opened = open_bundle(path, keys, staging_root=root, on_manifest=on_manifest)
+    except Refused as exc:
         return _quarantine(cfg, ledger, path, exc)
     m, signer = opened.manifest, opened.verified.signer
     seg = m["segment"]
@@ -285,9 +286,9 @@ def _refuse_conflict(ledger: Ledger, m: dict[str, Any]) -> None:
     bundle, and an imported run is never replaced by whatever next claims its id."""
     row = ledger.holds_bundle(m["bundle_id"])
     if row is not None and row["content_id"] != m["content_id"]:
-        raise bd.Refused("conflict", f"bundle id {m['bundle_id']} is already {row['state']} here (since "
-                                     f"{_when(row['at'])}) with content {row['content_id']}; this bundle carries "
-                                     f"{m['content_id']}; the bundle already here stays as it is")
+        raise Refused("conflict", f"bundle id {m['bundle_id']} is already {row['state']} here (since "
+                                  f"{_when(row['at'])}) with content {row['content_id']}; this bundle carries "
+                                  f"{m['content_id']}; the bundle already here stays as it is")
 
 
 def _remove_unrecorded(cfg: Config, ledger: Ledger, bundle_id: str) -> None:
@@ -297,7 +298,7 @@ def _remove_unrecorded(cfg: Config, ledger: Ledger, bundle_id: str) -> None:
         shutil.rmtree(leftover)
 
 
-def _quarantine(cfg: Config, ledger: Ledger, path: Path, exc: bd.Refused) -> ImportOutcome:
+def _quarantine(cfg: Config, ledger: Ledger, path: Path, exc: Refused) -> ImportOutcome:
     qroot = quarantine_root(cfg)
     qroot.mkdir(parents=True, exist_ok=True, mode=0o700)
     kept = quarantined_copy(qroot, path, exc.reason)  # the same medium imported again: no second copy
@@ -308,7 +309,7 @@ def _quarantine(cfg: Config, ledger: Ledger, path: Path, exc: bd.Refused) -> Imp
     qdir.mkdir(mode=0o700)
     v = exc.verified
     facts = v.facts if v else None
-    info = {"bundle": path.name, "source": str(path), "reason": exc.reason, "meaning": bd.REASONS[exc.reason],
+    info = {"bundle": path.name, "source": str(path), "reason": exc.reason, "meaning": REASONS[exc.reason],
             "detail": exc.detail, "signer": v.signer.label if v else None,
             "signed_facts": asdict(facts) if facts else None, "quarantined_at": stamp}
     try:

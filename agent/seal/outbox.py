@@ -30,9 +30,10 @@ from ..durable import fsync_dir
 from ..config import Config
 from ..ledger import Ledger
 from ..runlog import find_log  # the reader's rule for which file is the run's log
-from . import bundle as bd
 from . import manifest as mf
 from . import minisign
+from .bundle import CHUNK, Progress, no_progress
+from .bundle_write import SealError, Snapshot, check_complete, encrypt_chunks, iter_tar_zst, new_bundle_id, plan_run
 from .keystore import SealKeys
 from .streams import EarlyWritebackFile
 
@@ -124,7 +125,7 @@ def _write_temp(outbox: Path, name: str, write: Callable[[Any], Any]) -> Path:
     tmp = outbox / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{name}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        with os.fdopen(fd, "wb", buffering=bd.CHUNK) as f:
+        with os.fdopen(fd, "wb", buffering=CHUNK) as f:
             w = EarlyWritebackFile(f)
             write(w)
             w.fsync()
@@ -138,8 +139,8 @@ def seal_run(cfg: Config, keys: SealKeys, ledger: Ledger, run_dir: Path, run: mf
              segment: int | mf.Segment = 0, redaction_report: Mapping[str, Any] | None = None, *,
              run_key: str | None = None, log_path: Path | None = None,
              on_sealed: Callable[[sqlite3.Connection, SealedBundle], None] | None = None,
-             progress: bd.Progress = bd._no_progress, level: int = 3,
-             store_compressed: bool = True, expect: bd.Snapshot | None = None,
+             progress: Progress = no_progress, level: int = 3,
+             store_compressed: bool = True, expect: Snapshot | None = None,
              log_facts: Mapping[str, Any] | None = None) -> SealedBundle:
     """Seal ``run_dir`` (already redacted) as one segment of ``run`` into the outbox.
 
@@ -148,10 +149,10 @@ def seal_run(cfg: Config, keys: SealKeys, ledger: Ledger, run_dir: Path, run: mf
     the log in ``run_dir`` is packed (a live log keeps growing). ``on_sealed(db, sealed)`` runs
     inside the ledger transaction that records the bundle, for the caller's own bookkeeping.
     ``store_compressed=False`` recompresses already-compressed media too (for measuring).
-    ``expect``: what redaction wrote (``bundle.snapshot``); a copy that differs is refused.
+    ``expect``: what redaction wrote (``bundle_write.snapshot``); a copy that differs is refused.
     ``log_facts``: the log's facts for delivery (``segments.sealed_facts``), kept in the manifest.
     Idempotent: the same content sealed again returns the bundle already there (``reused``).
-    Raises ``bd.SealError`` (a file changed, the disk filled) leaving no bundle behind.
+    Raises ``SealError`` (a file changed, the disk filled) leaving no bundle behind.
     """
     seg = segment if isinstance(segment, mf.Segment) else mf.Segment(int(segment))
     run_dir = Path(run_dir)
@@ -164,12 +165,12 @@ def seal_run(cfg: Config, keys: SealKeys, ledger: Ledger, run_dir: Path, run: mf
         log_path = find_log(run_dir)
     with _name_lock(outbox, name):
         progress("plan", run_dir=str(run_dir))
-        plan = bd.plan_run(run_dir, log_path, seg.byte_end, progress=progress, store_compressed=store_compressed)
+        plan = plan_run(run_dir, log_path, seg.byte_end, progress=progress, store_compressed=store_compressed)
         if expect is not None:
-            bd.check_complete(plan, expect)
+            check_complete(plan, expect)
         created = datetime.now(timezone.utc).replace(microsecond=0)
         manifest = mf.build(
-            bundle_id=bd.new_bundle_id(), run=run, run_dir_name=run_dir.name, segment=seg,
+            bundle_id=new_bundle_id(), run=run, run_dir_name=run_dir.name, segment=seg,
             log_name=plan.log_name, log_size=plan.log_size, members=[p.member for p in plan.members],
             skipped=plan.skipped, redaction=redaction_report or {}, source_node=cfg.node_name,
             node_key_id=pub.key_id_hex, created=created.isoformat().replace("+00:00", "Z"),
@@ -201,8 +202,8 @@ def seal_run(cfg: Config, keys: SealKeys, ledger: Ledger, run_dir: Path, run: mf
         result: dict[str, Any] = {}
 
         def write_bundle(f: Any) -> None:
-            chunks = bd.iter_tar_zst(plan, manifest_bytes, int(created.timestamp()), level, progress)
-            result["digest"], result["size"] = bd.encrypt_chunks(chunks, f, keys.recipients)
+            chunks = iter_tar_zst(plan, manifest_bytes, int(created.timestamp()), level, progress)
+            result["digest"], result["size"] = encrypt_chunks(chunks, f, keys.recipients)
 
         progress("write", total=plan.total_bytes)
         try:
@@ -210,7 +211,7 @@ def seal_run(cfg: Config, keys: SealKeys, ledger: Ledger, run_dir: Path, run: mf
         except OSError as exc:
             if failures.disk_full(exc):
                 raise  # not this run's trouble: the caller pauses until there is room
-            raise bd.SealError(f"cannot write to the outbox {outbox}: {exc.strerror or exc}") from None
+            raise SealError(f"cannot write to the outbox {outbox}: {exc.strerror or exc}") from None
         try:
             signed = mf.SignedFacts(manifest["bundle_id"], cid, run.run_id, seg.number)
             sig = minisign.sign_digest(keys.signer, result["digest"],
@@ -248,7 +249,7 @@ def withdraw(sealed: SealedBundle, pub: minisign.PublicKey) -> bool:
 def _refuse_overwriting_recorded(ledger: Ledger, run_id: str, segment: int, cid: str) -> None:
     row = ledger.outbox_bundle_of(run_id, segment)
     if row is not None and row["content_id"] != cid and Path(row["path"]).exists():
-        raise bd.SealError(
+        raise SealError(
             f"segment {segment} of run {run_id} is already {row['state']} as bundle {row['bundle_id']} "
             f"with other content; a segment's content must not change (seal the change as the next segment)")
 
