@@ -30,9 +30,10 @@ from ..ledger import Ledger
 from ..retention import quarantined_copy
 from . import minisign
 from .bundle import CHUNK
-from .bundle_open import REASONS, Refused, clean_staging_leftovers, iter_bundles, open_bundle
+from .bundle_open import REASONS, Refused, iter_bundles, open_bundle
 from .keystore import OpenKeys
 from .outbox import SIG_SUFFIX
+from .staging import clean_staging_leftovers
 
 INDEX_NAME = "tfwb-index.json"
 TMP_PREFIX = ".tfwb-tmp-"
