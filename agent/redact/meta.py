@@ -11,11 +11,13 @@ import fnmatch
 import json
 from typing import TYPE_CHECKING, Any, Callable
 
+from .errors import RedactError
 from .policy import Policy
 from .report import RedactionReport
 
 if TYPE_CHECKING:
     from .outgoing import Outgoing
+    from .secrets import Scrubber
 
 # Metadata fields (wandb-metadata.json / the `e` entries in config `_wandb`) that name the
 # machine, the person or the places on disk.
@@ -174,3 +176,30 @@ def redact_run_identity(run: Any, tag: Callable[[str, str], str], report: Redact
     if run.git.remote_url:
         run.git.remote_url = f"remote-{tag('git', run.git.remote_url)[:12]}"
         report.metadata_fields.add("git.remote_url")
+
+
+# The strings that route a run to its place on the server (and name its directory, its log and
+# its bundles): never rewritten, so a run whose own identifiers hold a secret or site data is
+# refused instead. A record type without one of them (an artifact has no sweep id) skips it.
+_ROUTING = (("run_id", "run id"), ("project", "project"), ("entity", "entity"), ("sweep_id", "sweep id"))
+
+
+def refuse_secret_routing(msg: Any, scrubber: "Scrubber", what: str) -> None:
+    """Raise ``RedactError`` if a token rule or a site pattern matches the run id, project,
+    entity or sweep id of ``msg`` (a RunRecord, an ArtifactRecord). The message names the
+    field and the rule, never the value (it goes to logs and ``status``)."""
+    for field, label in _ROUTING:
+        value = getattr(msg, field, "")
+        spans = scrubber.spans(value) if value else None
+        if spans:
+            rules = ", ".join(sorted({_rule_label(rule) for _, _, rule in spans}))
+            raise RedactError(
+                f"the {what}'s {label} matches {rules}; a run's id, project, entity and sweep id route it on "
+                f"the server and are never rewritten, so this run does not leave. Rename it, or let identifiers "
+                f'leave unscrubbed with [redact] keep_strings = ["identifiers"]')
+
+
+def _rule_label(rule: str) -> str:
+    if rule.startswith("site_") and rule[5:].isdigit():
+        return f"[redact] patterns[{rule[5:]}]"
+    return f"the {rule} rule"

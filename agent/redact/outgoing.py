@@ -11,9 +11,11 @@ protobuf descriptors — and every file's text, and scrubs each string by what i
   under a secret-looking key replaced whole, then written back;
 - **text**: everything else.
 
-Only the fields in ``string_fields.STRUCTURAL`` skip the scrubber: identifiers that route and join the run
-(run id, entity, project, digests, the writer's version) and wandb's own bookkeeping. A new
-wandb version's new string field is therefore scrubbed as text without anyone listing it.
+Only the fields in ``string_fields.STRUCTURAL`` skip the scrubber: identifiers that route and
+join the run (run id, entity, project, digests, the writer's version) and wandb's own
+bookkeeping; a run whose own run id, project, entity or sweep id a rule matches is refused
+before this walk (``meta.refuse_secret_routing``). A new wandb version's new string field is
+therefore scrubbed as text without anyone listing it.
 Counts of changed strings per place go into the report; places the policy names in
 ``keep_strings`` are left as they are (and counted as kept).
 """

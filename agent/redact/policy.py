@@ -26,7 +26,7 @@ DEFAULT_SECRET_NAME = "redact.key"
 # Where outgoing strings come from (outgoing.Outgoing counts per place). A site may name places
 # in ``keep_strings`` to leave their strings unscrubbed: looser, and explicit.
 PLACES = ("config", "summary", "history", "key_names", "file_names", "console", "metadata", "artifacts",
-          "alerts", "tables", "stats", "telemetry", "run", "files", "other")
+          "alerts", "tables", "stats", "telemetry", "run", "files", "other", "identifiers")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,127 @@
+"""A run's id, project, entity and sweep id route it on the server, so redaction never rewrites
+them; the strings are not dropped either. A site that names projects after patients, or a script
+that puts a key into `entity=`, must not have the strings leave as they are: such a run is refused
+(quarantined, the field and the rule named, the value in no message), the runs beside it are
+sealed, and `keep_strings = ["identifiers"]` is the one way to let them leave unscrubbed.
+
+The runs are written by real wandb (offline) in one process; the agent runs as its CLI.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import string
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import agent
+from seal_helpers import corpus_run_dirs, make_site
+from tfwb_agent.redact.errors import RedactError
+from tfwb_agent.redact.meta import refuse_secret_routing
+from tfwb_agent.redact.policy import DEFAULT_POLICY
+from tfwb_agent.redact.redaction import Redaction
+from tfwb_agent.runlog import find_log
+from tfwb_agent.wandb_log import LogReader, parse_record
+
+WRITER = r'''
+import json, os, sys
+os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true")
+root = sys.argv[1]
+for k in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+    os.environ[k] = os.path.join(root, k.lower())
+import wandb
+for name, kw in json.loads(sys.argv[2]).items():
+    run = wandb.init(dir=os.path.join(root, name), config={"lr": 0.1}, **kw)
+    for s in range(5):
+        run.log({"loss": 1.0 / (s + 1)})
+    print("RUN", name, run.id, os.path.dirname(run.dir), flush=True)
+    run.finish()
+'''
+
+
+def _write_runs(root: Path, runs: dict[str, dict]) -> dict[str, Path]:
+    out = subprocess.run([sys.executable, "-c", WRITER, str(root), json.dumps(runs)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return {line.split()[1]: Path(line.split()[3]) for line in out.stdout.splitlines() if line.startswith("RUN ")}
+
+
+def test_a_run_whose_identifiers_hold_site_data_or_a_key_is_refused_and_the_rest_sealed(tmp_path):
+    digits = "".join(secrets.choice(string.digits) for _ in range(4))
+    patient = f"pt{digits}"                                     # the site's pattern: pt + 4 digits
+    run_id = f"pt{(int(digits) + 1) % 10000:04d}ab"
+    aws_id = "AKIA" + "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(16))
+    sweep = "".join(secrets.choice("0123456789abcdef") for _ in range(40))   # a bare W&B key's shape
+    volume = tmp_path / "volume"
+    dirs = _write_runs(volume, {
+        "project": {"project": f"seg-{patient}"},
+        "run_id": {"project": "ct-routing", "id": run_id},
+        "entity": {"project": "ct-routing", "entity": aws_id},
+        "plain": {"project": "ct-routing"},
+    })
+    site = make_site(tmp_path / "site")
+    with open(site.node_cfg, "a") as f:
+        f.write(f'[watch]\nroots = ["{volume}"]\nquiet_seconds = 1\n[redact]\npatterns = ["pt\\\\d{{4}}"]\n')
+
+    seal = agent(site.node_cfg, "scan", "--seal", check=False)
+    status = json.loads(agent(site.node_cfg, "status", "--json").stdout)
+    by_dir = {Path(r["path"]).name: r for r in status["runs"]}
+    states = {name: by_dir[d.name]["state"] for name, d in dirs.items()}
+    assert states == {"project": "quarantined", "run_id": "quarantined", "entity": "quarantined",
+                      "plain": "sealed"}, (states, seal.stdout, seal.stderr)
+    reasons = {name: by_dir[d.name]["last_error"] for name, d in dirs.items() if name != "plain"}
+    assert "run's project matches [redact] patterns[0]" in reasons["project"], reasons
+    assert "run's run id matches [redact] patterns[0]" in reasons["run_id"], reasons
+    assert "run's entity matches the aws_access_key_id rule" in reasons["entity"], reasons
+    assert all('keep_strings = ["identifiers"]' in r for r in reasons.values()), reasons
+    # The effect: one bundle in the outbox, the plain run's; no value in any message or name.
+    bundles = sorted(p.name for p in site.outbox.glob("*.age"))
+    assert len(bundles) == 1 and bundles[0].startswith(by_dir[dirs["plain"].name]["run_id"]), bundles
+    said = json.dumps(reasons) + seal.stdout + seal.stderr + " ".join(bundles)
+    said += (site.root / "node-state" / "audit.log").read_text()
+    assert not [c for c in (patient, aws_id) if c in said]
+
+    # A sweep id of a secret's shape is refused the same way (written into the run record, as
+    # `wandb agent` fills it in; offline wandb has no sweep to join).
+    from wandb.proto import wandb_internal_pb2 as pb
+    rec = pb.RunRecord(run_id="a1b2c3d4", project="ct-routing", sweep_id=sweep)
+    r = Redaction(dirs["plain"], None, DEFAULT_POLICY, b"s" * 32, Path)
+    try:
+        refuse_secret_routing(rec, r.routing_scrubber, "run")
+        raise AssertionError("a sweep id shaped like a W&B key was let through")
+    except RedactError as exc:
+        assert "sweep id matches the wandb_api_key rule" in str(exc) and sweep not in str(exc)
+
+    # The one way to let them leave as they are, by name; the CLI says why when it refuses.
+    refused = agent(site.node_cfg, "redact", str(dirs["project"]), "--dry-run", check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert "project matches [redact] patterns[0]" in refused.stderr and patient not in refused.stderr
+    loose = tmp_path / "loose.toml"
+    loose.write_text(site.node_cfg.read_text().replace('[redact]\n', '[redact]\nkeep_strings = ["identifiers"]\n'))
+    out = tmp_path / "out"
+    agent(loose, "redact", str(dirs["project"]), "--out", str(out))
+    log = find_log(out / dirs["project"].name)
+    with open(log, "rb") as f:
+        projects = {parse_record(p, o, pb).run.project for o, p in LogReader(f)} - {""}
+    assert projects == {f"seg-{patient}"}
+
+
+def test_ordinary_identifiers_are_never_refused(corpus):
+    """No false refusal: 5,000 run ids from wandb's own generator, and every corpus run's id,
+    project and entity (wandb 0.15 and 0.31) pass the default policy."""
+    from wandb.proto import wandb_internal_pb2 as pb
+    from wandb.sdk.lib.runid import generate_id
+    some_dir = next(iter(corpus_run_dirs(corpus).values()))
+    r = Redaction(some_dir, None, DEFAULT_POLICY, b"s" * 32, Path)
+    for _ in range(5000):
+        refuse_secret_routing(pb.RunRecord(run_id=generate_id(), project="ct-routing"), r.routing_scrubber, "run")
+    seen = 0
+    for d in corpus_run_dirs(corpus).values():
+        with open(find_log(d), "rb") as f:
+            for off, payload in LogReader(f):
+                rec = parse_record(payload, off, pb)
+                if rec.WhichOneof("record_type") == "run":
+                    refuse_secret_routing(rec.run, r.routing_scrubber, "run")
+                    seen += 1
+    assert seen >= len(corpus_run_dirs(corpus))
