@@ -405,3 +405,18 @@ def test_files_the_redactor_does_not_know_do_not_leave(pristine, tmp_path: Path,
     cs = file_placements + [Canary(k, "ghp", "2", "default", [v.split()[-1] if " " in v else v]) for k, v in made.items()]
     hits = scan_tree(Canaries(cs), dst)
     assert not hits, f"{label}: what unknown files held left the node:\n" + describe(hits, cs)
+
+
+def test_a_directory_of_the_users_own_beside_files_leaves_not_even_its_name(pristine, tmp_path: Path) -> None:
+    """The report in the manifest lists what was not copied; a directory at the top of the run
+    (not wandb's) appears there under its scrubbed name, and nothing of it is copied."""
+    label = next(iter(pristine))
+    src = _copy(pristine[label], tmp_path / "src")
+    token = "ghp_" + _rnd(36)
+    (src / f"scratch-{token}").mkdir()
+    (src / f"scratch-{token}" / "notes.txt").write_text(token + "\n")
+    dst = tmp_path / "out" / src.name
+    report = redact_run(src, dst, DEFAULT_POLICY, SECRET, _identity).to_dict()
+    assert token not in json.dumps(report), report["not_copied"]
+    assert any("redacted-github_token-" in k for k in report["not_copied"]), report["not_copied"]
+    assert not [p for p in dst.rglob("*") if token in p.name or (p.is_file() and token.encode() in p.read_bytes())]

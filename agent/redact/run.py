@@ -112,9 +112,11 @@ def _redact(src: Path, dst: Path | None, policy: Policy, secret: bytes,
             out.close()
         if r.writer is not None:
             r.writer.close()     # every file is on disk (or its error raised) before we return
+    # What is not copied is counted by name (the name as the scrubber leaves it: a directory of
+    # the user's own, named after a patient, is counted under its scrubbed name).
     for p in sorted(src.iterdir()):
         if p.name not in ("files", log.name):
-            r.report.dropped_paths[p.name if p.is_dir() else "other files"] += 1
+            r.report.dropped_paths[r.out.name(p.name, "file_names") if p.is_dir() else "other files"] += 1
     return r.report
 
 
