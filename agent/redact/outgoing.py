@@ -31,9 +31,14 @@ from .secrets import Scrubber, scrub_args
 from .outgoing_walk import MessageWalk
 
 _COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
-# A digest (md5, sha256: what wandb writes beside every media file; a tagged value ``hash:…``
-# that redaction wrote): random, no rule's shape, nothing to scrub.
-_DIGEST = re.compile(r"hash:[0-9a-f]{16,64}|[0-9a-f]{32}|[0-9a-f]{64}")
+# A digest (md5, sha256: what wandb writes beside every media file): random, no built-in rule's
+# shape. But a hashed patient id (the md5 or sha256 of a record number) looks just the same, so
+# the site's own ``patterns`` are still asked (``Scrubber.site_rules``).
+# A tagged value ``hash:…`` that redaction wrote (group ``tag``) is a keyed tag: nothing to scrub.
+_DIGEST = re.compile(r"(?P<tag>hash:[0-9a-f]{16,64})|[0-9a-f]{32}|[0-9a-f]{64}")
+# wandb's content digest of a media file (``"sha256"`` in an image's, a table's ... JSON): the
+# file's, which redaction itself chose or wrote; not site data.
+_MEDIA_SHA = re.compile(r"[0-9a-f]{64}")
 # wandb's media file names: <key>_<step>[_<index>]_<hash>.<ext>. The numbers and the content
 # hash are wandb's own; the key (it repeats) and the extension (a user's file's, for some kinds)
 # are names to scrub.
@@ -87,14 +92,20 @@ class Outgoing(MessageWalk):
         self.report.add_scrub(counts)
 
     def text(self, s: str, place: str) -> str:
-        if not s or place in self.keep or _DIGEST.fullmatch(s):
+        if not s or place in self.keep:
             return s
+        scrubber = self.scrubber
+        digest = _DIGEST.fullmatch(s)
+        if digest:      # no built-in rule for a digest; the site's patterns yes (never for a tag)
+            scrubber = None if digest["tag"] else scrubber.site_rules
+            if scrubber is None:
+                return s
         hit = self._texts.get(s)
         if hit is not None:
             if hit != s:
                 self.report.strings[place] += 1
             return hit
-        new, counts = self.scrubber.scrub(s)
+        new, counts = scrubber.scrub(s)
         if counts:
             self._counted(place, counts)
         else:
@@ -195,6 +206,8 @@ class Outgoing(MessageWalk):
                 return self.secret_value(v, place)
             if key == "commit" and _COMMIT.fullmatch(v):
                 return v     # a git commit id: understood, and what the dashboard links to
+            if key == "sha256" and _MEDIA_SHA.fullmatch(v):
+                return v     # a media file's digest (see _MEDIA_SHA)
             return self.text(v, place)
         if isinstance(v, dict):
             return {self.name(str(k)) if isinstance(k, str) else k: self.value(x, place, str(k))

@@ -7,7 +7,8 @@ Three kinds of rules, applied together to every outgoing string (see ``outgoing.
   the formats it lacks or matches too narrowly (bare W&B keys, OpenAI, Slack, Hugging Face,
   bare AWS secret keys, PEM blocks, high-entropy tokens). The whole match goes.
 - **Context rules**: the value after a secret-looking key or flag: ``password: X``,
-  ``--api-key X``, ``Authorization: Bearer X``. Only the value goes; the key stays readable.
+  ``--api-key X``, ``Authorization: Bearer X``, a .netrc line's ``password X``. Only the value
+  goes; the key stays readable.
 - **Site rules**: the site's own ``patterns``, the run's identity (host, user, e-mail), and
   absolute local paths.
 
@@ -39,7 +40,9 @@ EXTRA_TOKEN_RULES: tuple[tuple[str, str], ...] = (
     ("openai_key", r"\bsk-(?:proj-|ant-|svcacct-)?[A-Za-z0-9_-]{20,}"),
     ("slack_token", r"\bxox[abposre]-[A-Za-z0-9-]{10,}"),
     ("huggingface_token", r"\bhf_[A-Za-z0-9]{30,}\b"),
-    ("google_api_key", r"\bAIza[0-9A-Za-z_-]{35}"),
+    # After anything but a letter or digit: "_" too (``maps_AIza…``, ``GOOGLE_KEY_AIza…``); after a
+    # letter or digit "AIza" is inside a longer token (base64, a hash), not a key's start.
+    ("google_api_key", r"(?<![A-Za-z0-9])AIza[0-9A-Za-z_-]{35}"),
     ("github_token", r"\bgh[pousr]_[A-Za-z0-9]{36,255}\b"),
     ("github_pat", r"\bgithub_pat_[A-Za-z0-9_]{22,255}\b"),
     ("aws_access_key_id", r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b"),
@@ -53,6 +56,7 @@ EXTRA_TOKEN_RULES: tuple[tuple[str, str], ...] = (
 
 _KEYWORDS = (r"pass(?:word|wd|phrase)?|pwd|secret|api[-_]?key|apikey|access[-_]?key|private[-_]?key"
              r"|credentials?|auth[-_]?token|access[-_]?token|client[-_]?secret|session[-_]?key")
+_SEP = r"(?:[^\S\n]+|[^\S\n]*\n[^\S\n]*)"     # blanks, or one line break (and blanks around it)
 # The value after a secret-looking key or flag. Group ``v`` is what goes.
 CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     ("flag_value", rf"(?i)(?<![\w-])--?[\w-]*(?:{_KEYWORDS}|token)[\w-]*(?:=|\s+)[\"']?(?P<v>[^\s\"',;]+)"),
@@ -61,11 +65,22 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     ("key_value", r"(?i)\b[\w.-]*token[\w.-]*[\"']?\s*[:=]\s*[\"']?(?P<v>(?!\d+(?:[.,]\d+)?(?:[\s\"',;]|$))[^\s\"',;]+)"),
     ("authorization", r"(?i)\bauthorization[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token|digest)\s+)?(?P<v>[^\s\"',;]+)"),
     ("bearer_token", r"(?i)\bbearer\s+(?P<v>[A-Za-z0-9._~+/=-]{8,})"),
+    # A .netrc entry, ``machine H login U password P`` (no colon; its tokens on one line or on
+    # consecutive ones): the password after a ``machine X`` or ``login X`` pair and at most three
+    # more such pairs. Prose about passwords ("password reset complete", "login with your
+    # password") does not have that shape.
+    ("netrc_password", rf"(?i)(?=[ml])(?<![\w-])(?:machine|login){_SEP}\S+(?:{_SEP}(?:machine|login|account){_SEP}\S+){{0,3}}"
+                       rf"{_SEP}pass(?:word|wd){_SEP}(?P<v>\S+)"),
 )
 
-# Absolute POSIX paths of two components or more, and home-relative ones. A URL's path is
-# left alone (the lookbehind refuses a slash that follows ':' or '/' or a word character).
-PATH_PATTERN = r"(?<![\w:/.~-])(?:~|/[^\s/\"'<>|:;,()\[\]{}=]+)(?:/[^\s/\"'<>|:;,()\[\]{}=]+)+/?"
+# Absolute POSIX paths of two components or more, and home-relative ones, wherever they start:
+# after a space, a quote, "=" (``--data=/x/y``), ":" (each entry of ``PATH=/a/b:/c/d``, a
+# ``host:/x/y`` copy target), or the empty host of a URI (``file:///x/y``, ``sqlite:////x/y``).
+# A URL's own path is left alone: a path never starts at a slash that follows a word character
+# or another slash (``//host/x``: the first slash has a slash after it, the second one before
+# it), and a metric name (``train/loss``) does not start with a slash. (The lookahead first:
+# most positions hold neither "/" nor "~", and fail there before any lookbehind is tried.)
+PATH_PATTERN = r"(?=[~/])(?:(?<![\w/.~-])|(?<=://)|(?<=:///))(?:~|/[^\s/\"'<>|:;,()\[\]{}=]+)(?:/[^\s/\"'<>|:;,()\[\]{}=]+)+/?"
 
 # A command-line flag whose next argument is a secret (``--password X``, ``-p X`` is too vague).
 SECRET_FLAG = re.compile(rf"(?i)^--?[\w-]*(?:{_KEYWORDS}|token)[\w-]*$")
@@ -155,6 +170,14 @@ class Scrubber:
             ([_PATH_RX] if self.paths else [])
         object.__setattr__(self, "_any", re.compile("|".join(f"(?:{_scoped(rx)})" for rx in rules)))
 
+    @functools.cached_property
+    def site_rules(self) -> "Scrubber | None":
+        """The site's own ``patterns`` alone (no built-in rule, context rule, path or word), or
+        None when the site has none: for strings the built-in rules have nothing to find in
+        (a digest, ``outgoing.py``) but a site pattern may (a hashed patient id)."""
+        site = tuple((name, rx) for name, rx in self.patterns if name.startswith("site_"))  # compile_patterns
+        return Scrubber(site, self.tag, paths=False, context=()) if site else None
+
     def spans(self, text: str) -> list[tuple[int, int, str]]:
         """Non-overlapping (start, end, rule) to replace, in order."""
         if not self._any.search(text) and (self.words is None or not self.words.search(text)):
@@ -211,13 +234,36 @@ class Scrubber:
         return self._replace(name, name_form=True)
 
     def with_words(self, rule: str, words: Iterable[str]) -> "Scrubber":
-        """Also take out these exact words (the run's host, user, e-mail) wherever they stand
-        as a whole word."""
+        """Also take out these exact words (the run's host, user, e-mail) wherever no letter or
+        digit touches them: inside names too (``icu-gpu-07-rank0``, ``loss/icu-gpu-07_0``,
+        ``ckpt_alice_best``, ``alice@icu-gpu-07``). A short or generic word is taken only as a
+        whole word (see ``_loose_word``)."""
         ws = sorted({w for w in words if w and len(w) >= 2}, key=len, reverse=True)
         if not ws:
             return self
-        rx = re.compile(r"(?<![\w.@-])(?:" + "|".join(re.escape(w) for w in ws) + r")(?![\w-])")
+        loose = [re.escape(w) for w in ws if _loose_word(w)]
+        strict = [re.escape(w) for w in ws if not _loose_word(w)]
+        alts = ([r"(?<![^\W_])(?:" + "|".join(loose) + r")(?![^\W_])"] if loose else []) + \
+            ([r"(?<![\w.@-])(?:" + "|".join(strict) + r")(?![\w-])"] if strict else [])
+        # The words' first characters looked at first: most positions fail there, before any
+        # lookbehind is tried (this is searched in every outgoing string).
+        first = "".join(sorted({re.escape(w[0]) for w in ws}))
+        rx = re.compile(f"(?=[{first}])(?:" + "|".join(alts) + ")")
         return Scrubber(((rule, rx), *self.patterns), self.tag, self.paths, self.context, rx)
+
+
+# Account names that identify no one and are common parts of ordinary names (``root_mean``,
+# ``user_embeddings``): a container's ``root``, a cloud image's default user.
+_GENERIC_WORDS = frozenset({"root", "user", "admin", "ubuntu", "jovyan", "guest", "nobody", "runner",
+                            "ec2-user", "centos", "debian", "vagrant", "docker", "test"})
+
+
+def _loose_word(w: str) -> bool:
+    """Whether a run's word is taken where ``-``, ``_``, ``.``, ``@`` or ``/`` touches it, not
+    only as a whole word. Not a word shorter than 4 characters: it is a piece of too many
+    ordinary names (a user ``ml`` would take ``ml_loss``, a host ``gpu`` every ``gpu_util``); nor
+    a generic account name (a run as ``root`` would lose ``root_mean_squared_error``)."""
+    return len(w) >= 4 and w.lower() not in _GENERIC_WORDS
 
 
 def scrub_args(args: list[str], scrub: Callable[[str], str], secret_value: Callable[[str], str]) -> list[str]:

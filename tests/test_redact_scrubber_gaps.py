@@ -1,0 +1,229 @@
+"""Strings the scrubber let through under the default policy, found by a security tester with
+real wandb runs: the run's host or user inside a name (``icu-gpu-07-rank0``, ``loss/icu-gpu-07_0``,
+``user@icu-gpu-07``); a digest-shaped string (32 or 64 hex: a hashed patient id) that the site's
+own ``patterns`` match; a Google API key after ``_`` (``maps_AIza…``); a ``.netrc`` line's
+password (``machine h login u password X``: no colon); a local path after ``:`` (every entry of
+``LD_LIBRARY_PATH`` after the first) or in a ``file:///`` URI. Each is checked on the scrubber
+and the choke point, then once on a real run, redacted whole; and what must stay (ordinary
+names, URLs, short words inside other words, wandb's media digests) stays.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import string
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from canary_helpers import _can_set_hostname
+from redact_helpers import default_outgoing, site_tag
+from tfwb_agent.redact.outgoing import Outgoing
+from tfwb_agent.redact.policy import DEFAULT_POLICY, parse_policy
+from tfwb_agent.redact.report import RedactionReport
+from tfwb_agent.redact.secrets import Scrubber, compile_patterns
+
+HOST = "icu-gpu-07"
+USER = "alice"
+
+
+def _scrubber(extra=()) -> Scrubber:
+    return Scrubber(compile_patterns(extra), site_tag, True)
+
+
+def _words(*words: str) -> Scrubber:
+    return _scrubber().with_words("identity", set(words))
+
+
+# -- 1. the run's identity inside names -------------------------------------------------------
+
+@pytest.mark.parametrize("text", [
+    f"{HOST}-exp1", f"{HOST}_rank0", f"loss/{HOST}_0", f"[{HOST}-rank0] started", f"ssh {USER}@{HOST}",
+    f"ckpt_{USER}_best", f"{USER}-gpu", f"{USER}_svc", f"/{HOST}/", f"{HOST}.local", f"x.{HOST}",
+])
+def test_the_runs_host_and_user_go_when_a_dash_underscore_dot_or_at_sign_is_next_to_them(text):
+    s = _words(HOST, USER)
+    new, counts = s.scrub(text)
+    assert HOST not in new and USER not in new and counts.get("identity"), (text, new)
+    name, counts = s.scrub_name(text)
+    assert HOST not in name and USER not in name and counts.get("identity"), (text, name)
+
+
+def test_a_word_with_a_letter_or_digit_beside_it_is_another_word():
+    s = _words(HOST, USER)
+    for text in (f"{USER}123", f"mal{USER}", f"{HOST}0", f"x{HOST}", "alicebob", "malice-free"):
+        assert s.scrub(text) == (text, {}), text
+
+
+@pytest.mark.parametrize("word, text", [
+    ("bob", "bob_svc"),                 # shorter than 4: only a whole word
+    ("ml", "ml-ops/loss"),
+    ("root", "root_mean_squared_error"),  # a generic account name: only a whole word
+    ("ubuntu", "ubuntu-22.04"),
+])
+def test_a_short_or_generic_word_is_taken_only_as_a_whole_word(word, text):
+    s = _words(word)
+    assert s.scrub(text) == (text, {}), text
+    assert s.scrub(f"by {word} today")[1] == {"identity": 1}
+
+
+# -- 2. site patterns on digest-shaped strings ------------------------------------------------
+
+def test_a_site_pattern_takes_a_digest_shaped_value_out():
+    pid32, pid64 = secrets.token_hex(16), secrets.token_hex(32)
+    policy = parse_policy("t", {"patterns": [r"\b[0-9a-f]{32}\b", r"\b[0-9a-f]{64}\b"]})
+    out = Outgoing(_scrubber(policy.patterns), policy, RedactionReport())
+    for v in (pid32, pid64):
+        assert v not in out.text(v, "config"), v
+        assert v not in out.json_text(json.dumps({"case_id": v}), "config"), v
+        assert v not in out.json_text(json.dumps(v), "history", "case"), v
+        assert v not in json.dumps(out.value({"nested": {"ids": [v]}}, "summary")), v
+    # Not the tags redaction itself wrote, nor wandb's digest of a media file it points at.
+    tagged = "hash:" + secrets.token_hex(8)
+    assert out.text(tagged, "history") == tagged
+    image = {"_type": "image-file", "path": "media/images/x_1_" + "a" * 20 + ".png", "sha256": pid64,
+             "size": 10, "format": "png", "width": 1, "height": 1}
+    assert out.value(image, "history")["sha256"] == pid64
+    assert out.json_text(json.dumps(pid64), "history", "sha256") == json.dumps(pid64)
+
+
+def test_without_site_patterns_a_digest_still_passes_untouched():
+    out = default_outgoing(RedactionReport())
+    for v in (secrets.token_hex(16), secrets.token_hex(32), "hash:" + secrets.token_hex(8)):
+        assert out.text(v, "history") == v
+
+
+# -- 3. a Google API key after "_" ------------------------------------------------------------
+
+def test_a_google_api_key_after_an_underscore_or_a_dash_goes():
+    key = "AIza" + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(35))
+    for text in (f"maps_{key}", f"GOOGLE_MAPS_{key} ok", f"key=-{key}", f"/{key}/"):
+        new, counts = _scrubber().scrub(text)
+        assert key[4:20] not in new and key[-16:] not in new and counts.get("google_api_key"), (text, new)
+
+
+# -- 4. .netrc lines --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text", [
+    "machine api.wandb.ai login user password {pw}",
+    "machine api.wandb.ai\n  login user\n  password {pw}",
+    "machine api.example.com\n  login user\n  password\n  {pw}",
+    "default login anonymous password {pw}",
+    "login bob passwd {pw}",
+    "machine h password {pw}",
+])
+def test_a_netrc_password_goes(text):
+    pw = "Zq" + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(14))
+    new, counts = _scrubber().scrub(text.format(pw=pw))
+    assert pw not in new and counts.get("netrc_password") == 1, new
+    assert "machine" not in text or "machine" in new     # the keys stay readable
+
+
+@pytest.mark.parametrize("text", [
+    "password reset complete", "WARNING: the password field is empty", "login with your password please",
+    "the default password is empty", "login succeeded",
+])
+def test_prose_about_passwords_stays(text):
+    assert _scrubber().scrub(text) == (text, {}), text
+
+
+# -- 5. local paths after ":" or "=" and in file:// URIs --------------------------------------
+
+@pytest.mark.parametrize("text, gone", [
+    ("LD_LIBRARY_PATH=/usr/lib:/mnt/dir-abc/lib", ["/usr/lib", "dir-abc"]),
+    ("PATH=/usr/local/bin:/home/alice/bin:~/tools/bin", ["/usr/local", "alice", "tools"]),
+    ("file:///mnt/dir-abc/train.csv", ["dir-abc", "train.csv"]),
+    ("data = file:///mnt/dir-abc/train.csv, ok", ["dir-abc"]),
+    ("sqlite:////data/dir-abc/runs.db", ["dir-abc"]),
+    ("rsync to node:/scratch/dir-abc/out", ["dir-abc"]),
+    ("--data-dir=/mnt/dir-abc/x", ["dir-abc"]),
+])
+def test_a_path_after_a_colon_or_in_a_file_uri_goes(text, gone):
+    new, counts = _scrubber().scrub(text)
+    assert counts.get("local_path") and not [g for g in gone if g in new], (text, new)
+
+
+@pytest.mark.parametrize("text", [
+    "https://example.org/data/cifar-10.tar.gz", "http://host:8080/api/v1/runs", "s3://bucket/key/part-0",
+    "train/loss", "val/ConfusionMatrix_class10_precision", "disk./.usagePercent", "ratio 3:4/5",
+    "//cdn.example.org/lib/x.js", "Epoch 3/10 - loss: 0.2345", "eval:loss/x",
+])
+def test_urls_and_metric_names_are_no_paths(text):
+    assert _scrubber().scrub(text) == (text, {}), text
+    assert _scrubber().scrub_name(text) == (text, {}), text
+
+
+# -- the real thing: one wandb run, redacted whole --------------------------------------------
+
+WRITER = r'''
+import json, os, socket
+os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true")
+root, c = os.environ["GAPS_ROOT"], json.loads(os.environ["GAPS_CANARIES"])
+for k in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+    os.environ[k] = os.path.join(root, k.lower())
+import wandb
+h = socket.gethostname()
+run = wandb.init(dir=root, project="gaps", name=f"{h}-exp1",
+                 config={"node": f"{h}_rank0", "case_id": c["pid"], "data": "file:///mnt/" + c["dir"] + "/train.csv"})
+print(f"[{h}-rank0] started; ssh trainer@{h}", flush=True)
+print("LD_LIBRARY_PATH=/usr/lib:/mnt/" + c["dir"] + "/lib", flush=True)
+print("maps_" + c["google"], flush=True)
+print("machine api.example.com login trainer password " + c["pw"], flush=True)
+import numpy as np
+run.log({f"loss/{h}_0": 1.0, "case": c["pid"], "scan": wandb.Image(np.full((8, 8, 3), 7, dtype=np.uint8))})
+run.summary["last_case"] = c["pid64"]
+run.finish()
+'''
+
+
+def _history_image(run_dir: Path) -> dict:
+    """The fields of the image in the run's history (wandb 0.31 writes one item per field)."""
+    from tfwb_agent.wandb_log import read_records
+
+    fields = {}
+    for _, rec in read_records(next(run_dir.glob("*.wandb"))):
+        if rec.WhichOneof("record_type") == "history":
+            for it in rec.history.item:
+                if len(it.nested_key) == 2 and it.nested_key[1] in ("path", "sha256"):
+                    fields[it.nested_key[1]] = json.loads(it.value_json)
+    assert set(fields) == {"path", "sha256"}, fields
+    return fields
+
+
+@pytest.mark.skipif(not _can_set_hostname(), reason="needs root and unshare to give the run a host name of its own")
+def test_a_real_run_carries_none_of_them_out(tmp_path):
+    from tfwb_agent.redact.run import redact_run
+
+    alnum = string.ascii_letters + string.digits
+    c = {"host": "icu-gpu-" + secrets.token_hex(4), "pid": secrets.token_hex(16), "pid64": secrets.token_hex(32),
+         "dir": "dir-" + secrets.token_hex(8), "google": "AIza" + "".join(secrets.choice(alnum) for _ in range(35)),
+         "pw": "Zq" + "".join(secrets.choice(alnum) for _ in range(14))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(GAPS_ROOT=str(tmp_path), GAPS_CANARIES=json.dumps(c))
+    p = subprocess.run(["unshare", "--uts", "sh", "-c", f'hostname {c["host"]} && exec "$0" -c "$1"',
+                        sys.executable, WRITER], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
+    src = b"".join(f.read_bytes() for f in run_dir.rglob("*") if f.is_file())
+    assert all(v.encode() in src for v in c.values()), "the run does not carry every canary"
+
+    def blob(name: str, policy) -> bytes:
+        out = tmp_path / name / run_dir.name
+        rep = redact_run(run_dir, out, policy, os.urandom(32), lambda q: Path(q))
+        # wandb's digest of the image file still names the file that leaves beside it
+        image = _history_image(out)
+        assert hashlib.sha256((out / "files" / image["path"]).read_bytes()).hexdigest() == image["sha256"], image
+        return b"".join(f.read_bytes() for f in out.rglob("*") if f.is_file()) + json.dumps(rep.to_dict()).encode()
+
+    default = blob("default", DEFAULT_POLICY)
+    site = blob("site", parse_policy("t", {"patterns": [r"\b[0-9a-f]{32}\b", r"\b[0-9a-f]{64}\b"]}))
+    for what in ("host", "dir", "google", "pw"):
+        assert c[what].encode() not in default, what
+        assert c[what].encode() not in site, what
+    assert c["google"][4:24].encode() not in default
+    for what in ("pid", "pid64"):
+        assert c[what].encode() not in site, what
