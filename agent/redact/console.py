@@ -3,20 +3,25 @@
 wandb writes one console record per ``write()``: ``print("db password:", pw)`` is four
 records, a token can be written in two, a PEM key one line at a time. Scrubbing each piece
 alone misses all of these; the server would join them again. ``TextStream`` holds text back
-until it can be scrubbed whole: up to the last line end, longer while a PEM block is open or a
-line ends on a secret-looking key whose value comes on the next line. What it releases at a
-given piece depends only on the pieces so far, so the redaction of a log's prefix is a prefix
-of the redaction of the whole log (live segments rely on it).
+until it can be scrubbed whole: up to the last line feed (a carriage return does not end a
+line: what follows it is drawn over the same row, ``console_render``), longer while a PEM block
+is open or a line ends on a secret-looking key whose value comes on the next line (``\r\n``
+ends a line as ``\n`` does). What it releases is then checked as wandb's terminal emulator and
+a reader render it (``console_render.Screen``). What it releases at a given piece depends only
+on the pieces so far, so the redaction of a log's prefix is a prefix of the redaction of the
+whole log (live segments rely on it).
 """
 from __future__ import annotations
 
 import re
 from typing import Callable
 
+from .console_render import SHOWN_DIFFERENTLY, Screen, shown
 from .secrets import SECRET_FLAG, _KEYWORDS
 
 # Beyond this much held text, release it anyway (scrubbed): a progress bar that never ends a
-# line must not grow memory without bound. A PEM block that long is not a key.
+# line must not grow memory without bound. A PEM block that long is not a key. (A line cut
+# there is checked with its start when its rest comes: ``console_render.Screen``.)
 HOLD_LIMIT = 1 << 20
 _DANGLING = re.compile(rf"(?i)(?:\b[\w.-]*(?:{_KEYWORDS}|token|authorization)[\w.-]*[\"']?\s*[:=]|\bbearer)\s*$")
 _PEM_BEGIN = "-----BEGIN"
@@ -24,43 +29,60 @@ _PEM_END = "-----END"
 
 
 class TextStream:
-    def __init__(self, scrub: Callable[[str], str]) -> None:
+    def __init__(self, scrub: Callable[[str], str], file: bool = False) -> None:
+        """``file``: the text of a file, not a console stream (``console_render.Screen``)."""
         self.scrub = scrub
-        self.held = ""
+        self.screen = Screen(scrub, file)
+        self.parts: list[str] = []      # the held text, in pieces (a progress bar's many)
+        self.size = 0
+        self.tail = ""                  # its last characters: a PEM marker may end in the next piece
         self.pieces_held = 0
 
     def feed(self, piece: str) -> str:
         """Take one piece; return the scrubbed text that may be released now ("" if none)."""
-        self.held += piece
+        self.parts.append(piece)
+        self.size += len(piece)
         self.pieces_held += 1
-        cut = self._cut()
-        if cut == 0:
+        tail = self.tail + piece
+        self.tail = tail[-len(_PEM_BEGIN) + 1:]
+        # Held text never has a cut (see below): a piece with no line feed and no PEM marker
+        # makes none either, so a progress bar's pieces are not searched again and again.
+        if self.size < HOLD_LIMIT and "\n" not in piece and _PEM_BEGIN not in tail and _PEM_END not in tail:
             return ""
-        out, self.held = self.held[:cut], self.held[cut:]
-        self.pieces_held = 1 if self.held else 0
-        return self.scrub(out)
+        text = "".join(self.parts)
+        cut = _cut(text)
+        if cut == 0:
+            self.parts = [text]
+            return ""
+        out, rest = text[:cut], text[cut:]
+        self.parts, self.size, self.tail = ([rest] if rest else []), len(rest), rest[-len(_PEM_BEGIN) + 1:]
+        self.pieces_held = 1 if rest else 0
+        return self.screen.release(out, self.scrub(out))
 
     def close(self) -> str:
         """The rest, scrubbed: the log ended (a PEM block left open is taken out to its end)."""
-        out, self.held, self.pieces_held = self.held, "", 0
-        return self.scrub(out) if out else ""
+        out = "".join(self.parts)
+        self.parts, self.size, self.tail, self.pieces_held = [], 0, "", 0
+        return self.screen.release(out, self.scrub(out)) if out else ""
 
-    def _cut(self) -> int:
-        text = self.held
-        if len(text) >= HOLD_LIMIT:
-            return len(text)
-        begin = text.rfind(_PEM_BEGIN)
-        if begin >= 0 and text.rfind(_PEM_END) < begin:
-            # An open block: release what comes before it, then wait for its end.
-            return text.rfind("\n", 0, begin) + 1
-        cut = max(text.rfind("\n"), text.rfind("\r")) + 1
-        if cut == 0:
-            return 0
-        # A line that ends on a key ("password:", "--token", "Authorization: Bearer") waits
-        # for the next line, where its value may be.
-        line_start = max(text.rfind("\n", 0, cut - 1), text.rfind("\r", 0, cut - 1)) + 1
-        last_line = text[line_start:cut].rstrip("\r\n")
-        words = last_line.split()
-        if _DANGLING.search(last_line) or (words and SECRET_FLAG.match(words[-1])):
+
+def _cut(text: str) -> int:
+    """Where the text may be cut: all before it leaves. The text after a cut has none itself."""
+    if len(text) >= HOLD_LIMIT:
+        return len(text)
+    begin = text.rfind(_PEM_BEGIN)
+    if begin >= 0 and text.rfind(_PEM_END) < begin:
+        # An open block: release what comes before it, then wait for its end.
+        return text.rfind("\n", 0, begin) + 1
+    cut = text.rfind("\n") + 1
+    if cut == 0:
+        return 0
+    # A line that ends on a key ("password:", "--token", "Authorization: Bearer") waits for the
+    # next line, where its value may be; so does one that shows so (colour codes around it).
+    line_start = text.rfind("\n", 0, cut - 1) + 1
+    last_line = text[line_start:cut - 1].rstrip("\r")
+    for line in (last_line, shown(last_line)) if SHOWN_DIFFERENTLY.search(last_line) else (last_line,):
+        words = line.split()
+        if _DANGLING.search(line) or (words and SECRET_FLAG.match(words[-1])):
             return line_start
-        return cut
+    return cut

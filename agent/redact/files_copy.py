@@ -70,7 +70,7 @@ def _one_file(r: Redaction, rel: str, p: Path) -> None:
         new_rel = r.out.path(rel)
         sink = files_mod.Sink(r.out_path("files/" + new_rel))
         try:
-            n = files_mod.scrub_text_file(str(p), sink, TextStream(lambda s: r.out.text(s, place)))
+            n = files_mod.scrub_text_file(str(p), sink, TextStream(lambda s: r.out.text(s, place), file=True))
         finally:
             sink.close()
         r.report.bytes_in += n
