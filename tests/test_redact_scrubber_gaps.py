@@ -228,3 +228,78 @@ def test_a_real_run_carries_none_of_them_out(tmp_path):
     assert c["google"][4:24].encode() not in default
     for what in ("pid", "pid64"):
         assert c[what].encode() not in site, what
+
+
+# -- 6. a value after a secret-looking key, whole: past a "," or ";" inside it, a quoted one to its quote
+
+def _pw() -> str:
+    return "Zq" + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(22))
+
+
+@pytest.mark.parametrize("text", [
+    "password=ab,{pw}", "password=ab;{pw}", "db_password: x,{pw} next", "--db-password=ab,{pw}",
+    'password: "correct horse {pw}"', "password: 'correct horse {pw}'", '{{"password": "a b {pw}", "user": "bob"}}',
+    "{{'api_key': 'a,{pw}'}}", '--password "correct horse {pw}" --lr 1', 'password: "a\\"b {pw}"',
+    'password="unclosed {pw}', "auth_token=ab,{pw}",
+])
+def test_a_secret_value_goes_whole(text):
+    pw = _pw()
+    new, counts = _scrubber().scrub(text.format(pw=pw))
+    assert pw not in new and pw[-12:] not in new and sum(counts.values()) == 1, new
+    out = default_outgoing(RedactionReport())
+    assert pw not in out.text(text.format(pw=pw), "history")
+
+
+@pytest.mark.parametrize("text, kept", [
+    ("password: x1, user: bob", ", user: bob"), ('{"password": "x1", "lr": 0.1}', '", "lr": 0.1}'),
+    ("api_key=abc; next", "; next"), ("tokens: 1,234", "tokens: 1,234"), ("tokens=512,steps=3", "tokens=512,steps=3"),
+    ("['--password=abc', '--lr=1']", "', '--lr=1']"),
+])
+def test_what_follows_a_secret_value_stays(text, kept):
+    assert _scrubber().scrub(text)[0].endswith(kept), text
+
+
+# -- 7. local paths with "=" in a component, or right after "disk." ---------------------------
+
+@pytest.mark.parametrize("text, gone", [
+    ("/data/scans/site=icu/dir-abc/img.png", ["icu", "dir-abc"]),
+    ("saved to /data/year=2026/site=icu/part-0.parquet", ["site=icu", "part-0"]),
+    ("disk./mnt/dir-abc.usagePercent", ["dir-abc"]),
+    ("disk./mnt/dir-abc/usageGB", ["dir-abc"]),
+])
+def test_a_partitioned_path_or_a_watched_disk_goes(text, gone):
+    for new, counts in (_scrubber().scrub(text), _scrubber().scrub_name(text)):
+        assert counts.get("local_path") and not [g for g in gone if g in new], (text, new)
+    assert _scrubber().scrub_name("disk./mnt/dir-abc.usagePercent")[0].startswith("disk.redacted-local_path-")
+
+
+@pytest.mark.parametrize("text", [
+    "val.loss/x", "train.acc/top1/x", "x = 1./n/m", "disk./.usagePercent", "disk./.usageGB", "lr=0.1/loss",
+    "https://example.org/a=b/c/d", "eval/loss=0.1/x",
+])
+def test_names_with_a_dot_or_an_equals_sign_are_no_paths(text):
+    assert _scrubber().scrub(text) == (text, {}), text
+    assert _scrubber().scrub_name(text) == (text, {}), text
+
+
+# -- 8. flags that take a secret with no secret-looking word: --auth, --authorization, --auth-key, --key
+
+@pytest.mark.parametrize("flag", ["--auth", "--authorization", "--auth-key", "--auth_key", "--authkey", "--key", "-key"])
+def test_the_argument_after_an_auth_or_key_flag_goes(flag):
+    from tfwb_agent.redact.secrets import scrub_args
+
+    pw = _pw()
+    args = scrub_args(["--lr", "0.1", flag, pw, "--epochs", "3"], lambda a: _scrubber().scrub(a)[0], lambda a: "X")
+    assert args == ["--lr", "0.1", flag, "X", "--epochs", "3"], args
+    for text in (f"python train.py {flag} {pw} --lr 1", f"{flag}={pw}"):
+        new, counts = _scrubber().scrub(text)
+        assert pw not in new and counts.get("flag_value") == 1, new
+
+
+@pytest.mark.parametrize("flag", ["--key-frames", "--auth-type", "--no-auth", "--keys", "--hotkey", "-p"])
+def test_other_flags_keep_their_argument(flag):
+    from tfwb_agent.redact.secrets import scrub_args
+
+    args = scrub_args([flag, "basic10", "--x"], lambda a: a, lambda a: "X")
+    assert args == [flag, "basic10", "--x"], args
+    assert _scrubber().scrub(f"{flag} basic10 next") == (f"{flag} basic10 next", {})

@@ -57,12 +57,20 @@ EXTRA_TOKEN_RULES: tuple[tuple[str, str], ...] = (
 _KEYWORDS = (r"pass(?:word|wd|phrase)?|pwd|secret|api[-_]?key|apikey|access[-_]?key|private[-_]?key"
              r"|credentials?|auth[-_]?token|access[-_]?token|client[-_]?secret|session[-_]?key")
 _SEP = r"(?:[^\S\n]+|[^\S\n]*\n[^\S\n]*)"     # blanks, or one line break (and blanks around it)
+# A value, after its opening quote if it has one: a quoted one whole, up to its closing quote (or
+# the line's end: ``password: "correct horse battery"``); an unquoted one up to a blank, past a
+# "," or ";" inside it (``password=ab,cd``), not one that ends it (``password: x, user: y``).
+# Fail closed: ``pw=x;user=y`` loses the user too.
+_VALUE = r"""(?:(?<=")(?:[^"\\\n]|\\.)*|(?<=')(?:[^'\\\n]|\\.)*|(?<!["'])[^\s"']*[^\s"',;])"""
+# Flags that name no secret-looking word but take one: only these exact flags (``--key-frames 10``
+# and ``--auth-type basic`` are other flags; ``-p`` is too vague).
+_FLAG_WORDS = r"auth|authorization|auth[-_]?key|key"
 # The value after a secret-looking key or flag. Group ``v`` is what goes.
 CONTEXT_RULES: tuple[tuple[str, str], ...] = (
-    ("flag_value", rf"(?i)(?<![\w-])--?[\w-]*(?:{_KEYWORDS}|token)[\w-]*(?:=|\s+)[\"']?(?P<v>[^\s\"',;]+)"),
-    ("key_value", rf"(?i)\b[\w.-]*(?:{_KEYWORDS})[\w.-]*[\"']?\s*[:=]\s*[\"']?(?P<v>[^\s\"',;]+)"),
+    ("flag_value", rf"(?i)(?<![\w-])--?(?:[\w-]*(?:{_KEYWORDS}|token)[\w-]*|(?:{_FLAG_WORDS})(?![\w-]))(?:=|\s+)[\"']?(?P<v>{_VALUE})"),
+    ("key_value", rf"(?i)\b[\w.-]*(?:{_KEYWORDS})[\w.-]*[\"']?\s*[:=]\s*[\"']?(?P<v>{_VALUE})"),
     # "tokens: 512" is a count, not a secret: a token's value must not be a plain number.
-    ("key_value", r"(?i)\b[\w.-]*token[\w.-]*[\"']?\s*[:=]\s*[\"']?(?P<v>(?!\d+(?:[.,]\d+)?(?:[\s\"',;]|$))[^\s\"',;]+)"),
+    ("key_value", rf"(?i)\b[\w.-]*token[\w.-]*[\"']?\s*[:=]\s*[\"']?(?P<v>(?!\d+(?:[.,]\d+)?(?:[\s\"',;]|$)){_VALUE})"),
     ("authorization", r"(?i)\bauthorization[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token|digest)\s+)?(?P<v>[^\s\"',;]+)"),
     ("bearer_token", r"(?i)\bbearer\s+(?P<v>[A-Za-z0-9._~+/=-]{8,})"),
     # A .netrc entry, ``machine H login U password P`` (no colon; its tokens on one line or on
@@ -78,12 +86,15 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
 # ``host:/x/y`` copy target), or the empty host of a URI (``file:///x/y``, ``sqlite:////x/y``).
 # A URL's own path is left alone: a path never starts at a slash that follows a word character
 # or another slash (``//host/x``: the first slash has a slash after it, the second one before
-# it), and a metric name (``train/loss``) does not start with a slash. (The lookahead first:
+# it), and a metric name (``train/loss``) does not start with a slash. A path also starts after a
+# "." that follows a letter: wandb's key for a disk it watches (``x_stats_disk_paths``) is
+# ``disk./mnt/x/y.usagePercent`` (after a digit it is arithmetic: ``1./n/m``). "=" may be inside
+# a component: a partitioned data set's ``/data/site=icu/part-0/x.png``. (The lookahead first:
 # most positions hold neither "/" nor "~", and fail there before any lookbehind is tried.)
-PATH_PATTERN = r"(?=[~/])(?:(?<![\w/.~-])|(?<=://)|(?<=:///))(?:~|/[^\s/\"'<>|:;,()\[\]{}=]+)(?:/[^\s/\"'<>|:;,()\[\]{}=]+)+/?"
+PATH_PATTERN = r"(?=[~/])(?:(?<![\w/.~-])|(?<=://)|(?<=:///)|(?<=[A-Za-z_]\.))(?:~|/[^\s/\"'<>|:;,()\[\]{}]+)(?:/[^\s/\"'<>|:;,()\[\]{}]+)+/?"
 
 # A command-line flag whose next argument is a secret (``--password X``, ``-p X`` is too vague).
-SECRET_FLAG = re.compile(rf"(?i)^--?[\w-]*(?:{_KEYWORDS}|token)[\w-]*$")
+SECRET_FLAG = re.compile(rf"(?i)^--?(?:[\w-]*(?:{_KEYWORDS}|token)[\w-]*|{_FLAG_WORDS})$")
 
 
 def _entropy(s: str) -> float:
