@@ -71,6 +71,20 @@ def test_a_short_or_generic_word_is_taken_only_as_a_whole_word(word, text):
     assert s.scrub(f"by {word} today")[1] == {"identity": 1}
 
 
+def test_a_host_is_the_same_in_any_case_and_its_fully_qualified_name_brings_its_short_name():
+    """Host names are case-insensitive (``ICU-GPU-07`` in a prompt is the run's host), and a host
+    recorded as ``icu-gpu-07.hospital.local`` is printed as ``icu-gpu-07`` by most tools; each
+    spelling gets the same tag."""
+    s = _words(f"{HOST}.hospital.local", USER)
+    for text in (f"[{HOST.upper()}-rank0] ok", f"host {HOST.title()} up", f"ssh {USER.title()}@{HOST}",
+                 f"{HOST}:8080", f"ckpt/{HOST}_best"):
+        new, counts = s.scrub(text)
+        assert HOST not in new.lower() and USER not in new.lower() and counts.get("identity"), (text, new)
+    tags = {s.scrub(h)[0] for h in (HOST, HOST.upper(), HOST.title())}
+    assert len(tags) == 1, tags
+    assert _words("ml").scrub("ML_loss") == ("ML_loss", {})       # a short word only as written
+
+
 # -- 2. site patterns on digest-shaped strings ------------------------------------------------
 
 def test_a_site_pattern_takes_a_digest_shaped_value_out():

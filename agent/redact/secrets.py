@@ -230,7 +230,9 @@ class Scrubber:
         out, pos = [], 0
         for s, e, name in spans:
             out.append(text[pos:s])
-            t = self.tag("path" if name == "local_path" else "secret", text[s:e])
+            # A host or user name is the same in any case: one tag for all its spellings.
+            t = self.tag("path" if name == "local_path" else "secret",
+                         text[s:e].lower() if _is_words_rule(self, name) else text[s:e])
             out.append(f"redacted-{_NAME_SAFE.sub('_', name)}-{t}" if name_form else f"[redacted:{name}:{t}]")
             counts[name] = counts.get(name, 0) + 1
             pos = e
@@ -249,16 +251,23 @@ class Scrubber:
         digit touches them: inside names too (``icu-gpu-07-rank0``, ``loss/icu-gpu-07_0``,
         ``ckpt_alice_best``, ``alice@icu-gpu-07``). A short or generic word is taken only as a
         whole word (see ``_loose_word``)."""
-        ws = sorted({w for w in words if w and len(w) >= 2}, key=len, reverse=True)
+        # A host's fully qualified name brings its short name (``icu-gpu-07.hospital.local``:
+        # ``icu-gpu-07`` is what prompts and logs print).
+        words = {w for w in words if w}
+        words |= {w.split(".", 1)[0] for w in words if "." in w and "@" not in w and "/" not in w}
+        ws = sorted({w for w in words if len(w) >= 2}, key=len, reverse=True)
         if not ws:
             return self
         loose = [re.escape(w) for w in ws if _loose_word(w)]
         strict = [re.escape(w) for w in ws if not _loose_word(w)]
-        alts = ([r"(?<![^\W_])(?:" + "|".join(loose) + r")(?![^\W_])"] if loose else []) + \
+        # Host names and e-mail addresses are case-insensitive (``ICU-GPU-07`` is the same host);
+        # a loose word is taken in any case, a short or generic one only as written.
+        alts = ([r"(?i:(?<![^\W_])(?:" + "|".join(loose) + r")(?![^\W_]))"] if loose else []) + \
             ([r"(?<![\w.@-])(?:" + "|".join(strict) + r")(?![\w-])"] if strict else [])
         # The words' first characters looked at first: most positions fail there, before any
         # lookbehind is tried (this is searched in every outgoing string).
-        first = "".join(sorted({re.escape(w[0]) for w in ws}))
+        first = "".join(sorted({re.escape(c) for w in ws
+                                for c in ({w[0], w[0].lower(), w[0].upper()} if _loose_word(w) else {w[0]})}))
         rx = re.compile(f"(?=[{first}])(?:" + "|".join(alts) + ")")
         return Scrubber(((rule, rx), *self.patterns), self.tag, self.paths, self.context, rx)
 
@@ -267,6 +276,11 @@ class Scrubber:
 # ``user_embeddings``): a container's ``root``, a cloud image's default user.
 _GENERIC_WORDS = frozenset({"root", "user", "admin", "ubuntu", "jovyan", "guest", "nobody", "runner",
                             "ec2-user", "centos", "debian", "vagrant", "docker", "test"})
+
+
+def _is_words_rule(scrubber: "Scrubber", rule: str) -> bool:
+    """Whether ``rule`` is the run's words (``with_words``), whose case does not matter."""
+    return scrubber.words is not None and any(n == rule and rx is scrubber.words for n, rx in scrubber.patterns)
 
 
 def _loose_word(w: str) -> bool:
