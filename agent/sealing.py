@@ -30,7 +30,7 @@ from .ledger import Ledger
 from .reconcile import ClaimBook
 from .redact.policy import DEFAULT_SECRET_NAME, Policy, load_secret, policy_from_config
 from .redact.report import RedactionReport
-from .redact.run import redact_run
+from .redact.run import RedactError, redact_run
 from .runlog import find_log
 from .seal import RunIdentity, SealedBundle, SealKeys, Segment, keys_config, seal_keys, seal_run
 from .seal.bundle_write import snapshot
@@ -151,6 +151,14 @@ def seal_live_segments(ledger: Ledger, cfg: config_mod.Config, now: float | None
             log.info("%s: %s; leaving it to that node", row["key"], exc)
             ledger.drop_run(row["key"])
             continue
+        except RedactError as exc:
+            # The run's own trouble (identifiers that may not leave, a damaged log): `status`
+            # says why, and it is tried again once an interval, not on every pass (a snapshot
+            # copied and redacted each time); once it ends, sealing it whole quarantines it.
+            log.warning("%s: live segment not sealed: %s", row["run_id"], exc)
+            ledger.set_run_facts(row["key"], dict(row["facts"], live_cut_at=now),
+                                 last_error=f"live segment not sealed: {exc}")
+            continue
         except Exception as exc:  # one run's trouble must not stop the others
             log.warning("%s: live segment not sealed: %s", row["run_id"], exc)
             continue
@@ -215,7 +223,7 @@ def seal_live(ledger: Ledger, cfg: config_mod.Config, sealer: Sealer, row: dict[
             if ended:
                 ledger.mark_run_sealed(row["key"], facts=f)
             else:
-                ledger.set_run_facts(row["key"], f)
+                ledger.set_run_facts(row["key"], f, last_error=None)   # a failure before is over
 
         _seal(ledger, cfg, sealer, row, redacted, report,
               Segment(k, facts.get("live_byte_end", facts.get("segment_start", 0)), None), mark, log_facts=red_facts)

@@ -597,3 +597,37 @@ def test_sync_says_what_waits_and_stops_its_uploads_when_stopped_or_out_of_time(
         if server.proc:
             server.proc.send_signal(signal.SIGCONT)
         server.stop()
+
+
+@pytest.mark.slow(seconds=8)
+def test_a_live_run_whose_identifiers_may_not_leave_says_why_waits_an_interval_and_is_quarantined_at_its_end(
+        tmp_path, corpus, monkeypatch):
+    """Redaction refuses the run (its project matches the site's pattern). While it is live,
+    `status` says why and the refused snapshot is not copied and redacted again on every pass;
+    once it ends, it is quarantined; no bundle of it is ever made."""
+    import tfwb_agent.sealing as sealing
+
+    volume = corpus / "live"
+    volume.mkdir()
+    run = clone_run(corpus_run_dirs(corpus)["s900mviu"], volume, "live02x")   # project ct-classifier
+    now = time.time()
+    for p in [run, *run.rglob("*")]:
+        os.utime(p, (now, now))  # being written: live
+    site = sealing_site(tmp_path / "a", volume, "node-a", map_root=corpus)
+    site.node_cfg.write_text(site.node_cfg.read_text().replace("quiet_seconds = 1", "quiet_seconds = 600")
+                             .replace("[redact]\n", '[redact]\npatterns = ["classif"]\n'))
+    attempts = []
+    redact = sealing._redact
+    monkeypatch.setattr(sealing, "_redact", lambda *a, **k: (attempts.append(1), redact(*a, **k))[1])
+
+    assert _live_pass(site) == []
+    (row,) = [r for r in ledger_rows(tmp_path / "a" / "node-state") if r["run_id"] == "live02x"]
+    assert row["state"] == "live", row
+    assert row["last_error"].startswith("live segment not sealed: the run's project matches [redact] patterns[0]"), row
+    assert _live_pass(site) == [] and len(attempts) == 1   # not again before the live interval is over
+
+    _grow(run, exit_code=0)
+    agent(site.node_cfg, "scan", "--seal")
+    (row,) = [r for r in ledger_rows(tmp_path / "a" / "node-state") if r["run_id"] == "live02x"]
+    assert row["state"] == "quarantined" and "project matches [redact] patterns[0]" in row["last_error"], row
+    assert not list(site.outbox.glob("*.tar.zst.age"))
