@@ -403,6 +403,19 @@ def main(root: str) -> None:
         raise ValueError("bad token " + reg.make("console_traceback", "glpat", "3"))
     except ValueError:
         traceback.print_exc()
+    # A carriage return draws the next piece over the same row: neither piece holds the key, the
+    # row wandb's terminal emulator keeps (what the server stores and shows) does.
+    key = reg.make("console_carriage_return_overwrite", "hex40", "3")
+    sys.stdout.write("x" + key[1:] + "\r")
+    sys.stdout.flush()
+    sys.stdout.write(key[0] + "\n")
+    sys.stdout.flush()
+    # A key line ended by \r\n, its value on the next line.
+    print("db password:", end="\r\n", flush=True)
+    print(reg.make("console_crlf_dangling_key", "pw", "3"), end="\r\n", flush=True)
+    # The host inside a longer name (a rank's prefix), and a local path in a PATH-style list.
+    print(f"[{host}-rank0] ready; LD_LIBRARY_PATH=/usr/lib:/mnt/{reg.make('console_path_list_entry', 'path', '3')}/lib",
+          flush=True)
 
     # --- summary (1) ---------------------------------------------------------------------
     run.summary["note"] = "Authorization: " + reg.make("summary_string_bearer", "bearer", "1")
