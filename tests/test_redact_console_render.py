@@ -255,3 +255,31 @@ def test_a_real_wandb_run_leaves_no_key_drawn_or_written(tmp_path):
     # The rest of the console is there: the progress bar at its last update, the last line.
     shown = "\n".join(console.values())
     assert "100%|##########| 30/30" in shown and "console-render done" in shown, shown
+
+
+
+def test_a_line_that_never_ends_is_released_at_the_hold_limit_and_a_key_across_that_cut_is_not_drawn(monkeypatch):
+    """Bounded memory: a progress line with no line feed is let go at HOLD_LIMIT (made small here:
+    the mechanism, not the constant). A key whose first half came before that cut and its rest
+    after it is drawn by the emulator on one row: the rest must not complete it (the half
+    already released is not the key)."""
+    from tfwb_agent.redact import console
+
+    limit = 1 << 16
+    monkeypatch.setattr(console, "HOLD_LIMIT", limit)
+    key = _key()
+    filler = "\r" + "loading " * 6
+    n = (limit - 40) // len(filler)
+    pad = "\r" + "." * (limit - 10 - n * len(filler) - 1)   # held: limit - 10, then the key's half
+    pieces = [filler] * n + [pad, key[:20], key[20:] + " done\n", "next line\n"]
+    stream = TextStream(_scrub())
+    out, held_most = [], 0
+    for p in pieces:
+        out.append(stream.feed(p))
+        held_most = max(held_most, sum(map(len, stream.parts)))
+    out.append(stream.close())
+    assert held_most < limit + 20, held_most
+    assert out[n] == "" and out[n + 1], "the held line is let go at the piece that passes the limit"
+    text = "".join(out)
+    assert key not in drawn(text) and key[20:] not in text, text[-300:]
+    assert text.endswith("next line\n")
