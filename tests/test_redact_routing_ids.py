@@ -88,7 +88,7 @@ def test_a_run_whose_identifiers_hold_site_data_or_a_key_is_refused_and_the_rest
     rec = pb.RunRecord(run_id="a1b2c3d4", project="ct-routing", sweep_id=sweep)
     r = Redaction(dirs["plain"], None, DEFAULT_POLICY, b"s" * 32, Path)
     try:
-        refuse_secret_routing(rec, r.routing_scrubber, "run")
+        refuse_secret_routing(rec, r.scrubber.token_and_site_rules, "run")
         raise AssertionError("a sweep id shaped like a W&B key was let through")
     except RedactError as exc:
         assert "sweep id matches the wandb_api_key rule" in str(exc) and sweep not in str(exc)
@@ -115,13 +115,14 @@ def test_ordinary_identifiers_are_never_refused(corpus):
     some_dir = next(iter(corpus_run_dirs(corpus).values()))
     r = Redaction(some_dir, None, DEFAULT_POLICY, b"s" * 32, Path)
     for _ in range(5000):
-        refuse_secret_routing(pb.RunRecord(run_id=generate_id(), project="ct-routing"), r.routing_scrubber, "run")
+        refuse_secret_routing(pb.RunRecord(run_id=generate_id(), project="ct-routing"), r.scrubber.token_and_site_rules, "run")
     seen = 0
     for d in corpus_run_dirs(corpus).values():
         with open(find_log(d), "rb") as f:
             for off, payload in LogReader(f):
                 rec = parse_record(payload, off, pb)
                 if rec.WhichOneof("record_type") == "run":
-                    refuse_secret_routing(rec.run, r.routing_scrubber, "run")
+                    refuse_secret_routing(rec.run, r.scrubber.token_and_site_rules, "run")
                     seen += 1
     assert seen >= len(corpus_run_dirs(corpus))
+

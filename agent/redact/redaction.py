@@ -43,11 +43,6 @@ class Redaction:
         self._text_tag = placeholders.text_tagger(self.secret)
         self.writer: BackgroundWriter | None = None
         self.scrubber = Scrubber(compile_patterns(self.policy.patterns), self.text_tag, self.policy.scrub_paths)
-        # For the identifiers that route a run (``meta.refuse_secret_routing``): token rules and
-        # the site's patterns, not local paths or the run's own host and user (an entity is
-        # often its user's name), none when the policy lets identifiers leave as they are.
-        self.routing_scrubber = None if "identifiers" in self.policy.keep_strings else \
-            Scrubber(self.scrubber.patterns, self.text_tag, paths=False)
         self.out = Outgoing(self.scrubber, self.policy, self.report)
         self.report.rename = self.out.name
         self.source = SourceFiles(str(self.src))

@@ -189,6 +189,14 @@ class Scrubber:
         site = tuple((name, rx) for name, rx in self.patterns if name.startswith("site_"))  # compile_patterns
         return Scrubber(site, self.tag, paths=False, context=()) if site else None
 
+    @functools.cached_property
+    def token_and_site_rules(self) -> "Scrubber":
+        """The token, context and site rules alone: no local path, not the run's own words (an
+        entity is often its user's name). For the identifiers that route a run
+        (``meta.refuse_secret_routing``)."""
+        return Scrubber(tuple(p for p in self.patterns if p[1] is not self.words), self.tag, paths=False,
+                        context=self.context)
+
     def spans(self, text: str) -> list[tuple[int, int, str]]:
         """Non-overlapping (start, end, rule) to replace, in order."""
         if not self._any.search(text) and (self.words is None or not self.words.search(text)):
