@@ -126,3 +126,43 @@ def test_ordinary_identifiers_are_never_refused(corpus):
                     seen += 1
     assert seen >= len(corpus_run_dirs(corpus))
 
+
+def test_an_artifacts_own_project_or_entity_is_refused_only_when_the_artifact_would_leave():
+    """An artifact may be logged to another project than its run's. Kept (``artifacts = "keep"``),
+    its project and entity leave as they are, so one a rule matches refuses the run; dropped (the
+    default), nothing of it leaves and nothing is refused."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    from tfwb_agent.redact.console_records import Console
+    from tfwb_agent.redact.policy import parse_policy
+    from tfwb_agent.redact.records import rewrite
+
+    patient = "pt" + "".join(secrets.choice(string.digits) for _ in range(4))
+    aws_id = "AKIA" + "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(16))
+    for field, value, rule in (("project", f"scans-{patient}", "[redact] patterns[0]"),
+                               ("entity", aws_id, "the aws_access_key_id rule")):
+        rec = pb.Record()
+        rec.artifact.run_id, rec.artifact.project, rec.artifact.entity = "a1b2c3d4", "ct-routing", "team"
+        rec.artifact.type, rec.artifact.name = "dataset", "scans"
+        setattr(rec.artifact, field, value)
+        for artifacts, refused in (("keep", True), ("drop", False)):
+            policy = parse_policy("t", {"patterns": [r"pt\d{4}"], "artifacts": artifacts})
+            r = Redaction(Path("/nonexistent"), None, policy, b"s" * 32, Path)
+            try:
+                out = rewrite(r, pb.Record.FromString(rec.SerializeToString()), Console(r))
+            except RedactError as exc:
+                assert refused, (field, artifacts, str(exc))
+                assert f"artifact's {field} matches {rule}" in str(exc) and value not in str(exc), str(exc)
+                continue
+            assert not refused, f"an artifact kept with {field} {value!r} was let through: {out}"
+            assert out == [] and r.report.artifacts["dropped"] == 1
+    # ... and the one way to let them leave: identifiers kept as they are.
+    policy = parse_policy("t", {"patterns": [r"pt\d{4}"], "artifacts": "keep", "keep_strings": ["identifiers"]})
+    r = Redaction(Path("/nonexistent"), None, policy, b"s" * 32, Path)
+    rec = pb.Record()
+    rec.artifact.run_id, rec.artifact.project, rec.artifact.type, rec.artifact.name = "a1b2c3d4", f"x-{patient}", "dataset", "scans"
+    entry = rec.artifact.manifest.contents.add()      # a reference: what makes an artifact worth sending
+    entry.path, entry.ref = "remote.csv", "https://data.example.com/scans.csv"
+    entry.digest = entry.ref
+    (kept,) = rewrite(r, rec, Console(r))
+    assert kept.artifact.project == f"x-{patient}"
