@@ -96,13 +96,20 @@ def test_a_site_pattern_takes_a_digest_shaped_value_out():
         assert v not in out.json_text(json.dumps({"case_id": v}), "config"), v
         assert v not in out.json_text(json.dumps(v), "history", "case"), v
         assert v not in json.dumps(out.value({"nested": {"ids": [v]}}, "summary")), v
-    # Not the tags redaction itself wrote, nor wandb's digest of a media file it points at.
+    # Not the tags redaction itself wrote, nor the digest of a file it wrote (wandb's beside a
+    # media file's name) ...
     tagged = "hash:" + secrets.token_hex(8)
     assert out.text(tagged, "history") == tagged
-    image = {"_type": "image-file", "path": "media/images/x_1_" + "a" * 20 + ".png", "sha256": pid64,
+    written = secrets.token_hex(32)
+    out.file_digests.add(written)
+    image = {"_type": "image-file", "path": "media/images/x_1_" + "a" * 20 + ".png", "sha256": written,
              "size": 10, "format": "png", "width": 1, "height": 1}
-    assert out.value(image, "history")["sha256"] == pid64
-    assert out.json_text(json.dumps(pid64), "history", "sha256") == json.dumps(pid64)
+    assert out.value(image, "history")["sha256"] == written
+    assert out.json_text(json.dumps(written), "history", "sha256") == json.dumps(written)
+    # ... but a key merely named like wandb's digest is no exemption for a value of the site's.
+    assert pid64 not in json.dumps(out.value({"sha256": pid64}, "config"))
+    assert pid64 not in json.dumps(out.value({**image, "sha256": pid64}, "history"))
+    assert pid64 not in out.json_text(json.dumps(pid64), "history", "sha256")
 
 
 def test_without_site_patterns_a_digest_still_passes_untouched():
@@ -182,7 +189,7 @@ for k in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
 import wandb
 h = socket.gethostname()
 run = wandb.init(dir=root, project="gaps", name=f"{h}-exp1",
-                 config={"node": f"{h}_rank0", "case_id": c["pid"], "data": "file:///mnt/" + c["dir"] + "/train.csv"})
+                 config={"node": f"{h}_rank0", "case_id": c["pid"], "sha256": c["pid64"], "data": "file:///mnt/" + c["dir"] + "/train.csv"})
 print(f"[{h}-rank0] started; ssh trainer@{h}", flush=True)
 print("LD_LIBRARY_PATH=/usr/lib:/mnt/" + c["dir"] + "/lib", flush=True)
 print("maps_" + c["google"], flush=True)
@@ -190,6 +197,7 @@ print("machine api.example.com login trainer password " + c["pw"], flush=True)
 import numpy as np
 run.log({f"loss/{h}_0": 1.0, "case": c["pid"], "scan": wandb.Image(np.full((8, 8, 3), 7, dtype=np.uint8))})
 run.summary["last_case"] = c["pid64"]
+run.summary["record"] = {"sha256": c["pid64"]}
 run.finish()
 '''
 

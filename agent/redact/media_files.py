@@ -58,14 +58,15 @@ class MediaFiles:
         return self.resolve(path, kind, self.r.decide(key, kind), key)
 
     def resolve(self, path: str, kind: str, d: Decision, key: str) -> FileOutcome | None:
-        """The one place a media file is decided and written; later references reuse it."""
-        if path in self.done:
-            return self.done[path]
+        """The one place a media file is decided and written; later references reuse it.
+        What is written is known by its digest, which the referring record may then carry."""
         if path in self.pending:
             self.wait_for(path)
-            return self.done[path]
-        outcome = self._resolve(path, kind, d, key)
-        self.done[path] = outcome
+        if path not in self.done:
+            self.done[path] = self._resolve(path, kind, d, key)
+        outcome = self.done[path]
+        if outcome is not None:
+            self.r.out.file_digests.add(outcome.sha256)
         return outcome
 
     def prepare(self) -> None:

@@ -36,9 +36,6 @@ _COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 # the site's own ``patterns`` are still asked (``Scrubber.site_rules``).
 # A tagged value ``hash:…`` that redaction wrote (group ``tag``) is a keyed tag: nothing to scrub.
 _DIGEST = re.compile(r"(?P<tag>hash:[0-9a-f]{16,64})|[0-9a-f]{32}|[0-9a-f]{64}")
-# wandb's content digest of a media file (``"sha256"`` in an image's, a table's ... JSON): the
-# file's, which redaction itself chose or wrote; not site data.
-_MEDIA_SHA = re.compile(r"[0-9a-f]{64}")
 # wandb's media file names: <key>_<step>[_<index>]_<hash>.<ext>. The numbers and the content
 # hash are wandb's own; the key (it repeats) and the extension (a user's file's, for some kinds)
 # are names to scrub.
@@ -64,6 +61,10 @@ class Outgoing(MessageWalk):
         self._path_names: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._dir_names: dict[str, str] = {}   # a file path's directory -> its names, each + "/"
         self.produced: set[str] = set()     # file paths this redaction wrote: names already
+        # The sha256 of every file this redaction wrote. wandb's ``"sha256"`` beside a media
+        # file's name is one of these when it describes what leaves; any other 64-hex value
+        # under that key (a site's hashed patient id) is asked like any string.
+        self.file_digests: set[str] = set()
         self.scrubber = scrubber
 
     @property
@@ -206,8 +207,8 @@ class Outgoing(MessageWalk):
                 return self.secret_value(v, place)
             if key == "commit" and _COMMIT.fullmatch(v):
                 return v     # a git commit id: understood, and what the dashboard links to
-            if key == "sha256" and _MEDIA_SHA.fullmatch(v):
-                return v     # a media file's digest (see _MEDIA_SHA)
+            if key == "sha256" and v in self.file_digests:
+                return v     # the digest of a file that leaves beside this record
             return self.text(v, place)
         if isinstance(v, dict):
             return {self.name(str(k)) if isinstance(k, str) else k: self.value(x, place, str(k))
