@@ -194,6 +194,9 @@ print(f"[{h}-rank0] started; ssh trainer@{h}", flush=True)
 print("LD_LIBRARY_PATH=/usr/lib:/mnt/" + c["dir"] + "/lib", flush=True)
 print("maps_" + c["google"], flush=True)
 print("machine api.example.com login trainer password " + c["pw"], flush=True)
+print("restoring: mysql -u trainer -p" + c["pw"] + " icu < dump.sql", flush=True)
+print("db_pw=" + c["pw"], flush=True)
+print("reading /mnt/ct scans/" + c["dir"] + "/slice 001.png", flush=True)
 import numpy as np
 run.log({f"loss/{h}_0": 1.0, "case": c["pid"], "scan": wandb.Image(np.full((8, 8, 3), 7, dtype=np.uint8))})
 run.summary["last_case"] = c["pid64"]
@@ -302,6 +305,47 @@ def test_a_partitioned_path_or_a_watched_disk_goes(text, gone):
 def test_names_with_a_dot_or_an_equals_sign_are_no_paths(text):
     assert _scrubber().scrub(text) == (text, {}), text
     assert _scrubber().scrub_name(text) == (text, {}), text
+
+
+# -- 7b. a directory's name with blanks in it ------------------------------------------------
+
+@pytest.mark.parametrize("text, gone", [
+    ("reading /data/patient P7126/scan.png now", ["P7126", "scan.png"]),
+    ("~/my data/P7126 x/a.png", ["P7126", "a.png"]),
+    ("'/mnt/ct scans/Doe Jane/1.dcm'", ["Doe", "Jane", "1.dcm"]),
+])
+def test_a_directory_with_blanks_goes_whole(text, gone):
+    new, counts = _scrubber().scrub(text)
+    assert counts.get("local_path") == 1 and not [g for g in gone if g in new], (text, new)
+
+
+@pytest.mark.parametrize("text, kept", [
+    ("saved /data/x/y.png and went on", " and went on"),
+    ("gcc -L /usr/lib -lfoo -L/usr/lib -lbar", " -lfoo -L/usr/lib -lbar"),
+])
+def test_words_after_a_path_stay(text, kept):
+    assert _scrubber().scrub(text)[0].endswith(kept), text
+
+
+# -- 7c. a password under "pw", or glued to a client's -p -------------------------------------
+
+@pytest.mark.parametrize("text", [
+    "pw={pw}", "db_pw: {pw}", "DB-PW = '{pw}'", "--pw {pw}", "--db-pw={pw}", '{{"smtp.pw": "{pw}"}}',
+    "mysql -u root -p{pw} -h db", "mysqldump -uroot -p{pw} icu > x.sql", "sshpass -p {pw} ssh node",
+    "sshpass -p{pw} scp a b",
+])
+def test_a_short_password_key_or_a_glued_flag_goes(text):
+    pw = _pw()
+    new, counts = _scrubber().scrub(text.format(pw=pw))
+    assert pw[:12] not in new and pw[-12:] not in new and sum(counts.values()) == 1, new
+
+
+@pytest.mark.parametrize("text", [
+    "upward: 3", "pwm_duty: 0.5", "pw = 3", "pW, pH = _pair(padding)", "mysql -p", "cmd -pX2abc",
+    "mysql --port 3306 -P 3306 db", "swap_pw_ratio=0.5",
+])
+def test_other_pw_and_p_stay(text):
+    assert _scrubber().scrub(text) == (text, {}), text
 
 
 # -- 8. flags that take a secret with no secret-looking word: --auth, --authorization, --auth-key, --key

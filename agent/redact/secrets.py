@@ -64,13 +64,23 @@ _SEP = r"(?:[^\S\n]+|[^\S\n]*\n[^\S\n]*)"     # blanks, or one line break (and b
 _VALUE = r"""(?:(?<=")(?:[^"\\\n]|\\.)*|(?<=')(?:[^'\\\n]|\\.)*|(?<!["'])[^\s"']*[^\s"',;])"""
 # Flags that name no secret-looking word but take one: only these exact flags (``--key-frames 10``
 # and ``--auth-type basic`` are other flags; ``-p`` is too vague).
-_FLAG_WORDS = r"auth|authorization|auth[-_]?key|key"
+_FLAG_WORDS = r"auth|authorization|auth[-_]?key|key|(?:\w+[-_])?pw"
+# "pw" as a key is a word of its own or a name's last part (``pw``, ``db_pw``, ``DB-PW``), never
+# a piece of one (``upward``, ``pwm_duty``); not ``pW`` (a padding's width), and its value is no
+# plain number (``pw = 3``).
+_PW_KEY = r"(?=[pP])(?:(?<=[_.-])|(?<![\w.-]))(?:pw|PW|Pw)(?!\w)"
 # The value after a secret-looking key or flag. Group ``v`` is what goes.
 CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     ("flag_value", rf"(?i)(?<![\w-])--?(?:[\w-]*(?:{_KEYWORDS}|token)[\w-]*|(?:{_FLAG_WORDS})(?![\w-]))(?:=|\s+)[\"']?(?P<v>{_VALUE})"),
     ("key_value", rf"(?i)\b[\w.-]*(?:{_KEYWORDS})[\w.-]*[\"']?\s*[:=]\s*[\"']?(?P<v>{_VALUE})"),
     # "tokens: 512" is a count, not a secret: a token's value must not be a plain number.
     ("key_value", rf"(?i)\b[\w.-]*token[\w.-]*[\"']?\s*[:=]\s*[\"']?(?P<v>(?!\d+(?:[.,]\d+)?(?:[\s\"',;]|$)){_VALUE})"),
+    ("key_value", rf"{_PW_KEY}[\"']?\s*[:=]\s*[\"']?(?P<v>(?!\d+(?:[.,]\d+)?(?:[\s\"',;]|$)){_VALUE})"),
+    # A client's password glued to its flag (``mysql -u u -pX``, ``mysqldump -pX``) or after
+    # ``sshpass -p``: ``-p`` alone is too vague to be a rule of its own.
+    ("flag_value", r"(?=[m])(?<![\w-])(?:mysql(?:dump|admin|import|check|pump|sh)?|mariadb(?:-dump)?)\b[^\n]*?"
+                   r"(?<=\s)-p(?P<v>[^\s\"']+)"),
+    ("flag_value", r"(?=s)(?<![\w-])sshpass\s+(?:-\w+\s+)*-p\s*(?P<v>[^\s\"']+)"),
     ("authorization", r"(?i)\bauthorization[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token|digest)\s+)?(?P<v>[^\s\"',;]+)"),
     ("bearer_token", r"(?i)\bbearer\s+(?P<v>[A-Za-z0-9._~+/=-]{8,})"),
     # A .netrc entry, ``machine H login U password P`` (no colon; its tokens on one line or on
@@ -91,7 +101,13 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
 # ``disk./mnt/x/y.usagePercent`` (after a digit it is arithmetic: ``1./n/m``). "=" may be inside
 # a component: a partitioned data set's ``/data/site=icu/part-0/x.png``. (The lookahead first:
 # most positions hold neither "/" nor "~", and fail there before any lookbehind is tried.)
-PATH_PATTERN = r"(?=[~/])(?:(?<![\w/.~-])|(?<=://)|(?<=:///)|(?<=[A-Za-z_]\.))(?:~|/[^\s/\"'<>|:;,()\[\]{}]+)(?:/[^\s/\"'<>|:;,()\[\]{}]+)+/?"
+# A directory's name may hold single blanks (``/data/patient P7126/scan.png``): a component
+# with blanks counts only when a "/" follows it, so the words after a path's last component
+# stay, and a word after a blank starts with a letter, a digit or "_" (``-L /usr/lib -lfoo``:
+# the flag is no part of it); at most four blanks, so a line of many words and slashes costs no more than a few tries.
+_COMPONENT = r"[^\s/\"'<>|:;,()\[\]{}]+"
+_SEGMENT = rf"(?:{_COMPONENT}(?: [A-Za-z0-9_]{_COMPONENT[:-1]}*){{1,4}}(?=/)|{_COMPONENT})"
+PATH_PATTERN = rf"(?=[~/])(?:(?<![\w/.~-])|(?<=://)|(?<=:///)|(?<=[A-Za-z_]\.))(?:~|/{_SEGMENT})(?:/{_SEGMENT})+/?"
 
 # A command-line flag whose next argument is a secret (``--password X``, ``-p X`` is too vague).
 SECRET_FLAG = re.compile(rf"(?i)^--?(?:[\w-]*(?:{_KEYWORDS}|token)[\w-]*|{_FLAG_WORDS})$")
