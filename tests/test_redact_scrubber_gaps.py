@@ -321,7 +321,7 @@ def test_a_directory_with_blanks_goes_whole(text, gone):
 
 @pytest.mark.parametrize("text, kept", [
     ("saved /data/x/y.png and went on", " and went on"),
-    ("gcc -L /usr/lib -lfoo -L/usr/lib -lbar", " -lfoo -L/usr/lib -lbar"),
+    ("gcc -L /usr/lib -lfoo -O2", " -lfoo -O2"),
 ])
 def test_words_after_a_path_stay(text, kept):
     assert _scrubber().scrub(text)[0].endswith(kept), text

@@ -33,7 +33,7 @@ def redact_config_value(key: str, value: Any, policy: Policy, scrub: "Outgoing",
     """One top-level config entry. Returns (value, changed)."""
     if key == "_wandb":
         return _redact_wandb_internal(value, policy, scrub, tag, report)
-    if policy.config_key_redacted(key) or any(fnmatch.fnmatchcase(key, g) for g in sensitive):
+    if policy.config_value_redacted(key, value) or any(fnmatch.fnmatchcase(key, g) for g in sensitive):
         report.config_keys.add(key)
         return f"[redacted:config:{tag('config', json.dumps(value, sort_keys=True))}]", True
     return _scrub_strings(value, key, policy, scrub, tag, report)
@@ -51,7 +51,7 @@ def _scrub_strings(value: Any, key: str, policy: Policy, scrub: "Outgoing", tag:
         changed, out = False, {}
         for k, v in value.items():
             sub = f"{key}.{k}"
-            if policy.config_key_redacted(str(k)):
+            if policy.config_value_redacted(str(k), v):
                 report.config_keys.add(sub)
                 out[k], changed = f"[redacted:config:{tag('config', json.dumps(v, sort_keys=True))}]", True
                 continue

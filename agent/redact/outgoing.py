@@ -27,7 +27,7 @@ from typing import Any
 
 from .policy import Policy
 from .report import RedactionReport
-from .secrets import Scrubber, scrub_args
+from .secrets import Scrubber, key_secrecy, scrub_args
 from .outgoing_walk import MessageWalk
 
 _COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
@@ -199,7 +199,8 @@ class Outgoing(MessageWalk):
     # -- JSON ------------------------------------------------------------------------------
     def value(self, v: Any, place: str, key: str = "") -> Any:
         """A JSON value at any depth: dict keys as names, strings as text; strings under a
-        secret-looking key go whole (numbers stay: ``tokens_per_sec`` is a metric)."""
+        secret-looking key go whole; numbers stay (``tokens_per_sec`` is a metric) unless the
+        key names a credential (``secrets.key_secrecy``: ``{"password": 1234}``)."""
         if isinstance(v, str):
             if v in self.produced:
                 return v
@@ -215,11 +216,13 @@ class Outgoing(MessageWalk):
                     for k, x in v.items()}
         if isinstance(v, list):
             return [self.value(x, place, key) for x in v]
+        if key and isinstance(v, (int, float)) and not isinstance(v, bool) and key_secrecy(key) == "any":
+            return self.secret_value(v, place)   # a numeric password is still one
         return v
 
     def json_text(self, raw: str, place: str, key: str = "") -> str:
-        if '"' not in raw:          # a number, true/false/null: nothing to scrub
-            return raw
+        if '"' not in raw and not (key and key_secrecy(key) == "any"):
+            return raw              # a number, true/false/null: nothing to scrub
         ck = (raw, place, key)
         if ck in self._same_json:
             return raw

@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import config as config_mod
 from .. import config_checks as checks
+from .secrets import key_secrecy
 
 MEDIA_KINDS = ("image", "audio", "video", "html", "table", "object3d", "molecule", "any")
 ACTIONS = ("keep", "hash", "drop")
@@ -85,7 +86,17 @@ class Policy:
         return decision
 
     def config_key_redacted(self, key: str) -> bool:
-        return _key_matches(key.lower(), _lowered(self.config_keys))
+        """The value under ``key`` goes whole (at least when it is text): the site's globs,
+        or a key whose words name a credential (``secrets.key_secrecy``)."""
+        return _key_matches(key.lower(), _lowered(self.config_keys)) or key_secrecy(key) != ""
+
+    def config_value_redacted(self, key: str, value: Any) -> bool:
+        """A config entry's value goes whole: the site's globs say so whatever it is; a key's
+        words say so for any value when they name a credential, for text when they may."""
+        if _key_matches(key.lower(), _lowered(self.config_keys)):
+            return True
+        secrecy = key_secrecy(key)
+        return secrecy == "any" or (secrecy == "text" and not (value is None or isinstance(value, (bool, int, float))))
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -40,6 +40,10 @@ EXTRA_TOKEN_RULES: tuple[tuple[str, str], ...] = (
     ("openai_key", r"\bsk-(?:proj-|ant-|svcacct-)?[A-Za-z0-9_-]{20,}"),
     ("slack_token", r"\bxox[abposre]-[A-Za-z0-9-]{10,}"),
     ("huggingface_token", r"\bhf_[A-Za-z0-9]{30,}\b"),
+    # Lower-case hex after a vendor's prefix (no upper case: the entropy rule never takes them).
+    ("databricks_token", r"\bdapi[0-9a-f]{32}(?:-\d+)?\b"),
+    ("langsmith_key", r"\blsv2_(?:pt|sk)_[0-9a-f]{32}_[0-9a-f]{10}\b"),
+    ("digitalocean_token", r"\bdo[opr]_v1_[0-9a-f]{64}\b"),
     # After anything but a letter or digit: "_" too (``maps_AIza…``, ``GOOGLE_KEY_AIza…``); after a
     # letter or digit "AIza" is inside a longer token (base64, a hash), not a key's start.
     ("google_api_key", r"(?<![A-Za-z0-9])AIza[0-9A-Za-z_-]{35}"),
@@ -50,7 +54,9 @@ EXTRA_TOKEN_RULES: tuple[tuple[str, str], ...] = (
     ("aws_secret_access_key", r"(?<![A-Za-z0-9/+=])(?=[A-Za-z0-9/+]{0,39}[A-Z])(?=[A-Za-z0-9/+]{0,39}[a-z])"
                               r"(?=[A-Za-z0-9/+]{0,39}[0-9])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"),
     ("jwt", r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}"),
-    ("url_credentials", r"\b[a-z][a-z0-9+.-]*://[^\s/:@]+:[^\s/@]+@"),
+    # (No user is a user too: ``redis://:pw@host``; the password runs to the authority's last
+    # "@": one with an "@" in it goes whole.)
+    ("url_credentials", r"\b[a-z][a-z0-9+.-]*://[^\s/:@]*:[^\s/]+@"),
     ("high_entropy_token", r"(?<![A-Za-z0-9+/_=-])[A-Za-z0-9+/_-]{32,}={0,2}(?![A-Za-z0-9+/_=-])"),
 )
 
@@ -69,13 +75,29 @@ _FLAG_WORDS = r"auth|authorization|auth[-_]?key|key|(?:\w+[-_])?pw"
 # a piece of one (``upward``, ``pwm_duty``); not ``pW`` (a padding's width), and its value is no
 # plain number (``pw = 3``).
 _PW_KEY = r"(?=[pP])(?:(?<=[_.-])|(?<![\w.-]))(?:pw|PW|Pw)(?!\w)"
+# Between a key and its value: its closing quote, escaped too (JSON printed inside a string:
+# ``\"password\": \"x\"``), or a subscript's (``cfg["password"] = x``); then the value's
+# opening quote, of a bytes literal too (``'password': b'x'``).
+_KEY_TO_VALUE = r"""(?:\\?["'])?\]?\s*[:=]\s*(?:b(?=["']))?(?:\\?["'])?"""
+_NOT_A_NUMBER = r"""(?!\d+(?:[.,]\d+)?(?:[\s"',;]|$))"""
 # The value after a secret-looking key or flag. Group ``v`` is what goes.
 CONTEXT_RULES: tuple[tuple[str, str], ...] = (
-    ("flag_value", rf"(?i)(?<![\w-])--?(?:[\w-]*(?:{_KEYWORDS}|token)[\w-]*|(?:{_FLAG_WORDS})(?![\w-]))(?:=|\s+)[\"']?(?P<v>{_VALUE})"),
-    ("key_value", rf"(?i)\b[\w.-]*(?:{_KEYWORDS})[\w.-]*[\"']?\s*[:=]\s*[\"']?(?P<v>{_VALUE})"),
+    ("flag_value", rf"(?i)(?<![\w-])--?(?:[\w-]*(?:{_KEYWORDS}|token)[\w-]*|(?:{_FLAG_WORDS}|[\w-]*[-_]key)(?![\w-]))(?:=|\s+)[\"']?(?P<v>{_VALUE})"),
+    ("key_value", rf"(?i)\b[\w.-]*(?:{_KEYWORDS}|-key(?![a-z0-9]))[\w.-]*{_KEY_TO_VALUE}(?P<v>{_VALUE})"),
     # "tokens: 512" is a count, not a secret: a token's value must not be a plain number.
-    ("key_value", rf"(?i)\b[\w.-]*token[\w.-]*[\"']?\s*[:=]\s*[\"']?(?P<v>(?!\d+(?:[.,]\d+)?(?:[\s\"',;]|$)){_VALUE})"),
-    ("key_value", rf"{_PW_KEY}[\"']?\s*[:=]\s*[\"']?(?P<v>(?!\d+(?:[.,]\d+)?(?:[\s\"',;]|$)){_VALUE})"),
+    ("key_value", rf"(?i)\b[\w.-]*token[\w.-]*{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
+    # A name that ends in "key" or names a signature, where a credential is written so: an
+    # environment line (``AZURE_OPENAI_KEY=…``, upper case), a URL's parameter (``?sig=…``,
+    # ``&X-Amz-Signature=…``), a quoted key with a
+    # quoted value (``{"encryption_key": "…"}``). Code (``sort_key = x``, ``fn(signature=sig)``,
+    # ``run_key: str``) is none of these. (A header's ``-Key:``, ``Ocp-Apim-Subscription-Key: …``,
+    # is a keyword of the rule above.)
+    ("key_value", rf"(?<![\w.-])[A-Z0-9_]*_KEY=(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
+    ("key_value", rf"(?i)(?<=[?&;])[\w.-]*(?:[_-]key|signature|(?<![a-z0-9])sig)=(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
+    ("key_value", rf"""(?i)(?<=["'])[\w.-]*(?:[_-]key|signature)\\?["']\s*:\s*(?:b(?=["']))?\\?["'](?P<v>{_VALUE})"""),
+    ("key_value", rf"{_PW_KEY}{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
+    # ``curl -u user:password``, ``--user user:password``.
+    ("flag_value", r"(?=-)(?<![\w-])(?:-u|--user|--proxy-user)[\s=]+[\"']?[^\s:\"']+:(?P<v>[^\s\"']+)"),
     # A client's password glued to its flag (``mysql -u u -pX``, ``mysqldump -pX``) or after
     # ``sshpass -p``: ``-p`` alone is too vague to be a rule of its own.
     ("flag_value", r"(?=[m])(?<![\w-])(?:mysql(?:dump|admin|import|check|pump|sh)?|mariadb(?:-dump)?)\b[^\n]*?"
@@ -107,7 +129,10 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
 # the flag is no part of it); at most four blanks, so a line of many words and slashes costs no more than a few tries.
 _COMPONENT = r"[^\s/\"'<>|:;,()\[\]{}]+"
 _SEGMENT = rf"(?:{_COMPONENT}(?: [A-Za-z0-9_]{_COMPONENT[:-1]}*){{1,4}}(?=/)|{_COMPONENT})"
-PATH_PATTERN = rf"(?=[~/])(?:(?<![\w/.~-])|(?<=://)|(?<=:///)|(?<=[A-Za-z_]\.))(?:~|/{_SEGMENT})(?:/{_SEGMENT})+/?"
+# A path also starts right after a compiler's ``-I`` or ``-L`` (``-I/home/alice/include``) and
+# after ``file://localhost``; doubled slashes inside it do not end it (``/mnt/scratch//x/y``).
+PATH_PATTERN = (rf"(?=[~/])(?:(?<![\w/.~-])|(?<=://)|(?<=:///)|(?<=[A-Za-z_]\.)|(?<=\s-[IL])|(?<=://localhost))"
+                rf"(?:~|/{_SEGMENT})(?:/+{_SEGMENT})+/*")
 
 # A command-line flag whose next argument is a secret (``--password X``, ``-p X`` is too vague).
 SECRET_FLAG = re.compile(rf"(?i)^--?(?:[\w-]*(?:{_KEYWORDS}|token)[\w-]*|{_FLAG_WORDS})$")
@@ -196,6 +221,12 @@ class Scrubber:
         rules = [rx for _, rx in self.patterns if rx is not self.words] + [rx for _, rx in self.context] + \
             ([_PATH_RX] if self.paths else [])
         object.__setattr__(self, "_any", re.compile("|".join(f"(?:{_scoped(rx)})" for rx in rules)))
+        # The site's patterns are also asked of the text with "_" read as a blank: a pattern
+        # anchored with ``\b`` (``\bP\d{4}\b``) must find the id in ``dice_P7126`` too, and
+        # "_" is a word character to ``\b``. (Same length: a span found there is the text's.)
+        site = [rx for name, rx in self.patterns if name.startswith("site_")]   # compile_patterns' names
+        object.__setattr__(self, "_site_any", re.compile("|".join(f"(?:{_scoped(rx)})" for rx in site))
+                           if site else None)
 
     @functools.cached_property
     def site_rules(self) -> "Scrubber | None":
@@ -215,7 +246,9 @@ class Scrubber:
 
     def spans(self, text: str) -> list[tuple[int, int, str]]:
         """Non-overlapping (start, end, rule) to replace, in order."""
-        if not self._any.search(text) and (self.words is None or not self.words.search(text)):
+        view = text.replace("_", " ") if self._site_any is not None and "_" in text else None
+        if not self._any.search(text) and (self.words is None or not self.words.search(text)) \
+                and (view is None or not self._site_any.search(view)):
             return []
         # Markers already in the text are left as they are: scrubbing is idempotent, so a name
         # scrubbed once (a file's new name) is the same wherever it is scrubbed again.
@@ -227,11 +260,12 @@ class Scrubber:
             rules.append(("local_path", _PATH_RX, "token"))
         for rank, (name, rx, how) in enumerate(rules):
             check = _CHECKS.get(name)
-            for m in rx.finditer(text):
-                s, e = m.span("v") if how == "context" else m.span()
-                if e > s and (check is None or check(m.group(0))) \
-                        and not any(a < e and s < b for a, b in markers):
-                    found.append((s, e, rank, name))
+            for t in (text, view) if view is not None and name.startswith("site_") else (text,):
+                for m in rx.finditer(t):
+                    s, e = m.span("v") if how == "context" else m.span()
+                    if e > s and (check is None or check(m.group(0))) \
+                            and not any(a < e and s < b for a, b in markers):
+                        found.append((s, e, rank, name))
         # Overlapping matches merge into one span: a longer secret that a shorter rule matched
         # in part (the tail of a SendGrid key looks random) goes whole; the rule tried first
         # (the most specific) names it.
@@ -315,6 +349,57 @@ def _loose_word(w: str) -> bool:
     return len(w) >= 4 and w.lower() not in _GENERIC_WORDS
 
 
+# -- keys that name a credential --------------------------------------------------------------
+# A key (config, summary, history, artifact metadata, a flag) is split into its words
+# (``X-API-Key`` -> x, api, key; ``azureOpenaiKey`` -> azure, openai, key); the globs of the
+# policy's ``config_keys`` are the site's own say, these words are always asked beside them.
+_KEY_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
+# Words that name a credential: whatever stands under them goes, a number too.
+CREDENTIAL_WORDS = frozenset({"password", "passwd", "passphrase", "passcode", "pwd", "pw", "secret", "secrets",
+                              "credential", "credentials", "apikey", "privkey"})
+# Words that name one when the value is text: a number under them is a count or a setting
+# (``tokens``, ``auth_retries``, ``pass_rate``, ``pass@1``).
+TEXT_SECRET_WORDS = frozenset({"pass", "auth", "authorization", "bearer", "cookie", "signature", "sig", "token",
+                               "tokens"})
+# A key whose last word is "key" names a credential (``api_key``, ``encryption_key``,
+# ``Ocp-Apim-Subscription-Key``) unless the word before says it is another kind of key: an
+# unknown one fails closed.
+PLAIN_KEY_KINDS = frozenset({
+    "sort", "primary", "foreign", "cache", "monitor", "metric", "dict", "hash", "group", "partition", "shard",
+    "join", "lookup", "index", "data", "dataset", "input", "output", "label", "image", "text", "target",
+    "feature", "column", "row", "model", "layer", "attention", "attn", "query", "value", "random", "rng",
+    "seed", "prng", "frame", "map", "sample", "batch", "class", "config", "run", "table", "log", "file",
+    "path", "name", "id", "node", "task", "job", "step", "split", "train", "val", "test", "eval", "hot",
+    "music", "midi", "chord", "note", "tonic", "scale", "cluster", "bucket", "object", "s3", "record",
+    "field", "entry", "item", "result", "event", "state", "lock", "composite", "natural", "surrogate",
+    "num", "n", "max", "min", "total", "count", "unique", "missing", "new", "old",
+})
+
+
+@functools.lru_cache(maxsize=65536)
+def key_secrecy(key: str) -> str:
+    """What a key's name says of the value under it: ``"any"`` (it names a credential: the
+    value goes whatever it is), ``"text"`` (a string under it goes, a number stays), ``""``."""
+    words = [w.lower() for w in _KEY_WORD.findall(key)]
+    if not words:
+        return ""
+    if CREDENTIAL_WORDS.intersection(words):
+        return "any"
+    if words[-1] in ("key", "keys") and len(words) > 1 and words[-2] not in PLAIN_KEY_KINDS:
+        return "any"
+    if TEXT_SECRET_WORDS.intersection(words):
+        return "text"
+    return ""
+
+
+def is_secret_flag(arg: str) -> bool:
+    """A command-line flag whose next argument is a secret: ``--password``, ``--openai-key``,
+    ``--db-pw``; not ``-p`` (too vague) nor ``--key-frames``."""
+    if SECRET_FLAG.match(arg):
+        return True
+    return arg.startswith("--") and "=" not in arg and key_secrecy(arg[2:]) == "any"
+
+
 def scrub_args(args: list[str], scrub: Callable[[str], str], secret_value: Callable[[str], str]) -> list[str]:
     """A command line: every argument scrubbed, and the argument after a secret-looking flag
     (``--password X``) replaced whole."""
@@ -322,5 +407,5 @@ def scrub_args(args: list[str], scrub: Callable[[str], str], secret_value: Calla
     after_flag = False
     for a in args:
         out.append(secret_value(a) if after_flag else scrub(a))
-        after_flag = bool(SECRET_FLAG.match(a))
+        after_flag = is_secret_flag(a)
     return out

@@ -1,0 +1,244 @@
+"""What a second security tester got through the default policy with real wandb 0.31 runs, after
+the fixes of ``test_redact_scrubber_gaps.py``:
+
+- values under keys that name a credential in other words than the default globs (``pass``,
+  ``pwd``, ``X-API-Key``, ``private-key``, ``azure_openai_key``), a number under ``password``,
+  and the flag ``--openai-key``;
+- console lines: a URL's password with no user or with an "@" in it, ``curl -u user:pw``,
+  ``AZURE_OPENAI_KEY=``, a signed URL's ``sig=``, JSON printed inside a string
+  (``\\"password\\": \\"x\\"``), a bytes value, ``cfg["password"] = x``;
+- vendor tokens in lower-case hex (Databricks, LangSmith, DigitalOcean);
+- local paths after ``-I``, with doubled slashes, in ``file://localhost/…``;
+- a site pattern anchored with ``\\b`` (as the README shows) missing ``dice_P7126``.
+
+Each is checked on the scrubber or the choke point, then all at once on a real run redacted
+whole; ordinary names, counts and metrics stay (``pass@1``, ``tokens``, ``sort_key``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import string
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from redact_helpers import default_outgoing, site_tag
+from tfwb_agent.redact.policy import DEFAULT_POLICY, parse_policy
+from tfwb_agent.redact.report import RedactionReport
+from tfwb_agent.redact.secrets import Scrubber, compile_patterns, key_secrecy, scrub_args
+
+ALNUM = string.ascii_letters + string.digits
+
+
+def _pw() -> str:
+    return "Zq" + "".join(secrets.choice(ALNUM) for _ in range(22))
+
+
+def _hex(n: int) -> str:
+    return secrets.token_hex(n // 2)
+
+
+def _scrubber(extra=()) -> Scrubber:
+    return Scrubber(compile_patterns(extra), site_tag, True)
+
+
+def _gone(secret: str, new: str) -> bool:
+    """No 12-character piece of ``secret`` is left in ``new``."""
+    return not any(secret[i:i + 12] in new for i in range(max(1, len(secret) - 11)))
+
+
+# -- 1. keys that name a credential ----------------------------------------------------------
+
+@pytest.mark.parametrize("key", ["pass", "pwd", "passphrase", "db_pw", "X-API-Key", "x-api-key", "private-key",
+                                 "azure_openai_key", "encryption_key", "Api-Key", "signingKey", "auth"])
+def test_a_string_under_a_key_naming_a_credential_goes_whole(key):
+    pw = _pw()
+    out = default_outgoing(RedactionReport())
+    for place in ("config", "summary", "history"):
+        assert pw not in json.dumps(out.value({"svc": {key: pw}}, place)), (key, place)
+        assert pw not in out.json_text(json.dumps({"headers": {key: "a b " + pw}}), place), (key, place)
+    assert DEFAULT_POLICY.config_value_redacted(key, pw)
+
+
+@pytest.mark.parametrize("key", ["password", "smtp_password", "pwd", "api_key", "passcode"])
+def test_a_number_under_a_credential_goes(key):
+    n = secrets.randbelow(10 ** 12) + 10 ** 11
+    out = default_outgoing(RedactionReport())
+    assert str(n) not in json.dumps(out.value({"smtp": {key: n}}, "summary"))
+    assert str(n) not in out.json_text(str(n), "history", key)
+    assert DEFAULT_POLICY.config_value_redacted(key, n)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("tokens_per_sec", 1234.5), ("pass@1", 0.42), ("pass_rate", 0.9), ("auth_retries", 3), ("num_keys", 10),
+    ("sort_key", "date"), ("primary_key", "id"), ("key_frames", 8), ("prng_key", 7), ("passes", 4), ("sigma", 0.5),
+    ("design", "resnet"), ("monkey", "banana"), ("loss", 0.25),
+])
+def test_ordinary_keys_and_counts_stay(key, value):
+    out = default_outgoing(RedactionReport())
+    assert out.value({key: value}, "summary") == {key: value}
+    if not isinstance(value, str) and key not in ("tokens_per_sec",):   # (*token* is a default glob)
+        assert not DEFAULT_POLICY.config_value_redacted(key, value), key
+
+
+def test_key_words_are_read_in_any_spelling():
+    for key in ("X-API-Key", "xApiKey", "X_API_KEY", "x.api.key", "OPENAI_API_KEY"):
+        assert key_secrecy(key) == "any", key
+    assert key_secrecy("keyframes") == key_secrecy("hotkey") == ""
+
+
+@pytest.mark.parametrize("flag", ["--openai-key", "--db-pw", "--api-keys", "--hf-key"])
+def test_the_argument_after_a_flag_naming_a_credential_goes(flag):
+    key = _hex(32)
+    args = scrub_args(["train.py", flag, key, "--lr", "0.1"], lambda a: a, lambda a: "[gone]")
+    assert key not in args and args[-2:] == ["--lr", "0.1"]
+    new, counts = _scrubber().scrub(f"python train.py {flag} {key} --lr 0.1")
+    assert key not in new and new.endswith(" --lr 0.1") and counts, new
+
+
+@pytest.mark.parametrize("flag", ["--key-frames", "--sort-key", "-p", "--lr"])
+def test_other_flags_take_no_argument_with_them(flag):
+    args = ["train.py", flag, "8"]
+    assert scrub_args(args, lambda a: a, lambda a: "[gone]") == args
+
+
+# -- 2. console lines ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("line", [
+    "redis://:{pw}@redis.internal:6379/0", "mongodb://trainer:ab@{pw}@mongo.internal/x",
+    "curl -u trainer:{pw} https://x.example", "wget --user=trainer:{pw} https://x.example",
+    "Ocp-Apim-Subscription-Key: {hex}", "X-Api-Key: {hex}", "AZURE_OPENAI_KEY={hex}", "export ENCRYPTION_KEY={hex}",
+    '{{"encryption_key": "{hex}"}}', "{{'signing_key': b'{pw}'}}",
+    "GET https://acct.blob.core.windows.net/c/x?sv=2022-11-02&sig={pw}%2B&se=1",
+    "https://b.s3.amazonaws.com/x?X-Amz-Signature={hex}&X-Amz-Date=1",
+    '"body": "{{\\"user\\": \\"trainer\\", \\"password\\": \\"{pw}\\"}}"',
+    "{{'host': 'db', 'password': b'{pw}'}}", 'cfg["password"] = "{pw}"; raise ValueError(cfg)',
+    "cfg['api_key']='{pw}'",
+])
+def test_a_console_line_with_a_secret_in_it_loses_it(line):
+    pw, hx = _pw(), _hex(32)
+    text = line.format(pw=pw, hex=hx)
+    new, counts = _scrubber().scrub(text)
+    assert _gone(pw, new) and _gone(hx, new) and counts, (text, new)
+
+
+@pytest.mark.parametrize("token", [
+    lambda: "dapi" + _hex(32), lambda: "lsv2_pt_" + _hex(32) + "_" + _hex(10), lambda: "dop_v1_" + _hex(64),
+])
+def test_vendor_tokens_in_lower_case_hex_go(token):
+    t = token()
+    for text in (t, f"using workspace adb-1234 with {t}", json.dumps({"do": t})):
+        new, counts = _scrubber().scrub(text)
+        assert _gone(t, new) and counts, new
+
+
+@pytest.mark.parametrize("text, gone", [
+    ("c++ -I/home/alice/miniconda3/include -O2 -c x.cpp", ["alice"]),
+    ("gcc -L/home/alice/lib -lfoo", ["alice"]),
+    ("loading /mnt/scratch//dir-xyz/scan.png", ["dir-xyz", "scan.png"]),
+    ("/mnt/cache///dir-xyz/shard-0.bin", ["dir-xyz", "shard-0"]),
+    ("file://localhost/srv/dir-xyz/x.csv", ["dir-xyz"]),
+])
+def test_paths_after_a_compiler_flag_with_doubled_slashes_or_on_localhost_go(text, gone):
+    new, counts = _scrubber().scrub(text)
+    assert counts.get("local_path") and not [g for g in gone if g in new], (text, new)
+    assert _scrubber().scrub(new) == (new, {})      # once is enough: nothing is left for a second pass
+
+
+@pytest.mark.parametrize("text", [
+    "sort_key: 3", "design: resnet", "sigma=0.5", "num_tokens: 512", "x_key=5", "monkey: banana",
+    "https://user@github.com/o/r.git", "the key: value pairs", "Epoch 3/10 - loss: 0.2345", "-Iinclude -O2",
+    "sort_key = row_key", "fn(x, input_signature=spec)", "run_key: str", '{"join_key": self._join_key}',
+])
+def test_ordinary_console_lines_stay(text):
+    assert _scrubber().scrub(text) == (text, {}), text
+
+
+# -- 3. a site pattern anchored with \b, as the README shows ---------------------------------
+
+@pytest.mark.parametrize("text", ["dice_P7126", "best_P7126_epoch", "val/P7126/dice", "P7126"])
+def test_a_site_pattern_anchored_with_b_finds_an_id_joined_by_an_underscore(text):
+    s = _scrubber([r"\bP\d{4,}\b"])
+    for new, counts in (s.scrub(text), s.scrub_name(text)):
+        assert "P7126" not in new and counts == {"site_0": 1}, new
+    assert s.scrub("loss_total") == ("loss_total", {}) and s.scrub("case_P71") == ("case_P71", {})
+
+
+# -- the real thing: one wandb run, redacted whole -------------------------------------------
+
+WRITER = r'''
+import json, os, sys
+os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true")
+root, c = os.environ["LEAK_ROOT"], json.loads(os.environ["LEAK_CANARIES"])
+for k in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+    os.environ[k] = os.path.join(root, k.lower())
+import argparse, wandb
+p = argparse.ArgumentParser()
+p.add_argument("--openai-key")
+p.add_argument("--lr", type=float)
+args = p.parse_args()
+run = wandb.init(dir=root, project="leaks", config=args)
+run.config.update({"db": {"pass": c["pw1"], "pwd": c["pw1"]}, "judge": {"headers": {"X-API-Key": c["hex"]}},
+                   "signing": {"private-key": c["pw1"]}, "azure_openai_key": c["hex"], "k_frames": 8})
+run.summary["smtp"] = {"password": int(c["num"])}
+print("redis://:" + c["pw2"] + "@redis.internal:6379/0", flush=True)
+print("curl -u trainer:" + c["pw2"] + " https://x.example", flush=True)
+print("AZURE_OPENAI_KEY=" + c["hex"], flush=True)
+print("?sv=2022-11-02&sig=" + c["pw2"] + "&se=1", flush=True)
+print(json.dumps({"body": json.dumps({"user": "trainer", "password": c["pw2"]})}), flush=True)
+print({"host": "db", "password": c["pw2"].encode()}, flush=True)
+print("using " + c["dapi"], flush=True)
+print("c++ -I/home/" + c["dir"] + "/include -O2", flush=True)
+print("loading /mnt/scratch//" + c["dir"] + "/scan.png", flush=True)
+t = wandb.Table(columns=["case", "dice_" + c["pid"]], data=[["a", 0.5]])
+run.log({"dice_" + c["pid"]: 0.75, "pass@1": 0.42, "tokens": 512, "loss": 0.25, "cases": t})
+run.finish()
+'''
+
+
+def _history_values(run_dir: Path) -> dict:
+    from tfwb_agent.wandb_log import read_records
+
+    values = {}
+    for _, rec in read_records(next(run_dir.glob("*.wandb"))):
+        if rec.WhichOneof("record_type") == "history":
+            for it in rec.history.item:
+                values["/".join([it.key] if it.key else list(it.nested_key))] = it.value_json
+    return values
+
+
+def test_a_real_run_carries_none_of_them_out(tmp_path):
+    from tfwb_agent.redact.run import redact_run
+
+    c = {"pw1": _pw(), "pw2": _pw(), "hex": _hex(32), "num": str(10 ** 11 + secrets.randbelow(10 ** 11)),
+         "dapi": "dapi" + _hex(32), "dir": "dir-" + _hex(12), "pid": "P" + str(10 ** 6 + secrets.randbelow(10 ** 6))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(LEAK_ROOT=str(tmp_path), LEAK_CANARIES=json.dumps(c))
+    p = subprocess.run([sys.executable, "-c", WRITER, "--openai-key", c["hex"], "--lr", "0.1"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
+    src = b"".join(f.read_bytes() for f in run_dir.rglob("*") if f.is_file())
+    assert all(v.encode() in src for v in c.values()), "the run does not carry every canary"
+
+    def redacted(name: str, policy) -> tuple[bytes, dict]:
+        out = tmp_path / name / run_dir.name
+        rep = redact_run(run_dir, out, policy, os.urandom(32), lambda q: Path(q))
+        blob = b"".join(f.read_bytes() for f in out.rglob("*") if f.is_file()) + json.dumps(rep.to_dict()).encode()
+        return blob, _history_values(out)
+
+    site_policy = parse_policy("t", {"patterns": [r"\bP\d{4,}\b"]})
+    for name, policy in (("default", DEFAULT_POLICY), ("site", site_policy)):
+        blob, history = redacted(name, policy)
+        for what, v in c.items():
+            if what == "pid" and policy is DEFAULT_POLICY:
+                continue                  # a patient id is the site's to name
+            pieces = [v] if len(v) <= 12 else [v[i:i + 12] for i in range(len(v) - 11)]
+            assert not [x for x in pieces if x.encode() in blob], (name, what)
+        # the numbers still plot
+        assert (history["pass@1"], history["tokens"], history["loss"]) == ("0.42", "512", "0.25"), history
+        assert "0.75" in history.values()
