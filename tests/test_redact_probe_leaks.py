@@ -117,7 +117,8 @@ def test_other_flags_take_no_argument_with_them(flag):
     "https://b.s3.amazonaws.com/x?X-Amz-Signature={hex}&X-Amz-Date=1",
     '"body": "{{\\"user\\": \\"trainer\\", \\"password\\": \\"{pw}\\"}}"',
     "{{'host': 'db', 'password': b'{pw}'}}", 'cfg["password"] = "{pw}"; raise ValueError(cfg)',
-    "cfg['api_key']='{pw}'",
+    "cfg['api_key']='{pw}'", "redirect: https://sso.example/cb?next=%2Fapi%3Faccess_token%3D{pw}%26x%3D1",
+    "cloning https://{pw}@git.internal.example/ml/repo.git",
 ])
 def test_a_console_line_with_a_secret_in_it_loses_it(line):
     pw, hx = _pw(), _hex(32)

@@ -57,6 +57,8 @@ EXTRA_TOKEN_RULES: tuple[tuple[str, str], ...] = (
     # (No user is a user too: ``redis://:pw@host``; the password runs to the authority's last
     # "@": one with an "@" in it goes whole.)
     ("url_credentials", r"\b[a-z][a-z0-9+.-]*://[^\s/:@]*:[^\s/]+@"),
+    # A token as a URL's user (``https://<token>@git.example/…``): no user name is that long.
+    ("url_token_user", r"(?<=://)[^\s/:@]{20,}(?=@)"),
     ("high_entropy_token", r"(?<![A-Za-z0-9+/_=-])[A-Za-z0-9+/_-]{32,}={0,2}(?![A-Za-z0-9+/_=-])"),
 )
 
@@ -75,10 +77,11 @@ _FLAG_WORDS = r"auth|authorization|auth[-_]?key|key|(?:\w+[-_])?pw"
 # a piece of one (``upward``, ``pwm_duty``); not ``pW`` (a padding's width), and its value is no
 # plain number (``pw = 3``).
 _PW_KEY = r"(?=[pP])(?:(?<=[_.-])|(?<![\w.-]))(?:pw|PW|Pw)(?!\w)"
-# Between a key and its value: its closing quote, escaped too (JSON printed inside a string:
+# Between a key and its value: ":" or "=", percent-encoded too (a URL inside a URL's parameter:
+# ``next=%2Fapi%3Faccess_token%3DX``); its closing quote, escaped too (JSON printed inside a string:
 # ``\"password\": \"x\"``), or a subscript's (``cfg["password"] = x``); then the value's
 # opening quote, of a bytes literal too (``'password': b'x'``).
-_KEY_TO_VALUE = r"""(?:\\?["'])?\]?\s*[:=]\s*(?:b(?=["']))?(?:\\?["'])?"""
+_KEY_TO_VALUE = r"""(?:\\?["'])?\]?\s*(?:[:=]|%3[AaDd])\s*(?:b(?=["']))?(?:\\?["'])?"""
 _NOT_A_NUMBER = r"""(?!\d+(?:[.,]\d+)?(?:[\s"',;]|$))"""
 # The value after a secret-looking key or flag. Group ``v`` is what goes.
 CONTEXT_RULES: tuple[tuple[str, str], ...] = (
