@@ -29,7 +29,8 @@ import pytest
 from redact_helpers import default_outgoing, site_tag
 from tfwb_agent.redact.policy import DEFAULT_POLICY, parse_policy
 from tfwb_agent.redact.report import RedactionReport
-from tfwb_agent.redact.secrets import Scrubber, compile_patterns, key_secrecy, scrub_args
+from tfwb_agent.redact.secret_rules import key_secrecy
+from tfwb_agent.redact.secrets import Scrubber, compile_patterns, scrub_args
 
 ALNUM = string.ascii_letters + string.digits
 
@@ -243,3 +244,14 @@ def test_a_real_run_carries_none_of_them_out(tmp_path):
         # the numbers still plot
         assert (history["pass@1"], history["tokens"], history["loss"]) == ("0.42", "512", "0.25"), history
         assert "0.75" in history.values()
+
+
+def test_a_console_line_ending_on_such_a_flag_waits_for_its_value():
+    from tfwb_agent.redact.console import TextStream
+
+    key = _hex(32)
+    stream = TextStream(lambda t: _scrubber().scrub(t)[0])
+    released = stream.feed("python train.py --openai-key\n")
+    assert released == "", "the line ending on the flag left before its value came"
+    released += stream.feed(key + "\n") + stream.close()
+    assert key not in released and "--openai-key" in released, released

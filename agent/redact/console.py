@@ -17,13 +17,13 @@ import re
 from typing import Callable
 
 from .console_render import SHOWN_DIFFERENTLY, Screen, shown
-from .secrets import SECRET_FLAG, _KEYWORDS
+from .secret_rules import SECRET_KEYWORDS, is_secret_flag
 
 # Beyond this much held text, release it anyway (scrubbed): a progress bar that never ends a
 # line must not grow memory without bound. A PEM block that long is not a key. (A line cut
 # there is checked with its start when its rest comes: ``console_render.Screen``.)
 HOLD_LIMIT = 1 << 20
-_DANGLING = re.compile(rf"(?i)(?:\b[\w.-]*(?:{_KEYWORDS}|token|authorization)[\w.-]*[\"']?\s*[:=]|\bbearer)\s*$")
+_DANGLING = re.compile(rf"(?i)(?:\b[\w.-]*(?:{SECRET_KEYWORDS}|token|authorization|-key)[\w.-]*[\"']?\s*[:=]|\bbearer)\s*$")
 _PEM_BEGIN = "-----BEGIN"
 _PEM_END = "-----END"
 
@@ -83,6 +83,6 @@ def _cut(text: str) -> int:
     last_line = text[line_start:cut - 1].rstrip("\r")
     for line in (last_line, shown(last_line)) if SHOWN_DIFFERENTLY.search(last_line) else (last_line,):
         words = line.split()
-        if _DANGLING.search(line) or (words and SECRET_FLAG.match(words[-1])):
+        if _DANGLING.search(line) or (words and is_secret_flag(words[-1])):
             return line_start
     return cut

@@ -13,7 +13,7 @@ from . import media
 from .media import Decide, Resolve, TextTag
 from .media_items import (PLAN_FIELDS, Path_, display_key, insert, item_paths, loads, may_hold_media,
                           media_groups, media_in_items)
-from .secrets import key_secrecy
+from .secret_rules import key_secrecy
 from .string_fields import item_parts
 
 __all__ = ["PLAN_FIELDS", "media_in_items", "redact_items", "redact_scrub_items"]  # the first two: for runlog

@@ -27,7 +27,8 @@ from typing import Any
 
 from .policy import Policy
 from .report import RedactionReport
-from .secrets import Scrubber, key_secrecy, scrub_args
+from .secret_rules import key_secrecy
+from .secrets import Scrubber, scrub_args
 from .outgoing_walk import MessageWalk
 
 _COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
@@ -200,7 +201,7 @@ class Outgoing(MessageWalk):
     def value(self, v: Any, place: str, key: str = "") -> Any:
         """A JSON value at any depth: dict keys as names, strings as text; strings under a
         secret-looking key go whole; numbers stay (``tokens_per_sec`` is a metric) unless the
-        key names a credential (``secrets.key_secrecy``: ``{"password": 1234}``)."""
+        key names a credential (``secret_rules.key_secrecy``: ``{"password": 1234}``)."""
         if isinstance(v, str):
             if v in self.produced:
                 return v

@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import config as config_mod
 from .. import config_checks as checks
-from .secrets import key_secrecy
+from .secret_rules import key_secrecy
 
 MEDIA_KINDS = ("image", "audio", "video", "html", "table", "object3d", "molecule", "any")
 ACTIONS = ("keep", "hash", "drop")
@@ -87,7 +87,7 @@ class Policy:
 
     def config_key_redacted(self, key: str) -> bool:
         """The value under ``key`` goes whole (at least when it is text): the site's globs,
-        or a key whose words name a credential (``secrets.key_secrecy``)."""
+        or a key whose words name a credential (``secret_rules.key_secrecy``)."""
         return _key_matches(key.lower(), _lowered(self.config_keys)) or key_secrecy(key) != ""
 
     def config_value_redacted(self, key: str, value: Any) -> bool:

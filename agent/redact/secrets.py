@@ -6,6 +6,7 @@ Three kinds of rules, applied together to every outgoing string (see ``outgoing.
   loaded from the installed library at run time, so a new release's rules come with it), plus
   the formats it lacks or matches too narrowly (bare W&B keys, OpenAI, Slack, Hugging Face,
   bare AWS secret keys, PEM blocks, high-entropy tokens). The whole match goes.
+  (The tables of our own rules, and what a key's name says, are ``secret_rules.py``.)
 - **Context rules**: the value after a secret-looking key or flag: ``password: X``,
   ``--api-key X``, ``Authorization: Bearer X``, a .netrc line's ``password X``. Only the value
   goes; the key stays readable.
@@ -26,120 +27,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from .secret_rules import CONTEXT_RULES, EXTRA_TOKEN_RULES, PATH_PATTERN, is_secret_flag
+
 # detect-secrets plugins left out: not secrets (public IPs), or keyword heuristics that the
 # context rules below do on every string (KeywordDetector is not regex-based anyway).
 _SKIPPED_PLUGINS = {"IPPublicDetector"}
-
-# Formats detect-secrets lacks or matches too narrowly for what training code prints.
-EXTRA_TOKEN_RULES: tuple[tuple[str, str], ...] = (
-    ("pem_private_key", r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----(?:[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|[\s\S]*)"),
-    # W&B API keys: 40 hex characters (and the local-/v1 forms of W&B Server).
-    ("wandb_api_key", r"(?<![0-9A-Fa-f])[0-9a-f]{40}(?![0-9A-Fa-f])"),
-    ("wandb_local_key", r"\blocal-[0-9a-f]{40}\b"),
-    ("wandb_v1_key", r"\bwandb_v1_[A-Za-z0-9_]{20,}"),
-    ("openai_key", r"\bsk-(?:proj-|ant-|svcacct-)?[A-Za-z0-9_-]{20,}"),
-    ("slack_token", r"\bxox[abposre]-[A-Za-z0-9-]{10,}"),
-    ("huggingface_token", r"\bhf_[A-Za-z0-9]{30,}\b"),
-    # Lower-case hex after a vendor's prefix (no upper case: the entropy rule never takes them).
-    ("databricks_token", r"\bdapi[0-9a-f]{32}(?:-\d+)?\b"),
-    ("langsmith_key", r"\blsv2_(?:pt|sk)_[0-9a-f]{32}_[0-9a-f]{10}\b"),
-    ("digitalocean_token", r"\bdo[opr]_v1_[0-9a-f]{64}\b"),
-    # After anything but a letter or digit: "_" too (``maps_AIza…``, ``GOOGLE_KEY_AIza…``); after a
-    # letter or digit "AIza" is inside a longer token (base64, a hash), not a key's start.
-    ("google_api_key", r"(?<![A-Za-z0-9])AIza[0-9A-Za-z_-]{35}"),
-    ("github_token", r"\bgh[pousr]_[A-Za-z0-9]{36,255}\b"),
-    ("github_pat", r"\bgithub_pat_[A-Za-z0-9_]{22,255}\b"),
-    ("aws_access_key_id", r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b"),
-    # A bare AWS secret access key: 40 characters of base64 with upper, lower and digits.
-    ("aws_secret_access_key", r"(?<![A-Za-z0-9/+=])(?=[A-Za-z0-9/+]{0,39}[A-Z])(?=[A-Za-z0-9/+]{0,39}[a-z])"
-                              r"(?=[A-Za-z0-9/+]{0,39}[0-9])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"),
-    ("jwt", r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}"),
-    # (No user is a user too: ``redis://:pw@host``; the password runs to the authority's last
-    # "@": one with an "@" in it goes whole.)
-    ("url_credentials", r"\b[a-z][a-z0-9+.-]*://[^\s/:@]*:[^\s/]+@"),
-    # A token as a URL's user (``https://<token>@git.example/…``): no user name is that long.
-    ("url_token_user", r"(?<=://)[^\s/:@]{20,}(?=@)"),
-    ("high_entropy_token", r"(?<![A-Za-z0-9+/_=-])[A-Za-z0-9+/_-]{32,}={0,2}(?![A-Za-z0-9+/_=-])"),
-)
-
-_KEYWORDS = (r"pass(?:word|wd|phrase)?|pwd|secret|api[-_]?key|apikey|access[-_]?key|private[-_]?key"
-             r"|credentials?|auth[-_]?token|access[-_]?token|client[-_]?secret|session[-_]?key")
-_SEP = r"(?:[^\S\n]+|[^\S\n]*\n[^\S\n]*)"     # blanks, or one line break (and blanks around it)
-# A value, after its opening quote if it has one: a quoted one whole, up to its closing quote (or
-# the line's end: ``password: "correct horse battery"``); an unquoted one up to a blank, past a
-# "," or ";" inside it (``password=ab,cd``), not one that ends it (``password: x, user: y``).
-# Fail closed: ``pw=x;user=y`` loses the user too.
-_VALUE = r"""(?:(?<=")(?:[^"\\\n]|\\.)*|(?<=')(?:[^'\\\n]|\\.)*|(?<!["'])[^\s"']*[^\s"',;])"""
-# Flags that name no secret-looking word but take one: only these exact flags (``--key-frames 10``
-# and ``--auth-type basic`` are other flags; ``-p`` is too vague).
-_FLAG_WORDS = r"auth|authorization|auth[-_]?key|key|(?:\w+[-_])?pw"
-# "pw" as a key is a word of its own or a name's last part (``pw``, ``db_pw``, ``DB-PW``), never
-# a piece of one (``upward``, ``pwm_duty``); not ``pW`` (a padding's width), and its value is no
-# plain number (``pw = 3``).
-_PW_KEY = r"(?=[pP])(?:(?<=[_.-])|(?<![\w.-]))(?:pw|PW|Pw)(?!\w)"
-# Between a key and its value: ":" or "=", percent-encoded too (a URL inside a URL's parameter:
-# ``next=%2Fapi%3Faccess_token%3DX``); its closing quote, escaped too (JSON printed inside a string:
-# ``\"password\": \"x\"``), or a subscript's (``cfg["password"] = x``); then the value's
-# opening quote, of a bytes literal too (``'password': b'x'``).
-_KEY_TO_VALUE = r"""(?:\\?["'])?\]?\s*(?:[:=]|%3[AaDd])\s*(?:b(?=["']))?(?:\\?["'])?"""
-_NOT_A_NUMBER = r"""(?!\d+(?:[.,]\d+)?(?:[\s"',;]|$))"""
-# The value after a secret-looking key or flag. Group ``v`` is what goes.
-CONTEXT_RULES: tuple[tuple[str, str], ...] = (
-    ("flag_value", rf"(?i)(?<![\w-])--?(?:[\w-]*(?:{_KEYWORDS}|token)[\w-]*|(?:{_FLAG_WORDS}|[\w-]*[-_]key)(?![\w-]))(?:=|\s+)[\"']?(?P<v>{_VALUE})"),
-    ("key_value", rf"(?i)\b[\w.-]*(?:{_KEYWORDS}|-key(?![a-z0-9]))[\w.-]*{_KEY_TO_VALUE}(?P<v>{_VALUE})"),
-    # "tokens: 512" is a count, not a secret: a token's value must not be a plain number.
-    ("key_value", rf"(?i)\b[\w.-]*token[\w.-]*{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
-    # A name that ends in "key" or names a signature, where a credential is written so: an
-    # environment line (``AZURE_OPENAI_KEY=…``, upper case), a URL's parameter (``?sig=…``,
-    # ``&X-Amz-Signature=…``), a quoted key with a
-    # quoted value (``{"encryption_key": "…"}``). Code (``sort_key = x``, ``fn(signature=sig)``,
-    # ``run_key: str``) is none of these. (A header's ``-Key:``, ``Ocp-Apim-Subscription-Key: …``,
-    # is a keyword of the rule above.)
-    ("key_value", rf"(?<![\w.-])[A-Z0-9_]*_KEY=(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
-    ("key_value", rf"(?i)(?<=[?&;])[\w.-]*(?:[_-]key|signature|(?<![a-z0-9])sig)=(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
-    ("key_value", rf"""(?i)(?<=["'])[\w.-]*(?:[_-]key|signature)\\?["']\s*:\s*(?:b(?=["']))?\\?["'](?P<v>{_VALUE})"""),
-    ("key_value", rf"{_PW_KEY}{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
-    # ``curl -u user:password``, ``--user user:password``.
-    ("flag_value", r"(?=-)(?<![\w-])(?:-u|--user|--proxy-user)[\s=]+[\"']?[^\s:\"']+:(?P<v>[^\s\"']+)"),
-    # A client's password glued to its flag (``mysql -u u -pX``, ``mysqldump -pX``) or after
-    # ``sshpass -p``: ``-p`` alone is too vague to be a rule of its own.
-    ("flag_value", r"(?=[m])(?<![\w-])(?:mysql(?:dump|admin|import|check|pump|sh)?|mariadb(?:-dump)?)\b[^\n]*?"
-                   r"(?<=\s)-p(?P<v>[^\s\"']+)"),
-    ("flag_value", r"(?=s)(?<![\w-])sshpass\s+(?:-\w+\s+)*-p\s*(?P<v>[^\s\"']+)"),
-    ("authorization", r"(?i)\bauthorization[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token|digest)\s+)?(?P<v>[^\s\"',;]+)"),
-    ("bearer_token", r"(?i)\bbearer\s+(?P<v>[A-Za-z0-9._~+/=-]{8,})"),
-    # A .netrc entry, ``machine H login U password P`` (no colon; its tokens on one line or on
-    # consecutive ones): the password after a ``machine X`` or ``login X`` pair and at most three
-    # more such pairs. Prose about passwords ("password reset complete", "login with your
-    # password") does not have that shape.
-    ("netrc_password", rf"(?i)(?=[ml])(?<![\w-])(?:machine|login){_SEP}\S+(?:{_SEP}(?:machine|login|account){_SEP}\S+){{0,3}}"
-                       rf"{_SEP}pass(?:word|wd){_SEP}(?P<v>\S+)"),
-)
-
-# Absolute POSIX paths of two components or more, and home-relative ones, wherever they start:
-# after a space, a quote, "=" (``--data=/x/y``), ":" (each entry of ``PATH=/a/b:/c/d``, a
-# ``host:/x/y`` copy target), or the empty host of a URI (``file:///x/y``, ``sqlite:////x/y``).
-# A URL's own path is left alone: a path never starts at a slash that follows a word character
-# or another slash (``//host/x``: the first slash has a slash after it, the second one before
-# it), and a metric name (``train/loss``) does not start with a slash. A path also starts after a
-# "." that follows a letter: wandb's key for a disk it watches (``x_stats_disk_paths``) is
-# ``disk./mnt/x/y.usagePercent`` (after a digit it is arithmetic: ``1./n/m``). "=" may be inside
-# a component: a partitioned data set's ``/data/site=icu/part-0/x.png``. (The lookahead first:
-# most positions hold neither "/" nor "~", and fail there before any lookbehind is tried.)
-# A directory's name may hold single blanks (``/data/patient P7126/scan.png``): a component
-# with blanks counts only when a "/" follows it, so the words after a path's last component
-# stay, and a word after a blank starts with a letter, a digit or "_" (``-L /usr/lib -lfoo``:
-# the flag is no part of it); at most four blanks, so a line of many words and slashes costs no more than a few tries.
-_COMPONENT = r"[^\s/\"'<>|:;,()\[\]{}]+"
-_SEGMENT = rf"(?:{_COMPONENT}(?: [A-Za-z0-9_]{_COMPONENT[:-1]}*){{1,4}}(?=/)|{_COMPONENT})"
-# A path also starts right after a compiler's ``-I`` or ``-L`` (``-I/home/alice/include``) and
-# after ``file://localhost``; doubled slashes inside it do not end it (``/mnt/scratch//x/y``).
-PATH_PATTERN = (rf"(?=[~/])(?:(?<![\w/.~-])|(?<=://)|(?<=:///)|(?<=[A-Za-z_]\.)|(?<=\s-[IL])|(?<=://localhost))"
-                rf"(?:~|/{_SEGMENT})(?:/+{_SEGMENT})+/*")
-
-# A command-line flag whose next argument is a secret (``--password X``, ``-p X`` is too vague).
-SECRET_FLAG = re.compile(rf"(?i)^--?(?:[\w-]*(?:{_KEYWORDS}|token)[\w-]*|{_FLAG_WORDS})$")
-
 
 def _entropy(s: str) -> float:
     n = len(s)
@@ -350,57 +242,6 @@ def _loose_word(w: str) -> bool:
     ordinary names (a user ``ml`` would take ``ml_loss``, a host ``gpu`` every ``gpu_util``); nor
     a generic account name (a run as ``root`` would lose ``root_mean_squared_error``)."""
     return len(w) >= 4 and w.lower() not in _GENERIC_WORDS
-
-
-# -- keys that name a credential --------------------------------------------------------------
-# A key (config, summary, history, artifact metadata, a flag) is split into its words
-# (``X-API-Key`` -> x, api, key; ``azureOpenaiKey`` -> azure, openai, key); the globs of the
-# policy's ``config_keys`` are the site's own say, these words are always asked beside them.
-_KEY_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
-# Words that name a credential: whatever stands under them goes, a number too.
-CREDENTIAL_WORDS = frozenset({"password", "passwd", "passphrase", "passcode", "pwd", "pw", "secret", "secrets",
-                              "credential", "credentials", "apikey", "privkey"})
-# Words that name one when the value is text: a number under them is a count or a setting
-# (``tokens``, ``auth_retries``, ``pass_rate``, ``pass@1``).
-TEXT_SECRET_WORDS = frozenset({"pass", "auth", "authorization", "bearer", "cookie", "signature", "sig", "token",
-                               "tokens"})
-# A key whose last word is "key" names a credential (``api_key``, ``encryption_key``,
-# ``Ocp-Apim-Subscription-Key``) unless the word before says it is another kind of key: an
-# unknown one fails closed.
-PLAIN_KEY_KINDS = frozenset({
-    "sort", "primary", "foreign", "cache", "monitor", "metric", "dict", "hash", "group", "partition", "shard",
-    "join", "lookup", "index", "data", "dataset", "input", "output", "label", "image", "text", "target",
-    "feature", "column", "row", "model", "layer", "attention", "attn", "query", "value", "random", "rng",
-    "seed", "prng", "frame", "map", "sample", "batch", "class", "config", "run", "table", "log", "file",
-    "path", "name", "id", "node", "task", "job", "step", "split", "train", "val", "test", "eval", "hot",
-    "music", "midi", "chord", "note", "tonic", "scale", "cluster", "bucket", "object", "s3", "record",
-    "field", "entry", "item", "result", "event", "state", "lock", "composite", "natural", "surrogate",
-    "num", "n", "max", "min", "total", "count", "unique", "missing", "new", "old",
-})
-
-
-@functools.lru_cache(maxsize=65536)
-def key_secrecy(key: str) -> str:
-    """What a key's name says of the value under it: ``"any"`` (it names a credential: the
-    value goes whatever it is), ``"text"`` (a string under it goes, a number stays), ``""``."""
-    words = [w.lower() for w in _KEY_WORD.findall(key)]
-    if not words:
-        return ""
-    if CREDENTIAL_WORDS.intersection(words):
-        return "any"
-    if words[-1] in ("key", "keys") and len(words) > 1 and words[-2] not in PLAIN_KEY_KINDS:
-        return "any"
-    if TEXT_SECRET_WORDS.intersection(words):
-        return "text"
-    return ""
-
-
-def is_secret_flag(arg: str) -> bool:
-    """A command-line flag whose next argument is a secret: ``--password``, ``--openai-key``,
-    ``--db-pw``; not ``-p`` (too vague) nor ``--key-frames``."""
-    if SECRET_FLAG.match(arg):
-        return True
-    return arg.startswith("--") and "=" not in arg and key_secrecy(arg[2:]) == "any"
 
 
 def scrub_args(args: list[str], scrub: Callable[[str], str], secret_value: Callable[[str], str]) -> list[str]:
