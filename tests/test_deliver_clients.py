@@ -205,3 +205,19 @@ def test_a_pinned_wandb_0_25_delivers_to_an_old_server_and_is_confirmed(tmp_path
     finally:
         door.stop()
         server.stop()
+
+
+def test_the_agents_own_wandb_variables_do_not_reach_wandb_sync(tmp_path, monkeypatch):
+    """wandb sends ``WANDB_USERNAME`` and ``WANDB_USER_EMAIL`` as request headers, and other
+    ``WANDB_*`` variables change what it does: the delivering host's own must not go with the
+    runs it delivers. Only transport settings pass."""
+    from tfwb_agent.deliver import upload
+
+    monkeypatch.setenv("WANDB_USERNAME", "cnry-gw-user")
+    monkeypatch.setenv("WANDB_USER_EMAIL", "cnry-gw-user@example.org")
+    monkeypatch.setenv("WANDB_RUN_GROUP", "cnry-group")
+    monkeypatch.setenv("WANDB_HTTP_TIMEOUT", "61")
+    for own in (True, False):
+        env = upload.sync_env("http://127.0.0.1:9", "k" * 40, tmp_path / f"home-{own}", own_client=own)
+        assert not [k for k, v in env.items() if "cnry" in v], own
+        assert env["WANDB_HTTP_TIMEOUT"] == "61" and env["WANDB_BASE_URL"] == "http://127.0.0.1:9"

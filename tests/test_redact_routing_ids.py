@@ -88,7 +88,7 @@ def test_a_run_whose_identifiers_hold_site_data_or_a_key_is_refused_and_the_rest
     rec = pb.RunRecord(run_id="a1b2c3d4", project="ct-routing", sweep_id=sweep)
     r = Redaction(dirs["plain"], None, DEFAULT_POLICY, b"s" * 32, Path)
     try:
-        refuse_secret_routing(rec, r.scrubber.token_and_site_rules, "run")
+        refuse_secret_routing(rec, r.scrubber.routing_rules, "run")
         raise AssertionError("a sweep id shaped like a W&B key was let through")
     except RedactError as exc:
         assert "sweep id matches the wandb_api_key rule" in str(exc) and sweep not in str(exc)
@@ -115,14 +115,14 @@ def test_ordinary_identifiers_are_never_refused(corpus):
     some_dir = next(iter(corpus_run_dirs(corpus).values()))
     r = Redaction(some_dir, None, DEFAULT_POLICY, b"s" * 32, Path)
     for _ in range(5000):
-        refuse_secret_routing(pb.RunRecord(run_id=generate_id(), project="ct-routing"), r.scrubber.token_and_site_rules, "run")
+        refuse_secret_routing(pb.RunRecord(run_id=generate_id(), project="ct-routing"), r.scrubber.routing_rules, "run")
     seen = 0
     for d in corpus_run_dirs(corpus).values():
         with open(find_log(d), "rb") as f:
             for off, payload in LogReader(f):
                 rec = parse_record(payload, off, pb)
                 if rec.WhichOneof("record_type") == "run":
-                    refuse_secret_routing(rec.run, r.scrubber.token_and_site_rules, "run")
+                    refuse_secret_routing(rec.run, r.scrubber.routing_rules, "run")
                     seen += 1
     assert seen >= len(corpus_run_dirs(corpus))
 
@@ -166,3 +166,45 @@ def test_an_artifacts_own_project_or_entity_is_refused_only_when_the_artifact_wo
     entry.digest = entry.ref
     (kept,) = rewrite(r, rec, Console(r))
     assert kept.artifact.project == f"x-{patient}"
+
+
+def test_the_runs_own_host_or_user_in_its_identifiers_refuses_it(corpus):
+    """The run's own host, user and e-mail are site data too: a project named after the host, a
+    run id or entity that is the user's name (a digit beside it or not) would leave as they are."""
+    from wandb.proto import wandb_internal_pb2 as pb
+    host, user = "icu-gpu-" + secrets.token_hex(3), "u" + secrets.token_hex(4)
+    r = Redaction(next(iter(corpus_run_dirs(corpus).values())), None, DEFAULT_POLICY, b"s" * 32, Path)
+    r.add_identity({host, user})
+    for field, value in (("project", f"exp-{host}"), ("run_id", f"{user}1"), ("entity", user),
+                         ("project", f"{host.upper()}_ct")):
+        try:
+            refuse_secret_routing(pb.RunRecord(**{"run_id": "a1b2c3d4", "project": "ct", field: value}),
+                                  r.scrubber.routing_rules, "run")
+            raise AssertionError(f"{field} {value!r} holding the run's own host or user was let through")
+        except RedactError as exc:
+            assert "the identity rule" in str(exc) and host not in str(exc) and user not in str(exc), exc
+    refuse_secret_routing(pb.RunRecord(run_id="a1b2c3d4", project="ct-routing", entity="radiology"),
+                          r.scrubber.routing_rules, "run")
+
+
+def test_a_real_run_in_a_project_named_after_its_host_is_refused(tmp_path):
+    """wandb records the host it ran on; the run's project holds it."""
+    from canary_helpers import _can_set_hostname
+    from tfwb_agent.redact.run import redact_run
+
+    assert _can_set_hostname(), "this test needs root and unshare(1) to give the run a host name of its own"
+    host = "icu-gpu-" + secrets.token_hex(3)
+    code = WRITER.replace("import wandb\n", "import wandb, socket\n")
+    p = subprocess.run(["unshare", "--uts", "sh", "-c", f'hostname {host} && exec "$0" "$@"', sys.executable, "-c",
+                        code, str(tmp_path), json.dumps({"hosted": {"project": f"exp-{host}"}})],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    run_dir = next(Path(line.split()[3]) for line in p.stdout.splitlines() if line.startswith("RUN "))
+    assert host.encode() in find_log(run_dir).read_bytes(), "wandb did not record the run's host"
+    try:
+        redact_run(run_dir, tmp_path / "out" / run_dir.name, DEFAULT_POLICY, b"s" * 32, lambda q: Path(q))
+        raise AssertionError("a run whose project holds its own host name was redacted for sealing")
+    except RedactError as exc:
+        assert "project matches the identity rule" in str(exc) and host not in str(exc), exc
+    out = tmp_path / "out"
+    assert not [f for f in out.rglob("*") if f.is_file() and host.encode() in f.read_bytes()]

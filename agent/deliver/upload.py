@@ -29,10 +29,12 @@ import certifi
 from .clients import clean_env, client_for_url, wandb_exe
 from .server import ca_bundle
 
-# Variables of the agent's own environment that would change what wandb sync does.
-_DROP = ("WANDB_MODE", "WANDB_DISABLED", "WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_ENTITY", "WANDB_PROJECT",
-         "WANDB_RUN_ID", "WANDB_RESUME", "WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR",
-         "WANDB_SILENT", "WANDB_NETRC")
+# The agent's own ``WANDB_*`` variables do not reach wandb sync: each may change what it does
+# or add to what it sends (``WANDB_USERNAME`` and ``WANDB_USER_EMAIL`` go out as request headers:
+# the delivering host's user). Only these, which say how to talk to the server and nothing about
+# anyone, are passed on.
+_PASSED_WANDB = frozenset({"WANDB_HTTP_TIMEOUT", "WANDB__SERVICE_WAIT", "WANDB_INIT_TIMEOUT", "WANDB_DEBUG",
+                           "WANDB_CORE_DEBUG"})
 
 
 def ca_bundle_for_child(ca_file: str | None, home: Path) -> str | None:
@@ -59,7 +61,7 @@ def ca_bundle_for_child(ca_file: str | None, home: Path) -> str | None:
 
 def sync_env(base_url: str, api_key: str, home: Path, ca_file: str | None = None,
              own_client: bool = True) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _DROP}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") or k in _PASSED_WANDB}
     if not own_client:  # a target's own wandb (clients.py) must not import the agent's packages
         env = clean_env(env)
     home.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -185,8 +185,9 @@ _ROUTING = (("run_id", "run id"), ("project", "project"), ("entity", "entity"), 
 
 
 def refuse_secret_routing(msg: Any, scrubber: "Scrubber", what: str) -> None:
-    """Raise ``RedactError`` if a token rule or a site pattern matches the run id, project,
-    entity or sweep id of ``msg`` (a RunRecord, an ArtifactRecord). The message names the
+    """Raise ``RedactError`` if a token rule, a site pattern or the run's own host, user or
+    e-mail (``Scrubber.routing_rules``) matches the run id, project, entity or sweep id of
+    ``msg`` (a RunRecord, an ArtifactRecord). The message names the
     field and the rule, never the value (it goes to logs and ``status``)."""
     for field, label in _ROUTING:
         value = getattr(msg, field, "")

@@ -80,7 +80,7 @@ def _config(r: "Redaction", updates: Any) -> bool:
 
 def _run(r: "Redaction", rec: Any) -> bool:
     if "identifiers" not in r.policy.keep_strings:
-        meta.refuse_secret_routing(rec.run, r.scrubber.token_and_site_rules, "run")
+        meta.refuse_secret_routing(rec.run, r.scrubber.routing_rules, "run")
     _config(r, rec.run.config.update)
     if r.policy.metadata == "redact":
         meta.redact_run_identity(rec.run, r.text_tag, r.report)
@@ -100,7 +100,7 @@ def _artifact(r: "Redaction", rec: Any) -> bool:
         r.report.artifacts["dropped"] += 1
         return False
     if "identifiers" not in r.policy.keep_strings:
-        meta.refuse_secret_routing(art, r.scrubber.token_and_site_rules, "artifact")
+        meta.refuse_secret_routing(art, r.scrubber.routing_rules, "artifact")
     keep, tables = [], []  # tables: the keys of a run-table artifact's tables
     for e in art.manifest.contents:
         if e.ref and not e.local_path:

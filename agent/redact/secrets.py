@@ -132,12 +132,11 @@ class Scrubber:
         return Scrubber(site, self.tag, paths=False, context=()) if site else None
 
     @functools.cached_property
-    def token_and_site_rules(self) -> "Scrubber":
-        """The token, context and site rules alone: no local path, not the run's own words (an
-        entity is often its user's name). For the identifiers that route a run
-        (``meta.refuse_secret_routing``)."""
-        return Scrubber(tuple(p for p in self.patterns if p[1] is not self.words), self.tag, paths=False,
-                        context=self.context)
+    def routing_rules(self) -> "Scrubber":
+        """Every rule but local paths (a project is no path): for the identifiers that route a
+        run (``meta.refuse_secret_routing``). The run's own host, user and e-mail too: a project
+        named after its host, an entity that is its user's name would leave as they are."""
+        return Scrubber(self.patterns, self.tag, paths=False, context=self.context, words=self.words)
 
     def spans(self, text: str) -> list[tuple[int, int, str]]:
         """Non-overlapping (start, end, rule) to replace, in order."""
@@ -200,10 +199,10 @@ class Scrubber:
         return self._replace(name, name_form=True)
 
     def with_words(self, rule: str, words: Iterable[str]) -> "Scrubber":
-        """Also take out these exact words (the run's host, user, e-mail) wherever no letter or
-        digit touches them: inside names too (``icu-gpu-07-rank0``, ``loss/icu-gpu-07_0``,
-        ``ckpt_alice_best``, ``alice@icu-gpu-07``). A short or generic word is taken only as a
-        whole word (see ``_loose_word``)."""
+        """Also take out these exact words (the run's host, user, e-mail) wherever no letter
+        touches them: inside names too (``icu-gpu-07-rank0``, ``loss/icu-gpu-07_0``,
+        ``ckpt_alice_best``, ``alice@icu-gpu-07``, ``alice1``). A short or generic word is taken
+        only as a whole word (see ``_loose_word``)."""
         # A host's fully qualified name brings its short name (``icu-gpu-07.hospital.local``:
         # ``icu-gpu-07`` is what prompts and logs print).
         words = {w for w in words if w}
@@ -215,7 +214,7 @@ class Scrubber:
         strict = [re.escape(w) for w in ws if not _loose_word(w)]
         # Host names and e-mail addresses are case-insensitive (``ICU-GPU-07`` is the same host);
         # a loose word is taken in any case, a short or generic one only as written.
-        alts = ([r"(?i:(?<![^\W_])(?:" + "|".join(loose) + r")(?![^\W_]))"] if loose else []) + \
+        alts = ([r"(?i:(?<![^\W_\d])(?:" + "|".join(loose) + r")(?![^\W_\d]))"] if loose else []) + \
             ([r"(?<![\w.@-])(?:" + "|".join(strict) + r")(?![\w-])"] if strict else [])
         # The words' first characters looked at first: most positions fail there, before any
         # lookbehind is tried (this is searched in every outgoing string).
