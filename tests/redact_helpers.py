@@ -135,3 +135,27 @@ def protobuf_field(number: int, payload: bytes, wire: int = 2) -> bytes:
     its bytes already)."""
     head = protobuf_varint(number << 3 | wire)
     return head + (payload if wire == 0 else protobuf_varint(len(payload)) + payload)
+
+
+def history_items(run_dir: Path) -> dict[tuple[str, ...], str]:
+    """Each history item of a run's log: its key (``(key,)``, or its nested key) -> its
+    ``value_json`` (of the last row that has it)."""
+    from tfwb_agent.wandb_log import read_records
+
+    items: dict[tuple[str, ...], str] = {}
+    for _, rec in read_records(next(run_dir.glob("*.wandb"))):
+        if rec.WhichOneof("record_type") == "history":
+            for it in rec.history.item:
+                items[(it.key,) if it.key else tuple(it.nested_key)] = it.value_json
+    return items
+
+
+# The start of a test's run writer (run as ``python -c``): wandb offline and quiet, its own
+# directories under ``CANARY_ROOT``; ``root`` and the canaries ``c`` (``CANARY_VALUES``, JSON) set.
+WRITER_PREAMBLE = r'''
+import json, os, socket, sys
+os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true")
+root, c = os.environ["CANARY_ROOT"], json.loads(os.environ["CANARY_VALUES"])
+for k in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+    os.environ[k] = os.path.join(root, k.lower())
+'''

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from redact_helpers import default_outgoing, site_tag
+from redact_helpers import WRITER_PREAMBLE, default_outgoing, history_items, site_tag
 from tfwb_agent.redact.policy import DEFAULT_POLICY, parse_policy
 from tfwb_agent.redact.report import RedactionReport
 from tfwb_agent.redact.secret_rules import key_secrecy
@@ -172,13 +172,7 @@ def test_a_site_pattern_anchored_with_b_finds_an_id_joined_by_an_underscore(text
 
 # -- the real thing: one wandb run, redacted whole -------------------------------------------
 
-WRITER = r'''
-import json, os, sys
-os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true")
-root, c = os.environ["LEAK_ROOT"], json.loads(os.environ["LEAK_CANARIES"])
-for k in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
-    os.environ[k] = os.path.join(root, k.lower())
-import argparse, wandb
+WRITER = WRITER_PREAMBLE + r'''import argparse, wandb
 p = argparse.ArgumentParser()
 p.add_argument("--openai-key")
 p.add_argument("--lr", type=float)
@@ -202,24 +196,13 @@ run.finish()
 '''
 
 
-def _history_values(run_dir: Path) -> dict:
-    from tfwb_agent.wandb_log import read_records
-
-    values = {}
-    for _, rec in read_records(next(run_dir.glob("*.wandb"))):
-        if rec.WhichOneof("record_type") == "history":
-            for it in rec.history.item:
-                values["/".join([it.key] if it.key else list(it.nested_key))] = it.value_json
-    return values
-
-
 def test_a_real_run_carries_none_of_them_out(tmp_path):
     from tfwb_agent.redact.run import redact_run
 
     c = {"pw1": _pw(), "pw2": _pw(), "hex": _hex(32), "num": str(10 ** 11 + secrets.randbelow(10 ** 11)),
          "dapi": "dapi" + _hex(32), "dir": "dir-" + _hex(12), "pid": "P" + str(10 ** 6 + secrets.randbelow(10 ** 6))}
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(LEAK_ROOT=str(tmp_path), LEAK_CANARIES=json.dumps(c))
+    env.update(CANARY_ROOT=str(tmp_path), CANARY_VALUES=json.dumps(c))
     p = subprocess.run([sys.executable, "-c", WRITER, "--openai-key", c["hex"], "--lr", "0.1"], env=env,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -231,7 +214,7 @@ def test_a_real_run_carries_none_of_them_out(tmp_path):
         out = tmp_path / name / run_dir.name
         rep = redact_run(run_dir, out, policy, os.urandom(32), lambda q: Path(q))
         blob = b"".join(f.read_bytes() for f in out.rglob("*") if f.is_file()) + json.dumps(rep.to_dict()).encode()
-        return blob, _history_values(out)
+        return blob, {"/".join(k): v for k, v in history_items(out).items()}
 
     site_policy = parse_policy("t", {"patterns": [r"\bP\d{4,}\b"]})
     for name, policy in (("default", DEFAULT_POLICY), ("site", site_policy)):

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from canary_helpers import _can_set_hostname
-from redact_helpers import default_outgoing, site_tag
+from redact_helpers import WRITER_PREAMBLE, default_outgoing, history_items, site_tag
 from tfwb_agent.redact.outgoing import Outgoing
 from tfwb_agent.redact.policy import DEFAULT_POLICY, parse_policy
 from tfwb_agent.redact.report import RedactionReport
@@ -187,13 +187,7 @@ def test_urls_and_metric_names_are_no_paths(text):
 
 # -- the real thing: one wandb run, redacted whole --------------------------------------------
 
-WRITER = r'''
-import json, os, socket
-os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true")
-root, c = os.environ["GAPS_ROOT"], json.loads(os.environ["GAPS_CANARIES"])
-for k in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
-    os.environ[k] = os.path.join(root, k.lower())
-import wandb
+WRITER = WRITER_PREAMBLE + r'''import wandb
 h = socket.gethostname()
 run = wandb.init(dir=root, project="gaps", name=f"{h}-exp1",
                  config={"node": f"{h}_rank0", "case_id": c["pid"], "sha256": c["pid64"], "data": "file:///mnt/" + c["dir"] + "/train.csv"})
@@ -214,14 +208,8 @@ run.finish()
 
 def _history_image(run_dir: Path) -> dict:
     """The fields of the image in the run's history (wandb 0.31 writes one item per field)."""
-    from tfwb_agent.wandb_log import read_records
-
-    fields = {}
-    for _, rec in read_records(next(run_dir.glob("*.wandb"))):
-        if rec.WhichOneof("record_type") == "history":
-            for it in rec.history.item:
-                if len(it.nested_key) == 2 and it.nested_key[1] in ("path", "sha256"):
-                    fields[it.nested_key[1]] = json.loads(it.value_json)
+    fields = {k[1]: json.loads(v) for k, v in history_items(run_dir).items()
+              if len(k) == 2 and k[1] in ("path", "sha256")}
     assert set(fields) == {"path", "sha256"}, fields
     return fields
 
@@ -236,7 +224,7 @@ def test_a_real_run_carries_none_of_them_out(tmp_path):
          "dir": "dir-" + secrets.token_hex(8), "google": "AIza" + "".join(secrets.choice(alnum) for _ in range(35)),
          "pw": "Zq" + "".join(secrets.choice(alnum) for _ in range(14))}
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(GAPS_ROOT=str(tmp_path), GAPS_CANARIES=json.dumps(c))
+    env.update(CANARY_ROOT=str(tmp_path), CANARY_VALUES=json.dumps(c))
     p = subprocess.run(["unshare", "--uts", "sh", "-c", f'hostname {c["host"]} && exec "$0" -c "$1"',
                         sys.executable, WRITER], env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
