@@ -238,3 +238,87 @@ def test_a_console_line_ending_on_such_a_flag_waits_for_its_value():
     assert released == "", "the line ending on the flag left before its value came"
     released += stream.feed(key + "\n") + stream.close()
     assert key not in released and "--openai-key" in released, released
+
+
+def test_a_live_snapshot_keeps_back_output_logs_last_line(corpus, tmp_path):
+    """wandb writes the line a run is still printing into ``output.log`` with a line feed after
+    it: a live segment's copy must not carry it (its rest, the secret's second half, comes in
+    the next), nor a key whose value has not come; the run's end carries the file whole."""
+    import shutil
+    from seal_helpers import corpus_run_dirs
+    from tfwb_agent.redact.run import redact_run
+
+    src = tmp_path / "run" / corpus_run_dirs(corpus)["3salp52t"].name
+    shutil.copytree(corpus_run_dirs(corpus)["3salp52t"], src)
+    token = "ghp_" + "".join(secrets.choice(ALNUM) for _ in range(36))
+    log = src / "files" / "output.log"
+    outs = {}
+    for n, text in enumerate(["hello\ntoken is " + token[:20] + "\n",
+                              "hello\ntoken is " + token + "\ndb password:\n",
+                              "hello\ntoken is " + token + "\ndb password:\n" + token[4:] + "\nbye\n"]):
+        log.write_text(text)
+        for complete in (False, True):
+            out = tmp_path / f"out-{n}-{complete}" / src.name
+            redact_run(src, out, DEFAULT_POLICY, b"s" * 32, lambda q: Path(q), complete=complete)
+            outs[n, complete] = (out / "files" / "output.log").read_text()
+    assert outs[0, False] == "hello\n", outs[0, False]                  # the half token stays back
+    assert outs[0, True].startswith("hello\ntoken is ")                 # (printed so, at the end)
+    # its last line may go on (the key's value comes on the next): it stays back
+    assert outs[1, False].startswith("hello\ntoken is [redacted:") and "password" not in outs[1, False], outs[1, False]
+    assert "bye" not in outs[2, False] and outs[2, True].endswith("bye\n")
+    assert not [k for k, o in outs.items() if k != (0, True) and token[4:16] in o], outs
+
+
+# -- a value that is an object or a list -------------------------------------------------------
+
+@pytest.mark.parametrize("text", [
+    '{{"db_password": {{"value": {num}}}}}', '"api_key": {{"values": ["{pw}"]}}', "{{'password': {{'value': '{pw}'}}}}",
+    '"api_key": ["{pw}"], "lr": 0.1', "--password [{pw}]",
+])
+def test_an_object_or_a_list_after_a_secret_key_goes_whole(text):
+    pw, num = _pw(), str(10 ** 13 + secrets.randbelow(10 ** 13))
+    new, counts = _scrubber().scrub(text.format(pw=pw, num=num))
+    assert _gone(pw, new) and num not in new and counts, new
+
+
+def test_an_object_or_a_list_under_a_secret_key_in_json_goes_whole():
+    pw = _pw()
+    out = default_outgoing(RedactionReport())
+    for v in ({"db": {"password": {"value": pw}}}, {"api_key": [pw]}, {"secret": {"a": 1, "b": [pw]}}):
+        assert pw not in json.dumps(out.value(v, "summary")), v
+        assert pw not in out.json_text(json.dumps(v), "history")
+    kept = {"tokenizer_stats": {"vocab": 30522}, "tokens": [1, 2, 3]}     # numbers only: counts
+    assert out.value(kept, "summary") == kept
+
+
+# -- artifacts = "keep": a table in an ordinary artifact -------------------------------------
+
+ARTIFACT_WRITER = WRITER_PREAMBLE + r'''
+import wandb
+run = wandb.init(dir=root, project="art-table")
+art = wandb.Artifact("eval-set", type="dataset")
+art.add(wandb.Table(columns=["id", "col_" + c["pid"]], data=[[c["tok"], c["pid2"]]]), "tbl")
+run.log_artifact(art)
+run.log({"x": 1})
+run.finish()
+'''
+
+
+def test_a_table_in_a_kept_artifact_is_redacted_as_tables_are(tmp_path):
+    from tfwb_agent.redact.run import redact_run
+
+    c = {"pid": "P" + str(10 ** 6 + secrets.randbelow(10 ** 6)), "pid2": "P" + str(10 ** 6 + secrets.randbelow(10 ** 6)),
+         "tok": "ghp_" + "".join(secrets.choice(ALNUM) for _ in range(36))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(CANARY_ROOT=str(tmp_path), CANARY_VALUES=json.dumps(c))
+    p = subprocess.run([sys.executable, "-c", ARTIFACT_WRITER], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
+    out = tmp_path / "out" / run_dir.name
+    policy = parse_policy("t", {"artifacts": "keep", "patterns": [r"\bP\d{4,}\b"]})
+    rep = redact_run(run_dir, out, policy, os.urandom(32), lambda q: Path(q))
+    tables = [f for f in out.rglob("*.table.json") if "_staging" in f.parts]
+    assert tables, "the kept artifact's table did not leave at all"
+    blob = b"".join(f.read_bytes() for f in out.rglob("*") if f.is_file()) + json.dumps(rep.to_dict()).encode()
+    assert not [k for k, v in c.items() if v[:12].encode() in blob or v[-12:].encode() in blob]
+    assert json.loads(tables[0].read_text())["data"][0][0].startswith("hash:")   # a table's cells hash by default

@@ -103,14 +103,33 @@ def is_text(src: str) -> bool:
     return True
 
 
-def scrub_text_file(src: str, sink: Sink, stream: Any) -> int:
+def scrub_text_file(src: str, sink: Sink, stream: Any, complete: bool = True) -> int:
     """Stream a text file through a ``console.TextStream`` (whole lines, PEM blocks held).
-    Bytes that are not UTF-8 pass the scrubber as U+FFFD: they never leave as they were."""
+    Bytes that are not UTF-8 pass the scrubber as U+FFFD: they never leave as they were.
+
+    ``complete=False``: a snapshot of a file still being written (a live segment). Its last
+    line may not be finished even when it ends with a line feed (wandb writes the line the run
+    is printing into ``output.log`` with one), so it stays back, as does whatever the stream
+    holds (a key whose value has not come): the next snapshot has them whole."""
     dec = codecs.getincrementaldecoder("utf-8")("replace")
     n = 0
+    carry = ""      # (complete=False) from the start of the last line seen: not fed yet
     with open(src, "rb") as f:
         while block := f.read(BLOCK):
             n += len(block)
-            sink.write(stream.feed(dec.decode(block)).encode())
-    sink.write((stream.feed(dec.decode(b"", final=True)) + stream.close()).encode())
+            text = dec.decode(block)
+            if not complete:
+                text, carry = _all_but_last_line(carry + text)
+            sink.write(stream.feed(text).encode())
+    if complete:
+        sink.write((stream.feed(dec.decode(b"", final=True)) + stream.close()).encode())
     return n
+
+
+def _all_but_last_line(text: str) -> tuple[str, str]:
+    """(the text before its last line, its last line): a line feed at the very end belongs to
+    the last line. A last line longer than a block is not held whole (the stream holds it)."""
+    end = text.rfind("\n", 0, len(text) - 1) + 1
+    if len(text) - end > BLOCK:
+        return text, ""
+    return text[:end], text[end:]

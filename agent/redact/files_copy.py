@@ -16,7 +16,8 @@ from .console import TextStream
 from .redaction import Redaction
 
 
-def copy_files_dir(r: Redaction) -> None:
+def copy_files_dir(r: Redaction, complete: bool = True) -> None:
+    """``complete=False``: a live snapshot (``files.scrub_text_file``)."""
     base = r.src / "files"
     if not base.is_dir() or base.is_symlink():
         return
@@ -34,10 +35,10 @@ def copy_files_dir(r: Redaction) -> None:
             if p.is_symlink() or not p.is_file():
                 r.report.dropped_paths["symlinks" if p.is_symlink() else "special files"] += 1
                 continue
-            _one_file(r, rel, p)
+            _one_file(r, rel, p, complete)
 
 
-def _one_file(r: Redaction, rel: str, p: Path) -> None:
+def _one_file(r: Redaction, rel: str, p: Path, complete: bool) -> None:
     action = files_mod.file_action(rel, r.policy)
     if action == "media":
         r.media.file_outcome(rel)
@@ -70,7 +71,8 @@ def _one_file(r: Redaction, rel: str, p: Path) -> None:
         new_rel = r.out.path(rel)
         sink = files_mod.Sink(r.out_path("files/" + new_rel))
         try:
-            n = files_mod.scrub_text_file(str(p), sink, TextStream(lambda s: r.out.text(s, place), file=True))
+            n = files_mod.scrub_text_file(str(p), sink, TextStream(lambda s: r.out.text(s, place), file=True),
+                                          complete)
         finally:
             sink.close()
         r.report.bytes_in += n

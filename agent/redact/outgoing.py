@@ -43,6 +43,17 @@ _DIGEST = re.compile(r"(?P<tag>hash:[0-9a-f]{16,64})|[0-9a-f]{32}|[0-9a-f]{64}")
 _MEDIA_NAME = re.compile(r"(?P<base>.+?)(?P<steps>(?:_\d+)+)_(?P<hash>[0-9a-f]{20})(?P<ext>(?:\.[A-Za-z0-9]+)+)")
 _CACHE_LIMIT = 50_000
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode   # as json.dumps(...) with these
+def _holds_text(v: Any) -> bool:
+    """Whether a JSON value holds a string at any depth (a key's name is none)."""
+    if isinstance(v, str):
+        return True
+    if isinstance(v, dict):
+        return any(_holds_text(x) for x in v.values())
+    if isinstance(v, list):
+        return any(_holds_text(x) for x in v)
+    return False
+
+
 class Outgoing(MessageWalk):
     """Scrubs every outgoing string (see the module docstring), remembering what it decided."""
 
@@ -199,8 +210,8 @@ class Outgoing(MessageWalk):
 
     # -- JSON ------------------------------------------------------------------------------
     def value(self, v: Any, place: str, key: str = "") -> Any:
-        """A JSON value at any depth: dict keys as names, strings as text; strings under a
-        secret-looking key go whole; numbers stay (``tokens_per_sec`` is a metric) unless the
+        """A JSON value at any depth: dict keys as names, strings as text; strings (and objects
+        and lists holding one) under a secret-looking key go whole; numbers stay (``tokens_per_sec`` is a metric) unless the
         key names a credential (``secret_rules.key_secrecy``: ``{"password": 1234}``)."""
         if isinstance(v, str):
             if v in self.produced:
@@ -212,6 +223,8 @@ class Outgoing(MessageWalk):
             if key == "sha256" and v in self.file_digests:
                 return v     # the digest of a file that leaves beside this record
             return self.text(v, place)
+        if isinstance(v, (dict, list)) and key and self._secret_key(key) and _holds_text(v):
+            return self.secret_value(v, place)   # {"password": {"value": "…"}}: whole
         if isinstance(v, dict):
             return {self.name(str(k)) if isinstance(k, str) else k: self.value(x, place, str(k))
                     for k, x in v.items()}

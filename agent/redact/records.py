@@ -125,15 +125,21 @@ def _artifact(r: "Redaction", rec: Any) -> bool:
         if not _safe_rel(rel):
             r.report.artifacts["entries_dropped"] += 1
             continue
-        if table_artifact:
+        if e.path.endswith(".table.json"):
+            # A table is strings: in a run-table artifact or any other kept one (``art.add(
+            # wandb.Table(...), "t")``), it is redacted as the policy says of tables.
             data = src.read_bytes()
             r.report.bytes_in += len(data)
             key = e.path[: -len(".table.json")]
             d = r.decide(key, "table")
-            if d.action == "drop":
+            try:
+                table = json.loads(data) if d.action != "drop" else None
+            except ValueError:
+                table = None
+            if not isinstance(table, dict):
                 r.report.artifacts["entries_dropped"] += 1
                 continue
-            data = json.dumps(redact_table(json.loads(data), d, r.text_tag, r.report.columns,
+            data = json.dumps(redact_table(table, d, r.text_tag, r.report.columns,
                                            f"{key} (artifact)", r.out)).encode()
             r.write(rel, data)
             digest, size = hashlib.md5(data).digest(), len(data)

@@ -105,7 +105,7 @@ def _redact(src: Path, dst: Path | None, policy: Policy, secret: bytes,
                 if writer is not None:
                     writer.write(o)
         r.media.finish_helper()
-        copy_files_dir(r)
+        copy_files_dir(r, complete)
     finally:
         r.media.kill_helper()
         if out is not None:
@@ -166,7 +166,8 @@ def redact_run(src_run_dir: Path, dst_dir: Path, policy: Policy, secret: bytes,
     call ``relocate_staging`` after moving the directory.
 
     ``complete=False`` for a snapshot of a run still being written (a live segment): console
-    text whose line has not ended yet is kept back for the next snapshot.
+    text whose line has not ended yet is kept back for the next snapshot, and so is the last
+    line of each text file it copies (``output.log``'s may be unfinished).
 
     ``fold``: the fold of the whole log the caller made already (``runlog.cached``: the
     classification's); the plan comes from it, and the log is read once, to be rewritten.

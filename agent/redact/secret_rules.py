@@ -51,8 +51,9 @@ _SEP = r"(?:[^\S\n]+|[^\S\n]*\n[^\S\n]*)"     # blanks, or one line break (and b
 # A value, after its opening quote if it has one: a quoted one whole, up to its closing quote (or
 # the line's end: ``password: "correct horse battery"``); an unquoted one up to a blank, past a
 # "," or ";" inside it (``password=ab,cd``), not one that ends it (``password: x, user: y``).
-# Fail closed: ``pw=x;user=y`` loses the user too.
-_VALUE = r"""(?:(?<=")(?:[^"\\\n]|\\.)*|(?<=')(?:[^'\\\n]|\\.)*|(?<!["'])[^\s"']*[^\s"',;])"""
+# Fail closed: ``pw=x;user=y`` loses the user too. A value that opens an object or a list
+# (``{"db_password": {"value": x}}``) goes to the line's end: no regex finds where it closes.
+_VALUE = r"""(?:(?<=")(?:[^"\\\n]|\\.)*|(?<=')(?:[^'\\\n]|\\.)*|(?<!["'])[{\[][^\n]*|(?<!["'])[^\s"']*[^\s"',;])"""
 # Flags that name no secret-looking word but take one: only these exact flags (``--key-frames 10``
 # and ``--auth-type basic`` are other flags; ``-p`` is too vague).
 _FLAG_WORDS = r"auth|authorization|auth[-_]?key|key|(?:\w+[-_])?pw"
