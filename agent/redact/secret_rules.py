@@ -45,8 +45,9 @@ EXTRA_TOKEN_RULES: tuple[tuple[str, str], ...] = (
     ("high_entropy_token", r"(?<![A-Za-z0-9+/_=-])[A-Za-z0-9+/_-]{32,}={0,2}(?![A-Za-z0-9+/_=-])"),
 )
 
+# Words that make a key secret-looking in text (a regex alternation; ``console`` asks it too).
 SECRET_KEYWORDS = (r"pass(?:word|wd|phrase)?|pwd|secret|api[-_]?key|apikey|access[-_]?key|private[-_]?key"
-             r"|credentials?|auth[-_]?token|access[-_]?token|client[-_]?secret|session[-_]?key")
+                   r"|credentials?|auth[-_]?token|access[-_]?token|client[-_]?secret|session[-_]?key")
 _SEP = r"(?:[^\S\n]+|[^\S\n]*\n[^\S\n]*)"     # blanks, or one line break (and blanks around it)
 # A value, after its opening quote if it has one: a quoted one whole, up to its closing quote (or
 # the line's end: ``password: "correct horse battery"``); an unquoted one up to a blank, past a
@@ -75,8 +76,7 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     ("key_value", rf"(?i)\b[\w.-]*token[\w.-]*{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
     # A name that ends in "key" or names a signature, where a credential is written so: an
     # environment line (``AZURE_OPENAI_KEY=…``, upper case), a URL's parameter (``?sig=…``,
-    # ``&X-Amz-Signature=…``), a quoted key with a
-    # quoted value (``{"encryption_key": "…"}``). Code (``sort_key = x``, ``fn(signature=sig)``,
+    # ``&X-Amz-Signature=…``), a quoted key with a quoted value (``{"encryption_key": "…"}``). Code (``sort_key = x``, ``fn(signature=sig)``,
     # ``run_key: str``) is none of these. (A header's ``-Key:``, ``Ocp-Apim-Subscription-Key: …``,
     # is a keyword of the rule above.)
     ("key_value", rf"(?<![\w.-])[A-Z0-9_]*_KEY=(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
@@ -113,7 +113,8 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
 # A directory's name may hold single blanks (``/data/patient P7126/scan.png``): a component
 # with blanks counts only when a "/" follows it, so the words after a path's last component
 # stay, and a word after a blank starts with a letter, a digit or "_" (``-L /usr/lib -lfoo``:
-# the flag is no part of it); at most four blanks, so a line of many words and slashes costs no more than a few tries.
+# the flag is no part of it); at most four blanks, so a line of many words and slashes costs
+# no more than a few tries.
 _COMPONENT = r"[^\s/\"'<>|:;,()\[\]{}]+"
 _SEGMENT = rf"(?:{_COMPONENT}(?: [A-Za-z0-9_]{_COMPONENT[:-1]}*){{1,4}}(?=/)|{_COMPONENT})"
 # A path also starts right after a compiler's ``-I`` or ``-L`` (``-I/home/alice/include``) and
