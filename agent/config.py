@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import socket
 import tomllib
 from dataclasses import dataclass, field
@@ -168,9 +169,24 @@ def secret_source(table: dict[str, Any], source: str, key_prefix: str, stem: str
     has_file, has_env = f"{stem}_file" in table, f"{stem}_env" in table
     if has_file == has_env:
         raise ConfigError(source, key_prefix, f"set exactly one of {stem}_file or {stem}_env")
+    field = f"{stem}_file" if has_file else f"{stem}_env"
+    key, value = f"{key_prefix}.{field}", table[field]
+    what = "the path of a file that holds it" if has_file else \
+        "the name of an environment variable that holds it (WANDB_API_KEY)"
+    # (Asked only of a value of an unusual form: the rules take a moment to load.)
+    usual = isinstance(value, str) and (value.startswith("/") if has_file else _USUAL_ENV_NAME.fullmatch(value))
+    if not usual and checks.looks_secret(value):
+        raise ConfigError(source, key, f"holds what looks like the secret itself; give {what} instead")
     if has_file:
-        return "file", checks.absolute_path(source, f"{key_prefix}.{stem}_file", table[f"{stem}_file"]).as_posix()
-    return "env", checks.of_type(source, f"{key_prefix}.{stem}_env", table[f"{stem}_env"], str, "an environment variable name")
+        return "file", checks.absolute_path(source, key, value).as_posix()
+    name = checks.of_type(source, key, value, str, "an environment variable name")
+    if not _ENV_NAME.fullmatch(name):
+        raise ConfigError(source, key, f"is not an environment variable name (letters, digits and _); give {what}")
+    return "env", name
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_USUAL_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 
 
 CREDENTIAL_PREFIX = "tfwb_"  # the units load the whole credstore: LoadCredential=tfwb:/etc/tfwb-agent/credstore

@@ -15,12 +15,27 @@ from typing import Any, Iterable
 
 
 class ConfigError(Exception):
-    """A configuration that cannot be used. The message says where and what to do."""
+    """A configuration that cannot be used. The message says where and what to do. It goes to
+    terminals, logs and the ledger: a value in it that looks like a secret (a key pasted where
+    its file's path or its variable's name belongs) is not shown."""
 
     def __init__(self, source: str, key: str | None, problem: str) -> None:
+        source, problem = _masked(source), _masked(problem)
         where = f"{source}: {key}" if key else source
         super().__init__(f"{where}: {problem}")
         self.source, self.key, self.problem = source, key, problem
+
+
+def looks_secret(value: Any) -> bool:
+    """Whether a config value holds what the redactor's token rules take for a secret."""
+    return isinstance(value, str) and _masked(value) != value
+
+
+def _masked(text: str) -> str:
+    # Lazy: the rules load detect-secrets; only a config with something to say pays it.
+    from .redact.secrets import message_scrubber
+
+    return message_scrubber().scrub(text)[0] if text else text
 
 
 def of_type(source: str, key: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:

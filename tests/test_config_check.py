@@ -144,3 +144,34 @@ def test_a_policy_naming_an_unknown_target_is_a_problem(tmp_path):
     cfg.write_text(cfg.read_text().replace('targets = ["local-server"]', 'targets = ["local-sever"]'))
     proc = _check(cfg, "--no-files")
     assert proc.returncode == 1 and "policy[0] names target 'local-sever', which is not configured" in proc.stderr
+
+
+@pytest.mark.parametrize("section", [
+    '[targets.t]\nbase_url = "http://127.0.0.1:9"\napi_key_env = "{key}"\n',
+    '[targets.t]\nbase_url = "http://127.0.0.1:9"\napi_key_file = "{key}"\n',
+    '[targets.t]\nbase_url = "http://127.0.0.1:9"\napi_key_file = ["{key}"]\n',
+    '[targets.t]\nbase_url = "htps://api:{key}@127.0.0.1:9"\napi_key_env = "WANDB_API_KEY"\n',
+    '[targets.t]\nbase_url = "http://127.0.0.1:9"\napi_key_env = "WANDB_API_KEY"\nwandb = "0.25.1"\n'
+    'wandb_index = "https://pypi:{key}@127.0.0.1:9/simple"\n',
+    '[redact]\nsecret_env = "{key}"\n',
+])
+def test_a_secret_pasted_where_its_name_or_path_belongs_is_refused_and_never_shown(tmp_path, section):
+    """A key pasted into ``api_key_env``, ``api_key_file``, ``base_url`` or ``wandb_index`` (the
+    README's place for its name or its file's path), or the site secret into ``secret_env``:
+    every command says what is wrong and where, and never prints the key."""
+    import secrets as _secrets
+    key = _secrets.token_hex(20)                       # a W&B API key's shape
+    cfg = _example(tmp_path, "node")
+    text = cfg.read_text()
+    if section.startswith("[redact]"):
+        text = text.replace("[redact]\n", "[redact_unused]\n") if "[redact]\n" in text else text
+    cfg.write_text(text + "\n" + section.format(key=key))
+    for cmd in (("config", "check"), ("config", "check", "--json"), ("status",), ("status", "--json")):
+        out = agent(cfg, *cmd, check=False)
+        said = out.stdout + out.stderr
+        assert key not in said and key[:12] not in said and key[-12:] not in said, (cmd, said[-800:])
+        assert "Traceback" not in said, (cmd, said[-2000:])
+    refused = agent(cfg, "config", "check", check=False)
+    assert refused.returncode != 0 and ("secret itself" in refused.stdout + refused.stderr
+                                        or "credentials" in refused.stdout + refused.stderr
+                                        or "redacted" in refused.stdout + refused.stderr), refused.stdout + refused.stderr

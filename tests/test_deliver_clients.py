@@ -221,3 +221,11 @@ def test_the_agents_own_wandb_variables_do_not_reach_wandb_sync(tmp_path, monkey
         env = upload.sync_env("http://127.0.0.1:9", "k" * 40, tmp_path / f"home-{own}", own_client=own)
         assert not [k for k, v in env.items() if "cnry" in v], own
         assert env["WANDB_HTTP_TIMEOUT"] == "61" and env["WANDB_BASE_URL"] == "http://127.0.0.1:9"
+
+
+def test_a_package_index_reaches_pip_by_its_environment_not_its_command_line():
+    """Any user of the host reads a process's arguments: an index URL (which a site's pip
+    config may give a login) is not one of them; a wheelhouse directory is."""
+    args, env = clients._pip_index("https://pypi.internal.example/simple")
+    assert args == [] and env == {"PIP_INDEX_URL": "https://pypi.internal.example/simple"}
+    assert clients._pip_index("/srv/wheelhouse") == (["--no-index", "--find-links", "/srv/wheelhouse"], {})

@@ -170,12 +170,15 @@ def venv_dir(state_dir: Path, version: str) -> Path:
 _MARKER = "tfwb-client.complete"
 
 
-def _pip_index_args(index: str | None) -> list[str]:
+def _pip_index(index: str | None) -> tuple[list[str], dict[str, str]]:
+    """pip's arguments and environment for ``index``. A package index goes by the environment
+    (``PIP_INDEX_URL``), not the command line: its URL may carry a token (``https://u:T@host``),
+    and a process's arguments are readable by every user of the host."""
     if not index:
-        return []
+        return [], {}
     if index.startswith(("http://", "https://", "file://")):
-        return ["--index-url", index]
-    return ["--no-index", "--find-links", index]  # a wheelhouse: that directory alone
+        return [], {"PIP_INDEX_URL": index}
+    return ["--no-index", "--find-links", index], {}  # a wheelhouse: that directory alone
 
 
 def installed(state_dir: Path, version: str) -> Client | None:
@@ -207,9 +210,11 @@ def install(state_dir: Path, version: str, index: str | None = None, target: str
             log(f"installing wandb {version} into {root} (once; {where})")
         shutil.rmtree(root, ignore_errors=True)  # a half-built one from an interrupted build
         pip_log = root.parent / f"wandb-{version}.pip.log"
-        steps = _build_steps(root, [*_pip_index_args(index), f"wandb=={version}"])
+        index_args, index_env = _pip_index(index)
+        steps = _build_steps(root, [*index_args, f"wandb=={version}"])
         env = clean_env(dict(os.environ))
         env.pop("PIP_REQUIRE_VIRTUALENV", None)
+        env.update(index_env)
         for argv in steps:
             why = ""
             try:

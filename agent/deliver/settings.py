@@ -186,6 +186,10 @@ def _client(source: str, prefix: str, t: dict[str, Any]) -> tuple[str | None, st
         if not index.startswith(("http://", "https://", "file://")) and not os.path.isabs(index):
             raise ConfigError(source, f"{prefix}.wandb_index", f"must be a wheelhouse directory (absolute path) or "
                               f"a package index URL, got {index!r}")
+        u = urlparse(index)
+        if u.username or u.password:  # it is shown by `config check` and `status`
+            raise ConfigError(source, f"{prefix}.wandb_index", "must not carry credentials; give pip the index's "
+                              "login the way pip reads it (the service's PIP_INDEX_URL, or a .netrc)")
     return wandb, index
 
 

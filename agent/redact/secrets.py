@@ -243,6 +243,13 @@ def _loose_word(w: str) -> bool:
     return len(w) >= 4 and w.lower() not in _GENERIC_WORDS
 
 
+@functools.lru_cache(maxsize=1)
+def message_scrubber() -> Scrubber:
+    """The token and context rules, for the agent's own messages (a config error, a status
+    detail): a secret shows as ``[redacted:<rule>:hidden]``; paths stay (they are the message)."""
+    return Scrubber(compile_patterns(), lambda kind, value: "hidden", paths=False)
+
+
 def scrub_args(args: list[str], scrub: Callable[[str], str], secret_value: Callable[[str], str]) -> list[str]:
     """A command line: every argument scrubbed, and the argument after a secret-looking flag
     (``--password X``) replaced whole."""
