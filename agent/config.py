@@ -15,6 +15,7 @@ import importlib
 import os
 import re
 import socket
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,6 +207,9 @@ def credential_path(path: str | Path) -> Path:
     return p
 
 
+SECRET_FILE_MAX = 64 * 1024
+
+
 def read_secret(ref: tuple[str, str]) -> bytes:
     """Read a secret from where ``secret_source`` said it lives. Never log the result.
 
@@ -220,8 +224,22 @@ def read_secret(ref: tuple[str, str]) -> bytes:
         return value.encode()
     where = str(credential_path(where))
     try:
-        data = Path(where).read_bytes()
+        # Not a FIFO, a device or a link swapped in (a read of one would block or never end).
+        fd = os.open(where, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise ConfigError(where, None, f"cannot read secret file: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(where, None, "is not a regular file: a secret file holds the secret itself")
+        if st.st_size > SECRET_FILE_MAX:
+            raise ConfigError(where, None, f"is {st.st_size} bytes, more than any key ({SECRET_FILE_MAX} at most): "
+                                           "is it the right file?")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(SECRET_FILE_MAX + 1)
+    except OSError as exc:
+        raise ConfigError(where, None, f"cannot read secret file: {exc.strerror}") from None
+    finally:
+        os.close(fd)
     text = data.rstrip(b"\r\n")
     return text.strip() if text.isascii() and text.decode().strip().isprintable() else data

@@ -154,6 +154,7 @@ def test_a_policy_naming_an_unknown_target_is_a_problem(tmp_path):
     '[targets.t]\nbase_url = "http://127.0.0.1:9"\napi_key_env = "WANDB_API_KEY"\nwandb = "0.25.1"\n'
     'wandb_index = "https://pypi:{key}@127.0.0.1:9/simple"\n',
     '[redact]\nsecret_env = "{key}"\n',
+    '[targets.t]\nbase_url = "http://127.0.0.1:9/?api_key={key}"\napi_key_env = "WANDB_API_KEY"\n',
 ])
 def test_a_secret_pasted_where_its_name_or_path_belongs_is_refused_and_never_shown(tmp_path, section):
     """A key pasted into ``api_key_env``, ``api_key_file``, ``base_url`` or ``wandb_index`` (the
@@ -174,4 +175,35 @@ def test_a_secret_pasted_where_its_name_or_path_belongs_is_refused_and_never_sho
     refused = agent(cfg, "config", "check", check=False)
     assert refused.returncode != 0 and ("secret itself" in refused.stdout + refused.stderr
                                         or "credentials" in refused.stdout + refused.stderr
-                                        or "redacted" in refused.stdout + refused.stderr), refused.stdout + refused.stderr
+                                        or "redacted" in refused.stdout + refused.stderr
+                                        or "without a query" in refused.stdout + refused.stderr), refused.stdout + refused.stderr
+
+
+@pytest.mark.parametrize("kind", ["fifo", "binary", "huge", "directory"])
+def test_a_key_file_that_is_no_key_is_said_plainly_and_quickly(tmp_path, kind):
+    """A FIFO (a read never ends), bytes that are no text, a file far bigger than a key, a
+    directory: `targets check` says so, names the file, and neither hangs nor prints a traceback."""
+    import os
+    key_file = tmp_path / "wandb-key"
+    if kind == "fifo":
+        os.mkfifo(key_file)
+    elif kind == "binary":
+        key_file.write_bytes(b"\xff\xfe" + os.urandom(38))
+    elif kind == "huge":
+        key_file.write_bytes(b"k" * (1 << 20))
+    else:
+        key_file.mkdir()
+    cfg = _example(tmp_path, "node")
+    cfg.write_text(cfg.read_text() + f'\n[targets.t]\nbase_url = "http://127.0.0.1:9"\napi_key_file = "{key_file}"\n')
+    out = agent(cfg, "targets", "check", check=False, timeout=60)
+    said = out.stdout + out.stderr
+    assert out.returncode != 0 and str(key_file) in said and "Traceback" not in said, said[-2000:]
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://127.0.0.1:port", "http://api:k@[::1"])
+def test_a_base_url_that_is_no_url_is_said_plainly(tmp_path, url):
+    cfg = _example(tmp_path, "node")
+    cfg.write_text(cfg.read_text() + f'\n[targets.t]\nbase_url = "{url}"\napi_key_env = "WANDB_API_KEY"\n')
+    out = _check(cfg)
+    said = out.stdout + out.stderr
+    assert out.returncode != 0 and "targets.t.base_url" in said and "Traceback" not in said, said[-2000:]

@@ -36,7 +36,13 @@ class Target:
 
     def api_key(self) -> str:
         """Read the key now (it may rotate). Never log or print the result."""
-        return config_mod.read_secret(self.key_ref).decode().strip()
+        try:
+            return config_mod.read_secret(self.key_ref).decode().strip()
+        except UnicodeDecodeError:
+            kind, where = self.key_ref
+            raise ConfigError(f"${where}" if kind == "env" else where, None,
+                              "holds bytes that are not text: a W&B API key is text (40 characters, or "
+                              "local-… for W&B Server)") from None
 
     def describe(self) -> dict[str, Any]:
         kind, where = self.key_ref
@@ -139,11 +145,18 @@ def validate_targets(source: str, raw: Any) -> Targets:
             raise ConfigError(source, f"{prefix}.api_key", "secrets are never inline; use api_key_file or api_key_env")
         _unknown(source, prefix, t, allowed)
         url = _str(source, f"{prefix}.base_url", t.get("base_url"))
-        u = urlparse(url)
+        try:
+            u = urlparse(url)
+            u.port  # noqa: B018 (a port that is no number raises here)
+        except ValueError:
+            raise ConfigError(source, f"{prefix}.base_url", f"is not a URL: {url!r}") from None
         if u.scheme not in ("http", "https") or not u.netloc:
             raise ConfigError(source, f"{prefix}.base_url", f"must be an http(s) URL, got {url!r}")
         if u.username or u.password:
             raise ConfigError(source, f"{prefix}.base_url", "must not carry credentials; use api_key_file")
+        if u.query or u.fragment:   # (``?api_key=…`` is shown wherever the target is)
+            raise ConfigError(source, f"{prefix}.base_url", "must be the server's address alone, without a query "
+                              "or a fragment; the key goes in api_key_file or api_key_env")
         ref = config_mod.secret_source(t, source, prefix, "api_key")
         ca_file = None
         if "ca_file" in t:
