@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from .redact.secrets import message_scrubber
+
 
 class ConfigError(Exception):
     """A configuration that cannot be used. The message says where and what to do. It goes to
@@ -32,9 +34,8 @@ def looks_secret(value: Any) -> bool:
 
 
 def _masked(text: str) -> str:
-    # Lazy: the rules load detect-secrets; only a config with something to say pays it.
-    from .redact.secrets import message_scrubber
-
+    # (``message_scrubber`` loads detect-secrets' rules when first asked: only a config with
+    # something to say pays it.)
     return message_scrubber().scrub(text)[0] if text else text
 
 
