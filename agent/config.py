@@ -224,8 +224,10 @@ def read_secret(ref: tuple[str, str]) -> bytes:
         return value.encode()
     where = str(credential_path(where))
     try:
-        # Not a FIFO, a device or a link swapped in (a read of one would block or never end).
-        fd = os.open(where, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        # Not a FIFO or a device (a read of one would block or never end): O_NONBLOCK, then the
+        # type of what was opened. Links are followed: the kubelet mounts a Secret's files as
+        # links through ``..data``.
+        fd = os.open(where, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise ConfigError(where, None, f"cannot read secret file: {exc.strerror}") from None
     try:

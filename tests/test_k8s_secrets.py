@@ -135,3 +135,16 @@ def test_keys_init_if_missing_makes_one_key_per_node_and_keeps_it(tmp_path):
     assert "already exists; kept" in again.stderr
     refused = agent(cfg, "keys", "init", "--node", check=False)
     assert refused.returncode == 1 and "already exists" in refused.stderr
+
+
+def test_an_api_key_from_a_kubelet_secret_volume_is_read_through_its_links(tmp_path):
+    """``api_key_file`` in a Secret volume is a link through ``..data``: it is read (a key file
+    must be a regular file once its links are followed, not a FIFO or a device)."""
+    from tfwb_agent.config import read_secret
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "wandb-key").write_text("local-" + "a" * 40 + "\n")
+    mount = kubelet_mount(tmp_path / "secret", {"wandb-key": src / "wandb-key"})
+    assert (mount / "wandb-key").is_symlink()
+    assert read_secret(("file", str(mount / "wandb-key"))) == b"local-" + b"a" * 40
