@@ -322,3 +322,38 @@ def test_a_table_in_a_kept_artifact_is_redacted_as_tables_are(tmp_path):
     blob = b"".join(f.read_bytes() for f in out.rglob("*") if f.is_file()) + json.dumps(rep.to_dict()).encode()
     assert not [k for k, v in c.items() if v[:12].encode() in blob or v[-12:].encode() in blob]
     assert json.loads(tables[0].read_text())["data"][0][0].startswith("hash:")   # a table's cells hash by default
+
+
+# -- the training user's name, which wandb 0.31 offline does not record ------------------------
+
+USER_WRITER = WRITER_PREAMBLE + r'''
+import wandb
+run = wandb.init(dir=root, project="owner", notes="started by " + c["user"])
+print(c["user"] + "@node:~$ python train.py", flush=True)
+run.log({"loss": 0.5})
+run.finish()
+'''
+
+
+def test_the_user_who_wrote_the_run_is_taken_out_though_wandb_does_not_record_them(tmp_path):
+    """The run's log belongs to the user who trained; this host's name for a login user (uid
+    1000 or more) is one of the run's words, like its host: a prompt or a note naming them
+    does not leave with it."""
+    import pwd
+    from tfwb_agent.redact.run import redact_run
+
+    users = [u for u in pwd.getpwall() if 1000 <= u.pw_uid < 65534 and len(u.pw_name) >= 4]
+    assert users, "this test needs a login user (uid 1000 or more) on the host to own the run"
+    user = users[0]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(CANARY_ROOT=str(tmp_path), CANARY_VALUES=json.dumps({"user": user.pw_name}))
+    p = subprocess.run([sys.executable, "-c", USER_WRITER], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
+    assert user.pw_name.encode() in (run_dir / "files" / "output.log").read_bytes()
+    for f in [run_dir, *run_dir.rglob("*")]:
+        os.chown(f, user.pw_uid, user.pw_gid, follow_symlinks=False)   # as the training user wrote it
+    out = tmp_path / "out" / run_dir.name
+    redact_run(run_dir, out, DEFAULT_POLICY, os.urandom(32), lambda q: Path(q))
+    blob = b"".join(f.read_bytes() for f in out.rglob("*") if f.is_file())
+    assert user.pw_name.encode() not in blob and b"@node:~$" in blob

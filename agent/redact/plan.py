@@ -5,6 +5,7 @@ declared sensitive, and the run's identity (host, user, e-mail)."""
 from __future__ import annotations
 
 import json
+import pwd
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ def changes_plan(rec: Any, fold: runlog.Fold) -> bool:
 def apply_plan(r: Redaction, fold: runlog.Fold) -> None:
     r.set_plan(fold.planned, fold.sizes, tuple(fold.sensitive))
     if r.policy.metadata == "redact":
-        r.add_identity(fold.identity | _metadata_identity(r.src))
+        r.add_identity(fold.identity | _metadata_identity(r.src) | _owner_identity(r.src))
 
 
 def _metadata_identity(src: Path) -> set[str]:
@@ -41,3 +42,21 @@ def _metadata_identity(src: Path) -> set[str]:
     except (OSError, ValueError):
         return set()
     return {str(meta[k]) for k in ("host", "username", "email") if isinstance(meta, dict) and meta.get(k)}
+
+
+# Login users' ids start here on the common distributions (``UID_MIN`` in login.defs); below are
+# system accounts (``daemon``, ``www-data``), 65534 is ``nobody``: none of them is a person.
+_FIRST_LOGIN_UID, _NOBODY = 1000, 65534
+
+
+def _owner_identity(src: Path) -> set[str]:
+    """The name this host gives the user who wrote the run (its log's owner), when that is a
+    login user: wandb 0.31 offline records no user, and training code prints it (a shell
+    prompt, ``getpass.getuser()`` in a path or a message)."""
+    try:
+        uid = (runlog.find_log(src) or src).stat().st_uid
+        if not _FIRST_LOGIN_UID <= uid < _NOBODY:
+            return set()
+        return {pwd.getpwuid(uid).pw_name}
+    except (OSError, KeyError):
+        return set()
