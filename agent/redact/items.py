@@ -13,7 +13,6 @@ from . import media
 from .media import Decide, Resolve, TextTag
 from .media_items import (PLAN_FIELDS, Path_, display_key, insert, item_paths, loads, may_hold_media,
                           media_groups, media_in_items)
-from .secret_rules import key_secrecy
 from .string_fields import item_parts
 
 __all__ = ["PLAN_FIELDS", "media_in_items", "redact_items", "redact_scrub_items"]  # the first two: for runlog
@@ -263,7 +262,7 @@ def _scrub(entries: Sequence[tuple[Path_, bool, str | None, Any, Path_ | None]],
             changed = True
         key = names[-1] if nest else path[0]
         if raw is not None:
-            if '"' in raw or key_secrecy(key) == "any":    # (a number under "password" goes)
+            if '"' in raw or out.number_goes(key):    # (a number under "password" goes)
                 new_raw = out.json_text(raw, place, key)
                 if new_raw != raw:
                     changed = True

@@ -99,6 +99,12 @@ class Outgoing(MessageWalk):
                 self._secret_keys[key] = hit
         return hit
 
+    @staticmethod
+    def number_goes(key: str) -> bool:
+        """Whether a number under ``key`` goes too: the key names a credential (``{"password":
+        1234}``); under any other key, even a secret-looking one, a number is a metric."""
+        return bool(key) and key_secrecy(key) == "any"
+
     # -- strings ---------------------------------------------------------------------------
     def _counted(self, place: str, counts: dict[str, int]) -> None:
         self.report.strings[place] += 1
@@ -230,12 +236,12 @@ class Outgoing(MessageWalk):
                     for k, x in v.items()}
         if isinstance(v, list):
             return [self.value(x, place, key) for x in v]
-        if key and isinstance(v, (int, float)) and not isinstance(v, bool) and key_secrecy(key) == "any":
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and self.number_goes(key):
             return self.secret_value(v, place)   # a numeric password is still one
         return v
 
     def json_text(self, raw: str, place: str, key: str = "") -> str:
-        if '"' not in raw and not (key and key_secrecy(key) == "any"):
+        if '"' not in raw and not self.number_goes(key):
             return raw              # a number, true/false/null: nothing to scrub
         ck = (raw, place, key)
         if ck in self._same_json:

@@ -86,9 +86,8 @@ class Policy:
         return decision
 
     def config_key_redacted(self, key: str) -> bool:
-        """The value under ``key`` goes whole (at least when it is text): the site's globs,
-        or a key whose words name a credential (``secret_rules.key_secrecy``)."""
-        return _key_matches(key.lower(), _lowered(self.config_keys)) or key_secrecy(key) != ""
+        """A string under ``key`` goes whole (``config_value_redacted`` of a text value)."""
+        return self.config_value_redacted(key, "")
 
     def config_value_redacted(self, key: str, value: Any) -> bool:
         """A config entry's value goes whole: the site's globs say so whatever it is; a key's
