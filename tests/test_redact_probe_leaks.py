@@ -357,3 +357,36 @@ def test_the_user_who_wrote_the_run_is_taken_out_though_wandb_does_not_record_th
     redact_run(run_dir, out, DEFAULT_POLICY, os.urandom(32), lambda q: Path(q))
     blob = b"".join(f.read_bytes() for f in out.rglob("*") if f.is_file())
     assert user.pw_name.encode() not in blob and b"@node:~$" in blob
+
+
+def test_a_live_snapshot_of_a_line_that_never_ends_is_held_in_bounded_memory(tmp_path, monkeypatch):
+    """The last line kept back is at most a block or so: a progress bar that never writes a line
+    feed (megabytes on one line) is fed on once longer than that, as the stream's own limit says,
+    and what the stream is handed at once stays bounded (the block set small to show it)."""
+    from tfwb_agent.redact import files
+
+    monkeypatch.setattr(files, "BLOCK", 64)
+    src = tmp_path / "output.log"
+    src.write_text("first line\n" + "progress 1% " * 2000)          # 24 KB, no line feed after it
+    fed: list[int] = []
+
+    class Spy:
+        def feed(self, text: str) -> str:
+            fed.append(len(text))
+            return text
+
+    sink = files.Sink(str(tmp_path / "out.log"))
+    try:
+        files.scrub_text_file(str(src), sink, Spy(), complete=False)
+    finally:
+        sink.close()
+    assert max(fed) <= 3 * 64, max(fed)
+    assert sum(fed) >= len(src.read_text()) - 3 * 64         # held back: at most the last piece
+
+
+def test_a_site_pattern_with_an_underscore_of_its_own_still_matches():
+    """The blank-for-underscore reading is asked beside the text as written, not instead of it."""
+    s = _scrubber([r"\bcase_\d{4}\b"])
+    for text in ("case_7126", "val/case_7126/dice", "x case_7126 y"):
+        new, counts = s.scrub(text)
+        assert "7126" not in new and counts == {"site_0": 1}, new
