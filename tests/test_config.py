@@ -98,6 +98,7 @@ def test_a_missing_secret_file_is_found_among_systemd_credentials(tmp_path, monk
     creds = tmp_path / "credentials"
     creds.mkdir()
     (creds / "redact.key").write_bytes(b"k" * 32)
+    (creds / "redact.key").chmod(0o400)  # as systemd hands credentials over
     ref = ("file", "/etc/tfwb-agent/does-not-exist/redact.key")
     with pytest.raises(config.ConfigError):
         config.read_secret(ref)

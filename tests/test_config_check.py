@@ -6,7 +6,11 @@ Real CLI, real key files written by `keys init`; each check is made to fail firs
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -193,6 +197,8 @@ def test_a_key_file_that_is_no_key_is_said_plainly_and_quickly(tmp_path, kind):
         key_file.write_bytes(b"k" * (1 << 20))
     else:
         key_file.mkdir()
+    if kind in ("binary", "huge"):
+        key_file.chmod(0o600)  # refused for what it holds, not for who may read it
     cfg = _example(tmp_path, "node")
     cfg.write_text(cfg.read_text() + f'\n[targets.t]\nbase_url = "http://127.0.0.1:9"\napi_key_file = "{key_file}"\n')
     out = agent(cfg, "targets", "check", check=False, timeout=60)
@@ -207,3 +213,50 @@ def test_a_base_url_that_is_no_url_is_said_plainly(tmp_path, url):
     out = _check(cfg)
     said = out.stdout + out.stderr
     assert out.returncode != 0 and "targets.t.base_url" in said and "Traceback" not in said, said[-2000:]
+
+
+def test_a_secret_others_may_read_is_refused_where_it_is_used_not_only_by_config_check(tmp_path):
+    """`config check` calls a 0644 site secret or API key file a problem; the commands that use
+    one refuse it too (as the node key is refused), before the secret is used: no redacted copy
+    made with it, no connection to the server with the key. Its group may read it."""
+    from redact_helpers import CORPUS
+    run = next(p for p in sorted(CORPUS.glob("wandb-*/wandb/offline-run-*")) if not p.is_symlink())
+    secret = tmp_path / "redact.key"
+    secret.write_bytes(b"s" * 32)
+    secret.chmod(0o644)
+    api_key = tmp_path / "wandb-api-key"
+    api_key.write_text("k" * 40 + "\n")
+    api_key.chmod(0o604)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.settimeout(60)
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'state_dir = "{tmp_path}/s"\n[redact]\nsecret_file = "{secret}"\n'
+                   f'[targets.t]\nbase_url = "http://127.0.0.1:{listener.getsockname()[1]}"\n'
+                   f'api_key_file = "{api_key}"\ntimeout = 5\n')
+    out = tmp_path / "out"
+    for proc, path, mode in ((agent(cfg, "redact", "--out", str(out), str(run), check=False), secret, "644"),
+                             (agent(cfg, "targets", "check", check=False), api_key, "604")):
+        text = proc.stdout + proc.stderr
+        assert proc.returncode != 0, text
+        assert f"{path}: is readable by others (mode {mode})" in text and f"chmod 600 {path}" in text, text
+        assert "Traceback" not in text and "k" * 40 not in text
+    assert not out.exists()
+    listener.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        listener.accept()  # nobody came with the key
+
+    secret.chmod(0o640)  # a Secret volume with fsGroup: the group may read it
+    api_key.chmod(0o600)
+    assert agent(cfg, "redact", "--out", str(out), str(run), check=False).returncode == 0
+    assert any(out.iterdir())
+    checking = subprocess.Popen([sys.executable, "-m", "tfwb_agent", "--config", str(cfg), "targets", "check"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, TFWB_AGENT_CONFIG=str(cfg)))
+    listener.setblocking(True)
+    listener.settimeout(60)
+    conn, _ = listener.accept()  # now the key is used: the agent connects
+    conn.close()
+    checking.communicate(timeout=60)
+    listener.close()

@@ -180,6 +180,7 @@ def test_a_binary_site_key_is_read_whole_and_a_text_key_without_its_line_end(tmp
     key = tmp_path / "redact.key"
     binary = bytes(range(200, 231)) + b"\x0c"          # ends in a byte that looks like whitespace
     key.write_bytes(binary)
+    key.chmod(0o600)
     assert read_secret(("file", str(key))) == binary
     key.write_bytes(binary[:-1] + b"\n")                # a random key that happens to end in 0x0a
     assert read_secret(("file", str(key))) == binary[:-1] + b"\n"

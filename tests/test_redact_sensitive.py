@@ -80,6 +80,7 @@ def test_declared_sensitive_keys_are_hashed_whatever_the_policy(fresh_run: Path,
 def test_cli_dry_run_and_out(fresh_run: Path, tmp_path: Path) -> None:
     key = tmp_path / "redact.key"
     key.write_bytes(b"cli-test-secret-0123456789abcdef")
+    key.chmod(0o600)
     cfg = tmp_path / "agent.toml"
     cfg.write_text(f'state_dir = "{tmp_path / "state"}"\n[redact]\nsecret_file = "{key}"\n')
     base = [sys.executable, "-m", "tfwb_agent", "--config", str(cfg), "redact"]
