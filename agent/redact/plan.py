@@ -29,10 +29,11 @@ def changes_plan(rec: Any, fold: runlog.Fold) -> bool:
     return new.identity != fold.identity or new.sensitive != fold.sensitive
 
 
-def apply_plan(r: Redaction, fold: runlog.Fold) -> None:
+def apply_plan(r: Redaction, fold: runlog.Fold, log: Path) -> None:
+    """``log``: the run's log the fold was made of (``runlog.find_log``)."""
     r.set_plan(fold.planned, fold.sizes, tuple(fold.sensitive))
     if r.policy.metadata == "redact":
-        r.add_identity(fold.identity | _metadata_identity(r.src) | _owner_identity(r.src))
+        r.add_identity(fold.identity | _metadata_identity(r.src) | _owner_identity(log))
 
 
 def _metadata_identity(src: Path) -> set[str]:
@@ -49,12 +50,12 @@ def _metadata_identity(src: Path) -> set[str]:
 _FIRST_LOGIN_UID, _NOBODY = 1000, 65534
 
 
-def _owner_identity(src: Path) -> set[str]:
+def _owner_identity(log: Path) -> set[str]:
     """The name this host gives the user who wrote the run (its log's owner), when that is a
     login user: wandb 0.31 offline records no user, and training code prints it (a shell
     prompt, ``getpass.getuser()`` in a path or a message)."""
     try:
-        uid = (runlog.find_log(src) or src).stat().st_uid
+        uid = log.stat().st_uid
         if not _FIRST_LOGIN_UID <= uid < _NOBODY:
             return set()
         return {pwd.getpwuid(uid).pw_name}

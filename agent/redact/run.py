@@ -64,7 +64,7 @@ def _redact(src: Path, dst: Path | None, policy: Policy, secret: bytes,
         fold = runlog.read(log, runlog.Fold(values=False))
     r = Redaction(src, dst, policy, secret, map_path)
     r.report.run_id = log.stem.removeprefix("run-")
-    apply_plan(r, fold)
+    apply_plan(r, fold, log)
     writer, out = None, None
     if dst is not None:
         dst.mkdir(parents=True, exist_ok=True)
