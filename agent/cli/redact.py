@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import click
@@ -35,13 +36,17 @@ def command(ctx: Context, run_dir: Path, dry_run: bool, out_dir: Path | None) ->
             raise click.ClickException(f"config error: {exc}") from None
         # Tags are not shown in a dry run, so an ephemeral secret gives the same counts.
         secret, note = os.urandom(32), f"note: {exc}; this dry run used a throwaway secret"
+    made = [] if out_dir is None else [d for d in (out_dir / run_dir.name, out_dir) if not d.exists()]
     try:
         if dry_run:
             report = plan_run(run_dir, policy, secret, cfg.map_path)
         else:
             report = redact_run(run_dir, out_dir / run_dir.name, policy, secret, cfg.map_path)
     except (RedactError, OSError) as exc:
-        raise click.ClickException(str(exc)) from None
+        # A refused run leaves no part of a copy behind (its header alone names the run).
+        for d in made:
+            shutil.rmtree(d, ignore_errors=True)
+        raise click.ClickException(str(exc) + ("; no copy was left in --out" if made else "")) from None
     echo_json({"run_dir": str(run_dir), "dry_run": dry_run,
                **({"out": str(out_dir / run_dir.name)} if out_dir else {}),
                "policy": policy.describe(), "report": report.to_dict()})

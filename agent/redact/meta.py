@@ -180,14 +180,16 @@ def redact_run_identity(run: Any, tag: Callable[[str, str], str], report: Redact
 
 # The strings that route a run to its place on the server (and name its directory, its log and
 # its bundles): never rewritten, so a run whose own identifiers hold a secret or site data is
-# refused instead. A record type without one of them (an artifact has no sweep id) skips it.
-_ROUTING = (("run_id", "run id"), ("project", "project"), ("entity", "entity"), ("sweep_id", "sweep id"))
+# refused instead. A record type without one of them (an artifact has no sweep id, a run no
+# type) skips it. An artifact's type and distributed id join it on the server the same way.
+_ROUTING = (("run_id", "run id"), ("project", "project"), ("entity", "entity"), ("sweep_id", "sweep id"),
+            ("type", "type"), ("distributed_id", "distributed id"))
 
 
 def refuse_secret_routing(msg: Any, scrubber: "Scrubber", what: str) -> None:
     """Raise ``RedactError`` if a token rule, a site pattern or the run's own host, user or
     e-mail (``Scrubber.routing_rules``) matches the run id, project, entity or sweep id of
-    ``msg`` (a RunRecord, an ArtifactRecord). The message names the
+    ``msg`` (a RunRecord, an ArtifactRecord; an artifact's type and distributed id too). The message names the
     field and the rule, never the value (it goes to logs and ``status``)."""
     for field, label in _ROUTING:
         value = getattr(msg, field, "")
@@ -195,8 +197,9 @@ def refuse_secret_routing(msg: Any, scrubber: "Scrubber", what: str) -> None:
         if spans:
             rules = ", ".join(sorted({_rule_label(rule) for _, _, rule in spans}))
             raise RedactError(
-                f"the {what}'s {label} matches {rules}; a run's id, project, entity and sweep id route it on "
-                f"the server and are never rewritten, so this run does not leave. Rename it, or let identifiers "
+                f"the {what}'s {label} matches {rules}; the identifiers that route and join a run on the server "
+                f"(its id, project, entity and sweep id, an artifact's type and distributed id) are never "
+                f"rewritten, so this run does not leave. Rename it, or let identifiers "
                 f'leave unscrubbed with [redact] keep_strings = ["identifiers"]')
 
 

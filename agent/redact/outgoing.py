@@ -14,7 +14,9 @@ protobuf descriptors — and every file's text, and scrubs each string by what i
 Only the fields in ``string_fields.STRUCTURAL`` skip the scrubber: identifiers that route and
 join the run (run id, entity, project, digests, the writer's version) and wandb's own
 bookkeeping; a run whose own run id, project, entity or sweep id a rule matches is refused
-before this walk (``meta.refuse_secret_routing``). A new wandb version's new string field is
+before this walk (``meta.refuse_secret_routing``). The few fields with one fixed shape (a git
+commit id, an alert's level: ``string_fields.SHAPED``) leave only with that shape, else are
+replaced whole. A new wandb version's new string field is
 therefore scrubbed as text without anyone listing it.
 Counts of changed strings per place go into the report; places the policy names in
 ``keep_strings`` are left as they are (and counted as kept).
@@ -30,8 +32,7 @@ from .report import RedactionReport
 from .secret_rules import key_secrecy
 from .secrets import Scrubber, scrub_args
 from .outgoing_walk import MessageWalk
-
-_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+from .string_fields import COMMIT
 # A digest (md5, sha256: what wandb writes beside every media file): random, no built-in rule's
 # shape. But a hashed patient id (the md5 or sha256 of a record number) looks just the same, so
 # the site's own ``patterns`` are still asked (``Scrubber.site_rules``).
@@ -133,6 +134,12 @@ class Outgoing(MessageWalk):
             self._texts[s] = new
         return new
 
+    def replaced(self, instead: str, place: str) -> str:
+        """A field not of the one shape it may have (``string_fields.SHAPED``) is replaced
+        whole, in every place: its value is not understood."""
+        self._counted(place, {"unexpected_shape": 1})
+        return instead
+
     def name(self, s: str, place: str = "key_names") -> str:
         if not s or place in self.keep:
             return s
@@ -224,7 +231,7 @@ class Outgoing(MessageWalk):
                 return v
             if key and self._secret_key(key):
                 return self.secret_value(v, place)
-            if key == "commit" and _COMMIT.fullmatch(v):
+            if key == "commit" and COMMIT.fullmatch(v):
                 return v     # a git commit id: understood, and what the dashboard links to
             if key == "sha256" and v in self.file_digests:
                 return v     # the digest of a file that leaves beside this record

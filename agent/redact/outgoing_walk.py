@@ -9,7 +9,7 @@ from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
 
-from .string_fields import JSON, MAP, MSG, MSGS, NAME, PATH, SKIP, TEXT, field_plan, item_parts, repeated
+from .string_fields import JSON, MAP, MSG, MSGS, NAME, PATH, SHAPE, SHAPED, SKIP, TEXT, field_plan, item_parts, repeated
 
 _ITEMS = frozenset({"HistoryItem", "SummaryItem", "ConfigItem", "StatsItem"})
 _PLANS: dict[Any, tuple[Any, bool, frozenset]] = {}
@@ -81,6 +81,9 @@ class MessageWalk:
                     fn = self.name
                 elif how is PATH:
                     fn = self.path
+                elif how is SHAPE:
+                    shape, instead = SHAPED[(d.name, fd.name)]
+                    fn = lambda s: s if shape.fullmatch(s) else self.replaced(instead, place)  # noqa: E731
                 elif how is JSON:
                     if item_key is None:
                         item_key = ""

@@ -1,6 +1,7 @@
 """What counts as a secret: the rule tables the scrubber (``secrets.py``) applies.
 
 - ``EXTRA_TOKEN_RULES``: token formats beside detect-secrets' own (the whole match goes);
+  ``LAST_TOKEN_RULES`` are asked after detect-secrets';
 - ``CONTEXT_RULES``: the value after a secret-looking key or flag (group ``v`` goes);
 - ``PATH_PATTERN``: absolute and home-relative local paths;
 - ``key_secrecy``: what a key's name (config, summary, history, metadata, a flag) says of the
@@ -32,6 +33,11 @@ EXTRA_TOKEN_RULES: tuple[tuple[str, str], ...] = (
     ("google_api_key", r"(?<![A-Za-z0-9])AIza[0-9A-Za-z_-]{35}"),
     ("github_token", r"\bgh[pousr]_[A-Za-z0-9]{36,255}\b"),
     ("github_pat", r"\bgithub_pat_[A-Za-z0-9_]{22,255}\b"),
+    # Atlassian API tokens (Jira, Confluence): a fixed start, then base64url and "=" and a checksum.
+    ("atlassian_api_token", r"\bATATT3[A-Za-z0-9_=-]{60,}"),
+    # Azure DevOps personal access tokens: 52 characters of lower-case base32 (one digit at least:
+    # no word of prose is that long without a break).
+    ("azure_devops_pat", r"(?<![A-Za-z0-9])(?=[a-z2-7]{0,51}[2-7])[a-z2-7]{52}(?![A-Za-z0-9])"),
     ("aws_access_key_id", r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b"),
     # A bare AWS secret access key: 40 characters of base64 with upper, lower and digits.
     ("aws_secret_access_key", r"(?<![A-Za-z0-9/+=])(?=[A-Za-z0-9/+]{0,39}[A-Z])(?=[A-Za-z0-9/+]{0,39}[a-z])"
@@ -42,7 +48,18 @@ EXTRA_TOKEN_RULES: tuple[tuple[str, str], ...] = (
     ("url_credentials", r"\b[a-z][a-z0-9+.-]*://[^\s/:@]*:[^\s/]+@"),
     # A token as a URL's user (``https://<token>@git.example/…``): no user name is that long.
     ("url_token_user", r"(?<=://)[^\s/:@]{20,}(?=@)"),
-    ("high_entropy_token", r"(?<![A-Za-z0-9+/_=-])[A-Za-z0-9+/_-]{32,}={0,2}(?![A-Za-z0-9+/_=-])"),
+    # After "=" too: a key's value (``GITHUB_PAT=…``, a Hydra override ``hub.pat=…``, a cookie's
+    # ``session=…``) whatever the key's name.
+    ("high_entropy_token", r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{32,}={0,2}(?![A-Za-z0-9+/_=-])"),
+)
+
+# Asked after detect-secrets' rules (a whole token is named by the rule of its kind): a token cut
+# short where it is printed (a Keras summary's column ends a layer named after one with "…"). A
+# vendor's prefix and a dozen characters are enough to know it; after "_" too (``dense_ghp_…``),
+# not inside a longer word.
+LAST_TOKEN_RULES: tuple[tuple[str, str], ...] = (
+    ("vendor_token_prefix", r"(?<![A-Za-z0-9])(?:gh[pousr]_[A-Za-z0-9]{12,}|github_pat_[A-Za-z0-9_]{12,}"
+                            r"|glpat-[A-Za-z0-9_-]{12,}|dckr_pat_[A-Za-z0-9_-]{12,})"),
 )
 
 # Words that make a key secret-looking in text (a regex alternation; ``console`` asks it too).
@@ -57,7 +74,7 @@ _SEP = r"(?:[^\S\n]+|[^\S\n]*\n[^\S\n]*)"     # blanks, or one line break (and b
 _VALUE = r"""(?:(?<=")(?:[^"\\\n]|\\.)*|(?<=')(?:[^'\\\n]|\\.)*|(?<!["'])[{\[][^\n]*|(?<!["'])[^\s"']*[^\s"',;])"""
 # Flags that name no secret-looking word but take one: only these exact flags (``--key-frames 10``
 # and ``--auth-type basic`` are other flags; ``-p`` is too vague).
-_FLAG_WORDS = r"auth|authorization|auth[-_]?key|key|(?:\w+[-_])?pw"
+_FLAG_WORDS = r"auth|authorization|auth[-_]?key|key|(?:\w+[-_])?pw|(?:\w+[-_])?pat"
 # "pw" as a key is a word of its own or a name's last part (``pw``, ``db_pw``, ``DB-PW``), never
 # a piece of one (``upward``, ``pwm_duty``); not ``pW`` (a padding's width), and its value is no
 # plain number (``pw = 3``).
@@ -75,11 +92,11 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     # "tokens: 512" is a count, not a secret: a token's value must not be a plain number.
     ("key_value", rf"(?i)\b[\w.-]*token[\w.-]*{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
     # A name that ends in "key" or names a signature, where a credential is written so: an
-    # environment line (``AZURE_OPENAI_KEY=…``, upper case), a URL's parameter (``?sig=…``,
+    # environment line (``AZURE_OPENAI_KEY=…``, ``GITHUB_PAT=…``, upper case), a URL's parameter (``?sig=…``,
     # ``&X-Amz-Signature=…``), a quoted key with a quoted value (``{"encryption_key": "…"}``). Code (``sort_key = x``, ``fn(signature=sig)``,
     # ``run_key: str``) is none of these. (A header's ``-Key:``, ``Ocp-Apim-Subscription-Key: …``,
     # is a keyword of the rule above.)
-    ("key_value", rf"(?<![\w.-])[A-Z0-9_]*_KEY=(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
+    ("key_value", rf"(?<![\w.-])[A-Z0-9_]*_(?:KEY|PAT)=(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
     ("key_value", rf"(?i)(?<=[?&;])[\w.-]*(?:[_-]key|signature|(?<![a-z0-9])sig)=(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
     ("key_value", rf"""(?i)(?<=["'])[\w.-]*(?:[_-]key|signature)\\?["']\s*:\s*(?:b(?=["']))?\\?["'](?P<v>{_VALUE})"""),
     ("key_value", rf"{_PW_KEY}{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
@@ -136,8 +153,9 @@ CREDENTIAL_WORDS = frozenset({"password", "passwd", "passphrase", "passcode", "p
                               "credential", "credentials", "apikey", "privkey"})
 # Words that name one when the value is text: a number under them is a count or a setting
 # (``tokens``, ``auth_retries``, ``pass_rate``, ``pass@1``).
+# ``pat``: a personal access token (``GITHUB_PAT``, ``hub.pat``).
 TEXT_SECRET_WORDS = frozenset({"pass", "auth", "authorization", "bearer", "cookie", "signature", "sig", "token",
-                               "tokens"})
+                               "tokens", "pat"})
 # A key whose last word is "key" names a credential (``api_key``, ``encryption_key``,
 # ``Ocp-Apim-Subscription-Key``) unless the word before says it is another kind of key: an
 # unknown one fails closed.

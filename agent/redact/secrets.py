@@ -27,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from .secret_rules import CONTEXT_RULES, EXTRA_TOKEN_RULES, PATH_PATTERN, is_secret_flag
+from .secret_rules import CONTEXT_RULES, EXTRA_TOKEN_RULES, LAST_TOKEN_RULES, PATH_PATTERN, is_secret_flag
 
 # detect-secrets plugins left out: not secrets (public IPs), or keyword heuristics that the
 # context rules below do on every string (KeywordDetector is not regex-based anyway).
@@ -70,9 +70,11 @@ def detect_secrets_rules() -> tuple[tuple[str, re.Pattern[str]], ...]:
 
 
 def compile_patterns(extra: Iterable[str] = ()) -> tuple[tuple[str, re.Pattern[str]], ...]:
-    """Token rules: ours, then detect-secrets', then the site's own (``site_0``, ``site_1`` ...)."""
+    """Token rules: ours, then detect-secrets', then our last ones, then the site's own
+    (``site_0``, ``site_1`` ...)."""
     out = [(name, re.compile(rx)) for name, rx in EXTRA_TOKEN_RULES]
     out += list(detect_secrets_rules())
+    out += [(name, re.compile(rx)) for name, rx in LAST_TOKEN_RULES]
     out += [(f"site_{i}", re.compile(rx)) for i, rx in enumerate(extra)]
     return tuple(out)
 

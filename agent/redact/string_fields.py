@@ -5,6 +5,7 @@ anyone listing it.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -25,11 +26,19 @@ STRUCTURAL = frozenset({
     ("ArtifactManifestEntry", "birth_artifact_id"), ("ArtifactManifestEntry", "local_path"),
     ("ArtifactManifestEntry", "mimetype"),
     ("VersionInfo", "producer"), ("VersionInfo", "min_consumer"),
-    ("GitRepoRecord", "commit"), ("GitInfo", "commit"),
     ("TelemetryRecord", "python_version"), ("TelemetryRecord", "cli_version"),
     ("TelemetryRecord", "core_version"), ("TelemetryRecord", "platform"),
-    ("EnvironmentRecord", "writer_id"), ("AlertRecord", "level"),
+    ("EnvironmentRecord", "writer_id"),
 })
+# A git commit id: what the dashboard links to. To the token rules it looks like a W&B API key.
+COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+# (message name, string field) -> (the one shape its value has, what stands in for another):
+# not scrubbed as text, but not taken on trust either. A value of that shape leaves as it is; any
+# other (a CI job's token exported as WANDB_GIT_COMMIT) is replaced whole and counted.
+SHAPED: dict[tuple[str, str], tuple[re.Pattern[str], str]] = {
+    ("GitRepoRecord", "commit"): (COMMIT, ""), ("GitInfo", "commit"): (COMMIT, ""),
+    ("AlertRecord", "level"): (re.compile(r"INFO|WARN|ERROR"), "INFO"),   # wandb.AlertLevel's values
+}
 # (message name, field) -> how the string is read. Anything not listed is text.
 NAMES = frozenset({
     ("HistoryItem", "key"), ("HistoryItem", "nested_key"), ("SummaryItem", "key"), ("SummaryItem", "nested_key"),
@@ -71,8 +80,8 @@ def repeated(fd: Any) -> bool:
 # How the walk treats each field of a message type, decided once per type from its
 # descriptor (the same decision the walk made field by field): skipped (structural, or a
 # type that cannot hold a string), a message, repeated messages, a map, or a string read as
-# a name, a path, JSON or text.
-SKIP, MSG, MSGS, MAP, NAME, PATH, JSON, TEXT = (object() for _ in range(8))
+# a name, a path, JSON or text, or held to its shape.
+SKIP, MSG, MSGS, MAP, NAME, PATH, JSON, TEXT, SHAPE = (object() for _ in range(9))
 _PATHS = frozenset({("FilesItem", "path"), ("ArtifactManifestEntry", "path")})
 _PLANS: dict[Any, "_Plan"] = {}
 
@@ -81,6 +90,8 @@ def _field_plan(mname: str, fd: Any) -> object:
     f = (mname, fd.name)
     if f in STRUCTURAL:
         return SKIP
+    if f in SHAPED:
+        return SHAPE
     if fd.type == FieldDescriptor.TYPE_MESSAGE:
         if not _has_strings(fd.message_type):
             return SKIP
