@@ -5,7 +5,7 @@ records, a token can be written in two, a PEM key one line at a time. Scrubbing 
 alone misses all of these; the server would join them again. ``TextStream`` holds text back
 until it can be scrubbed whole: up to the last line feed (a carriage return does not end a
 line: what follows it is drawn over the same row, ``console_render``), longer while a PEM block
-is open or a line ends on a secret-looking key whose value comes on the next line (``\r\n``
+is open or a line ends on a secret-looking key whose value comes on the next line (``_DANGLING``; ``\r\n``
 ends a line as ``\n`` does). What it releases is then checked as wandb's terminal emulator and
 a reader render it (``console_render.Screen``). What it releases at a given piece depends only
 on the pieces so far, so the redaction of a log's prefix is a prefix of the redaction of the
@@ -23,7 +23,12 @@ from .secret_rules import SECRET_KEYWORDS, is_secret_flag
 # line must not grow memory without bound. A PEM block that long is not a key. (A line cut
 # there is checked with its start when its rest comes: ``console_render.Screen``.)
 HOLD_LIMIT = 1 << 20
-_DANGLING = re.compile(rf"(?i)(?:\b[\w.-]*(?:{SECRET_KEYWORDS}|token|authorization|-key)[\w.-]*[\"']?\s*[:=]|\bbearer)\s*$")
+# A line whose secret comes on the next one: it ends on a secret-looking key (``password:``, a
+# YAML block scalar's ``password: |``, a Kubernetes env entry's ``- name: DB_PASSWORD``), on
+# ``Bearer``, or on a .netrc entry's ``machine H`` / ``login U`` (its password may follow).
+_KEY = rf"[\w.-]*(?:{SECRET_KEYWORDS}|token|authorization|-key)[\w.-]*"
+_DANGLING = re.compile(rf"(?i)(?:\b{_KEY}[\"']?\s*[:=](?:\s*[|>][-+0-9]*)?|\bbearer|\bname[\"']?\s*[:=]\s*[\"']?{_KEY}[\"']?,?"
+                       rf"|(?<![\w-])(?:machine|login|account)\s+\S+)\s*$")
 _PEM_BEGIN = "-----BEGIN"
 _PEM_END = "-----END"
 

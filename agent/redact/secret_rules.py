@@ -42,6 +42,8 @@ EXTRA_TOKEN_RULES: tuple[tuple[str, str], ...] = (
     # A bare AWS secret access key: 40 characters of base64 with upper, lower and digits.
     ("aws_secret_access_key", r"(?<![A-Za-z0-9/+=])(?=[A-Za-z0-9/+]{0,39}[A-Z])(?=[A-Za-z0-9/+]{0,39}[a-z])"
                               r"(?=[A-Za-z0-9/+]{0,39}[0-9])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"),
+    # A crypt(3) password hash (htpasswd, /etc/shadow): offline guesses test passwords against it.
+    ("password_hash", r"\$(?:apr1|2[abxy]|1|5|6|y|argon2(?:id|i|d))\$[^\s\"':]{8,}"),
     ("jwt", r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}"),
     # (No user is a user too: ``redis://:pw@host``; the password runs to the authority's last
     # "@": one with an "@" in it goes whole.)
@@ -63,15 +65,26 @@ LAST_TOKEN_RULES: tuple[tuple[str, str], ...] = (
 )
 
 # Words that make a key secret-looking in text (a regex alternation; ``console`` asks it too).
-SECRET_KEYWORDS = (r"pass(?:word|wd|phrase)?|pwd|secret|api[-_]?key|apikey|access[-_]?key|private[-_]?key"
-                   r"|credentials?|auth[-_]?token|access[-_]?token|client[-_]?secret|session[-_]?key")
+# (``passed: 10``, ``passes``, ``passthrough`` are no passwords.)
+SECRET_KEYWORDS = (r"pass(?:word|wd|phrase)?(?!ed\b|es\b|ing|age|enger|[-_]?through)|pwd|secret|api[-_]?key|apikey"
+                   r"|access[-_]?key|private[-_]?key|credentials?|auth[-_]?token|access[-_]?token|client[-_]?secret"
+                   r"|session[-_]?key")
+# "token" as a key's word, not a tokenizer's or a model input's (``tokenizer: bert``, ``token_type_ids``).
+_TOKEN = r"token(?!i[sz]|[-_]type)"
 _SEP = r"(?:[^\S\n]+|[^\S\n]*\n[^\S\n]*)"     # blanks, or one line break (and blanks around it)
 # A value, after its opening quote if it has one: a quoted one whole, up to its closing quote (or
 # the line's end: ``password: "correct horse battery"``); an unquoted one up to a blank, past a
 # "," or ";" inside it (``password=ab,cd``), not one that ends it (``password: x, user: y``).
 # Fail closed: ``pw=x;user=y`` loses the user too. A value that opens an object or a list
 # (``{"db_password": {"value": x}}``) goes to the line's end: no regex finds where it closes.
-_VALUE = r"""(?:(?<=")(?:[^"\\\n]|\\.)*|(?<=')(?:[^'\\\n]|\\.)*|(?<!["'])[{\[][^\n]*|(?<!["'])[^\s"']*[^\s"',;])"""
+# Before an unquoted value, what YAML puts there is skipped (a block scalar's ``|`` or ``>-`` and
+# its line break, an anchor ``&pw``, a tag ``!!str``), and so is the opening of a triple-quoted
+# string; a value that is itself a secret-looking key (``secret: password: X``: the second key's
+# value goes) or a literal (``use_auth_token=True``) is none.
+_YAML_PREFIX = r"""(?:(?<![\w"'])(?:[|>][-+0-9]*[^\S\n]*\n[^\S\n]*|&[\w-]+[^\S\n]+|!!?[\w-]*[^\S\n]+)|(?<=["'])(?:""|''))"""
+_VALUE = (r"""(?!(?:True|False|None|true|false|null)\b)"""
+          rf"""{_YAML_PREFIX}?(?:(?<=")(?:[^"\\\n]|\\.)*|(?<=')(?:[^'\\\n]|\\.)*|(?<!["'])[{{\[][^\n]*"""
+          rf"""|(?<!["'])(?![\w.-]*(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]*["']?[:=]\s)[^\s"']*[^\s"',;])""")
 # Flags that name no secret-looking word but take one: only these exact flags (``--key-frames 10``
 # and ``--auth-type basic`` are other flags; ``-p`` is too vague).
 _FLAG_WORDS = r"auth|authorization|auth[-_]?key|key|(?:\w+[-_])?pw|(?:\w+[-_])?pat"
@@ -82,15 +95,17 @@ _PW_KEY = r"(?=[pP])(?:(?<=[_.-])|(?<![\w.-]))(?:pw|PW|Pw)(?!\w)"
 # Between a key and its value: ":" or "=", percent-encoded too (a URL inside a URL's parameter:
 # ``next=%2Fapi%3Faccess_token%3DX``); its closing quote, escaped too (JSON printed inside a string:
 # ``\"password\": \"x\"``), or a subscript's (``cfg["password"] = x``); then the value's
-# opening quote, of a bytes literal too (``'password': b'x'``).
-_KEY_TO_VALUE = r"""(?:\\?["'])?\]?\s*(?:[:=]|%3[AaDd])\s*(?:b(?=["']))?(?:\\?["'])?"""
+# opening quote, of a bytes literal too (``'password': b'x'``). A line break between them may be
+# written out (``\\n`` in a ``repr``).
+_KEY_TO_VALUE = r"""(?:\\?["'])?\]?\s*(?:[:=]|%3[AaDd])(?:\s|\\[nrt])*(?:b(?=["']))?(?:\\?["'])?"""
 _NOT_A_NUMBER = r"""(?!\d+(?:[.,]\d+)?(?:[\s"',;]|$))"""
 # The value after a secret-looking key or flag. Group ``v`` is what goes.
 CONTEXT_RULES: tuple[tuple[str, str], ...] = (
-    ("flag_value", rf"(?i)(?<![\w-])--?(?:[\w-]*(?:{SECRET_KEYWORDS}|token)[\w-]*|(?:{_FLAG_WORDS}|[\w-]*[-_]key)(?![\w-]))(?:=|\s+)[\"']?(?P<v>{_VALUE})"),
+    # (``--password-stdin`` takes no value: the password comes on standard input.)
+    ("flag_value", rf"(?i)(?<![\w-])--?(?:[\w-]*(?:{SECRET_KEYWORDS}|{_TOKEN})[\w-]*(?<!-stdin)|(?:{_FLAG_WORDS}|[\w-]*[-_]key)(?![\w-]))(?:=|\s+)[\"']?(?P<v>{_VALUE})"),
     ("key_value", rf"(?i)\b[\w.-]*(?:{SECRET_KEYWORDS}|-key(?![a-z0-9]))[\w.-]*{_KEY_TO_VALUE}(?P<v>{_VALUE})"),
     # "tokens: 512" is a count, not a secret: a token's value must not be a plain number.
-    ("key_value", rf"(?i)\b[\w.-]*token[\w.-]*{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
+    ("key_value", rf"(?i)\b[\w.-]*{_TOKEN}[\w.-]*{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
     # A name that ends in "key" or names a signature, where a credential is written so: an
     # environment line (``AZURE_OPENAI_KEY=…``, ``GITHUB_PAT=…``, upper case), a URL's parameter (``?sig=…``,
     # ``&X-Amz-Signature=…``), a quoted key with a quoted value (``{"encryption_key": "…"}``). Code (``sort_key = x``, ``fn(signature=sig)``,
@@ -98,6 +113,28 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     # is a keyword of the rule above.)
     ("key_value", rf"(?<![\w.-])[A-Z0-9_]*_(?:KEY|PAT)=(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
     ("key_value", rf"(?i)(?<=[?&;])[\w.-]*(?:[_-]key|signature|(?<![a-z0-9])sig)=(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
+    # A URL's parameter that carries a credential under a short name (``&key=``, ``?session=``,
+    # ``?jwt=``, an OAuth ``?code=``), a connection string's account key (``;AccountKey=…;``).
+    ("key_value", r"(?i)(?<=[?&;#])(?:key|session(?:[-_]?id)?|sid|jwt|auth|code|ticket|accountkey|sharedaccesskey)"
+                  r"=(?P<v>[^&;\s#\"']+)"),
+    # Cookies: every value of the header (``Cookie: session=X; theme=dark``).
+    ("cookie", r"(?i)\b(?:set-)?cookie[\"']?\s*[:=]\s*[\"']?(?P<v>[^\s\"';=]+=[^\n\"']*)"),
+    # A secret-looking key beside its value in a list or a tuple, quoted both: a printed argv
+    # (``['train.py', '--db-password', 'X']``, a CalledProcessError's command), ``('password',
+    # 'X')``, ``os.environ.setdefault('DB_PASSWORD', 'X')``.
+    ("key_value", rf"""(?i)["'](?:--?)?[\w.-]*(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]*(?<!-stdin)["']\s*,\s*(?:b(?=["']))?["'](?P<v>{_VALUE})"""),
+    # A name and its value given apart: a Kubernetes env entry (``{'name': 'DB_PASSWORD', 'value':
+    # 'X'}``, or in YAML on two lines), a .NET setting (``<add key="Password" value="X"/>``).
+    ("key_value", rf"""(?i)\b(?:name|key)["']?\s*[:=]\s*["']?[\w.-]*(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]*["']?\s*,?"""
+                  rf"""\s*(?:-\s+)?["']?value["']?\s*[:=]\s*["']?(?P<v>{_VALUE})"""),
+    # XML: ``<password>X</password>``.
+    ("key_value", rf"(?i)<[\w:.-]*(?:{SECRET_KEYWORDS})[\w:.-]*>(?P<v>[^<\n]*)<"),
+    # SQL: ``CREATE USER u WITH PASSWORD 'X'``, ``IDENTIFIED BY 'X'``.
+    ("key_value", r"(?i)\b(?:password|identified\s+by)\s+'(?P<v>(?:[^'\n]|'')*)'"),
+    # requests' basic auth: ``auth=('user', 'X')``.
+    ("key_value", r"""(?i)\bauth\s*=\s*\(\s*["'][^"'\n]*["']\s*,\s*["'](?P<v>[^"'\n]*)"""),
+    # A .pgpass line, ``host:port:database:user:password``.
+    ("pgpass", r"(?m)^[^\S\n]*(?=[^:\s]*[A-Za-z*])[\w.*-]+:(?:\d{1,5}|\*):[^:\s]+:[^:\s]+:(?P<v>\S+)$"),
     ("key_value", rf"""(?i)(?<=["'])[\w.-]*(?:[_-]key|signature)\\?["']\s*:\s*(?:b(?=["']))?\\?["'](?P<v>{_VALUE})"""),
     ("key_value", rf"{_PW_KEY}{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
     # ``curl -u user:password``, ``--user user:password``.
@@ -107,6 +144,12 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     ("flag_value", r"(?=[m])(?<![\w-])(?:mysql(?:dump|admin|import|check|pump|sh)?|mariadb(?:-dump)?)\b[^\n]*?"
                    r"(?<=\s)-p(?P<v>[^\s\"']+)"),
     ("flag_value", r"(?=s)(?<![\w-])sshpass\s+(?:-\w+\s+)*-p\s*(?P<v>[^\s\"']+)"),
+    # Tools whose password flag is a letter of its own: ``redis-cli -a X``, ``docker login -p X``,
+    # ``zip -P X``, ``7z a -pX``, ``ssh-keygen -N X``, ``smbclient -U user%X``, ``htpasswd -b file
+    # user X``.
+    ("flag_value", r"(?<![\w-])(?:redis-cli\b[^\n]*?\s-a\s+|docker\s+login\b[^\n]*?\s-p\s+|zip\b[^\n]*?\s-P\s+"
+                   r"|7za?\b[^\n]*?\s-p|ssh-keygen\b[^\n]*?\s-N\s+|smbclient\b[^\n]*?\s-U\s+[^\s%]+%"
+                   r"|htpasswd\s+-\w*b\w*\s+\S+\s+\S+\s+)(?P<v>[^\s\"']+)"),
     ("authorization", r"(?i)\bauthorization[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token|digest)\s+)?(?P<v>[^\s\"',;]+)"),
     ("bearer_token", r"(?i)\bbearer\s+(?P<v>[A-Za-z0-9._~+/=-]{8,})"),
     # A .netrc entry, ``machine H login U password P`` (no colon; its tokens on one line or on
@@ -140,7 +183,7 @@ PATH_PATTERN = (rf"(?=[~/])(?:(?<![\w/.~-])|(?<=://)|(?<=:///)|(?<=[A-Za-z_]\.)|
                 rf"(?:~|/{_SEGMENT})(?:/+{_SEGMENT})+/*")
 
 # A command-line flag whose next argument is a secret (``--password X``, ``-p X`` is too vague).
-SECRET_FLAG = re.compile(rf"(?i)^--?(?:[\w-]*(?:{SECRET_KEYWORDS}|token)[\w-]*|{_FLAG_WORDS})$")
+SECRET_FLAG = re.compile(rf"(?i)^--?(?:[\w-]*(?:{SECRET_KEYWORDS}|{_TOKEN})[\w-]*(?<!-stdin)|{_FLAG_WORDS})$")
 
 
 # -- keys that name a credential --------------------------------------------------------------

@@ -1,0 +1,152 @@
+"""The forms a secret takes in text that ordinary training code prints (a third round of
+testers, under the default policy), each with a fresh value ``{s}``: as a string (a summary,
+a config value, a file's text) and as console lines written one by one, as wandb 0.31 records
+them (a .netrc entry, a YAML block scalar, a Kubernetes env entry span lines: the line with the
+key waits for the next). Then ordinary lines that must stay as they are, and a real run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import string
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from redact_helpers import WRITER_PREAMBLE, site_tag
+from tfwb_agent.redact.console import TextStream
+from tfwb_agent.redact.secrets import Scrubber, compile_patterns
+
+ALNUM = string.ascii_letters + string.digits
+
+
+def _secret() -> str:
+    return "Pw" + "".join(secrets.choice(ALNUM) for _ in range(14))
+
+
+FORMS = [
+    # a name and its value apart: a printed argv, a CalledProcessError, tuples, Kubernetes env
+    "[{{'name': 'DB_PASSWORD', 'value': '{s}'}}]",
+    "- name: DB_PASSWORD\n  value: {s}\n",
+    "['train.py', '--db-password', '{s}']",
+    "Command '['false', '--password', '{s}']' returned non-zero exit status 1.",
+    "os.environ.setdefault('DB_PASSWORD', '{s}')",
+    "[('user', 'ml'), ('password', '{s}')]",
+    '<add key="Password" value="{s}"/>',
+    "<password>{s}</password>",
+    # YAML and TOML decorations
+    "db:\n  password: |\n    {s}\n  host: db\n",
+    "password: >-\n  {s}\n",
+    "password: &pw {s}",
+    "password: !!str {s}",
+    'password = """{s}"""',
+    # HTTP
+    "Cookie: session={s}; theme=dark",
+    "Set-Cookie: sessionid={s}; Path=/; HttpOnly",
+    "{{'Cookie': 'sessionid={s}'}}",
+    "404 Client Error: Not Found for url: https://maps.internal/api?q=x&key={s}",
+    "GET https://h/x?session={s} 401",
+    "connecting wss://h/socket?jwt={s}",
+    "GET https://h/x?auth={s}",
+    "requests.get(url, auth=('ml', '{s}'))",
+    "DefaultEndpointsProtocol=https;AccountName=x;AccountKey={s};EndpointSuffix=core.windows.net",
+    # credential statements and tools
+    "db.internal:5432:features:trainer:{s}",
+    "CREATE USER trainer WITH PASSWORD '{s}';",
+    "ALTER USER ml IDENTIFIED BY '{s}';",
+    "redis-cli -h redis -a {s} ping",
+    "running: docker login -u ml -p {s} registry.internal",
+    "zip -P {s} out.zip data",
+    "7z a -p{s} out.7z data",
+    "smbclient //h/share -U ml%{s}",
+    "htpasswd -b .htpasswd ml {s}",
+    "ssh-keygen -t ed25519 -N {s} -f key",
+    "machine api.wandb.ai\n  login user\n  password {s}\n",
+    # a key whose value is another key's, a line break written out in a repr
+    "secret: password: {s}",
+    "INFO secrets_manager: password: {s}",
+    repr("{{'db_password':\n '{s}'}}"),
+]
+
+
+def _scrubber() -> Scrubber:
+    return Scrubber(compile_patterns(), site_tag, True)
+
+
+def _console(text: str) -> str:
+    """``text`` fed line by line, as wandb 0.31 writes a printed block's console records."""
+    scrubber = _scrubber()
+    stream = TextStream(lambda t: scrubber.scrub(t)[0])
+    out = "".join(stream.feed(line) for line in text.splitlines(keepends=True))
+    return out + stream.close()
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_a_secret_in_its_usual_forms_goes(form):
+    s = _secret()
+    text = form.format(s=s)
+    assert s in text
+    as_string = _scrubber().scrub(text)[0]
+    as_console = _console(text if text.endswith("\n") else text + "\n")
+    assert s[2:] not in as_string, as_string
+    assert s[2:] not in as_console, as_console
+
+
+def test_a_password_hash_goes():
+    salt, digest = secrets.token_hex(4), "".join(secrets.choice(ALNUM + "./") for _ in range(22))
+    new = _scrubber().scrub(f"ml:$apr1${salt}${digest}")[0]
+    assert digest not in new and salt not in new and new.startswith("ml:"), new
+
+
+@pytest.mark.parametrize("text", [
+    "passed: 10", "10 passed, 2 skipped in 3.1s", "tokenizer: bert-base-uncased", "token_type_ids: [0, 0, 1]",
+    "use_auth_token=True", "docker login --password-stdin registry.internal",
+    "epoch 3/10 - val_loss=0.231 - lr=0.0003", "GET https://h/x?page=2&sort=asc 200",
+    "('lr', 0.001), ('batch_size', 32)", "name: train_loss\n  value: 0.25\n", "12:30:45:001 step 3",
+    "<name>resnet</name>", "Cookie policy accepted", "machine learning rocks\n  login screen shown\n",
+    "password reset complete", "[('epochs', 10), ('optimizer', 'adam')]", "auth=None",
+    "2024-01-01 12:30:45,123 INFO trainer: step 3",
+])
+def test_ordinary_text_stays(text):
+    assert _scrubber().scrub(text) == (text, {})
+    assert _console(text if text.endswith("\n") else text + "\n").rstrip("\n") == text.rstrip("\n")
+
+
+WRITER = WRITER_PREAMBLE + r'''import wandb, sys
+run = wandb.init(dir=root, project="text-forms")
+print("machine api.example.org\n  login ml\n  password " + c["netrc"])
+sys.stdout.write("machine h\n  login u\n  password "); sys.stdout.flush()
+sys.stdout.write(c["netrc2"]); sys.stdout.flush(); sys.stdout.write("\n")
+print("- name: DB_PASSWORD\n  value: " + c["k8s"])
+print(["train.py", "--db-password", c["argv"]])
+print("db:\n  password: |\n    " + c["yaml"] + "\n  host: db")
+run.summary["cmd"] = str(["train.py", "--db-password", c["summary"]])
+run.log({"loss": 0.25})
+run.finish()
+'''
+
+
+def test_a_real_run_carries_none_of_them_out(tmp_path):
+    """Before: the .netrc entry's password stayed in the console records of the .wandb file
+    (output.log was redacted whole), and the rest in both."""
+    from tfwb_agent.redact.policy import DEFAULT_POLICY
+    from tfwb_agent.redact.run import redact_run
+
+    c = {k: _secret() for k in ("netrc", "netrc2", "k8s", "argv", "yaml", "summary")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(CANARY_ROOT=str(tmp_path), CANARY_VALUES=json.dumps(c))
+    p = subprocess.run([sys.executable, "-c", WRITER], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
+    log = next(run_dir.glob("run-*.wandb")).read_bytes()
+    assert all(v.encode() in log for v in c.values())
+    out = tmp_path / "out" / run_dir.name
+    redact_run(run_dir, out, DEFAULT_POLICY, os.urandom(32), lambda q: Path(q))
+    for f in out.rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            assert not [k for k, v in c.items() if v[2:].encode() in data], f.name
+    assert b"machine api.example.org" in (out / "files" / "output.log").read_bytes()   # the rest stays
