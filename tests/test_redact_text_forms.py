@@ -65,6 +65,11 @@ FORMS = [
     "htpasswd -b .htpasswd ml {s}",
     "ssh-keygen -t ed25519 -N {s} -f key",
     "machine api.wandb.ai\n  login user\n  password {s}\n",
+    # a pandas Series, a pydantic validation error, a parameter encoded twice
+    "password    {s}\nuser        ml\ndtype: object",
+    "1 validation error for Settings\npassword\n  String should have at least 20 characters "
+    "[type=string_too_short, input_value='{s}', input_type=str]",
+    "redirect=https%3A%2F%2Fh%2Fcb%253Ftoken%253D{s}",
     # a key whose value is another key's, a line break written out in a repr
     "secret: password: {s}",
     "INFO secrets_manager: password: {s}",

@@ -25,10 +25,11 @@ from .secret_rules import SECRET_KEYWORDS, is_secret_flag
 HOLD_LIMIT = 1 << 20
 # A line whose secret comes on the next one: it ends on a secret-looking key (``password:``, a
 # YAML block scalar's ``password: |``, a Kubernetes env entry's ``- name: DB_PASSWORD``), on
-# ``Bearer``, or on a .netrc entry's ``machine H`` / ``login U`` (its password may follow).
+# ``Bearer``, or on a .netrc entry's ``machine H`` / ``login U`` (its password may follow), or
+# is such a key alone (a validation error names the field, then the value it was given).
 _KEY = rf"[\w.-]*(?:{SECRET_KEYWORDS}|token|authorization|-key)[\w.-]*"
 _DANGLING = re.compile(rf"(?i)(?:\b{_KEY}[\"']?\s*[:=](?:\s*[|>][-+0-9]*)?|\bbearer|\bname[\"']?\s*[:=]\s*[\"']?{_KEY}[\"']?,?"
-                       rf"|(?<![\w-])(?:machine|login|account)\s+\S+)\s*$")
+                       rf"|(?<![\w-])(?:machine|login|account)\s+\S+|^\s*{_KEY})\s*$")
 _PEM_BEGIN = "-----BEGIN"
 _PEM_END = "-----END"
 

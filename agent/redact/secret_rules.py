@@ -92,12 +92,12 @@ _FLAG_WORDS = r"auth|authorization|auth[-_]?key|key|(?:\w+[-_])?pw|(?:\w+[-_])?p
 # a piece of one (``upward``, ``pwm_duty``); not ``pW`` (a padding's width), and its value is no
 # plain number (``pw = 3``).
 _PW_KEY = r"(?=[pP])(?:(?<=[_.-])|(?<![\w.-]))(?:pw|PW|Pw)(?!\w)"
-# Between a key and its value: ":" or "=", percent-encoded too (a URL inside a URL's parameter:
-# ``next=%2Fapi%3Faccess_token%3DX``); its closing quote, escaped too (JSON printed inside a string:
+# Between a key and its value: ":" or "=", percent-encoded too, once or twice (a URL inside a
+# URL's parameter: ``next=%2Fapi%3Faccess_token%3DX``, ``%253D``); its closing quote, escaped too (JSON printed inside a string:
 # ``\"password\": \"x\"``), or a subscript's (``cfg["password"] = x``); then the value's
 # opening quote, of a bytes literal too (``'password': b'x'``). A line break between them may be
 # written out (``\\n`` in a ``repr``).
-_KEY_TO_VALUE = r"""(?:\\?["'])?\]?\s*(?:[:=]|%3[AaDd])(?:\s|\\[nrt])*(?:b(?=["']))?(?:\\?["'])?"""
+_KEY_TO_VALUE = r"""(?:\\?["'])?\]?\s*(?:[:=]|%(?:25)?3[AaDd])(?:\s|\\[nrt])*(?:b(?=["']))?(?:\\?["'])?"""
 _NOT_A_NUMBER = r"""(?!\d+(?:[.,]\d+)?(?:[\s"',;]|$))"""
 # The value after a secret-looking key or flag. Group ``v`` is what goes.
 CONTEXT_RULES: tuple[tuple[str, str], ...] = (
@@ -127,6 +127,13 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     # 'X'}``, or in YAML on two lines), a .NET setting (``<add key="Password" value="X"/>``).
     ("key_value", rf"""(?i)\b(?:name|key)["']?\s*[:=]\s*["']?[\w.-]*(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]*["']?\s*,?"""
                   rf"""\s*(?:-\s+)?["']?value["']?\s*[:=]\s*["']?(?P<v>{_VALUE})"""),
+    # A column-aligned listing (a pandas Series, ``to_string()``): the key first on its line, the
+    # value after two blanks or more (not Python's ``pass  # comment``, nor prose after a full stop).
+    ("key_value", rf"(?im)^[^\S\n]*(?!pass\b)[\w.-]*(?:{SECRET_KEYWORDS})[\w-]*[^\S\n]{{2,}}(?=\w)"
+                  rf"(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
+    # A validation error (pydantic): the field's name on its line, the value it was given on the next.
+    ("key_value", rf"(?i)(?<![\w.-])[\w.-]*(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]*[^\S\n]*\n[^\n]*?\binput_value="
+                  rf"""(?:["'])?(?P<v>{_VALUE})"""),
     # XML: ``<password>X</password>``.
     ("key_value", rf"(?i)<[\w:.-]*(?:{SECRET_KEYWORDS})[\w:.-]*>(?P<v>[^<\n]*)<"),
     # SQL: ``CREATE USER u WITH PASSWORD 'X'``, ``IDENTIFIED BY 'X'``.
