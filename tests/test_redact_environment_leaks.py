@@ -189,3 +189,22 @@ def test_redact_out_leaves_nothing_of_a_refused_run(tmp_path):
     assert proc.returncode == 1 and "run id matches the github_token rule" in said, said
     assert token not in said and "Traceback" not in said
     assert not out.exists()
+
+
+def test_a_secret_in_an_artifacts_name_or_alias_leaves_as_a_name_w_and_b_accepts():
+    """Scrubbed as text, ``[redacted:github_token:…]`` holds a ":", which W&B refuses in an alias
+    (and the run would never be delivered): names and aliases get the marker that is a name."""
+    from wandb.proto import wandb_internal_pb2 as pb
+    from wandb.sdk.artifacts._validators import validate_aliases, validate_artifact_name
+
+    token = "ghp_" + _rnd(36)
+    rec = pb.Record()
+    art = rec.artifact
+    art.run_id, art.project, art.entity, art.type = "abc123", "p", "e", "model"
+    art.name = f"model-{token}"
+    art.aliases.extend(["best", token])
+    default_outgoing(RedactionReport()).message(rec, "artifacts")
+    assert token[4:16] not in str(rec)
+    validate_artifact_name(art.name)
+    validate_aliases(list(art.aliases))
+    assert all(":" not in a and "/" not in a for a in art.aliases) and art.aliases[0] == "best"

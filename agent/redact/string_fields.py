@@ -46,6 +46,11 @@ NAMES = frozenset({
     ("ExtraItem", "key"), ("StoragePolicyConfigItem", "key"), ("FilesItem", "path"),
     ("MetricRecord", "name"), ("MetricRecord", "glob_name"), ("MetricRecord", "step_metric"),
     ("ArtifactManifestEntry", "path"),
+    # W&B takes no ":" or "/" in an artifact's alias, nor "/" in its name: a secret in them leaves
+    # as a marker that is itself a name (``redacted-…``), not as text's ``[redacted:…]``.
+    ("ArtifactRecord", "name"), ("ArtifactRecord", "aliases"), ("ArtifactRecord", "tags"),
+    ("UseArtifactRecord", "name"), ("LinkArtifactRequest", "portfolio_name"),
+    ("LinkArtifactRequest", "portfolio_aliases"),
 })
 JSON_FIELDS = frozenset({
     ("HistoryItem", "value_json"), ("HistoryItem", "json"), ("SummaryItem", "value_json"),
