@@ -208,3 +208,50 @@ def test_a_secret_in_an_artifacts_name_or_alias_leaves_as_a_name_w_and_b_accepts
     validate_artifact_name(art.name)
     validate_aliases(list(art.aliases))
     assert all(":" not in a and "/" not in a for a in art.aliases) and art.aliases[0] == "best"
+
+
+ARTIFACT_WRITER = WRITER_PREAMBLE + r'''import wandb
+run = wandb.init(dir=root, project="kept-artifact")
+note = os.path.join(root, "notes.txt")
+with open(note, "w") as f:
+    f.write("trained by the pipeline\napi_key = " + c["key"] + "\ntoken " + c["tok"] + "\n")
+art = wandb.Artifact("notes", type="dataset")
+art.add_file(note)
+run.log_artifact(art)
+run.log({"loss": 0.5})
+run.finish()
+'''
+
+
+def test_a_kept_artifacts_text_file_is_scrubbed_under_scrub_files_and_its_digest_follows(tmp_path):
+    """With ``artifacts = "keep"`` an artifact's files are copied; a text file among them is
+    scrubbed as files/' text is when the policy says ``scrub_files`` (before, it left as written),
+    and the manifest's digest is the scrubbed file's (wandb sync checks it)."""
+    import base64
+    import hashlib
+
+    from tfwb_agent.redact.policy import parse_policy
+    from tfwb_agent.redact.run import redact_run
+    from tfwb_agent.wandb_log import read_records
+
+    c = {"key": "Zq" + _rnd(22), "tok": "ghp_" + _rnd(36)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(CANARY_ROOT=str(tmp_path), CANARY_VALUES=json.dumps(c))
+    p = subprocess.run([sys.executable, "-c", ARTIFACT_WRITER], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
+    for scrub_files in (True, False):
+        out = tmp_path / f"out-{scrub_files}" / run_dir.name
+        policy = parse_policy("t", {"artifacts": "keep", "scrub_files": scrub_files})
+        redact_run(run_dir, out, policy, os.urandom(32), lambda q: Path(q))
+        (staged,) = [f for f in out.rglob("notes.txt") if "_staging" in f.parts]
+        text = staged.read_text()
+        assert "trained by the pipeline" in text
+        if scrub_files:
+            assert c["key"] not in text and c["tok"][4:16] not in text, text
+        else:
+            assert c["key"] in text    # the site kept artifacts as they are, and did not ask to scrub
+        (entry,) = [e for _, rec in read_records(next(out.glob("run-*.wandb")))
+                    if rec.WhichOneof("record_type") == "artifact" for e in rec.artifact.manifest.contents]
+        assert entry.digest == base64.b64encode(hashlib.md5(staged.read_bytes()).digest()).decode()
+        assert entry.size == staged.stat().st_size

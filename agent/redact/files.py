@@ -59,8 +59,10 @@ def file_action(rel: str, policy: Policy) -> str:
 class Sink:
     """Where a streamed copy goes: a new file (created exclusively), or nowhere (dry run)."""
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None, also: Callable[[bytes], Any] | None = None) -> None:
+        """``also`` sees every block written (another hash)."""
         self.f: BinaryIO | None = None
+        self.also = also
         if path is not None:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             self.f = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "wb")
@@ -70,6 +72,8 @@ class Sink:
     def write(self, data: bytes) -> None:
         self.size += len(data)
         self.sha.update(data)
+        if self.also is not None:
+            self.also(data)
         if self.f is not None:
             self.f.write(data)
 

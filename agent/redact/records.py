@@ -22,7 +22,8 @@ from wandb.proto import wandb_internal_pb2 as pb
 from . import items as items_mod
 from . import meta
 from .console_records import Console
-from .files import Sink, copy_stream
+from .console import TextStream
+from .files import Sink, copy_stream, is_text, scrub_text_file
 from .files_records import FILES_ITEMS, files
 from .tables import redact_table
 
@@ -146,12 +147,18 @@ def _artifact(r: "Redaction", rec: Any) -> bool:
             tables.append(key)
         else:
             md5 = hashlib.md5()
-            sink = Sink(r.out_path(rel))
+            sink = Sink(r.out_path(rel), md5.update)
             try:
-                size = copy_stream(str(src), sink, md5.update)
+                if r.policy.scrub_files and is_text(str(src)):
+                    # Under ``scrub_files`` a kept artifact's text is scrubbed as files/' text is.
+                    r.report.bytes_in += scrub_text_file(str(src), sink, TextStream(
+                        lambda s: r.out.text(s, "artifacts"), file=True))
+                    r.report.artifacts["entries_scrubbed"] += 1
+                else:
+                    r.report.bytes_in += copy_stream(str(src), sink)
             finally:
                 sink.close()
-            r.report.bytes_in += size
+            size = sink.size
             r.report.bytes_out += size
             digest = md5.digest()
         e.path = new_path
