@@ -24,7 +24,7 @@ import functools
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from .secret_rules import CONTEXT_RULES, EXTRA_TOKEN_RULES, LAST_TOKEN_RULES, PATH_PATTERN, is_secret_flag
@@ -79,7 +79,11 @@ def compile_patterns(extra: Iterable[str] = ()) -> tuple[tuple[str, re.Pattern[s
     return tuple(out)
 
 
-_CONTEXT = tuple((name, re.compile(rx)) for name, rx in CONTEXT_RULES)
+@functools.lru_cache(maxsize=1)
+def _context_rules() -> tuple[tuple[str, re.Pattern[str]], ...]:
+    # Compiled when a scrubber is first made, not on import: commands that scrub nothing (sync,
+    # status) import this module for the masking of their own messages' secrets.
+    return tuple((name, re.compile(rx)) for name, rx in CONTEXT_RULES)
 _FLAGS = ((re.IGNORECASE, "i"), (re.MULTILINE, "m"), (re.DOTALL, "s"), (re.VERBOSE, "x"))
 
 
@@ -106,10 +110,12 @@ class Scrubber:
     patterns: tuple[tuple[str, re.Pattern[str]], ...]
     tag: Callable[[str, str], str]  # (kind, value) -> short keyed tag
     paths: bool = True
-    context: tuple[tuple[str, re.Pattern[str]], ...] = field(default=_CONTEXT)
+    context: tuple[tuple[str, re.Pattern[str]], ...] | None = None   # None: the context rules
     words: re.Pattern[str] | None = None   # the run's identity (``with_words``), one of ``patterns``
 
     def __post_init__(self) -> None:
+        if self.context is None:
+            object.__setattr__(self, "context", _context_rules())
         # One pass over the text with every rule as an alternative tells whether any rule
         # matches anywhere (search tries each rule at each position); most strings match none,
         # and then the rule-by-rule pass below is skipped. The run's words are searched apart:
