@@ -1,6 +1,6 @@
 """Redaction throughput on a run with 10,000 logged images, beside `cp -r` of the same run.
 
-    python benchmarks/bench_redact.py [--images 10000] [--size 64] [--work DIR] [--repeat 3] [--before REV]
+    python benchmarks/bench_redact.py [--images 10000] [--size 64] [--work DIR] [--repeat 3] [--before REV] [--fresh-fs]
 
 The redactor runs in a child process per measurement. Its secret-detection rules are loaded
 first and timed apart: the per-run figure is ``redact_run`` with them loaded (a daemon loads
@@ -23,7 +23,8 @@ none of the redactor's. Neither side's own writeback is timed, as ``cp`` alone w
 On this VM's disk (ext4 without a journal: before reusing a freed inode the kernel looks at
 when it was freed, ``recently_deleted`` in a profile) creating files is slow for minutes after
 many were deleted, and this benchmark deletes its outputs when it ends: run it again some
-minutes later, not at once (``cp`` shows it: seconds instead of about 0.5 s).
+minutes later, not at once (``cp`` shows it: seconds instead of about 0.5 s), or with
+``--fresh-fs`` (as root): the copies then go into a new ext4 file system in a loop-mounted image.
 """
 from __future__ import annotations
 
@@ -161,6 +162,20 @@ def redact_child(src: Path, dst: Path, pythonpath: Path | None) -> tuple[float, 
             float(out[-7]))
 
 
+def mount_fresh_fs(image: Path, at: Path) -> Path:
+    """A new ext4 file system in ``image`` (sparse), mounted at ``at``: every inode is new, as on
+    a disk nothing was deleted from. cp and the redactor write there alike."""
+    if image.exists():
+        subprocess.run(["umount", str(at)], capture_output=True)
+        image.unlink()
+    with open(image, "wb") as f:
+        f.truncate(4 << 30)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    at.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(at)], check=True)
+    return at
+
+
 def pressure() -> str:
     """The kernel's CPU and I/O pressure (share of the last 10 s that tasks waited), if it says."""
     parts = []
@@ -180,6 +195,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "tfwb-bench-redact")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--before", metavar="REV", help="also time the redactor at this git revision")
+    ap.add_argument("--fresh-fs", action="store_true",
+                    help="write the copies into a fresh ext4 file system (a loop-mounted image, needs root): "
+                         "on this VM's disk creating files is slow for minutes after many were deleted")
     args = ap.parse_args()
 
     src = make_run(args.work, args.images, args.size)
@@ -190,7 +208,8 @@ def main() -> None:
     cp_times, red_times, old_times, cold_times, old_cold, warm_times = [], [], [], [], [], []
     cpu: dict[str, list[tuple[float, float]]] = {"red": [], "old": []}   # (redactor, helper) CPU s
     tails: dict[str, list[float]] = {"red": [], "old": []}   # waiting for the helper's last files
-    out = args.work / "out"
+    fresh = mount_fresh_fs(args.work / "fs.img", args.work / "fs") if args.fresh_fs else None
+    out = (fresh or args.work) / "out"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     subprocess.run(["cp", "-r", str(src), str(out / "warm")], check=True)  # warm the page cache
@@ -253,7 +272,11 @@ def main() -> None:
             print(f"  {label} waited for the helper's last files after the records:"
                   f" {statistics.median(tails[which]):.2f} s (all runs {[round(x, 2) for x in tails[which]]})")
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; pressure (avg10): {pressure()}")
-    shutil.rmtree(args.work / "out", ignore_errors=True)
+    if fresh is not None:
+        subprocess.run(["umount", str(fresh)], check=True)
+        (args.work / "fs.img").unlink()
+    else:
+        shutil.rmtree(out, ignore_errors=True)
     from secret_recall import measure
     res = measure(corpus=Path(__file__).resolve().parent.parent.parent / "shared" / "corpus")
     print(f"secret detection: recall {res['caught']}/{res['planted']} = {res['recall']:.3f};"
