@@ -155,3 +155,22 @@ def test_a_real_run_carries_none_of_them_out(tmp_path):
             data = f.read_bytes()
             assert not [k for k, v in c.items() if v[2:].encode() in data], f.name
     assert b"machine api.example.org" in (out / "files" / "output.log").read_bytes()   # the rest stays
+
+
+def test_no_rule_backtracks_without_bound_on_a_wide_table():
+    """detect-secrets' IBM Cloud rule put three runs of blanks around a key's separator: a line
+    ``password`` + 2,000 blanks (a wide table's column) took 39 s to search, cubic in the blanks.
+    The rules are loaded with each run taken whole (checked here by their text, not by a clock),
+    and still find what the plugin finds; a tool's flag is looked for within a bounded window."""
+    from tfwb_agent.redact.secret_rules import CONTEXT_RULES
+    from tfwb_agent.redact.secrets import _BLANKS_AROUND_SEPARATOR, detect_secrets_rules
+
+    rules = dict(detect_secrets_rules())
+    assert not [n for n, rx in detect_secrets_rules() if _BLANKS_AROUND_SEPARATOR in rx.pattern]
+    key = "".join(secrets.choice(ALNUM) for _ in range(44))
+    for line in (f"ibm_cloud_iam_key = '{key}'", f"IAM_API_KEY: {key}", f"cloud_iam_token   {key}",
+                 f"ibm-iam-pwd:={key}", f"iam_key::'{key}'", f"ibm_iam_key=>{key}"):
+        assert rules["ibm_cloud_iam_key"].search(line), line
+    assert not [rx for _, rx in CONTEXT_RULES if r"\b[^\n]*?" in rx]   # after a tool's name: bounded
+    line = "password" + " " * 2000 + "\n"
+    assert _scrubber().scrub(line) == (line, {})     # (took 39 s before)

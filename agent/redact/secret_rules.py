@@ -146,16 +146,18 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     ("key_value", rf"{_PW_KEY}{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
     # ``curl -u user:password``, ``--user user:password``.
     ("flag_value", r"(?=-)(?<![\w-])(?:-u|--user|--proxy-user)[\s=]+[\"']?[^\s:\"']+:(?P<v>[^\s\"']+)"),
+    # (A tool's flag is looked for in the 200 characters after its name: a line of many such
+    # names costs each one no more than that.)
     # A client's password glued to its flag (``mysql -u u -pX``, ``mysqldump -pX``) or after
     # ``sshpass -p``: ``-p`` alone is too vague to be a rule of its own.
-    ("flag_value", r"(?=[m])(?<![\w-])(?:mysql(?:dump|admin|import|check|pump|sh)?|mariadb(?:-dump)?)\b[^\n]*?"
+    ("flag_value", r"(?=[m])(?<![\w-])(?:mysql(?:dump|admin|import|check|pump|sh)?|mariadb(?:-dump)?)\b[^\n]{0,200}?"
                    r"(?<=\s)-p(?P<v>[^\s\"']+)"),
     ("flag_value", r"(?=s)(?<![\w-])sshpass\s+(?:-\w+\s+)*-p\s*(?P<v>[^\s\"']+)"),
     # Tools whose password flag is a letter of its own: ``redis-cli -a X``, ``docker login -p X``,
     # ``zip -P X``, ``7z a -pX``, ``ssh-keygen -N X``, ``smbclient -U user%X``, ``htpasswd -b file
     # user X``.
-    ("flag_value", r"(?<![\w-])(?:redis-cli\b[^\n]*?\s-a\s+|docker\s+login\b[^\n]*?\s-p\s+|zip\b[^\n]*?\s-P\s+"
-                   r"|7za?\b[^\n]*?\s-p|ssh-keygen\b[^\n]*?\s-N\s+|smbclient\b[^\n]*?\s-U\s+[^\s%]+%"
+    ("flag_value", r"(?<![\w-])(?:redis-cli\b[^\n]{0,200}?\s-a\s+|docker\s+login\b[^\n]{0,200}?\s-p\s+|zip\b[^\n]{0,200}?\s-P\s+"
+                   r"|7za?\b[^\n]{0,200}?\s-p|ssh-keygen\b[^\n]{0,200}?\s-N\s+|smbclient\b[^\n]{0,200}?\s-U\s+[^\s%]+%"
                    r"|htpasswd\s+-\w*b\w*\s+\S+\s+\S+\s+)(?P<v>[^\s\"']+)"),
     ("authorization", r"(?i)\bauthorization[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token|digest)\s+)?(?P<v>[^\s\"',;]+)"),
     ("bearer_token", r"(?i)\bbearer\s+(?P<v>[A-Za-z0-9._~+/=-]{8,})"),
