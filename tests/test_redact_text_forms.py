@@ -174,3 +174,44 @@ def test_no_rule_backtracks_without_bound_on_a_wide_table():
     assert not [rx for _, rx in CONTEXT_RULES if r"\b[^\n]*?" in rx]   # after a tool's name: bounded
     line = "password" + " " * 2000 + "\n"
     assert _scrubber().scrub(line) == (line, {})     # (took 39 s before)
+
+
+# -- what a fourth tester found mangled in ordinary training output ---------------------------
+
+@pytest.mark.parametrize("text", [
+    "100%|██████████| 500/500 [01:02<00:00, loss=0.231, tokens_per_sec=6318.0]",
+    "{'loss': 1.23, 'per_token_logps': -1.23, 'token_entropy': 2.1e-01}",
+    "total_tokens: 2.5e9", "tokens=1.2e+06", "num_tokens=-1", "tokens: 5.2B", "token_acc=85%", "tokens=nan",
+    "pass_rate=0.9", "eval_pass_at_1: 0.41", "password_reset_rate: 0.01", "secret_leak_rate=0.0",
+    "bypass: 3", "highpass_cutoff=0.5", "compass_loss: 0.2",
+    "asttokens==2.4.1", "tiktoken==0.7.0", "SecretStorage==3.3.3",
+    "  --hub_token HUB_TOKEN", "  --include_tokens_per_second [INCLUDE_TOKENS_PER_SECOND]",
+    "  --max_new_tokens MAX_NEW_TOKENS", "--caption_key caption --image_key jpg",
+    "eos_token: </s>", "pad_token: <pad>", "stop_token: <|im_end|>", "Setting pad token to eos token: <|endoftext|>",
+])
+def test_ordinary_training_output_stays(text):
+    assert _scrubber().scrub(text) == (text, {})
+
+
+@pytest.mark.parametrize("key, secrecy", [
+    ("pw_loss", "text"), ("password_reset_rate", "text"), ("secret_sharing_parties", "text"),
+    ("prompt_key", ""), ("cond_stage_key", ""), ("obs_key", ""), ("eos_token", ""), ("pad_token_id", ""),
+    ("max_new_tokens", ""),
+    # still credentials
+    ("db_password", "any"), ("smtp_pw", "any"), ("api_key", "any"), ("encryption_key", "any"),
+    ("patient_key", "any"), ("hub_token", "text"), ("HF_TOKEN", "text"),
+])
+def test_what_a_keys_name_says_of_its_value(key, secrecy):
+    from tfwb_agent.redact.secret_rules import key_secrecy
+    assert key_secrecy(key) == secrecy
+
+
+@pytest.mark.parametrize("value", ["PwD{r}", "Password{r}", "secret{r}", "token{r}"])
+def test_a_value_on_the_line_after_its_key_goes_though_it_looks_like_a_key_itself(value):
+    """``print("db password:"); print(pw)``: a password that starts with ``PwD`` reads as a
+    key line of its own; it used to release the key line before it alone (one run in 30)."""
+    pw = value.format(r="".join(secrets.choice(ALNUM) for _ in range(20)))
+    scrubber = _scrubber()
+    stream = TextStream(lambda t: scrubber.scrub(t)[0])
+    out = "".join(stream.feed(p) for p in ["db password:", "\r\n", pw, "\r\n", "done", "\r\n"]) + stream.close()
+    assert pw[3:] not in out and out.endswith("done\r\n"), out

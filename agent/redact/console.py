@@ -30,6 +30,7 @@ HOLD_LIMIT = 1 << 20
 _KEY = rf"[\w.-]*(?:{SECRET_KEYWORDS}|token|authorization|-key)[\w.-]*"
 _DANGLING = re.compile(rf"(?i)(?:\b{_KEY}[\"']?\s*[:=](?:\s*[|>][-+0-9]*)?|\bbearer|\bname[\"']?\s*[:=]\s*[\"']?{_KEY}[\"']?,?"
                        rf"|(?<![\w-])(?:machine|login|account)\s+\S+|^\s*{_KEY})\s*$")
+_WAITING_LINES = 4       # a .netrc entry's machine, login, account lines before its password
 _PEM_BEGIN = "-----BEGIN"
 _PEM_END = "-----END"
 
@@ -84,11 +85,24 @@ def _cut(text: str) -> int:
     if cut == 0:
         return 0
     # A line that ends on a key ("password:", "--token", "Authorization: Bearer") waits for the
-    # next line, where its value may be; so does one that shows so (colour codes around it).
-    line_start = text.rfind("\n", 0, cut - 1) + 1
-    last_line = text[line_start:cut - 1].rstrip("\r")
-    for line in (last_line, shown(last_line)) if SHOWN_DIFFERENTLY.search(last_line) else (last_line,):
-        words = line.split()
-        if _DANGLING.search(line) or (words and is_secret_flag(words[-1])):
-            return line_start
-    return cut
+    # next line, where its value may be; so does one that shows so (colour codes around it). The
+    # lines before it that wait too stay with it (a .netrc entry's ``machine``, ``login``; a key
+    # line whose value happens to look like a key itself), up to ``_WAITING_LINES``: a log of
+    # nothing but such lines is released as it comes, not held and searched again and again.
+    end = cut
+    for _ in range(_WAITING_LINES):
+        line_start = text.rfind("\n", 0, end - 1) + 1
+        if not _waits(text[line_start:end - 1].rstrip("\r")):
+            break
+        end = line_start
+        if end == 0:
+            break
+    return end
+
+
+def _waits(line: str) -> bool:
+    for shown_line in (line, shown(line)) if SHOWN_DIFFERENTLY.search(line) else (line,):
+        words = shown_line.split()
+        if _DANGLING.search(shown_line) or (words and is_secret_flag(words[-1])):
+            return True
+    return False

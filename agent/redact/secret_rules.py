@@ -65,8 +65,9 @@ LAST_TOKEN_RULES: tuple[tuple[str, str], ...] = (
 )
 
 # Words that make a key secret-looking in text (a regex alternation; ``console`` asks it too).
-# (``passed: 10``, ``passes``, ``passthrough`` are no passwords.)
-SECRET_KEYWORDS = (r"pass(?:word|wd|phrase)?(?!ed\b|es\b|ing|age|enger|[-_]?through)|pwd|secret|api[-_]?key|apikey"
+# (``passed: 10``, ``passes``, ``passthrough``, ``bypass``, ``highpass`` are no passwords.)
+SECRET_KEYWORDS = (r"(?:pass(?:word|wd|phrase)|(?<![a-z])pass)(?!ed\b|es\b|ing|age|enger|[-_]?through)|pwd|secret"
+                   r"|api[-_]?key|apikey"
                    r"|access[-_]?key|private[-_]?key|credentials?|auth[-_]?token|access[-_]?token|client[-_]?secret"
                    r"|session[-_]?key")
 # "token" as a key's word, not a tokenizer's or a model input's (``tokenizer: bert``, ``token_type_ids``).
@@ -85,6 +86,29 @@ _YAML_PREFIX = r"""(?:(?<![\w"'])(?:[|>][-+0-9]*[^\S\n]*\n[^\S\n]*|&[\w-]+[^\S\n
 _VALUE = (r"""(?!(?:True|False|None|true|false|null)\b)"""
           rf"""{_YAML_PREFIX}?(?:(?<=")(?:[^"\\\n]|\\.)*|(?<=')(?:[^'\\\n]|\\.)*|(?<!["'])[{{\[][^\n]*"""
           rf"""|(?<!["'])(?![\w.-]*(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]*["']?[:=]\s)[^\s"']*[^\s"',;])""")
+# A key whose last word is "key" names a credential (``api_key``, ``encryption_key``,
+# ``Ocp-Apim-Subscription-Key``) unless the word before says it is another kind of key: an
+# unknown one fails closed.
+PLAIN_KEY_KINDS = frozenset({
+    "sort", "primary", "foreign", "cache", "monitor", "metric", "dict", "hash", "group", "partition", "shard",
+    "join", "lookup", "index", "data", "dataset", "input", "output", "label", "image", "text", "target",
+    "feature", "column", "row", "model", "layer", "attention", "attn", "query", "value", "random", "rng",
+    "seed", "prng", "frame", "map", "sample", "batch", "class", "config", "run", "table", "log", "file",
+    "path", "name", "id", "node", "task", "job", "step", "split", "train", "val", "test", "eval", "hot",
+    "music", "midi", "chord", "note", "tonic", "scale", "cluster", "bucket", "object", "s3", "record",
+    "field", "entry", "item", "result", "event", "state", "lock", "composite", "natural", "surrogate",
+    "num", "n", "max", "min", "total", "count", "unique", "missing", "new", "old",
+    # the columns and fields a data pipeline reads by name (diffusion, RLHF, RL, multimodal)
+    "stage", "conditioning", "control", "caption", "prompt", "response", "chosen", "rejected", "instruction",
+    "messages", "message", "question", "answer", "context", "obs", "observation", "action", "reward", "done",
+    "info", "audio", "video", "mask", "latent", "pos", "neg", "anchor", "teacher", "student", "ema", "momentum",
+    "rotary", "keypoint", "memory", "scan", "study", "series", "slice", "segment", "first", "cond", "public",
+})
+_PLAIN_KINDS = "|".join(sorted(PLAIN_KEY_KINDS, key=len, reverse=True))
+# A tokenizer's special tokens (``eos_token: "</s>"``, ``pad_token_id``) are no credentials.
+SPECIAL_TOKEN_KINDS = frozenset({"eos", "bos", "pad", "unk", "sep", "cls", "mask", "stop", "special", "added",
+                                 "start", "end", "image", "audio", "video", "vision", "additional", "assistant",
+                                 "eot", "boi", "eoi", "num", "max", "min", "new", "total"})
 # Flags that name no secret-looking word but take one: only these exact flags (``--key-frames 10``
 # and ``--auth-type basic`` are other flags; ``-p`` is too vague).
 _FLAG_WORDS = r"auth|authorization|auth[-_]?key|key|(?:\w+[-_])?pw|(?:\w+[-_])?pat"
@@ -98,14 +122,27 @@ _PW_KEY = r"(?=[pP])(?:(?<=[_.-])|(?<![\w.-]))(?:pw|PW|Pw)(?!\w)"
 # opening quote, of a bytes literal too (``'password': b'x'``). A line break between them may be
 # written out (``\\n`` in a ``repr``).
 _KEY_TO_VALUE = r"""(?:\\?["'])?\]?\s*(?:[:=]|%(?:25)?3[AaDd])(?:\s|\\[nrt])*(?:b(?=["']))?(?:\\?["'])?"""
-_NOT_A_NUMBER = r"""(?!\d+(?:[.,]\d+)?(?:[\s"',;]|$))"""
+# A number as metrics are printed (``-1.2e-05``, ``nan``, ``85%``, ``5.2B``, a version ``==2.4.1``),
+# up to where a value ends (a blank, a quote, a separator, a closing bracket: ``tokens_per_sec=
+# 6318.0]`` in a progress bar).
+_NOT_A_NUMBER = (r"""(?!=?[-+]?(?:\d+(?:[.,]\d+)*(?:[eE][-+]?\d+)?|nan|inf)(?:%|[kKMBGT]|x)?"""
+                 r"""(?:[\s"',;\])}|/]|$))""")
+# A tokenizer's special token (``eos_token: </s>``, ``<|im_end|>``, ``[PAD]``) or an argparse metavar
+# (``--hub_token HUB_TOKEN``, ``[INCLUDE_TOKENS_PER_SECOND]``) is no secret.
+_NOT_A_PLACEHOLDER = r"""(?!["']?(?:</?\|?[\w.-]*\|?>|\[[A-Z][A-Z0-9_]*\]|[A-Z][A-Z0-9_]*\b(?![a-z0-9])))"""
 # The value after a secret-looking key or flag. Group ``v`` is what goes.
 CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     # (``--password-stdin`` takes no value: the password comes on standard input.)
-    ("flag_value", rf"(?i)(?<![\w-])--?(?:[\w-]*(?:{SECRET_KEYWORDS}|{_TOKEN})[\w-]*(?<!-stdin)|(?:{_FLAG_WORDS}|[\w-]*[-_]key)(?![\w-]))(?:=|\s+)[\"']?(?P<v>{_VALUE})"),
-    ("key_value", rf"(?i)\b[\w.-]*(?:{SECRET_KEYWORDS}|-key(?![a-z0-9]))[\w.-]*{_KEY_TO_VALUE}(?P<v>{_VALUE})"),
+    ("flag_value", rf"(?i)(?<![\w-])--?(?!-)(?:[\w-]*(?:{SECRET_KEYWORDS}|{_TOKEN})[\w-]*(?<!-stdin)|(?:{_FLAG_WORDS}"
+                   rf"|(?!(?:{_PLAIN_KINDS})[-_]key(?![\w-]))[\w-]*[-_]key)(?![\w-]))(?:=|\s+)(?-i:{_NOT_A_PLACEHOLDER})"
+                   rf"[\"']?(?P<v>{_VALUE})"),
+    # A key that ends on a credential's word: its value goes whatever it is (``password: 1234``);
+    # one that goes on past it names something about one (``pass_rate``, ``password_reset_rate``):
+    # a number there stays.
+    ("key_value", rf"(?i)\b[\w.-]*(?:{SECRET_KEYWORDS}|-key(?![a-z0-9])){_KEY_TO_VALUE}(?P<v>{_VALUE})"),
+    ("key_value", rf"(?i)\b[\w.-]*(?:{SECRET_KEYWORDS}|-key(?![a-z0-9]))[\w.-]+{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
     # "tokens: 512" is a count, not a secret: a token's value must not be a plain number.
-    ("key_value", rf"(?i)\b[\w.-]*{_TOKEN}[\w.-]*{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
+    ("key_value", rf"(?i)\b[\w.-]*{_TOKEN}[\w.-]*{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}(?-i:{_NOT_A_PLACEHOLDER}){_VALUE})"),
     # A name that ends in "key" or names a signature, where a credential is written so: an
     # environment line (``AZURE_OPENAI_KEY=…``, ``GITHUB_PAT=…``, upper case), a URL's parameter (``?sig=…``,
     # ``&X-Amz-Signature=…``), a quoted key with a quoted value (``{"encryption_key": "…"}``). Code (``sort_key = x``, ``fn(signature=sig)``,
@@ -200,7 +237,9 @@ SECRET_FLAG = re.compile(rf"(?i)^--?(?:[\w-]*(?:{SECRET_KEYWORDS}|{_TOKEN})[\w-]
 # (``X-API-Key`` -> x, api, key; ``azureOpenaiKey`` -> azure, openai, key); the globs of the
 # policy's ``config_keys`` are the site's own say, these words are always asked beside them.
 _KEY_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
-# Words that name a credential: whatever stands under them goes, a number too.
+# Words that name a credential: whatever stands under a key they end goes, a number too
+# (``db_password``, ``smtp_pw``); inside a key they name something about one (``pw_loss``,
+# ``password_reset_rate``, ``secret_sharing_parties``): text goes, a number stays.
 CREDENTIAL_WORDS = frozenset({"password", "passwd", "passphrase", "passcode", "pwd", "pw", "secret", "secrets",
                               "credential", "credentials", "apikey", "privkey"})
 # Words that name one when the value is text: a number under them is a count or a setting
@@ -208,19 +247,6 @@ CREDENTIAL_WORDS = frozenset({"password", "passwd", "passphrase", "passcode", "p
 # ``pat``: a personal access token (``GITHUB_PAT``, ``hub.pat``).
 TEXT_SECRET_WORDS = frozenset({"pass", "auth", "authorization", "bearer", "cookie", "signature", "sig", "token",
                                "tokens", "pat"})
-# A key whose last word is "key" names a credential (``api_key``, ``encryption_key``,
-# ``Ocp-Apim-Subscription-Key``) unless the word before says it is another kind of key: an
-# unknown one fails closed.
-PLAIN_KEY_KINDS = frozenset({
-    "sort", "primary", "foreign", "cache", "monitor", "metric", "dict", "hash", "group", "partition", "shard",
-    "join", "lookup", "index", "data", "dataset", "input", "output", "label", "image", "text", "target",
-    "feature", "column", "row", "model", "layer", "attention", "attn", "query", "value", "random", "rng",
-    "seed", "prng", "frame", "map", "sample", "batch", "class", "config", "run", "table", "log", "file",
-    "path", "name", "id", "node", "task", "job", "step", "split", "train", "val", "test", "eval", "hot",
-    "music", "midi", "chord", "note", "tonic", "scale", "cluster", "bucket", "object", "s3", "record",
-    "field", "entry", "item", "result", "event", "state", "lock", "composite", "natural", "surrogate",
-    "num", "n", "max", "min", "total", "count", "unique", "missing", "new", "old",
-})
 
 
 @functools.lru_cache(maxsize=65536)
@@ -230,12 +256,15 @@ def key_secrecy(key: str) -> str:
     words = [w.lower() for w in _KEY_WORD.findall(key)]
     if not words:
         return ""
-    if CREDENTIAL_WORDS.intersection(words):
+    if words[-1] in CREDENTIAL_WORDS:
         return "any"
     if words[-1] in ("key", "keys") and len(words) > 1 and words[-2] not in PLAIN_KEY_KINDS:
         return "any"
-    if TEXT_SECRET_WORDS.intersection(words):
+    if CREDENTIAL_WORDS.intersection(words):
         return "text"
+    for i, w in enumerate(words):
+        if w in TEXT_SECRET_WORDS and not (w in ("token", "tokens") and i and words[i - 1] in SPECIAL_TOKEN_KINDS):
+            return "text"
     return ""
 
 
