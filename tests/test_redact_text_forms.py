@@ -172,6 +172,10 @@ def test_no_rule_backtracks_without_bound_on_a_wide_table():
                  f"ibm-iam-pwd:={key}", f"iam_key::'{key}'", f"ibm_iam_key=>{key}"):
         assert rules["ibm_cloud_iam_key"].search(line), line
     assert not [rx for _, rx in CONTEXT_RULES if r"\b[^\n]*?" in rx]   # after a tool's name: bounded
+    # a key's name around its word: bounded (``password-password-…`` or ``a.a.a.…`` tens of
+    # thousands long took minutes: every word boundary began a scan to the run's end)
+    assert not [rx for _, rx in CONTEXT_RULES if r"[\w.-]*" in rx or r"[\w-]*" in rx or r"[\w.-]+" in rx]
+    assert not [n for n, rx in detect_secrets_rules() if r"\/\/.+\/" in rx.pattern]   # npm's rule
     line = "password" + " " * 2000 + "\n"
     assert _scrubber().scrub(line) == (line, {})     # (took 39 s before)
 

@@ -27,7 +27,7 @@ HOLD_LIMIT = 1 << 20
 # YAML block scalar's ``password: |``, a Kubernetes env entry's ``- name: DB_PASSWORD``), on
 # ``Bearer``, or on a .netrc entry's ``machine H`` / ``login U`` (its password may follow), or
 # is such a key alone (a validation error names the field, then the value it was given).
-_KEY = rf"[\w.-]*(?:{SECRET_KEYWORDS}|token|authorization|-key)[\w.-]*"
+_KEY = rf"[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|token|authorization|-key)[\w.-]{{0,100}}"
 _DANGLING = re.compile(rf"(?i)(?:\b{_KEY}[\"']?\s*[:=](?:\s*[|>][-+0-9]*)?|\bbearer|\bname[\"']?\s*[:=]\s*[\"']?{_KEY}[\"']?,?"
                        rf"|(?<![\w-])(?:machine|login|account)\s+\S+|^\s*{_KEY})\s*$")
 _WAITING_LINES = 4       # a .netrc entry's machine, login, account lines before its password

@@ -47,7 +47,7 @@ EXTRA_TOKEN_RULES: tuple[tuple[str, str], ...] = (
     ("jwt", r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}"),
     # (No user is a user too: ``redis://:pw@host``; the password runs to the authority's last
     # "@": one with an "@" in it goes whole.)
-    ("url_credentials", r"\b[a-z][a-z0-9+.-]*://[^\s/:@]*:[^\s/]+@"),
+    ("url_credentials", r"\b[a-z][a-z0-9+.-]{0,30}://[^\s/:@]{0,256}:[^\s/]+@"),
     # A token as a URL's user (``https://<token>@git.example/…``): no user name is that long.
     ("url_token_user", r"(?<=://)[^\s/:@]{20,}(?=@)"),
     # After "=" too: a key's value (``GITHUB_PAT=…``, a Hydra override ``hub.pat=…``, a cookie's
@@ -64,6 +64,9 @@ LAST_TOKEN_RULES: tuple[tuple[str, str], ...] = (
                             r"|glpat-[A-Za-z0-9_-]{12,}|dckr_pat_[A-Za-z0-9_-]{12,})"),
 )
 
+# (A key's name before and after its secret-looking word is at most 100 characters long in these
+# rules: a run of word characters tens of thousands long, a JWT or a dotted blob, is searched in
+# time proportional to its length, not to its square.)
 # Words that make a key secret-looking in text (a regex alternation; ``console`` asks it too).
 # (``passed: 10``, ``passes``, ``passthrough``, ``bypass``, ``highpass`` are no passwords.)
 SECRET_KEYWORDS = (r"(?:pass(?:word|wd|phrase)|(?<![a-z])pass)(?!ed\b|es\b|ing|age|enger|[-_]?through)|pwd|secret"
@@ -82,10 +85,10 @@ _SEP = r"(?:[^\S\n]+|[^\S\n]*\n[^\S\n]*)"     # blanks, or one line break (and b
 # its line break, an anchor ``&pw``, a tag ``!!str``), and so is the opening of a triple-quoted
 # string; a value that is itself a secret-looking key (``secret: password: X``: the second key's
 # value goes) or a literal (``use_auth_token=True``) is none.
-_YAML_PREFIX = r"""(?:(?<![\w"'])(?:[|>][-+0-9]*[^\S\n]*\n[^\S\n]*|&[\w-]+[^\S\n]+|!!?[\w-]*[^\S\n]+)|(?<=["'])(?:""|''))"""
+_YAML_PREFIX = r"""(?:(?<![\w"'])(?:[|>][-+0-9]*[^\S\n]*\n[^\S\n]*|&[\w-]+[^\S\n]+|!!?[\w-]{0,100}[^\S\n]+)|(?<=["'])(?:""|''))"""
 _VALUE = (r"""(?!(?:True|False|None|true|false|null)\b)"""
           rf"""{_YAML_PREFIX}?(?:(?<=")(?:[^"\\\n]|\\.)*|(?<=')(?:[^'\\\n]|\\.)*|(?<!["'])[{{\[][^\n]*"""
-          rf"""|(?<!["'])(?![\w.-]*(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]*["']?[:=]\s)[^\s"']*[^\s"',;])""")
+          rf"""|(?<!["'])(?![\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}["']?[:=]\s)[^\s"']*[^\s"',;])""")
 # A key whose last word is "key" names a credential (``api_key``, ``encryption_key``,
 # ``Ocp-Apim-Subscription-Key``) unless the word before says it is another kind of key: an
 # unknown one fails closed.
@@ -129,27 +132,27 @@ _NOT_A_NUMBER = (r"""(?!=?[-+]?(?:\d+(?:[.,]\d+)*(?:[eE][-+]?\d+)?|nan|inf)(?:%|
                  r"""(?:[\s"',;\])}|/]|$))""")
 # A tokenizer's special token (``eos_token: </s>``, ``<|im_end|>``, ``[PAD]``) or an argparse metavar
 # (``--hub_token HUB_TOKEN``, ``[INCLUDE_TOKENS_PER_SECOND]``) is no secret.
-_NOT_A_PLACEHOLDER = r"""(?!["']?(?:</?\|?[\w.-]*\|?>|\[[A-Z][A-Z0-9_]*\]|[A-Z][A-Z0-9_]*\b(?![a-z0-9])))"""
+_NOT_A_PLACEHOLDER = r"""(?!["']?(?:</?\|?[\w.-]{0,100}\|?>|\[[A-Z][A-Z0-9_]{0,100}\]|[A-Z][A-Z0-9_]{0,100}\b(?![a-z0-9])))"""
 # The value after a secret-looking key or flag. Group ``v`` is what goes.
 CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     # (``--password-stdin`` takes no value: the password comes on standard input.)
-    ("flag_value", rf"(?i)(?<![\w-])--?(?!-)(?:[\w-]*(?:{SECRET_KEYWORDS}|{_TOKEN})[\w-]*(?<!-stdin)|(?:{_FLAG_WORDS}"
-                   rf"|(?!(?:{_PLAIN_KINDS})[-_]key(?![\w-]))[\w-]*[-_]key)(?![\w-]))(?:=|\s+)(?-i:{_NOT_A_PLACEHOLDER})"
+    ("flag_value", rf"(?i)(?<![\w-])--?(?!-)(?:[\w-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w-]{{0,100}}(?<!-stdin)|(?:{_FLAG_WORDS}"
+                   rf"|(?!(?:{_PLAIN_KINDS})[-_]key(?![\w-]))[\w-]{{0,100}}[-_]key)(?![\w-]))(?:=|\s+)(?-i:{_NOT_A_PLACEHOLDER})"
                    rf"[\"']?(?P<v>{_VALUE})"),
     # A key that ends on a credential's word: its value goes whatever it is (``password: 1234``);
     # one that goes on past it names something about one (``pass_rate``, ``password_reset_rate``):
     # a number there stays.
-    ("key_value", rf"(?i)\b[\w.-]*(?:{SECRET_KEYWORDS}|-key(?![a-z0-9])){_KEY_TO_VALUE}(?P<v>{_VALUE})"),
-    ("key_value", rf"(?i)\b[\w.-]*(?:{SECRET_KEYWORDS}|-key(?![a-z0-9]))[\w.-]+{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
+    ("key_value", rf"(?i)\b[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|-key(?![a-z0-9])){_KEY_TO_VALUE}(?P<v>{_VALUE})"),
+    ("key_value", rf"(?i)\b[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|-key(?![a-z0-9]))[\w.-]{{1,100}}{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
     # "tokens: 512" is a count, not a secret: a token's value must not be a plain number.
-    ("key_value", rf"(?i)\b[\w.-]*{_TOKEN}[\w.-]*{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}(?-i:{_NOT_A_PLACEHOLDER}){_VALUE})"),
+    ("key_value", rf"(?i)\b[\w.-]{{0,100}}{_TOKEN}[\w.-]{{0,100}}{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}(?-i:{_NOT_A_PLACEHOLDER}){_VALUE})"),
     # A name that ends in "key" or names a signature, where a credential is written so: an
     # environment line (``AZURE_OPENAI_KEY=…``, ``GITHUB_PAT=…``, upper case), a URL's parameter (``?sig=…``,
     # ``&X-Amz-Signature=…``), a quoted key with a quoted value (``{"encryption_key": "…"}``). Code (``sort_key = x``, ``fn(signature=sig)``,
     # ``run_key: str``) is none of these. (A header's ``-Key:``, ``Ocp-Apim-Subscription-Key: …``,
     # is a keyword of the rule above.)
-    ("key_value", rf"(?<![\w.-])[A-Z0-9_]*_(?:KEY|PAT)=(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
-    ("key_value", rf"(?i)(?<=[?&;])[\w.-]*(?:[_-]key|signature|(?<![a-z0-9])sig)=(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
+    ("key_value", rf"(?<![\w.-])[A-Z0-9_]{{0,100}}_(?:KEY|PAT)=(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
+    ("key_value", rf"(?i)(?<=[?&;])[\w.-]{{0,100}}(?:[_-]key|signature|(?<![a-z0-9])sig)=(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
     # A URL's parameter that carries a credential under a short name (``&key=``, ``?session=``,
     # ``?jwt=``, an OAuth ``?code=``), a connection string's account key (``;AccountKey=…;``).
     ("key_value", r"(?i)(?<=[?&;#])(?:key|session(?:[-_]?id)?|sid|jwt|auth|code|ticket|accountkey|sharedaccesskey)"
@@ -159,27 +162,27 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     # A secret-looking key beside its value in a list or a tuple, quoted both: a printed argv
     # (``['train.py', '--db-password', 'X']``, a CalledProcessError's command), ``('password',
     # 'X')``, ``os.environ.setdefault('DB_PASSWORD', 'X')``.
-    ("key_value", rf"""(?i)["'](?:--?)?[\w.-]*(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]*(?<!-stdin)["']\s*,\s*(?:b(?=["']))?["'](?P<v>{_VALUE})"""),
+    ("key_value", rf"""(?i)["'](?:--?)?[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}(?<!-stdin)["']\s*,\s*(?:b(?=["']))?["'](?P<v>{_VALUE})"""),
     # A name and its value given apart: a Kubernetes env entry (``{'name': 'DB_PASSWORD', 'value':
     # 'X'}``, or in YAML on two lines), a .NET setting (``<add key="Password" value="X"/>``).
-    ("key_value", rf"""(?i)\b(?:name|key)["']?\s*[:=]\s*["']?[\w.-]*(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]*["']?\s*,?"""
+    ("key_value", rf"""(?i)\b(?:name|key)["']?\s*[:=]\s*["']?[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}["']?\s*,?"""
                   rf"""\s*(?:-\s+)?["']?value["']?\s*[:=]\s*["']?(?P<v>{_VALUE})"""),
     # A column-aligned listing (a pandas Series, ``to_string()``): the key first on its line, the
     # value after two blanks or more (not Python's ``pass  # comment``, nor prose after a full stop).
-    ("key_value", rf"(?im)^[^\S\n]*(?!pass\b)[\w.-]*(?:{SECRET_KEYWORDS})[\w-]*[^\S\n]{{2,}}(?=\w)"
+    ("key_value", rf"(?im)^[^\S\n]*(?!pass\b)[\w.-]{{0,100}}(?:{SECRET_KEYWORDS})[\w-]{{0,100}}[^\S\n]{{2,}}(?=\w)"
                   rf"(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
     # A validation error (pydantic): the field's name on its line, the value it was given on the next.
-    ("key_value", rf"(?i)(?<![\w.-])[\w.-]*(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]*[^\S\n]*\n[^\n]*?\binput_value="
+    ("key_value", rf"(?i)(?<![\w.-])[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}[^\S\n]*\n[^\n]*?\binput_value="
                   rf"""(?:["'])?(?P<v>{_VALUE})"""),
     # XML: ``<password>X</password>``.
-    ("key_value", rf"(?i)<[\w:.-]*(?:{SECRET_KEYWORDS})[\w:.-]*>(?P<v>[^<\n]*)<"),
+    ("key_value", rf"(?i)<[\w:.-]{{0,100}}(?:{SECRET_KEYWORDS})[\w:.-]{{0,100}}>(?P<v>[^<\n]*)<"),
     # SQL: ``CREATE USER u WITH PASSWORD 'X'``, ``IDENTIFIED BY 'X'``.
     ("key_value", r"(?i)\b(?:password|identified\s+by)\s+'(?P<v>(?:[^'\n]|'')*)'"),
     # requests' basic auth: ``auth=('user', 'X')``.
     ("key_value", r"""(?i)\bauth\s*=\s*\(\s*["'][^"'\n]*["']\s*,\s*["'](?P<v>[^"'\n]*)"""),
     # A .pgpass line, ``host:port:database:user:password``.
     ("pgpass", r"(?m)^[^\S\n]*(?=[^:\s]*[A-Za-z*])[\w.*-]+:(?:\d{1,5}|\*):[^:\s]+:[^:\s]+:(?P<v>\S+)$"),
-    ("key_value", rf"""(?i)(?<=["'])[\w.-]*(?:[_-]key|signature)\\?["']\s*:\s*(?:b(?=["']))?\\?["'](?P<v>{_VALUE})"""),
+    ("key_value", rf"""(?i)(?<=["'])[\w.-]{{0,100}}(?:[_-]key|signature)\\?["']\s*:\s*(?:b(?=["']))?\\?["'](?P<v>{_VALUE})"""),
     ("key_value", rf"{_PW_KEY}{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
     # ``curl -u user:password``, ``--user user:password``.
     ("flag_value", r"(?=-)(?<![\w-])(?:-u|--user|--proxy-user)[\s=]+[\"']?[^\s:\"']+:(?P<v>[^\s\"']+)"),
@@ -229,7 +232,7 @@ PATH_PATTERN = (rf"(?=[~/])(?:(?<![\w/.~-])|(?<=://)|(?<=:///)|(?<=[A-Za-z_]\.)|
                 rf"(?:~|/{_SEGMENT})(?:/+{_SEGMENT})+/*")
 
 # A command-line flag whose next argument is a secret (``--password X``, ``-p X`` is too vague).
-SECRET_FLAG = re.compile(rf"(?i)^--?(?:[\w-]*(?:{SECRET_KEYWORDS}|{_TOKEN})[\w-]*(?<!-stdin)|{_FLAG_WORDS})$")
+SECRET_FLAG = re.compile(rf"(?i)^--?(?:[\w-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w-]{{0,100}}(?<!-stdin)|{_FLAG_WORDS})$")
 
 
 # -- keys that name a credential --------------------------------------------------------------

@@ -69,17 +69,22 @@ def detect_secrets_rules() -> tuple[tuple[str, re.Pattern[str]], ...]:
     return tuple(rules)
 
 
-# Some detect-secrets rules put three runs of blanks around a key's separator: on a key followed
-# by many blanks (a wide table's ``password`` column) the search backtracks cubically, tens of
-# seconds for one line of 2,000. The same language with each run of blanks taken whole.
+# Some detect-secrets rules backtrack without bound on ordinary text: three runs of blanks around
+# a key's separator (a wide table's ``password`` column: 39 s for one line of 2,000 blanks,
+# cubic), or ``.+`` between two markers from every ``//`` of a line (quadratic). Each is loaded
+# as the same language with its runs taken whole, or its span bounded.
 _BLANKS_AROUND_SEPARATOR = "(?: *)(?:=|:|:=|=>| +|::)(?: *)"
-_BLANKS_TAKEN_WHOLE = "(?: *+(?:=>|:=|::|=|:) *+| ++)"
+_UNBOUNDED = {
+    _BLANKS_AROUND_SEPARATOR: "(?: *+(?:=>|:=|::|=|:) *+| ++)",
+    "\\/\\/.+\\/:_authToken=": "\\/\\/[^\\s]{1,256}?\\/:_authToken=",   # npm: //registry/:_authToken=
+}
 
 
 def _linear(rx: re.Pattern[str]) -> re.Pattern[str]:
-    if _BLANKS_AROUND_SEPARATOR not in rx.pattern:
-        return rx
-    return re.compile(rx.pattern.replace(_BLANKS_AROUND_SEPARATOR, _BLANKS_TAKEN_WHOLE), rx.flags)
+    pattern = rx.pattern
+    for slow, bounded in _UNBOUNDED.items():
+        pattern = pattern.replace(slow, bounded)
+    return rx if pattern == rx.pattern else re.compile(pattern, rx.flags)
 
 
 def compile_patterns(extra: Iterable[str] = ()) -> tuple[tuple[str, re.Pattern[str]], ...]:
