@@ -534,6 +534,7 @@ def test_agent_works_under_memory_deny_write_execute(tmp_path, corpus):
     cfg.write_text(base)
     (tmp_path / "state").mkdir(mode=0o700)
     (tmp_path / "state" / "redact.key").write_text(os.urandom(32).hex())
+    (tmp_path / "state" / "redact.key").chmod(0o600)
     env = {k: v for k, v in os.environ.items() if k != "TFWB_AGENT_CONFIG"}
 
     def agent(*args: str) -> subprocess.CompletedProcess:
@@ -578,6 +579,7 @@ def test_daemon_works_inside_the_units_file_sandbox(tmp_path, corpus):
     keys.mkdir()
     state.mkdir(mode=0o700)
     (state / "redact.key").write_text(os.urandom(32).hex())
+    (state / "redact.key").chmod(0o600)
     cfg = tmp_path / "agent.toml"
     base = (f'state_dir = "{state}"\nnode_name = "sandboxed"\n[watch]\nroots = ["{runs}"]\n'
             f'mode = "poll"\npoll_seconds = 0.5\nquiet_seconds = 2\n'

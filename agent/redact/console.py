@@ -44,6 +44,7 @@ class TextStream:
         self.size = 0
         self.tail = ""                  # its last characters: a PEM marker may end in the next piece
         self.pieces_held = 0
+        self.pem_open = False           # the held text opens a PEM block it has not closed yet
 
     def feed(self, piece: str) -> str:
         """Take one piece; return the scrubbed text that may be released now ("" if none)."""
@@ -56,21 +57,33 @@ class TextStream:
         # makes none either, so a progress bar's pieces are not searched again and again.
         if self.size < HOLD_LIMIT and "\n" not in piece and _PEM_BEGIN not in tail and _PEM_END not in tail:
             return ""
+        # Nor does one while an open PEM block waits for its end (a certificate cut short, then
+        # line after line): until a piece brings "-----END" or the hold is full, the held text is
+        # not joined and searched again for each new line.
+        if self.pem_open and self.size < HOLD_LIMIT and _PEM_END not in tail:
+            return ""
         text = "".join(self.parts)
         cut = _cut(text)
         if cut == 0:
             self.parts = [text]
+            self.pem_open = _pem_open(text)
             return ""
         out, rest = text[:cut], text[cut:]
         self.parts, self.size, self.tail = ([rest] if rest else []), len(rest), rest[-len(_PEM_BEGIN) + 1:]
         self.pieces_held = 1 if rest else 0
+        self.pem_open = _pem_open(rest)
         return self.screen.release(out, self.scrub(out))
 
     def close(self) -> str:
         """The rest, scrubbed: the log ended (a PEM block left open is taken out to its end)."""
         out = "".join(self.parts)
-        self.parts, self.size, self.tail, self.pieces_held = [], 0, "", 0
+        self.parts, self.size, self.tail, self.pieces_held, self.pem_open = [], 0, "", 0, False
         return self.screen.release(out, self.scrub(out)) if out else ""
+
+
+def _pem_open(text: str) -> bool:
+    begin = text.rfind(_PEM_BEGIN)
+    return begin >= 0 and text.rfind(_PEM_END) < begin
 
 
 def _cut(text: str) -> int:

@@ -220,7 +220,7 @@ def load_secret(policy: Policy, cfg: config_mod.Config) -> bytes:
     if ref[0] == "file" and not config_mod.credential_path(ref[1]).exists():
         raise config_mod.ConfigError(cfg.source, "redact.secret_file",
                                      f"{ref[1]} does not exist; create it once with "
-                                     f"`head -c 32 /dev/urandom > {ref[1]}` and keep it: "
+                                     f"`(umask 077 && head -c 32 /dev/urandom > {ref[1]})` and keep it: "
                                      "tags only match across runs under the same secret")
     secret = config_mod.read_secret(ref)
     if len(secret) < 16:

@@ -114,7 +114,7 @@ SPECIAL_TOKEN_KINDS = frozenset({"eos", "bos", "pad", "unk", "sep", "cls", "mask
                                  "eot", "boi", "eoi", "num", "max", "min", "new", "total"})
 # Flags that name no secret-looking word but take one: only these exact flags (``--key-frames 10``
 # and ``--auth-type basic`` are other flags; ``-p`` is too vague).
-_FLAG_WORDS = r"auth|authorization|auth[-_]?key|key|(?:\w+[-_])?pw|(?:\w+[-_])?pat"
+_FLAG_WORDS = r"auth|authorization|auth[-_]?key|key|cookies?|(?:\w+[-_])?pw|(?:\w+[-_])?pat"
 # "pw" as a key is a word of its own or a name's last part (``pw``, ``db_pw``, ``DB-PW``), never
 # a piece of one (``upward``, ``pwm_duty``); not ``pW`` (a padding's width), and its value is no
 # plain number (``pw = 3``).
