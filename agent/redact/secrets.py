@@ -70,9 +70,9 @@ def detect_secrets_rules() -> tuple[tuple[str, re.Pattern[str]], ...]:
 
 
 # Some detect-secrets rules backtrack without bound on ordinary text: three runs of blanks around
-# a key's separator (a wide table's ``password`` column: 39 s for one line of 2,000 blanks,
-# cubic), or ``.+`` between two markers from every ``//`` of a line (quadratic). Each is loaded
-# as the same language with its runs taken whole, or its span bounded.
+# a key's separator (a wide table's ``password`` column: cubic in the blanks), or ``.+`` between
+# two markers from every ``//`` of a line (quadratic). Each is loaded as the same language with
+# its runs taken whole, or its span bounded.
 _BLANKS_AROUND_SEPARATOR = "(?: *)(?:=|:|:=|=>| +|::)(?: *)"
 _UNBOUNDED = {
     _BLANKS_AROUND_SEPARATOR: "(?: *+(?:=>|:=|::|=|:) *+| ++)",
