@@ -242,3 +242,22 @@ def test_an_open_pem_block_is_not_searched_again_for_every_line(monkeypatch):
         out += stream.close()
         assert len(calls) <= 3, len(calls)
         assert body[:16] not in out and out.startswith("loading\n"), out[:200]
+
+
+@pytest.mark.parametrize("form", [
+    "commit {h}", "Resolved https://github.com/x/y.git to commit {h}", "pkg @ git+https://github.com/x/y.git@{h}",
+    "models--gpt2/snapshots/{h}/config.json", '{{"commit": "{h}"}}', "see github.com/x/y/commit/{h}",
+])
+def test_a_git_commit_id_where_git_prints_one_stays(form):
+    """A W&B API key is 40 hex digits, and so is a git commit id: ``git log``, pip and the Hugging
+    Face cache print them where no key stands (every commit of ``git log`` was redacted)."""
+    text = form.format(h=secrets.token_hex(20))
+    assert _scrubber().scrub(text) == (text, {})
+
+
+@pytest.mark.parametrize("form", ["{h}", "api key {h}", "wandb login {h}", "WANDB_API_KEY={h}", "key={h}",
+                                  "committed {h}", "git commit -m {h}"])
+def test_forty_hex_digits_anywhere_else_go(form):
+    h = secrets.token_hex(20)
+    new = _scrubber().scrub(form.format(h=h))[0]
+    assert h not in new and h[:12] not in new, new

@@ -17,8 +17,11 @@ import re
 # Formats detect-secrets lacks or matches too narrowly for what training code prints.
 EXTRA_TOKEN_RULES: tuple[tuple[str, str], ...] = (
     ("pem_private_key", r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----(?:[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|[\s\S]*)"),
-    # W&B API keys: 40 hex characters (and the local-/v1 forms of W&B Server).
-    ("wandb_api_key", r"(?<![0-9A-Fa-f])[0-9a-f]{40}(?![0-9A-Fa-f])"),
+    # W&B API keys: 40 hex characters (and the local-/v1 forms of W&B Server). Not where git's
+    # commit ids stand, as ordinary output prints them: ``git log``'s ``commit <id>``, pip's
+    # ``….git@<id>``, a Hugging Face cache's ``/snapshots/<id>/``, a URL's ``/commit/<id>``.
+    ("wandb_api_key", r"(?<![0-9A-Fa-f])(?<!commit )(?<!commit:)(?<!commit: )(?<!commit=)(?<!commit\": \")"
+                      r"(?<!\.git@)(?<!/snapshots/)(?<!/resolve/)(?<!/commit/)(?<!/tree/)[0-9a-f]{40}(?![0-9A-Fa-f])"),
     ("wandb_local_key", r"\blocal-[0-9a-f]{40}\b"),
     ("wandb_v1_key", r"\bwandb_v1_[A-Za-z0-9_]{20,}"),
     ("openai_key", r"\bsk-(?:proj-|ant-|svcacct-)?[A-Za-z0-9_-]{20,}"),
