@@ -261,3 +261,17 @@ def test_forty_hex_digits_anywhere_else_go(form):
     h = secrets.token_hex(20)
     new = _scrubber().scrub(form.format(h=h))[0]
     assert h not in new and h[:12] not in new, new
+
+
+@pytest.mark.parametrize("form", [
+    "{long}_password: {s}", "{long}_token={s}", "{dotted}db_password={s}",
+    "{long}_password\n  String too short [type=string_too_short, input_value='{s}', input_type=str]",
+])
+def test_a_key_longer_than_the_rules_window_still_loses_its_value(form):
+    """The key-name rules read at most 100 characters around a secret-looking word (a long run of
+    word characters must not be scanned from each of its boundaries); a key longer than that is
+    still read, from its last 100 (before: 150 characters of prefix let the password out)."""
+    s = _secret()
+    text = form.format(long="a" * 150, dotted="model.params." * 20, s=s)
+    assert s[2:] not in _scrubber().scrub(text)[0]
+    assert s[2:] not in _console(text if text.endswith("\n") else text + "\n")

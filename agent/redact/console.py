@@ -29,7 +29,7 @@ HOLD_LIMIT = 1 << 20
 # is such a key alone (a validation error names the field, then the value it was given).
 _KEY = rf"[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|token|authorization|-key)[\w.-]{{0,100}}"
 _DANGLING = re.compile(rf"(?i)(?:\b{_KEY}[\"']?\s*[:=](?:\s*[|>][-+0-9]*)?|\bbearer|\bname[\"']?\s*[:=]\s*[\"']?{_KEY}[\"']?,?"
-                       rf"|(?<![\w-])(?:machine|login|account)\s+\S+|^\s*{_KEY})\s*$")
+                       rf"|(?<![\w-])(?:machine|login|account)\s+\S+|^\s*[\w.-]*{_KEY})\s*$")
 _WAITING_LINES = 4       # a .netrc entry's machine, login, account lines before its password
 _PEM_BEGIN = "-----BEGIN"
 _PEM_END = "-----END"

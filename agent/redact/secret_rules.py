@@ -70,6 +70,9 @@ LAST_TOKEN_RULES: tuple[tuple[str, str], ...] = (
 # (A key's name before and after its secret-looking word is at most 100 characters long in these
 # rules: a run of word characters tens of thousands long, a JWT or a dotted blob, is searched in
 # time proportional to its length, not to its square.)
+# Where such a key may begin: at a word's start, or anywhere 100 characters into a longer run, so
+# that a key longer than that (``model.…._db_password``) is still read, from its last 100.
+_KEY_START = r"(?:\b|(?<=[\w.-]{100}))"
 # Words that make a key secret-looking in text (a regex alternation; ``console`` asks it too).
 # (``passed: 10``, ``passes``, ``passthrough``, ``bypass``, ``highpass`` are no passwords.)
 SECRET_KEYWORDS = (r"(?:pass(?:word|wd|phrase)|(?<![a-z])pass)(?!ed\b|es\b|ing|age|enger|[-_]?through)|pwd|secret"
@@ -91,7 +94,7 @@ _SEP = r"(?:[^\S\n]+|[^\S\n]*\n[^\S\n]*)"     # blanks, or one line break (and b
 _YAML_PREFIX = r"""(?:(?<![\w"'])(?:[|>][-+0-9]*[^\S\n]*\n[^\S\n]*|&[\w-]+[^\S\n]+|!!?[\w-]{0,100}[^\S\n]+)|(?<=["'])(?:""|''))"""
 _VALUE = (r"""(?!(?:True|False|None|true|false|null)\b)"""
           rf"""{_YAML_PREFIX}?(?:(?<=")(?:[^"\\\n]|\\.)*|(?<=')(?:[^'\\\n]|\\.)*|(?<!["'])[{{\[][^\n]*"""
-          rf"""|(?<!["'])(?![\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}["']?[:=]\s)[^\s"']*[^\s"',;])""")
+          rf"""|(?<!["'])(?![\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}+["']?[:=]\s)[^\s"']*[^\s"',;])""")
 # A key whose last word is "key" names a credential (``api_key``, ``encryption_key``,
 # ``Ocp-Apim-Subscription-Key``) unless the word before says it is another kind of key: an
 # unknown one fails closed.
@@ -139,16 +142,16 @@ _NOT_A_PLACEHOLDER = r"""(?!["']?(?:</?\|?[\w.-]{0,100}\|?>|\[[A-Z][A-Z0-9_]{0,1
 # The value after a secret-looking key or flag. Group ``v`` is what goes.
 CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     # (``--password-stdin`` takes no value: the password comes on standard input.)
-    ("flag_value", rf"(?i)(?<![\w-])--?(?!-)(?:[\w-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w-]{{0,100}}(?<!-stdin)|(?:{_FLAG_WORDS}"
+    ("flag_value", rf"(?i)(?<![\w-])--?(?!-)(?:[\w-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w-]{{0,100}}+(?<!-stdin)|(?:{_FLAG_WORDS}"
                    rf"|(?!(?:{_PLAIN_KINDS})[-_]key(?![\w-]))[\w-]{{0,100}}[-_]key)(?![\w-]))(?:=|\s+)(?-i:{_NOT_A_PLACEHOLDER})"
                    rf"[\"']?(?P<v>{_VALUE})"),
     # A key that ends on a credential's word: its value goes whatever it is (``password: 1234``);
     # one that goes on past it names something about one (``pass_rate``, ``password_reset_rate``):
     # a number there stays.
-    ("key_value", rf"(?i)\b[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|-key(?![a-z0-9])){_KEY_TO_VALUE}(?P<v>{_VALUE})"),
-    ("key_value", rf"(?i)\b[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|-key(?![a-z0-9]))[\w.-]{{1,100}}{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
+    ("key_value", rf"(?i){_KEY_START}[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|-key(?![a-z0-9])){_KEY_TO_VALUE}(?P<v>{_VALUE})"),
+    ("key_value", rf"(?i){_KEY_START}[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|-key(?![a-z0-9]))[\w.-]{{1,100}}+{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
     # "tokens: 512" is a count, not a secret: a token's value must not be a plain number.
-    ("key_value", rf"(?i)\b[\w.-]{{0,100}}{_TOKEN}[\w.-]{{0,100}}{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}(?-i:{_NOT_A_PLACEHOLDER}){_VALUE})"),
+    ("key_value", rf"(?i){_KEY_START}[\w.-]{{0,100}}{_TOKEN}[\w.-]{{0,100}}+{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}(?-i:{_NOT_A_PLACEHOLDER}){_VALUE})"),
     # A name that ends in "key" or names a signature, where a credential is written so: an
     # environment line (``AZURE_OPENAI_KEY=…``, ``GITHUB_PAT=…``, upper case), a URL's parameter (``?sig=…``,
     # ``&X-Amz-Signature=…``), a quoted key with a quoted value (``{"encryption_key": "…"}``). Code (``sort_key = x``, ``fn(signature=sig)``,
@@ -165,20 +168,20 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     # A secret-looking key beside its value in a list or a tuple, quoted both: a printed argv
     # (``['train.py', '--db-password', 'X']``, a CalledProcessError's command), ``('password',
     # 'X')``, ``os.environ.setdefault('DB_PASSWORD', 'X')``.
-    ("key_value", rf"""(?i)["'](?:--?)?[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}(?<!-stdin)["']\s*,\s*(?:b(?=["']))?["'](?P<v>{_VALUE})"""),
+    ("key_value", rf"""(?i)["'](?:--?)?[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}+(?<!-stdin)["']\s*,\s*(?:b(?=["']))?["'](?P<v>{_VALUE})"""),
     # A name and its value given apart: a Kubernetes env entry (``{'name': 'DB_PASSWORD', 'value':
     # 'X'}``, or in YAML on two lines), a .NET setting (``<add key="Password" value="X"/>``).
-    ("key_value", rf"""(?i)\b(?:name|key)["']?\s*[:=]\s*["']?[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}["']?\s*,?"""
+    ("key_value", rf"""(?i)\b(?:name|key)["']?\s*[:=]\s*["']?[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}+["']?\s*,?"""
                   rf"""\s*(?:-\s+)?["']?value["']?\s*[:=]\s*["']?(?P<v>{_VALUE})"""),
     # A column-aligned listing (a pandas Series, ``to_string()``): the key first on its line, the
     # value after two blanks or more (not Python's ``pass  # comment``, nor prose after a full stop).
-    ("key_value", rf"(?im)^[^\S\n]*(?!pass\b)[\w.-]{{0,100}}(?:{SECRET_KEYWORDS})[\w-]{{0,100}}[^\S\n]{{2,}}(?=\w)"
+    ("key_value", rf"(?im)^[^\S\n]*(?!pass\b)[\w.-]{{0,100}}(?:{SECRET_KEYWORDS})[\w-]{{0,100}}+[^\S\n]{{2,}}(?=\w)"
                   rf"(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
     # A validation error (pydantic): the field's name on its line, the value it was given on the next.
-    ("key_value", rf"(?i)(?<![\w.-])[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}[^\S\n]*\n[^\n]*?\binput_value="
+    ("key_value", rf"(?i)(?:(?<![\w.-])|(?<=[\w.-]{{100}}))[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}+[^\S\n]*\n[^\n]*?\binput_value="
                   rf"""(?:["'])?(?P<v>{_VALUE})"""),
     # XML: ``<password>X</password>``.
-    ("key_value", rf"(?i)<[\w:.-]{{0,100}}(?:{SECRET_KEYWORDS})[\w:.-]{{0,100}}>(?P<v>[^<\n]*)<"),
+    ("key_value", rf"(?i)<[\w:.-]{{0,100}}(?:{SECRET_KEYWORDS})[\w:.-]{{0,100}}+>(?P<v>[^<\n]*)<"),
     # SQL: ``CREATE USER u WITH PASSWORD 'X'``, ``IDENTIFIED BY 'X'``.
     ("key_value", r"(?i)\b(?:password|identified\s+by)\s+'(?P<v>(?:[^'\n]|'')*)'"),
     # requests' basic auth: ``auth=('user', 'X')``.
@@ -235,7 +238,7 @@ PATH_PATTERN = (rf"(?=[~/])(?:(?<![\w/.~-])|(?<=://)|(?<=:///)|(?<=[A-Za-z_]\.)|
                 rf"(?:~|/{_SEGMENT})(?:/+{_SEGMENT})+/*")
 
 # A command-line flag whose next argument is a secret (``--password X``, ``-p X`` is too vague).
-SECRET_FLAG = re.compile(rf"(?i)^--?(?:[\w-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w-]{{0,100}}(?<!-stdin)|{_FLAG_WORDS})$")
+SECRET_FLAG = re.compile(rf"(?i)^--?(?:[\w-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w-]{{0,100}}+(?<!-stdin)|{_FLAG_WORDS})$")
 
 
 # -- keys that name a credential --------------------------------------------------------------
