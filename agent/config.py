@@ -234,12 +234,10 @@ def read_secret(ref: tuple[str, str]) -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ConfigError(where, None, "is not a regular file: a secret file holds the secret itself")
-        if st.st_mode & 0o007:
-            # Refused as the node key is (and as `config check` calls it): any local user could
-            # have read it; the group may (a Kubernetes Secret volume with fsGroup).
-            raise ConfigError(where, None, f"is readable by others (mode {stat.S_IMODE(st.st_mode):o}): any user "
-                                           f"of this host may have read it; run: chmod 600 {where} (and "
-                                           "replace the secret if others could log in)")
+        if (problem := checks.readable_by_others(st.st_mode)) is not None:
+            # Refused as the node key is, and as `config check` calls it.
+            raise ConfigError(where, None, f"{problem}: any user of this host may have read it; run: chmod 600 "
+                                           f"{where} (and replace the secret if others could log in)")
         if st.st_size > SECRET_FILE_MAX:
             raise ConfigError(where, None, f"is {st.st_size} bytes, more than any key ({SECRET_FILE_MAX} at most): "
                                            "is it the right file?")

@@ -10,6 +10,7 @@ before its keys are made.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -37,6 +38,12 @@ def _masked(text: str) -> str:
     # (``message_scrubber`` loads detect-secrets' rules when first asked: only a config with
     # something to say pays it.)
     return message_scrubber().scrub(text)[0] if text else text
+
+
+def readable_by_others(st_mode: int) -> str | None:
+    """What is wrong with a private file's mode, if anything: others may read it. (Its group may:
+    a Kubernetes Secret volume with ``fsGroup``.) The one rule for keys, secrets and API keys."""
+    return f"is readable by others (mode {stat.S_IMODE(st_mode):o})" if st_mode & 0o007 else None
 
 
 def of_type(source: str, key: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import config as config_mod
+from . import config_checks as checks
 from .seal import keystore
 
 PROBLEM, WARNING = "problem", "warning"
@@ -111,8 +112,8 @@ def _secret(key: str, ref: tuple[str, str]) -> list[Finding]:
         return [Finding(PROBLEM, f"{key}_file", f"{where} exists but this user (uid {os.geteuid()}) may not read it")]
     except OSError as exc:
         return [Finding(PROBLEM, f"{key}_file", f"cannot read {where}: {exc.strerror}")]
-    if st.st_mode & 0o007:
-        return [Finding(PROBLEM, f"{key}_file", f"{where} is readable by others (mode {stat.S_IMODE(st.st_mode):o}); "
+    if (problem := checks.readable_by_others(st.st_mode)) is not None:
+        return [Finding(PROBLEM, f"{key}_file", f"{where} {problem}; "
                                                 f"run: chmod 600 {path}")]
     return _group_readable(f"{key}_file", Path(path))
 

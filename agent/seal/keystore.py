@@ -18,6 +18,7 @@ from pyrage import x25519
 from . import agekeys, minisign
 from .. import durable
 from ..config import credential_path
+from ..config_checks import readable_by_others
 from .keyconfig import KeysConfig
 
 
@@ -120,9 +121,9 @@ def read_private(path: Path, what: str) -> str:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise KeyFileError(f"{what} {path} is not a regular file")
-        if st.st_mode & 0o007:
+        if (problem := readable_by_others(st.st_mode)) is not None:
             shown = path if real == path else f"{path} (really {real})"
-            raise KeyFileError(f"{what} {shown} is readable by others (mode {stat.S_IMODE(st.st_mode):o}); "
+            raise KeyFileError(f"{what} {shown} {problem}; "
                                f"run: chmod 600 {real} (in Kubernetes: defaultMode: 0440 on the Secret volume)")
         try:
             return f.read().decode()
