@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from redact_helpers import WRITER_PREAMBLE, site_tag
 from tfwb_agent.redact.console import TextStream
@@ -275,3 +276,19 @@ def test_a_key_longer_than_the_rules_window_still_loses_its_value(form):
     text = form.format(long="a" * 150, dotted="model.params." * 20, s=s)
     assert s[2:] not in _scrubber().scrub(text)[0]
     assert s[2:] not in _console(text if text.endswith("\n") else text + "\n")
+
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(form=st.sampled_from(FORMS), cuts=st.lists(st.floats(0, 1), max_size=6), before=st.sampled_from(["", "x\n", "step 3 loss=0.2\n"]))
+def test_a_form_written_in_pieces_cut_anywhere_still_loses_its_secret(form, cuts, before):
+    """The console tests above feed whole lines; training code's writes cut text anywhere (a
+    print's parts, a flush mid-line). Any cut of any form, after any line, loses its secret."""
+    s = "Pw" + "Kq7" + "x" * 11   # fixed: hypothesis shrinks the cuts, not the secret
+    text = before + form.format(s=s) + "\n"
+    points = sorted({int(c * len(text)) for c in cuts} | {0, len(text)})
+    pieces = [text[a:b] for a, b in zip(points, points[1:]) if b > a]
+    scrubber = _scrubber()
+    stream = TextStream(lambda t: scrubber.scrub(t)[0])
+    out = "".join(stream.feed(p) for p in pieces) + stream.close()
+    assert s[2:] not in out, (pieces, out)
