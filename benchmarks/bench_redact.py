@@ -5,9 +5,9 @@
 The redactor runs in a child process per measurement. Its secret-detection rules are loaded
 first and timed apart: the per-run figure is ``redact_run`` with them loaded (a daemon loads
 them once), and the figure "with loading the rules" adds them (a one-off ``tfwb-agent redact``).
-The per-run figure includes one fold of the log (the plan); a redactor that takes a fold has it
-made first, timed apart, and also reports the time without it (the daemon hands it the fold its
-classification made).
+Each redactor is timed on two paths: "one-off", where ``redact_run`` folds the log itself (as
+``tfwb-agent redact`` does), and "daemon", where the fold is made first, timed apart, and
+handed over (the daemon's classification made it already).
 
 With ``--before REV`` the redactor as it was at git revision REV (checked out in a temporary
 worktree) is timed in the same rounds, so before and after are compared side by side. The
@@ -29,6 +29,7 @@ minutes later, not at once (``cp`` shows it: seconds instead of about 0.5 s), or
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import subprocess
@@ -99,17 +100,17 @@ except ImportError:          # an older redactor: its rules load inside redact_r
     pass
 try:                         # and compiled, as a daemon has them after its first run
     from tfwb_agent.redact.secrets import Scrubber, compile_patterns
-    Scrubber(compile_patterns(), lambda kind, value: "0" * 16, True)
+    getattr(Scrubber(compile_patterns(), lambda kind, value: "0" * 16, True), "routing_rules", None)
 except (ImportError, TypeError):
     pass
 rules = time.monotonic() - t
 t = time.monotonic()
 kw, folded = {}, 0.0
-try:                         # a redactor that takes the log's fold: made first, timed apart
+try:                         # the daemon's path: the log's fold made first, timed apart
     from tfwb_agent import runlog
     from tfwb_agent.redact.run import _find_log
     import inspect
-    if "fold" in inspect.signature(redact_run).parameters:
+    if sys.argv[3] == "fold" and "fold" in inspect.signature(redact_run).parameters:
         kw["fold"] = runlog.read(_find_log(src), runlog.Fold(values=False))
         folded = time.monotonic() - t
         t = time.monotonic()
@@ -150,26 +151,27 @@ def before_tree(rev: str, work: Path) -> Path:
     return shim
 
 
-def redact_child(src: Path, dst: Path, pythonpath: Path | None) -> tuple[float, ...]:
+def redact_child(src: Path, dst: Path, pythonpath: Path | None, path: str) -> tuple[float, ...]:
     """(seconds loading the rules, seconds folding the log, seconds redacting, images hashed,
     CPU seconds of the redacting process during ``redact_run``, CPU seconds of its helper,
-    seconds waiting for the helper's last files once the records were done). Folding is 0 for a
-    redactor that folds inside ``redact_run`` (or not at all)."""
+    seconds waiting for the helper's last files once the records were done). ``path``: "fold"
+    (the daemon's: the fold made first and handed over, its seconds apart) or "one-off" (as
+    ``tfwb-agent redact``: ``redact_run`` folds the log itself; folding is then 0)."""
     env = dict(os.environ, **({"PYTHONPATH": str(pythonpath)} if pythonpath else {}))
-    out = subprocess.run([sys.executable, "-c", CHILD, str(src), str(dst)], env=env, check=True,
+    out = subprocess.run([sys.executable, "-c", CHILD, str(src), str(dst), path], env=env, check=True,
                          capture_output=True, text=True).stdout.split()
     return (float(out[-6]), float(out[-5]), float(out[-4]), int(out[-3]), float(out[-2]), float(out[-1]),
             float(out[-7]))
 
 
-def mount_fresh_fs(image: Path, at: Path) -> Path:
+def mount_fresh_fs(image: Path, at: Path, size: int) -> Path:
     """A new ext4 file system in ``image`` (sparse), mounted at ``at``: every inode is new, as on
     a disk nothing was deleted from. cp and the redactor write there alike."""
     if image.exists():
         subprocess.run(["umount", str(at)], capture_output=True)
         image.unlink()
     with open(image, "wb") as f:
-        f.truncate(4 << 30)
+        f.truncate(max(size, 4 << 30))
     subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
     at.mkdir(parents=True, exist_ok=True)
     subprocess.run(["mount", "-o", "loop", str(image), str(at)], check=True)
@@ -205,14 +207,22 @@ def main() -> None:
     size = dir_bytes(src)
     print(f"run: {src}\n  {images} images, {size / 1e6:.1f} MB in the run directory")
     shim = before_tree(args.before, args.work) if args.before else None
-    cp_times, red_times, old_times, cold_times, old_cold, warm_times = [], [], [], [], [], []
-    cpu: dict[str, list[tuple[float, float]]] = {"red": [], "old": []}   # (redactor, helper) CPU s
-    tails: dict[str, list[float]] = {"red": [], "old": []}   # waiting for the helper's last files
-    fresh = mount_fresh_fs(args.work / "fs.img", args.work / "fs") if args.fresh_fs else None
+    # Per redactor ("red": this one, "old": at --before) and path ("one-off": redact_run folds
+    # the log itself, as `tfwb-agent redact` does; "daemon": the fold is handed over, as the
+    # daemon's classification made it): seconds, seconds with loading the rules, and the CPU
+    # seconds of the redacting process and of its hashing helper.
+    cp_times: list[float] = []
+    times: dict[tuple[str, str], list[float]] = {}
+    cold: dict[tuple[str, str], list[float]] = {}
+    cpu: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    tails: dict[tuple[str, str], list[float]] = {}   # waiting for the helper's last files
+    copies = 1 + args.repeat * (1 + 2 * (2 if shim else 1))    # every copy is kept to the end
+    fresh = mount_fresh_fs(args.work / "fs.img", args.work / "fs", copies * size * 3 // 2) if args.fresh_fs else None
     out = (fresh or args.work) / "out"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     subprocess.run(["cp", "-r", str(src), str(out / "warm")], check=True)  # warm the page cache
+    redactors = [("red", None)] + ([("old", shim)] if shim else [])
     # Fresh output directories and nothing deleted between measurements (deleting 10,000s of
     # files makes the next creations slower on this disk), alternating which goes first.
     for i in range(args.repeat):
@@ -221,56 +231,43 @@ def main() -> None:
             subprocess.run(["cp", "-r", str(src), str(out / f"cp{i}")], check=True)
             cp_times.append(time.monotonic() - t)
 
-        def red() -> None:
-            rules, folded, t, hashed, c, hc, tail = redact_child(src, out / f"red{i}", None)
-            cpu["red"].append((c, hc))
-            tails["red"].append(tail)
-            red_times.append(folded + t)
-            warm_times.append(t)
-            cold_times.append(rules + folded + t)
+        def redact(which: str, pythonpath: Path | None, path: str) -> None:
+            rules, folded, t, hashed, c, hc, tail = redact_child(
+                src, out / f"{which}-{path}{i}", pythonpath, "fold" if path == "daemon" else path)
             assert hashed == images, hashed
-
-        def old() -> None:
-            rules, folded, t, hashed, c, hc, tail = redact_child(src, out / f"old{i}", shim)
-            cpu["old"].append((c, hc))
-            tails["old"].append(tail)
-            old_times.append(folded + t)
-            old_cold.append(rules + folded + t)
-            assert hashed == images, hashed
-        steps = [cp, red] + ([old] if shim else [])
+            times.setdefault((which, path), []).append(t)   # (the daemon's: without its fold)
+            cold.setdefault((which, path), []).append(rules + folded + t)
+            cpu.setdefault((which, path), []).append((c, hc))
+            tails.setdefault((which, path), []).append(tail)
+        steps = [cp] + [functools.partial(redact, which, pp, path)
+                        for which, pp in redactors for path in ("one-off", "daemon")]
         for step in (steps if i % 2 == 0 else steps[::-1]):
             os.sync()  # the step before's writes flushed first (see the top)
             step()
     import statistics
-    cp_t, red_t = statistics.median(cp_times), statistics.median(red_times)
-    cold_t = statistics.median(cold_times)
-    print(f"cp -r       : {cp_t:6.2f} s  {images / cp_t:8.0f} images/s  {size / 1e6 / cp_t:7.1f} MB/s")
-    print(f"redact_run  : {red_t:6.2f} s  {images / red_t:8.0f} images/s  {size / 1e6 / red_t:7.1f} MB/s"
-          f"  (rules loaded; with loading them: {cold_t:.2f} s)")
-    print(f"redact / cp speed: {cp_t / red_t:.2f} (goal >= 0.5); with loading the rules: {cp_t / cold_t:.2f};"
-          f" all runs: cp {[round(x, 2) for x in cp_times]} redact {[round(x, 2) for x in red_times]}"
-          f" with rules {[round(x, 2) for x in cold_times]}")
-    if warm_times and any(w != r for w, r in zip(warm_times, red_times)):
-        warm_t = statistics.median(warm_times)
-        print(f"  with the log's fold made already (the daemon's path: classification folded it): {warm_t:.2f} s,"
-              f" speed / cp {cp_t / warm_t:.2f}; all runs {[round(x, 2) for x in warm_times]}")
-    if old_times:
-        old_t, oc_t = statistics.median(old_times), statistics.median(old_cold)
-        print(f"redact_run at {args.before}: {old_t:6.2f} s (with rules {oc_t:.2f} s); its speed / cp: {cp_t / old_t:.2f}"
-              f" ({cp_t / oc_t:.2f}); after / before time: {red_t / old_t:.2f} ({cold_t / oc_t:.2f});"
-              f" all runs {[round(x, 2) for x in old_times]}")
-    for which, label in (("red", "redact_run"), ("old", f"redact_run at {args.before}")):
-        if cpu[which]:
-            print(f"CPU seconds of {label}: redacting process {statistics.median(c for c, _ in cpu[which]):.2f}"
-                  f" (all runs {[round(c, 2) for c, _ in cpu[which]]}), hashing helper"
-                  f" {statistics.median(h for _, h in cpu[which]):.2f} (all runs {[round(h, 2) for _, h in cpu[which]]})")
-    # Which bound the wall time: the redacting process's CPU (its share of the cores: the CPU
-    # pressure), or the helper's file creation after the records were done (this disk creates
-    # files slowly for minutes after many were deleted: cp -r slows down as much).
-    for which, label in (("red", "redact_run"), ("old", f"redact_run at {args.before}")):
-        if tails[which]:
-            print(f"  {label} waited for the helper's last files after the records:"
-                  f" {statistics.median(tails[which]):.2f} s (all runs {[round(x, 2) for x in tails[which]]})")
+    med = statistics.median
+    cp_t = med(cp_times)
+    print(f"cp -r       : {cp_t:6.2f} s  {images / cp_t:8.0f} images/s  {size / 1e6 / cp_t:7.1f} MB/s;"
+          f" all runs {[round(x, 2) for x in cp_times]}")
+    for which, _ in redactors:
+        label = "redact_run" if which == "red" else f"redact_run at {args.before}"
+        for path, how in (("one-off", "folding the log itself, as `tfwb-agent redact`"),
+                          ("daemon", "the fold handed over, as the daemon's classification made it")):
+            t, c = med(times[(which, path)]), med(cold[(which, path)])
+            goal = " (goal >= 0.5)" if which == "red" else ""
+            # Each round's own pair too: cp's time drifts over a long run (a loop-mounted file
+            # system slows as it fills), and a ratio of medians mixes rounds.
+            paired = [cp / x for cp, x in zip(cp_times, times[(which, path)])]
+            print(f"{label}, {path} ({how}): {t:.2f} s, speed / cp {cp_t / t:.2f}{goal},"
+                  f" median of each round's {med(paired):.2f} (rounds {[round(x, 2) for x in paired]});"
+                  f" with loading the rules {c:.2f} s ({cp_t / c:.2f}); all runs {[round(x, 2) for x in times[(which, path)]]}")
+            cs = cpu[(which, path)]
+            print(f"    CPU seconds: redacting process {med(x for x, _ in cs):.2f} (all runs {[round(x, 2) for x, _ in cs]}),"
+                  f" hashing helper {med(h for _, h in cs):.2f} (all runs {[round(h, 2) for _, h in cs]});"
+                  f" waited for the helper's last files after the records {med(tails[(which, path)]):.2f} s")
+    if shim:
+        for path in ("one-off", "daemon"):
+            print(f"after / before time, {path}: {med(times[('red', path)]) / med(times[('old', path)]):.2f}")
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; pressure (avg10): {pressure()}")
     if fresh is not None:
         subprocess.run(["umount", str(fresh)], check=True)
