@@ -54,22 +54,25 @@ def forms(rng: random.Random) -> dict[str, str]:
         "pem": "-----BEGIN RSA PRIVATE KEY-----\n" + "\n".join(_r(rng, B64, 64) for _ in range(4)) + "\n-----END RSA PRIVATE KEY-----",
         "random_b64_32": base64.b64encode(rng.randbytes(24)).decode(),
         "password_word": _r(rng, string.ascii_lowercase, 6) + "-" + _r(rng, string.ascii_lowercase, 7),
+        # a person's password: eight letters and digits, too short to look random (one digit at least)
+        "password_short": _r(rng, string.ascii_letters, 5) + _r(rng, string.digits, 1) + _r(rng, ALNUM, 2),
         "url_password": _r(rng, ALNUM, 14),
     }
 
 
 def contexts(name: str, secret: str) -> list[tuple[str, str]]:
     """(context name, text) placements of one secret."""
-    if name == "password_word":
+    if name in ("password_word", "password_short"):
         return [("key_colon", f"db password: {secret}"), ("flag", f"--password {secret}"),
-                ("json", json.dumps({"password": secret})), ("bare_sentence", f"using {secret} today")]
+                ("json", json.dumps({"password": secret})), ("bare_sentence", f"using {secret} today"),
+                ("prose", f"the password is {secret}")]
     if name == "url_password":
         return [("url", f"postgres://trainer:{secret}@db.internal:5432/runs")]
     if name == "pem":
         return [("bare", secret), ("in_text", f"key follows\n{secret}\nend")]
     return [("bare", secret), ("sentence", f"using {secret} for the upload"),
             ("key_value", f"token = {secret}"), ("json", json.dumps({"credential": secret})),
-            ("bearer", f"Authorization: Bearer {secret}")]
+            ("bearer", f"Authorization: Bearer {secret}"), ("prose", f"logging in with token {secret}")]
 
 
 ORDINARY_NAMES = [

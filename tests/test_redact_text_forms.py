@@ -101,6 +101,41 @@ def test_a_secret_in_its_usual_forms_goes(form):
     assert s[2:] not in as_console, as_console
 
 
+# Prose: a credential's word and the value after it, with no ":" or "=" between. The value has a
+# digit (or a symbol): a word of letters alone after "password" is English as often as not.
+PROSE = [
+    "Using password {s}", "db password {s} accepted", "the API key is {s}", "Password set to {s}",
+    "token for svc-ci: {s}", "connecting as ml with passphrase {s}", "secret was '{s}'",
+    "INFO login ok (password {s})",
+]
+
+
+@pytest.mark.parametrize("form", PROSE)
+def test_a_password_in_prose_goes(form):
+    s = _secret()[:-2] + "7!"
+    text = form.format(s=s)
+    assert s[2:] not in _scrubber().scrub(text)[0]
+    assert s[2:] not in _console(text + "\n")
+
+
+@pytest.mark.parametrize("text", [
+    "password reset complete", "password is required", "token 50256 is eos", "tokens 4096",
+    "secret sharing enabled", "api key not found, set WANDB_API_KEY", "token ids [1, 2]",
+    "the secret to good training is 3e-4", "access key rotated", "passwordless login enabled for ml2",
+    "Unexpected start tag token (%(name)s)", "**To delete the current account password policy**",
+])
+def test_prose_about_credentials_stays(text):
+    assert _scrubber().scrub(text) == (text, {})
+
+
+def test_a_password_of_capitals_and_digits_is_no_metavar():
+    """``--hub_token HUB_TOKEN`` is argparse's help, and stays; ``--password FUURN83S`` is a
+    password (a metavar has a digit only beside an underscore)."""
+    assert "FUURN83S" not in _scrubber().scrub("train.py --password FUURN83S")[0]
+    for text in ("  --hub_token HUB_TOKEN", "  --s3-key S3_KEY_PATH"):
+        assert _scrubber().scrub(text) == (text, {})
+
+
 def test_a_password_hash_goes():
     salt, digest = secrets.token_hex(4), "".join(secrets.choice(ALNUM + "./") for _ in range(22))
     new = _scrubber().scrub(f"ml:$apr1${salt}${digest}")[0]
@@ -129,6 +164,7 @@ sys.stdout.write(c["netrc2"]); sys.stdout.flush(); sys.stdout.write("\n")
 print("- name: DB_PASSWORD\n  value: " + c["k8s"])
 print(["train.py", "--db-password", c["argv"]])
 print("db:\n  password: |\n    " + c["yaml"] + "\n  host: db")
+print("Using password", c["prose"])
 run.summary["cmd"] = str(["train.py", "--db-password", c["summary"]])
 run.log({"loss": 0.25})
 run.finish()
@@ -142,6 +178,7 @@ def test_a_real_run_carries_none_of_them_out(tmp_path):
     from tfwb_agent.redact.run import redact_run
 
     c = {k: _secret() for k in ("netrc", "netrc2", "k8s", "argv", "yaml", "summary")}
+    c["prose"] = _secret()[:-1] + "7"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(CANARY_ROOT=str(tmp_path), CANARY_VALUES=json.dumps(c))
     p = subprocess.run([sys.executable, "-c", WRITER], env=env, capture_output=True, text=True, timeout=300)

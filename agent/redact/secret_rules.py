@@ -138,7 +138,9 @@ _NOT_A_NUMBER = (r"""(?!=?[-+]?(?:\d+(?:[.,]\d+)*(?:[eE][-+]?\d+)?|nan|inf)(?:%|
                  r"""(?:[\s"',;\])}|/]|$))""")
 # A tokenizer's special token (``eos_token: </s>``, ``<|im_end|>``, ``[PAD]``) or an argparse metavar
 # (``--hub_token HUB_TOKEN``, ``[INCLUDE_TOKENS_PER_SECOND]``) is no secret.
-_NOT_A_PLACEHOLDER = r"""(?!["']?(?:</?\|?[\w.-]{0,100}\|?>|\[[A-Z][A-Z0-9_]{0,100}\]|[A-Z][A-Z0-9_]{0,100}\b(?![a-z0-9])))"""
+# (A metavar has a digit only beside an underscore, ``S3_PATH``: ``FUURN83S`` is a password.)
+_NOT_A_PLACEHOLDER = (r"""(?!["']?(?:</?\|?[\w.-]{0,100}\|?>|\[[A-Z][A-Z0-9_]{0,100}\]"""
+                      r"""|(?:[A-Z][A-Z_]{0,100}|[A-Z][A-Z0-9]{0,100}_[A-Z0-9_]{0,100})\b(?![a-z0-9])))""")
 # The value after a secret-looking key or flag. Group ``v`` is what goes.
 CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     # (``--password-stdin`` takes no value: the password comes on standard input.)
@@ -213,6 +215,16 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     # password") does not have that shape.
     ("netrc_password", rf"(?i)(?=[ml])(?<![\w-])(?:machine|login){_SEP}\S+(?:{_SEP}(?:machine|login|account){_SEP}\S+){{0,3}}"
                        rf"{_SEP}pass(?:word|wd){_SEP}(?P<v>\S+)"),
+    # Prose: a credential's word, then (after "is", "was", "to", "for alice is" ...) a word of
+    # six characters or more that has letters and a digit or a symbol and is no path (``Using
+    # password hunter2x``, ``the API key is 9f8e7d6c5b``, ``token for svc-ci: ab12cd34``). An
+    # English word after it has neither ("password reset complete", "token ids"); a number has
+    # no letter ("token 50256"). Left: a password of letters alone ("password correct-horse").
+    ("prose_secret", r"""(?i)(?<![\w.-])(?:pass(?:word|wd|phrase)|pwd|secret|token|api[ _-]?key|access[ _-]?key"""
+                     r"""|credentials?)(?![A-Za-z])[^\S\n]++(?:(?:is|was|of|now|to|set[^\S\n]+to"""
+                     r"""|for[^\S\n]+[\w.@-]{1,64}+(?:[^\S\n]+is)?:?|:)[^\S\n]++)?["'`]?"""
+                     r"""(?P<v>(?![(\[{<*%])(?=[^\s"'`]{0,127}[0-9!@#$^&+=?~])(?=[^\s"'`]{0,127}[A-Za-z])(?![^\s"'`]{0,128}[/\\])"""
+                     r"""[^\s"'`,;]{6,128}+)(?![^\s"'`,;])"""),
 )
 
 # Absolute POSIX paths of two components or more, and home-relative ones, wherever they start:
