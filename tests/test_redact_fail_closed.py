@@ -357,6 +357,46 @@ def test_unknown_record_types_and_fields_never_leave(pristine, tmp_path: Path) -
     assert _history_rows(next(dst.glob("run-*.wandb"))) == want
 
 
+def test_a_value_json_that_is_no_json_and_has_no_quote_is_scrubbed_as_text(pristine, tmp_path: Path) -> None:
+    """A value with no '"' was taken for a number (or true/false/null) and left as it was: a
+    ``value_json`` of ``[P7126 ghp_…`` (no JSON at all, written by another client or a bug)
+    left the node in a summary or a history row. Numbers and lists of numbers still leave as
+    they are."""
+    src = _copy(pristine["tf221-wandb031"], tmp_path / "src")
+    (log,) = src.glob("run-*.wandb")
+    token = "ghp_" + _rnd(36)
+    planted = {"summary": f"[{token} x", "history": f"{token}", "config": f"{{{token}}}"}
+    numbers = {"hist/list": "[1,2.5,-3e-05,NaN]", "hist/inf": "-Infinity", "hist/flag": "true"}
+    done = set()
+    out = []
+    for _, rec in read_records(log):
+        t = rec.WhichOneof("record_type")
+        if t == "summary" and "summary" not in done:
+            rec.summary.update.add(key="note", value_json=planted["summary"])
+            done.add("summary")
+        elif t == "history" and "history" not in done:
+            rec.history.item.add(key="status", value_json=planted["history"])
+            for k, v in numbers.items():
+                rec.history.item.add(key=k, value_json=v)
+            done.add("history")
+        elif t == "run":
+            rec.run.config.update.add(key="dsn", value_json=planted["config"])
+            done.add("config")
+        out.append(rec)
+    assert done == set(planted)
+    with open(log, "wb") as f:
+        w = LogWriter(f)
+        for rec in out:
+            w.write(rec)
+    dst = tmp_path / "out" / src.name
+    redact_run(src, dst, DEFAULT_POLICY, SECRET, _identity)
+    leaked = [str(f) for f in dst.rglob("*") if f.is_file() and token[4:].encode() in f.read_bytes()]
+    assert not leaked, leaked
+    rows = [rec.history for _, rec in read_records(next(dst.glob("run-*.wandb"))) if rec.HasField("history")]
+    kept = {it.key: it.value_json for h in rows for it in h.item if it.key in numbers}
+    assert kept == numbers
+
+
 def _raw_records(log: Path):
     from tfwb_agent.wandb_log import LogReader
     with open(log, "rb") as f:

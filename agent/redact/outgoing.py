@@ -32,7 +32,7 @@ from .report import RedactionReport
 from .secret_rules import key_secrecy
 from .secrets import Scrubber, scrub_args
 from .outgoing_walk import MessageWalk
-from .string_fields import COMMIT
+from .string_fields import COMMIT, NO_TEXT_JSON
 # A digest (md5, sha256: what wandb writes beside every media file): random, no built-in rule's
 # shape. But a hashed patient id (the md5 or sha256 of a record number) looks just the same, so
 # the site's own ``patterns`` are still asked (``Scrubber.site_rules``).
@@ -248,7 +248,7 @@ class Outgoing(MessageWalk):
         return v
 
     def json_text(self, raw: str, place: str, key: str = "") -> str:
-        if '"' not in raw and not self.number_goes(key):
+        if '"' not in raw and not self.number_goes(key) and NO_TEXT_JSON.fullmatch(raw):
             return raw              # a number, true/false/null: nothing to scrub
         ck = (raw, place, key)
         if ck in self._same_json:

@@ -9,7 +9,7 @@ from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
 
-from .string_fields import JSON, MAP, MSG, MSGS, NAME, PATH, SHAPE, SHAPED, SKIP, TEXT, field_plan, item_parts, repeated
+from .string_fields import JSON, MAP, NO_TEXT_JSON, MSG, MSGS, NAME, PATH, SHAPE, SHAPED, SKIP, TEXT, field_plan, item_parts, repeated
 
 _ITEMS = frozenset({"HistoryItem", "SummaryItem", "ConfigItem", "StatsItem"})
 _PLANS: dict[Any, tuple[Any, bool, frozenset]] = {}
@@ -42,7 +42,7 @@ class MessageWalk:
                 del nested[:]
                 nested.extend(names)
             key = nested[-1]
-        if '"' in raw:
+        if '"' in raw or not NO_TEXT_JSON.fullmatch(raw):
             new = self.json_text(raw, place, key)
             if new != raw:
                 msg.value_json = new
