@@ -424,3 +424,64 @@ def test_a_wrong_key_is_rejected_by_the_front_door_and_nothing_is_sent(tmp_path,
         assert {s.path for s in door.seen} == {"/graphql"} and not any(s.authorized for s in door.seen)
     finally:
         door.stop()
+
+
+class _EchoingServer:
+    """A stand-in for a misconfigured front door (named as such): it answers every request with
+    ``answer(key)``, the key being the one the request carried (as a proxy that echoes it)."""
+
+    def __init__(self, answer) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        self.seen: list[str] = []
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.seen.append(self.path)
+                auth = self.headers.get("Authorization", "")
+                key = base64.b64decode(auth[6:]).decode().split(":", 1)[-1] if auth.startswith("Basic ") else ""
+                code, headers, body = answer(key, outer.url)
+                self.send_response(code)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            do_GET = do_POST
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_key_a_server_puts_into_a_redirect_or_an_error_message_is_never_shown():
+    """Found by a tester: a redirect within the target's origin to ``http://api:KEY@host/…`` was
+    followed, and its failure printed the URL, key and all (``targets check``, ``status``, the
+    ledger); a GraphQL error quoting the key was shown word for word."""
+    key = "fa11ba5e" * 5
+    door = _EchoingServer(lambda k, url: (307, {"Location": url.replace("//", f"//api:{k}@") + "/x/graphql"}, b""))
+    try:
+        with pytest.raises(srv.ServerError) as err:
+            srv.graphql_answer(door.url, key, "{ viewer { id } }", timeout=5)
+        assert key not in str(err.value) and "credentials" in str(err.value)
+        assert door.seen == ["/graphql"]        # not followed
+    finally:
+        door.stop()
+    echo = _EchoingServer(lambda k, url: (200, {"Content-Type": "application/json"}, json.dumps(
+        {"data": None, "errors": [{"message": f"permission denied: unknown key {k}"}]}).encode()))
+    try:
+        with pytest.raises(srv.KeyRejected) as err:
+            srv.graphql_answer(echo.url, key, "{ viewer { id } }", timeout=5)
+        assert key not in str(err.value) and "[the API key]" in str(err.value)
+        assert srv._where(f"http://api:{key}@h:1/x?sig=1") == "http://h:1/x"
+    finally:
+        echo.stop()

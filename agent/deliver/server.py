@@ -28,6 +28,7 @@ import email.utils
 import functools
 import json
 import os
+import re
 import socket
 import ssl
 import time
@@ -134,7 +135,17 @@ def _auth(api_key: str) -> dict[str, str]:
 
 
 def _where(url: str) -> str:
-    return url.split("?", 1)[0]  # a query string (a presigned URL's signature) is never echoed
+    """A URL as messages show it: never its query string (a presigned URL's signature) nor
+    credentials written into it (``https://api:KEY@host/…``)."""
+    return _USERINFO.sub(r"\1", url.split("?", 1)[0].split("#", 1)[0])
+
+
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/]*@")
+
+
+def _without_key(text: str, api_key: str) -> str:
+    """Text a server wrote (an error's message), the key masked should the server echo it."""
+    return text.replace(api_key, "[the API key]") if api_key and len(api_key) >= 8 else text
 
 
 def _host(url: str) -> str:
@@ -201,6 +212,9 @@ def request(method: str, url: str, api_key: str, body: bytes | None = None, time
                     origin(nxt)
                 except ValueError:
                     raise ServerError(f"HTTP {code} from {_where(url)} to an unusable URL") from None
+                if urlsplit(nxt).username is not None or urlsplit(nxt).password is not None:
+                    raise ServerError(f"HTTP {code} from {_where(url)} to a URL with credentials in it: not "
+                                      "followed (a misconfigured proxy or front door?)") from None
                 if origin(nxt) != home and not follow_other_hosts:
                     raise ServerError(
                         f"{_where(url)} redirected to {_host(nxt)} (HTTP {code}), another host: a single sign-on "
@@ -247,10 +261,10 @@ _PERMISSION = ("permission denied", "not authorized", "unauthorized", "forbidden
                "invalid api key", "access denied")
 
 
-def _error(e: Any) -> GraphQLError:
+def _error(e: Any, api_key: str) -> GraphQLError:
     if not isinstance(e, dict):
-        return GraphQLError(str(e)[:300], None)
-    msg = str(e.get("message", ""))[:300]
+        return GraphQLError(_without_key(str(e), api_key)[:300], None)
+    msg = _without_key(str(e.get("message", "")), api_key)[:300]
     path = e.get("path")
     alias = str(path[0]) if isinstance(path, list) and path else None
     kind = "permission" if any(w in msg.lower() for w in _PERMISSION) else "other"
@@ -270,7 +284,7 @@ def graphql_answer(base_url: str, api_key: str, query: str, variables: dict[str,
         raise ServerError(f"{base_url}/graphql answered with something that is not JSON") from None
     if not isinstance(doc, dict):
         raise ServerError(f"{base_url}/graphql answered with unexpected JSON")
-    errors = tuple(_error(e) for e in (doc.get("errors") or []))
+    errors = tuple(_error(e, api_key) for e in (doc.get("errors") or []))
     data = doc.get("data")
     if not isinstance(data, dict) or not data:
         for e in errors:
