@@ -136,6 +136,78 @@ def test_a_password_of_capitals_and_digits_is_no_metavar():
         assert _scrubber().scrub(text) == (text, {})
 
 
+# Found by a tester of encoded forms (each leaked through a real wandb run before): what a
+# client library's debug output, a serializer or a coloured log makes of a secret.
+ENCODED = [
+    # http.client's debug output (the requests debug recipe): the headers in a bytes repr, after
+    # a written-out "\r\n"
+    "send: b'GET / HTTP/1.1\\r\\nHost: h\\r\\nAuthorization: Basic {s}\\r\\nCookie: sessionid={s}\\r\\n\\r\\n'",
+    # headers as (name, value) pairs, and as bytes
+    "request headers: [('Authorization', 'Basic {s}')]",
+    "raw: [(b'host', b'h'), (b'authorization', b'Basic {s}')]",
+    "{{b'Authorization': b'Basic {s}'}}",
+    "[('Cookie', 'sessionid={s}')]",
+    # a URL's password holding "/" (openssl rand -base64), a DSN with no scheme
+    "engine: postgresql://ml:{s}/x9@db.internal:5432/feats",
+    "ml:{s}@tcp(db:3306)/feats",
+    "connecting to ml:{s}@db.internal:5432/feats",
+    "latency/ml:{s}@db",
+    # full-width separators
+    "password：{s}", "password： {s}", "password＝{s}",
+    # a value on the lines after its key: a YAML list, a nested mapping, a TOML multi-line literal
+    "db:\n  passwords:\n  - {s}\n",
+    "db_password:\n  value: {s}\n",
+    "[db]\npassword = \'\'\'\n{s}\'\'\'",
+    # a value of several words
+    "password: correct horse {s}",
+    "ssh:\n  passphrase: correct horse {s}\n",
+    # JSON escaped three times, a key's letter escaped
+    '{{"msg": "request", "body": "\\"{{\\\\\\"password\\\\\\": \\\\\\"{s}\\\\\\"}}\\""}}',
+    '{{"\\u0070assword": "{s}"}}',
+    # colour codes written out between a key and its value
+    "setup step stdout: b'\\x1b[33mDB_PASSWORD\\x1b[0m={s}\\n'",
+    '{{"level": "info", "msg": "\\u001b[1mpassword\\u001b[0m: {s}"}}',
+    # docker's config.json
+    '{{"auths": {{"registry.internal": {{"auth": "{b64}"}}}}}}',
+]
+
+
+@pytest.mark.parametrize("form", ENCODED)
+def test_a_secret_in_an_encoded_form_goes(form):
+    import base64
+    s = _secret()[:-2] + "7x"
+    b64 = base64.b64encode(("ml:" + s).encode()).decode()
+    text = form.format(s=s, b64=b64)
+    assert s in text or b64 in text
+    for out in (_scrubber().scrub(text)[0], _console(text if text.endswith("\n") else text + "\n")):
+        assert s[2:] not in out and b64[4:] not in out, out
+
+
+@pytest.mark.parametrize("form", [
+    "\x1b[1mpassword\x1b[0m: {s}", "\x1b[33mDB_PASSWORD\x1b[0m={s}", "pass\u200bword={s}",
+    "api_\u200bkey: {s}", "to\u00adken={s}",
+])
+def test_a_string_that_shows_a_secret_loses_it_wherever_it_goes(form):
+    """Colour codes or invisible characters inside a key, in a summary, history or config
+    string (a captured log line): the string is asked as shown, as the console's text is."""
+    from redact_helpers import default_outgoing
+    from tfwb_agent.redact.report import RedactionReport
+    s = _secret()
+    for place in ("summary", "history", "config"):
+        assert s[2:] not in default_outgoing(RedactionReport()).text(form.format(s=s), place)
+    plain = "\x1b[32mepoch 3\x1b[0m loss=0.25"
+    assert default_outgoing(RedactionReport()).text(plain, "summary") == plain
+
+
+@pytest.mark.parametrize("text", [
+    "GET https://host:8080/a/b@c 200", "https://registry.npmjs.org/@types/node", "pip install git+https://h/x.git@v1.2",
+    "image: nginx:1.25@sha256:0123456789abcdef", "git@github.com:org/repo.git", "at 12:30 on gpu0",
+    "contact: alice.example", "password: ", "auth: none",
+])
+def test_what_looks_like_those_forms_but_is_not_stays(text):
+    assert _scrubber().scrub(text) == (text, {})
+
+
 def test_a_password_hash_goes():
     salt, digest = secrets.token_hex(4), "".join(secrets.choice(ALNUM + "./") for _ in range(22))
     new = _scrubber().scrub(f"ml:$apr1${salt}${digest}")[0]
@@ -165,6 +237,9 @@ print("- name: DB_PASSWORD\n  value: " + c["k8s"])
 print(["train.py", "--db-password", c["argv"]])
 print("db:\n  password: |\n    " + c["yaml"] + "\n  host: db")
 print("Using password", c["prose"])
+print("send: " + repr(("GET / HTTP/1.1\r\nHost: h\r\nAuthorization: Basic " + c["http_debug"] + "\r\n\r\n").encode()))
+print("password\uff1a", c["fullwidth"])
+run.summary["last_log"] = "\x1b[1mpassword\x1b[0m: " + c["ansi_summary"]
 run.summary["cmd"] = str(["train.py", "--db-password", c["summary"]])
 run.log({"loss": 0.25})
 run.finish()
@@ -179,6 +254,7 @@ def test_a_real_run_carries_none_of_them_out(tmp_path):
 
     c = {k: _secret() for k in ("netrc", "netrc2", "k8s", "argv", "yaml", "summary")}
     c["prose"] = _secret()[:-1] + "7"
+    c.update({k: _secret() for k in ("http_debug", "fullwidth", "ansi_summary")})
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(CANARY_ROOT=str(tmp_path), CANARY_VALUES=json.dumps(c))
     p = subprocess.run([sys.executable, "-c", WRITER], env=env, capture_output=True, text=True, timeout=300)

@@ -24,11 +24,12 @@ from .secret_rules import SECRET_KEYWORDS, is_secret_flag
 # there is checked with its start when its rest comes: ``console_render.Screen``.)
 HOLD_LIMIT = 1 << 20
 # A line whose secret comes on the next one: it ends on a secret-looking key (``password:``, a
-# YAML block scalar's ``password: |``, a Kubernetes env entry's ``- name: DB_PASSWORD``), on
+# YAML block scalar's ``password: |``, TOML's ``password = '''``, a Kubernetes env entry's
+# ``- name: DB_PASSWORD``), on
 # ``Bearer``, or on a .netrc entry's ``machine H`` / ``login U`` (its password may follow), or
 # is such a key alone (a validation error names the field, then the value it was given).
 _KEY = rf"[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|token|authorization|-key)[\w.-]{{0,100}}"
-_DANGLING = re.compile(rf"(?i)(?:\b{_KEY}[\"']?\s*[:=](?:\s*[|>][-+0-9]*)?|\bbearer|\bname[\"']?\s*[:=]\s*[\"']?{_KEY}[\"']?,?"
+_DANGLING = re.compile(rf"(?i)(?:\b{_KEY}[\"']?\s*[:=：＝](?:\s*[|>][-+0-9]*|\s*(?:\'\'\'|\"\"\"))?|\bbearer|\bname[\"']?\s*[:=]\s*[\"']?{_KEY}[\"']?,?"
                        rf"|(?<![\w-])(?:machine|login|account)\s+\S+|^\s*[\w.-]*{_KEY})\s*$")
 _WAITING_LINES = 4       # a .netrc entry's machine, login, account lines before its password
 _PEM_BEGIN = "-----BEGIN"

@@ -27,6 +27,7 @@ import json
 import re
 from typing import Any
 
+from .console_render import SHOWN_DIFFERENTLY, shown
 from .policy import Policy
 from .report import RedactionReport
 from .secret_rules import key_secrecy
@@ -126,6 +127,13 @@ class Outgoing(MessageWalk):
                 self.report.strings[place] += 1
             return hit
         new, counts = scrubber.scrub(s)
+        if SHOWN_DIFFERENTLY.search(s):
+            # Colour codes or invisible characters inside (a captured log line in a summary): the
+            # text as a terminal or a browser shows it is asked too, and if a rule finds something
+            # there, it leaves as shown, scrubbed (``console_render``).
+            shown_new, shown_counts = scrubber.scrub(shown(s))
+            if shown_counts:
+                new, counts = shown_new, shown_counts
         if counts:
             self._counted(place, counts)
         else:

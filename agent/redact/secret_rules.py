@@ -50,7 +50,16 @@ EXTRA_TOKEN_RULES: tuple[tuple[str, str], ...] = (
     ("jwt", r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}"),
     # (No user is a user too: ``redis://:pw@host``; the password runs to the authority's last
     # "@": one with an "@" in it goes whole.)
-    ("url_credentials", r"\b[a-z][a-z0-9+.-]{0,30}://[^\s/:@]{0,256}:[^\s/]+@"),
+    # A password may hold "/" (``openssl rand -base64``): then it runs to the first "@", and is no
+    # port (``https://host:8080/a@b`` is a URL's path).
+    ("url_credentials", r"\b[a-z][a-z0-9+.-]{0,30}://[^\s/:@]{0,256}:(?:[^\s/]+|(?!\d{1,5}/)[^\s@]{1,256})@"),
+    # A user and password with no scheme (a Go or MySQL DSN ``ml:X@tcp(db:3306)/x``, ``ml:X@db.internal``):
+    # the host a DSN's, a dotted name, ``localhost`` or a name and port (not ``repo:tag@sha256:…``).
+    ("dsn_credentials", r"(?<![\w:@.-])[A-Za-z][\w.-]{0,63}:(?P<v>[^\s:@/\"'`<>;]{1,256})@(?=(?:tcp|unix|udp)\(|(?!sha\d|md5|blake)"
+                        r"[\w-]{1,63}(?:(?:\.[\w-]{1,63})+|:\d{1,5}\b|\b(?![.:@]))|localhost\b)"),
+    # ``scheme://user:password`` with nothing after it: a line cut short (a crash, a write not yet
+    # done); a port has digits alone, a format ``%d``.
+    ("url_credentials", r"\b[a-z][a-z0-9+.-]{0,30}://[^\s/:@]{1,256}:(?!\d{1,5}(?!\w)|%)(?P<v>[^\s/@\"'`()\[\]<>,;]{1,256})$"),
     # A token as a URL's user (``https://<token>@git.example/…``): no user name is that long.
     ("url_token_user", r"(?<=://)[^\s/:@]{20,}(?=@)"),
     # After "=" too: a key's value (``GITHUB_PAT=…``, a Hydra override ``hub.pat=…``, a cookie's
@@ -89,12 +98,17 @@ _SEP = r"(?:[^\S\n]+|[^\S\n]*\n[^\S\n]*)"     # blanks, or one line break (and b
 # (``{"db_password": {"value": x}}``) goes to the line's end: no regex finds where it closes.
 # Before an unquoted value, what YAML puts there is skipped (a block scalar's ``|`` or ``>-`` and
 # its line break, an anchor ``&pw``, a tag ``!!str``), and so is the opening of a triple-quoted
-# string; a value that is itself a secret-looking key (``secret: password: X``: the second key's
-# value goes) or a literal (``use_auth_token=True``) is none.
-_YAML_PREFIX = r"""(?:(?<![\w"'])(?:[|>][-+0-9]*[^\S\n]*\n[^\S\n]*|&[\w-]+[^\S\n]+|!!?[\w-]{0,100}[^\S\n]+)|(?<=["'])(?:""|''))"""
+# string (its line break too: TOML's ``password = '''`` and the value below); so is a list's
+# dash or a mapping's key on the next line (``passwords:\n  - X``, ``db_password:\n  value: X``:
+# the value is below its key, and neither "-" nor "value:" is it); a value that is itself a
+# secret-looking key (``secret: password: X``: the second key's value goes) or a literal
+# (``use_auth_token=True``) is none.
+_YAML_PREFIX = (r"""(?:(?<![\w"'])(?:[|>][-+0-9]*[^\S\n]*\n[^\S\n]*|&[\w-]+[^\S\n]+|!!?[\w-]{0,100}[^\S\n]+"""
+                r"""|[\w.-]{1,100}:[^\S\n]+)|(?<=["'])(?:""|'')(?:[^\S\n]*\n)?|\n[^\S\n]*(?:-[^\S\n]+|[\w.-]{1,100}:[^\S\n]+))""")
 _VALUE = (r"""(?!(?:True|False|None|true|false|null)\b)"""
           rf"""{_YAML_PREFIX}?(?:(?<=")(?:[^"\\\n]|\\.)*|(?<=')(?:[^'\\\n]|\\.)*|(?<!["'])[{{\[][^\n]*"""
-          rf"""|(?<!["'])(?![\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}+["']?[:=]\s)[^\s"']*[^\s"',;])""")
+          rf"""|(?<!["'])(?![\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}+["']?[:=]\s)"""
+          rf"""(?!-[^\S\n]|[\w.-]{{1,100}}:[^\S\n])[^\s"']*[^\s"',;])""")
 # A key whose last word is "key" names a credential (``api_key``, ``encryption_key``,
 # ``Ocp-Apim-Subscription-Key``) unless the word before says it is another kind of key: an
 # unknown one fails closed.
@@ -125,12 +139,15 @@ _FLAG_WORDS = r"auth|authorization|auth[-_]?key|key|cookies?|(?:\w+[-_])?pw|(?:\
 # a piece of one (``upward``, ``pwm_duty``); not ``pW`` (a padding's width), and its value is no
 # plain number (``pw = 3``).
 _PW_KEY = r"(?=[pP])(?:(?<=[_.-])|(?<![\w.-]))(?:pw|PW|Pw)(?!\w)"
-# Between a key and its value: ":" or "=", percent-encoded too, once or twice (a URL inside a
-# URL's parameter: ``next=%2Fapi%3Faccess_token%3DX``, ``%253D``); its closing quote, escaped too (JSON printed inside a string:
+# Between a key and its value: ":" or "=" (full-width too: ``password：X``), percent-encoded too,
+# once or twice (a URL inside a URL's parameter: ``next=%2Fapi%3Faccess_token%3DX``, ``%253D``);
+# its closing quote, escaped too, up to three times over (JSON printed inside a string:
 # ``\"password\": \"x\"``), or a subscript's (``cfg["password"] = x``); then the value's
 # opening quote, of a bytes literal too (``'password': b'x'``). A line break between them may be
-# written out (``\\n`` in a ``repr``).
-_KEY_TO_VALUE = r"""(?:\\?["'])?\]?\s*(?:[:=]|%(?:25)?3[AaDd])(?:\s|\\[nrt])*(?:b(?=["']))?(?:\\?["'])?"""
+# written out (``\\n`` in a ``repr``), and so may colour codes after the key
+# (``\x1b[33mDB_PASSWORD\x1b[0m=X`` in the repr of a coloured tool's output).
+_KEY_TO_VALUE = (r"""(?:\\(?:x1b|u001b|033|e)\[[0-9;]{0,20}m){0,4}(?:\\{0,7}["'])?\]?\s*(?:[:=：＝]|%(?:25)?3[AaDd])"""
+                 r"""(?:\s|\\[nrt])*(?:b(?=["']))?(?:\\{0,7}["'])?""")
 # A number as metrics are printed (``-1.2e-05``, ``nan``, ``85%``, ``5.2B``, a version ``==2.4.1``),
 # up to where a value ends (a blank, a quote, a separator, a closing bracket: ``tokens_per_sec=
 # 6318.0]`` in a progress bar).
@@ -166,11 +183,12 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     ("key_value", r"(?i)(?<=[?&;#])(?:key|session(?:[-_]?id)?|sid|jwt|auth|code|ticket|accountkey|sharedaccesskey)"
                   r"=(?P<v>[^&;\s#\"']+)"),
     # Cookies: every value of the header (``Cookie: session=X; theme=dark``).
-    ("cookie", r"(?i)\b(?:set-)?cookie[\"']?\s*[:=]\s*[\"']?(?P<v>[^\s\"';=]+=[^\n\"']*)"),
+    ("cookie", r"(?i)(?:\b|(?<=\\[nrt]))(?:set-)?cookie[\"']?\s*[:=]\s*(?:b?[\"'])?(?P<v>[^\s\"';=]+=[^\n\"']*)"),
     # A secret-looking key beside its value in a list or a tuple, quoted both: a printed argv
     # (``['train.py', '--db-password', 'X']``, a CalledProcessError's command), ``('password',
     # 'X')``, ``os.environ.setdefault('DB_PASSWORD', 'X')``.
-    ("key_value", rf"""(?i)["'](?:--?)?[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}+(?<!-stdin)["']\s*,\s*(?:b(?=["']))?["'](?P<v>{_VALUE})"""),
+    # Headers as (name, value) pairs too (``[('Authorization', 'Basic X')]``, ``(b'cookie', b'…')``).
+    ("key_value", rf"""(?i)["'](?:--?)?(?:[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}+(?<!-stdin)|(?:proxy-)?authorization|(?:set-)?cookie)["']\s*,\s*(?:b(?=["']))?["'](?P<v>{_VALUE})"""),
     # A name and its value given apart: a Kubernetes env entry (``{'name': 'DB_PASSWORD', 'value':
     # 'X'}``, or in YAML on two lines), a .NET setting (``<add key="Password" value="X"/>``).
     ("key_value", rf"""(?i)\b(?:name|key)["']?\s*[:=]\s*["']?[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}+["']?\s*,?"""
@@ -179,6 +197,13 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     # value after two blanks or more (not Python's ``pass  # comment``, nor prose after a full stop).
     ("key_value", rf"(?im)^[^\S\n]*(?!pass\b)[\w.-]{{0,100}}(?:{SECRET_KEYWORDS})[\w-]{{0,100}}+[^\S\n]{{2,}}(?=\w)"
                   rf"(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
+    # A key that ends in a credential's word first on its line, then ":" and a blank (YAML, a log
+    # line): the value is the rest of the line, blanks and all (a passphrase, ``correct horse X``),
+    # up to a "," before another key (``password: x1, user: bob``).
+    ("key_value", r"(?im)^[^\S\n]*(?:-[^\S\n]+)?[\w.-]{0,100}(?:pass(?:word|wd|phrase|code)|pwd|secret)[:：][^\S\n]+"
+                  r"(?P<v>(?![\"'|>&!{\[])(?:[^\n,]|,(?![^\S\n]*[\w.-]{1,100}[:=]))*[^\s,])"),
+    # docker's config.json: ``"auth": "<base64 of user:password>"``.
+    ("key_value", r"""(?i)["']auth["']\s*:\s*["'](?P<v>[A-Za-z0-9+/=]{8,})"""),
     # A validation error (pydantic): the field's name on its line, the value it was given on the next.
     ("key_value", rf"(?i)(?:(?<![\w.-])|(?<=[\w.-]{{100}}))[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}+[^\S\n]*\n[^\n]*?\binput_value="
                   rf"""(?:["'])?(?P<v>{_VALUE})"""),
@@ -207,7 +232,8 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     ("flag_value", r"(?<![\w-])(?:redis-cli\b[^\n]{0,200}?\s-a\s+|docker\s+login\b[^\n]{0,200}?\s-p\s+|zip\b[^\n]{0,200}?\s-P\s+"
                    r"|7za?\b[^\n]{0,200}?\s-p|ssh-keygen\b[^\n]{0,200}?\s-N\s+|smbclient\b[^\n]{0,200}?\s-U\s+[^\s%]+%"
                    r"|htpasswd\s+-\w*b\w*\s+\S+\s+\S+\s+)(?P<v>[^\s\"']+)"),
-    ("authorization", r"(?i)\bauthorization[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token|digest)\s+)?(?P<v>[^\s\"',;]+)"),
+    # (In a bytes repr the header follows a written-out ``\r\n``; its value may be a bytes literal.)
+    ("authorization", r"(?i)(?:\b|(?<=\\[nrt]))authorization[\"']?\s*[:=]\s*(?:b?[\"'])?(?:(?:bearer|basic|token|digest)\s+)?(?P<v>[^\s\"',;]+)"),
     ("bearer_token", r"(?i)\bbearer\s+(?P<v>[A-Za-z0-9._~+/=-]{8,})"),
     # A .netrc entry, ``machine H login U password P`` (no colon; its tokens on one line or on
     # consecutive ones): the password after a ``machine X`` or ``login X`` pair and at most three

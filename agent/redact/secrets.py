@@ -118,6 +118,7 @@ def _scoped(rx: re.Pattern[str]) -> str:
     return f"(?{letters}:{src})" if letters else src
 _PATH_RX = re.compile(PATH_PATTERN)
 _NAME_SAFE = re.compile(r"[^A-Za-z0-9_]")
+_ESCAPED_ASCII = re.compile(r"\\u00((?!22|5[cC])[2-7][0-9a-fA-F])")
 _MARKER = re.compile(r"\[redacted:[\w-]+:[0-9a-f]{16}\]|redacted-\w+?-[0-9a-f]{16}(?![0-9a-f])")
 
 
@@ -202,6 +203,13 @@ class Scrubber:
 
     def _replace(self, text: str, name_form: bool) -> tuple[str, dict[str, int]]:
         spans = self.spans(text)
+        if "\\u00" in text:
+            # JSON's escapes of plain characters (``{"\\u0070assword": …}``): the text as it
+            # reads is asked too, and if a rule finds something there, the text leaves so
+            # (unescaped) and scrubbed.
+            view = _ESCAPED_ASCII.sub(lambda m: chr(int(m[1], 16)), text)
+            if view != text and (found := self.spans(view)):
+                text, spans = view, found
         if not spans:
             return text, {}
         counts: dict[str, int] = {}
