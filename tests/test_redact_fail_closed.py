@@ -460,3 +460,58 @@ def test_a_directory_of_the_users_own_beside_files_leaves_not_even_its_name(pris
     assert token not in json.dumps(report), report["not_copied"]
     assert any("redacted-github_token-" in k for k in report["not_copied"]), report["not_copied"]
     assert not [p for p in dst.rglob("*") if token in p.name or (p.is_file() and token.encode() in p.read_bytes())]
+
+
+def _ended_inside_a_line(pristine, tmp_path: Path, secret_part: str) -> Path:
+    """A copy of a real run that ended as a crash does in the middle of a printed line: its
+    log's last stdout record has no line feed, a stderr line came after it, and output.log holds
+    the unfinished line in place, the stderr line after it (as wandb 0.31 keeps it)."""
+    src = _copy(pristine["tf221-wandb031"], tmp_path / "src")
+    (log,) = src.glob("run-*.wandb")
+    recs = [rec for _, rec in read_records(log) if rec.WhichOneof("record_type") not in ("exit", "final", "footer")]
+    half = f"connecting to postgresql://trainer:{secret_part}"
+    for stream, line in ((0, "step 1 ok\n"), (0, half), (1, "UserWarning: falling back to CPU\n")):
+        rec = pb.Record()
+        rec.output_raw.output_type = stream
+        rec.output_raw.line = line
+        recs.append(rec)
+    with open(log, "wb") as f:
+        w = LogWriter(f)
+        for rec in recs:
+            w.write(rec)
+    out_log = src / "files" / "output.log"
+    out_log.write_text(out_log.read_text() + f"step 1 ok\n{half}\nUserWarning: falling back to CPU\n")
+    return src
+
+
+def test_a_line_the_run_ended_inside_leaves_neither_its_cut_word_nor_its_file(pristine, tmp_path: Path) -> None:
+    """Found by a tester of crashed runs: a password printed in two writes, the run killed
+    between them. The records released the held half line (``postgres://trainer:Zq8…``, no
+    ``@host`` after it for any rule to know it by), and output.log kept it in place, above a
+    stderr line, where no "last line" rule finds it."""
+    part = "Zq8" + _rnd(17)
+    src = _ended_inside_a_line(pristine, tmp_path, part)
+    dst = tmp_path / "out" / src.name
+    report = redact_run(src, dst, DEFAULT_POLICY, SECRET, _identity).to_dict()
+    leaked = [str(f) for f in dst.rglob("*") if f.is_file() and part.encode() in f.read_bytes()]
+    assert not leaked, leaked
+    assert not (dst / "files" / "output.log").exists()
+    assert any("ended inside a line" in f["action"] for f in report["files_dropped_or_scrubbed"]), report["files_dropped_or_scrubbed"]
+    # The records still carry the console: the finished lines as they were.
+    lines = "".join(rec.output_raw.line for _, rec in read_records(next(dst.glob("run-*.wandb")))
+                    if rec.HasField("output_raw"))
+    assert "step 1 ok\n" in lines and "falling back to CPU" in lines
+
+
+def test_a_live_snapshot_holds_back_output_log(pristine, tmp_path: Path) -> None:
+    """A snapshot's output.log may hold the line being printed, not its last one (stderr's lines
+    come after it): it waits for the run's last segment. The records carry the console."""
+    src = _copy(pristine["tf221-wandb031"], tmp_path / "src")
+    assert (src / "files" / "output.log").exists()
+    dst = tmp_path / "out" / src.name
+    report = redact_run(src, dst, DEFAULT_POLICY, SECRET, _identity, complete=False).to_dict()
+    assert not (dst / "files" / "output.log").exists()
+    assert any("live snapshot" in f["action"] for f in report["files_dropped_or_scrubbed"])
+    whole = tmp_path / "whole" / src.name
+    redact_run(src, whole, DEFAULT_POLICY, SECRET, _identity)
+    assert (whole / "files" / "output.log").exists()

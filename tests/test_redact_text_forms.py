@@ -405,3 +405,17 @@ def test_a_form_written_in_pieces_cut_anywhere_still_loses_its_secret(form, cuts
     stream = TextStream(lambda t: scrubber.scrub(t)[0])
     out = "".join(stream.feed(p) for p in pieces) + stream.close()
     assert s[2:] not in out, (pieces, out)
+
+
+def test_a_line_a_crash_cut_loses_its_last_word_and_a_finished_runs_keeps_it():
+    """A run that ended with no exit record inside a printed line: its last word may be a
+    secret's first part (``hf_…`` half written, a password before its ``@host``), which no rule
+    can know. A finished run's last line without a line feed is whole."""
+    scrubber = _scrubber()
+    for finished, kept in ((False, False), (True, True)):
+        stream = TextStream(lambda t: scrubber.scrub(t)[0])
+        half = "Ab12Cd34" + _secret()[2:8]
+        out = stream.feed("step 3 ok\n") + stream.feed("resuming with key " + half)
+        out += stream.close(finished)
+        assert out.startswith("step 3 ok\nresuming with key ")
+        assert (half in out) is kept, out

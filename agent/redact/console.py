@@ -31,6 +31,9 @@ HOLD_LIMIT = 1 << 20
 _KEY = rf"[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|token|authorization|-key)[\w.-]{{0,100}}"
 _DANGLING = re.compile(rf"(?i)(?:\b{_KEY}[\"']?\s*[:=：＝](?:\s*[|>][-+0-9]*|\s*(?:\'\'\'|\"\"\"))?|\bbearer|\bname[\"']?\s*[:=]\s*[\"']?{_KEY}[\"']?,?"
                        rf"|(?<![\w-])(?:machine|login|account)\s+\S+|^\s*[\w.-]*{_KEY})\s*$")
+# The last word of a line the log ends inside: six characters or more, a letter among them.
+_CUT_WORD = re.compile(r"(?<!\S)(?=\S{0,4096}[A-Za-z])\S{6,4096}$")
+CUT_OFF = "[redacted:cut_off]"
 _WAITING_LINES = 4       # a .netrc entry's machine, login, account lines before its password
 _PEM_BEGIN = "-----BEGIN"
 _PEM_END = "-----END"
@@ -75,9 +78,20 @@ class TextStream:
         self.pem_open = _pem_open(rest)
         return self.screen.release(out, self.scrub(out))
 
-    def close(self) -> str:
-        """The rest, scrubbed: the log ended (a PEM block left open is taken out to its end)."""
+    @property
+    def mid_line(self) -> bool:
+        """The held text ends inside a line (its rest was never written, or not yet)."""
+        return bool(self.parts) and not self.parts[-1].endswith("\n")
+
+    def close(self, finished: bool = True) -> str:
+        """The rest, scrubbed: the log ended (a PEM block left open is taken out to its end).
+        ``finished=False``: it ended with no exit record (a crash, a run taken for ended in the
+        middle of a write): a line left unfinished then loses its last word, which may be the
+        first part of a secret whose rest never came, and no rule can know it (``hf_Ab12…``,
+        ``postgres://ml:Zq8…``). A finished run's last line is whole without its line feed."""
         out = "".join(self.parts)
+        if self.mid_line and not finished:
+            out = _CUT_WORD.sub(CUT_OFF, out)
         self.parts, self.size, self.tail, self.pieces_held, self.pem_open = [], 0, "", 0, False
         return self.screen.release(out, self.scrub(out)) if out else ""
 

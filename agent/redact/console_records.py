@@ -43,12 +43,15 @@ class Console:
         self.r.report.console_joined += joined
         self.r.report.console["lines"] += text.count("\n")
 
-    def close(self) -> list[Any]:
-        """The text still held when the log ends, in one record per stream."""
+    def close(self, finished: bool) -> list[Any]:
+        """The text still held when the log ends, in one record per stream. ``finished``: the
+        log has its exit record (``console.TextStream.close``)."""
         recs = []
         for (t, _), (stream, last) in self.streams.items():
             held = stream.pieces_held
-            text = stream.close()
+            if stream.mid_line and not finished:
+                self.r.console_cut = True
+            text = stream.close(finished)
             if text:
                 self._count(text, held)
                 rec = pb.Record()

@@ -66,6 +66,14 @@ def _one_file(r: Redaction, rel: str, p: Path, complete: bool) -> None:
     elif action == "console" and r.policy.console == "drop":
         r.report.files["dropped"] += 1
         r.report.file_list.append((rel, "dropped: console policy"))
+    elif action == "console" and r.policy.console != "keep" and (not complete or r.console_cut):
+        # wandb keeps the line a run is printing in place in output.log, stderr's lines after
+        # it: a snapshot's file, or the file of a run that ended inside a line, holds an
+        # unfinished line no one can find, maybe a secret's first part. The console records
+        # carry the same text, joined and scrubbed; the run's last segment has the file.
+        r.report.files["dropped"] += 1
+        r.report.file_list.append((rel, "held back: the console ended inside a line" if complete
+                                   else "held back: a live snapshot (the run's last segment has it)"))
     elif action in ("console", "text") or (action == "scrub" and files_mod.is_text(str(p))):
         place = "console" if action == "console" else "files"
         new_rel = r.out.path(rel)

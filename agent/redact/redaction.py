@@ -33,6 +33,10 @@ class Redaction:
     planned: dict[str, tuple[str, str]] = field(default_factory=dict)   # file -> (kind, key)
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)     # file -> wandb's width, height
     written: set[str] = field(default_factory=set)
+    # A console stream of a run with no exit record ended inside a line
+    # (``console_records.Console.close``): ``output.log`` holds that line, maybe cut, somewhere
+    # (wandb keeps the line being printed in place, other lines after it).
+    console_cut: bool = False
 
     def __post_init__(self) -> None:
         self.dst_str = str(self.dst) if self.dst is not None else ""

@@ -74,6 +74,7 @@ def _redact(src: Path, dst: Path | None, policy: Policy, secret: bytes,
         writer = LogWriter(out)
         r.writer = BackgroundWriter()
     console = Console(r)
+    finished = False        # the log's exit record seen
     try:
         r.media.prepare()
         for offset, payload in _payloads(log, r.report):
@@ -88,6 +89,7 @@ def _redact(src: Path, dst: Path | None, policy: Policy, secret: bytes,
                         writer.write(fast)
                 continue
             rec = parse_record(payload, offset, pb)
+            finished = finished or rec.HasField("exit")
             if offset >= fold.end and changes_plan(rec, fold):
                 raise PlanOutdated(f"{log.name} grew past byte {fold.end} with a record that changes the plan")
             r.report.records_in += 1
@@ -99,7 +101,7 @@ def _redact(src: Path, dst: Path | None, policy: Policy, secret: bytes,
         # live snapshot keeps it for the next segment, so each segment's copy is a prefix of
         # the next one's.
         if complete:
-            for o in console.close():
+            for o in console.close(finished):
                 r.out.message(o, "console")
                 r.report.records_out += 1
                 if writer is not None:

@@ -59,7 +59,7 @@ EXTRA_TOKEN_RULES: tuple[tuple[str, str], ...] = (
                         r"[\w-]{1,63}(?:(?:\.[\w-]{1,63})+|:\d{1,5}\b|\b(?![.:@]))|localhost\b)"),
     # ``scheme://user:password`` with nothing after it: a line cut short (a crash, a write not yet
     # done); a port has digits alone, a format ``%d``.
-    ("url_credentials", r"\b[a-z][a-z0-9+.-]{0,30}://[^\s/:@]{1,256}:(?!\d{1,5}(?!\w)|%)(?P<v>[^\s/@\"'`()\[\]<>,;]{1,256})$"),
+    ("url_credentials", r"(?m)\b[a-z][a-z0-9+.-]{0,30}://[^\s/:@]{1,256}:(?!\d{1,5}(?!\w)|%)(?P<v>[^\s/@\"'`()\[\]<>,;]{1,256})$"),
     # A token as a URL's user (``https://<token>@git.example/…``): no user name is that long.
     ("url_token_user", r"(?<=://)[^\s/:@]{20,}(?=@)"),
     # After "=" too: a key's value (``GITHUB_PAT=…``, a Hydra override ``hub.pat=…``, a cookie's
@@ -73,7 +73,9 @@ EXTRA_TOKEN_RULES: tuple[tuple[str, str], ...] = (
 # not inside a longer word.
 LAST_TOKEN_RULES: tuple[tuple[str, str], ...] = (
     ("vendor_token_prefix", r"(?<![A-Za-z0-9])(?:gh[pousr]_[A-Za-z0-9]{12,}|github_pat_[A-Za-z0-9_]{12,}"
-                            r"|glpat-[A-Za-z0-9_-]{12,}|dckr_pat_[A-Za-z0-9_-]{12,})"),
+                            r"|glpat-[A-Za-z0-9_-]{12,}|dckr_pat_[A-Za-z0-9_-]{12,}|hf_[A-Za-z0-9]{12,}"
+                            r"|sk-(?:proj-|ant-|svcacct-)?[A-Za-z0-9_-]{12,}|xox[abposre]-[A-Za-z0-9-]{8,}"
+                            r"|AIza[0-9A-Za-z_-]{12,}|npm_[A-Za-z0-9]{12,}|pypi-AgE[A-Za-z0-9_-]{12,})"),
 )
 
 # (A key's name before and after its secret-looking word is at most 100 characters long in these
@@ -202,6 +204,11 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     # up to a "," before another key (``password: x1, user: bob``).
     ("key_value", r"(?im)^[^\S\n]*(?:-[^\S\n]+)?[\w.-]{0,100}(?:pass(?:word|wd|phrase|code)|pwd|secret)[:：][^\S\n]+"
                   r"(?P<v>(?![\"'|>&!{\[])(?:[^\n,]|,(?![^\S\n]*[\w.-]{1,100}[:=]))*[^\s,])"),
+    # A key alone on its line, its value alone on a line one to three lines below: in
+    # ``output.log`` a line of the other stream may come between them (``password:``, a warning
+    # on stderr, then the value). A line of one word only is taken for the value.
+    ("key_value", rf"(?im)^[^\S\n]*[\w.-]{{0,100}}(?:{SECRET_KEYWORDS})[\w.-]{{0,100}}+[\"']?[^\S\n]*[:=：＝][^\S\n]*\n"
+                  r"(?:[^\n]{0,500}\n){1,3}?[^\S\n]*(?P<v>[^\s\"']{4,256}+)[^\S\n]*$"),
     # docker's config.json: ``"auth": "<base64 of user:password>"``.
     ("key_value", r"""(?i)["']auth["']\s*:\s*["'](?P<v>[A-Za-z0-9+/=]{8,})"""),
     # A validation error (pydantic): the field's name on its line, the value it was given on the next.
