@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import time
@@ -95,7 +96,7 @@ def seal_ended(ledger: Ledger, cfg: config_mod.Config, sealer: Sealer, row: dict
         row = dict(row, facts=facts)
     work = statedir.work_for(cfg, run_dir.name)
     try:
-        redacted = work / run_dir.name
+        redacted = work / sealed_dir_name(run_dir.name, row["run_id"])
         # The plan from the fold the classification made of the log: the log is read once more, to be rewritten.
         report = _redact(ledger, cfg, sealer, row, run_dir, redacted, ended=True,
                          fold=runlog.cached(row.get("log_path"), row.get("read_offset")))
@@ -113,6 +114,17 @@ def seal_ended(ledger: Ledger, cfg: config_mod.Config, sealer: Sealer, row: dict
         return sealed.path
     finally:
         statedir.release_work(work)
+
+
+_WANDB_DIR_NAME = re.compile(r"((?:offline-)?run-\d{8}_\d{6})-")
+
+
+def sealed_dir_name(dir_name: str, run_id: str) -> str:
+    """The name a run's directory has in its bundle: wandb's own, ``offline-run-<time>-<run id>``,
+    from its time and the run's id (checked), never a name someone gave the directory
+    (``offline-run-…-P7126`` for a run whose id is another): the name leaves with the bundle."""
+    m = _WANDB_DIR_NAME.match(dir_name)
+    return f"{m.group(1) if m else 'offline-run-00000000_000000'}-{run_id}"
 
 
 def next_segment(ledger: Ledger, row: dict[str, Any]) -> int | Segment:
@@ -195,6 +207,7 @@ def seal_live(ledger: Ledger, cfg: config_mod.Config, sealer: Sealer, row: dict[
     src_log = find_log(run_dir)
     if src_log is None or not row["run_id"]:
         return None
+    ids.check("run id", row["run_id"])
     work = statedir.work_for(cfg, f"live-{run_dir.name}")
     try:
         # A still-growing log: redact a snapshot cut at its last whole record.
@@ -202,7 +215,7 @@ def seal_live(ledger: Ledger, cfg: config_mod.Config, sealer: Sealer, row: dict[
         shutil.copytree(run_dir, snap, symlinks=True, ignore=shutil.ignore_patterns("*.wandb"))
         with open(src_log, "rb") as fin, open(snap / src_log.name, "wb") as fout:
             fout.write(fin.read(cut_end))
-        redacted = work / "out" / run_dir.name
+        redacted = work / "out" / sealed_dir_name(run_dir.name, row["run_id"])
         # The last segment says how the run ended, even when it brings no new row: the server
         # is sent its summary alone then (segments.plan_cut with send_end).
         report = _redact(ledger, cfg, sealer, row, snap, redacted, ended=ended, complete=ended)

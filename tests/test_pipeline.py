@@ -7,7 +7,7 @@ from pathlib import Path
 
 from seal_helpers import make_site, minisign_ok, site_redact_secret, tool_list
 
-from conftest import CORPUS_RUNS, status
+from conftest import CORPUS_RUNS, agent, status
 from daemon_helpers import DaemonProc, run_states, wait_for
 from redact_helpers import leaks
 
@@ -87,3 +87,46 @@ def test_runs_wait_unsealed_without_keys_and_say_why(tmp_path, corpus, make_conf
     wait_for(lambda: "runs wait unsealed" in d.output(), 10, "a warning about missing keys", d)
     assert "keys init --node" in d.output()
     d.terminate()
+
+
+def test_a_name_someone_gave_a_run_directory_or_its_log_does_not_leave(tmp_path, corpus):
+    """Found by a tester: a run directory named after a patient (``offline-run-…-P7126``, its run
+    id another) and a log renamed ``run-P7126.wandb`` went into the bundle under those names (its
+    members, its manifest's ``run_dir``), and so to the gateway's staging and ``inspect``. In the
+    bundle a run's directory is named from its time and its run id, its log from its run id."""
+    import os
+    import shutil
+
+    runs = sorted(corpus.glob("wandb-*/wandb/offline-run-*"))[:2]
+    root = tmp_path / "named"
+    a = root / "a" / "wandb" / (runs[0].name.rsplit("-", 1)[0] + "-P7126")
+    shutil.copytree(runs[0], a)
+    b = root / "b" / "wandb" / runs[1].name
+    shutil.copytree(runs[1], b)
+    (log_b,) = b.glob("run-*.wandb")
+    log_b.rename(b / "run-P7126.wandb")
+    for p in root.rglob("*"):        # ended long ago: no quiet period to wait out
+        os.utime(p, (1e9, 1e9))
+    site = make_site(tmp_path / "site")
+    secret = site_redact_secret(tmp_path / "site")
+    with open(site.node_cfg, "a") as f:
+        f.write(f'[watch]\nroots = ["{root}"]\nquiet_seconds = 2\n[redact]\nsecret_file = "{secret}"\n'
+                "patterns = ['\\\\bP\\\\d{4}\\\\b']\n")
+    agent(site.node_cfg, "scan", "--seal")
+    bundles = sorted(site.outbox.glob("*.tar.zst.age"))
+    assert len(bundles) == 2, bundles
+    run_ids = set()
+    for bundle in bundles:
+        out = tmp_path / "opened" / bundle.name
+        out.mkdir(parents=True)
+        subprocess.run(["bash", "-o", "pipefail", "-c",
+                        f"age -d -i '{site.gw_identity}' '{bundle}' | zstd -d -q | tar -xf - -C '{out}'"], check=True)
+        names = [str(p.relative_to(out)) for p in out.rglob("*")]
+        assert not [n for n in names if "P7126" in n], names
+        manifest = (out / "MANIFEST.json").read_text()
+        assert "P7126" not in manifest
+        run_id = json.loads(manifest)["run"]["run_id"]
+        run_ids.add(run_id)
+        (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
+        assert run_dir.name.endswith("-" + run_id) and (run_dir / f"run-{run_id}.wandb").is_file()
+    assert len(run_ids) == 2

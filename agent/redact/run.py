@@ -18,7 +18,7 @@ from typing import Callable
 
 from wandb.proto import wandb_internal_pb2 as pb
 
-from .. import durable, runlog
+from .. import durable, ids, runlog
 from ..runlog import find_log
 from ..wandb_log import LogError, LogReader, LogWriter, parse_record
 from .background_writer import BackgroundWriter
@@ -63,14 +63,19 @@ def _redact(src: Path, dst: Path | None, policy: Policy, secret: bytes,
     if fold is None or not fold.whole or fold.file_id != _file_id(log):
         fold = runlog.read(log, runlog.Fold(values=False))
     r = Redaction(src, dst, policy, secret, map_path)
-    r.report.run_id = log.stem.removeprefix("run-")
     apply_plan(r, fold, log)
+    # The copy's log is named after the run's id as its run record says (the id the routing
+    # rules check), not after the file's own name, which anyone may have given it
+    # (``run-P7126.wandb``); with no usable id, its name scrubbed as a file name.
+    run_id = fold.run_id if fold.run_id and ids.why_not(fold.run_id) is None \
+        else r.out.name(log.stem.removeprefix("run-"), "file_names")
+    r.report.run_id = run_id if ids.why_not(run_id) is None else "unnamed"
     writer, out = None, None
     if dst is not None:
         dst.mkdir(parents=True, exist_ok=True)
         if any(dst.iterdir()):
             raise RedactError(f"{dst}: the destination is not empty")
-        out = open(dst / log.name, "wb")
+        out = open(dst / f"run-{r.report.run_id}.wandb", "wb")
         writer = LogWriter(out)
         r.writer = BackgroundWriter()
     console = Console(r)
