@@ -133,8 +133,16 @@ def next_segment(ledger: Ledger, row: dict[str, Any]) -> int | Segment:
     sealed segments end), the next segment of the same log: delivery sends only what the server lacks."""
     facts = row.get("facts") or {}
     if facts.get("next_segment") is None:
-        return ledger.part_number(row["run_id"], row["key"])
+        return _first_segment(ledger, row)
     return Segment(int(facts["next_segment"]), max(1, int(facts.get("segment_start") or 0)), None)
+
+
+def _first_segment(ledger: Ledger, row: dict[str, Any]) -> int:
+    """The first segment of a run directory: its part number; for a later part of a run (a
+    killed job resumed with the same id writes a new directory), after every segment sealed of
+    the run's other parts (the first part's live segments among them), never one of them."""
+    part = ledger.part_number(row["run_id"], row["key"])
+    return max(part, ledger.first_segment_after_other_parts(row["run_id"], row["key"])) if part else 0
 
 
 # --- live runs --------------------------------------------------------------------------------
@@ -189,7 +197,9 @@ def seal_live(ledger: Ledger, cfg: config_mod.Config, sealer: Sealer, row: dict[
     resume = _hold(claims, run_dir.name)  # another node may have taken it over, or sealed it
     # A run sealed whole as crashed, then revived by growth (runs.classify), goes on from
     # the segment after its sealed ones.
-    k = facts.get("live_segments", facts.get("next_segment", 0))
+    k = facts.get("live_segments", facts.get("next_segment"))
+    if k is None:
+        k = _first_segment(ledger, row)
     if resume is not None and resume["segment"] > k:
         # The volume says segments up to resume-1 are sealed (by another node before a
         # takeover, or by this one before its ledger was rebuilt): go on after them, never

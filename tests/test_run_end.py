@@ -171,13 +171,16 @@ def test_a_live_run_killed_at_random_moments_arrives_crashed(tmp_path):
 
 
 @pytest.mark.slow(seconds=50)
-def test_a_killed_run_resumed_and_finished_is_not_left_crashed(tmp_path):
+@pytest.mark.parametrize("sync", [WHOLE, LIVE], ids=["whole", "live"])
+def test_a_killed_run_resumed_and_finished_is_not_left_crashed(tmp_path, sync):
     """Issue 18 (3): a job SIGKILLed (its part delivered, marked crashed), started again with
-    the same run id and finished: one run on the server, continuous steps, no crash marker."""
+    the same run id and finished: one run on the server, continuous steps, no crash marker.
+    Live too (found by a tester): the resumed directory's live segments were numbered from 0
+    again, each one "already sealed with other content", and the run was never delivered."""
     server = RestartableServer(tmp_path).start()
     root = tmp_path / "volume"
     root.mkdir()
-    site = _site(tmp_path, server, root, WHOLE)
+    site = _site(tmp_path, server, root, sync)
     d = DaemonProc(site.cfg, tmp_path / "daemon.log").start()
     w = Writer(root, "kill", 10, rate=0.05, project="ct-resume")
     try:

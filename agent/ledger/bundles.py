@@ -42,6 +42,13 @@ class BundlesTable:
         end = self._one("SELECT MAX(byte_end) FROM bundles WHERE run_key = ?", (run_key,))[0]
         return top, end
 
+    def first_segment_after_other_parts(self, run_id: str, run_key: str) -> int:
+        """The segment number after every segment sealed of the run's other directories (a
+        killed job resumed with the same id writes a new one): where this directory's own
+        segments may begin (0 if there are none)."""
+        top = self._one("SELECT MAX(segment) FROM bundles WHERE run_id = ? AND run_key IS NOT ?", (run_id, run_key))[0]
+        return 0 if top is None else top + 1
+
     def holds_bundle(self, bundle_id: str, content_id: str | None = None) -> dict[str, Any] | None:
         """What this host holds under ``bundle_id`` (imported, or in a bundle row not refused):
         its content id, since when and in which state."""
