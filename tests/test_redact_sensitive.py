@@ -100,3 +100,44 @@ def test_cli_dry_run_and_out(fresh_run: Path, tmp_path: Path) -> None:
     assert json.loads(out.stdout)["report"] == shown["report"] | {"bytes": json.loads(out.stdout)["report"]["bytes"]}
     again = subprocess.run(base + ["--out", str(tmp_path / "out"), str(fresh_run)], capture_output=True, text=True, timeout=120)
     assert again.returncode != 0 and "not empty" in again.stderr
+
+
+NESTED_WRITER = r'''
+import os, sys
+os.environ["WANDB_MODE"] = "offline"; os.environ["WANDB_SILENT"] = "true"
+import numpy as np, wandb, tfwb_trainer
+run = tfwb_trainer.init(project="sens", sensitive=["patient"], runs_dir=sys.argv[1])
+s = tfwb_trainer.current()
+s.log({"patient": {"id": "P7204", "age": 71265}, "loss": 0.5}, step=1)
+s.log({"patient": wandb.Histogram(np.array([71265.0, 71266.0])), "loss": 0.25}, step=2)
+tfwb_trainer.finish()
+print("DIR", os.path.dirname(run.dir), flush=True)
+'''
+
+
+def test_a_dict_or_histogram_logged_under_a_sensitive_key_is_hashed(tmp_path: Path) -> None:
+    """Found by a tester: ``sensitive=["patient"]`` and ``log({"patient": {"id": "P7204"}})``:
+    wandb 0.31 writes the dict as nested items ``patient.id``, which the glob ``patient`` did not
+    match, and the id left; so did a Histogram's bins (the data's range)."""
+    from tfwb_agent.redact.policy import DEFAULT_POLICY
+    (tmp_path / "runs").mkdir()
+    proc = subprocess.run([sys.executable, "-c", NESTED_WRITER, str(tmp_path / "runs")], capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    src = Path([x for x in proc.stdout.splitlines() if x.startswith("DIR ")][-1][4:])
+    assert b"P7204" in next(src.glob("*.wandb")).read_bytes()
+    dst = tmp_path / "out" / src.name
+    redact_run(src, dst, DEFAULT_POLICY, b"k" * 32, lambda p: Path(p))
+    leaked = [str(f) for f in all_files(dst) if b"P7204" in f.read_bytes() or b"71265" in f.read_bytes()]
+    assert not leaked, leaked
+    assert [row["loss"] for row in _history(dst)] == ["0.5", "0.25"]      # the rest as it was
+
+
+@pytest.mark.parametrize("glob", ["patient", "patient/*", "patient/id", "patient.*", "patient.id"])
+def test_every_way_of_writing_a_nested_keys_glob_names_it(glob: str) -> None:
+    from tfwb_agent.redact.items import sensitive_path
+    from tfwb_agent.redact.policy import is_sensitive
+    asks = lambda key: is_sensitive(key, (glob,))  # noqa: E731
+    assert sensitive_path(("patient", "id"), asks)
+    assert not sensitive_path(("patients", "id"), asks) and not sensitive_path(("_step",), asks)
+    assert not sensitive_path(("loss",), asks)

@@ -67,14 +67,29 @@ def redact_items(items: Sequence[Any], new_item: Callable[[Path_, str], Any], de
                     changed = True
                     out.append(new_item(path, media.dumps(nv)))
                     continue
-        if sensitive is not None:
-            key = display_key(path)
-            if not key.startswith("_") and sensitive(key):
-                changed = True
-                out.append(new_item(path, media.dumps(f"hash:{text_tag('value', raw)}")))
-                continue
+        if sensitive is not None and sensitive_path(path, sensitive):
+            changed = True
+            out.append(new_item(path, media.dumps(f"hash:{text_tag('value', raw)}")))
+            continue
         out.append(it)
     return out if changed else None
+
+
+def sensitive_path(path: Path_, sensitive: Callable[[str], bool]) -> bool:
+    """Whether an item's (nested) key is one the training code declared sensitive, or lies
+    under one: a dict logged under ``patient`` is the nested items ``patient.id``,
+    ``patient.age``, each as sensitive as ``patient`` itself. A nested key is asked joined by
+    "." (as W&B shows it) and by "/" (as keys are written: ``patient/*``); wandb's own keys
+    (``_step``) never are."""
+    if path[0].startswith("_"):
+        return False
+    if len(path) == 1:
+        return sensitive(path[0])
+    for n in range(1, len(path) + 1):
+        head = path[:n]
+        if sensitive(".".join(head)) or (n > 1 and sensitive("/".join(head))):
+            return True
+    return False
 
 
 _PLAIN_FIELDS = frozenset({"key", "nested_key", "value_json"})
@@ -225,12 +240,10 @@ def redact_scrub_items(items: Sequence[Any], decide: Decide, resolve: Resolve, t
                     changed = True
                     entries.append((path, len(path) > 1, None, nv, None))
                     continue
-        if sensitive is not None:
-            key = display_key(path)
-            if not key.startswith("_") and sensitive(key):
-                changed = True
-                entries.append((path, len(path) > 1, None, f"hash:{text_tag('value', raw)}", None))
-                continue
+        if sensitive is not None and sensitive_path(path, sensitive):
+            changed = True
+            entries.append((path, len(path) > 1, None, f"hash:{text_tag('value', raw)}", None))
+            continue
         entries.append((path, nest, raw, None, None))
     done, scrub_changed = _scrub(entries, out, place, ready, fresh, memo, same)
     if not (changed or scrub_changed):
