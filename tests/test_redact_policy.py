@@ -124,12 +124,12 @@ def test_metadata_and_config_redaction() -> None:
     tag = lambda k, v: placeholders.text_tag(SECRET, k, v)
     md = {"host": "gpu-node-17", "username": "alice", "email": "alice@example.org", "program": "/home/alice/train.py",
           "args": ["--data", "/data/patients/ct-scans", "--epochs", "3"], "codePath": "train.py",
-          "git": {"remote": "git@git.example.org:team/secret-project.git", "commit": "abc123"}, "cpu_count": 4}
+          "git": {"remote": "git@git.example.org:team/secret-project.git", "commit": "0123456789abcdef0123456789abcdef01234567"}, "cpu_count": 4}
     out, changed = meta.redact_metadata(md, s, tag, rep)
     blob = json.dumps(out)
     for value in ("gpu-node-17", "alice", "/home/alice", "/data/patients", "secret-project"):
         assert value not in blob
-    assert changed and out["cpu_count"] == 4 and out["codePath"] == "train.py" and out["git"]["commit"] == "abc123"
+    assert changed and out["cpu_count"] == 4 and out["codePath"] == "train.py" and out["git"]["commit"] == "0123456789abcdef0123456789abcdef01234567"
     assert out["args"][2:] == ["--epochs", "3"]
     value, changed = meta.redact_config_value("hf_token", "hf_x", DEFAULT_POLICY, s, tag, rep, ())
     assert changed and "hf_x" not in value

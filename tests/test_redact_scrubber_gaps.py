@@ -286,6 +286,12 @@ def test_what_follows_a_secret_value_stays(text, kept):
     ("saved to /data/year=2026/site=icu/part-0.parquet", ["site=icu", "part-0"]),
     ("disk./mnt/dir-abc.usagePercent", ["dir-abc"]),
     ("disk./mnt/dir-abc/usageGB", ["dir-abc"]),
+    # wandb 0.15 writes the watched disk's path with "\\" for "/" in its stats keys
+    ("disk.\\mnt\\vol-abc\\dir-abc.usagePercent", ["vol-abc", "dir-abc"]),
+    # after an escape written out in a repr (a serialized tf.train.Example printed), after ".."
+    ("b'\\n\\x14/data/P7126/scan.png'", ["P7126"]), ("'line\\n/data/P7126/x'", ["P7126"]),
+    ("['a\\t/data/P7126/x']", ["P7126"]), ("'\\u2192/data/P7126/x'", ["P7126"]),
+    ("python ../../data/patients/ct-scans/train.py", ["patients", "ct-scans"]),
 ])
 def test_a_partitioned_path_or_a_watched_disk_goes(text, gone):
     for new, counts in (_scrubber().scrub(text), _scrubber().scrub_name(text)):
@@ -295,7 +301,7 @@ def test_a_partitioned_path_or_a_watched_disk_goes(text, gone):
 
 @pytest.mark.parametrize("text", [
     "val.loss/x", "train.acc/top1/x", "x = 1./n/m", "disk./.usagePercent", "disk./.usageGB", "lr=0.1/loss",
-    "https://example.org/a=b/c/d", "eval/loss=0.1/x",
+    "https://example.org/a=b/c/d", "eval/loss=0.1/x", "python ../train.py", "disk.\\.usageGB",
 ])
 def test_names_with_a_dot_or_an_equals_sign_are_no_paths(text):
     assert _scrubber().scrub(text) == (text, {}), text
@@ -364,3 +370,30 @@ def test_other_flags_keep_their_argument(flag):
     args = scrub_args([flag, "basic10", "--x"], lambda a: a, lambda a: "X")
     assert args == [flag, "basic10", "--x"], args
     assert _scrubber().scrub(f"{flag} basic10 next") == (f"{flag} basic10 next", {})
+
+
+# -- 8. what wandb collects about the environment, in its own files (found by a tester) --------
+
+def test_conda_environment_yaml_loses_channel_tokens_and_variables():
+    text = ("channels:\n  - https://conda.anaconda.org/t/0123456789abcdef0123456789abcdef/acme-private\n"
+            "  - https://repo.anaconda.cloud/t/ab-12345678-aaaa-bbbb-cccc-1234567890ab/acme\n"
+            "variables:\n  KAGGLE_KEY: 0f1e2d3c4b5a69788796a5b4c3d2e1f0\n  REDIS_AUTH: Zq8xT2pLk9\n  OMP_NUM_THREADS: '4'\n")
+    new = _scrubber().scrub(text)[0]
+    for gone in ("0123456789abcdef0123456789abcdef", "ab-12345678-aaaa", "0f1e2d3c4b5a6978", "Zq8xT2pLk9"):
+        assert gone not in new, new
+    assert "acme-private" in new and "OMP_NUM_THREADS: '4'" in new
+
+
+def test_a_git_commit_in_wandb_metadata_that_is_no_commit_is_replaced():
+    from tfwb_agent.redact import meta
+    out = default_outgoing(RedactionReport())
+    for commit, kept in (("a" * 40, True), ("ci-job-token-Zq8xT2pLk9", False)):
+        new, _ = meta.redact_metadata({"git": {"commit": commit}}, out, lambda k, v: "t" * 16, RedactionReport())
+        assert (new["git"]["commit"] == commit) is kept, new
+
+
+def test_wandb_031s_upstream_patch_is_dropped_by_default():
+    from tfwb_agent.redact.files import file_action
+    scrubbing = parse_policy("test", {"scrub_files": True})
+    for name in ("diff.patch", "diff_0123456789abcdef0123456789abcdef01234567.patch", "upstream_diff_0123abc.patch"):
+        assert file_action(name, DEFAULT_POLICY).startswith("drop") and file_action(name, scrubbing).startswith("drop"), name

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .errors import RedactError
 from .policy import Policy
 from .report import RedactionReport
+from .string_fields import COMMIT
 
 if TYPE_CHECKING:
     from .outgoing import Outgoing
@@ -117,6 +118,11 @@ def redact_metadata(meta: dict[str, Any], scrub: "Outgoing", tag: Callable[[str,
                 if isinstance(g.get(gk), str) and g[gk]:
                     g[gk] = f"remote-{tag('git', g[gk])[:12]}"
                     report.metadata_fields.add(f"git.{gk}")
+            # A commit leaves only as a commit id (as the run record's: ``string_fields.SHAPED``);
+            # anything else (a CI job's token exported as WANDB_GIT_COMMIT) is replaced whole.
+            if "commit" in g and not (isinstance(g["commit"], str) and COMMIT.fullmatch(g["commit"])):
+                g["commit"] = ""
+                report.metadata_fields.add("git.commit")
             out[k] = g
         elif k == "disk" and isinstance(v, dict):
             out[k] = {(key if key == "/" else scrub_path(key, scrub, tag)): dv for key, dv in v.items()}

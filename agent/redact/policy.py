@@ -22,7 +22,8 @@ MEDIA_KINDS = ("image", "audio", "video", "html", "table", "object3d", "molecule
 ACTIONS = ("keep", "hash", "drop")
 DEFAULT_CONFIG_KEYS = ("*token*", "*secret*", "*password*", "*passwd*", "*api_key*", "*apikey*",
                        "*access_key*", "*private_key*", "*credential*")
-DEFAULT_DROP_FILES = ("diff.patch", "upstream_diff_*.patch", "code/*")
+# (wandb 0.31 names the upstream patch diff_<commit>.patch, 0.15 upstream_diff_<commit>.patch.)
+DEFAULT_DROP_FILES = ("diff.patch", "diff_*.patch", "upstream_diff_*.patch", "code/*")
 DEFAULT_SECRET_NAME = "redact.key"
 # Where outgoing strings come from (outgoing.Outgoing counts per place). A site may name places
 # in ``keep_strings`` to leave their strings unscrubbed: looser, and explicit.

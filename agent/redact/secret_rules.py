@@ -174,11 +174,15 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     # "tokens: 512" is a count, not a secret: a token's value must not be a plain number.
     ("key_value", rf"(?i){_KEY_START}[\w.-]{{0,100}}{_TOKEN}[\w.-]{{0,100}}+{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}(?-i:{_NOT_A_PLACEHOLDER}){_VALUE})"),
     # A name that ends in "key" or names a signature, where a credential is written so: an
-    # environment line (``AZURE_OPENAI_KEY=…``, ``GITHUB_PAT=…``, upper case), a URL's parameter (``?sig=…``,
+    # environment line (``AZURE_OPENAI_KEY=…``, ``GITHUB_PAT=…``, ``REDIS_AUTH: …`` in conda's
+    # ``variables:``, upper case), a URL's parameter (``?sig=…``,
     # ``&X-Amz-Signature=…``), a quoted key with a quoted value (``{"encryption_key": "…"}``). Code (``sort_key = x``, ``fn(signature=sig)``,
     # ``run_key: str``) is none of these. (A header's ``-Key:``, ``Ocp-Apim-Subscription-Key: …``,
     # is a keyword of the rule above.)
-    ("key_value", rf"(?<![\w.-])[A-Z0-9_]{{0,100}}_(?:KEY|PAT)=(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
+    ("key_value", rf"(?<![\w.-])[A-Z0-9_]{{0,100}}_(?:KEY|PAT|AUTH|CREDS?)(?:=|:[^\S\n]*)(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
+    # conda's private channel URL, ``https://conda.anaconda.org/t/<token>/channel``.
+    # (Hex, or a uuid after two letters: a forum's ``/t/<slug>/`` is words.)
+    ("key_value", r"(?<=/t/)(?P<v>(?:[a-z]{2}-)?[0-9a-fA-F-]{16,256}+)(?=/)"),
     ("key_value", rf"(?i)(?<=[?&;])[\w.-]{{0,100}}(?:[_-]key|signature|(?<![a-z0-9])sig)=(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
     # A URL's parameter that carries a credential under a short name (``&key=``, ``?session=``,
     # ``?jwt=``, an OAuth ``?code=``), a connection string's account key (``;AccountKey=…;``).
@@ -277,10 +281,17 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
 # no more than a few tries.
 _COMPONENT = r"[^\s/\"'<>|:;,()\[\]{}]+"
 _SEGMENT = rf"(?:{_COMPONENT}(?: [A-Za-z0-9_]{_COMPONENT[:-1]}*){{1,4}}(?=/)|{_COMPONENT})"
-# A path also starts right after a compiler's ``-I`` or ``-L`` (``-I/home/alice/include``) and
-# after ``file://localhost``; doubled slashes inside it do not end it (``/mnt/scratch//x/y``).
-PATH_PATTERN = (rf"(?=[~/])(?:(?<![\w/.~-])|(?<=://)|(?<=:///)|(?<=[A-Za-z_]\.)|(?<=\s-[IL])|(?<=://localhost))"
-                rf"(?:~|/{_SEGMENT})(?:/+{_SEGMENT})+/*")
+# A path also starts right after a compiler's ``-I`` or ``-L`` (``-I/home/alice/include``), after
+# ``file://localhost``, after an escape written out in a repr (``b'\x14/data/P7126/x.png'`` in a
+# serialized ``tf.train.Example``, ``'\n/data/…'``) and after ``..`` (``../../data/patients/x``: the
+# directories it climbs to are the node's); doubled slashes inside it do not end it
+# (``/mnt/scratch//x/y``).
+PATH_PATTERN = (rf"(?=[~/])(?:(?<![\w/.~-])|(?<=://)|(?<=:///)|(?<=[A-Za-z_]\.)|(?<=\s-[IL])|(?<=://localhost)"
+                rf"|(?<=\\[nrtfvab0])|(?<=\\x[0-9a-fA-F]{{2}})|(?<=\\u[0-9a-fA-F]{{4}})|(?<=\.\.))"
+                rf"(?:~|/{_SEGMENT})(?:/+{_SEGMENT})+/*"
+                # wandb 0.15 writes a watched disk's path into its stats keys with "\\" for "/"
+                # (``disk.\\mnt\\vol.usageGB``).
+                rf"|(?<=disk\.)(?:\\[^\s\\]{{1,255}}){{1,64}}?(?=\.usage(?:Percent|GB)\b)")
 
 # A command-line flag whose next argument is a secret (``--password X``, ``-p X`` is too vague).
 SECRET_FLAG = re.compile(rf"(?i)^--?(?:[\w-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w-]{{0,100}}+(?<!-stdin)|{_FLAG_WORDS})$")
