@@ -186,3 +186,21 @@ def test_a_binary_site_key_is_read_whole_and_a_text_key_without_its_line_end(tmp
     assert read_secret(("file", str(key))) == binary[:-1] + b"\n"
     key.write_bytes(b"s3cret-api-key-value\n")           # what echo writes
     assert read_secret(("file", str(key))) == b"s3cret-api-key-value"
+
+
+def test_a_number_a_wildcard_glob_matches_stays_unless_its_key_names_a_credential():
+    """Found by a tester: the default globs (``*token*``, ``*secret*``, ``*password*``) took the
+    numbers of ``num_tokens``, ``tokens_per_sec``, ``password_reset_rate`` out of the config.
+    A number stays under a wildcard's match; text goes; a credential's key takes anything; a key
+    the site named exactly takes anything."""
+    from tfwb_agent.redact.policy import DEFAULT_POLICY, parse_policy
+    p = DEFAULT_POLICY
+    for key, value in (("num_tokens", 512), ("tokens_per_sec", 6318.0), ("password_reset_rate", 0.01),
+                       ("secret_sharing_parties", 3), ("use_auth_token", True), ("max_new_tokens", None)):
+        assert not p.config_value_redacted(key, value), key
+    for key, value in (("hub_token", "hf_x"), ("num_tokens", "512 (approx)"), ("db_password", 1234),
+                       ("api_key", 12345), ("client_secret", 7)):
+        assert p.config_value_redacted(key, value), key
+    exact = parse_policy("test", {"config_keys": ["patient_age", "*site*"]})
+    assert exact.config_value_redacted("patient_age", 71) and exact.config_value_redacted("Patient_Age", 71)
+    assert not exact.config_value_redacted("site_count", 3) and exact.config_value_redacted("site_name", "icu")

@@ -91,12 +91,17 @@ class Policy:
         return self.config_value_redacted(key, "")
 
     def config_value_redacted(self, key: str, value: Any) -> bool:
-        """A config entry's value goes whole: the site's globs say so whatever it is; a key's
-        words say so for any value when they name a credential, for text when they may."""
-        if _key_matches(key.lower(), _lowered(self.config_keys)):
+        """A config entry's value goes whole: a key the site's globs name exactly, whatever it is;
+        a key a glob with a wildcard matches, unless it is a number, true/false or null
+        (``*token*`` names ``num_tokens: 512``, a setting, not a credential); a key whose words
+        name a credential, whatever it is; a key whose words may name one, unless it is a number."""
+        plain = value is None or isinstance(value, (bool, int, float))
+        globs = _lowered(self.config_keys)
+        lowered = key.lower()
+        if _key_matches(lowered, globs) and (not plain or lowered in globs):
             return True
         secrecy = key_secrecy(key)
-        return secrecy == "any" or (secrecy == "text" and not (value is None or isinstance(value, (bool, int, float))))
+        return secrecy == "any" or (secrecy == "text" and not plain)
 
     def describe(self) -> dict[str, Any]:
         return {
