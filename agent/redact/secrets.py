@@ -27,6 +27,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from .rule_reach import plain_limit
 from .secret_rules import CONTEXT_RULES, EXTRA_TOKEN_RULES, LAST_TOKEN_RULES, PATH_PATTERN, is_secret_flag
 
 # detect-secrets plugins left out: not secrets (public IPs), or keyword heuristics that the
@@ -118,6 +119,14 @@ def _scoped(rx: re.Pattern[str]) -> str:
     return f"(?{letters}:{src})" if letters else src
 _PATH_RX = re.compile(PATH_PATTERN)
 _NAME_SAFE = re.compile(r"[^A-Za-z0-9_]")
+_WORD_ONLY = re.compile(r"[A-Za-z0-9_]+")
+
+
+@functools.lru_cache(maxsize=8)
+def _plain_limit(rules: tuple[re.Pattern[str], ...]) -> int:
+    return plain_limit(rules)
+
+
 _ESCAPED_ASCII = re.compile(r"\\u00((?!22|5[cC])[2-7][0-9a-fA-F])")
 _MARKER = re.compile(r"\[redacted:[\w-]+:[0-9a-f]{16}\]|redacted-\w+?-[0-9a-f]{16}(?![0-9a-f])")
 
@@ -149,6 +158,12 @@ class Scrubber:
         site = [rx for name, rx in self.patterns if name.startswith("site_")]   # compile_patterns' names
         object.__setattr__(self, "_site_any", re.compile("|".join(f"(?:{_scoped(rx)})" for rx in site))
                            if site else None)
+        # A string of at most this many ASCII word characters (a caption ``c123``, a key ``loss``)
+        # no built-in rule can match (``rule_reach``): only the site's patterns and the run's
+        # words are asked of it.
+        object.__setattr__(self, "_plain_limit", _plain_limit(tuple(
+            rx for name, rx in self.patterns if rx is not self.words and not name.startswith("site_"))
+            + tuple(rx for _, rx in self.context) + ((_PATH_RX,) if self.paths else ())))
 
     @functools.cached_property
     def site_rules(self) -> "Scrubber | None":
@@ -168,7 +183,11 @@ class Scrubber:
     def spans(self, text: str) -> list[tuple[int, int, str]]:
         """Non-overlapping (start, end, rule) to replace, in order."""
         view = text.replace("_", " ") if self._site_any is not None and "_" in text else None
-        if not self._any.search(text) and (self.words is None or not self.words.search(text)) \
+        if len(text) <= self._plain_limit and _WORD_ONLY.fullmatch(text):
+            if (self._site_any is None or not (self._site_any.search(text) or view and self._site_any.search(view))) \
+                    and (self.words is None or not self.words.search(text)):
+                return []
+        elif not self._any.search(text) and (self.words is None or not self.words.search(text)) \
                 and (view is None or not self._site_any.search(view)):
             return []
         # Markers already in the text are left as they are: scrubbing is idempotent, so a name

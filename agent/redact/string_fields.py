@@ -13,7 +13,7 @@ from google.protobuf.descriptor import FieldDescriptor
 # JSON with no string in it: numbers, true/false/null, NaN and Infinity (as wandb writes them),
 # and lists of them. A value_json with no '"' that is anything else (``[P7126 ghp_…``, not JSON
 # at all) is text, and is scrubbed as text.
-NO_TEXT_JSON = re.compile(r"(?:[-+0-9.eE,\[\] \t\r\n]|true|false|null|NaN|Infinity)*")
+NO_TEXT_JSON = re.compile(r"[-+0-9.eE]++|(?:[-+0-9.eE,\[\] \t\r\n]|true|false|null|NaN|Infinity)*")
 
 # (message name, string field) -> never scrubbed: identifiers and wandb's own bookkeeping. Only
 # string fields, by name: a message-typed field listed here would let every string a later wandb
