@@ -306,6 +306,13 @@ def test_no_rule_backtracks_without_bound_on_a_wide_table():
     "  --hub_token HUB_TOKEN", "  --include_tokens_per_second [INCLUDE_TOKENS_PER_SECOND]",
     "  --max_new_tokens MAX_NEW_TOKENS", "--caption_key caption --image_key jpg",
     "eos_token: </s>", "pad_token: <pad>", "stop_token: <|im_end|>", "Setting pad token to eos token: <|endoftext|>",
+    # what a tester of this round's rules found them taking (each was changed before the fix)
+    "use_secret: false", "password: null", "acc:0.91@epoch3", "cuda:0@gpu-node-3", "rank0:worker@node-01",
+    "Please report bugs to mailto:bugs@pytorch.org", "IMAGE_KEY: image", "NCCL_IB_AUTH: none", "FILE_PAT: *.jpg",
+    "--dist-url tcp://$MASTER_ADDR:$MASTER_PORT", "e.g. http://host:port", "unknown token id=100 replaced by [UNK]",
+    "token dim=4096", "token shape=(8, 512)", "Loading config from ../configs/train.yaml",
+    "secrets:\n  x: 1\ntrainer:\n  epochs: 3\n", "token_stats:\n  mean: 512.3\n", "special_tokens:\n  - <pad>\n",
+    "pass_at_k:\n  - 1\n", "secrets:\n  count: 3\n-----------\nInitializing...\n  main()\n",
 ])
 def test_ordinary_training_output_stays(text):
     assert _scrubber().scrub(text) == (text, {})

@@ -127,13 +127,14 @@ class Outgoing(MessageWalk):
                 self.report.strings[place] += 1
             return hit
         new, counts = scrubber.scrub(s)
-        if SHOWN_DIFFERENTLY.search(s):
+        if SHOWN_DIFFERENTLY.search(new):
             # Colour codes or invisible characters inside (a captured log line in a summary): the
-            # text as a terminal or a browser shows it is asked too, and if a rule finds something
-            # there, it leaves as shown, scrubbed (``console_render``).
-            shown_new, shown_counts = scrubber.scrub(shown(s))
+            # scrubbed text as a terminal or a browser shows it is asked too, and if a rule finds
+            # something there, it leaves as shown, scrubbed (``console_render``).
+            shown_new, shown_counts = scrubber.scrub(shown(new))
             if shown_counts:
-                new, counts = shown_new, shown_counts
+                new, counts = shown_new, {k: counts.get(k, 0) + shown_counts.get(k, 0)
+                                          for k in counts.keys() | shown_counts.keys()}
         if counts:
             self._counted(place, counts)
         else:

@@ -55,11 +55,9 @@ EXTRA_TOKEN_RULES: tuple[tuple[str, str], ...] = (
     ("url_credentials", r"\b[a-z][a-z0-9+.-]{0,30}://[^\s/:@]{0,256}:(?:[^\s/]+|(?!\d{1,5}/)[^\s@]{1,256})@"),
     # A user and password with no scheme (a Go or MySQL DSN ``ml:X@tcp(db:3306)/x``, ``ml:X@db.internal``):
     # the host a DSN's, a dotted name, ``localhost`` or a name and port (not ``repo:tag@sha256:…``).
-    ("dsn_credentials", r"(?<![\w:@.-])[A-Za-z][\w.-]{0,63}:(?P<v>[^\s:@/\"'`<>;]{1,256})@(?=(?:tcp|unix|udp)\(|(?!sha\d|md5|blake)"
+    ("dsn_credentials", r"(?<![\w:@.-])(?!(?:mailto|e-?mail|mail|contact|cuda|rank)\b)[A-Za-z][\w.-]{0,63}:"
+                        r"(?P<v>(?![\d.]+@)(?=[^\s:@/\"'`<>;]{0,255}[\d!#$%^&*+=?~])[^\s:@/\"'`<>;]{1,256})@(?=(?:tcp|unix|udp)\(|(?!sha\d|md5|blake)"
                         r"[\w-]{1,63}(?:(?:\.[\w-]{1,63})+|:\d{1,5}\b|\b(?![.:@]))|localhost\b)"),
-    # ``scheme://user:password`` with nothing after it: a line cut short (a crash, a write not yet
-    # done); a port has digits alone, a format ``%d``.
-    ("url_credentials", r"(?m)\b[a-z][a-z0-9+.-]{0,30}://[^\s/:@]{1,256}:(?!\d{1,5}(?!\w)|%)(?P<v>[^\s/@\"'`()\[\]<>,;]{1,256})$"),
     # A token as a URL's user (``https://<token>@git.example/…``): no user name is that long.
     ("url_token_user", r"(?<=://)[^\s/:@]{20,}(?=@)"),
     # After "=" too: a key's value (``GITHUB_PAT=…``, a Hydra override ``hub.pat=…``, a cookie's
@@ -102,11 +100,14 @@ _SEP = r"(?:[^\S\n]+|[^\S\n]*\n[^\S\n]*)"     # blanks, or one line break (and b
 # its line break, an anchor ``&pw``, a tag ``!!str``), and so is the opening of a triple-quoted
 # string (its line break too: TOML's ``password = '''`` and the value below); so is a list's
 # dash or a mapping's key on the next line (``passwords:\n  - X``, ``db_password:\n  value: X``:
-# the value is below its key, and neither "-" nor "value:" is it); a value that is itself a
+# the value is below its key, and neither "-" nor "value:" is it; a number or a special token
+# there is none, ``token_stats:\n  mean: 512.3``, ``special_tokens:\n  - <pad>``); a value that is itself a
 # secret-looking key (``secret: password: X``: the second key's value goes) or a literal
 # (``use_auth_token=True``) is none.
+_NOT_NUMBER_OR_SPECIAL = r"""(?![-+]?\d[\d.,eE+-]*(?:\s|$)|</?\|?[\w.-]{0,100}\|?>|\[[A-Z][A-Z0-9_]{0,100}\])"""
 _YAML_PREFIX = (r"""(?:(?<![\w"'])(?:[|>][-+0-9]*[^\S\n]*\n[^\S\n]*|&[\w-]+[^\S\n]+|!!?[\w-]{0,100}[^\S\n]+"""
-                r"""|[\w.-]{1,100}:[^\S\n]+)|(?<=["'])(?:""|'')(?:[^\S\n]*\n)?|\n[^\S\n]*(?:-[^\S\n]+|[\w.-]{1,100}:[^\S\n]+))""")
+                rf"""|[\w.-]{{1,100}}:[^\S\n]+{_NOT_NUMBER_OR_SPECIAL})|(?<=["'])(?:""|'')(?:[^\S\n]*\n)?"""
+                rf"""|\n[^\S\n]*(?:-[^\S\n]+|[\w.-]{{1,100}}:[^\S\n]+){_NOT_NUMBER_OR_SPECIAL})""")
 _VALUE = (r"""(?!(?:True|False|None|true|false|null)\b)"""
           rf"""{_YAML_PREFIX}?(?:(?<=")(?:[^"\\\n]|\\.)*|(?<=')(?:[^'\\\n]|\\.)*|(?<!["'])[{{\[][^\n]*"""
           rf"""|(?<!["'])(?![\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}+["']?[:=]\s)"""
@@ -179,7 +180,11 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     # ``&X-Amz-Signature=…``), a quoted key with a quoted value (``{"encryption_key": "…"}``). Code (``sort_key = x``, ``fn(signature=sig)``,
     # ``run_key: str``) is none of these. (A header's ``-Key:``, ``Ocp-Apim-Subscription-Key: …``,
     # is a keyword of the rule above.)
-    ("key_value", rf"(?<![\w.-])[A-Z0-9_]{{0,100}}_(?:KEY|PAT|AUTH|CREDS?)(?:=|:[^\S\n]*)(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
+    ("key_value", rf"(?<![\w.-])[A-Z0-9_]{{0,100}}_(?:KEY|PAT)=(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
+    # (After ":", as in conda's ``variables:`` or a YAML dump of the environment, a value with a
+    # digit or 16 characters: ``IMAGE_KEY: image``, ``NCCL_IB_AUTH: none`` are settings.)
+    ("key_value", rf"(?<![\w.-])[A-Z0-9_]{{0,100}}_(?:KEY|PAT|AUTH|CREDS?):[^\S\n]*"
+                  rf"(?P<v>(?=[^\s\"']{{0,255}}\d|[^\s\"']{{16}}){_NOT_A_NUMBER}{_VALUE})"),
     # conda's private channel URL, ``https://conda.anaconda.org/t/<token>/channel``.
     # (Hex, or a uuid after two letters: a forum's ``/t/<slug>/`` is words.)
     ("key_value", r"(?<=/t/)(?P<v>(?:[a-z]{2}-)?[0-9a-fA-F-]{16,256}+)(?=/)"),
@@ -207,12 +212,15 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     # line): the value is the rest of the line, blanks and all (a passphrase, ``correct horse X``),
     # up to a "," before another key (``password: x1, user: bob``).
     ("key_value", r"(?im)^[^\S\n]*(?:-[^\S\n]+)?[\w.-]{0,100}(?:pass(?:word|wd|phrase|code)|pwd|secret)[:：][^\S\n]+"
-                  r"(?P<v>(?![\"'|>&!{\[])(?:[^\n,]|,(?![^\S\n]*[\w.-]{1,100}[:=]))*[^\s,])"),
+                  r"(?P<v>(?![\"'|>&!{\[])(?!(?:true|false|null|none|~)[^\S\n]*(?:#|$))"
+                  r"(?:[^\n,]|,(?![^\S\n]*[\w.-]{1,100}[:=]))*[^\s,])"),
     # A key alone on its line, its value alone on a line one to three lines below: in
     # ``output.log`` a line of the other stream may come between them (``password:``, a warning
-    # on stderr, then the value). A line of one word only is taken for the value.
-    ("key_value", rf"(?im)^[^\S\n]*[\w.-]{{0,100}}(?:{SECRET_KEYWORDS})[\w.-]{{0,100}}+[\"']?[^\S\n]*[:=：＝][^\S\n]*\n"
-                  r"(?:[^\n]{0,500}\n){1,3}?[^\S\n]*(?P<v>[^\s\"']{4,256}+)[^\S\n]*$"),
+    # on stderr, then the value). A line of one word only, with letters and a digit, is taken for
+    # the value (not ``optimizer:``, ``main()``, ``done`` in a YAML dump or a traceback).
+    ("key_value", rf"(?im)^[^\S\n]*[\w.-]{{0,100}}(?:{SECRET_KEYWORDS})[\w.-]{{0,100}}+[\"']?[^\S\n]*[:=：＝][^\S\n]*\r?\n"
+                  r"(?:[^\n]{0,500}\n){1,3}?[^\S\n]*(?P<v>(?=[^\s\"'():]{0,255}\d)(?=[^\s\"'():]{0,255}[A-Za-z])"
+                  r"[^\s\"'():]{6,256}+)[^\S\n]*\r?$"),
     # docker's config.json: ``"auth": "<base64 of user:password>"``.
     ("key_value", r"""(?i)["']auth["']\s*:\s*["'](?P<v>[A-Za-z0-9+/=]{8,})"""),
     # A validation error (pydantic): the field's name on its line, the value it was given on the next.
@@ -261,7 +269,7 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
                      r"""|credentials?)(?![A-Za-z])[^\S\n]++(?:(?:is|was|of|now|to|set[^\S\n]+to"""
                      r"""|for[^\S\n]+[\w.@-]{1,64}+(?:[^\S\n]+is)?:?|:)[^\S\n]++)?["'`]?"""
                      r"""(?P<v>(?![(\[{<*%])(?=[^\s"'`]{0,127}[0-9!@#$^&+=?~])(?=[^\s"'`]{0,127}[A-Za-z])(?![^\s"'`]{0,128}[/\\])"""
-                     r"""[^\s"'`,;]{6,128}+)(?![^\s"'`,;])"""),
+                     r"""[^\s"'`,;=()\[\]]{6,128}+)(?![^\s"'`,;)\]])"""),
 )
 
 # Absolute POSIX paths of two components or more, and home-relative ones, wherever they start:
@@ -282,12 +290,11 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
 _COMPONENT = r"[^\s/\"'<>|:;,()\[\]{}]+"
 _SEGMENT = rf"(?:{_COMPONENT}(?: [A-Za-z0-9_]{_COMPONENT[:-1]}*){{1,4}}(?=/)|{_COMPONENT})"
 # A path also starts right after a compiler's ``-I`` or ``-L`` (``-I/home/alice/include``), after
-# ``file://localhost``, after an escape written out in a repr (``b'\x14/data/P7126/x.png'`` in a
-# serialized ``tf.train.Example``, ``'\n/data/…'``) and after ``..`` (``../../data/patients/x``: the
-# directories it climbs to are the node's); doubled slashes inside it do not end it
-# (``/mnt/scratch//x/y``).
+# ``file://localhost``, and after an escape written out in a repr (``b'\x14/data/P7126/x.png'`` in
+# a serialized ``tf.train.Example``, ``'\n/data/…'``); doubled slashes inside it do not end it
+# (``/mnt/scratch//x/y``). A relative path (``../configs/train.yaml``) is none.
 PATH_PATTERN = (rf"(?=[~/])(?:(?<![\w/.~-])|(?<=://)|(?<=:///)|(?<=[A-Za-z_]\.)|(?<=\s-[IL])|(?<=://localhost)"
-                rf"|(?<=\\[nrtfvab0])|(?<=\\x[0-9a-fA-F]{{2}})|(?<=\\u[0-9a-fA-F]{{4}})|(?<=\.\.))"
+                rf"|(?<=\\[nrtfvab0])|(?<=\\x[0-9a-fA-F]{{2}})|(?<=\\u[0-9a-fA-F]{{4}}))"
                 rf"(?:~|/{_SEGMENT})(?:/+{_SEGMENT})+/*"
                 # wandb 0.15 writes a watched disk's path into its stats keys with "\\" for "/"
                 # (``disk.\\mnt\\vol.usageGB``).
