@@ -357,12 +357,12 @@ def test_unknown_record_types_and_fields_never_leave(pristine, tmp_path: Path) -
     assert _history_rows(next(dst.glob("run-*.wandb"))) == want
 
 
-def test_a_value_json_that_is_no_json_and_has_no_quote_is_scrubbed_as_text(pristine, tmp_path: Path) -> None:
+def test_a_value_json_that_is_no_json_and_has_no_quote_is_scrubbed_as_text(corpus, tmp_path: Path) -> None:
     """A value with no '"' was taken for a number (or true/false/null) and left as it was: a
     ``value_json`` of ``[P7126 ghp_…`` (no JSON at all, written by another client or a bug)
     left the node in a summary or a history row. Numbers and lists of numbers still leave as
     they are."""
-    src = _copy(pristine["tf221-wandb031"], tmp_path / "src")
+    src = _copy(_small_run(corpus), tmp_path / "src")
     (log,) = src.glob("run-*.wandb")
     token = "ghp_" + _rnd(36)
     planted = {"summary": f"[{token} x", "history": f"{token}", "config": f"{{{token}}}"}
@@ -462,11 +462,17 @@ def test_a_directory_of_the_users_own_beside_files_leaves_not_even_its_name(pris
     assert not [p for p in dst.rglob("*") if token in p.name or (p.is_file() and token.encode() in p.read_bytes())]
 
 
-def _ended_inside_a_line(pristine, tmp_path: Path, secret_part: str) -> Path:
+def _small_run(corpus: Path) -> Path:
+    """A small real run of the shared corpus (wandb 0.31): the tests below need records, not size."""
+    from seal_helpers import corpus_run_dirs
+    return corpus_run_dirs(corpus)["3salp52t"]
+
+
+def _ended_inside_a_line(corpus: Path, tmp_path: Path, secret_part: str) -> Path:
     """A copy of a real run that ended as a crash does in the middle of a printed line: its
     log's last stdout record has no line feed, a stderr line came after it, and output.log holds
     the unfinished line in place, the stderr line after it (as wandb 0.31 keeps it)."""
-    src = _copy(pristine["tf221-wandb031"], tmp_path / "src")
+    src = _copy(_small_run(corpus), tmp_path / "src")
     (log,) = src.glob("run-*.wandb")
     recs = [rec for _, rec in read_records(log) if rec.WhichOneof("record_type") not in ("exit", "final", "footer")]
     half = f"connecting to postgresql://trainer:{secret_part}"
@@ -484,13 +490,13 @@ def _ended_inside_a_line(pristine, tmp_path: Path, secret_part: str) -> Path:
     return src
 
 
-def test_a_line_the_run_ended_inside_leaves_neither_its_cut_word_nor_its_file(pristine, tmp_path: Path) -> None:
+def test_a_line_the_run_ended_inside_leaves_neither_its_cut_word_nor_its_file(corpus, tmp_path: Path) -> None:
     """Found by a tester of crashed runs: a password printed in two writes, the run killed
     between them. The records released the held half line (``postgres://trainer:Zq8…``, no
     ``@host`` after it for any rule to know it by), and output.log kept it in place, above a
     stderr line, where no "last line" rule finds it."""
     part = "Zq8" + _rnd(17)
-    src = _ended_inside_a_line(pristine, tmp_path, part)
+    src = _ended_inside_a_line(corpus, tmp_path, part)
     dst = tmp_path / "out" / src.name
     report = redact_run(src, dst, DEFAULT_POLICY, SECRET, _identity).to_dict()
     leaked = [str(f) for f in dst.rglob("*") if f.is_file() and part.encode() in f.read_bytes()]
@@ -503,10 +509,10 @@ def test_a_line_the_run_ended_inside_leaves_neither_its_cut_word_nor_its_file(pr
     assert "step 1 ok\n" in lines and "falling back to CPU" in lines
 
 
-def test_a_live_snapshot_holds_back_output_log(pristine, tmp_path: Path) -> None:
+def test_a_live_snapshot_holds_back_output_log(corpus, tmp_path: Path) -> None:
     """A snapshot's output.log may hold the line being printed, not its last one (stderr's lines
     come after it): it waits for the run's last segment. The records carry the console."""
-    src = _copy(pristine["tf221-wandb031"], tmp_path / "src")
+    src = _copy(_small_run(corpus), tmp_path / "src")
     assert (src / "files" / "output.log").exists()
     dst = tmp_path / "out" / src.name
     report = redact_run(src, dst, DEFAULT_POLICY, SECRET, _identity, complete=False).to_dict()
