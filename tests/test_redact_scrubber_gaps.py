@@ -397,3 +397,22 @@ def test_wandb_031s_upstream_patch_is_dropped_by_default():
     scrubbing = parse_policy("test", {"scrub_files": True})
     for name in ("diff.patch", "diff_0123456789abcdef0123456789abcdef01234567.patch", "upstream_diff_0123abc.patch"):
         assert file_action(name, DEFAULT_POLICY).startswith("drop") and file_action(name, scrubbing).startswith("drop"), name
+
+
+def test_every_item_walk_asks_one_rule_of_a_value_with_no_string():
+    """A number under a credential's key goes, and a value that is no JSON goes through the
+    scrubber, whichever walk reads the item: the generic message walk (a stats item, an item of
+    a shape the fast path does not take) asked only whether the value held a '"'."""
+    from wandb.proto import wandb_internal_pb2 as pb
+    out = default_outgoing(RedactionReport())
+    rec = pb.Record()
+    rec.stats.item.add(key="db_password", value_json="1234")
+    rec.stats.item.add(key="gpu.0.temp", value_json="61.5")
+    rec.stats.item.add(key="note", value_json="[P7126 ghp_" + "a1" * 18)
+    out.message(rec, "stats")
+    got = {it.key: it.value_json for it in rec.stats.item}
+    assert "1234" not in got["db_password"] and got["gpu.0.temp"] == "61.5"
+    assert "ghp_" not in got["note"]
+    for raw, key, as_is in (("61.5", "temp", True), ("1234", "db_password", False), ("[1,2]", "x", True),
+                            ("[P7126", "x", False), ('"a"', "x", False)):
+        assert out.json_as_is(raw, key) is as_is, (raw, key)

@@ -212,7 +212,7 @@ def request(method: str, url: str, api_key: str, body: bytes | None = None, time
                     origin(nxt)
                 except ValueError:
                     raise ServerError(f"HTTP {code} from {_where(url)} to an unusable URL") from None
-                if urlsplit(nxt).username is not None or urlsplit(nxt).password is not None:
+                if "@" in urlsplit(nxt).netloc:     # userinfo: credentials in the URL
                     raise ServerError(f"HTTP {code} from {_where(url)} to a URL with credentials in it: not "
                                       "followed (a misconfigured proxy or front door?)") from None
                 if origin(nxt) != home and not follow_other_hosts:

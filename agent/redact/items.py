@@ -13,7 +13,7 @@ from . import media
 from .media import Decide, Resolve, TextTag
 from .media_items import (PLAN_FIELDS, Path_, display_key, insert, item_paths, loads, may_hold_media,
                           media_groups, media_in_items)
-from .string_fields import NO_TEXT_JSON, item_parts
+from .string_fields import item_parts
 
 __all__ = ["PLAN_FIELDS", "media_in_items", "redact_items", "redact_scrub_items"]  # the first two: for runlog
 
@@ -275,8 +275,7 @@ def _scrub(entries: Sequence[tuple[Path_, bool, str | None, Any, Path_ | None]],
             changed = True
         key = names[-1] if nest else path[0]
         if raw is not None:
-            # (A number under "password" goes; a value with no string is left as it is.)
-            if '"' in raw or out.number_goes(key) or not NO_TEXT_JSON.fullmatch(raw):
+            if not out.json_as_is(raw, key):
                 new_raw = out.json_text(raw, place, key)
                 if new_raw != raw:
                     changed = True

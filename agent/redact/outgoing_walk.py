@@ -1,7 +1,7 @@
 """``Outgoing``'s walk of a protobuf message: every string field of every message, generically,
 from the descriptors, each scrubbed by what it is (``string_fields``: a name, a path, JSON,
 text, or one of the identifiers that skip the scrubber). A mixin of ``Outgoing`` (its
-``name``, ``path``, ``text`` and ``json_text`` are the scrubbers it calls), kept apart for size:
+``name``, ``path``, ``text``, ``json_as_is`` and ``json_text`` are the scrubbers it calls), kept apart for size:
 ``Outgoing`` stays the one choke point."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
 
-from .string_fields import JSON, MAP, NO_TEXT_JSON, MSG, MSGS, NAME, PATH, SHAPE, SHAPED, SKIP, TEXT, field_plan, item_parts, repeated
+from .string_fields import JSON, MAP, MSG, MSGS, NAME, PATH, SHAPE, SHAPED, SKIP, TEXT, field_plan, item_parts, repeated
 
 _ITEMS = frozenset({"HistoryItem", "SummaryItem", "ConfigItem", "StatsItem"})
 _PLANS: dict[Any, tuple[Any, bool, frozenset]] = {}
@@ -42,7 +42,7 @@ class MessageWalk:
                 del nested[:]
                 nested.extend(names)
             key = nested[-1]
-        if '"' in raw or not NO_TEXT_JSON.fullmatch(raw):
+        if not self.json_as_is(raw, key):
             new = self.json_text(raw, place, key)
             if new != raw:
                 msg.value_json = new
