@@ -130,3 +130,17 @@ def test_a_name_someone_gave_a_run_directory_or_its_log_does_not_leave(tmp_path,
         (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
         assert run_dir.name.endswith("-" + run_id) and (run_dir / f"run-{run_id}.wandb").is_file()
     assert len(run_ids) == 2
+
+
+def test_a_sealed_run_directory_takes_nothing_from_its_name_but_wandbs_time():
+    """Whatever the directory is called on the volume (a patient id, a path, an option, nothing
+    of wandb's scheme), the bundle's name for it is wandb's: its time, if the name has one, and
+    the run id (checked before)."""
+    import re
+    from tfwb_agent.sealing import sealed_dir_name
+    for name in ("offline-run-20260101_000000-P7126", "run-20260101_000000-P7126", "P7126",
+                 "offline-run-20260101_000000-../../etc", "--rm -rf", "offline-run-2026_x-abc", "",
+                 "offline-run-20260101_000000", "offline-run-20260101_000000-"):
+        got = sealed_dir_name(name, "abc123")
+        assert re.fullmatch(r"(?:offline-)?run-\d{8}_\d{6}-abc123", got), (name, got)
+        assert "P7126" not in got and ".." not in got

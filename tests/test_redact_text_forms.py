@@ -118,16 +118,6 @@ def test_a_password_in_prose_goes(form):
     assert s[2:] not in _console(text + "\n")
 
 
-@pytest.mark.parametrize("text", [
-    "password reset complete", "password is required", "token 50256 is eos", "tokens 4096",
-    "secret sharing enabled", "api key not found, set WANDB_API_KEY", "token ids [1, 2]",
-    "the secret to good training is 3e-4", "access key rotated", "passwordless login enabled for ml2",
-    "Unexpected start tag token (%(name)s)", "**To delete the current account password policy**",
-])
-def test_prose_about_credentials_stays(text):
-    assert _scrubber().scrub(text) == (text, {})
-
-
 def test_a_password_of_capitals_and_digits_is_no_metavar():
     """``--hub_token HUB_TOKEN`` is argparse's help, and stays; ``--password FUURN83S`` is a
     password (a metavar has a digit only beside an underscore)."""
@@ -199,15 +189,6 @@ def test_a_string_that_shows_a_secret_loses_it_wherever_it_goes(form):
         assert s[2:] not in default_outgoing(RedactionReport()).text(form.format(s=s), place)
     plain = "\x1b[32mepoch 3\x1b[0m loss=0.25"
     assert default_outgoing(RedactionReport()).text(plain, "summary") == plain
-
-
-@pytest.mark.parametrize("text", [
-    "GET https://host:8080/a/b@c 200", "https://registry.npmjs.org/@types/node", "pip install git+https://h/x.git@v1.2",
-    "image: nginx:1.25@sha256:0123456789abcdef", "git@github.com:org/repo.git", "at 12:30 on gpu0",
-    "contact: alice.example", "password: ", "auth: none",
-])
-def test_what_looks_like_those_forms_but_is_not_stays(text):
-    assert _scrubber().scrub(text) == (text, {})
 
 
 def test_a_password_hash_goes():
@@ -315,6 +296,15 @@ def test_no_rule_backtracks_without_bound_on_a_wide_table():
     "token dim=4096", "token shape=(8, 512)", "Loading config from ../configs/train.yaml",
     "secrets:\n  x: 1\ntrainer:\n  epochs: 3\n", "token_stats:\n  mean: 512.3\n", "special_tokens:\n  - <pad>\n",
     "pass_at_k:\n  - 1\n", "secrets:\n  count: 3\n-----------\nInitializing...\n  main()\n",
+    # prose about credentials, with no value in it
+    "password reset complete", "password is required", "token 50256 is eos", "tokens 4096",
+    "secret sharing enabled", "api key not found, set WANDB_API_KEY", "token ids [1, 2]",
+    "the secret to good training is 3e-4", "access key rotated", "passwordless login enabled for ml2",
+    "Unexpected start tag token (%(name)s)", "**To delete the current account password policy**",
+    # what looks like an encoded form above but is not one
+    "GET https://host:8080/a/b@c 200", "https://registry.npmjs.org/@types/node", "pip install git+https://h/x.git@v1.2",
+    "image: nginx:1.25@sha256:0123456789abcdef", "git@github.com:org/repo.git", "at 12:30 on gpu0",
+    "contact: alice.example", "password: ", "auth: none",
 ])
 def test_ordinary_training_output_stays(text):
     assert _scrubber().scrub(text) == (text, {})
