@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from . import fingerprint, history, sweepstore
+from . import fingerprint, history, service_connect, sweepstore
 from .journal import Journal
 from .shipper import Shipper
 from .values import to_host
@@ -213,6 +213,7 @@ def init(
     wandb_kwargs.setdefault("mode", "offline")
     wandb_kwargs.setdefault("resume", "allow")
     wandb_kwargs.setdefault("dir", str(runs.root))
+    service_connect.tolerate_late_listen()
     run = wandb.init(project=project, config=cfg, id=run_id, **wandb_kwargs)
     if _session is not None:
         _close(_session)
