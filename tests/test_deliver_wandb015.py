@@ -24,6 +24,8 @@ from tfwb_agent.segments import read_facts
 RUN_ID = "w015exit"
 WRITER = """
 import sys, wandb
+from tfwb_trainer.service_connect import tolerate_late_listen
+tolerate_late_listen()  # wandb 0.15's service tells its port before it listens
 start, end = int(sys.argv[1]), int(sys.argv[2])
 run = wandb.init(project="ct-w015", id=sys.argv[3], resume="allow", mode="offline", dir=sys.argv[4])
 for s in range(start, end):

@@ -299,6 +299,9 @@ def main(root: str) -> None:
         "cache_dir": os.path.join(root, "cache"),          # the volume's path (volume_path)
         "deep": deep(30, {"k": reg.make("config_deep_nesting", "akia", "6")}),
     }
+    from tfwb_trainer.service_connect import tolerate_late_listen
+
+    tolerate_late_listen()  # wandb 0.15's service tells its port before it listens
     run = wandb.init(
         project="canary", dir=root, config=config,
         notes="rotate " + reg.make("run_notes", "xoxb", "run"),
