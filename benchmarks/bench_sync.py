@@ -1,6 +1,6 @@
 """Delivery vs plain `wandb sync`, same benchmark run; and a run grown by 10%.
 
-    python benchmarks/bench_sync.py [--runs N] [--steps S] [--parallel P] [--repeat-many R] [--history-line-count] [--server-dir DIR] [--out FILE]
+    python benchmarks/bench_sync.py [--runs N] [--steps S] [--parallel P] [--repeat-many R] [--history-line-count] [--server-dir DIR] [--before REV] [--out FILE]
     python benchmarks/bench_sync.py --history-line-count --grow-only [--repeat R] [--before REV]
 
 1. N runs of S steps written by real wandb (offline). Each is sealed into a bundle as the daemon
@@ -12,7 +12,9 @@
    carry the same records under another run id (re-framed with the agent's own writer: same
    bytes per record otherwise).
    ``--server-dir /dev/shm`` keeps both servers' data in memory: on a shared disk the server's
-   database writes set much of the pace and most of the round-to-round spread.
+   database writes set much of the pace and most of the round-to-round spread. ``--before REV``
+   adds a third side to each round, the agent as it was at git revision REV with a server and
+   site of its own (see part 2 for how it is run).
 2. One delivered run that then grows by 10%: the second delivery's rows and bytes sent (the
    agent sends only the new part) beside a plain re-sync of the whole grown run. With
    ``--grow-only --repeat R``: only this part, R times (a fresh site each time, the agent and
@@ -161,56 +163,66 @@ def grow_once(root: Path, server, plain_server, grow_src: Path) -> dict:
             "plain_s": round(regrow_plain_s, 2)}
 
 
-def many_runs_once(a: argparse.Namespace, root: Path, runs: list[Path], agent_first: bool) -> dict:
+def many_runs_once(a: argparse.Namespace, root: Path, runs: list[Path], round_no: int, shim: Path | None) -> dict:
     """One round of part 1: a fresh server for each side (a server whose database holds rows
     already is slower), the runs sealed into a fresh site, then `tfwb-agent sync` and `wandb sync
-    -n P` of plain copies, in the order given (rounds alternate it)."""
+    -n P` of plain copies, in an order that turns with ``round_no`` (rounds alternate who goes first).
+    With ``shim`` (``--before``), a third side: the agent at that revision, its own server and
+    site, so that before and after are compared under the same load."""
     servers = server_root(a, root)
-    server = RestartableServer(servers / "server").start()
-    plain_server = RestartableServer(servers / "plain-server").start()
+    sides = ["agent", "wandb sync"] + (["before"] if shim else [])
+    server = {side: RestartableServer(servers / side.replace(" ", "-")).start() for side in sides}
     try:
-        site = make_deliver_site(root / "site", server.url, server.api_key, target="bench",
-                                 sync=f"max_parallel = {a.parallel}\n")
-        seal_as_daemon(site, runs)
+        sites = {side: make_deliver_site(root / f"site-{side}", server[side].url, server[side].api_key,
+                                         target="bench", sync=f"max_parallel = {a.parallel}\n")
+                 for side in sides if side != "wandb sync"}
+        for site in sites.values():
+            seal_as_daemon(site, runs)
         plain_root = root / "plain" / "wandb"
         plain_root.mkdir(parents=True)
         plain = [renamed_copy(r, plain_root, "p") for r in runs]
         expect = {read_facts(find_log(r)).run_id: read_facts(find_log(r)).metric_values for r in runs}
         timed: dict[str, tuple[float, float, subprocess.CompletedProcess]] = {}
 
-        def agent() -> None:
-            cpu0, t = cpu_seconds(server.proc.pid), time.perf_counter()
-            out = subprocess.run([sys.executable, "-m", "tfwb_agent", "sync", "--to", "bench", "--json"],
-                                 env=agent_env(site.cfg), capture_output=True, text=True)
-            timed["agent"] = (time.perf_counter() - t, cpu_seconds(server.proc.pid) - cpu0, out)
+        def run(side: str) -> None:
+            if side == "wandb sync":
+                argv = ["wandb", "sync", "-n", str(a.parallel), "--project", "ct-bench-plain", "--entity", "admin",
+                        *[str(d) for d, _ in plain]]
+                env = server[side].sync_env()
+            else:
+                argv = [sys.executable, "-m", "tfwb_agent", "sync", "--to", "bench", "--json"]
+                env = agent_env(sites[side].cfg, shim if side == "before" else None)
+            pid = server[side].proc.pid
+            cpu0, t = cpu_seconds(pid), time.perf_counter()
+            out = subprocess.run(argv, env=env, capture_output=True, text=True)
+            timed[side] = (time.perf_counter() - t, cpu_seconds(pid) - cpu0, out)
             assert out.returncode == 0, out.stderr[-3000:]
 
-        def wandb_sync() -> None:
-            cpu0, t = cpu_seconds(plain_server.proc.pid), time.perf_counter()
-            p = subprocess.run(["wandb", "sync", "-n", str(a.parallel), "--project", "ct-bench-plain", "--entity",
-                                "admin", *[str(d) for d, _ in plain]], env=plain_server.sync_env(),
-                               capture_output=True, text=True)
-            timed["plain"] = (time.perf_counter() - t, cpu_seconds(plain_server.proc.pid) - cpu0, p)
-            assert p.returncode == 0, p.stderr[-2000:]
-        for side in ((agent, wandb_sync) if agent_first else (wandb_sync, agent)):
-            side()
-        (agent_s, agent_server_cpu, out), (plain_s, plain_server_cpu, _) = timed["agent"], timed["plain"]
-        return {
-            "first": "agent" if agent_first else "wandb sync",
+        turn = round_no % len(sides)
+        for side in sides[turn:] + sides[:turn]:
+            run(side)
+        (agent_s, agent_server_cpu, out), (plain_s, plain_server_cpu, _) = timed["agent"], timed["wandb sync"]
+        result = {
+            "first": sides[turn],
             "agent_sync_s": round(agent_s, 2), "wandb_sync_s": round(plain_s, 2),
             "ratio_agent_over_wandb": round(agent_s / plain_s, 3),
-            # The server's own CPU time while each side ran: OpenWandb is one process on one core
-            # and checks the API key with bcrypt on every request, so this is the floor of each
-            # side's time; the difference is what confirming on the server costs it.
+            # The server's own CPU time while each side ran: OpenWandb is one process on one core,
+            # so this is the floor of each side's time; the difference is what confirming on the
+            # server costs it.
             "server_cpu_s": {"agent": round(agent_server_cpu, 2), "wandb": round(plain_server_cpu, 2)},
             "agent_counts": json.loads(out.stdout)["deliveries"]["counts"],
-            "agent_runs_exact": sum(metric_rows(server, rid) == n for rid, n in expect.items()),
-            "plain_runs_exact": sum(metric_rows(plain_server, nid) == expect[d.name.rsplit("-", 1)[1][:-1]]
+            "agent_runs_exact": sum(metric_rows(server["agent"], rid) == n for rid, n in expect.items()),
+            "plain_runs_exact": sum(metric_rows(server["wandb sync"], nid) == expect[d.name.rsplit("-", 1)[1][:-1]]
                                     for d, nid in plain),
         }
+        if shim:
+            before_s = timed["before"][0]
+            result.update(before_sync_s=round(before_s, 2), ratio_before_over_wandb=round(before_s / plain_s, 3),
+                          before_runs_exact=sum(metric_rows(server["before"], rid) == n for rid, n in expect.items()))
+        return result
     finally:
-        server.stop()
-        plain_server.stop()
+        for srv in server.values():
+            srv.stop()
         if servers != root:
             shutil.rmtree(servers, ignore_errors=True)
 
@@ -262,7 +274,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5, help="with --grow-only: how many times")
     ap.add_argument("--repeat-many", type=int, default=3,
                     help="without --grow-only: rounds of the N-run comparison (the median is reported)")
-    ap.add_argument("--before", metavar="REV", help="with --grow-only: also time the agent at this git revision")
+    ap.add_argument("--before", metavar="REV",
+                    help="also time the agent at this git revision, in each round (its own server and site)")
     ap.add_argument("--server-dir", type=Path, default=None, metavar="DIR",
                     help="keep the N-run rounds' servers' data in DIR (e.g. /dev/shm, in memory): on a shared "
                          "disk the server's database writes set much of the pace and most of the spread")
@@ -289,10 +302,15 @@ def main() -> None:
         runs = write_runs(tmp / "written", a.runs + 1, a.steps, project="ct-bench")
         grow_src, runs = runs[-1], runs[:-1]
         print(f"wrote {len(runs) + 1} runs of {a.steps} steps in {time.perf_counter() - t0:.1f}s", flush=True)
-        rounds = [many_runs_once(a, tmp / f"round-{i}", runs, agent_first=i % 2 == 0) for i in range(a.repeat_many)]
-        for i, r in enumerate(rounds):
+        shim = before_tree(a.before, tmp) if a.before else None
+        rounds = []
+        for i in range(a.repeat_many):
+            r = many_runs_once(a, tmp / f"round-{i}", runs, i, shim)
+            rounds.append(r)
             print(f"round {i + 1}/{a.repeat_many}: agent {r['agent_sync_s']} s vs wandb sync {r['wandb_sync_s']} s "
-                  f"({r['first']} first): {r['ratio_agent_over_wandb']}", flush=True)
+                  f"({r['first']} first): {r['ratio_agent_over_wandb']}"
+                  + (f"; the agent at {a.before}: {r['before_sync_s']} s, {r['ratio_before_over_wandb']}" if shim else ""),
+                  flush=True)
 
         # 2. A delivered run grows by 10%.
         grow = grow_once(tmp / "grow", server, plain_server, grow_src)
@@ -304,6 +322,10 @@ def main() -> None:
             "ratio_median": round(statistics.median(ratios), 3), "ratio_min": min(ratios), "ratio_max": max(ratios),
             "rounds": rounds, "grow": grow, "load_average": os.getloadavg(),
         }
+        if shim:
+            before_ratios = [r["ratio_before_over_wandb"] for r in rounds]
+            result.update(before=a.before, before_ratio_median=round(statistics.median(before_ratios), 3),
+                          after_over_before=[round(r["agent_sync_s"] / r["before_sync_s"], 3) for r in rounds])
         print(json.dumps(result, indent=1))
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(result, indent=1) + "\n")

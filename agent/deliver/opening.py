@@ -44,7 +44,7 @@ def materialize(cfg: config_mod.Config, ledger: Ledger, u: Unit, work: Path) -> 
     except (KeyFileError, ValueError, config_mod.ConfigError) as exc:
         raise DeliveryError(f"cannot open this node's bundles: {exc} (set keys.identity and keys.trusted_nodes)") from None
     try:
-        opened = open_bundle(u.path, keys, staging_root=work)
+        opened = open_bundle(u.path, keys, staging_root=work, durable=False)  # work: removed after the upload
     except Refused as exc:
         raise DeliveryError(f"bundle {u.path.name} refused: {exc}") from None
     except OSError as exc:

@@ -168,7 +168,7 @@ def _read_archive(stream: BinaryIO, verified: Verified, staging: Staging | None,
                 h.update(block)
                 if out:
                     out.write(block)
-            if out:
+            if out and staging and staging.durable:
                 out.flush()
                 os.fsync(out.fileno())
         finally:
@@ -189,11 +189,13 @@ def _read_archive(stream: BinaryIO, verified: Verified, staging: Staging | None,
 
 
 def open_bundle(bundle_path: Path, keys: OpenKeys, *, sig_text: str | None = None,
-                staging_root: Path | None = None,
+                staging_root: Path | None = None, durable: bool = True,
                 on_manifest: Callable[[dict[str, Any]], None] = lambda m: None,
                 progress: Progress = no_progress) -> Opened:
     """Verify, decrypt and check a bundle; with ``staging_root``, extract it there as
-    ``<staging_root>/<bundle_id>/``. Raises ``Refused``; a refusal leaves nothing staged."""
+    ``<staging_root>/<bundle_id>/``, fsynced unless not ``durable`` (a work directory thrown
+    away after use and made again after a crash). Raises ``Refused``; a refusal leaves nothing
+    staged."""
     if sig_text is None:
         sig_path = Path(f"{bundle_path}.minisig")
         sig_text = sig_path.read_text(errors="replace") if sig_path.is_file() else None
@@ -208,7 +210,7 @@ def open_bundle(bundle_path: Path, keys: OpenKeys, *, sig_text: str | None = Non
             if not keys.identities:
                 raise Refused("not_for_this_identity", "no age identity at hand to decrypt with")
             f.seek(0)
-            staging = Staging(staging_root) if staging_root is not None else None
+            staging = Staging(staging_root, durable) if staging_root is not None else None
             manifest, members = _decrypt_and_read(f, verified, keys.identities, staging, on_manifest, progress)
             staged = staging.commit(manifest["bundle_id"]) if staging else None
         except Refused as exc:

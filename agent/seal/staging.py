@@ -22,9 +22,10 @@ class Staging:
     O_EXCL, so even a name that slipped past the checks could not leave the directory.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, durable: bool = True) -> None:
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.root = root
+        self.durable = durable
         self.path = root / f"{STAGING_TMP}{os.getpid()}-{uuid.uuid4().hex}"
         os.mkdir(self.path, 0o700)
         self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
@@ -49,12 +50,15 @@ class Staging:
 
     def commit(self, final_name: str) -> Path:
         """Make the extraction durable, then give it its final name in one rename. (A directory
-        tree, not a file: its members were fsynced as they were written, here their directories.)"""
-        for dirpath, _dirs, _files in os.walk(self.path):
-            durable.fsync_dir(dirpath)
+        tree, not a file: its members were fsynced as they were written, here their directories.)
+        Not durable: only the rename."""
+        if self.durable:
+            for dirpath, _dirs, _files in os.walk(self.path):
+                durable.fsync_dir(dirpath)
         final = self.root / ids.check("bundle id", final_name)
         os.rename(self.path, final)  # fails if final exists: never merges two imports
-        durable.fsync_dir(self.root)
+        if self.durable:
+            durable.fsync_dir(self.root)
         self.close()
         return final
 
