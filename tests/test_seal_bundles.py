@@ -101,3 +101,40 @@ def test_segment_byte_range_limits_the_log_and_images_are_stored(corpus: Path, t
     s0 = seal_run(cfg, site.seal_keys(), led, d, ident, 0, {})
     assert s0.content_id != s1.content_id
     assert mf.SignedFacts.from_comment(open_bundle(s0.path, site.open_keys()).verified.signature.trusted_comment).segment == 0
+
+
+def test_an_extraction_is_fsynced_unless_it_is_a_work_copy(corpus: Path, tmp_path: Path, monkeypatch) -> None:
+    """An import's staging is the only copy once the medium is gone: every file and directory of
+    it reaches the disk before it is named. Delivery's work copy is removed after its upload and
+    opened afresh after a crash: none of it is fsynced (its fsyncs took the disk from the
+    server's database writes)."""
+    site = make_site(tmp_path / "site")
+    d = corpus_run_dirs(corpus)["3salp52t"]
+    f = runs.inspect(d)
+    sealed = seal_run(site.node(), site.seal_keys(), site.node_ledger(), d,
+                      RunIdentity(f.run_id, f.project, f.entity, f.wandb_version), 0, {})
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    for durable in (True, False):
+        synced.clear()
+        root = tmp_path / f"open-{durable}"
+        opened = open_bundle(sealed.path, site.open_keys(), staging_root=root, durable=durable)
+        staged = opened.staged
+        assert staged is not None and staged.parent == root
+        files = {str(p) for p in staged.rglob("*") if p.is_file()}
+        dirs = {str(p) for p in staged.rglob("*") if p.is_dir()} | {str(staged), str(root)}
+        assert len(files) == len(opened.members) > 3
+        now = {_named(s, root, staged) for s in synced}
+        if durable:
+            assert files | dirs <= now, sorted(files | dirs - now)[:5]
+        else:
+            assert not {s for s in synced if s.startswith(str(root))}, synced[:5]
+
+
+def _named(path: str, root: Path, staged: Path) -> str:
+    """``path`` as named after the commit: what was fsynced was still under its staging name."""
+    if not path.startswith(f"{root}/"):
+        return path
+    _tmp, _, rest = path[len(f"{root}/"):].partition("/")
+    return str(staged / rest) if rest else str(staged)
