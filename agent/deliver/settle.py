@@ -206,10 +206,12 @@ class Settler:
                 return [book.retry(p.unit, STOPPED, None) for p in batch]
             out_log = up.log_path
             started = procs.process_start_time(up.pid)
-            for p in batch:
-                book.set(p.unit, "uploading", uploader_pid=up.pid, uploader_start=started,
-                         server_rows=p.base + p.server_rows, attempts=book.delivery(p.unit).get("attempts", 0) + 1,
-                         reason=f"sending {p.rows} history rows" + (" (resumed)" if p.resumed else ""))
+            with self.ledger.tx():  # the batch's transitions in one commit: one fsync, not one each
+                for p in batch:
+                        book.set(p.unit, "uploading", uploader_pid=up.pid, uploader_start=started,
+                             server_rows=p.base + p.server_rows,
+                             attempts=book.delivery(p.unit).get("attempts", 0) + 1,
+                             reason=f"sending {p.rows} history rows" + (" (resumed)" if p.resumed else ""))
             rounds = -(-len(batch) // max(1, self.settings.max_parallel))
             rc = self.wait(up, batch, self.settings.upload_timeout * rounds)
             upload.finished(up)
@@ -227,7 +229,8 @@ class Settler:
                 return [book.settle_error(p.unit, exc) for p in batch]
             finally:
                 removing.join()
-            return [self.judge_sent(p, after, rc, said) for p, after in zip(batch, judged)]
+            with self.ledger.tx():
+                return [self.judge_sent(p, after, rc, said) for p, after in zip(batch, judged)]
         finally:
             if spare is not None and not spare.spent:  # not started: its upload never began
                 spare.discard()
