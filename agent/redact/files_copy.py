@@ -11,7 +11,7 @@ from typing import Any, Callable
 import yaml
 
 from . import files as files_mod
-from . import media, meta
+from . import items, media, meta
 from .console import TextStream
 from .redaction import Redaction
 
@@ -118,7 +118,8 @@ def _summary_dict(r: Redaction, d: Any) -> Any:
     out = {}
     for k, v in d.items():
         nv, _ = media.transform_value(v, k, r.decide, r.media.resolve, r.text_tag, lambda *a: None)
-        if not k.startswith("_") and r.is_sensitive(k) and nv is v and media.media_kind(v) is None:
+        if (not k.startswith("_") and nv is v and media.media_kind(v) is None
+                and (r.is_sensitive(k) or items.sensitive_inside((k,), v, r.is_sensitive))):
             nv = f"hash:{r.text_tag('value', json.dumps(v))}"
         out[r.out.name(k)] = r.out.value(nv, "summary", k)
     return out

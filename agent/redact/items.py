@@ -67,7 +67,7 @@ def redact_items(items: Sequence[Any], new_item: Callable[[Path_, str], Any], de
                     changed = True
                     out.append(new_item(path, media.dumps(nv)))
                     continue
-        if sensitive is not None and sensitive_path(path, sensitive):
+        if _declared_sensitive(path, raw, sensitive):
             changed = True
             out.append(new_item(path, media.dumps(f"hash:{text_tag('value', raw)}")))
             continue
@@ -90,6 +90,31 @@ def sensitive_path(path: Path_, sensitive: Callable[[str], bool]) -> bool:
         if sensitive(".".join(head)) or (n > 1 and sensitive("/".join(head))):
             return True
     return False
+
+
+def sensitive_inside(path: Path_, value: Any, sensitive: Callable[[str], bool]) -> bool:
+    """Whether a declared-sensitive key lies inside ``value``, the item at ``path``: a dict
+    logged whole (``run.summary["best"] = {"patient_id": ...}`` with ``best.patient_id``
+    declared) is one item whose keys are in its value."""
+    if isinstance(value, dict):
+        return any(sensitive_path(path + (str(k),), sensitive) or sensitive_inside(path + (str(k),), v, sensitive)
+                   for k, v in value.items())
+    if isinstance(value, list):
+        return any(sensitive_inside(path, v, sensitive) for v in value)
+    return False
+
+
+def _declared_sensitive(path: Path_, raw: str, sensitive: Callable[[str], bool] | None) -> bool:
+    if sensitive is None:
+        return False
+    if sensitive_path(path, sensitive):
+        return True
+    if raw[:1] != "{" or path[0].startswith("_"):
+        return False
+    try:
+        return sensitive_inside(path, loads(raw), sensitive)
+    except ValueError:
+        return False
 
 
 _PLAIN_FIELDS = frozenset({"key", "nested_key", "value_json"})
@@ -240,7 +265,7 @@ def redact_scrub_items(items: Sequence[Any], decide: Decide, resolve: Resolve, t
                     changed = True
                     entries.append((path, len(path) > 1, None, nv, None))
                     continue
-        if sensitive is not None and sensitive_path(path, sensitive):
+        if _declared_sensitive(path, raw, sensitive):
             changed = True
             entries.append((path, len(path) > 1, None, f"hash:{text_tag('value', raw)}", None))
             continue

@@ -47,21 +47,49 @@ Decide = Callable[[str, str], Decision]                              # (key, kin
 TextTag = Callable[[str, str], str]                                  # (kind, value) -> tag
 
 
+# Typed objects that are no media: a histogram is numbers.
+NOT_MEDIA = frozenset({"histogram"})
+
+
+def is_media_type(t: Any) -> bool:
+    """Whether an object of wandb type ``t`` is media: one of ``KINDS``, or a type this
+    redactor does not know (handled as media, of kind "any", so that it fails closed)."""
+    return isinstance(t, str) and t not in NOT_MEDIA
+
+
 def media_kind(value: Any) -> str | None:
     if isinstance(value, dict):
         t = value.get("_type")
-        if isinstance(t, str) and t in KINDS:
-            return KINDS[t]
+        if is_media_type(t):
+            return KINDS.get(t, "any")
     return None
 
 
-def referenced_files(node: dict[str, Any]) -> list[str]:
-    """The run-relative file names a media object points at."""
+# A sequence's own items (a list of wandb.Audio, Video or Object3D logged under one key): each a
+# media object with its own file, caption and digest, rewritten as a single one is.
+SEQUENCE_FIELDS = ("audio", "videos", "objects")
+
+
+def _own_files(node: dict[str, Any]) -> list[str]:
     out: list[str] = []
     if isinstance(node.get("path"), str):
         out.append(node["path"])
-    if isinstance(node.get("filenames"), list):
+    # (An Object3D sequence's ``filenames`` are relative to its media directory: its
+    # ``objects`` name the same files from the run's.)
+    if isinstance(node.get("filenames"), list) and "objects" not in node:
         out += [f for f in node["filenames"] if isinstance(f, str)]
+    return out
+
+
+def _members(node: dict[str, Any]) -> list[dict[str, Any]]:
+    return [m for f in SEQUENCE_FIELDS if isinstance(node.get(f), list) for m in node[f] if media_kind(m) is not None]
+
+
+def referenced_files(node: dict[str, Any]) -> list[str]:
+    """The run-relative file names a media object points at, its sequence's items' too."""
+    out = _own_files(node)
+    for m in _members(node):
+        out += referenced_files(m)
     return out
 
 
@@ -77,7 +105,15 @@ def transform_node(node: dict[str, Any], key: str, decide: Decide, resolve: Reso
     kind = media_kind(node) or "any"
     d = decide(key, kind)
     count(d, kind, key)
-    files = referenced_files(node)
+    if d.action != "keep" and node.get("_type") not in KINDS:
+        # A type this redactor does not know (an LLM trace, a newer wandb's): nothing of it
+        # leaves unless a rule keeps it; its files are dropped with it.
+        for f in referenced_files(node):
+            resolve(f, kind, Decision("drop", d.rule), key)
+        return marker(f"{kind} of unknown type")
+    if _members(node):
+        return _sequence(node, key, d, decide, resolve, text_tag)
+    files = _own_files(node)
     if d.action == "keep":
         for f in files:
             resolve(f, kind, d, key)   # copied as is
@@ -114,6 +150,38 @@ def transform_node(node: dict[str, Any], key: str, decide: Decide, resolve: Reso
         dropped = sum(1 for _, a in d.columns if a == "drop")
         new["ncols"] = max(0, node["ncols"] - dropped) if dropped else node["ncols"]
     return new
+
+
+def _sequence(node: dict[str, Any], key: str, d: Decision, decide: Decide, resolve: Resolve,
+              text_tag: TextTag) -> Any:
+    """A sequence: each item rewritten as a single one is; the whole as its items say (an
+    Object3D sequence's ``filenames`` named again from its rewritten objects)."""
+    if d.action == "keep":
+        for f in referenced_files(node):
+            resolve(f, media_kind(node) or "any", d, key)
+        return node
+    if d.action == "drop":
+        for f in referenced_files(node):
+            resolve(f, media_kind(node) or "any", d, key)
+        return marker(media_kind(node) or "any")
+    new = {k: v for k, v in node.items() if k not in _OVERLAYS}
+    for field_name in SEQUENCE_FIELDS:
+        if isinstance(node.get(field_name), list):
+            new[field_name] = [transform_node(m, key, decide, resolve, text_tag, _uncounted)
+                               if media_kind(m) is not None else marker("any") for m in node[field_name]]
+    for field_name in _TEXT_FIELDS:
+        if field_name in new:
+            new[field_name] = _hash_texts(node[field_name], text_tag)
+    if isinstance(new.get("objects"), list):
+        prefix = "media/object3D/"
+        paths = [o["path"] for o in new["objects"] if isinstance(o, dict) and isinstance(o.get("path"), str)]
+        new["filenames"] = [p[len(prefix):] if p.startswith(prefix) else p for p in paths]
+        new["count"] = len(paths)
+    return new
+
+
+def _uncounted(d: Decision, kind: str, key: str) -> None:
+    """A sequence's items are counted with it, once."""
 
 
 def in_field_order(new: Any, order: list[str]) -> Any:

@@ -57,7 +57,7 @@ def _media_roots(raws: Sequence[str], paths: Sequence[Path_], typed: Sequence[in
                 t = loads(raws[i])
             except ValueError:
                 continue
-            if isinstance(t, str) and t in media.KINDS:
+            if media.is_media_type(t):
                 roots.add(path[:-1])
     return roots
 
@@ -110,7 +110,7 @@ def insert(node: dict[str, Any], rel: Path_, value: Any) -> None:
 
 
 # The fields of a media object that planning reads: its type, its files, its size.
-PLAN_FIELDS = frozenset({"_type", "path", "filenames", "width", "height"})
+PLAN_FIELDS = frozenset({"_type", "path", "filenames", "width", "height"} | set(media.SEQUENCE_FIELDS))
 
 
 def media_in_items(items: Sequence[Any], fields: frozenset[str] | None = None,
@@ -141,7 +141,7 @@ def media_in_items(items: Sequence[Any], fields: frozenset[str] | None = None,
             t = loads(raw)
         except ValueError:
             continue
-        if isinstance(t, str) and t in media.KINDS:
+        if media.is_media_type(t):
             roots.add(path[:-1])
     deep = bool(roots) and not all(len(r) == 1 for r in roots)
     members: dict[Path_, list[tuple[Path_, str]]] = {}

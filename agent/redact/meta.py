@@ -7,13 +7,13 @@ knowing the field (a host name becomes a tag, a path field goes whole, the value
 """
 from __future__ import annotations
 
-import fnmatch
 import json
 from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import RedactError
-from .policy import Policy
+from .policy import Policy, is_sensitive
 from .report import RedactionReport
+from .secret_rules import key_secrecy
 from .string_fields import COMMIT
 
 if TYPE_CHECKING:
@@ -34,14 +34,25 @@ def redact_config_value(key: str, value: Any, policy: Policy, scrub: "Outgoing",
     """One top-level config entry. Returns (value, changed)."""
     if key == "_wandb":
         return _redact_wandb_internal(value, policy, scrub, tag, report)
-    if policy.config_value_redacted(key, value) or any(fnmatch.fnmatchcase(key, g) for g in sensitive):
+    if policy.config_value_redacted(key, value) or is_sensitive(key, sensitive):
         report.config_keys.add(key)
         return f"[redacted:config:{tag('config', json.dumps(value, sort_keys=True))}]", True
-    return _scrub_strings(value, key, policy, scrub, tag, report)
+    return _scrub_strings(value, key, policy, scrub, tag, report, sensitive)
+
+
+def _goes_whole(path: str, parent: str, leaf: str, value: Any, policy: Policy, sensitive: tuple[str, ...]) -> bool:
+    """A nested config entry goes whole when its key names a credential, when a lone ``key``
+    does with its parent's name (``wandb.key``, ``encryption.key``; not ``sort.key``), or when
+    the training code declared it sensitive (``case.patient_id``, or ``case/patient_id``)."""
+    if policy.config_value_redacted(leaf, value):
+        return True
+    if leaf.lower() in ("key", "keys") and key_secrecy(f"{parent}_{leaf}") == "any":
+        return True
+    return bool(sensitive) and (is_sensitive(path, sensitive) or is_sensitive(path.replace(".", "/"), sensitive))
 
 
 def _scrub_strings(value: Any, key: str, policy: Policy, scrub: "Outgoing", tag: Callable[[str, str], str],
-                   report: RedactionReport) -> tuple[Any, bool]:
+                   report: RedactionReport, sensitive: tuple[str, ...] = ()) -> tuple[Any, bool]:
     if isinstance(value, str):
         new = scrub.text(value, "config")
         if new != value:
@@ -50,19 +61,20 @@ def _scrub_strings(value: Any, key: str, policy: Policy, scrub: "Outgoing", tag:
         return value, False
     if isinstance(value, dict):
         changed, out = False, {}
+        parent = key.rsplit(".", 1)[-1]
         for k, v in value.items():
             sub = f"{key}.{k}"
-            if policy.config_value_redacted(str(k), v):
+            if _goes_whole(sub, parent, str(k), v, policy, sensitive):
                 report.config_keys.add(sub)
                 out[k], changed = f"[redacted:config:{tag('config', json.dumps(v, sort_keys=True))}]", True
                 continue
-            out[k], c = _scrub_strings(v, sub, policy, scrub, tag, report)
+            out[k], c = _scrub_strings(v, sub, policy, scrub, tag, report, sensitive)
             changed |= c
         return (out if changed else value), changed
     if isinstance(value, list):
         changed, out = False, []
         for v in value:
-            nv, c = _scrub_strings(v, key, policy, scrub, tag, report)
+            nv, c = _scrub_strings(v, key, policy, scrub, tag, report, sensitive)
             out.append(nv)
             changed |= c
         return (out if changed else value), changed

@@ -150,7 +150,7 @@ _PW_KEY = r"(?=[pP])(?:(?<=[_.-])|(?<![\w.-]))(?:pw|PW|Pw)(?!\w)"
 # opening quote, of a bytes literal too (``'password': b'x'``). A line break between them may be
 # written out (``\\n`` in a ``repr``), and so may colour codes after the key
 # (``\x1b[33mDB_PASSWORD\x1b[0m=X`` in the repr of a coloured tool's output).
-_KEY_TO_VALUE = (r"""(?:\\(?:x1b|u001b|033|e)\[[0-9;]{0,20}m){0,4}(?:\\{0,7}["'])?\]?\s*(?:[:=：＝]|%(?:25)?3[AaDd])"""
+_KEY_TO_VALUE = (r"""(?:\\(?:x1b|u001b|033|e)\[[0-9;]{0,20}m){0,4}(?:\\{0,7}["'])?\]?\s*(?:[:=：＝│┃║]|%(?:25)?3[AaDd])"""
                  r"""(?:\s|\\[nrt])*(?:b(?=["']))?(?:\\{0,7}["'])?""")
 # A number as metrics are printed (``-1.2e-05``, ``nan``, ``85%``, ``5.2B``, a version ``==2.4.1``),
 # up to where a value ends (a blank, a quote, a separator, a closing bracket: ``tokens_per_sec=
@@ -174,7 +174,8 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     ("key_value", rf"(?i){_KEY_START}[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|-key(?![a-z0-9])){_KEY_TO_VALUE}(?P<v>{_VALUE})"),
     ("key_value", rf"(?i){_KEY_START}[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|-key(?![a-z0-9]))[\w.-]{{1,100}}+{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
     # "tokens: 512" is a count, not a secret: a token's value must not be a plain number.
-    ("key_value", rf"(?i){_KEY_START}[\w.-]{{0,100}}{_TOKEN}[\w.-]{{0,100}}+{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}(?-i:{_NOT_A_PLACEHOLDER}){_VALUE})"),
+    # (Nor a shape in a Keras summary's table, ``│ input_tokens │ (None, 16) │``.)
+    ("key_value", rf"(?i){_KEY_START}[\w.-]{{0,100}}{_TOKEN}[\w.-]{{0,100}}+{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}(?!\()(?-i:{_NOT_A_PLACEHOLDER}){_VALUE})"),
     # A name that ends in "key" or names a signature, where a credential is written so: an
     # environment line (``AZURE_OPENAI_KEY=…``, ``GITHUB_PAT=…``, ``REDIS_AUTH: …`` in conda's
     # ``variables:``, upper case), a URL's parameter (``?sig=…``,
@@ -184,8 +185,17 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     ("key_value", rf"(?<![\w.-])[A-Z0-9_]{{0,100}}_(?:KEY|PAT)=(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
     # (After ":", as in conda's ``variables:`` or a YAML dump of the environment, a value with a
     # digit or 16 characters: ``IMAGE_KEY: image``, ``NCCL_IB_AUTH: none`` are settings.)
-    ("key_value", rf"(?<![\w.-])[A-Z0-9_]{{0,100}}_(?:KEY|PAT|AUTH|CREDS?):[^\S\n]*"
+    # (``=`` and a quoted key too, for AUTH and CREDS: ``PROXY_AUTH=user:pw`` in ``env`` output,
+    # ``{'MONGO_AUTH': 'user:pw'}`` printed from os.environ.)
+    ("key_value", rf"(?<![\w.-])[A-Z0-9_]{{0,100}}_(?:(?:KEY|PAT|AUTH|CREDS?):|(?:AUTH|CREDS?)(?:=|[\"']:[^\S\n]*[\"']))[^\S\n]*"
                   rf"(?P<v>(?=[^\s\"']{{0,255}}\d|[^\s\"']{{16}}){_NOT_A_NUMBER}{_VALUE})"),
+    # Oracle's Easy Connect, ``user/password@host:1521/service`` (oracledb, sqlplus).
+    ("dsn_credentials", r"(?<![\w/.-])[A-Za-z_][\w$#.-]{0,63}/(?P<v>[^\s/@\"']{1,255})@(?=(?://)?[\w.-]{1,253}:\d{2,5}/)"),
+    # A webhook's secret as a segment of its URL: Mattermost ``/hooks/<26>``, Teams
+    # ``/IncomingWebhook/<hex32>/``, PagerDuty ``/integration/<hex32>/enqueue``.
+    ("key_value", r"(?<=/hooks/)(?P<v>[a-z0-9]{26})(?![\w-])"),
+    ("key_value", r"(?<=/IncomingWebhook/)(?P<v>[0-9a-fA-F]{32})(?![\w-])"),
+    ("key_value", r"(?<=/integration/)(?P<v>[0-9a-fA-F]{32})(?=/enqueue)"),
     # conda's private channel URL, ``https://conda.anaconda.org/t/<token>/channel``.
     # (Hex, or a uuid after two letters: a forum's ``/t/<slug>/`` is words.)
     ("key_value", r"(?<=/t/)(?P<v>(?:[a-z]{2}-)?[0-9a-fA-F-]{16,256}+)(?=/)"),
@@ -296,7 +306,9 @@ _SEGMENT = rf"(?:{_COMPONENT}(?: [A-Za-z0-9_]{_COMPONENT[:-1]}*){{1,4}}(?=/)|{_C
 # (``/mnt/scratch//x/y``). A relative path (``../configs/train.yaml``) is none.
 PATH_PATTERN = (rf"(?=[~/])(?:(?<![\w/.~-])|(?<=://)|(?<=:///)|(?<=[A-Za-z_]\.)|(?<=\s-[IL])|(?<=://localhost)"
                 rf"|(?<=\\[nrtfvab0])|(?<=\\x[0-9a-fA-F]{{2}})|(?<=\\u[0-9a-fA-F]{{4}}))"
-                rf"(?:~|/{_SEGMENT})(?:/+{_SEGMENT})+/*"
+                # ``~user/...`` (a shell's home of another user) with two names below it at least:
+                # ``~eps/1e-3`` in a comment is arithmetic.
+                rf"(?:~[A-Za-z_][\w.-]{{0,31}}(?:/+{_SEGMENT}){{2,}}|(?:~|/{_SEGMENT})(?:/+{_SEGMENT})+)/*"
                 # wandb 0.15 writes a watched disk's path into its stats keys with "\\" for "/"
                 # (``disk.\\mnt\\vol.usageGB``).
                 rf"|(?<=disk\.)(?:\\[^\s\\]{{1,255}}){{1,64}}?(?=\.usage(?:Percent|GB)\b)")
@@ -314,7 +326,7 @@ _KEY_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 # (``db_password``, ``smtp_pw``); inside a key they name something about one (``pw_loss``,
 # ``password_reset_rate``, ``secret_sharing_parties``): text goes, a number stays.
 CREDENTIAL_WORDS = frozenset({"password", "passwd", "passphrase", "passcode", "pwd", "pw", "secret", "secrets",
-                              "credential", "credentials", "apikey", "privkey"})
+                              "credential", "credentials", "cred", "creds", "apikey", "privkey"})
 # Words that name one when the value is text: a number under them is a count or a setting
 # (``tokens``, ``auth_retries``, ``pass_rate``, ``pass@1``).
 # ``pat``: a personal access token (``GITHUB_PAT``, ``hub.pat``).
@@ -341,9 +353,23 @@ def key_secrecy(key: str) -> str:
     return ""
 
 
+# The last word of a flag that takes a credential as its argument (``--basic-auth u:pw``,
+# ``--bearer X``); ``--auth-type basic`` ends on another word, ``--no-auth`` takes none.
+_AUTH_FLAG_WORDS = frozenset({"auth", "authorization", "bearer", "cookie", "cookies"})
+# A config override given as a pair of arguments (yacs/detectron2's ``opts``:
+# ``DATASETS.DB_PASSWORD X``, ``WANDB.API_KEY Y``): a dotted key, no dash.
+_OVERRIDE_KEY = re.compile(r"[A-Za-z_][\w-]{0,100}(?:\.[A-Za-z_][\w-]{0,100}){1,20}")
+
+
 def is_secret_flag(arg: str) -> bool:
     """A command-line flag whose next argument is a secret: ``--password``, ``--openai-key``,
-    ``--db-pw``; not ``-p`` (too vague) nor ``--key-frames``."""
+    ``--db-pw``, ``--basic-auth``, a yacs override's key ``DB.PASSWORD``; not ``-p`` (too
+    vague) nor ``--key-frames``."""
     if SECRET_FLAG.match(arg):
         return True
-    return arg.startswith("--") and "=" not in arg and key_secrecy(arg[2:]) == "any"
+    if _OVERRIDE_KEY.fullmatch(arg):
+        return key_secrecy(arg.rsplit(".", 1)[1]) == "any"
+    if not arg.startswith("--") or "=" in arg:
+        return False
+    words = [w.lower() for w in _KEY_WORD.findall(arg[2:])]
+    return key_secrecy(arg[2:]) == "any" or (bool(words) and words[-1] in _AUTH_FLAG_WORDS and words[0] != "no")

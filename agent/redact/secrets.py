@@ -309,6 +309,8 @@ def scrub_args(args: list[str], scrub: Callable[[str], str], secret_value: Calla
     out: list[str] = []
     after_flag = False
     for a in args:
+        if after_flag and a.startswith("--") and len(a) > 2:
+            after_flag = False  # the flag took no value: another flag follows it
         out.append(secret_value(a) if after_flag else scrub(a))
         after_flag = is_secret_flag(a)
     return out

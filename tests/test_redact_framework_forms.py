@@ -1,0 +1,167 @@
+"""What a later round of testers got through the default policy, in the forms ordinary libraries
+and frameworks write:
+
+- media logged as a list (``[wandb.Video(...), ...]``, Audio, Object3D): each item's caption,
+  original path and unkeyed digest sat in the sequence's inner list (``audio``, ``videos``,
+  ``objects``), which only the outer captions were rewritten around;
+- an object of a type the redactor does not know (``WBTraceTree``: prompts, responses, a system
+  prompt) left as plain JSON, scrubbed of secrets only: it now fails closed, dropped;
+- keys declared sensitive inside a dict: a nested config entry (``case.patient_id``), a dict
+  logged whole into the summary (``run.summary["best"] = {"patient_id": ...}``);
+- credentials under keys no rule read: ``{"wandb": {"key": X}}``, ``db_creds``;
+- command lines: a yacs/detectron2 override pair (``DATASETS.DB_PASSWORD X``), ``--basic-auth``,
+  ``--bearer``, ``REDIS_AUTH=X``;
+- console text: Oracle's ``user/password@host:1521/svc``, ``PROXY_AUTH=user:pw`` in ``env``
+  output, ``{'MONGO_AUTH': ...}``, webhook secrets in a URL's path, ``~user/`` homes, a config
+  printed as a rich table (``│ db_password │ X │``).
+
+Each is checked on the scrubber or the function that owns it, and the record-level ones on a
+real wandb 0.31 run redacted whole; the ordinary text beside them stays.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import string
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from redact_helpers import WRITER_PREAMBLE, default_outgoing, history_items, site_tag
+from tfwb_agent.redact import meta
+from tfwb_agent.redact.policy import DEFAULT_POLICY
+from tfwb_agent.redact.report import RedactionReport
+from tfwb_agent.redact.secret_rules import key_secrecy
+from tfwb_agent.redact.secrets import Scrubber, compile_patterns, scrub_args
+
+ALNUM = string.ascii_letters + string.digits
+
+
+def _pw() -> str:
+    return "Pw" + "".join(secrets.choice(ALNUM) for _ in range(12)) + "7"
+
+
+def _hex(n: int) -> str:
+    return secrets.token_hex(n // 2)
+
+
+def _scrub(text: str) -> str:
+    return Scrubber(compile_patterns(), site_tag, True).scrub(text)[0]
+
+
+@pytest.mark.parametrize("template", [
+    "Loading cohort from Oracle: clarity_ro/{pw}@clarity-db.internal:1521/CLARPRD",
+    "ORA_DSN=svc_ml/{pw}@//ora.internal:1522/ORCLPDB1",
+    "PROXY_AUTH=svc-ml:{pw}",
+    "DVC_REMOTE_CREDS=svc-ml:{pw}",
+    "{{'MONGO_AUTH': 'svc-ml:{pw}', 'HOME': '/root'}}",
+    "posting run summary to https://chat.internal/hooks/{lower26}",
+    "403 Client Error: Forbidden for url: https://x.webhook.office.com/webhookb2/a@b/IncomingWebhook/{hex32}/c",
+    "https://events.pagerduty.com/integration/{hex32}/enqueue",
+    "│ db_password      │ {pw} │",
+    "┃ mlflow_token ┃ {pw} ┃",
+])
+def test_console_forms_of_frameworks_lose_their_secret(template):
+    pw, lower26, hex32 = _pw(), "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(26)), _hex(32)
+    line = template.format(pw=pw, lower26=lower26, hex32=hex32)
+    secret = next(s for s in (pw, lower26, hex32) if s in line)
+    assert secret not in _scrub(line), line
+
+
+def test_another_users_home_goes_with_its_name():
+    user = "jd" + _hex(6)
+    for text in (f"Loading dataset from ~{user}/datasets/icu_ct_v3", f"PosixPath('~{user}/.cache/icu/x')"):
+        assert user not in _scrub(text), text
+
+
+@pytest.mark.parametrize("text", [
+    "│ input_tokens        │ (None, 16)        │          0 │ -                 │",
+    "│ token_embedding     │ (None, 16, 32)    │     32,000 │ input_tokens[0][… │",
+    "        # ~eps/1e-3 of relative cancellation error before it",
+    "NCCL_IB_AUTH=none",
+    "git clone https://github.com/org/repo.git && cd repo/src/main",
+    "see ~/notes/run.txt",
+])
+def test_ordinary_text_beside_them_stays(text):
+    assert _scrub(text) == text or text.startswith("see ~/"), _scrub(text)
+
+
+@pytest.mark.parametrize("key", ["db_creds", "creds", "hf_cred", "DVC_CREDS"])
+def test_creds_names_a_credential(key):
+    assert key_secrecy(key) == "any"
+
+
+def test_command_lines_lose_the_value_after_such_arguments():
+    pw = [_pw() for _ in range(6)]
+    argv = ["train_net.py", "--config-file", "x.yaml", "DATASETS.DB_PASSWORD", pw[0], "WANDB.API_KEY", pw[1],
+            "SOLVER.BASE_LR", "0.01", "--basic-auth", "ml:" + pw[2], "--bearer", pw[3], "--http-auth", pw[4],
+            "REDIS_AUTH=" + pw[5], "--no-auth", "--epochs", "5", "--auth-type", "basic"]
+    out = scrub_args(argv, _scrub, lambda v: "[redacted]")
+    assert not [p for p in pw if any(p in a for a in out)], out
+    assert out[7:9] == ["SOLVER.BASE_LR", "0.01"] and out[-5:] == ["--no-auth", "--epochs", "5", "--auth-type", "basic"], out
+
+
+def test_nested_config_entries_go_whole_when_declared_or_named_so():
+    rep = RedactionReport()
+    out = default_outgoing(rep)
+    value = {"patient_id": "P7126", "site": "north", "wandb": {"key": "k" + _hex(38)}, "sort": {"key": "date"},
+             "cohort": {"mrn": "MRN12345678"}}
+    new, changed = meta.redact_config_value("case", value, DEFAULT_POLICY, out, site_tag, rep,
+                                            ("case.patient_id", "case/cohort/mrn"))
+    text = json.dumps(new)
+    assert changed and "P7126" not in text and "MRN12345678" not in text and value["wandb"]["key"] not in text
+    assert new["site"] == "north" and new["sort"] == {"key": "date"}, new
+
+
+WRITER = WRITER_PREAMBLE + r'''import numpy as np, wandb
+from PIL import Image
+import tfwb_trainer
+run = tfwb_trainer.init(project="forms", runs_dir=root, config={"case": {"patient_id": c["pid1"], "arm": "b"}},
+                        sensitive=["case.patient_id", "best.patient_id"])
+frames = [Image.fromarray(np.random.randint(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in range(3)]
+frames[0].save("a.gif", save_all=True, append_images=frames[1:])
+frames[1].save("b.gif", save_all=True, append_images=frames[2:])
+run.log({"val/echo": [wandb.Video("a.gif", caption="echo " + c["pid2"]), wandb.Video("b.gif", caption="ok")],
+         "val/points": [wandb.Object3D(np.random.rand(12, 3), caption="ct " + c["pid3"]),
+                        wandb.Object3D(np.random.rand(12, 3), caption="ok")],
+         "loss": 0.25}, step=0)
+from wandb.sdk.data_types.trace_tree import Span, WBTraceTree
+span = Span(name="llm", span_kind="CHAIN")
+span.add_named_result({"prompt": "summarise the notes of " + c["pid4"]}, {"response": "ok"})
+run.log({"trace": WBTraceTree(span, model_dict={"system_prompt": "you help " + c["pid4"]}), "loss": 0.5}, step=1)
+run.summary["best"] = {"patient_id": c["pid5"], "dice": 0.9}
+tfwb_trainer.finish()
+'''
+
+
+def test_a_real_run_carries_none_of_them_out(tmp_path):
+    from tfwb_agent.redact.run import redact_run
+
+    c = {f"pid{i}": f"P{10 ** 6 + secrets.randbelow(10 ** 6)}" for i in range(1, 6)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(CANARY_ROOT=str(tmp_path), CANARY_VALUES=json.dumps(c))
+    p = subprocess.run([sys.executable, "-c", WRITER], env=env, capture_output=True, text=True, timeout=300,
+                       cwd=str(tmp_path))
+    assert p.returncode == 0, p.stderr[-3000:]
+    run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
+    src = b"".join(f.read_bytes() for f in run_dir.rglob("*") if f.is_file())
+    assert all(v.encode() in src for v in c.values()), "the run does not carry every canary"
+    out = tmp_path / "out" / run_dir.name
+    redact_run(run_dir, out, DEFAULT_POLICY, os.urandom(32), lambda q: Path(q))
+    blob = b"".join((f.read_bytes() if f.is_file() else b"") + str(f).encode() for f in out.rglob("*"))
+    assert not [k for k, v in c.items() if v.encode() in blob]
+    history = {"/".join(k): v for k, v in history_items(out).items()}
+    assert history["loss"] in ("0.25", "0.5")
+    # A sequence's items name the files the bundle carries, and the Object3D sequence its own.
+    videos = json.loads(history["val/echo/videos"])
+    assert [(out / "files" / v["path"]).is_file() for v in videos] == [True, True], videos
+    assert all(v["caption"].startswith("hash:") for v in videos)
+    objects = json.loads(history["val/points/objects"])
+    names = json.loads(history["val/points/filenames"])
+    assert names == [o["path"].removeprefix("media/object3D/") for o in objects] and len(names) == 2
+    assert all((out / "files" / o["path"]).is_file() for o in objects)
+    # The trace is of a type the redactor does not know: it does not leave.
+    assert not [k for k in history if k.startswith("trace/") and "root_span" in k], sorted(history)
