@@ -228,7 +228,7 @@ def seal_live(ledger: Ledger, cfg: config_mod.Config, sealer: Sealer, row: dict[
         redacted = work / "out" / sealed_dir_name(run_dir.name, row["run_id"])
         # The last segment says how the run ended, even when it brings no new row: the server
         # is sent its summary alone then (segments.plan_cut with send_end).
-        report = _redact(ledger, cfg, sealer, row, snap, redacted, ended=ended, complete=ended)
+        report = _redact(ledger, cfg, sealer, row, snap, redacted, ended=ended, complete=ended, written_by=src_log)
         red_log = find_log(redacted)
         red_facts = read_facts(red_log) if red_log else None
         byte_end = red_facts.end if red_facts else 0

@@ -391,3 +391,31 @@ def test_a_site_pattern_with_an_underscore_of_its_own_still_matches():
     for text in ("case_7126", "val/case_7126/dice", "x case_7126 y"):
         new, counts = s.scrub(text)
         assert "7126" not in new and counts == {"site_0": 1}, new
+
+
+def test_a_snapshot_the_agent_made_still_takes_out_the_user_who_wrote_the_run(tmp_path):
+    """A live segment is redacted from a snapshot the agent copied (its files the agent's): the
+    user is read from the log on the volume (``written_by``), not from the copy."""
+    import pwd
+    import shutil
+    from tfwb_agent.redact.run import redact_run
+
+    users = [u for u in pwd.getpwall() if 1000 <= u.pw_uid < 65534 and len(u.pw_name) >= 4]
+    assert users, "this test needs a login user (uid 1000 or more) on the host to own the run"
+    user = users[0]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(CANARY_ROOT=str(tmp_path), CANARY_VALUES=json.dumps({"user": user.pw_name}))
+    p = subprocess.run([sys.executable, "-c", USER_WRITER], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
+    for f in [run_dir, *run_dir.rglob("*")]:
+        os.chown(f, user.pw_uid, user.pw_gid, follow_symlinks=False)
+    snap = tmp_path / "snapshot" / run_dir.name
+    shutil.copytree(run_dir, snap)                      # the agent's copy: owned by the agent
+    assert snap.stat().st_uid != user.pw_uid
+    log = next(run_dir.glob("run-*.wandb"))
+    for written_by, leaves in ((None, True), (log, False)):
+        out = tmp_path / f"out-{leaves}" / run_dir.name
+        redact_run(snap, out, DEFAULT_POLICY, os.urandom(32), lambda q: Path(q), written_by=written_by)
+        blob = b"".join(f.read_bytes() for f in out.rglob("*") if f.is_file())
+        assert (user.pw_name.encode() in blob) is leaves

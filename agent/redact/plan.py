@@ -30,7 +30,8 @@ def changes_plan(rec: Any, fold: runlog.Fold) -> bool:
 
 
 def apply_plan(r: Redaction, fold: runlog.Fold, log: Path) -> None:
-    """``log``: the run's log the fold was made of (``runlog.find_log``)."""
+    """``log``: the file whose owner wrote the run (its log, ``runlog.find_log``; the log on the
+    volume for a snapshot of it)."""
     r.set_plan(fold.planned, fold.sizes, tuple(fold.sensitive))
     if r.policy.metadata == "redact":
         r.add_identity(fold.identity | _metadata_identity(r.src) | _owner_identity(log))

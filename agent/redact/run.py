@@ -57,13 +57,14 @@ def _records(path: Path, report: RedactionReport):
 
 
 def _redact(src: Path, dst: Path | None, policy: Policy, secret: bytes,
-            map_path: Callable[[str], Path], complete: bool, fold: runlog.Fold | None) -> RedactionReport:
+            map_path: Callable[[str], Path], complete: bool, fold: runlog.Fold | None,
+            written_by: Path | None = None) -> RedactionReport:
     src = Path(src)
     log = _find_log(src)
     if fold is None or not fold.whole or fold.file_id != _file_id(log):
         fold = runlog.read(log, runlog.Fold(values=False))
     r = Redaction(src, dst, policy, secret, map_path)
-    apply_plan(r, fold, log)
+    apply_plan(r, fold, written_by or log)
     # The copy's log is named after the run's id as its run record says (the id the routing
     # rules check), not after the file's own name, which anyone may have given it
     # (``run-P7126.wandb``); with no usable id, its name scrubbed as a file name.
@@ -142,19 +143,19 @@ def _empty(d: Path) -> None:
 
 def _guarded(src: Path, dst: Path | None, policy: Policy, secret: bytes,
              map_path: Callable[[str], Path], complete: bool = True,
-             fold: runlog.Fold | None = None) -> RedactionReport:
+             fold: runlog.Fold | None = None, written_by: Path | None = None) -> RedactionReport:
     # A damaged log or an unparsable record is this run's problem, not the agent's: say so in
     # the one exception type callers quarantine on.
     try:
         try:
-            return _redact(src, dst, policy, secret, map_path, complete, fold)
+            return _redact(src, dst, policy, secret, map_path, complete, fold, written_by)
         except PlanOutdated:
             # The log grew since it was folded (a run taken for ended wrote again): plan anew
             # from the whole log, into an emptied destination. Twice: it is still being written.
             if dst is not None:
                 _empty(dst)
             try:
-                return _redact(src, dst, policy, secret, map_path, complete, None)
+                return _redact(src, dst, policy, secret, map_path, complete, None, written_by)
             except PlanOutdated as exc:
                 raise RedactError(f"{src}: the .wandb file is still being written ({exc}); "
                                   "redact a run once it has ended, or a snapshot of it") from None
@@ -164,7 +165,7 @@ def _guarded(src: Path, dst: Path | None, policy: Policy, secret: bytes,
         raise RedactError(f"{src}: malformed content: {exc}") from exc
 def redact_run(src_run_dir: Path, dst_dir: Path, policy: Policy, secret: bytes,
                map_path: Callable[[str], Path], complete: bool = True,
-               fold: runlog.Fold | None = None) -> RedactionReport:
+               fold: runlog.Fold | None = None, written_by: Path | None = None) -> RedactionReport:
     """Write a redacted copy of ``src_run_dir`` into ``dst_dir`` (created; must be empty).
 
     ``dst_dir`` becomes a run directory: give it a name wandb sync recognises
@@ -178,8 +179,11 @@ def redact_run(src_run_dir: Path, dst_dir: Path, policy: Policy, secret: bytes,
 
     ``fold``: the fold of the whole log the caller made already (``runlog.cached``: the
     classification's); the plan comes from it, and the log is read once, to be rewritten.
-    Without it, the log is folded here first (one more pass)."""
-    return _guarded(Path(src_run_dir), Path(dst_dir), policy, secret, map_path, complete, fold)
+    Without it, the log is folded here first (one more pass).
+
+    ``written_by``: the file whose owner is the user who wrote the run (by default its log; for
+    a snapshot the agent made, the log on the volume): that user's name is taken out."""
+    return _guarded(Path(src_run_dir), Path(dst_dir), policy, secret, map_path, complete, fold, written_by)
 
 
 def plan_run(src_run_dir: Path, policy: Policy, secret: bytes,
