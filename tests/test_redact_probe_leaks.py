@@ -336,12 +336,10 @@ run.finish()
 '''
 
 
-def test_the_user_who_wrote_the_run_is_taken_out_though_wandb_does_not_record_them(tmp_path):
-    """The run's log belongs to the user who trained; this host's name for a login user (uid
-    1000 or more) is one of the run's words, like its host: a prompt or a note naming them
-    does not leave with it."""
+def _run_of_a_login_user(tmp_path):
+    """A real run naming a login user (uid 1000 or more) of this host, its files owned by them,
+    as the training user wrote it: (their passwd entry, the run directory)."""
     import pwd
-    from tfwb_agent.redact.run import redact_run
 
     users = [u for u in pwd.getpwall() if 1000 <= u.pw_uid < 65534 and len(u.pw_name) >= 4]
     assert users, "this test needs a login user (uid 1000 or more) on the host to own the run"
@@ -353,7 +351,17 @@ def test_the_user_who_wrote_the_run_is_taken_out_though_wandb_does_not_record_th
     run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
     assert user.pw_name.encode() in (run_dir / "files" / "output.log").read_bytes()
     for f in [run_dir, *run_dir.rglob("*")]:
-        os.chown(f, user.pw_uid, user.pw_gid, follow_symlinks=False)   # as the training user wrote it
+        os.chown(f, user.pw_uid, user.pw_gid, follow_symlinks=False)
+    return user, run_dir
+
+
+def test_the_user_who_wrote_the_run_is_taken_out_though_wandb_does_not_record_them(tmp_path):
+    """The run's log belongs to the user who trained; this host's name for a login user (uid
+    1000 or more) is one of the run's words, like its host: a prompt or a note naming them
+    does not leave with it."""
+    from tfwb_agent.redact.run import redact_run
+
+    user, run_dir = _run_of_a_login_user(tmp_path)
     out = tmp_path / "out" / run_dir.name
     redact_run(run_dir, out, DEFAULT_POLICY, os.urandom(32), lambda q: Path(q))
     blob = b"".join(f.read_bytes() for f in out.rglob("*") if f.is_file())
@@ -396,20 +404,10 @@ def test_a_site_pattern_with_an_underscore_of_its_own_still_matches():
 def test_a_snapshot_the_agent_made_still_takes_out_the_user_who_wrote_the_run(tmp_path):
     """A live segment is redacted from a snapshot the agent copied (its files the agent's): the
     user is read from the log on the volume (``written_by``), not from the copy."""
-    import pwd
     import shutil
     from tfwb_agent.redact.run import redact_run
 
-    users = [u for u in pwd.getpwall() if 1000 <= u.pw_uid < 65534 and len(u.pw_name) >= 4]
-    assert users, "this test needs a login user (uid 1000 or more) on the host to own the run"
-    user = users[0]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(CANARY_ROOT=str(tmp_path), CANARY_VALUES=json.dumps({"user": user.pw_name}))
-    p = subprocess.run([sys.executable, "-c", USER_WRITER], env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
-    run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
-    for f in [run_dir, *run_dir.rglob("*")]:
-        os.chown(f, user.pw_uid, user.pw_gid, follow_symlinks=False)
+    user, run_dir = _run_of_a_login_user(tmp_path)
     snap = tmp_path / "snapshot" / run_dir.name
     shutil.copytree(run_dir, snap)                      # the agent's copy: owned by the agent
     assert snap.stat().st_uid != user.pw_uid
