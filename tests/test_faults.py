@@ -493,7 +493,8 @@ def test_the_daemon_pauses_on_a_full_disk_and_resumes_when_there_is_room(tmp_pat
         assert f"warning: the disk holding {site.root / 'node-state'} is full" in shown.stderr, shown.stderr
         filler.unlink()
         wait_for(lambda: run_counts(state) == {"sealed": 4}, 60, "all four sealed", daemon)
-        assert "has room again; work resumed" in daemon.output()
+        # (said once the pass that sealed them has ended: after the ledger shows them)
+        wait_for(lambda: "has room again; work resumed" in daemon.output(), 30, "the daemon to say so", daemon)
         assert daemon.terminate()[0] == 0
     assert "Traceback" not in daemon.output(), daemon.output()[-3000:]
 
