@@ -79,7 +79,9 @@ def _one_file(r: Redaction, rel: str, p: Path, complete: bool) -> None:
         new_rel = r.out.path(rel)
         sink = files_mod.Sink(r.out_path("files/" + new_rel))
         try:
-            n = files_mod.scrub_text_file(str(p), sink, TextStream(lambda s: r.out.text(s, place), file=True),
+            scrub = (lambda s: r.out.seen_elsewhere(r.out.text(s, place))) if place == "console" \
+                else (lambda s: r.out.text(s, place))
+            n = files_mod.scrub_text_file(str(p), sink, TextStream(scrub, file=True),
                                           complete)
         finally:
             sink.close()

@@ -34,6 +34,9 @@ def redact_config_value(key: str, value: Any, policy: Policy, scrub: "Outgoing",
     """One top-level config entry. Returns (value, changed)."""
     if key == "_wandb":
         return _redact_wandb_internal(value, policy, scrub, tag, report)
+    if key.startswith("_wandb.visualize."):   # wandb 0.31 writes each chart as a key of its own
+        new = _chart(key.split(".", 2)[2], value, policy, tag)
+        return new, new is not value
     if policy.config_value_redacted(key, value) or is_sensitive(key, sensitive):
         report.config_keys.add(key)
         return f"[redacted:config:{tag('config', json.dumps(value, sort_keys=True))}]", True
@@ -84,13 +87,21 @@ def _scrub_strings(value: Any, key: str, policy: Policy, scrub: "Outgoing", tag:
 def _redact_wandb_internal(value: Any, policy: Policy, scrub: "Outgoing", tag: Callable[[str, str], str],
                            report: RedactionReport) -> tuple[Any, bool]:
     # `_wandb` holds wandb's own bookkeeping; its `e` entries repeat the run metadata.
-    if not isinstance(value, dict) or policy.metadata == "keep":
+    if not isinstance(value, dict):
         return value, False
-    changed, out = False, dict(value)
+    out = dict(value)
+    for name in _CLASS_LABELS:
+        if isinstance(value.get(name), dict):
+            out[name] = _class_labels(value[name], policy, tag)
+    if isinstance(value.get("visualize"), dict):
+        out["visualize"] = {k: _chart(k, v, policy, tag) for k, v in value["visualize"].items()}
+    changed = out != value
+    if policy.metadata == "keep":
+        return (out if changed else value), changed
     if isinstance(value.get("e"), dict):
         out["e"] = {k: redact_metadata(v, scrub, tag, report)[0] if isinstance(v, dict) else v
                     for k, v in value["e"].items()}
-        changed = out["e"] != value["e"]
+        changed |= out["e"] != value["e"]
     for k in ("code_path", "root_dir"):
         if isinstance(value.get(k), str) and value[k]:
             out[k] = scrub_path(value[k], scrub, tag)
@@ -101,6 +112,36 @@ def _redact_wandb_internal(value: Any, policy: Policy, scrub: "Outgoing", tag: C
                     if isinstance(m, dict) else m for m in value["m"]]
         changed |= out["m"] != value["m"]
     return (out if changed else value), changed
+
+
+# Where wandb keeps the class names of a logged image's boxes and masks, per
+# "<media key>_wandb_delimeter_<group>": text about the image, as its caption is.
+_CLASS_LABELS = ("bounding_box/class_labels", "mask/class_labels")
+
+
+def _hashed_texts(d: dict[str, Any], tag: Callable[[str, str], str]) -> dict[str, Any]:
+    return {k: f"hash:{tag('caption', v)}" if isinstance(v, str) else v for k, v in d.items()}
+
+
+def _class_labels(entries: dict[str, Any], policy: Policy, tag: Callable[[str, str], str]) -> dict[str, Any]:
+    """Each image's class names, hashed as its caption is, unless a rule keeps the image."""
+    out = {}
+    for name, e in entries.items():
+        media_key = str(name).split("_wandb_delimeter_")[0]
+        if isinstance(e, dict) and isinstance(e.get("value"), dict) and policy.decide(media_key, "image").action != "keep":
+            e = dict(e, value=_hashed_texts(e["value"], tag))
+        out[name] = e
+    return out
+
+
+def _chart(name: str, panel: Any, policy: Policy, tag: Callable[[str, str], str]) -> Any:
+    """A custom chart (``wandb.plot.*``): its titles are text about its table
+    (``<name>_table``), hashed unless a rule keeps the table."""
+    cfg = panel.get("panel_config") if isinstance(panel, dict) else None
+    settings = cfg.get("stringSettings") if isinstance(cfg, dict) else None
+    if not isinstance(settings, dict) or policy.decide(f"{name}_table", "table").action == "keep":
+        return panel
+    return dict(panel, panel_config=dict(cfg, stringSettings=_hashed_texts(settings, tag)))
 
 
 def redact_metadata(meta: dict[str, Any], scrub: "Outgoing", tag: Callable[[str, str], str],

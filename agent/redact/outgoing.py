@@ -44,6 +44,9 @@ _DIGEST = re.compile(r"(?P<tag>hash:[0-9a-f]{16,64})|[0-9a-f]{32}|[0-9a-f]{64}")
 # are names to scrub.
 _MEDIA_NAME = re.compile(r"(?P<base>.+?)(?P<steps>(?:_\d+)+)_(?P<hash>[0-9a-f]{20})(?P<ext>(?:\.[A-Za-z0-9]+)+)")
 _CACHE_LIMIT = 50_000
+# A value the console's scrub took out is looked for in output.log when it is this long (a
+# shorter one would take ordinary words with it), up to this many values.
+_SEEN_MIN, _SEEN_LIMIT = 8, 10_000
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode   # as json.dumps(...) with these
 def _holds_text(v: Any) -> bool:
     """Whether a JSON value holds a string at any depth (a key's name is none)."""
@@ -79,6 +82,10 @@ class Outgoing(MessageWalk):
         # file's name is one of these when it describes what leaves; any other 64-hex value
         # under that key (a site's hashed patient id) is asked like any string.
         self.file_digests: set[str] = set()
+        # What the scrub took out of the console records (each stream joined on its own), to
+        # be taken out of ``output.log`` too (``seen_elsewhere``).
+        self.console_secrets: set[str] = set()
+        self._seen_rx: tuple[int, re.Pattern[str] | None] = (0, None)
         self.scrubber = scrubber
 
     @property
@@ -137,10 +144,35 @@ class Outgoing(MessageWalk):
                                           for k in counts.keys() | shown_counts.keys()}
         if counts:
             self._counted(place, counts)
+            if place == "console":
+                self._remember(s, scrubber)
         else:
             new = s
         if len(self._texts) < _CACHE_LIMIT and len(s) < 4096:
             self._texts[s] = new
+        return new
+
+    def _remember(self, s: str, scrubber: Scrubber) -> None:
+        for start, end, name in scrubber.spans(s):
+            value = s[start:end].strip()
+            if len(value) >= _SEEN_MIN and name != "local_path" and len(self.console_secrets) < _SEEN_LIMIT:
+                self.console_secrets.add(value)
+
+    def seen_elsewhere(self, text: str) -> str:
+        """``text`` (of ``output.log``, scrubbed) without any secret the scrub took out of the
+        console records. The file holds both streams in one: a line of stderr may stand between
+        a key and its value on stdout (``print("password:")``, a log line, ``print(pw)``), which
+        the records, each stream joined on its own, see side by side."""
+        if not self.console_secrets:
+            return text
+        n, rx = self._seen_rx
+        if rx is None or n != len(self.console_secrets):
+            values = sorted(self.console_secrets, key=len, reverse=True)
+            rx = re.compile("|".join(map(re.escape, values)))
+            self._seen_rx = (len(values), rx)
+        new = rx.sub(lambda m: f"[redacted:seen:{self.scrubber.tag('secret', m[0])}]", text)
+        if new != text:
+            self.report.strings["console"] += 1
         return new
 
     def replaced(self, instead: str, place: str) -> str:
