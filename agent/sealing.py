@@ -191,6 +191,8 @@ def seal_live(ledger: Ledger, cfg: config_mod.Config, sealer: Sealer, row: dict[
               now: float) -> int | None:
     """Seal a live run's next segment (its last, once it has ended): the segment number, or
     None when it has nothing new."""
+    if not row["run_id"]:
+        return None  # its run record is not read yet: nothing to seal, nor a segment to number
     facts = dict(row["facts"])
     ended = row["state"] == "ended"
     run_dir = Path(row["key"])
@@ -215,7 +217,7 @@ def seal_live(ledger: Ledger, cfg: config_mod.Config, sealer: Sealer, row: dict[
     if not ended and rows_now <= facts.get("live_rows", 0):
         return None
     src_log = find_log(run_dir)
-    if src_log is None or not row["run_id"]:
+    if src_log is None:
         return None
     ids.check("run id", row["run_id"])
     work = statedir.work_for(cfg, f"live-{run_dir.name}")

@@ -280,6 +280,23 @@ def _live_pass(site) -> list[str]:
         ledger.close()
 
 
+def test_a_live_run_whose_run_record_is_not_written_yet_waits_without_a_warning(tmp_path, corpus, caplog):
+    """wandb writes a run's log header first and its run record a moment later: a pass in
+    between has no run id to number segments by (the daemon warned "'<dir>' is not in list"
+    on every pass until the record came)."""
+    volume = corpus / "live"
+    volume.mkdir()
+    run = volume / "offline-run-20261130_050000-fresh01x"
+    run.mkdir()
+    (run / "run-fresh01x.wandb").write_bytes(b":W&B" + (0xBEE1).to_bytes(2, "little") + b"\x00")
+    a, _b = _live_sites(tmp_path, volume, corpus)
+    with caplog.at_level("INFO", logger="tfwb_agent"):
+        assert _live_pass(a) == []
+    rows = [r for r in ledger_rows(tmp_path / "a" / "node-state") if r["key"] == str(run)]
+    assert [(r["state"], r["run_id"]) for r in rows] == [("live", None)], rows
+    assert not [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+
 @pytest.mark.slow(seconds=10)
 def test_live_segments_sealed_by_one_node_are_never_sealed_again_by_the_node_that_takes_over(tmp_path, corpus):
     volume = corpus / "live"
