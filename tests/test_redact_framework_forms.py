@@ -182,3 +182,42 @@ def test_a_real_run_carries_none_of_them_out(tmp_path):
     assert all((out / "files" / o["path"]).is_file() for o in objects)
     # The trace is of a type the redactor does not know: it does not leave.
     assert not [k for k in history if k.startswith("trace/") and "root_span" in k], sorted(history)
+
+
+def _console(text: str) -> str:
+    """``text`` as the console's scrub releases it, fed line by line."""
+    from tfwb_agent.redact.console import TextStream
+
+    out = default_outgoing(RedactionReport())
+    stream = TextStream(lambda s: out.text(s, "console"))
+    return "".join(stream.feed(line) for line in text.splitlines(keepends=True)) + stream.close()
+
+
+@pytest.mark.parametrize("template", [
+    # rich's log handler at 80 columns: a long word folded, each line padded to its column
+    "[05:09:16] INFO     Connecting to feature store:                     <string>:15\n"
+    "                    postgresql://svc_icu_training_ro:{a}            \n"
+    "                    {b}@db-primary.icu.hospital.internal:5432/            \n"
+    "                    features                             \n",
+    "           INFO     Exporting checkpoint with                        <string>:16\n"
+    "                    AWS_SECRET_ACCESS_KEY=8s5CbVDwzhtP32Fd{a}            \n"
+    "                    {b}                                                \n",
+    # pprint's split of a long string: the flag closes one literal, its value opens the next
+    "{{'cmd': 'python train.py --data-root /data/shared/cohorts/icu_ct_v3/train --db-password '\n"
+    "        '{a}{b} --epochs 40 --lr 0.001 --batch-size 16 --amp'}}\n",
+])
+def test_a_secret_a_wrapper_folded_in_two_is_found_unfolded(template):
+    a, b = _pw()[:10], _pw()[:10]
+    new = _console(template.format(a=a, b=b))
+    assert a not in new and b not in new, new
+    assert new.count("\n") == template.count("\n")
+
+
+def test_lines_that_only_look_folded_stay():
+    text = ("Epoch 1/10 - loss: 0.2345 - accuracy: 0.9123 - val_loss: 0.3456 - val_accuracy: 0.8812\n"
+            "passes: 3, pass_rate: 0.91, bypass: false\n"
+            "[eval] exact_match=71.2 f1=80.5 pass_rate=0.82 secret_leak_rate=0.0 and so on for a while\n"
+            "Successfully built flash-attn\n"
+            "    raise ValueError('the value given for the learning rate schedule is not one we know')\n"
+            "ValueError: the value given for the learning rate schedule is not one we know of\n")
+    assert _console(text) == text

@@ -35,6 +35,11 @@ _DANGLING = re.compile(rf"(?i)(?:\b{_KEY}[\"']?\s*[:=：＝](?:\s*[|>][-+0-9]*|\
 _CUT_WORD = re.compile(r"(?<!\S)(?=\S{0,4096}[A-Za-z])\S{6,4096}$")
 CUT_OFF = "[redacted:cut_off]"
 _WAITING_LINES = 4       # a .netrc entry's machine, login, account lines before its password
+# A line this long may go on in the next one: a wrapper folded it (rich's log handler at 80
+# columns, textwrap), or pprint split a string literal (``'… --db-password '`` then
+# `` '<pw> …'``). It waits for that line, and the two are searched unfolded too
+# (``Outgoing.text``, ``unfold``).
+FOLD_MIN = 60
 _PEM_BEGIN = "-----BEGIN"
 _PEM_END = "-----END"
 
@@ -129,8 +134,33 @@ def _cut(text: str) -> int:
 
 
 def _waits(line: str) -> bool:
+    if len(line) >= FOLD_MIN and not line.isspace():
+        return True
     for shown_line in (line, shown(line)) if SHOWN_DIFFERENTLY.search(line) else (line,):
         words = shown_line.split()
         if _DANGLING.search(shown_line) or (words and is_secret_flag(words[-1])):
             return True
     return False
+
+
+# Where a folded line goes on: after a line that ends inside a word (rich pads it with blanks to
+# its column's width first), a line break and the deep indentation of a wrapped message's column
+# (rich's is 11 or 20 blanks; a line that starts at its left edge, or a traceback's, is a line
+# of its own); or a string literal closed at the end of a line and opened again on the next
+# (``'ab'`` / `` 'cd'``: pprint's and black's split of a long string).
+_FOLD = re.compile(r"""(?<=[^\s'"])[ \t]*\n[ \t]{8,}(?=\S)|(['"])[ \t]*\n[ \t]*\1""")
+
+
+def unfold(text: str) -> tuple[str, list[tuple[int, int]]]:
+    """``text`` with the folds after lines of ``FOLD_MIN`` characters or more taken out, and
+    the pieces of ``text`` it is made of, in order (``(start, end)``)."""
+    pieces, pos = [], 0
+    for m in _FOLD.finditer(text):
+        if m.start() - (text.rfind("\n", 0, m.start()) + 1) < FOLD_MIN:
+            continue
+        pieces.append((pos, m.start()))
+        pos = m.end()
+    if not pieces:
+        return text, [(0, len(text))]
+    pieces.append((pos, len(text)))
+    return "".join(text[a:b] for a, b in pieces), pieces

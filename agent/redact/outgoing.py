@@ -27,6 +27,7 @@ import json
 import re
 from typing import Any
 
+from .console import unfold
 from .console_render import SHOWN_DIFFERENTLY, shown
 from .policy import Policy
 from .report import RedactionReport
@@ -133,7 +134,10 @@ class Outgoing(MessageWalk):
             if hit != s:
                 self.report.strings[place] += 1
             return hit
-        new, counts = scrubber.scrub(s)
+        unfolded, folded = self._unfolded(s, scrubber) if place == "console" and "\n" in s else (s, 0)
+        new, counts = scrubber.scrub(unfolded)
+        if folded:
+            counts = dict(counts, folded=folded)
         if SHOWN_DIFFERENTLY.search(new):
             # Colour codes or invisible characters inside (a captured log line in a summary): the
             # scrubbed text as a terminal or a browser shows it is asked too, and if a rule finds
@@ -151,6 +155,36 @@ class Outgoing(MessageWalk):
         if len(self._texts) < _CACHE_LIMIT and len(s) < 4096:
             self._texts[s] = new
         return new
+
+    def _unfolded(self, text: str, scrubber: Scrubber) -> tuple[str, int]:
+        """``text`` without the secrets the scrub finds in it unfolded (``console.unfold``):
+        each piece of one, on either side of a fold, goes; the scrub of the text as it is
+        follows. Returns (text, secrets found)."""
+        view, pieces = unfold(text)
+        if len(pieces) == 1:
+            return text, 0
+        cuts: list[tuple[int, int, str]] = []   # (start, end) in ``text``, and what goes there
+        found = 0
+        for vs, ve, name in scrubber.spans(view):
+            marker = f"[redacted:{name}:{scrubber.tag('secret', view[vs:ve])}]"
+            offset, parts = 0, []
+            for a, b in pieces:
+                lo, hi = max(vs, offset), min(ve, offset + b - a)
+                if lo < hi:
+                    parts.append((a + lo - offset, a + hi - offset, marker))
+                offset += b - a
+            cuts += parts           # (one piece of it, or its key, may lie across the fold)
+            found += 1
+        if not cuts:
+            return text, 0
+        out, pos = [], 0
+        for a, b, marker in sorted(cuts):
+            if a < pos:
+                continue
+            out += [text[pos:a], marker]
+            pos = b
+        out.append(text[pos:])
+        return "".join(out), found
 
     def _remember(self, s: str, scrubber: Scrubber) -> None:
         for start, end, name in scrubber.spans(s):
