@@ -221,3 +221,13 @@ def test_lines_that_only_look_folded_stay():
             "    raise ValueError('the value given for the learning rate schedule is not one we know')\n"
             "ValueError: the value given for the learning rate schedule is not one we know of\n")
     assert _console(text) == text
+
+
+@pytest.mark.parametrize("key, value, goes", [
+    ("tokenizer", "bert-base-uncased", False), ("tokenizer_name", "gpt2", False), ("pad_token", "<pad>", False),
+    ("eos_token", "</s>", False), ("num_tokens", "512 (approx)", True), ("s3_key", "cohorts/2024/ct.parquet", False),
+    ("hf_token", "hf_" + "x" * 30, True), ("token", "abc123def456", True), ("tokenizer_secret", "s3cr3t-x", True),
+    ("access_token", "abc", True), ("db_key", "abc", True),
+])
+def test_a_tokenizer_setting_is_no_credential_though_the_default_glob_names_it(key, value, goes):
+    assert DEFAULT_POLICY.config_value_redacted(key, value) is goes

@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import config as config_mod
 from .. import config_checks as checks
-from .secret_rules import key_secrecy
+from .secret_rules import key_secrecy, names_tokenizer_setting
 
 MEDIA_KINDS = ("image", "audio", "video", "html", "table", "object3d", "molecule", "any")
 ACTIONS = ("keep", "hash", "drop")
@@ -99,7 +99,11 @@ class Policy:
         globs = _lowered(self.config_keys)
         lowered = key.lower()
         if _key_matches(lowered, globs) and (not plain or lowered in globs):
-            return True
+            # (Not the default ``*token*`` alone on a tokenizer's setting: ``tokenizer:
+            # bert-base-uncased``, ``pad_token: <pad>``; a site's own glob still takes it.)
+            if lowered in globs or not names_tokenizer_setting(key) \
+                    or _key_matches(lowered, tuple(g for g in globs if g not in _DEFAULT_KEYS)):
+                return True
         secrecy = key_secrecy(key)
         return secrecy == "any" or (secrecy == "text" and not plain)
 
@@ -121,6 +125,9 @@ class Policy:
 @functools.lru_cache(maxsize=64)
 def _lowered(globs: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(g.lower() for g in globs)
+
+
+_DEFAULT_KEYS = frozenset(_lowered(DEFAULT_CONFIG_KEYS))
 
 
 @functools.lru_cache(maxsize=65536)

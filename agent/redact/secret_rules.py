@@ -343,7 +343,8 @@ def key_secrecy(key: str) -> str:
         return ""
     if words[-1] in CREDENTIAL_WORDS:
         return "any"
-    if words[-1] in ("key", "keys") and len(words) > 1 and words[-2] not in PLAIN_KEY_KINDS:
+    if words[-1] in ("key", "keys") and len(words) > 1 and words[-2] not in PLAIN_KEY_KINDS \
+            and not (len(words) > 2 and words[-2].isdigit() and words[-3] + words[-2] in PLAIN_KEY_KINDS):  # s3_key
         return "any"
     if CREDENTIAL_WORDS.intersection(words):
         return "text"
@@ -359,6 +360,23 @@ _AUTH_FLAG_WORDS = frozenset({"auth", "authorization", "bearer", "cookie", "cook
 # A config override given as a pair of arguments (yacs/detectron2's ``opts``:
 # ``DATASETS.DB_PASSWORD X``, ``WANDB.API_KEY Y``): a dotted key, no dash.
 _OVERRIDE_KEY = re.compile(r"[A-Za-z_][\w-]{0,100}(?:\.[A-Za-z_][\w-]{0,100}){1,20}")
+
+
+_TOKENIZER_WORDS = frozenset({"tokenizer", "tokenizers", "tokenization", "tokenize", "tokenized", "detokenize"})
+# The special tokens' own names among SPECIAL_TOKEN_KINDS (``num_tokens``, ``max_new_tokens`` are counts).
+_SPECIAL_TOKEN_NAMES = SPECIAL_TOKEN_KINDS - {"num", "max", "min", "new", "total"}
+
+
+@functools.lru_cache(maxsize=65536)
+def names_tokenizer_setting(key: str) -> bool:
+    """A key that names a tokenizer or one of its special tokens (``tokenizer``,
+    ``tokenizer_name``, ``pad_token``, ``eos_token``): text under it is a model's, no credential,
+    though a glob ``*token*`` matches it."""
+    words = [w.lower() for w in _KEY_WORD.findall(key)]
+    if any(w in _TOKENIZER_WORDS for w in words):
+        return key_secrecy(key) == ""
+    return any(w in ("token", "tokens") and i and words[i - 1] in _SPECIAL_TOKEN_NAMES for i, w in enumerate(words)) \
+        and key_secrecy(key) == ""
 
 
 def is_secret_flag(arg: str) -> bool:
