@@ -208,7 +208,7 @@ class Settler:
             started = procs.process_start_time(up.pid)
             with self.ledger.tx():  # the batch's transitions in one commit: one fsync, not one each
                 for p in batch:
-                        book.set(p.unit, "uploading", uploader_pid=up.pid, uploader_start=started,
+                    book.set(p.unit, "uploading", uploader_pid=up.pid, uploader_start=started,
                              server_rows=p.base + p.server_rows,
                              attempts=book.delivery(p.unit).get("attempts", 0) + 1,
                              reason=f"sending {p.rows} history rows" + (" (resumed)" if p.resumed else ""))
