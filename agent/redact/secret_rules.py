@@ -372,11 +372,11 @@ def names_tokenizer_setting(key: str) -> bool:
     """A key that names a tokenizer or one of its special tokens (``tokenizer``,
     ``tokenizer_name``, ``pad_token``, ``eos_token``): text under it is a model's, no credential,
     though a glob ``*token*`` matches it."""
+    if key_secrecy(key):
+        return False
     words = [w.lower() for w in _KEY_WORD.findall(key)]
-    if any(w in _TOKENIZER_WORDS for w in words):
-        return key_secrecy(key) == ""
-    return any(w in ("token", "tokens") and i and words[i - 1] in _SPECIAL_TOKEN_NAMES for i, w in enumerate(words)) \
-        and key_secrecy(key) == ""
+    return any(w in _TOKENIZER_WORDS or (w in ("token", "tokens") and i and words[i - 1] in _SPECIAL_TOKEN_NAMES)
+               for i, w in enumerate(words))
 
 
 def is_secret_flag(arg: str) -> bool:
