@@ -67,6 +67,9 @@ def _scrub(text: str) -> str:
     "https://events.pagerduty.com/integration/{hex32}/enqueue",
     "│ db_password      │ {pw} │",
     "┃ mlflow_token ┃ {pw} ┃",
+    "| db_password | {pw} |",
+    "connect ml_reader/{pw}@oradb.hospital.local/ICUPDB1",
+    "uploading with gcs_creds={pw} and proxy_auth=ml:{pw}",
 ])
 def test_console_forms_of_frameworks_lose_their_secret(template):
     pw, lower26, hex32 = _pw(), "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(26)), _hex(32)
@@ -86,6 +89,12 @@ def test_another_users_home_goes_with_its_name():
     "│ token_embedding     │ (None, 16, 32)    │     32,000 │ input_tokens[0][… │",
     "        # ~eps/1e-3 of relative cancellation error before it",
     "NCCL_IB_AUTH=none",
+    "│ 0 │ token_embedding │ Embedding          │ 23.4 M │ train │",
+    "┃ token_f1 ┃ exact_match ┃",
+    "│ api_key_env_var │ WANDB_API_KEY │",
+    "             r'local|logout|popd|printf|pushd|pwd|read|readonly|set|shift|'",
+    "                    proxy_auth=self._proxy.auth,",
+    "see docs/guide@v2.1/intro and actions/checkout@v4",
     "git clone https://github.com/org/repo.git && cd repo/src/main",
     "see ~/notes/run.txt",
 ])
@@ -102,10 +111,12 @@ def test_command_lines_lose_the_value_after_such_arguments():
     pw = [_pw() for _ in range(6)]
     argv = ["train_net.py", "--config-file", "x.yaml", "DATASETS.DB_PASSWORD", pw[0], "WANDB.API_KEY", pw[1],
             "SOLVER.BASE_LR", "0.01", "--basic-auth", "ml:" + pw[2], "--bearer", pw[3], "--http-auth", pw[4],
-            "REDIS_AUTH=" + pw[5], "--no-auth", "--epochs", "5", "--auth-type", "basic"]
+            "REDIS_AUTH=" + pw[5], "--no-auth", "--epochs", "5", "--auth-type", "basic",
+            "MLFLOW.TRACKING_TOKEN", pw[0] + "t", "+db.password", pw[1] + "h", "MODEL.TOKEN_DIM", "512"]
     out = scrub_args(argv, _scrub, lambda v: "[redacted]")
     assert not [p for p in pw if any(p in a for a in out)], out
-    assert out[7:9] == ["SOLVER.BASE_LR", "0.01"] and out[-5:] == ["--no-auth", "--epochs", "5", "--auth-type", "basic"], out
+    assert out[7:9] == ["SOLVER.BASE_LR", "0.01"] and out[16:21] == ["--no-auth", "--epochs", "5", "--auth-type", "basic"]
+    assert out[-2:] == ["MODEL.TOKEN_DIM", "512"], out
 
 
 def test_nested_config_entries_go_whole_when_declared_or_named_so():
@@ -231,3 +242,16 @@ def test_lines_that_only_look_folded_stay():
 ])
 def test_a_tokenizer_setting_is_no_credential_though_the_default_glob_names_it(key, value, goes):
     assert DEFAULT_POLICY.config_value_redacted(key, value) is goes
+
+
+def test_output_log_loses_what_the_console_records_lost_and_nothing_more():
+    """What the records' scrub took out is looked for in output.log whole, and only a value
+    that could be a secret (a word of letters alone is none: ``Embedding``)."""
+    out = default_outgoing(RedactionReport())
+    pw = _pw()
+    out.text("Database password:\n" + pw + "\n", "console")
+    out.text("│ db_password │ Embedding │\n", "console")
+    log = f"Database password:\nWARNING loader: shard 3/10\n{pw}\nBertEmbeddings(Embedding(30522))\n{pw}xyz\n"
+    new = out.seen_elsewhere(log)
+    assert new.count("[redacted:seen:") == 1 and pw not in new.splitlines()[2], new
+    assert "BertEmbeddings(Embedding(30522))" in new and f"{pw}xyz" in new

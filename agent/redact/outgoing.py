@@ -189,7 +189,10 @@ class Outgoing(MessageWalk):
     def _remember(self, s: str, scrubber: Scrubber) -> None:
         for start, end, name in scrubber.spans(s):
             value = s[start:end].strip()
-            if len(value) >= _SEEN_MIN and name != "local_path" and len(self.console_secrets) < _SEEN_LIMIT:
+            # (A word of letters alone, ``Embedding`` after a key that looked like one, is no
+            # secret to hunt for through the whole file.)
+            if (len(value) >= _SEEN_MIN and name != "local_path" and not value.isalpha()
+                    and len(self.console_secrets) < _SEEN_LIMIT):
                 self.console_secrets.add(value)
 
     def seen_elsewhere(self, text: str) -> str:
@@ -202,7 +205,8 @@ class Outgoing(MessageWalk):
         n, rx = self._seen_rx
         if rx is None or n != len(self.console_secrets):
             values = sorted(self.console_secrets, key=len, reverse=True)
-            rx = re.compile("|".join(map(re.escape, values)))
+            # Whole: not inside a longer word (``hunter2x`` is not in ``hunter2xyz``).
+            rx = re.compile(r"(?<![A-Za-z0-9_])(?:" + "|".join(map(re.escape, values)) + r")(?![A-Za-z0-9_])")
             self._seen_rx = (len(values), rx)
         new = rx.sub(lambda m: f"[redacted:seen:{self.scrubber.tag('secret', m[0])}]", text)
         if new != text:

@@ -122,7 +122,7 @@ PLAIN_KEY_KINDS = frozenset({
     "feature", "column", "row", "model", "layer", "attention", "attn", "query", "value", "random", "rng",
     "seed", "prng", "frame", "map", "sample", "batch", "class", "config", "run", "table", "log", "file",
     "path", "name", "id", "node", "task", "job", "step", "split", "train", "val", "test", "eval", "hot",
-    "music", "midi", "chord", "note", "tonic", "scale", "cluster", "bucket", "object", "s3", "record",
+    "music", "midi", "chord", "note", "tonic", "scale", "cluster", "bucket", "object", "s3", "record", "line",
     "field", "entry", "item", "result", "event", "state", "lock", "composite", "natural", "surrogate",
     "num", "n", "max", "min", "total", "count", "unique", "missing", "new", "old",
     # the columns and fields a data pipeline reads by name (diffusion, RLHF, RL, multimodal)
@@ -150,7 +150,7 @@ _PW_KEY = r"(?=[pP])(?:(?<=[_.-])|(?<![\w.-]))(?:pw|PW|Pw)(?!\w)"
 # opening quote, of a bytes literal too (``'password': b'x'``). A line break between them may be
 # written out (``\\n`` in a ``repr``), and so may colour codes after the key
 # (``\x1b[33mDB_PASSWORD\x1b[0m=X`` in the repr of a coloured tool's output).
-_KEY_TO_VALUE = (r"""(?:\\(?:x1b|u001b|033|e)\[[0-9;]{0,20}m){0,4}(?:\\{0,7}["'])?\]?\s*(?:[:=：＝│┃║]|%(?:25)?3[AaDd])"""
+_KEY_TO_VALUE = (r"""(?:\\(?:x1b|u001b|033|e)\[[0-9;]{0,20}m){0,4}(?:\\{0,7}["'])?\]?\s*(?:[:=：＝]|%(?:25)?3[AaDd])"""
                  r"""(?:\s|\\[nrt])*(?:b(?=["']))?(?:\\{0,7}["'])?""")
 # A number as metrics are printed (``-1.2e-05``, ``nan``, ``85%``, ``5.2B``, a version ``==2.4.1``),
 # up to where a value ends (a blank, a quote, a separator, a closing bracket: ``tokens_per_sec=
@@ -189,8 +189,20 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     # ``{'MONGO_AUTH': 'user:pw'}`` printed from os.environ.)
     ("key_value", rf"(?<![\w.-])[A-Z0-9_]{{0,100}}_(?:(?:KEY|PAT|AUTH|CREDS?):|(?:AUTH|CREDS?)(?:=|[\"']:[^\S\n]*[\"']))[^\S\n]*"
                   rf"(?P<v>(?=[^\s\"']{{0,255}}\d|[^\s\"']{{16}}){_NOT_A_NUMBER}{_VALUE})"),
-    # Oracle's Easy Connect, ``user/password@host:1521/service`` (oracledb, sqlplus).
-    ("dsn_credentials", r"(?<![\w/.-])[A-Za-z_][\w$#.-]{0,63}/(?P<v>[^\s/@\"']{1,255})@(?=(?://)?[\w.-]{1,253}:\d{2,5}/)"),
+    # (In lower case, ``gcs_creds=…`` in a log line, a value with a digit: ``proxy_auth=self.auth``
+    # in a traceback's source line is code.)
+    ("key_value", rf"(?<![\w.-])[a-z0-9_]{{0,100}}_(?:auth|creds?)(?:=|[\"']:[^\S\n]*[\"'])[^\S\n]*"
+                  rf"(?P<v>(?=[^\s\"'(]{{0,255}}\d){_NOT_A_NUMBER}{_VALUE})"),
+    # Oracle's Easy Connect, ``user/password@host:1521/service`` or ``@db.example.org/service``
+    # (oracledb, sqlplus).
+    ("dsn_credentials", r"(?<![\w/.-])[A-Za-z_][\w$#.-]{0,63}/(?P<v>[^\s/@\"']{1,255})@"
+                        r"(?=(?://)?(?:[\w.-]{1,253}:\d{2,5}|[\w-]{1,63}(?:\.[\w-]{1,63})*\.[A-Za-z][\w-]{0,62})/\w)"),
+    # A table's row whose key cell names a credential: the next cell (``│ db_password │ X │``
+    # drawn by rich, ``| api_key | X |`` by tabulate). Only a key that ends on such a word:
+    # ``│ token_embedding │ Embedding │`` is a layer.
+    # (Blanks around each cell, as both draw them: ``|pwd|read|`` is a regular expression.)
+    ("key_value", rf"(?i)[│┃║|][^\S\n]+[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN}|creds?)[^\S\n]+[│┃║|][^\S\n]+"
+                  rf"(?P<v>[^\s│┃║|]{{1,255}})[^\S\n]+(?=[│┃║|])"),
     # A webhook's secret as a segment of its URL: Mattermost ``/hooks/<26>``, Teams
     # ``/IncomingWebhook/<hex32>/``, PagerDuty ``/integration/<hex32>/enqueue``.
     ("key_value", r"(?<=/hooks/)(?P<v>[a-z0-9]{26})(?![\w-])"),
@@ -359,7 +371,7 @@ def key_secrecy(key: str) -> str:
 _AUTH_FLAG_WORDS = frozenset({"auth", "authorization", "bearer", "cookie", "cookies"})
 # A config override given as a pair of arguments (yacs/detectron2's ``opts``:
 # ``DATASETS.DB_PASSWORD X``, ``WANDB.API_KEY Y``): a dotted key, no dash.
-_OVERRIDE_KEY = re.compile(r"[A-Za-z_][\w-]{0,100}(?:\.[A-Za-z_][\w-]{0,100}){1,20}")
+_OVERRIDE_KEY = re.compile(r"[+~]{0,2}[A-Za-z_][\w-]{0,100}(?:\.[A-Za-z_][\w-]{0,100}){1,20}")
 
 
 _TOKENIZER_WORDS = frozenset({"tokenizer", "tokenizers", "tokenization", "tokenize", "tokenized", "detokenize"})
@@ -386,7 +398,9 @@ def is_secret_flag(arg: str) -> bool:
     if SECRET_FLAG.match(arg):
         return True
     if _OVERRIDE_KEY.fullmatch(arg):
-        return key_secrecy(arg.rsplit(".", 1)[1]) == "any"
+        leaf = arg.rsplit(".", 1)[1]
+        words = [w.lower() for w in _KEY_WORD.findall(leaf)]
+        return key_secrecy(leaf) == "any" or (bool(words) and words[-1] in TEXT_SECRET_WORDS)
     if not arg.startswith("--") or "=" in arg:
         return False
     words = [w.lower() for w in _KEY_WORD.findall(arg[2:])]
