@@ -255,3 +255,29 @@ def test_output_log_loses_what_the_console_records_lost_and_nothing_more():
     new = out.seen_elsewhere(log)
     assert new.count("[redacted:seen:") == 1 and pw not in new.splitlines()[2], new
     assert "BertEmbeddings(Embedding(30522))" in new and f"{pw}xyz" in new
+
+
+LAST_LINE_WRITER = WRITER_PREAMBLE + r'''import wandb
+run = wandb.init(dir=root, project="forms")
+run.log({"loss": 0.5})
+print("the only line of this run, long enough to wait for a fold that never comes: " + c["word"], flush=True)
+run.finish()
+'''
+
+
+def test_a_last_line_held_for_a_fold_still_comes_before_the_runs_end(tmp_path):
+    """A long line waits for the next (it may be folded); when none comes, it goes with the
+    exit record, before it: wandb sync sends no console after the run's end."""
+    from tfwb_agent.redact.run import redact_run
+    from tfwb_agent.wandb_log import read_records
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(CANARY_ROOT=str(tmp_path), CANARY_VALUES=json.dumps({"word": "plainword"}))
+    p = subprocess.run([sys.executable, "-c", LAST_LINE_WRITER], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
+    out = tmp_path / "out" / run_dir.name
+    redact_run(run_dir, out, DEFAULT_POLICY, os.urandom(32), lambda q: Path(q))
+    kinds = [rec.WhichOneof("record_type") for _, rec in read_records(next(out.glob("run-*.wandb")))]
+    console = [i for i, k in enumerate(kinds) if k in ("output_raw", "output")]
+    assert console and max(console) < kinds.index("exit"), kinds

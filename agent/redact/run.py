@@ -81,6 +81,14 @@ def _redact(src: Path, dst: Path | None, policy: Policy, secret: bytes,
         r.writer = BackgroundWriter()
     console = Console(r)
     finished = False        # the log's exit record seen
+
+    def release_console(ended: bool) -> None:
+        for o in console.close(ended):
+            r.out.message(o, "console")
+            r.report.records_out += 1
+            if writer is not None:
+                writer.write(o)
+
     try:
         r.media.prepare()
         for offset, payload in _payloads(log, r.report):
@@ -95,9 +103,13 @@ def _redact(src: Path, dst: Path | None, policy: Policy, secret: bytes,
                         writer.write(fast)
                 continue
             rec = parse_record(payload, offset, pb)
-            finished = finished or rec.HasField("exit")
             if offset >= fold.end and changes_plan(rec, fold):
                 raise PlanOutdated(f"{log.name} grew past byte {fold.end} with a record that changes the plan")
+            if rec.HasField("exit") and not finished:
+                finished = True
+                # Console text still held (a last line waiting for one that never came) goes
+                # before the run's end: wandb sync sends no console after it.
+                release_console(True)
             r.report.records_in += 1
             for o in rewrite(r, rec, console):
                 r.report.records_out += 1
@@ -107,11 +119,7 @@ def _redact(src: Path, dst: Path | None, policy: Policy, secret: bytes,
         # live snapshot keeps it for the next segment, so each segment's copy is a prefix of
         # the next one's.
         if complete:
-            for o in console.close(finished):
-                r.out.message(o, "console")
-                r.report.records_out += 1
-                if writer is not None:
-                    writer.write(o)
+            release_console(finished)
         r.media.finish_helper()
         copy_files_dir(r, complete)
     finally:
