@@ -281,3 +281,18 @@ def test_a_last_line_held_for_a_fold_still_comes_before_the_runs_end(tmp_path):
     kinds = [rec.WhichOneof("record_type") for _, rec in read_records(next(out.glob("run-*.wandb")))]
     console = [i for i, k in enumerate(kinds) if k in ("output_raw", "output")]
     assert console and max(console) < kinds.index("exit"), kinds
+
+
+def test_a_fold_among_long_lines_is_searched_whole():
+    """A log of long lines each waits for the next (it may be folded): the stream never
+    releases a folded line without its continuation, whatever comes after (the records join
+    each stream; output.log is read line by line)."""
+    a, b = _pw()[:10], _pw()[:10]
+    lines = ["[05:09:16] INFO     Exporting checkpoint number 1 of the run to the store:   <string>:15\n",
+             f"                    AWS_SECRET_ACCESS_KEY=8s5CbVDwzhtP32Fd{a}            \n",
+             f"                    {b}                                                    \n"]
+    lines += [f"[05:09:1{i}] INFO     another long log line number {i} that pads to the width of rich   <string>:1{i}\n"
+              for i in range(6)]
+    new = _console("".join(lines))
+    assert a not in new and b not in new and new.count("\n") == len(lines), new
+    assert new.splitlines()[3:] == [line.rstrip("\n") for line in lines[3:]]

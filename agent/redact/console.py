@@ -40,6 +40,7 @@ _WAITING_LINES = 4       # a .netrc entry's machine, login, account lines before
 # `` '<pw> …'``). It waits for that line, and the two are searched unfolded too
 # (``Outgoing.text``, ``unfold``).
 FOLD_MIN = 60
+_FOLD_LINES = 64
 _PEM_BEGIN = "-----BEGIN"
 _PEM_END = "-----END"
 
@@ -130,7 +131,27 @@ def _cut(text: str) -> int:
         end = line_start
         if end == 0:
             break
+    # Never between a folded line and its continuation: the two are searched together (up to
+    # ``_FOLD_LINES`` lines of one fold: a longer one is released as it comes).
+    for _ in range(_FOLD_LINES):
+        if not 0 < end < len(text):
+            break
+        prev_start = text.rfind("\n", 0, end - 1) + 1
+        next_end = text.find("\n", end)
+        if not _folds_into(text[prev_start:end - 1], text[end:next_end if next_end >= 0 else len(text)]):
+            break
+        end = prev_start
     return end
+
+
+def _folds_into(prev: str, line: str) -> bool:
+    """Whether ``line`` goes on with ``prev`` across a fold (as ``unfold`` reads them)."""
+    body = prev.rstrip(" \t")
+    if len(body) < FOLD_MIN:
+        return False
+    if body[-1] in "'\"":
+        return line.lstrip(" \t")[:1] == body[-1]
+    return not body[-1].isspace() and len(line) - len(line.lstrip(" \t")) >= 8 and not line.isspace()
 
 
 def _waits(line: str) -> bool:
