@@ -25,7 +25,7 @@ from fault_helpers import (HeldLock, clone_run, craft_with_id, fill, gateway_sit
 from seal_helpers import corpus_run_dirs
 from tfwb_agent.seal import RunIdentity, SealError, seal_run
 from tfwb_agent.seal.bundle_write import snapshot
-from tfwb_agent.wandb_log import BLOCK_LEN, LogReader
+from tfwb_agent.wandb_log import BLOCK_LEN, LogReader, LogWriter
 
 # --- 1. one writer per state directory ------------------------------------------------------
 
@@ -649,3 +649,38 @@ def test_a_live_run_whose_identifiers_may_not_leave_says_why_waits_an_interval_a
     (row,) = [r for r in ledger_rows(tmp_path / "a" / "node-state") if r["run_id"] == "live02x"]
     assert row["state"] == "quarantined" and "project matches [redact] patterns[0]" in row["last_error"], row
     assert not list(site.outbox.glob("*.tar.zst.age"))
+
+
+def test_a_live_segment_takes_out_the_user_who_wrote_the_run(tmp_path, corpus):
+    """A live segment is redacted from the agent's snapshot of the run (its files the agent's):
+    the training user's name, which wandb 0.31 offline does not record, is read from the log on
+    the volume, as for a run sealed whole."""
+    import pwd
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    from tfwb_agent.seal import open_bundle
+
+    users = [u for u in pwd.getpwall() if 1000 <= u.pw_uid < 65534 and len(u.pw_name) >= 4]
+    assert users, "this test needs a login user (uid 1000 or more) on the host to own the run"
+    user = users[0]
+    volume = corpus / "live"
+    volume.mkdir()
+    run = clone_run(corpus_run_dirs(corpus)["s900mviu"], volume, "live02x")  # no exit record
+    # The run names its user where training code does: a note of the console.
+    (log,) = run.glob("run-*.wandb")
+    rec = pb.Record()
+    rec.output_raw.line = f"job submitted by {user.pw_name} on the cluster\n"
+    with open(log, "ab") as f:
+        LogWriter(f, append_at=f.tell()).write(rec)
+    now = time.time()
+    for p in [run, *run.rglob("*")]:
+        os.chown(p, user.pw_uid, user.pw_gid, follow_symlinks=False)
+        os.utime(p, (now, now))  # being written: live
+    a, _b = _live_sites(tmp_path, volume, corpus)
+    assert _live_pass(a) == ["live02x-0"]
+    (bundle,) = a.outbox.glob("live02x-0.tar.zst.age")
+    opened = open_bundle(bundle, a.open_keys(), staging_root=tmp_path / "opened")
+    assert opened.staged is not None
+    blob = b"".join(p.read_bytes() for p in opened.staged.rglob("*") if p.is_file())
+    assert b"job submitted by" in blob and user.pw_name.encode() not in blob
