@@ -145,13 +145,8 @@ def _cut(text: str) -> int:
 
 
 def _folds_into(prev: str, line: str) -> bool:
-    """Whether ``line`` goes on with ``prev`` across a fold (as ``unfold`` reads them)."""
-    body = prev.rstrip(" \t")
-    if len(body) < FOLD_MIN:
-        return False
-    if body[-1] in "'\"":
-        return line.lstrip(" \t")[:1] == body[-1]
-    return not body[-1].isspace() and len(line) - len(line.lstrip(" \t")) >= 8 and not line.isspace()
+    """Whether ``line`` goes on with ``prev`` across a fold: ``unfold``'s own reading."""
+    return len(prev) >= FOLD_MIN and len(unfold(f"{prev}\n{line}")[1]) > 1
 
 
 def _waits(line: str) -> bool:
