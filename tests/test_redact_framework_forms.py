@@ -296,3 +296,20 @@ def test_a_fold_among_long_lines_is_searched_whole():
     new = _console("".join(lines))
     assert a not in new and b not in new and new.count("\n") == len(lines), new
     assert new.splitlines()[3:] == [line.rstrip("\n") for line in lines[3:]]
+
+
+def test_a_fold_that_never_ends_is_held_in_bounded_memory():
+    """Waiting for a fold's end must not hold a stream that folds forever (a pprint of a huge
+    list of long strings): what is held stays a few dozen lines, and every line leaves."""
+    from tfwb_agent.redact.console import TextStream
+
+    out = default_outgoing(RedactionReport())
+    stream = TextStream(lambda s: out.text(s, "console"))
+    line = "'" + "x" * 70 + "'\n"   # each line a literal closed and opened again: one long fold
+    released, most_held = [], 0
+    for _ in range(3000):
+        released.append(stream.feed(line))
+        most_held = max(most_held, stream.size)
+    released.append(stream.close())
+    assert most_held <= 80 * len(line), most_held
+    assert "".join(released) == line * 3000
