@@ -31,7 +31,7 @@ from .console import unfold
 from .console_render import SHOWN_DIFFERENTLY, shown
 from .policy import Policy
 from .report import RedactionReport
-from .secret_rules import key_secrecy
+from .secret_rules import is_secret_flag, key_secrecy
 from .secrets import Scrubber, scrub_args
 from .outgoing_walk import MessageWalk
 from .string_fields import COMMIT, NO_TEXT_JSON
@@ -49,6 +49,18 @@ _CACHE_LIMIT = 50_000
 # shorter one would take ordinary words with it), up to this many values.
 _SEEN_MIN, _SEEN_LIMIT = 8, 10_000
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode   # as json.dumps(...) with these
+_HOMES = frozenset({"home", "Users"})
+_LABEL_KEYS = ("name", "Name", "key", "Key")
+_VALUE_KEYS = frozenset({"value", "Value"})
+
+
+def _label(d: dict) -> str:
+    """What a ``{"name": N, "value": V}`` entry names its value by ("" if it is none)."""
+    if not any(k in d for k in _VALUE_KEYS):
+        return ""
+    return next((d[k] for k in _LABEL_KEYS if isinstance(d.get(k), str)), "")
+
+
 def _holds_text(v: Any) -> bool:
     """Whether a JSON value holds a string at any depth (a key's name is none)."""
     if isinstance(v, str):
@@ -283,7 +295,13 @@ class Outgoing(MessageWalk):
         so asking it again would change nothing)."""
         d = self._dir_names.get(head)
         if d is None:
-            d = "".join([self.name(p, "file_names") + "/" for p in head.split("/")]) if slash else ""
+            parts = head.split("/") if slash else []
+            # A home's directories (``media/images/val/home/alice/x/``, from a key holding an
+            # absolute path) are one local path, not names one by one: from "home" on, one marker.
+            home = next((i for i, p in enumerate(parts[:-1]) if p in _HOMES), None)
+            if home is not None:
+                parts[home:] = ["/" + "/".join(parts[home:])]
+            d = "".join([self.name(p, "file_names") + "/" for p in parts])
             if len(self._dir_names) < _CACHE_LIMIT:
                 self._dir_names[head] = d
         return d
@@ -318,13 +336,31 @@ class Outgoing(MessageWalk):
         if isinstance(v, (dict, list)) and key and self._secret_key(key) and _holds_text(v):
             return self.secret_value(v, place)   # {"password": {"value": "…"}}: whole
         if isinstance(v, dict):
-            return {self.name(str(k)) if isinstance(k, str) else k: self.value(x, place, str(k))
+            # ``{"name": "DB_PASSWORD", "value": X}`` (a Kubernetes env entry, a tag): the value
+            # stands under the name its sibling gives.
+            label = _label(v)
+            return {self.name(str(k)) if isinstance(k, str) else k:
+                    self.value(x, place, label if label and k in _VALUE_KEYS else str(k))
                     for k, x in v.items()}
         if isinstance(v, list):
-            return [self.value(x, place, key) for x in v]
+            return self._list(v, place, key)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and self.number_goes(key):
             return self.secret_value(v, place)   # a numeric password is still one
         return v
+
+    def _list(self, v: list, place: str, key: str) -> list:
+        """A list's items; an item after a secret-looking flag (``[..., "--db-password", X]``, a
+        command line kept in a config) goes whole, as does the second of a pair whose first
+        names a credential (``["PGPASSWORD", X]``, ``["X-Api-Key", X]``)."""
+        out: list = []
+        after = False
+        for i, x in enumerate(v):
+            if after and isinstance(x, str) and x.startswith("--") and len(x) > 2:
+                after = False   # the flag took no value: another flag follows it
+            scalar = isinstance(x, (str, int, float)) and not isinstance(x, bool)
+            out.append(self.secret_value(x, place) if after and scalar else self.value(x, place, key))
+            after = isinstance(x, str) and (is_secret_flag(x) or (i == 0 and len(v) == 2 and self._secret_key(x)))
+        return out
 
     def json_as_is(self, raw: str, key: str) -> bool:
         """Whether a value_json leaves as it is without being read: it holds no string (a

@@ -76,12 +76,13 @@ LAST_TOKEN_RULES: tuple[tuple[str, str], ...] = (
                             r"|AIza[0-9A-Za-z_-]{12,}|npm_[A-Za-z0-9]{12,}|pypi-AgE[A-Za-z0-9_-]{12,})"),
 )
 
-# (A key's name before and after its secret-looking word is at most 100 characters long in these
-# rules: a run of word characters tens of thousands long, a JWT or a dotted blob, is searched in
-# time proportional to its length, not to its square.)
-# Where such a key may begin: at a word's start, or anywhere 100 characters into a longer run, so
-# that a key longer than that (``model.…._db_password``) is still read, from its last 100.
-_KEY_START = r"(?:\b|(?<=[\w.-]{100}))"
+# (The part of a key after its secret-looking word is at most 100 characters long in these rules,
+# and taken whole (possessive): a run of word characters tens of thousands long, a JWT or a dotted
+# blob, is searched in time proportional to its length, not to its square. What comes before the
+# word is not matched at all: the word is found wherever it is, ``model.…._db_password`` however
+# long its start. Matching a prefix there cost some 100 steps at every character of such a run.)
+# ``-key`` ends a key (``api-key``, ``x.-key``), never starts one (`` -key``, ``---key``).
+_DASH_KEY = r"(?<=[\w.-])(?<![^\w.-]-)(?<!^-)-key(?![a-z0-9])"
 # Words that make a key secret-looking in text (a regex alternation; ``console`` asks it too).
 # (``passed: 10``, ``passes``, ``passthrough``, ``bypass``, ``highpass`` are no passwords.)
 SECRET_KEYWORDS = (r"(?:pass(?:word|wd|phrase)|(?<![a-z])pass)(?!ed\b|es\b|ing|age|enger|[-_]?through)|pwd|secret"
@@ -171,11 +172,11 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     # A key that ends on a credential's word: its value goes whatever it is (``password: 1234``);
     # one that goes on past it names something about one (``pass_rate``, ``password_reset_rate``):
     # a number there stays.
-    ("key_value", rf"(?i){_KEY_START}[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|-key(?![a-z0-9])){_KEY_TO_VALUE}(?P<v>{_VALUE})"),
-    ("key_value", rf"(?i){_KEY_START}[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|-key(?![a-z0-9]))[\w.-]{{1,100}}+{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
+    ("key_value", rf"(?i)(?:{SECRET_KEYWORDS}|{_DASH_KEY}){_KEY_TO_VALUE}(?P<v>{_VALUE})"),
+    ("key_value", rf"(?i)(?:{SECRET_KEYWORDS}|{_DASH_KEY})[\w.-]{{1,100}}+{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
     # "tokens: 512" is a count, not a secret: a token's value must not be a plain number.
     # (Nor a shape in a Keras summary's table, ``│ input_tokens │ (None, 16) │``.)
-    ("key_value", rf"(?i){_KEY_START}[\w.-]{{0,100}}{_TOKEN}[\w.-]{{0,100}}+{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}(?!\()(?-i:{_NOT_A_PLACEHOLDER}){_VALUE})"),
+    ("key_value", rf"(?i){_TOKEN}[\w.-]{{0,100}}+{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}(?!\()(?-i:{_NOT_A_PLACEHOLDER}){_VALUE})"),
     # A name that ends in "key" or names a signature, where a credential is written so: an
     # environment line (``AZURE_OPENAI_KEY=…``, ``GITHUB_PAT=…``, ``REDIS_AUTH: …`` in conda's
     # ``variables:``, upper case), a URL's parameter (``?sig=…``,
@@ -247,7 +248,7 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     # docker's config.json: ``"auth": "<base64 of user:password>"``.
     ("key_value", r"""(?i)["']auth["']\s*:\s*["'](?P<v>[A-Za-z0-9+/=]{8,})"""),
     # A validation error (pydantic): the field's name on its line, the value it was given on the next.
-    ("key_value", rf"(?i)(?:(?<![\w.-])|(?<=[\w.-]{{100}}))[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}+[^\S\n]*\n[^\n]*?\binput_value="
+    ("key_value", rf"(?i)(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}+[^\S\n]*\n[^\n]*?\binput_value="
                   rf"""(?:["'])?(?P<v>{_VALUE})"""),
     # XML: ``<password>X</password>``.
     ("key_value", rf"(?i)<[\w:.-]{{0,100}}(?:{SECRET_KEYWORDS})[\w:.-]{{0,100}}+>(?P<v>[^<\n]*)<"),
@@ -323,7 +324,16 @@ PATH_PATTERN = (rf"(?=[~/])(?:(?<![\w/.~-])|(?<=://)|(?<=:///)|(?<=[A-Za-z_]\.)|
                 rf"(?:~[A-Za-z_][\w.-]{{0,31}}(?:/+{_SEGMENT}){{2,}}|(?:~|/{_SEGMENT})(?:/+{_SEGMENT})+)/*"
                 # wandb 0.15 writes a watched disk's path into its stats keys with "\\" for "/"
                 # (``disk.\\mnt\\vol.usageGB``).
-                rf"|(?<=disk\.)(?:\\[^\s\\]{{1,255}}){{1,64}}?(?=\.usage(?:Percent|GB)\b)")
+                rf"|(?<=disk\.)(?:\\[^\s\\]{{1,255}}){{1,64}}?(?=\.usage(?:Percent|GB)\b)"
+                # A user's home glued to what comes before it: a key built from a path
+                # (``val//home/alice/ct.png``, ``loss_/home/…``, ``-o/home/…``, ``//home/…`` from
+                # a root of "/"), but not a URL's (``https://home/x``).
+                rf"|(?<=[\w/-])(?<!:/)(?=/(?:home|Users)/[^\s/]+/[^\s/])/{_SEGMENT}(?:/+{_SEGMENT})+/*"
+                # The same path as wandb writes it into names: relative to the common root of
+                # TensorBoard log dirs (``home/alice/runs/x``), or with "/" made "_" (wandb 0.15's
+                # key for a TensorBoard image, ``_home_alice_data_ct.png``).
+                rf"|(?<![\w/.~-])(?:home|Users)/{_COMPONENT}(?:/+{_SEGMENT})+/*"
+                rf"|(?<![A-Za-z0-9])_(?:home|Users)_[A-Za-z0-9][A-Za-z0-9.-]*_[\w.-]+")
 
 # A command-line flag whose next argument is a secret (``--password X``, ``-p X`` is too vague).
 SECRET_FLAG = re.compile(rf"(?i)^--?(?:[\w-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w-]{{0,100}}+(?<!-stdin)|{_FLAG_WORDS})$")

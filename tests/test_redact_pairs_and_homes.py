@@ -1,0 +1,133 @@
+"""What testers got through the default policy in this round, in forms training code and wandb
+write:
+
+- a flag and its value, or a key and its value, as separate items of a JSON list or object: a
+  command line kept in the config (``{"argv": sys.argv}``, a sweep's ``command``), a summary
+  holding one, a Kubernetes env entry (``{"name": "DB_PASSWORD", "value": X}``), pairs
+  (``[["X-Api-Key", X]]``, ``[("PGPASSWORD", X)]``); each string was read alone;
+- a user's home glued to what comes before it, as keys built from absolute paths are
+  (``val//home/alice/…``, ``loss_/home/…``), or written so by wandb: relative to TensorBoard log
+  dirs' common root (``home/alice/runs/…``), ``/`` made ``_`` (wandb 0.15's key for a
+  TensorBoard image, ``_home_alice_data_…``), and the media directories under such a key
+  (``media/images/val/home/alice/…``), each named on its own;
+- a leading ``//home/…`` (a root of "/" joined with a path).
+
+Each is checked on the scrubber or the choke point, and on a real wandb 0.31 run redacted whole;
+the ordinary names and values beside them stay.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import string
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from redact_helpers import WRITER_PREAMBLE, default_outgoing, history_items, site_tag
+from tfwb_agent.redact.policy import DEFAULT_POLICY
+from tfwb_agent.redact.report import RedactionReport
+from tfwb_agent.redact.secrets import Scrubber, compile_patterns
+
+ALNUM = string.ascii_letters + string.digits
+
+
+def _pw() -> str:
+    return "Pw" + "".join(secrets.choice(ALNUM) for _ in range(12)) + "7"
+
+
+def _user() -> str:
+    return "zq" + "".join(secrets.choice(string.ascii_lowercase) for _ in range(6))
+
+
+def _scrub_name(name: str) -> str:
+    return Scrubber(compile_patterns(), site_tag, True).scrub_name(name)[0]
+
+
+def test_a_value_beside_its_flag_or_key_in_a_list_or_object_goes():
+    pw = [_pw() for _ in range(6)]
+    value = {
+        "argv": ["train.py", "--epochs", "5", "--db-password", pw[0], "--hf-token", pw[1], "--no-auth", "--lr", "0.1"],
+        "command": ["${env}", "python", "${program}", "--db-password", pw[2], "${args}"],
+        "env": [{"name": "DB_PASSWORD", "value": pw[3]}, {"name": "EPOCHS", "value": "5"}],
+        "headers": [["X-Api-Key", pw[4]], ["Accept", "application/json"]],
+        "pairs": [["PGPASSWORD", pw[5]], ["PGHOST", "db"]],
+    }
+    new = default_outgoing(RedactionReport()).value(value, "config")
+    text = json.dumps(new)
+    assert not [p for p in pw if p in text], text
+    # What stands beside them stays: other flags and their values, other entries, other pairs.
+    assert new["argv"][:3] == ["train.py", "--epochs", "5"] and new["argv"][-3:] == ["--no-auth", "--lr", "0.1"]
+    assert new["env"][1] == {"name": "EPOCHS", "value": "5"}
+    assert new["headers"][1] == ["Accept", "application/json"] and new["pairs"][1] == ["PGHOST", "db"]
+
+
+@pytest.mark.parametrize("template", [
+    "val//home/{u}/data/P7126/ct_001.png",       # f"val/{path}"
+    "dice//home/{u}/data/ct_002.png",
+    "loss_/home/{u}/x",
+    "preds-/home/{u}/eval/a",
+    "-o/home/{u}/out",
+    "//home/{u}/data/x.npy",                     # f"{root}/{rel}" with root "/"
+    "home/{u}/runs/P7126/logs/train/epoch_loss",  # wandb: relative to TensorBoard dirs' common root
+    "_home_{u}_data_P7126_ct_001.png",           # wandb 0.15: a TensorBoard image's tag, "/" made "_"
+    "train/_Users_{u}_scans_a.png",
+])
+def test_a_home_glued_to_a_name_goes_with_its_user(template):
+    u = _user()
+    name = template.format(u=u)
+    assert u not in _scrub_name(name), name
+
+
+@pytest.mark.parametrize("name", [
+    "train/loss", "home/score", "val/home_team", "_home_advantage", "https://home/x/y", "http://x.org/home/a",
+    "eval//class/0", "home_team/goals",
+])
+def test_names_that_only_look_so_stay(name):
+    assert _scrub_name(name) == name
+
+
+WRITER = WRITER_PREAMBLE + r'''import sys, numpy as np, wandb
+run = wandb.init(project="probe", dir=root, config={
+    "argv": ["train.py", "--db-password", c["pw1"], "--epochs", "3"],
+    "job": {"env": [{"name": "DB_PASSWORD", "value": c["pw2"]}]},
+    "headers": [["X-Api-Key", c["pw3"]]],
+    "data_root": "//home/" + c["user1"] + "/data",
+})
+path = "/home/%s/data/%s/ct_001.png" % (c["user2"], c["pid"])
+for step in range(3):
+    run.log({f"val/{path}": wandb.Image(np.zeros((8, 8, 3), np.uint8)), f"dice/{path}": 0.25 * step,
+             "loss": 1.0 / (step + 1)}, step=step)
+run.summary["launch"] = ["python", "train.py", "--hf-token", c["pw4"]]
+run.finish()
+'''
+
+
+def test_a_real_run_carries_none_of_them_out(tmp_path):
+    from tfwb_agent.redact.run import redact_run
+
+    c = {"pw1": _pw(), "pw2": _pw(), "pw3": _pw(), "pw4": _pw(), "user1": _user(), "user2": _user(),
+         "pid": f"P{10 ** 6 + secrets.randbelow(10 ** 6)}"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(CANARY_ROOT=str(tmp_path), CANARY_VALUES=json.dumps(c))
+    p = subprocess.run([sys.executable, "-c", WRITER], env=env, capture_output=True, text=True, timeout=300,
+                       cwd=str(tmp_path))
+    assert p.returncode == 0, p.stderr[-3000:]
+    run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
+    src = b"".join(f.read_bytes() + str(f).encode() for f in run_dir.rglob("*") if f.is_file())
+    assert all(v.encode() in src for v in c.values()), "the run does not carry every canary"
+    out = tmp_path / "out" / run_dir.name
+    redact_run(run_dir, out, DEFAULT_POLICY, os.urandom(32), lambda q: Path(q))
+    blob = b"".join((f.read_bytes() if f.is_file() else b"") + str(f).encode() for f in out.rglob("*"))
+    assert not [k for k, v in c.items() if v.encode() in blob]
+    # The metrics are there, under the same (scrubbed) key in every row; the image names a file
+    # the run carries.
+    history = history_items(out)
+    assert history[("loss",)] == "0.3333333333333333"
+    dice = [k for k in history if k[0].startswith("dice/")]
+    assert len(dice) == 1 and history[dice[0]] == "0.5", sorted(history)
+    image = json.loads(history[next(k for k in history if k[0].startswith("val/") and k[-1] == "path")])
+    assert (out / "files" / image).is_file(), image
