@@ -74,6 +74,11 @@ LAST_TOKEN_RULES: tuple[tuple[str, str], ...] = (
                             r"|glpat-[A-Za-z0-9_-]{12,}|dckr_pat_[A-Za-z0-9_-]{12,}|hf_[A-Za-z0-9]{12,}"
                             r"|sk-(?:proj-|ant-|svcacct-)?[A-Za-z0-9_-]{12,}|xox[abposre]-[A-Za-z0-9-]{8,}"
                             r"|AIza[0-9A-Za-z_-]{12,}|npm_[A-Za-z0-9]{12,}|pypi-AgE[A-Za-z0-9_-]{12,})"),
+    # A home's path with "/" made "_" (wandb 0.15's key for a TensorBoard image,
+    # ``_home_alice_data_ct.png``). A rule of its own, not a part of ``PATH_PATTERN``: it matches
+    # word characters alone, and a pattern is read whole for how short a plain word may be
+    # (``rule_reach``): the path rule's shortest match would then be that bound.
+    ("local_path", r"(?<![A-Za-z0-9])_(?:home|Users)_[A-Za-z0-9][A-Za-z0-9.-]*_[\w.-]+"),
 )
 
 # (The part of a key after its secret-looking word is at most 100 characters long in these rules,
@@ -329,11 +334,10 @@ PATH_PATTERN = (rf"(?=[~/])(?:(?<![\w/.~-])|(?<=://)|(?<=:///)|(?<=[A-Za-z_]\.)|
                 # (``val//home/alice/ct.png``, ``loss_/home/…``, ``-o/home/…``, ``//home/…`` from
                 # a root of "/"), but not a URL's (``https://home/x``).
                 rf"|(?<=[\w/-])(?<!:/)(?=/(?:home|Users)/[^\s/]+/[^\s/])/{_SEGMENT}(?:/+{_SEGMENT})+/*"
-                # The same path as wandb writes it into names: relative to the common root of
-                # TensorBoard log dirs (``home/alice/runs/x``), or with "/" made "_" (wandb 0.15's
-                # key for a TensorBoard image, ``_home_alice_data_ct.png``).
-                rf"|(?<![\w/.~-])(?:home|Users)/{_COMPONENT}(?:/+{_SEGMENT})+/*"
-                rf"|(?<![A-Za-z0-9])_(?:home|Users)_[A-Za-z0-9][A-Za-z0-9.-]*_[\w.-]+")
+                # The same path as wandb writes it into names, relative to the common root of
+                # TensorBoard log dirs (``home/alice/runs/x``); with "/" made "_", see
+                # ``LAST_TOKEN_RULES``.
+                rf"|(?<![\w/.~-])(?:home|Users)/{_COMPONENT}(?:/+{_SEGMENT})+/*")
 
 # A command-line flag whose next argument is a secret (``--password X``, ``-p X`` is too vague).
 SECRET_FLAG = re.compile(rf"(?i)^--?(?:[\w-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w-]{{0,100}}+(?<!-stdin)|{_FLAG_WORDS})$")
