@@ -10,7 +10,12 @@ write:
   dirs' common root (``home/alice/runs/…``), ``/`` made ``_`` (wandb 0.15's key for a
   TensorBoard image, ``_home_alice_data_…``), and the media directories under such a key
   (``media/images/val/home/alice/…``), each named on its own;
-- a leading ``//home/…`` (a root of "/" joined with a path).
+- a leading ``//home/…`` (a root of "/" joined with a path);
+- what client libraries print: a printed YAML config's ``hmac_key: X`` / ``creds: X`` /
+  ``basic_auth: X`` (keys ``key_secrecy`` reads as credentials in a config, unread in text), a
+  cookie jar's repr, SMTP's ``AUTH PLAIN``, ``mysqldump -pX`` in a CalledProcessError's list,
+  pydantic's shortened ``'...word': 'X'``, percent-encoded URL passwords and JSON in a form body,
+  and base64 after a credential's word in prose (its "/" and "=" padding).
 
 Each is checked on the scrubber or the choke point, and on a real wandb 0.31 run redacted whole;
 the ordinary names and values beside them stay.
@@ -41,6 +46,10 @@ def _pw() -> str:
 
 def _user() -> str:
     return "zq" + "".join(secrets.choice(string.ascii_lowercase) for _ in range(6))
+
+
+def _scrub(text: str) -> str:
+    return Scrubber(compile_patterns(), site_tag, True).scrub(text)[0]
 
 
 def _scrub_name(name: str) -> str:
@@ -88,6 +97,43 @@ def test_a_home_glued_to_a_name_goes_with_its_user(template):
 ])
 def test_names_that_only_look_so_stay(name):
     assert _scrub_name(name) == name
+
+
+def _b64() -> str:
+    import base64
+    while True:
+        v = base64.b64encode(secrets.token_bytes(16)).decode()
+        if "/" in v and any(ch.isdigit() for ch in v) and any(ch.isupper() for ch in v) and any(ch.islower() for ch in v):
+            return v
+
+
+@pytest.mark.parametrize("template", [
+    "  hmac_key: {pw}", "    license_key: {pw}", "  creds: {letters}", "  pat: {pw}", "  basic_auth: mlsvc:{letters}",
+    "  bearer: {pw}", "GITHUB_PAT={pw}", "- signing_key: {pw}",
+    "<RequestsCookieJar[<Cookie sessionid={pw} for 127.0.0.1/>]>",
+    "Cookie(version=0, name='JSESSIONID', value='{pw}', port=None, port_specified=False)",
+    "send: 'AUTH PLAIN {b64}\\r\\n'",
+    "Command '['mysqldump', '-h', 'db.internal', '-u', 'ml', '-p{pw}', 'icu_cohort']' returned non-zero exit status 2.",
+    "  Input should be a valid integer [type=int_type, input_value={{'host': 'db.internal', '...word': '{pw}'}}, input_type=dict]",
+    "body: dsn=postgresql%3A%2F%2Fml%3A{pw}%40db.internal%3A5432%2Ficu&x=1",
+    "body: options=%7B%22db_password%22%3A+%22{pw}%22%7D",
+    "Using password {b64}", "pseudonymisation secret is {b64}",
+])
+def test_what_client_libraries_print_loses_its_secret(template):
+    pw, b64 = _pw(), _b64()
+    letters = "".join(secrets.choice(string.ascii_letters) for _ in range(7)) + "QxZkWp"
+    line = template.format(pw=pw, b64=b64, letters=letters)
+    secret = next(v for v in (pw, b64, letters) if v in line)
+    assert secret not in _scrub(line), line
+
+
+@pytest.mark.parametrize("text", [
+    "  sort_key: date", "  monitor_key: val_loss", "  idempotency_key: str | None = None,", "        self._key = key",
+    "        dense_keys=params.dense_keys,", "  idempotency_key=idempotency_key,", "google-auth==2.29.0", "  FILE_PAT: *.jpg", "  auth: None", "  sig: 0.5",
+    "  cache_key: abc123", "  key: value", "  tokens: 512", "  token_type: bearer", "password reset complete",
+])
+def test_config_and_code_lines_that_only_look_so_stay(text):
+    assert _scrub(text) == text
 
 
 WRITER = WRITER_PREAMBLE + r'''import sys, numpy as np, wandb

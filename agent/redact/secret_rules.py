@@ -169,6 +169,10 @@ _NOT_A_NUMBER = (r"""(?!=?[-+]?(?:\d+(?:[.,]\d+)*(?:[eE][-+]?\d+)?|nan|inf)(?:%|
 _NOT_A_PLACEHOLDER = (r"""(?!["']?(?:</?\|?[\w.-]{0,100}\|?>|\[[A-Z][A-Z0-9_]{0,100}\]"""
                       r"""|(?:[A-Z][A-Z_]{0,100}|[A-Z][A-Z0-9]{0,100}_[A-Z0-9_]{0,100})\b(?![a-z0-9])))""")
 # The value after a secret-looking key or flag. Group ``v`` is what goes.
+# Prose: a credential's word, then (after "is", "was", "to", "for alice is" ...) the value.
+_PROSE_LEAD = (r"""(?i)(?<![\w.-])(?:pass(?:word|wd|phrase)|pwd|secret|token|api[ _-]?key|access[ _-]?key"""
+               r"""|credentials?)(?![A-Za-z])[^\S\n]++(?:(?:is|was|of|now|to|set[^\S\n]+to"""
+               r"""|for[^\S\n]+[\w.@-]{1,64}+(?:[^\S\n]+is)?:?|:)[^\S\n]++)?["'`]?""")
 CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     # (``--password-stdin`` takes no value: the password comes on standard input.)
     ("flag_value", rf"(?i)(?<![\w-])--?(?!-)(?:[\w-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w-]{{0,100}}+(?<!-stdin)|(?:{_FLAG_WORDS}"
@@ -269,10 +273,11 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     ("flag_value", r"(?=-)(?<![\w-])(?:-u|--user|--proxy-user)[\s=]+[\"']?[^\s:\"']+:(?P<v>[^\s\"']+)"),
     # (A tool's flag is looked for in the 200 characters after its name: a line of many such
     # names costs each one no more than that.)
-    # A client's password glued to its flag (``mysql -u u -pX``, ``mysqldump -pX``) or after
+    # A client's password glued to its flag (``mysql -u u -pX``, ``mysqldump -pX``, also in a
+    # command's list repr, ``['mysqldump', '-pX']``) or after
     # ``sshpass -p``: ``-p`` alone is too vague to be a rule of its own.
     ("flag_value", r"(?=[m])(?<![\w-])(?:mysql(?:dump|admin|import|check|pump|sh)?|mariadb(?:-dump)?)\b[^\n]{0,200}?"
-                   r"(?<=\s)-p(?P<v>[^\s\"']+)"),
+                   r"(?<=[\s\"'])-p(?P<v>[^\s\"']+)"),
     ("flag_value", r"(?=s)(?<![\w-])sshpass\s+(?:-\w+\s+)*-p\s*(?P<v>[^\s\"']+)"),
     # Tools whose password flag is a letter of its own: ``redis-cli -a X``, ``docker login -p X``,
     # ``zip -P X``, ``7z a -pX``, ``ssh-keygen -N X``, ``smbclient -U user%X``, ``htpasswd -b file
@@ -294,11 +299,40 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     # password hunter2x``, ``the API key is 9f8e7d6c5b``, ``token for svc-ci: ab12cd34``). An
     # English word after it has neither ("password reset complete", "token ids"); a number has
     # no letter ("token 50256"). Left: a password of letters alone ("password correct-horse").
-    ("prose_secret", r"""(?i)(?<![\w.-])(?:pass(?:word|wd|phrase)|pwd|secret|token|api[ _-]?key|access[ _-]?key"""
-                     r"""|credentials?)(?![A-Za-z])[^\S\n]++(?:(?:is|was|of|now|to|set[^\S\n]+to"""
-                     r"""|for[^\S\n]+[\w.@-]{1,64}+(?:[^\S\n]+is)?:?|:)[^\S\n]++)?["'`]?"""
-                     r"""(?P<v>(?![(\[{<*%])(?=[^\s"'`]{0,127}[0-9!@#$^&+=?~])(?=[^\s"'`]{0,127}[A-Za-z])(?![^\s"'`]{0,128}[/\\])"""
+    ("prose_secret", _PROSE_LEAD + r"""(?P<v>(?![(\[{<*%])(?=[^\s"'`]{0,127}[0-9!@#$^&+=?~])(?=[^\s"'`]{0,127}[A-Za-z])(?![^\s"'`]{0,128}[/\\])"""
                      r"""[^\s"'`,;=()\[\]]{6,128}+)(?![^\s"'`,;)\]])"""),
+    # The same after base64's own shape, "/" and "=" padding in it (``Using password
+    # q3v/Zx9KkP2mWw8s1TtQ7A==``): upper and lower case and a digit, 16 characters or more.
+    ("prose_secret", _PROSE_LEAD + r"""(?P<v>(?=[A-Za-z0-9+/]{0,127}[A-Z])(?=[A-Za-z0-9+/]{0,127}[a-z])"""
+                     r"""(?=[A-Za-z0-9+/]{0,127}[0-9])[A-Za-z0-9+/]{16,128}+={0,2})(?![^\s"'`,;)\]])"""),
+    # A key whose words name a credential (``key_secrecy``, the rule a config's keys are read by)
+    # where no rule above reads it, first on its line: a YAML line of a printed config
+    # (``hmac_key: X``, ``basic_auth: X``, ``creds: X``) or an environment line (``GITHUB_PAT=X``).
+    # A value of one plain word with a digit or a symbol, or random letters (twice a capital after
+    # a small letter, ten letters or more): not code (``self._key = key``,
+    # ``idempotency_key: str``, ``dense_keys=params.dense_keys``: no blank after "="), no number
+    # nor a pinned version (``google-auth==2.29.0``), nor a glob (``FILE_PAT: *.jpg``).
+    ("secret_key_name", r"""(?im)^[^\S\n]*(?:-[^\S\n]+)?["']?(?P<k>(?:[A-Za-z_][\w-]{0,100}?)?(?:key|creds?|pat|auth|bearer)"""
+                        r"""(?![a-z0-9]))["']?[^\S\n]*(?::[^\S\n]+|=(?!=))["']?(?P<v>(?=[^\s"'`]{0,255}[0-9!@#$%^&*+=?~:/]|(?-i:(?=[A-Za-z]{10})(?:[A-Za-z]{0,255}?[a-z][A-Z]){2}))(?![(\[{<])(?![^\s"'`]{0,255}\*)"""
+                        r"""(?![-+]?\d[\d.]*(?:\s|$))[^\s"'`,;()\[\]{}]{4,256})"""),
+    # Cookies as a cookie jar prints them (``<Cookie sessionid=X for host/>``, ``Cookie(version=0,
+    # name='JSESSIONID', value='X', …)``).
+    ("cookie", r"<Cookie [^\s=]{1,256}=(?P<v>[^\s]{1,4096}?) for "),
+    ("cookie", r"\bCookie\(version=\d+, name=['\"][^'\"\n]{0,256}['\"], value=['\"](?P<v>[^'\"\n]{1,4096})"),
+    # SMTP's login in a debug trace: ``AUTH PLAIN <base64 of \0user\0password>``, and AUTH LOGIN's
+    # answer to the server's ``334 UGFzc3dvcmQ6`` ("Password:", base64) on the next ``send:``.
+    ("authorization", r"\bAUTH (?:PLAIN|LOGIN|XOAUTH2) (?P<v>[A-Za-z0-9+/=]{4,})"),
+    ("authorization", r"UGFzc3dvcmQ6(?:[^\n]*\n){1,3}?[^\n]{0,40}?send: b?['\"](?P<v>[A-Za-z0-9+/=]{4,})"),
+    # A dict's key that pydantic shortened in the middle (``'...word': 'X'`` in an error's
+    # ``input_value``): which key it was is not known, its value goes.
+    ("key_value", r"""(?<=\.\.\.)[\w.-]{0,100}["']\s*:\s*["'](?P<v>[^"'\n]{1,256})"""),
+    # Percent-encoded (a form body, a URL inside a URL's parameter, once or twice): a URL's
+    # password (``postgresql%3A%2F%2Fml%3AX%40db``) and a JSON string under a secret-looking key
+    # (``%22password%22%3A+%22X%22``).
+    ("url_credentials", r"(?i)%(?:25)?3A%(?:25)?2F%(?:25)?2F(?:(?!%(?:25)?(?:40|2F))[^\s&@/]){0,256}?%(?:25)?3A"
+                        r"(?P<v>(?:(?!%(?:25)?40)[^\s&@/]){1,256})%(?:25)?40"),
+    ("key_value", rf"(?i)%(?:25)?22[\w.-]{{0,100}}?(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}+%(?:25)?22(?:%(?:25)?3A|:)"
+                  rf"(?:\+|%(?:25)?20)*%(?:25)?22(?P<v>(?:(?!%(?:25)?22)[^\s&]){{1,256}})"),
 )
 
 # Absolute POSIX paths of two components or more, and home-relative ones, wherever they start:

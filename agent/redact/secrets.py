@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from .rule_reach import plain_limit
-from .secret_rules import CONTEXT_RULES, EXTRA_TOKEN_RULES, LAST_TOKEN_RULES, PATH_PATTERN, is_secret_flag
+from .secret_rules import (CONTEXT_RULES, EXTRA_TOKEN_RULES, LAST_TOKEN_RULES, PATH_PATTERN, is_secret_flag,
+                           key_secrecy, names_tokenizer_setting)
 
 # detect-secrets plugins left out: not secrets (public IPs), or keyword heuristics that the
 # context rules below do on every string (KeywordDetector is not regex-based anyway).
@@ -49,8 +50,16 @@ def _high_entropy(token: str) -> bool:
     return _entropy(body) >= min(4.5, math.log2(len(body)) - 0.7)
 
 
+def _names_a_credential(m: re.Match[str]) -> bool:
+    key = m.group("k")
+    return bool(key_secrecy(key)) and not names_tokenizer_setting(key)
+
+
 # A rule that needs more than its regex to decide: match -> keep it as a secret?
-_CHECKS: dict[str, Callable[[str], bool]] = {"high_entropy_token": _high_entropy}
+_CHECKS: dict[str, Callable[[re.Match[str]], bool]] = {
+    "high_entropy_token": lambda m: _high_entropy(m.group(0)),
+    "secret_key_name": _names_a_credential,       # the key's words, as a config's keys are read
+}
 
 
 @functools.lru_cache(maxsize=1)
@@ -203,7 +212,7 @@ class Scrubber:
             for t in (text, view) if view is not None and name.startswith("site_") else (text,):
                 for m in rx.finditer(t):
                     s, e = m.span("v") if how == "context" else m.span()
-                    if e > s and (check is None or check(m.group(0))) \
+                    if e > s and (check is None or check(m)) \
                             and not any(a < e and s < b for a, b in markers):
                         found.append((s, e, rank, name))
         # Overlapping matches merge into one span: a longer secret that a shorter rule matched
