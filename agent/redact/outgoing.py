@@ -359,7 +359,10 @@ class Outgoing(MessageWalk):
                 after = False   # the flag took no value: another flag follows it
             scalar = isinstance(x, (str, int, float)) and not isinstance(x, bool)
             out.append(self.secret_value(x, place) if after and scalar else self.value(x, place, key))
-            after = isinstance(x, str) and (is_secret_flag(x) or (i == 0 and len(v) == 2 and self._secret_key(x)))
+            # (A flag starts with "-", a yacs override's key has a "."; captions and names, most
+            # of a list's strings, have neither and are not asked.)
+            after = isinstance(x, str) and (((x[:1] == "-" or "." in x) and is_secret_flag(x))
+                                            or (i == 0 and len(v) == 2 and self._secret_key(x)))
         return out
 
     def json_as_is(self, raw: str, key: str) -> bool:
