@@ -168,11 +168,11 @@ _NOT_A_NUMBER = (r"""(?!=?[-+]?(?:\d+(?:[.,]\d+)*(?:[eE][-+]?\d+)?|nan|inf)(?:%|
 # (A metavar has a digit only beside an underscore, ``S3_PATH``: ``FUURN83S`` is a password.)
 _NOT_A_PLACEHOLDER = (r"""(?!["']?(?:</?\|?[\w.-]{0,100}\|?>|\[[A-Z][A-Z0-9_]{0,100}\]"""
                       r"""|(?:[A-Z][A-Z_]{0,100}|[A-Z][A-Z0-9]{0,100}_[A-Z0-9_]{0,100})\b(?![a-z0-9])))""")
-# The value after a secret-looking key or flag. Group ``v`` is what goes.
-# Prose: a credential's word, then (after "is", "was", "to", "for alice is" ...) the value.
+# What comes before a value in prose (the ``prose_secret`` rules below).
 _PROSE_LEAD = (r"""(?i)(?<![\w.-])(?:pass(?:word|wd|phrase)|pwd|secret|token|api[ _-]?key|access[ _-]?key"""
                r"""|credentials?)(?![A-Za-z])[^\S\n]++(?:(?:is|was|of|now|to|set[^\S\n]+to"""
                r"""|for[^\S\n]+[\w.@-]{1,64}+(?:[^\S\n]+is)?:?|:)[^\S\n]++)?["'`]?""")
+# The value after a secret-looking key or flag. Group ``v`` is what goes.
 CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     # (``--password-stdin`` takes no value: the password comes on standard input.)
     ("flag_value", rf"(?i)(?<![\w-])--?(?!-)(?:[\w-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w-]{{0,100}}+(?<!-stdin)|(?:{_FLAG_WORDS}"
