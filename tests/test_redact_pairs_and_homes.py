@@ -15,7 +15,14 @@ write:
   ``basic_auth: X`` (keys ``key_secrecy`` reads as credentials in a config, unread in text), a
   cookie jar's repr, SMTP's ``AUTH PLAIN``, ``mysqldump -pX`` in a CalledProcessError's list,
   pydantic's shortened ``'...word': 'X'``, percent-encoded URL passwords and JSON in a form body,
-  and base64 after a credential's word in prose (its "/" and "=" padding).
+  and base64 after a credential's word in prose (its "/" and "=" padding);
+- what the agent writes about a run into the bundle: ``seal --report`` took ``redact``'s whole
+  output into the manifest (the run's directory and the copy's: a user's and a patient's
+  names), and the report named the user's own dropped files (``P1234_notes.txt``) as they were.
+
+And, from the testers who checked this round's own first drafts, what those mangled: URLs and
+relative paths with ``/home/`` in them, lists of class and feature names, ``--max-tokens 4096``,
+a config's ``loss_key: loss/total``, an SMTP server's list of mechanisms.
 
 Each is checked on the scrubber or the choke point, and on a real wandb 0.31 run redacted whole;
 the ordinary names and values beside them stay.
@@ -136,6 +143,53 @@ def test_config_and_code_lines_that_only_look_so_stay(text):
     assert _scrub(text) == text
 
 
+@pytest.mark.parametrize("template", [
+    "Namespace(lr=0.001, hmac_key='{pw}')", "StorageConfig(bucket='ct-scans', minio_creds='{pw}')",
+    'hmac_key = "{pw}"', "- model.signing_key={pw}", "  +storage.hmac_key={pw}", "storage.hmac_key: {pw}",
+    "<SimpleCookie: sessionid='{pw}'>", "<Morsel: JSESSIONID={pw}>", "Generated password is {urlsafe}",
+    "cached https:__ml:{pw}@minio.internal:9000_models_resnet50.pt", "  gitlab.pat: {pw}",
+])
+def test_the_forms_a_second_look_found_lose_their_secret(template):
+    import base64
+    pw = _pw()
+    urlsafe = base64.urlsafe_b64encode(secrets.token_bytes(16)).decode()
+    while not (any(ch in urlsafe for ch in "-_") and any(ch.isdigit() for ch in urlsafe)
+               and any(ch.isupper() for ch in urlsafe) and any(ch.islower() for ch in urlsafe)):
+        urlsafe = base64.urlsafe_b64encode(secrets.token_bytes(16)).decode()
+    line = template.format(pw=pw, urlsafe=urlsafe)
+    secret = pw if pw in line else urlsafe
+    assert secret not in _scrub(line), line
+
+
+@pytest.mark.parametrize("text", [
+    "See https://docs.example.org/home/guide/install for details.", "https://wiki.example.com/Users/Guide/Setup",
+    "see https://github.com/org/repo/blob/main/home/users/README.md", "Loaded template src/home/views/index.html",
+    "Saving to home/models/checkpoint/best", "Users/Shared/Data is not writable", "match/_home_team_xg",
+    "loss_key: loss/total", "pred_key: logits_0", "gt_key: gt_masks_v2", "resume_key: epoch_12",
+    "name_pat: resnet\\d+", "layer_pat: blocks.11.attn", "proxy_auth: kerberos5",
+    "reply: b'250-AUTH PLAIN LOGIN XOAUTH2\\r\\n'", "server advertises AUTH PLAIN supported",
+])
+def test_what_this_rounds_first_drafts_mangled_stays(text):
+    assert _scrub(text) == text
+
+
+def test_lists_of_names_and_counts_stay_and_an_entry_named_by_key_goes():
+    pw = _pw()
+    value = {"classes": ["pass", "fail"], "inputs": ["input_tokens", "attention_mask"], "pairs": [["tokens", "labels"]],
+             "metrics": ["train.loss", "train.tokens", "train.lr"], "evals": ["humaneval.pass", "mbpp.pass", "mbpp.score"],
+             "opts": ["DATASETS.TOKENS", "coco_2017_train"],
+             "argv": ["--max-tokens", "4096", "--num-tokens", "512", "--pad-token", "[PAD]"]}
+    assert default_outgoing(RedactionReport()).value(value, "config") == value
+    # The label is read before a key that reads as a credential (``env_key``) replaces it.
+    from tfwb_agent.redact import meta
+    rep = RedactionReport()
+    entries = {"env": [{"key": "DB_PASSWORD", "value": pw}], "tags": [{"Key": "HF_TOKEN", "Value": pw + "t"}],
+               "params": [{"ParameterKey": "smtp_password", "ParameterValue": pw + "s"}]}
+    for k, v in entries.items():
+        new, _ = meta.redact_config_value(k, v, DEFAULT_POLICY, default_outgoing(rep), site_tag, rep, ())
+        assert pw not in json.dumps(new), new
+
+
 WRITER = WRITER_PREAMBLE + r'''import sys, numpy as np, wandb
 run = wandb.init(project="probe", dir=root, config={
     "argv": ["train.py", "--db-password", c["pw1"], "--epochs", "3"],
@@ -177,3 +231,46 @@ def test_a_real_run_carries_none_of_them_out(tmp_path):
     assert len(dice) == 1 and history[dice[0]] == "0.5", sorted(history)
     image = json.loads(history[next(k for k in history if k[0].startswith("val/") and k[-1] == "path")])
     assert (out / "files" / image).is_file(), image
+
+
+SEALED_WRITER = WRITER_PREAMBLE + r'''import wandb
+run = wandb.init(project="probe", dir=root)
+for name in (c["pid"] + "_seg_notes.txt", "report_for_" + c["user"] + ".txt"):
+    with open(os.path.join(run.dir, name), "w") as f:
+        f.write("notes\n")
+run.log({"loss": 0.5})
+run.finish()
+'''
+
+
+def test_what_the_bundle_says_about_a_run_names_neither_its_paths_nor_its_dropped_files(tmp_path):
+    """The tour's way (``redact RUN --out DIR > r.json``, then ``seal RUN --report r.json``), and
+    the daemon's (``scan --seal``): the manifest's report holds no path of the node's and no name
+    of a file of the user's that did not leave."""
+    from conftest import agent
+    from seal_helpers import make_site
+
+    c = {"pid": f"P{10 ** 6 + secrets.randbelow(10 ** 6)}", "user": _user()}
+    data = tmp_path / "volume" / c["user"] / (c["pid"] + "-cohort")
+    data.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(CANARY_ROOT=str(data), CANARY_VALUES=json.dumps(c))
+    p = subprocess.run([sys.executable, "-c", SEALED_WRITER], env=env, capture_output=True, text=True, timeout=300,
+                       cwd=str(data))
+    assert p.returncode == 0, p.stderr[-3000:]
+    run_dir = next((data / "wandb").glob("offline-run-*"))
+    site = make_site(tmp_path / "site")
+    key = tmp_path / "site" / "node-state" / "redact.key"     # as the config names it
+    key.parent.mkdir(parents=True, exist_ok=True)
+    key.write_bytes(os.urandom(32))
+    key.chmod(0o600)
+    redacted = tmp_path / "redacted"
+    report = tmp_path / "redacted.json"
+    report.write_text(agent(site.node_cfg, "redact", str(run_dir), "--out", str(redacted)).stdout)
+    assert c["pid"] in report.read_text()       # the node's own output names the run's directory
+    sealed = json.loads(agent(site.node_cfg, "seal", str(redacted / run_dir.name), "--report", str(report)).stdout)
+    man = subprocess.run(["bash", "-o", "pipefail", "-c", f"age -d -i '{site.gw_identity}' '{sealed['bundle']}' "
+                          "| zstd -d -q | tar -xOf - MANIFEST.json"], capture_output=True, text=True, check=True).stdout
+    assert c["pid"] not in man and c["user"] not in man and str(tmp_path) not in man
+    dropped = json.loads(man)["redaction"]["files_dropped_or_scrubbed"]
+    assert sum(f["path"].startswith("[file:") and f["path"].endswith(".txt") for f in dropped) == 2, dropped

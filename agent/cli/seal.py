@@ -45,7 +45,7 @@ def command(ctx: Context, run_dir: Path, segment: int, byte_range: str | None, r
     facts = runs.inspect(run_dir)
     if not facts.run_id:
         raise click.ClickException(f"{run_dir}: cannot tell the run's id ({facts.error or 'no run record'})")
-    report = json.loads(report_file.read_text()) if report_file else {"note": "sealed by hand with tfwb-agent seal"}
+    report = _manifest_report(report_file)
 
     def show(event: str, **info: object) -> None:
         sys.stderr.write(json.dumps({"event": event, **info}) + "\n")
@@ -65,3 +65,22 @@ def command(ctx: Context, run_dir: Path, segment: int, byte_range: str | None, r
                "content_id": sealed.content_id, "run_id": sealed.run_id, "segment": sealed.segment,
                "byte_start": sealed.byte_start, "byte_end": sealed.byte_end, "size": sealed.size,
                "reused": sealed.reused})
+
+
+def _manifest_report(report_file: Path | None) -> dict:
+    """What ``--report`` puts into the manifest. Of ``tfwb-agent redact``'s output only its
+    report, as the daemon puts it: the paths beside it (the run's directory, the copy's) are
+    this node's and name its users and data; they never leave in a bundle."""
+    if report_file is None:
+        return {"note": "sealed by hand with tfwb-agent seal"}
+    try:
+        doc = json.loads(report_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter(f"{report_file}: not a JSON report ({exc}); give the output of "
+                                 "`tfwb-agent redact RUN --out DIR`", param_hint="--report") from None
+    if isinstance(doc, dict) and isinstance(doc.get("report"), dict):
+        return doc["report"]
+    if isinstance(doc, dict) and not ({"run_dir", "out"} & doc.keys()):
+        return doc
+    raise click.BadParameter(f"{report_file}: not a redaction report; give the output of "
+                             "`tfwb-agent redact RUN --out DIR`", param_hint="--report")

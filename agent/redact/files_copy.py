@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 import yaml
@@ -45,7 +46,7 @@ def _one_file(r: Redaction, rel: str, p: Path, complete: bool) -> None:
     elif action.startswith("drop"):
         why = action.split(":", 1)[1]
         r.report.files["dropped" if why != "unknown" else "dropped_unknown"] += 1
-        r.report.file_list.append((r.out.path(rel), f"dropped: {why}"))
+        r.report.file_list.append((_unread_name(r, rel) if why == "unknown" else r.out.path(rel), f"dropped: {why}"))
     elif action == "keep":
         sink = files_mod.Sink(r.out_path("files/" + r.out.path(rel)))
         try:
@@ -91,7 +92,7 @@ def _one_file(r: Redaction, rel: str, p: Path, complete: bool) -> None:
         r.report.file_list.append((new_rel, "scrubbed"))
     else:
         r.report.files["dropped_not_text"] += 1
-        r.report.file_list.append((r.out.path(rel), "dropped: not text"))
+        r.report.file_list.append((_unread_name(r, rel), "dropped: not text"))
 
 
 def _read_counted(r: Redaction, p: Path) -> bytes:
@@ -140,3 +141,14 @@ def _config_yaml(r: Redaction, rel: str, p: Path) -> None:
             if changed:
                 cfg[k] = {**v, "value": nv} if isinstance(v, dict) and "value" in v else nv
     r.write("files/" + rel, yaml.safe_dump(r.out.value(cfg, "config"), sort_keys=False).encode())
+
+
+_EXT = re.compile(r"\.[A-Za-z0-9]{1,8}")
+
+
+def _unread_name(r: Redaction, rel: str) -> str:
+    """How the report names a file of the user's that does not leave: by a keyed tag and its
+    extension. Its name is the training code's (``P1234_notes.txt``, ``report_for_jdoe.txt``),
+    and no rule understood it any more than its contents; the report leaves in the manifest."""
+    ext = PurePosixPath(rel).suffix
+    return f"[file:{r.text_tag('file', rel)}]" + (ext if _EXT.fullmatch(ext) else "")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .errors import RedactError
 from .policy import Policy, is_sensitive
 from .report import RedactionReport
-from .secret_rules import key_secrecy
+from .secret_rules import ENTRY_VALUE_KEYS, entry_label, key_secrecy
 from .string_fields import COMMIT
 
 if TYPE_CHECKING:
@@ -65,9 +65,13 @@ def _scrub_strings(value: Any, key: str, policy: Policy, scrub: "Outgoing", tag:
     if isinstance(value, dict):
         changed, out = False, {}
         parent = key.rsplit(".", 1)[-1]
+        # ``{"key": "DB_PASSWORD", "value": X}``: the value goes as if under its label (read
+        # here, before the label itself may be replaced).
+        label = entry_label(value)
         for k, v in value.items():
             sub = f"{key}.{k}"
-            if _goes_whole(sub, parent, str(k), v, policy, sensitive):
+            if _goes_whole(sub, parent, str(k), v, policy, sensitive) or \
+                    (label and k in ENTRY_VALUE_KEYS and policy.config_value_redacted(label, v)):
                 report.config_keys.add(sub)
                 out[k], changed = f"[redacted:config:{tag('config', json.dumps(v, sort_keys=True))}]", True
                 continue

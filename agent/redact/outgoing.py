@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Callable
 
 from .console import unfold
 from .console_render import SHOWN_DIFFERENTLY, shown
 from .policy import Policy
 from .report import RedactionReport
-from .secret_rules import is_secret_flag, key_secrecy
+from .secret_rules import ENTRY_VALUE_KEYS, entry_label, is_secret_flag, key_secrecy, names_tokenizer_setting
 from .secrets import Scrubber, scrub_args
 from .outgoing_walk import MessageWalk
 from .string_fields import COMMIT, NO_TEXT_JSON
@@ -50,15 +50,36 @@ _CACHE_LIMIT = 50_000
 _SEEN_MIN, _SEEN_LIMIT = 8, 10_000
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode   # as json.dumps(...) with these
 _HOMES = frozenset({"home", "Users"})
-_LABEL_KEYS = ("name", "Name", "key", "Key")
-_VALUE_KEYS = frozenset({"value", "Value"})
+
+_ENV_OR_HEADER = re.compile(r"[A-Z][A-Z0-9_]*|[A-Z][A-Za-z0-9]*(?:-[A-Z][A-Za-z0-9]*)+"
+                            r"|(?i:(?:proxy-)?authorization|(?:set-)?cookie)")
+_YACS_KEY = re.compile(r"[A-Z][A-Z0-9_]*(?:\.[A-Z][A-Z0-9_]*)+")
+_SPECIAL = re.compile(r"[-+]?\d[\d.,eE+-]*|</?\|?[\w.-]{0,100}\|?>|\[[A-Z][A-Z0-9_]{0,100}\]")
 
 
-def _label(d: dict) -> str:
-    """What a ``{"name": N, "value": V}`` entry names its value by ("" if it is none)."""
-    if not any(k in d for k in _VALUE_KEYS):
-        return ""
-    return next((d[k] for k in _LABEL_KEYS if isinstance(d.get(k), str)), "")
+def _names_next(item: str, first_of_pair: bool, secret_key: Callable[[str], bool]) -> str:
+    """The name under which a list's next item stands, if that names a credential: a flag
+    (``--db-password``), a yacs override's key (``DATASETS.DB_PASSWORD``), or the first of a
+    pair (``["PGPASSWORD", X]``, ``["X-Api-Key", X]``, ``["HF_TOKEN", X]``). "" for any other item: class names, metric
+    names, ``["input_tokens", "attention_mask"]``, ``["train.tokens", "train.lr"]``."""
+    if item[:2] == "--" or (item[:1] == "-" and len(item) > 2):
+        name = item.lstrip("-")
+        return name if is_secret_flag(item) and not names_tokenizer_setting(name) else ""
+    if _YACS_KEY.fullmatch(item):
+        return item if is_secret_flag(item) and not item.endswith("TOKENS") else ""
+    if first_of_pair:
+        # (An environment variable's or a header's name is asked as a config key is, the
+        # site's globs too: ``PGPASSWORD``; a lower-case word only by its own words.)
+        secrecy = key_secrecy(item)
+        if secrecy == "any" or (_ENV_OR_HEADER.fullmatch(item) and (secrecy or secret_key(item))):
+            return item
+    return ""
+
+
+def _count_or_special(x: Any) -> bool:
+    """A number or a tokenizer's special token: what a flag such as ``--max-tokens`` or
+    ``--pad-token`` takes, no credential."""
+    return not isinstance(x, str) or _SPECIAL.fullmatch(x) is not None
 
 
 def _holds_text(v: Any) -> bool:
@@ -338,9 +359,9 @@ class Outgoing(MessageWalk):
         if isinstance(v, dict):
             # ``{"name": "DB_PASSWORD", "value": X}`` (a Kubernetes env entry, a tag): the value
             # stands under the name its sibling gives.
-            label = _label(v)
+            label = entry_label(v)
             return {self.name(str(k)) if isinstance(k, str) else k:
-                    self.value(x, place, label if label and k in _VALUE_KEYS else str(k))
+                    self.value(x, place, label if label and k in ENTRY_VALUE_KEYS else str(k))
                     for k, x in v.items()}
         if isinstance(v, list):
             return self._list(v, place, key)
@@ -353,16 +374,14 @@ class Outgoing(MessageWalk):
         command line kept in a config) goes whole, as does the second of a pair whose first
         names a credential (``["PGPASSWORD", X]``, ``["X-Api-Key", X]``)."""
         out: list = []
-        after = False
+        after = ""      # the flag or key the item after names, if it names a credential
         for i, x in enumerate(v):
             if after and isinstance(x, str) and x.startswith("--") and len(x) > 2:
-                after = False   # the flag took no value: another flag follows it
+                after = ""   # the flag took no value: another flag follows it
             scalar = isinstance(x, (str, int, float)) and not isinstance(x, bool)
-            out.append(self.secret_value(x, place) if after and scalar else self.value(x, place, key))
-            # (A flag starts with "-", a yacs override's key has a "."; captions and names, most
-            # of a list's strings, have neither and are not asked.)
-            after = isinstance(x, str) and (((x[:1] == "-" or "." in x) and is_secret_flag(x))
-                                            or (i == 0 and len(v) == 2 and self._secret_key(x)))
+            goes = after and scalar and (key_secrecy(after) == "any" or not _count_or_special(x))
+            out.append(self.secret_value(x, place) if goes else self.value(x, place, key))
+            after = _names_next(x, i == 0 and len(v) == 2, self._secret_key) if isinstance(x, str) else ""
         return out
 
     def json_as_is(self, raw: str, key: str) -> bool:

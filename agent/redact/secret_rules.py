@@ -53,6 +53,8 @@ EXTRA_TOKEN_RULES: tuple[tuple[str, str], ...] = (
     # A password may hold "/" (``openssl rand -base64``): then it runs to the first "@", and is no
     # port (``https://host:8080/a@b`` is a URL's path).
     ("url_credentials", r"\b[a-z][a-z0-9+.-]{0,30}://[^\s/:@]{0,256}:(?:[^\s/]+|(?!\d{1,5}/)[^\s@]{1,256})@"),
+    # The same URL made a file name, "/" made "_" (``https:__ml:X@minio.internal:9000_models_x.pt``).
+    ("url_credentials", r"\b[a-z][a-z0-9+.-]{0,30}:__[^\s:@]{0,256}:[^\s@]{1,256}@"),
     # A user and password with no scheme (a Go or MySQL DSN ``ml:X@tcp(db:3306)/x``, ``ml:X@db.internal``):
     # the host a DSN's, a dotted name, ``localhost`` or a name and port (not ``repo:tag@sha256:…``).
     ("dsn_credentials", r"(?<![\w:@.-])(?!(?:mailto|e-?mail|mail|contact|cuda|rank)\b)[A-Za-z][\w.-]{0,63}:"
@@ -78,7 +80,7 @@ LAST_TOKEN_RULES: tuple[tuple[str, str], ...] = (
     # ``_home_alice_data_ct.png``). A rule of its own, not a part of ``PATH_PATTERN``: it matches
     # word characters alone, and a pattern is read whole for how short a plain word may be
     # (``rule_reach``): the path rule's shortest match would then be that bound.
-    ("local_path", r"(?<![A-Za-z0-9])_(?:home|Users)_[A-Za-z0-9][A-Za-z0-9.-]*_[\w.-]+"),
+    ("local_path", r"(?<![\w.-])_(?:home|Users)_(?!team_)[A-Za-z0-9][A-Za-z0-9.-]*_[\w.-]+"),
 )
 
 # (The part of a key after its secret-looking word is at most 100 characters long in these rules,
@@ -302,26 +304,37 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     ("prose_secret", _PROSE_LEAD + r"""(?P<v>(?![(\[{<*%])(?=[^\s"'`]{0,127}[0-9!@#$^&+=?~])(?=[^\s"'`]{0,127}[A-Za-z])(?![^\s"'`]{0,128}[/\\])"""
                      r"""[^\s"'`,;=()\[\]]{6,128}+)(?![^\s"'`,;)\]])"""),
     # The same after base64's own shape, "/" and "=" padding in it (``Using password
-    # q3v/Zx9KkP2mWw8s1TtQ7A==``): upper and lower case and a digit, 16 characters or more.
-    ("prose_secret", _PROSE_LEAD + r"""(?P<v>(?=[A-Za-z0-9+/]{0,127}[A-Z])(?=[A-Za-z0-9+/]{0,127}[a-z])"""
-                     r"""(?=[A-Za-z0-9+/]{0,127}[0-9])[A-Za-z0-9+/]{16,128}+={0,2})(?![^\s"'`,;)\]])"""),
-    # A key whose words name a credential (``key_secrecy``, the rule a config's keys are read by)
-    # where no rule above reads it, first on its line: a YAML line of a printed config
-    # (``hmac_key: X``, ``basic_auth: X``, ``creds: X``) or an environment line (``GITHUB_PAT=X``).
-    # A value of one plain word with a digit or a symbol, or random letters (twice a capital after
-    # a small letter, ten letters or more): not code (``self._key = key``,
-    # ``idempotency_key: str``, ``dense_keys=params.dense_keys``: no blank after "="), no number
-    # nor a pinned version (``google-auth==2.29.0``), nor a glob (``FILE_PAT: *.jpg``).
-    ("secret_key_name", r"""(?im)^[^\S\n]*(?:-[^\S\n]+)?["']?(?P<k>(?:[A-Za-z_][\w-]{0,100}?)?(?:key|creds?|pat|auth|bearer)"""
-                        r"""(?![a-z0-9]))["']?[^\S\n]*(?::[^\S\n]+|=(?!=))["']?(?P<v>(?=[^\s"'`]{0,255}[0-9!@#$%^&*+=?~:/]|(?-i:(?=[A-Za-z]{10})(?:[A-Za-z]{0,255}?[a-z][A-Z]){2}))(?![(\[{<])(?![^\s"'`]{0,255}\*)"""
-                        r"""(?![-+]?\d[\d.]*(?:\s|$))[^\s"'`,;()\[\]{}]{4,256})"""),
+    # q3v/Zx9KkP2mWw8s1TtQ7A==``; URL-safe, "-" and "_"): upper and lower case and a digit, 16
+    # characters or more.
+    ("prose_secret", _PROSE_LEAD + r"""(?P<v>(?=[\w+/-]{0,127}[A-Z])(?=[\w+/-]{0,127}[a-z])"""
+                     r"""(?=[\w+/-]{0,127}[0-9])[\w+/-]{16,128}+={0,2})(?![^\s"'`,;)\]])"""),
+    # A key that names a credential's kind where no rule above reads it: a line of a printed
+    # config, YAML (``hmac_key: X``, ``basic_auth: X``, ``db_creds: X``), TOML (``hmac_key = "X"``),
+    # an environment line (``GITHUB_PAT=X``), a Hydra override (``+storage.hmac_key=X``), and an
+    # argument in a repr (``Namespace(lr=0.1, hmac_key='X')``, a dataclass's). The key's last
+    # words are of a credential's kind, or it is ``pat`` alone (not ``loss_key``, ``pred_key``,
+    # ``name_pat``: a config's
+    # keys are read more widely, ``key_secrecy``); the value is one plain word with a digit or a
+    # symbol, or random letters (twice a capital after a small letter, ten letters or more): not
+    # code (``hmac_key = hmac_key``), no number nor pinned version (``x-key==2.29.0``), no glob.
+    ("secret_key_name", r"""(?im)(?:^[^\S\n]*(?:-[^\S\n]+)?[+~]{0,2}|(?<=[(,{])[^\S\n]*)["']?(?P<k>(?:[\w-]{1,100}\.){0,20}"""
+                        r"""(?:[\w-]{0,100}?(?:(?:hmac|api|access|secret|private|signing|sign|encryption|crypt|cipher|aes|license|licence"""
+                        r"""|master|client|account|session|service|ssh|gpg|pgp|sas|storage|subscription|app|deploy|admin|root|shared"""
+                        r"""|webhook|jwt|auth|secure|personal)[_-]?key|creds?|credentials|basic[_-]?auth|bearer|(?-i:[A-Z][A-Z0-9_]{0,100}_PAT))"""
+                        r"""|pat))"""
+                        r"""(?![\w-])["']?[^\S\n]*(?::[^\S\n]+|=(?!=)[^\S\n]*)["']?"""
+                        r"""(?P<v>(?=[^\s"'`]{0,255}[0-9!@#$%^&*+=?~:/]|(?-i:(?=[A-Za-z]{10})(?:[A-Za-z]{0,255}?[a-z][A-Z]){2}))"""
+                        r"""(?![(\[{<])(?![^\s"'`]{0,255}[*\\])(?![-+]?\d[\d.]*(?:\s|$))[^\s"'`,;()\[\]{}]{4,256})"""),
     # Cookies as a cookie jar prints them (``<Cookie sessionid=X for host/>``, ``Cookie(version=0,
-    # name='JSESSIONID', value='X', …)``).
+    # name='JSESSIONID', value='X', …)``), and http.cookies (``<SimpleCookie: sid='X'>``).
     ("cookie", r"<Cookie [^\s=]{1,256}=(?P<v>[^\s]{1,4096}?) for "),
+    ("cookie", r"<(?:SimpleCookie|Morsel): [^\s=]{1,256}=['\"]?(?P<v>[^\s'\">]{1,4096})"),
     ("cookie", r"\bCookie\(version=\d+, name=['\"][^'\"\n]{0,256}['\"], value=['\"](?P<v>[^'\"\n]{1,4096})"),
-    # SMTP's login in a debug trace: ``AUTH PLAIN <base64 of \0user\0password>``, and AUTH LOGIN's
+    # SMTP's login in a debug trace: ``AUTH PLAIN <base64 of \0user\0password>`` (not the server's
+    # list of mechanisms, ``250-AUTH PLAIN LOGIN``), and AUTH LOGIN's
     # answer to the server's ``334 UGFzc3dvcmQ6`` ("Password:", base64) on the next ``send:``.
-    ("authorization", r"\bAUTH (?:PLAIN|LOGIN|XOAUTH2) (?P<v>[A-Za-z0-9+/=]{4,})"),
+    ("authorization", r"\bAUTH (?:PLAIN|LOGIN|XOAUTH2) (?!(?:PLAIN|LOGIN|XOAUTH2|CRAM-MD5|DIGEST-MD5|GSSAPI|NTLM|OAUTHBEARER)\b)"
+                      r"(?P<v>(?=[A-Za-z0-9+/=]{0,4096}[0-9+/=])[A-Za-z0-9+/=]{4,})"),
     ("authorization", r"UGFzc3dvcmQ6(?:[^\n]*\n){1,3}?[^\n]{0,40}?send: b?['\"](?P<v>[A-Za-z0-9+/=]{4,})"),
     # A dict's key that pydantic shortened in the middle (``'...word': 'X'`` in an error's
     # ``input_value``): which key it was is not known, its value goes.
@@ -366,12 +379,15 @@ PATH_PATTERN = (rf"(?=[~/])(?:(?<![\w/.~-])|(?<=://)|(?<=:///)|(?<=[A-Za-z_]\.)|
                 rf"|(?<=disk\.)(?:\\[^\s\\]{{1,255}}){{1,64}}?(?=\.usage(?:Percent|GB)\b)"
                 # A user's home glued to what comes before it: a key built from a path
                 # (``val//home/alice/ct.png``, ``loss_/home/…``, ``-o/home/…``, ``//home/…`` from
-                # a root of "/"), but not a URL's (``https://home/x``).
-                rf"|(?<=[\w/-])(?<!:/)(?=/(?:home|Users)/[^\s/]+/[^\s/])/{_SEGMENT}(?:/+{_SEGMENT})+/*"
+                # a root of "/"); not a URL's path (``https://home/x``, ``example.org/home/a/b``)
+                # nor a relative one (``src/home/views/x``).
+                rf"|(?:(?<=/)(?<!:/)|(?<=[_-])|(?<=-[A-Za-z])(?<![\w.-]-[A-Za-z]))"
+                rf"(?=/(?:home|Users)/[^\s/]+/[^\s/])/{_SEGMENT}(?:/+{_SEGMENT})+/*"
                 # The same path as wandb writes it into names, relative to the common root of
-                # TensorBoard log dirs (``home/alice/runs/x``); with "/" made "_", see
+                # TensorBoard log dirs (``home/alice/runs/P7126/logs/train/x``: four names below
+                # the home at least, not ``home/models/checkpoint/best``); with "/" made "_", see
                 # ``LAST_TOKEN_RULES``.
-                rf"|(?<![\w/.~-])(?:home|Users)/{_COMPONENT}(?:/+{_SEGMENT})+/*")
+                rf"|(?<![\w/.~-])(?:home|Users)/{_COMPONENT}(?:/+{_SEGMENT}){{3,}}/*")
 
 # A command-line flag whose next argument is a secret (``--password X``, ``-p X`` is too vague).
 SECRET_FLAG = re.compile(rf"(?i)^--?(?:[\w-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w-]{{0,100}}+(?<!-stdin)|{_FLAG_WORDS})$")
@@ -453,3 +469,16 @@ def is_secret_flag(arg: str) -> bool:
         return False
     words = [w.lower() for w in _KEY_WORD.findall(arg[2:])]
     return key_secrecy(arg[2:]) == "any" or (bool(words) and words[-1] in _AUTH_FLAG_WORDS and words[0] != "no")
+
+
+# A setting given as an entry of its own: ``{"name": "DB_PASSWORD", "value": X}`` (a Kubernetes
+# env entry), ``{"Key": …, "Value": …}`` (a tag), ``{"ParameterKey": …, "ParameterValue": …}``.
+_ENTRY_LABEL_KEYS = ("name", "Name", "NAME", "key", "Key", "KEY", "ParameterKey")
+ENTRY_VALUE_KEYS = frozenset({"value", "Value", "VALUE", "ParameterValue"})
+
+
+def entry_label(d: dict) -> str:
+    """What such an entry names its value by ("" if ``d`` is none)."""
+    if not any(k in d for k in ENTRY_VALUE_KEYS):
+        return ""
+    return next((d[k] for k in _ENTRY_LABEL_KEYS if isinstance(d.get(k), str)), "")
