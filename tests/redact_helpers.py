@@ -159,3 +159,19 @@ root, c = os.environ["CANARY_ROOT"], json.loads(os.environ["CANARY_VALUES"])
 for k in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
     os.environ[k] = os.path.join(root, k.lower())
 '''
+
+
+def write_canary_run(writer: str, root: Path, canaries: dict[str, str]) -> Path:
+    """Run ``writer`` (a script that starts with ``WRITER_PREAMBLE``) with real wandb, offline,
+    its directories under ``root`` and the ``canaries`` given; the run directory it wrote."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(CANARY_ROOT=str(root), CANARY_VALUES=json.dumps(canaries))
+    p = subprocess.run([sys.executable, "-c", writer], env=env, capture_output=True, text=True, timeout=300,
+                       cwd=str(root))
+    assert p.returncode == 0, p.stderr[-3000:]
+    return next((root / "wandb").glob("offline-run-*"))

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from redact_helpers import WRITER_PREAMBLE, default_outgoing, history_items, site_tag
+from redact_helpers import WRITER_PREAMBLE, default_outgoing, history_items, site_tag, write_canary_run
 from tfwb_agent.redact import meta
 from tfwb_agent.redact.policy import DEFAULT_POLICY
 from tfwb_agent.redact.report import RedactionReport
@@ -169,12 +169,7 @@ def test_a_real_run_carries_none_of_them_out(tmp_path):
     from tfwb_agent.redact.run import redact_run
 
     c = {f"pid{i}": f"P{10 ** 6 + secrets.randbelow(10 ** 6)}" for i in range(1, 9)} | {"pw": _pw()}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(CANARY_ROOT=str(tmp_path), CANARY_VALUES=json.dumps(c))
-    p = subprocess.run([sys.executable, "-c", WRITER], env=env, capture_output=True, text=True, timeout=300,
-                       cwd=str(tmp_path))
-    assert p.returncode == 0, p.stderr[-3000:]
-    run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
+    run_dir = write_canary_run(WRITER, tmp_path, c)
     src = b"".join(f.read_bytes() for f in run_dir.rglob("*") if f.is_file())
     assert all(v.encode() in src for v in c.values()), "the run does not carry every canary"
     out = tmp_path / "out" / run_dir.name

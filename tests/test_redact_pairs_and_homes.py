@@ -34,12 +34,11 @@ import os
 import secrets
 import string
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from redact_helpers import WRITER_PREAMBLE, default_outgoing, history_items, site_tag
+from redact_helpers import WRITER_PREAMBLE, default_outgoing, history_items, site_tag, write_canary_run
 from tfwb_agent.redact.policy import DEFAULT_POLICY
 from tfwb_agent.redact.report import RedactionReport
 from tfwb_agent.redact.secrets import Scrubber, compile_patterns
@@ -211,12 +210,7 @@ def test_a_real_run_carries_none_of_them_out(tmp_path):
 
     c = {"pw1": _pw(), "pw2": _pw(), "pw3": _pw(), "pw4": _pw(), "user1": _user(), "user2": _user(),
          "pid": f"P{10 ** 6 + secrets.randbelow(10 ** 6)}"}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(CANARY_ROOT=str(tmp_path), CANARY_VALUES=json.dumps(c))
-    p = subprocess.run([sys.executable, "-c", WRITER], env=env, capture_output=True, text=True, timeout=300,
-                       cwd=str(tmp_path))
-    assert p.returncode == 0, p.stderr[-3000:]
-    run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
+    run_dir = write_canary_run(WRITER, tmp_path, c)
     src = b"".join(f.read_bytes() + str(f).encode() for f in run_dir.rglob("*") if f.is_file())
     assert all(v.encode() in src for v in c.values()), "the run does not carry every canary"
     out = tmp_path / "out" / run_dir.name
@@ -253,12 +247,7 @@ def test_what_the_bundle_says_about_a_run_names_neither_its_paths_nor_its_droppe
     c = {"pid": f"P{10 ** 6 + secrets.randbelow(10 ** 6)}", "user": _user()}
     data = tmp_path / "volume" / c["user"] / (c["pid"] + "-cohort")
     data.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(CANARY_ROOT=str(data), CANARY_VALUES=json.dumps(c))
-    p = subprocess.run([sys.executable, "-c", SEALED_WRITER], env=env, capture_output=True, text=True, timeout=300,
-                       cwd=str(data))
-    assert p.returncode == 0, p.stderr[-3000:]
-    run_dir = next((data / "wandb").glob("offline-run-*"))
+    run_dir = write_canary_run(SEALED_WRITER, data, c)
     site = make_site(tmp_path / "site")
     key = tmp_path / "site" / "node-state" / "redact.key"     # as the config names it
     key.parent.mkdir(parents=True, exist_ok=True)
