@@ -20,6 +20,11 @@ write:
   output into the manifest (the run's directory and the copy's: a user's and a patient's
   names), and the report named the user's own dropped files (``P1234_notes.txt``) as they were.
 
+- text shapes: Markdown (``- **Password:** X``, ``| **password** | X |``), PHP's and Perl's
+  ``=>``, HTML-escaped JSON, XML whose attribute names the secret (``<entry key="db.password">``),
+  a CSV row ``db_password,X``, a table cell ``DB password`` with a blank; a table logged as a
+  header row and rows (``[["user", "password"], ["ml", X]]``, pandas' ``to_dict("split")``).
+
 And, from the testers who checked this round's own first drafts, what those mangled: URLs and
 relative paths with ``/home/`` in them, lists of class and feature names, ``--max-tokens 4096``,
 a config's ``loss_key: loss/total``, an SMTP server's list of mechanisms.
@@ -187,6 +192,39 @@ def test_lists_of_names_and_counts_stay_and_an_entry_named_by_key_goes():
     for k, v in entries.items():
         new, _ = meta.redact_config_value(k, v, DEFAULT_POLICY, default_outgoing(rep), site_tag, rep, ())
         assert pw not in json.dumps(new), new
+
+
+@pytest.mark.parametrize("template", [
+    "- **Password:** {pw}", "**password** = {pw}", "[password] => {pw}", "'password' => '{pw}'",
+    "&quot;password&quot;: &quot;{pw}&quot;", "&#x27;api_key&#x27;: &#x27;{pw}&#x27;",
+    "│ DB password │ {pw} │", "| **password** | {pw} |", "| `api_key` | `{pw}` |", "| API key | {pw} |",
+    "db_password,{pw}", '<entry key="db.password">{pw}</entry>', '<param name="password">{pw}</param>',
+    '<input type="password" name="pw" value="{pw}">',
+])
+def test_text_shapes_lose_their_secret(template):
+    pw = _pw()
+    assert pw not in _scrub(template.format(pw=pw))
+
+
+@pytest.mark.parametrize("text", [
+    "- **Pad token:** [PAD]", "[token_count] => 512", "['user', 'password', 'host']", "| user | password | host |",
+    "password,host,port", "tokens -> Embedding -> Transformer -> Dense", '<input type="password" name="pw">',
+    "        return self.secret == other.secret",
+])
+def test_headers_and_code_beside_them_stay(text):
+    assert _scrub(text) == text
+
+
+def test_a_table_as_a_header_and_rows_loses_the_cells_under_a_credentials_column():
+    pw = [_pw() for _ in range(3)]
+    value = {"rows": [["user", "password", "host"], ["ml", pw[0], "db"], ["etl", pw[1], "db2"]],
+             "split": {"columns": ["user", "api_key"], "index": [0], "data": [["ml", pw[2]]]},
+             "pairs": [["X-Api-Key", pw[0]], ["Accept", "application/json"]],
+             "plain": [["user", "host"], ["ml", "db"]]}
+    new = default_outgoing(RedactionReport()).value(value, "config")
+    assert not [p for p in pw if p in json.dumps(new)], new
+    assert new["rows"][0] == ["user", "password", "host"] and new["rows"][1][::2] == ["ml", "db"]
+    assert new["pairs"][1] == ["Accept", "application/json"] and new["plain"] == value["plain"]
 
 
 WRITER = WRITER_PREAMBLE + r'''import sys, numpy as np, wandb

@@ -360,8 +360,12 @@ class Outgoing(MessageWalk):
             # ``{"name": "DB_PASSWORD", "value": X}`` (a Kubernetes env entry, a tag): the value
             # stands under the name its sibling gives.
             label = entry_label(v)
+            # A table as columns and rows (pandas' ``to_dict("split")``): each cell stands under
+            # its column's name.
+            columns = v.get("columns") if isinstance(v.get("data"), list) else None
             return {self.name(str(k)) if isinstance(k, str) else k:
-                    self.value(x, place, label if label and k in ENTRY_VALUE_KEYS else str(k))
+                    self._rows(columns, x, place, key) if k == "data" and isinstance(columns, list)
+                    else self.value(x, place, label if label and k in ENTRY_VALUE_KEYS else str(k))
                     for k, x in v.items()}
         if isinstance(v, list):
             return self._list(v, place, key)
@@ -373,6 +377,11 @@ class Outgoing(MessageWalk):
         """A list's items; an item after a secret-looking flag (``[..., "--db-password", X]``, a
         command line kept in a config) goes whole, as does the second of a pair whose first
         names a credential (``["PGPASSWORD", X]``, ``["X-Api-Key", X]``)."""
+        if len(v) > 1 and isinstance(v[0], list) and all(isinstance(c, str) for c in v[0]) \
+                and not (len(v[0]) == 2 and _names_next(v[0][0], True, self._secret_key)):   # pairs, not a header
+            # A header row, then rows (``[["user", "password"], ["ml", X]]``, ``df.values``
+            # under its columns): each cell stands under its column's name.
+            return [self.value(v[0], place, key)] + self._rows(v[0], v[1:], place, key)
         out: list = []
         after = ""      # the flag or key the item after names, if it names a credential
         for i, x in enumerate(v):
@@ -383,6 +392,18 @@ class Outgoing(MessageWalk):
             out.append(self.secret_value(x, place) if goes else self.value(x, place, key))
             after = _names_next(x, i == 0 and len(v) == 2, self._secret_key) if isinstance(x, str) else ""
         return out
+
+    def _rows(self, columns: list, rows: Any, place: str, key: str) -> Any:
+        """``rows`` of a table whose header is ``columns``: a cell under a column that names a
+        credential goes as a value under that key would; other cells (and whatever is no row)
+        as anything under ``key``."""
+        names = [c if isinstance(c, str) else "" for c in columns]
+        if not isinstance(rows, list):
+            return self.value(rows, place, key)
+        if not any(self._secret_key(c) or key_secrecy(c) for c in names if c):
+            return [self.value(row, place, key) for row in rows]
+        return [[self.value(x, place, names[j] if j < len(names) and names[j] else key) for j, x in enumerate(row)]
+                if isinstance(row, list) else self.value(row, place, key) for row in rows]
 
     def json_as_is(self, raw: str, key: str) -> bool:
         """Whether a value_json leaves as it is without being read: it holds no string (a

@@ -112,13 +112,14 @@ _SEP = r"(?:[^\S\n]+|[^\S\n]*\n[^\S\n]*)"     # blanks, or one line break (and b
 # value with a digit and a ":" after it, ``password=2yW4…: ``, is the value); a number or a special token
 # there is none, ``token_stats:\n  mean: 512.3``, ``special_tokens:\n  - <pad>``); a value that is itself a
 # secret-looking key (``secret: password: X``: the second key's value goes) or a literal
-# (``use_auth_token=True``) is none.
+# (``use_auth_token=True``) is none, and nor is punctuation alone (``**`` closing Markdown's
+# emphasis, ``>`` of a ``=>``).
 _NOT_NUMBER_OR_SPECIAL = r"""(?![-+]?\d[\d.,eE+-]*(?:\s|$)|</?\|?[\w.-]{0,100}\|?>|\[[A-Z][A-Z0-9_]{0,100}\])"""
 _YAML_PREFIX = (r"""(?:(?<![\w"'])(?:[|>][-+0-9]*[^\S\n]*\n[^\S\n]*|&[\w-]+[^\S\n]+|!!?[\w-]{0,100}[^\S\n]+"""
                 rf"""|[A-Za-z_.-]{{1,100}}:[^\S\n]+{_NOT_NUMBER_OR_SPECIAL})|(?<=["'])(?:""|'')(?:[^\S\n]*\n)?"""
                 rf"""|\n[^\S\n]*(?:-[^\S\n]+|[A-Za-z_.-]{{1,100}}:[^\S\n]+){_NOT_NUMBER_OR_SPECIAL})""")
 _VALUE = (r"""(?!(?:True|False|None|true|false|null)\b)"""
-          rf"""{_YAML_PREFIX}?(?:(?<=")(?:[^"\\\n]|\\.)*|(?<=')(?:[^'\\\n]|\\.)*|(?<!["'])[{{\[][^\n]*"""
+          rf"""{_YAML_PREFIX}?(?![*_>=~`-]{{1,4}}(?:\s|$))(?:(?<=")(?:[^"\\\n]|\\.)*|(?<=')(?:[^'\\\n]|\\.)*|(?<!["'])[{{\[][^\n]*"""
           rf"""|(?<!["'])(?![\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}+["']?[:=]\s)"""
           rf"""(?!-[^\S\n]|[A-Za-z_.-]{{1,100}}:[^\S\n])[^\s"']*[^\s"',;])""")
 # A key whose last word is "key" names a credential (``api_key``, ``encryption_key``,
@@ -155,11 +156,15 @@ _PW_KEY = r"(?=[pP])(?:(?<=[_.-])|(?<![\w.-]))(?:pw|PW|Pw)(?!\w)"
 # once or twice (a URL inside a URL's parameter: ``next=%2Fapi%3Faccess_token%3DX``, ``%253D``);
 # its closing quote, escaped too, up to three times over (JSON printed inside a string:
 # ``\"password\": \"x\"``), or a subscript's (``cfg["password"] = x``); then the value's
-# opening quote, of a bytes literal too (``'password': b'x'``). A line break between them may be
+# opening quote, of a bytes literal too (``'password': b'x'``). Markdown's emphasis around a
+# key's end (``- **Password:** X``, ``**password** = X``), PHP's and Perl's ``=>`` (``[password]
+# => X``), HTML-escaped quotes (``&quot;password&quot;: &quot;X``). (Not an arrow: ``tokens ->
+# Embedding -> Dense`` draws a model.) A line break between them may be
 # written out (``\\n`` in a ``repr``), and so may colour codes after the key
 # (``\x1b[33mDB_PASSWORD\x1b[0m=X`` in the repr of a coloured tool's output).
-_KEY_TO_VALUE = (r"""(?:\\(?:x1b|u001b|033|e)\[[0-9;]{0,20}m){0,4}(?:\\{0,7}["'])?\]?\s*(?:[:=：＝]|%(?:25)?3[AaDd])"""
-                 r"""(?:\s|\\[nrt])*(?:b(?=["']))?(?:\\{0,7}["'])?""")
+_KEY_TO_VALUE = (r"""(?:\\(?:x1b|u001b|033|e)\[[0-9;]{0,20}m){0,4}(?:\\{0,7}["']|&quot;|&#x?(?:27|39|22|34);)?\]?"""
+                 r"""(?:\*\*|__|`)?\s*(?:=>|[:=：＝]|%(?:25)?3[AaDd])(?:\*\*|__)?"""
+                 r"""(?:\s|\\[nrt])*(?:b(?=["']))?(?:\\{0,7}["']|&quot;|&#x?(?:27|39|22|34);|`)?""")
 # A number as metrics are printed (``-1.2e-05``, ``nan``, ``85%``, ``5.2B``, a version ``==2.4.1``),
 # up to where a value ends (a blank, a quote, a separator, a closing bracket: ``tokens_per_sec=
 # 6318.0]`` in a progress bar).
@@ -212,9 +217,12 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     # A table's row whose key cell names a credential: the next cell (``│ db_password │ X │``
     # drawn by rich, ``| api_key | X |`` by tabulate). Only a key that ends on such a word:
     # ``│ token_embedding │ Embedding │`` is a layer.
-    # (Blanks around each cell, as both draw them: ``|pwd|read|`` is a regular expression.)
-    ("key_value", rf"(?i)[│┃║|][^\S\n]+[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN}|creds?)[^\S\n]+[│┃║|][^\S\n]+"
-                  rf"(?P<v>[^\s│┃║|]{{1,255}})[^\S\n]+(?=[│┃║|])"),
+    # The key's cell may hold blanks and Markdown (``| **DB password** |``, ``| `api_key` |``).
+    # (Blanks around each cell, as both draw them: ``|pwd|read|`` is a regular expression. The
+    # key's cell first on its line: ``| user | password | host |`` is a header, and ``host`` no
+    # value.)
+    ("key_value", rf"(?im)^[^\S\n]*[│┃║|][^\S\n]+[*`_]{{0,2}}[\w.&' -]{{0,100}}?(?:{SECRET_KEYWORDS}|{_TOKEN}|creds?|api[ -]key"
+                  rf"|access[ -]token)[*`_]{{0,2}}[^\S\n]+[│┃║|][^\S\n]+`?(?P<v>[^\s│┃║|`]{{1,255}})`?[^\S\n]+(?=[│┃║|])"),
     # A webhook's secret as a segment of its URL: Mattermost ``/hooks/<26>``, Teams
     # ``/IncomingWebhook/<hex32>/``, PagerDuty ``/integration/<hex32>/enqueue``.
     ("key_value", r"(?<=/hooks/)(?P<v>[a-z0-9]{26})(?![\w-])"),
@@ -234,7 +242,9 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     # (``['train.py', '--db-password', 'X']``, a CalledProcessError's command), ``('password',
     # 'X')``, ``os.environ.setdefault('DB_PASSWORD', 'X')``.
     # Headers as (name, value) pairs too (``[('Authorization', 'Basic X')]``, ``(b'cookie', b'…')``).
-    ("key_value", rf"""(?i)["'](?:--?)?(?:[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}+(?<!-stdin)|(?:proxy-)?authorization|(?:set-)?cookie)["']\s*,\s*(?:b(?=["']))?["'](?P<v>{_VALUE})"""),
+    # A key with no dash only first in its tuple: ``['user', 'password', 'host']`` names columns.
+    ("key_value", rf"""(?i)["']--?[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}+(?<!-stdin)["']\s*,\s*(?:b(?=["']))?["'](?P<v>{_VALUE})"""),
+    ("key_value", rf"""(?i)(?<=[(\[])b?["'](?:[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}+|(?:proxy-)?authorization|(?:set-)?cookie)["']\s*,\s*(?:b(?=["']))?["'](?P<v>{_VALUE})"""),
     # A name and its value given apart: a Kubernetes env entry (``{'name': 'DB_PASSWORD', 'value':
     # 'X'}``, or in YAML on two lines), a .NET setting (``<add key="Password" value="X"/>``).
     ("key_value", rf"""(?i)\b(?:name|key)["']?\s*[:=]\s*["']?[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}+["']?\s*,?"""
@@ -336,6 +346,16 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     ("authorization", r"\bAUTH (?:PLAIN|LOGIN|XOAUTH2) (?!(?:PLAIN|LOGIN|XOAUTH2|CRAM-MD5|DIGEST-MD5|GSSAPI|NTLM|OAUTHBEARER)\b)"
                       r"(?P<v>(?=[A-Za-z0-9+/=]{0,4096}[0-9+/=])[A-Za-z0-9+/=]{4,})"),
     ("authorization", r"UGFzc3dvcmQ6(?:[^\n]*\n){1,3}?[^\n]{0,40}?send: b?['\"](?P<v>[A-Za-z0-9+/=]{4,})"),
+    # A CSV row of a key and its value (``db_password,X``, ``csv.writer`` of a config): a value
+    # with a digit or a symbol (a header's ``password,host`` names columns).
+    ("key_value", rf"""(?im)^[^\S\n]*"?[\w.-]{{0,100}}(?:{SECRET_KEYWORDS})[\w.-]{{0,100}}+"?,"?"""
+                  r"""(?P<v>(?=[^\s,"]{0,255}[0-9!@#$%^&*+=?~:/])[^\s,"]{1,256})"""),
+    # XML and HTML where an attribute names the secret: ``<entry key="db.password">X</entry>``,
+    # ``<param name="password">X</param>``, ``<input type="password" value="X">``.
+    ("key_value", rf"""(?i)<[\w:.-]{{1,100}}[^<>\n]{{0,200}}?\b(?:key|name|type|id|property)=["'][\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})"""
+                  r"""[\w.-]{0,100}["'][^<>\n]{0,200}?\bvalue=["'](?P<v>[^"'\n]{1,256})"""),
+    ("key_value", rf"""(?i)<[\w:.-]{{1,100}}[^<>\n]{{0,200}}?\b(?:key|name|property)=["'][\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})"""
+                  r"""[\w.-]{0,100}["'][^<>\n]{0,200}?>(?P<v>[^<\n]{1,256})<"""),
     # A dict's key that pydantic shortened in the middle (``'...word': 'X'`` in an error's
     # ``input_value``): which key it was is not known, its value goes.
     ("key_value", r"""(?<=\.\.\.)[\w.-]{0,100}["']\s*:\s*["'](?P<v>[^"'\n]{1,256})"""),
