@@ -11,8 +11,8 @@ def run_view(row: dict[str, Any], now: float | None = None) -> dict[str, Any]:
     staging = facts.get("staging") or {}
     return {
         "run_id": row["run_id"],
-        "project": row["project"],
-        "entity": row["entity"],
+        "project": _unless_refused(row, "project"),
+        "entity": _unless_refused(row, "entity"),
         "path": row["key"],
         "state": row["state"],
         "ended": row["ended"],
@@ -32,6 +32,20 @@ def run_view(row: dict[str, Any], now: float | None = None) -> dict[str, Any]:
         "sensitive_keys": facts.get("sensitive", []),
         "staging_missing": staging.get("missing", []),
     }
+
+
+# What the redactor says when a run's identifier holds site data or a key (``meta.refuse_secret_routing``).
+_REFUSED = "'s {} matches "
+WITHHELD = "(withheld: see the note)"
+
+
+def _unless_refused(row: dict[str, Any], field: str) -> Any:
+    """A run's project or entity, unless the run was quarantined for it: then it holds what the
+    site's rules found (a patient id, a user's name, a key), and ``status`` names the field
+    and the rule, never the value (the run id stays: commands name the run by it)."""
+    if row["state"] == "quarantined" and _REFUSED.format(field) in (row["last_error"] or ""):
+        return WITHHELD
+    return row[field]
 
 
 def delivery_views(deliveries: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

@@ -81,6 +81,11 @@ def test_a_run_whose_identifiers_hold_site_data_or_a_key_is_refused_and_the_rest
     said = json.dumps(reasons) + seal.stdout + seal.stderr + " ".join(bundles)
     said += (site.root / "node-state" / "audit.log").read_text()
     assert not [c for c in (patient, aws_id) if c in said]
+    # Nor does `status` show the project or entity a run was refused for (its fields say so).
+    shown = agent(site.node_cfg, "status").stdout + json.dumps(status["runs"])
+    assert not [c for c in (patient, aws_id) if c in shown], shown
+    assert by_dir[dirs["project"].name]["project"] == by_dir[dirs["entity"].name]["entity"] == "(withheld: see the note)"
+    assert by_dir[dirs["plain"].name]["project"] == "ct-routing"
 
     # A sweep id of a secret's shape is refused the same way (written into the run record, as
     # `wandb agent` fills it in; offline wandb has no sweep to join).
