@@ -23,7 +23,9 @@ write:
 - text shapes: Markdown (``- **Password:** X``, ``| **password** | X |``), PHP's and Perl's
   ``=>``, HTML-escaped JSON, XML whose attribute names the secret (``<entry key="db.password">``),
   a CSV row ``db_password,X``, a table cell ``DB password`` with a blank; a table logged as a
-  header row and rows (``[["user", "password"], ["ml", X]]``, pandas' ``to_dict("split")``).
+  header row and rows (``[["user", "password"], ["ml", X]]``, pandas' ``to_dict("split")``);
+- a tool's letter flag in a command kept in a config or printed as a list (``["curl", "-u",
+  "ml:X"]``, ``sshpass -p``, ``redis-cli -a``, ``docker login -p``).
 
 And, from the testers who checked this round's own first drafts, what those mangled: URLs and
 relative paths with ``/home/`` in them, lists of class and feature names, ``--max-tokens 4096``,
@@ -225,6 +227,18 @@ def test_a_table_as_a_header_and_rows_loses_the_cells_under_a_credentials_column
     assert not [p for p in pw if p in json.dumps(new)], new
     assert new["rows"][0] == ["user", "password", "host"] and new["rows"][1][::2] == ["ml", "db"]
     assert new["pairs"][1] == ["Accept", "application/json"] and new["plain"] == value["plain"]
+
+
+def test_a_tools_letter_flag_takes_its_secret_in_a_kept_command_and_in_its_repr():
+    pw = [_pw() for _ in range(4)]
+    commands = [["curl", "-u", "ml:" + pw[0], "https://minio.internal"], ["sshpass", "-p", pw[1], "ssh", "gpu01"],
+                ["/usr/bin/redis-cli", "-a", pw[2]], ["docker", "login", "-u", "ml", "-p", pw[3], "registry"]]
+    new = default_outgoing(RedactionReport()).value(commands + [["python", "-p", "3"]], "config")
+    assert not [p for p in pw if p in json.dumps(new)], new
+    assert new[-1] == ["python", "-p", "3"] and new[1][3:] == ["ssh", "gpu01"]
+    for cmd in commands:     # as a CalledProcessError prints it
+        line = f"Command '{cmd!r}' returned non-zero exit status 1."
+        assert not [p for p in pw if p in _scrub(line)], line
 
 
 WRITER = WRITER_PREAMBLE + r'''import sys, numpy as np, wandb

@@ -51,6 +51,11 @@ _SEEN_MIN, _SEEN_LIMIT = 8, 10_000
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode   # as json.dumps(...) with these
 _HOMES = frozenset({"home", "Users"})
 
+# Tools whose password comes after a letter flag (``-p`` alone is too vague to be read so
+# anywhere else), as in ``secret_rules``' flag_value rules.
+_TOOL_FLAGS = {"curl": ("-u", "--user", "--proxy-user"), "sshpass": ("-p",), "redis-cli": ("-a",),
+               "docker": ("-p",), "zip": ("-P",), "7z": ("-p",), "ssh-keygen": ("-N",), "smbclient": ("-U",)}
+_COLUMN = re.compile(r"[A-Za-z_][\w .-]{0,100}")     # a header row's names (not commands, not values)
 _ENV_OR_HEADER = re.compile(r"[A-Z][A-Z0-9_]*|[A-Z][A-Za-z0-9]*(?:-[A-Z][A-Za-z0-9]*)+"
                             r"|(?i:(?:proxy-)?authorization|(?:set-)?cookie)")
 _YACS_KEY = re.compile(r"[A-Z][A-Z0-9_]*(?:\.[A-Z][A-Z0-9_]*)+")
@@ -377,20 +382,24 @@ class Outgoing(MessageWalk):
         """A list's items; an item after a secret-looking flag (``[..., "--db-password", X]``, a
         command line kept in a config) goes whole, as does the second of a pair whose first
         names a credential (``["PGPASSWORD", X]``, ``["X-Api-Key", X]``)."""
-        if len(v) > 1 and isinstance(v[0], list) and all(isinstance(c, str) for c in v[0]) \
+        if len(v) > 1 and isinstance(v[0], list) and all(isinstance(c, str) and _COLUMN.fullmatch(c) for c in v[0]) \
+                and all(isinstance(row, list) and len(row) == len(v[0]) for row in v) \
                 and not (len(v[0]) == 2 and _names_next(v[0][0], True, self._secret_key)):   # pairs, not a header
             # A header row, then rows (``[["user", "password"], ["ml", X]]``, ``df.values``
             # under its columns): each cell stands under its column's name.
             return [self.value(v[0], place, key)] + self._rows(v[0], v[1:], place, key)
         out: list = []
         after = ""      # the flag or key the item after names, if it names a credential
+        # A command whose tool takes a secret after a letter flag (``["curl", "-u", "ml:X"]``).
+        tool_flags = _TOOL_FLAGS.get(v[0].rsplit("/", 1)[-1], ()) if v and isinstance(v[0], str) else ()
         for i, x in enumerate(v):
             if after and isinstance(x, str) and x.startswith("--") and len(x) > 2:
                 after = ""   # the flag took no value: another flag follows it
             scalar = isinstance(x, (str, int, float)) and not isinstance(x, bool)
             goes = after and scalar and (key_secrecy(after) == "any" or not _count_or_special(x))
             out.append(self.secret_value(x, place) if goes else self.value(x, place, key))
-            after = _names_next(x, i == 0 and len(v) == 2, self._secret_key) if isinstance(x, str) else ""
+            after = "password" if x in tool_flags else \
+                _names_next(x, i == 0 and len(v) == 2, self._secret_key) if isinstance(x, str) else ""
         return out
 
     def _rows(self, columns: list, rows: Any, place: str, key: str) -> Any:
