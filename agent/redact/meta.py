@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from .errors import RedactError
 from .policy import Policy, is_sensitive
 from .report import RedactionReport
-from .secret_rules import ENTRY_VALUE_KEYS, entry_label, key_secrecy
+from .json_neighbours import ENTRY_VALUE_KEYS, entry_label
+from .secret_rules import key_secrecy
 from .string_fields import COMMIT
 
 if TYPE_CHECKING:

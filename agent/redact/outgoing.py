@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable
+from typing import Any
 
 from .console import unfold
 from .console_render import SHOWN_DIFFERENTLY, shown
 from .policy import Policy
 from .report import RedactionReport
-from .secret_rules import ENTRY_VALUE_KEYS, entry_label, is_secret_flag, key_secrecy, names_tokenizer_setting
+from .json_neighbours import ENTRY_VALUE_KEYS, count_or_special, entry_label, is_table, names_next, tool_secret_flags
+from .secret_rules import key_secrecy
 from .secrets import Scrubber, scrub_args
 from .outgoing_walk import MessageWalk
 from .string_fields import COMMIT, NO_TEXT_JSON
@@ -50,42 +51,6 @@ _CACHE_LIMIT = 50_000
 _SEEN_MIN, _SEEN_LIMIT = 8, 10_000
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode   # as json.dumps(...) with these
 _HOMES = frozenset({"home", "Users"})
-
-# Tools whose password comes after a letter flag (``-p`` alone is too vague to be read so
-# anywhere else), as in ``secret_rules``' flag_value rules.
-_TOOL_FLAGS = {"curl": ("-u", "--user", "--proxy-user"), "sshpass": ("-p",), "redis-cli": ("-a",),
-               "docker": ("-p",), "zip": ("-P",), "7z": ("-p",), "ssh-keygen": ("-N",), "smbclient": ("-U",)}
-_COLUMN = re.compile(r"[A-Za-z_][\w .-]{0,100}")     # a header row's names (not commands, not values)
-_ENV_OR_HEADER = re.compile(r"[A-Z][A-Z0-9_]*|[A-Z][A-Za-z0-9]*(?:-[A-Z][A-Za-z0-9]*)+"
-                            r"|(?i:(?:proxy-)?authorization|(?:set-)?cookie)")
-_YACS_KEY = re.compile(r"[A-Z][A-Z0-9_]*(?:\.[A-Z][A-Z0-9_]*)+")
-_SPECIAL = re.compile(r"[-+]?\d[\d.,eE+-]*|</?\|?[\w.-]{0,100}\|?>|\[[A-Z][A-Z0-9_]{0,100}\]")
-
-
-def _names_next(item: str, first_of_pair: bool, secret_key: Callable[[str], bool]) -> str:
-    """The name under which a list's next item stands, if that names a credential: a flag
-    (``--db-password``), a yacs override's key (``DATASETS.DB_PASSWORD``), or the first of a
-    pair (``["PGPASSWORD", X]``, ``["X-Api-Key", X]``, ``["HF_TOKEN", X]``). "" for any other item: class names, metric
-    names, ``["input_tokens", "attention_mask"]``, ``["train.tokens", "train.lr"]``."""
-    if item[:2] == "--" or (item[:1] == "-" and len(item) > 2):
-        name = item.lstrip("-")
-        return name if is_secret_flag(item) and not names_tokenizer_setting(name) else ""
-    if _YACS_KEY.fullmatch(item):
-        return item if is_secret_flag(item) and not item.endswith("TOKENS") else ""
-    if first_of_pair:
-        # (An environment variable's or a header's name is asked as a config key is, the
-        # site's globs too: ``PGPASSWORD``; a lower-case word only by its own words.)
-        secrecy = key_secrecy(item)
-        if secrecy == "any" or (_ENV_OR_HEADER.fullmatch(item) and (secrecy or secret_key(item))):
-            return item
-    return ""
-
-
-def _count_or_special(x: Any) -> bool:
-    """A number or a tokenizer's special token: what a flag such as ``--max-tokens`` or
-    ``--pad-token`` takes, no credential."""
-    return not isinstance(x, str) or _SPECIAL.fullmatch(x) is not None
-
 
 def _holds_text(v: Any) -> bool:
     """Whether a JSON value holds a string at any depth (a key's name is none)."""
@@ -382,24 +347,22 @@ class Outgoing(MessageWalk):
         """A list's items; an item after a secret-looking flag (``[..., "--db-password", X]``, a
         command line kept in a config) goes whole, as does the second of a pair whose first
         names a credential (``["PGPASSWORD", X]``, ``["X-Api-Key", X]``)."""
-        if len(v) > 1 and isinstance(v[0], list) and all(isinstance(c, str) and _COLUMN.fullmatch(c) for c in v[0]) \
-                and all(isinstance(row, list) and len(row) == len(v[0]) for row in v) \
-                and not (len(v[0]) == 2 and _names_next(v[0][0], True, self._secret_key)):   # pairs, not a header
+        if is_table(v, self._secret_key):
             # A header row, then rows (``[["user", "password"], ["ml", X]]``, ``df.values``
             # under its columns): each cell stands under its column's name.
             return [self.value(v[0], place, key)] + self._rows(v[0], v[1:], place, key)
         out: list = []
         after = ""      # the flag or key the item after names, if it names a credential
         # A command whose tool takes a secret after a letter flag (``["curl", "-u", "ml:X"]``).
-        tool_flags = _TOOL_FLAGS.get(v[0].rsplit("/", 1)[-1], ()) if v and isinstance(v[0], str) else ()
+        tool_flags = tool_secret_flags(v)
         for i, x in enumerate(v):
             if after and isinstance(x, str) and x.startswith("--") and len(x) > 2:
                 after = ""   # the flag took no value: another flag follows it
             scalar = isinstance(x, (str, int, float)) and not isinstance(x, bool)
-            goes = after and scalar and (key_secrecy(after) == "any" or not _count_or_special(x))
+            goes = after and scalar and (key_secrecy(after) == "any" or not count_or_special(x))
             out.append(self.secret_value(x, place) if goes else self.value(x, place, key))
             after = "password" if x in tool_flags else \
-                _names_next(x, i == 0 and len(v) == 2, self._secret_key) if isinstance(x, str) else ""
+                names_next(x, i == 0 and len(v) == 2, self._secret_key) if isinstance(x, str) else ""
         return out
 
     def _rows(self, columns: list, rows: Any, place: str, key: str) -> Any:

@@ -494,15 +494,3 @@ def is_secret_flag(arg: str) -> bool:
     words = [w.lower() for w in _KEY_WORD.findall(arg[2:])]
     return key_secrecy(arg[2:]) == "any" or (bool(words) and words[-1] in _AUTH_FLAG_WORDS and words[0] != "no")
 
-
-# A setting given as an entry of its own: ``{"name": "DB_PASSWORD", "value": X}`` (a Kubernetes
-# env entry), ``{"Key": …, "Value": …}`` (a tag), ``{"ParameterKey": …, "ParameterValue": …}``.
-_ENTRY_LABEL_KEYS = ("name", "Name", "NAME", "key", "Key", "KEY", "ParameterKey")
-ENTRY_VALUE_KEYS = frozenset({"value", "Value", "VALUE", "ParameterValue"})
-
-
-def entry_label(d: dict) -> str:
-    """What such an entry names its value by ("" if ``d`` is none)."""
-    if not any(k in d for k in ENTRY_VALUE_KEYS):
-        return ""
-    return next((d[k] for k in _ENTRY_LABEL_KEYS if isinstance(d.get(k), str)), "")

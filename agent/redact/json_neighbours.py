@@ -1,0 +1,71 @@
+"""What a JSON value's neighbours say about it: the item before it in a list (a flag, a key of a
+pair, a tool's letter flag), its sibling in an entry (``{"name": N, "value": V}``), its column in
+a table given as a header row and rows. Pure functions over data; ``Outgoing.value`` asks them."""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+from .secret_rules import is_secret_flag, key_secrecy, names_tokenizer_setting
+
+# Tools whose password comes after a letter flag (``-p`` alone is too vague to be read so
+# anywhere else), as in ``secret_rules``' flag_value rules.
+_TOOL_FLAGS = {"curl": ("-u", "--user", "--proxy-user"), "sshpass": ("-p",), "redis-cli": ("-a",),
+               "docker": ("-p",), "zip": ("-P",), "7z": ("-p",), "ssh-keygen": ("-N",), "smbclient": ("-U",)}
+_COLUMN = re.compile(r"[A-Za-z_][\w .-]{0,100}")     # a header row's names (not commands, not values)
+_ENV_OR_HEADER = re.compile(r"[A-Z][A-Z0-9_]*|[A-Z][A-Za-z0-9]*(?:-[A-Z][A-Za-z0-9]*)+"
+                            r"|(?i:(?:proxy-)?authorization|(?:set-)?cookie)")
+_YACS_KEY = re.compile(r"[A-Z][A-Z0-9_]*(?:\.[A-Z][A-Z0-9_]*)+")
+_SPECIAL = re.compile(r"[-+]?\d[\d.,eE+-]*|</?\|?[\w.-]{0,100}\|?>|\[[A-Z][A-Z0-9_]{0,100}\]")
+
+
+def names_next(item: str, first_of_pair: bool, secret_key: Callable[[str], bool]) -> str:
+    """The name under which a list's next item stands, if that names a credential: a flag
+    (``--db-password``), a yacs override's key (``DATASETS.DB_PASSWORD``), or the first of a
+    pair (``["PGPASSWORD", X]``, ``["X-Api-Key", X]``, ``["HF_TOKEN", X]``). "" for any other
+    item: class names, metric names, ``["input_tokens", "attention_mask"]``, ``["train.tokens",
+    "train.lr"]``."""
+    if item[:2] == "--" or (item[:1] == "-" and len(item) > 2):
+        name = item.lstrip("-")
+        return name if is_secret_flag(item) and not names_tokenizer_setting(name) else ""
+    if _YACS_KEY.fullmatch(item):
+        return item if is_secret_flag(item) and not item.endswith("TOKENS") else ""
+    if first_of_pair:
+        # (An environment variable's or a header's name is asked as a config key is, the
+        # site's globs too: ``PGPASSWORD``; a lower-case word only by its own words.)
+        secrecy = key_secrecy(item)
+        if secrecy == "any" or (_ENV_OR_HEADER.fullmatch(item) and (secrecy or secret_key(item))):
+            return item
+    return ""
+
+
+def count_or_special(x: Any) -> bool:
+    """A number or a tokenizer's special token: what a flag such as ``--max-tokens`` or
+    ``--pad-token`` takes, no credential."""
+    return not isinstance(x, str) or _SPECIAL.fullmatch(x) is not None
+
+
+def tool_secret_flags(command: list) -> tuple[str, ...]:
+    """The letter flags after which ``command``'s tool takes its password (``curl -u``)."""
+    return _TOOL_FLAGS.get(command[0].rsplit("/", 1)[-1], ()) if command and isinstance(command[0], str) else ()
+
+
+def is_table(v: list, secret_key: Callable[[str], bool]) -> bool:
+    """A header row of names, then rows as long (``[["user", "password"], ["ml", X]]``), and not
+    a list of pairs whose first names a credential (``[["X-Api-Key", X], ...]``)."""
+    return (len(v) > 1 and isinstance(v[0], list) and all(isinstance(c, str) and _COLUMN.fullmatch(c) for c in v[0])
+            and all(isinstance(row, list) and len(row) == len(v[0]) for row in v)
+            and not (len(v[0]) == 2 and names_next(v[0][0], True, secret_key)))
+
+
+# A setting given as an entry of its own: ``{"name": "DB_PASSWORD", "value": X}`` (a Kubernetes
+# env entry), ``{"Key": …, "Value": …}`` (a tag), ``{"ParameterKey": …, "ParameterValue": …}``.
+_ENTRY_LABEL_KEYS = ("name", "Name", "NAME", "key", "Key", "KEY", "ParameterKey")
+ENTRY_VALUE_KEYS = frozenset({"value", "Value", "VALUE", "ParameterValue"})
+
+
+def entry_label(d: dict) -> str:
+    """What such an entry names its value by ("" if ``d`` is none)."""
+    if not any(k in d for k in ENTRY_VALUE_KEYS):
+        return ""
+    return next((d[k] for k in _ENTRY_LABEL_KEYS if isinstance(d.get(k), str)), "")
