@@ -233,9 +233,11 @@ def test_a_tools_letter_flag_takes_its_secret_in_a_kept_command_and_in_its_repr(
     pw = [_pw() for _ in range(4)]
     commands = [["curl", "-u", "ml:" + pw[0], "https://minio.internal"], ["sshpass", "-p", pw[1], "ssh", "gpu01"],
                 ["/usr/bin/redis-cli", "-a", pw[2]], ["docker", "login", "-u", "ml", "-p", pw[3], "registry"]]
-    new = default_outgoing(RedactionReport()).value(commands + [["python", "-p", "3"]], "config")
+    plain = [["python", "-p", "3"], ["docker", "run", "-p", "8080:80", "img"]]   # docker run's -p maps a port
+    new = default_outgoing(RedactionReport()).value(commands + plain, "config")
     assert not [p for p in pw if p in json.dumps(new)], new
-    assert new[-1] == ["python", "-p", "3"] and new[1][3:] == ["ssh", "gpu01"]
+    assert new[-2:] == plain and new[1][3:] == ["ssh", "gpu01"]
+    assert _scrub(repr(plain[1])) == repr(plain[1])
     for cmd in commands:     # as a CalledProcessError prints it
         line = f"Command '{cmd!r}' returned non-zero exit status 1."
         assert not [p for p in pw if p in _scrub(line)], line

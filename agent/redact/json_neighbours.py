@@ -46,8 +46,12 @@ def count_or_special(x: Any) -> bool:
 
 
 def tool_secret_flags(command: list) -> tuple[str, ...]:
-    """The letter flags after which ``command``'s tool takes its password (``curl -u``)."""
-    return _TOOL_FLAGS.get(command[0].rsplit("/", 1)[-1], ()) if command and isinstance(command[0], str) else ()
+    """The letter flags after which ``command``'s tool takes its password (``curl -u``; docker's
+    ``-p`` only in ``docker login``: in ``docker run`` it maps a port)."""
+    tool = command[0].rsplit("/", 1)[-1] if command and isinstance(command[0], str) else ""
+    if tool == "docker" and "login" not in command:
+        return ()
+    return _TOOL_FLAGS.get(tool, ())
 
 
 def is_table(v: list, secret_key: Callable[[str], bool]) -> bool:

@@ -293,7 +293,7 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     ("flag_value", r"(?=s)(?<![\w-])sshpass\s+(?:-\w+\s+)*-p\s*(?P<v>[^\s\"']+)"),
     # The same commands as a list's repr (a CalledProcessError's, ``['curl', '-u', 'ml:X']``).
     ("flag_value", r"""(?<=["'])(?:-u|--user|--proxy-user)["'],\s*["'][^\s:"']+:(?P<v>[^\s"']+)"""),
-    ("flag_value", r"""(?<=["'/])(?:sshpass|redis-cli|zip|7za?|ssh-keygen|docker|smbclient)["'](?:,\s*["'][^"'\n]{0,200}["']){0,8}?"""
+    ("flag_value", r"""(?<=["'/])(?:sshpass|redis-cli|zip|7za?|ssh-keygen|docker["'],\s*["']login|smbclient)["'](?:,\s*["'][^"'\n]{0,200}["']){0,8}?"""
                    r""",\s*["'](?:-p|-a|-P|-N|--password)["'],\s*["'](?P<v>[^"'\n]+)"""),
     # Tools whose password flag is a letter of its own: ``redis-cli -a X``, ``docker login -p X``,
     # ``zip -P X``, ``7z a -pX``, ``ssh-keygen -N X``, ``smbclient -U user%X``, ``htpasswd -b file
