@@ -243,6 +243,47 @@ def test_a_tools_letter_flag_takes_its_secret_in_a_kept_command_and_in_its_repr(
         assert not [p for p in pw if p in _scrub(line)], line
 
 
+@pytest.mark.parametrize("template", [
+    "*Password*: {pw}", "db_password;{pw}", "'db_password','{pw}'", "db_password, {pw}",
+    "<property><name>fs.s3a.secret.key</name><value>{pw}</value></property>",
+    "&#034;password&#034;: &#034;{pw}&#034;", "&apos;password&apos;: &apos;{pw}&apos;",
+    "unzip -o -P {pw} data.zip", "sqlcmd -S db -U sa -P {pw}", "az login --service-principal -u app -p {pw}",
+    "ldapsearch -D cn=admin -w {pw}", "curl -uml:{pw} https://minio.internal", "podman login -u ml -p {pw}",
+    "AWS secret key is {pw}",
+])
+def test_variants_of_this_rounds_forms_lose_their_secret(template):
+    pw = _pw()
+    assert pw not in _scrub(template.format(pw=pw))
+
+
+def test_variants_in_json_lose_their_secret_and_ordinary_tables_and_commands_stay():
+    pw = [_pw() for _ in range(10)]
+    value = {"sudo": ["sudo", "curl", "-u", "ml:" + pw[0], "https://x"], "7z": ["7z", "x", "-p" + pw[1], "d.7z"],
+             "unzip": ["unzip", "-P", pw[2], "d.zip"], "dump": ["mysqldump", "-u", "ml", "-p" + pw[3], "cohort"],
+             "rds": [{"ParameterName": "master_password", "ParameterValue": pw[4]}],
+             "kv": [{"Name": "DB_PASSWORD", "Val": pw[5]}], "int_col": [["user", "password", 0], ["ml", pw[6], 1]],
+             "index": [["", "user", "password"], [0, "ml", pw[7]]], "ragged": [["user", "password"], ["ml", pw[8]], []],
+             "cookies": {"csrftoken": "abc", "sessionid": pw[9]}}
+    new = default_outgoing(RedactionReport()).value(value, "config")
+    assert not [p for p in pw if p in json.dumps(new)], new
+    plain = {"vocab": [["token", "count"], ["the", 10]], "tags": [["token", "tag"], ["John", "B-PER"]],
+             "special": [["name", "token"], ["pad", "<pad>"]], "evals": [["model", "pass_rate"], ["gpt2", "0.12"]],
+             "split": {"columns": ["text", "token"], "data": [["hello world", "hello"]]},
+             "7z": ["7z", "a", "-p", "ckpt.7z"], "keygen": ["ssh-keygen", "-N", "", "-f", "deploy_key"],
+             "curl": ["curl", "-u", "ml", "https://x"], "docker": ["docker", "run", "-p", "8080:80", "img"]}
+    assert default_outgoing(RedactionReport()).value(plain, "config") == plain
+
+
+@pytest.mark.parametrize("text", [
+    "metric,value\npass_rate,0.87\npass_at_1,0.42\nn_pass,3", '<param name="max_tokens">512</param>',
+    '<metric id="token_acc" value="0.91"/>', "| pad token | <pad> |", "- **Pad token:** `<pad>`",
+    "{&quot;token_acc&quot;: &quot;0.91&quot;, &quot;lr&quot;: 0.001}", "{\"max_tokens\"=>512, \"lr\"=>0.001}",
+    "Command ['7z', 'a', '-p', 'ckpt.7z', 'ckpt/']", '<input class="sk-toggleable__control" id="sk-estimator-id-1">',
+])
+def test_ordinary_output_the_first_drafts_of_these_read_stays(text):
+    assert _scrub(text) == text
+
+
 WRITER = WRITER_PREAMBLE + r'''import sys, numpy as np, wandb
 run = wandb.init(project="probe", dir=root, config={
     "argv": ["train.py", "--db-password", c["pw1"], "--epochs", "3"],

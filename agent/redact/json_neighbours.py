@@ -10,8 +10,16 @@ from .secret_rules import is_secret_flag, key_secrecy, names_tokenizer_setting
 
 # Tools whose password comes after a letter flag (``-p`` alone is too vague to be read so
 # anywhere else), as in ``secret_rules``' flag_value rules.
-_TOOL_FLAGS = {"curl": ("-u", "--user", "--proxy-user"), "sshpass": ("-p",), "redis-cli": ("-a",),
-               "docker": ("-p",), "zip": ("-P",), "7z": ("-p",), "ssh-keygen": ("-N",), "smbclient": ("-U",)}
+# flag -> what its value holds when it carries one (curl's ``user:password``, smbclient's
+# ``user%password``; "" for a password alone). (7z's password is glued, ``-pX``: a bare ``-p``
+# prompts for it.)
+_TOOL_FLAGS = {"curl": {"-u": ":", "--user": ":", "--proxy-user": ":"}, "sshpass": {"-p": ""},
+               "redis-cli": {"-a": ""}, "docker": {"-p": ""}, "podman": {"-p": ""}, "zip": {"-P": ""},
+               "unzip": {"-P": ""}, "sqlcmd": {"-P": ""}, "ldapsearch": {"-w": ""}, "ldapmodify": {"-w": ""},
+               "ldapadd": {"-w": ""}, "ssh-keygen": {"-N": ""}, "smbclient": {"-U": "%"}}
+# Tools whose password is glued to ``-p`` (``mysqldump -pX``, ``7z x -pX``): that argument goes.
+GLUED_P = frozenset({"mysql", "mysqldump", "mysqladmin", "mariadb", "mariadb-dump", "7z", "7za"})
+_PREFIXES = frozenset({"sudo", "env", "nice", "time", "nohup", "exec"})
 _COLUMN = re.compile(r"[A-Za-z_][\w .-]{0,100}")     # a header row's names (not commands, not values)
 _ENV_OR_HEADER = re.compile(r"[A-Z][A-Z0-9_]*|[A-Z][A-Za-z0-9]*(?:-[A-Z][A-Za-z0-9]*)+"
                             r"|(?i:(?:proxy-)?authorization|(?:set-)?cookie)")
@@ -45,27 +53,46 @@ def count_or_special(x: Any) -> bool:
     return not isinstance(x, str) or _SPECIAL.fullmatch(x) is not None
 
 
-def tool_secret_flags(command: list) -> tuple[str, ...]:
-    """The letter flags after which ``command``'s tool takes its password (``curl -u``; docker's
+def tool_secret_flags(command: list) -> dict[str, str]:
+    """The letter flags after which ``command``'s tool takes its password, each with what such a
+    value holds (``curl -u``: ``user:password``; docker's
     ``-p`` only in ``docker login``: in ``docker run`` it maps a port)."""
-    tool = command[0].rsplit("/", 1)[-1] if command and isinstance(command[0], str) else ""
-    if tool == "docker" and "login" not in command:
-        return ()
-    return _TOOL_FLAGS.get(tool, ())
+    tool = command_tool(command)
+    if tool in ("docker", "podman") and "login" not in command:
+        return {}
+    return _TOOL_FLAGS.get(tool, {})
+
+
+def command_tool(command: list) -> str:
+    """The tool a command list runs (``["sudo", "/usr/bin/curl", ...]``: ``curl``), or ""."""
+    for item in command[:4]:
+        if not isinstance(item, str):
+            return ""
+        name = item.rsplit("/", 1)[-1]
+        if name not in _PREFIXES and "=" not in name:
+            return name
+    return ""
 
 
 def is_table(v: list, secret_key: Callable[[str], bool]) -> bool:
     """A header row of names, then rows as long (``[["user", "password"], ["ml", X]]``), and not
     a list of pairs whose first names a credential (``[["X-Api-Key", X], ...]``)."""
-    return (len(v) > 1 and isinstance(v[0], list) and all(isinstance(c, str) and _COLUMN.fullmatch(c) for c in v[0])
-            and all(isinstance(row, list) and len(row) == len(v[0]) for row in v)
-            and not (len(v[0]) == 2 and names_next(v[0][0], True, secret_key)))
+    if not (len(v) > 1 and isinstance(v[0], list) and v[0]):
+        return False
+    # (An index's column may be blank or a number; a row may be short or empty, as
+    # ``csv.reader`` gives a last blank line.)
+    header = v[0]
+    return (all(c == "" or isinstance(c, int) or (isinstance(c, str) and _COLUMN.fullmatch(c)) for c in header)
+            and any(isinstance(c, str) and c for c in header)
+            and all(isinstance(row, list) and len(row) <= len(header) for row in v)
+            and not (len(header) == 2 and isinstance(header[0], str) and names_next(header[0], True, secret_key)))
 
 
 # A setting given as an entry of its own: ``{"name": "DB_PASSWORD", "value": X}`` (a Kubernetes
-# env entry), ``{"Key": …, "Value": …}`` (a tag), ``{"ParameterKey": …, "ParameterValue": …}``.
-_ENTRY_LABEL_KEYS = ("name", "Name", "NAME", "key", "Key", "KEY", "ParameterKey")
-ENTRY_VALUE_KEYS = frozenset({"value", "Value", "VALUE", "ParameterValue"})
+# env entry), ``{"Key": …, "Value": …}`` (a tag), ``{"ParameterKey" or "ParameterName": …,
+# "ParameterValue": …}`` (CloudFormation, RDS), ``{"key": …, "val": …}``.
+_ENTRY_LABEL_KEYS = ("name", "Name", "NAME", "key", "Key", "KEY", "ParameterKey", "ParameterName")
+ENTRY_VALUE_KEYS = frozenset({"value", "Value", "VALUE", "val", "Val", "ParameterValue"})
 
 
 def entry_label(d: dict) -> str:

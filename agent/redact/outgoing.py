@@ -31,7 +31,8 @@ from .console import unfold
 from .console_render import SHOWN_DIFFERENTLY, shown
 from .policy import Policy
 from .report import RedactionReport
-from .json_neighbours import ENTRY_VALUE_KEYS, count_or_special, entry_label, is_table, names_next, tool_secret_flags
+from .json_neighbours import (GLUED_P, ENTRY_VALUE_KEYS, command_tool, count_or_special, entry_label, is_table,
+                              names_next, tool_secret_flags)
 from .secret_rules import key_secrecy
 from .secrets import Scrubber, scrub_args
 from .outgoing_walk import MessageWalk
@@ -355,13 +356,17 @@ class Outgoing(MessageWalk):
         after = ""      # the flag or key the item after names, if it names a credential
         # A command whose tool takes a secret after a letter flag (``["curl", "-u", "ml:X"]``).
         tool_flags = tool_secret_flags(v)
+        glued_p = command_tool(v) in GLUED_P
+        holds = ""      # what a tool's flag's value holds when it carries a password
         for i, x in enumerate(v):
             if after and isinstance(x, str) and x.startswith("--") and len(x) > 2:
                 after = ""   # the flag took no value: another flag follows it
-            scalar = isinstance(x, (str, int, float)) and not isinstance(x, bool)
-            goes = after and scalar and (key_secrecy(after) == "any" or not count_or_special(x))
-            out.append(self.secret_value(x, place) if goes else self.value(x, place, key))
-            after = "password" if x in tool_flags else \
+            scalar = isinstance(x, (str, int, float)) and not isinstance(x, bool) and x != ""
+            goes = after and scalar and (key_secrecy(after) == "any" or not count_or_special(x)) and holds in str(x)
+            glued = glued_p and isinstance(x, str) and x.startswith("-p") and len(x) > 2
+            out.append(self.secret_value(x, place) if goes or glued else self.value(x, place, key))
+            holds = tool_flags.get(x, "") if isinstance(x, str) else ""
+            after = "password" if isinstance(x, str) and x in tool_flags else \
                 names_next(x, i == 0 and len(v) == 2, self._secret_key) if isinstance(x, str) else ""
         return out
 
@@ -372,7 +377,10 @@ class Outgoing(MessageWalk):
         names = [c if isinstance(c, str) else "" for c in columns]
         if not isinstance(rows, list):
             return self.value(rows, place, key)
-        if not any(self._secret_key(c) or key_secrecy(c) for c in names if c):
+        # (Only a column a credential's words name, ``password``, ``api_key``: a ``token`` or
+        # ``pass_rate`` column holds words and numbers.)
+        names = [c if key_secrecy(c) == "any" else "" for c in names]
+        if not any(names):
             return [self.value(row, place, key) for row in rows]
         return [[self.value(x, place, names[j] if j < len(names) and names[j] else key) for j, x in enumerate(row)]
                 if isinstance(row, list) else self.value(row, place, key) for row in rows]

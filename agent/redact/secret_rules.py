@@ -24,7 +24,9 @@ EXTRA_TOKEN_RULES: tuple[tuple[str, str], ...] = (
                       r"(?<!\.git@)(?<!/snapshots/)(?<!/resolve/)(?<!/commit/)(?<!/tree/)[0-9a-f]{40}(?![0-9A-Fa-f])"),
     ("wandb_local_key", r"\blocal-[0-9a-f]{40}\b"),
     ("wandb_v1_key", r"\bwandb_v1_[A-Za-z0-9_]{20,}"),
-    ("openai_key", r"\bsk-(?:proj-|ant-|svcacct-)?[A-Za-z0-9_-]{20,}"),
+    # (Three digits in it: random keys have many; sklearn's CSS classes and ids,
+    # ``sk-toggleable__control``, ``sk-estimator-id-1``, have not.)
+    ("openai_key", r"\bsk-(?:proj-|ant-|svcacct-)?(?=(?:[A-Za-z_-]{0,200}\d){3})[A-Za-z0-9_-]{20,}"),
     ("slack_token", r"\bxox[abposre]-[A-Za-z0-9-]{10,}"),
     ("huggingface_token", r"\bhf_[A-Za-z0-9]{30,}\b"),
     # Lower-case hex after a vendor's prefix (no upper case: the entropy rule never takes them).
@@ -74,13 +76,13 @@ EXTRA_TOKEN_RULES: tuple[tuple[str, str], ...] = (
 LAST_TOKEN_RULES: tuple[tuple[str, str], ...] = (
     ("vendor_token_prefix", r"(?<![A-Za-z0-9])(?:gh[pousr]_[A-Za-z0-9]{12,}|github_pat_[A-Za-z0-9_]{12,}"
                             r"|glpat-[A-Za-z0-9_-]{12,}|dckr_pat_[A-Za-z0-9_-]{12,}|hf_[A-Za-z0-9]{12,}"
-                            r"|sk-(?:proj-|ant-|svcacct-)?[A-Za-z0-9_-]{12,}|xox[abposre]-[A-Za-z0-9-]{8,}"
+                            r"|sk-(?:proj-|ant-|svcacct-)?(?=(?:[A-Za-z_-]{0,200}\d){3})[A-Za-z0-9_-]{12,}|xox[abposre]-[A-Za-z0-9-]{8,}"
                             r"|AIza[0-9A-Za-z_-]{12,}|npm_[A-Za-z0-9]{12,}|pypi-AgE[A-Za-z0-9_-]{12,})"),
     # A home's path with "/" made "_" (wandb 0.15's key for a TensorBoard image,
     # ``_home_alice_data_ct.png``). A rule of its own, not a part of ``PATH_PATTERN``: it matches
     # word characters alone, and a pattern is read whole for how short a plain word may be
     # (``rule_reach``): the path rule's shortest match would then be that bound.
-    ("local_path", r"(?<![\w.-])_(?:home|Users)_(?!team_)[A-Za-z0-9][A-Za-z0-9.-]*_[\w.-]+"),
+    ("local_path", r"(?<![A-Za-z0-9.-])_(?:home|Users)_(?!team_)[A-Za-z0-9][A-Za-z0-9.-]*_[\w.-]+"),
 )
 
 # (The part of a key after its secret-looking word is at most 100 characters long in these rules,
@@ -119,7 +121,7 @@ _YAML_PREFIX = (r"""(?:(?<![\w"'])(?:[|>][-+0-9]*[^\S\n]*\n[^\S\n]*|&[\w-]+[^\S\
                 rf"""|[A-Za-z_.-]{{1,100}}:[^\S\n]+{_NOT_NUMBER_OR_SPECIAL})|(?<=["'])(?:""|'')(?:[^\S\n]*\n)?"""
                 rf"""|\n[^\S\n]*(?:-[^\S\n]+|[A-Za-z_.-]{{1,100}}:[^\S\n]+){_NOT_NUMBER_OR_SPECIAL})""")
 _VALUE = (r"""(?!(?:True|False|None|true|false|null)\b)"""
-          rf"""{_YAML_PREFIX}?(?![*_>=~`-]{{1,4}}(?:\s|$))(?:(?<=")(?:[^"\\\n]|\\.)*|(?<=')(?:[^'\\\n]|\\.)*|(?<!["'])[{{\[][^\n]*"""
+          rf"""{_YAML_PREFIX}?(?![*_>=~`-]{{1,4}}(?:\s|$)|>|&(?:quot|apos|#x?0*[0-9a-fA-F]{{2}});)(?:(?<=")(?:[^"\\\n]|\\.)*|(?<=')(?:[^'\\\n]|\\.)*|(?<!["'])[{{\[][^\n]*"""
           rf"""|(?<!["'])(?![\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}+["']?[:=]\s)"""
           rf"""(?!-[^\S\n]|[A-Za-z_.-]{{1,100}}:[^\S\n])[^\s"']*[^\s"',;])""")
 # A key whose last word is "key" names a credential (``api_key``, ``encryption_key``,
@@ -162,21 +164,25 @@ _PW_KEY = r"(?=[pP])(?:(?<=[_.-])|(?<![\w.-]))(?:pw|PW|Pw)(?!\w)"
 # Embedding -> Dense`` draws a model.) A line break between them may be
 # written out (``\\n`` in a ``repr``), and so may colour codes after the key
 # (``\x1b[33mDB_PASSWORD\x1b[0m=X`` in the repr of a coloured tool's output).
-_KEY_TO_VALUE = (r"""(?:\\(?:x1b|u001b|033|e)\[[0-9;]{0,20}m){0,4}(?:\\{0,7}["']|&quot;|&#x?(?:27|39|22|34);)?\]?"""
-                 r"""(?:\*\*|__|`)?\s*(?:=>|[:=：＝]|%(?:25)?3[AaDd])(?:\*\*|__)?"""
-                 r"""(?:\s|\\[nrt])*(?:b(?=["']))?(?:\\{0,7}["']|&quot;|&#x?(?:27|39|22|34);|`)?""")
+_KEY_TO_VALUE = (r"""(?:\\(?:x1b|u001b|033|e)\[[0-9;]{0,20}m){0,4}(?:\\{0,7}["']|&quot;|&apos;|&#x?0*(?:27|39|22|34);)?\]?"""
+                 r"""(?:\*{1,2}|_{1,2}|`)?\s*(?:=>|[:=：＝]|%(?:25)?3[AaDd])(?:\*\*|__)?"""
+                 r"""(?:\s|\\[nrt])*(?:b(?=["']))?(?:\\{0,7}["']|&quot;|&apos;|&#x?0*(?:27|39|22|34);|`)?""")
 # A number as metrics are printed (``-1.2e-05``, ``nan``, ``85%``, ``5.2B``, a version ``==2.4.1``),
 # up to where a value ends (a blank, a quote, a separator, a closing bracket: ``tokens_per_sec=
 # 6318.0]`` in a progress bar).
 _NOT_A_NUMBER = (r"""(?!=?[-+]?(?:\d+(?:[.,]\d+)*(?:[eE][-+]?\d+)?|nan|inf)(?:%|[kKMBGT]|x)?"""
-                 r"""(?:[\s"',;\])}|/]|$))""")
+                 r"""(?:[\s"',;\])}|/&`]|$))""")
 # A tokenizer's special token (``eos_token: </s>``, ``<|im_end|>``, ``[PAD]``) or an argparse metavar
 # (``--hub_token HUB_TOKEN``, ``[INCLUDE_TOKENS_PER_SECOND]``) is no secret.
 # (A metavar has a digit only beside an underscore, ``S3_PATH``: ``FUURN83S`` is a password.)
-_NOT_A_PLACEHOLDER = (r"""(?!["']?(?:</?\|?[\w.-]{0,100}\|?>|\[[A-Z][A-Z0-9_]{0,100}\]"""
+_NOT_A_PLACEHOLDER = (r"""(?!["'`]?(?:</?\|?[\w.-]{0,100}\|?>|\[[A-Z][A-Z0-9_]{0,100}\]"""
                       r"""|(?:[A-Z][A-Z_]{0,100}|[A-Z][A-Z0-9]{0,100}_[A-Z0-9_]{0,100})\b(?![a-z0-9])))""")
+# A key that ends on a credential's word, whatever its value (``db_password``, ``api_key``; not
+# ``pass_rate``, ``max_tokens``): for shapes where a number or a word is as likely a metric.
+_ENDS_CREDENTIAL = (r"""[\w.-]{0,100}(?:pass(?:word|wd|phrase)|pwd|secret|api[-_]?key|apikey|access[-_]?key"""
+                    r"""|private[-_]?key|secret[-_.]?key|credentials?|client[-_]?secret)(?![\w-])""")
 # What comes before a value in prose (the ``prose_secret`` rules below).
-_PROSE_LEAD = (r"""(?i)(?<![\w.-])(?:pass(?:word|wd|phrase)|pwd|secret|token|api[ _-]?key|access[ _-]?key"""
+_PROSE_LEAD = (r"""(?i)(?<![\w.-])(?:pass(?:word|wd|phrase)|pwd|secret(?:[ _-]?key)?|token|api[ _-]?key|access[ _-]?key"""
                r"""|credentials?)(?![A-Za-z])[^\S\n]++(?:(?:is|was|of|now|to|set[^\S\n]+to"""
                r"""|for[^\S\n]+[\w.@-]{1,64}+(?:[^\S\n]+is)?:?|:)[^\S\n]++)?["'`]?""")
 # The value after a secret-looking key or flag. Group ``v`` is what goes.
@@ -222,7 +228,8 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     # key's cell first on its line: ``| user | password | host |`` is a header, and ``host`` no
     # value.)
     ("key_value", rf"(?im)^[^\S\n]*[│┃║|][^\S\n]+[*`_]{{0,2}}[\w.&' -]{{0,100}}?(?:{SECRET_KEYWORDS}|{_TOKEN}|creds?|api[ -]key"
-                  rf"|access[ -]token)[*`_]{{0,2}}[^\S\n]+[│┃║|][^\S\n]+`?(?P<v>[^\s│┃║|`]{{1,255}})`?[^\S\n]+(?=[│┃║|])"),
+                  rf"|access[ -]token)[*`_]{{0,2}}[^\S\n]+[│┃║|][^\S\n]+`?{_NOT_A_NUMBER}(?-i:{_NOT_A_PLACEHOLDER})"
+                  rf"(?P<v>[^\s│┃║|`]{{1,255}})`?[^\S\n]+(?=[│┃║|])"),
     # A webhook's secret as a segment of its URL: Mattermost ``/hooks/<26>``, Teams
     # ``/IncomingWebhook/<hex32>/``, PagerDuty ``/integration/<hex32>/enqueue``.
     ("key_value", r"(?<=/hooks/)(?P<v>[a-z0-9]{26})(?![\w-])"),
@@ -282,7 +289,7 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     ("key_value", rf"""(?i)(?<=["'])[\w.-]{{0,100}}(?:[_-]key|signature)\\?["']\s*:\s*(?:b(?=["']))?\\?["'](?P<v>{_VALUE})"""),
     ("key_value", rf"{_PW_KEY}{_KEY_TO_VALUE}(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
     # ``curl -u user:password``, ``--user user:password``.
-    ("flag_value", r"(?=-)(?<![\w-])(?:-u|--user|--proxy-user)[\s=]+[\"']?[^\s:\"']+:(?P<v>[^\s\"']+)"),
+    ("flag_value", r"(?=-)(?<![\w-])(?:-u(?=[^\s-])|(?:-u|--user|--proxy-user)[\s=]+)[\"']?[^\s:\"']+:(?P<v>[^\s\"']+)"),
     # (A tool's flag is looked for in the 200 characters after its name: a line of many such
     # names costs each one no more than that.)
     # A client's password glued to its flag (``mysql -u u -pX``, ``mysqldump -pX``, also in a
@@ -293,14 +300,16 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     ("flag_value", r"(?=s)(?<![\w-])sshpass\s+(?:-\w+\s+)*-p\s*(?P<v>[^\s\"']+)"),
     # The same commands as a list's repr (a CalledProcessError's, ``['curl', '-u', 'ml:X']``).
     ("flag_value", r"""(?<=["'])(?:-u|--user|--proxy-user)["'],\s*["'][^\s:"']+:(?P<v>[^\s"']+)"""),
-    ("flag_value", r"""(?<=["'/])(?:sshpass|redis-cli|zip|7za?|ssh-keygen|docker["'],\s*["']login|smbclient)["'](?:,\s*["'][^"'\n]{0,200}["']){0,8}?"""
+    ("flag_value", r"""(?<=["'/])(?:sshpass|redis-cli|zip|ssh-keygen|docker["'],\s*["']login)["'](?:,\s*["'][^"'\n]{0,200}["']){0,8}?"""
                    r""",\s*["'](?:-p|-a|-P|-N|--password)["'],\s*["'](?P<v>[^"'\n]+)"""),
     # Tools whose password flag is a letter of its own: ``redis-cli -a X``, ``docker login -p X``,
     # ``zip -P X``, ``7z a -pX``, ``ssh-keygen -N X``, ``smbclient -U user%X``, ``htpasswd -b file
     # user X``.
     ("flag_value", r"(?<![\w-])(?:redis-cli\b[^\n]{0,200}?\s-a\s+|docker\s+login\b[^\n]{0,200}?\s-p\s+|zip\b[^\n]{0,200}?\s-P\s+"
                    r"|7za?\b[^\n]{0,200}?\s-p|ssh-keygen\b[^\n]{0,200}?\s-N\s+|smbclient\b[^\n]{0,200}?\s-U\s+[^\s%]+%"
-                   r"|htpasswd\s+-\w*b\w*\s+\S+\s+\S+\s+)(?P<v>[^\s\"']+)"),
+                   r"|htpasswd\s+-\w*b\w*\s+\S+\s+\S+\s+|unzip\b[^\n]{0,200}?\s-P\s+|sqlcmd\b[^\n]{0,200}?\s-P\s+"
+                   r"|az\s+login\b[^\n]{0,200}?\s-p\s+|ldap\w{0,20}\b[^\n]{0,200}?\s-w\s+|podman\s+login\b[^\n]{0,200}?\s-p\s+)"
+                   r"(?P<v>[^\s\"']+)"),
     # (In a bytes repr the header follows a written-out ``\r\n``; its value may be a bytes literal.)
     ("authorization", r"(?i)(?:\b|(?<=\\[nrt]))authorization[\"']?\s*[:=]\s*(?:b?[\"'])?(?:(?:bearer|basic|token|digest)\s+)?(?P<v>[^\s\"',;]+)"),
     ("bearer_token", r"(?i)\bbearer\s+(?P<v>[A-Za-z0-9._~+/=-]{8,})"),
@@ -350,16 +359,21 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     ("authorization", r"\bAUTH (?:PLAIN|LOGIN|XOAUTH2) (?!(?:PLAIN|LOGIN|XOAUTH2|CRAM-MD5|DIGEST-MD5|GSSAPI|NTLM|OAUTHBEARER)\b)"
                       r"(?P<v>(?=[A-Za-z0-9+/=]{0,4096}[0-9+/=])[A-Za-z0-9+/=]{4,})"),
     ("authorization", r"UGFzc3dvcmQ6(?:[^\n]*\n){1,3}?[^\n]{0,40}?send: b?['\"](?P<v>[A-Za-z0-9+/=]{4,})"),
-    # A CSV row of a key and its value (``db_password,X``, ``csv.writer`` of a config): a value
-    # with a digit or a symbol (a header's ``password,host`` names columns).
-    ("key_value", rf"""(?im)^[^\S\n]*"?[\w.-]{{0,100}}(?:{SECRET_KEYWORDS})[\w.-]{{0,100}}+"?,"?"""
-                  r"""(?P<v>(?=[^\s,"]{0,255}[0-9!@#$%^&*+=?~:/])[^\s,"]{1,256})"""),
+    # A CSV row of a key and its value (``db_password,X``, ``"db_password";"X"``, ``csv.writer``
+    # of a config): a key
+    # that ends on a credential's word (``pass_rate,0.87`` is a metric), a value with a digit or
+    # a symbol and no number (a header's ``password,host`` names columns).
+    ("key_value", rf"""(?im)^[^\S\n]*["']?{_ENDS_CREDENTIAL}["']?[,;][^\S\n]?["']?{_NOT_A_NUMBER}"""
+                  r"""(?P<v>(?=[^\s,;"']{0,255}[0-9!@#$%^&*+=?~:/])[^\s,;"']{1,256})"""),
     # XML and HTML where an attribute names the secret: ``<entry key="db.password">X</entry>``,
     # ``<param name="password">X</param>``, ``<input type="password" value="X">``.
-    ("key_value", rf"""(?i)<[\w:.-]{{1,100}}[^<>\n]{{0,200}}?\b(?:key|name|type|id|property)=["'][\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})"""
-                  r"""[\w.-]{0,100}["'][^<>\n]{0,200}?\bvalue=["'](?P<v>[^"'\n]{1,256})"""),
-    ("key_value", rf"""(?i)<[\w:.-]{{1,100}}[^<>\n]{{0,200}}?\b(?:key|name|property)=["'][\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})"""
-                  r"""[\w.-]{0,100}["'][^<>\n]{0,200}?>(?P<v>[^<\n]{1,256})<"""),
+    ("key_value", rf"""(?i)<[\w:.-]{{1,100}}[^<>\n]{{0,200}}?\b(?:key|name|type|property)=["']{_ENDS_CREDENTIAL}"""
+                  rf"""["'][^<>\n]{{0,200}}?\bvalue=["']{_NOT_A_NUMBER}(?P<v>[^"'\n]{{1,256}})"""),
+    ("key_value", rf"""(?i)<[\w:.-]{{1,100}}[^<>\n]{{0,200}}?\b(?:key|name|property)=["']{_ENDS_CREDENTIAL}"""
+                  rf"""["'][^<>\n]{{0,200}}?>{_NOT_A_NUMBER}(?P<v>[^<\n]{{1,256}})<"""),
+    # A name element then its value element (Hadoop's ``<property><name>fs.s3a.secret.key</name>
+    # <value>X</value>``).
+    ("key_value", rf"""(?i)<name>\s*{_ENDS_CREDENTIAL}\s*</name>\s*<value>\s*{_NOT_A_NUMBER}(?P<v>[^<\s]{{1,256}})"""),
     # A dict's key that pydantic shortened in the middle (``'...word': 'X'`` in an error's
     # ``input_value``): which key it was is not known, its value goes.
     ("key_value", r"""(?<=\.\.\.)[\w.-]{0,100}["']\s*:\s*["'](?P<v>[^"'\n]{1,256})"""),
@@ -430,7 +444,7 @@ CREDENTIAL_WORDS = frozenset({"password", "passwd", "passphrase", "passcode", "p
 # Words that name one when the value is text: a number under them is a count or a setting
 # (``tokens``, ``auth_retries``, ``pass_rate``, ``pass@1``).
 # ``pat``: a personal access token (``GITHUB_PAT``, ``hub.pat``).
-TEXT_SECRET_WORDS = frozenset({"pass", "auth", "authorization", "bearer", "cookie", "signature", "sig", "token",
+TEXT_SECRET_WORDS = frozenset({"pass", "auth", "authorization", "bearer", "cookie", "cookies", "signature", "sig", "token",
                                "tokens", "pat"})
 
 
