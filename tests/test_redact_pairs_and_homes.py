@@ -358,3 +358,48 @@ def test_what_the_bundle_says_about_a_run_names_neither_its_paths_nor_its_droppe
     assert c["pid"] not in man and c["user"] not in man and str(tmp_path) not in man
     dropped = json.loads(man)["redaction"]["files_dropped_or_scrubbed"]
     assert sum(f["path"].startswith("[file:") and f["path"].endswith(".txt") for f in dropped) == 2, dropped
+
+
+# -- an adversary for the JSON neighbours: shapes the rules were written around, placed where
+# they were not (any depth, beside any noise, in any position of a list or a dict) -----------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_WORDS = st.sampled_from(["loss", "acc", "token", "pass", "train", "--lr", "0.1", "-p", "user", "name", "value",
+                          "curl", "docker", "key", "columns", "data", "", "home", "PGHOST", "3"])
+_NOISE = st.recursive(st.one_of(_WORDS, st.integers(-5, 5), st.floats(allow_nan=False, width=32), st.none()),
+                      lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                              st.dictionaries(_WORDS, inner, max_size=4)), max_leaves=12)
+_SHAPES = [
+    lambda s: ["train.py", "--db-password", s],
+    lambda s: ["PGPASSWORD", s],
+    lambda s: {"name": "DB_PASSWORD", "value": s},
+    lambda s: {"Key": "smtp_password", "Value": s},
+    lambda s: [["user", "password", "host"], ["ml", s, "db"]],
+    lambda s: {"columns": ["user", "api_key"], "data": [["ml", s]]},
+    lambda s: ["sudo", "curl", "-u", "ml:" + s, "https://x"],
+    lambda s: ["mysqldump", "-u", "ml", "-p" + s],
+    lambda s: {"db_password": s},
+]
+
+
+def _plant(noise, shape, at: int):
+    """``shape`` put into ``noise``: inside its first list or dict found at position ``at``, or
+    beside it."""
+    if isinstance(noise, list) and noise:
+        noise = list(noise)
+        noise.insert(at % (len(noise) + 1), shape)
+        return noise
+    if isinstance(noise, dict) and noise:
+        return dict(noise, **{f"k{at}": shape})
+    return [noise, shape]
+
+
+@settings(max_examples=200, deadline=None)
+@given(noise=_NOISE, which=st.integers(0, len(_SHAPES) - 1), at=st.integers(0, 8), wrap=st.integers(0, 3))
+def test_a_credential_beside_its_key_never_survives_wherever_it_is_put(noise, which, at, wrap):
+    secret = "Pw" + "Zq8" * 4 + "x7"
+    value = _plant(noise, _SHAPES[which](secret), at)
+    for _ in range(wrap):                          # deeper: under ordinary keys and lists
+        value = {"cfg": [value]} if wrap % 2 else [{"run": value}]
+    out = json.dumps(default_outgoing(RedactionReport()).value(value, "config"))
+    assert secret not in out, (value, out)

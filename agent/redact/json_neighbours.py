@@ -18,7 +18,7 @@ _TOOL_FLAGS = {"curl": {"-u": ":", "--user": ":", "--proxy-user": ":"}, "sshpass
                "unzip": {"-P": ""}, "sqlcmd": {"-P": ""}, "ldapsearch": {"-w": ""}, "ldapmodify": {"-w": ""},
                "ldapadd": {"-w": ""}, "ssh-keygen": {"-N": ""}, "smbclient": {"-U": "%"}}
 # Tools whose password is glued to ``-p`` (``mysqldump -pX``, ``7z x -pX``): that argument goes.
-GLUED_P = frozenset({"mysql", "mysqldump", "mysqladmin", "mariadb", "mariadb-dump", "7z", "7za"})
+_GLUED_P = frozenset({"mysql", "mysqldump", "mysqladmin", "mariadb", "mariadb-dump", "7z", "7za"})
 _PREFIXES = frozenset({"sudo", "env", "nice", "time", "nohup", "exec"})
 _COLUMN = re.compile(r"[A-Za-z_][\w .-]{0,100}")     # a header row's names (not commands, not values)
 _ENV_OR_HEADER = re.compile(r"[A-Z][A-Z0-9_]*|[A-Z][A-Za-z0-9]*(?:-[A-Z][A-Za-z0-9]*)+"
@@ -53,14 +53,16 @@ def count_or_special(x: Any) -> bool:
     return not isinstance(x, str) or _SPECIAL.fullmatch(x) is not None
 
 
-def tool_secret_flags(command: list) -> dict[str, str]:
-    """The letter flags after which ``command``'s tool takes its password, each with what such a
-    value holds (``curl -u``: ``user:password``; docker's
-    ``-p`` only in ``docker login``: in ``docker run`` it maps a port)."""
+def tool_secret_flags(command: list) -> tuple[dict[str, str], bool]:
+    """How ``command``'s tool takes a password: the letter flags after which it does, each with
+    what such a value holds (``curl -u``: ``user:password``; docker's ``-p`` only in ``docker
+    login``: in ``docker run`` it maps a port), and whether it takes one glued to ``-p``
+    (``mysqldump -pX``). One look at the command for both (every list asks, on the hot path)."""
     tool = command_tool(command)
-    if tool in ("docker", "podman") and "login" not in command:
-        return {}
-    return _TOOL_FLAGS.get(tool, {})
+    if not tool:
+        return {}, False
+    flags = {} if tool in ("docker", "podman") and "login" not in command else _TOOL_FLAGS.get(tool, {})
+    return flags, tool in _GLUED_P
 
 
 def command_tool(command: list) -> str:

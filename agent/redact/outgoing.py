@@ -31,8 +31,8 @@ from .console import unfold
 from .console_render import SHOWN_DIFFERENTLY, shown
 from .policy import Policy
 from .report import RedactionReport
-from .json_neighbours import (GLUED_P, ENTRY_VALUE_KEYS, command_tool, count_or_special, entry_label, is_table,
-                              names_next, tool_secret_flags)
+from .json_neighbours import (ENTRY_VALUE_KEYS, count_or_special, entry_label, is_table, names_next,
+                              tool_secret_flags)
 from .secret_rules import key_secrecy
 from .secrets import Scrubber, scrub_args
 from .outgoing_walk import MessageWalk
@@ -355,8 +355,7 @@ class Outgoing(MessageWalk):
         out: list = []
         after = ""      # the flag or key the item after names, if it names a credential
         # A command whose tool takes a secret after a letter flag (``["curl", "-u", "ml:X"]``).
-        tool_flags = tool_secret_flags(v)
-        glued_p = command_tool(v) in GLUED_P
+        tool_flags, glued_p = tool_secret_flags(v)
         holds = ""      # what a tool's flag's value holds when it carries a password
         for i, x in enumerate(v):
             if after and isinstance(x, str) and x.startswith("--") and len(x) > 2:
@@ -374,12 +373,11 @@ class Outgoing(MessageWalk):
         """``rows`` of a table whose header is ``columns``: a cell under a column that names a
         credential goes as a value under that key would; other cells (and whatever is no row)
         as anything under ``key``."""
-        names = [c if isinstance(c, str) else "" for c in columns]
         if not isinstance(rows, list):
             return self.value(rows, place, key)
         # (Only a column a credential's words name, ``password``, ``api_key``: a ``token`` or
         # ``pass_rate`` column holds words and numbers.)
-        names = [c if key_secrecy(c) == "any" else "" for c in names]
+        names = [c if isinstance(c, str) and key_secrecy(c) == "any" else "" for c in columns]
         if not any(names):
             return [self.value(row, place, key) for row in rows]
         return [[self.value(x, place, names[j] if j < len(names) and names[j] else key) for j, x in enumerate(row)]
