@@ -36,7 +36,7 @@ def names_next(item: str, first_of_pair: bool, secret_key: Callable[[str], bool]
     if item[:2] == "--" or (item[:1] == "-" and len(item) > 2):
         name = item.lstrip("-")
         return name if is_secret_flag(item) and not names_tokenizer_setting(name) else ""
-    if _YACS_KEY.fullmatch(item):
+    if _YACS_KEY.fullmatch(item) or (item[:1] in "+~" and "." in item):   # yacs's KEY.NAME, Hydra's +db.password
         return item if is_secret_flag(item) and not item.endswith("TOKENS") else ""
     if first_of_pair:
         # (An environment variable's or a header's name is asked as a config key is, the
@@ -74,6 +74,30 @@ def command_tool(command: list) -> str:
         if name not in _PREFIXES and "=" not in name:
             return name
     return ""
+
+
+def secret_positions(items: list, secret_key: Callable[[str], bool] = lambda k: False) -> list[bool]:
+    """For each item of a list (a command line, a list in a config): whether what stands before
+    it makes it a credential. The one reading of a command line, for a run's argv and for a
+    list in any JSON: after a secret-looking flag (``--db-password X``; a flag that takes no
+    value keeps the next flag), a tool's letter flag (``curl -u ml:X``, holding what that
+    tool's value holds), a glued ``-pX`` (``mysqldump``), the second of a pair whose first names
+    a credential (``["PGPASSWORD", X]``, asked of ``secret_key`` too). A number or a special
+    token after a flag that only may name one (``--max-tokens 4096``) is none."""
+    tool_flags, glued_p = tool_secret_flags(items)
+    out: list[bool] = []
+    after = ""      # the flag or key the item after names, if it names a credential
+    holds = ""      # what a tool's flag's value holds when it carries a password
+    for i, x in enumerate(items):
+        if after and isinstance(x, str) and x.startswith("--") and len(x) > 2:
+            after = ""   # the flag took no value: another flag follows it
+        scalar = isinstance(x, (str, int, float)) and not isinstance(x, bool) and x != ""
+        goes = bool(after) and scalar and (key_secrecy(after) == "any" or not count_or_special(x)) and holds in str(x)
+        out.append(goes or (glued_p and isinstance(x, str) and x.startswith("-p") and len(x) > 2))
+        holds = tool_flags.get(x, "") if isinstance(x, str) else ""
+        after = "password" if isinstance(x, str) and x in tool_flags else \
+            names_next(x, i == 0 and len(items) == 2, secret_key) if isinstance(x, str) else ""
+    return out
 
 
 def is_table(v: list, secret_key: Callable[[str], bool]) -> bool:

@@ -31,8 +31,7 @@ from .console import unfold
 from .console_render import SHOWN_DIFFERENTLY, shown
 from .policy import Policy
 from .report import RedactionReport
-from .json_neighbours import (ENTRY_VALUE_KEYS, count_or_special, entry_label, is_table, names_next,
-                              tool_secret_flags)
+from .json_neighbours import ENTRY_VALUE_KEYS, entry_label, is_table, secret_positions
 from .secret_rules import key_secrecy
 from .secrets import Scrubber, scrub_args
 from .outgoing_walk import MessageWalk
@@ -352,22 +351,8 @@ class Outgoing(MessageWalk):
             # A header row, then rows (``[["user", "password"], ["ml", X]]``, ``df.values``
             # under its columns): each cell stands under its column's name.
             return [self.value(v[0], place, key)] + self._rows(v[0], v[1:], place, key)
-        out: list = []
-        after = ""      # the flag or key the item after names, if it names a credential
-        # A command whose tool takes a secret after a letter flag (``["curl", "-u", "ml:X"]``).
-        tool_flags, glued_p = tool_secret_flags(v)
-        holds = ""      # what a tool's flag's value holds when it carries a password
-        for i, x in enumerate(v):
-            if after and isinstance(x, str) and x.startswith("--") and len(x) > 2:
-                after = ""   # the flag took no value: another flag follows it
-            scalar = isinstance(x, (str, int, float)) and not isinstance(x, bool) and x != ""
-            goes = after and scalar and (key_secrecy(after) == "any" or not count_or_special(x)) and holds in str(x)
-            glued = glued_p and isinstance(x, str) and x.startswith("-p") and len(x) > 2
-            out.append(self.secret_value(x, place) if goes or glued else self.value(x, place, key))
-            holds = tool_flags.get(x, "") if isinstance(x, str) else ""
-            after = "password" if isinstance(x, str) and x in tool_flags else \
-                names_next(x, i == 0 and len(v) == 2, self._secret_key) if isinstance(x, str) else ""
-        return out
+        return [self.secret_value(x, place) if goes else self.value(x, place, key)
+                for x, goes in zip(v, secret_positions(v, self._secret_key))]
 
     def _rows(self, columns: list, rows: Any, place: str, key: str) -> Any:
         """``rows`` of a table whose header is ``columns``: a cell under a column that names a

@@ -27,8 +27,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from .json_neighbours import secret_positions
 from .rule_reach import plain_limit
-from .secret_rules import (CONTEXT_RULES, EXTRA_TOKEN_RULES, LAST_TOKEN_RULES, PATH_PATTERN, is_secret_flag,
+from .secret_rules import (CONTEXT_RULES, EXTRA_TOKEN_RULES, LAST_TOKEN_RULES, PATH_PATTERN,
                            key_secrecy, names_tokenizer_setting)
 
 # detect-secrets plugins left out: not secrets (public IPs), or keyword heuristics that the
@@ -313,13 +314,7 @@ def message_scrubber() -> Scrubber:
 
 
 def scrub_args(args: list[str], scrub: Callable[[str], str], secret_value: Callable[[str], str]) -> list[str]:
-    """A command line: every argument scrubbed, and the argument after a secret-looking flag
-    (``--password X``) replaced whole."""
-    out: list[str] = []
-    after_flag = False
-    for a in args:
-        if after_flag and a.startswith("--") and len(a) > 2:
-            after_flag = False  # the flag took no value: another flag follows it
-        out.append(secret_value(a) if after_flag else scrub(a))
-        after_flag = is_secret_flag(a)
-    return out
+    """A command line: every argument scrubbed, and one that what stands before it makes a
+    credential (``--password X``, ``curl -u ml:X``; ``json_neighbours.secret_positions``)
+    replaced whole."""
+    return [secret_value(a) if goes else scrub(a) for a, goes in zip(args, secret_positions(args))]
