@@ -121,7 +121,10 @@ def facts_from_sealed(d: Any, log_size: int) -> LogFacts | None:
 def _ends(diffs: Any, rows: int, last: int | None) -> list[int] | None:
     """Each history row's end offset from their kept differences; None if not kept or not
     consistent with the row count and the last row's end."""
-    if not isinstance(diffs, list) or len(diffs) != rows or not all(_int(x) and x > 0 for x in diffs):
+    # ``type(x) is int`` (not ``_int``, which a row's worth of calls made most of this cost): a
+    # bool is not an int here either.
+    if not isinstance(diffs, list) or len(diffs) != rows or not all(type(x) is int for x in diffs) \
+            or (diffs and min(diffs) <= 0):
         return None
     ends = list(itertools.accumulate(diffs))
     return ends if (ends[-1] if ends else None) == last else None

@@ -183,13 +183,15 @@ def test_a_sync_command_leaves_nothing_in_the_temporary_directory(tmp_path: Path
 
 def test_a_long_waves_first_part_is_sent_by_the_process_started_ahead(tmp_path: Path, corpus: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """A wave longer than twice ``max_parallel`` goes in two parts (``waves.wave_parts``): the
-    first part's upload is the process the round started before its probe (claimed when the
-    batch is handed to its sender thread), the second part's is started once its runs are ready
-    (``upload.start``, wrapped here to count its calls: it still runs). Every row arrives once,
-    and no process or directory is left, nor anything in the temporary directory."""
-    from tfwb_agent.deliver import upload
+    """A wave of more than one upload's runs goes in parts (``waves.wave_parts``; here two runs
+    per upload): the first part's upload is the process the round started before its probe
+    (claimed when the batch is handed to its sender thread), the second part's is started once
+    its runs are ready (``upload.start``, wrapped here to count its calls: it still runs). Every
+    row arrives once, and no process or directory is left, nor anything in the temporary
+    directory."""
+    from tfwb_agent.deliver import upload, waves
 
+    monkeypatch.setattr(waves, "BATCH_MAX", 2)
     with _online(tmp_path, corpus, monkeypatch, n_runs=3, sync="max_parallel = 1\n") as (s, server, runs, tmp):
         assert len({read_facts(find_log(r)).project for r in runs}) == 1  # one batch per part
         cold: list[list[str]] = []
@@ -211,7 +213,7 @@ def test_a_long_waves_first_part_is_sent_by_the_process_started_ahead(tmp_path: 
             rr = deliver_round(ledger, s.config(), "local", force_probe=True, wait_for_others=True)
         assert [o.state for o in rr.outcomes] == ["confirmed"] * 3, rr
         assert len(warmed) == 1 and warmed[0].proc.returncode == 0, "the process started ahead was not an upload"
-        assert cold == [sorted(r.name for r in runs[1:])], cold  # the second part, in one upload
+        assert cold == [sorted(r.name for r in runs[2:])], cold  # the second part, in one upload
         _arrived_once(server, runs)
         assert not list((s.config().state_dir / "deliver").rglob("sync-*")), "a process's directory was left"
         assert sorted(p.name for p in tmp.iterdir()) == [], "left in TMPDIR"

@@ -21,16 +21,16 @@ from .work import Unit
 BATCH_MAX = 64  # runs per wandb sync process: bounds its argv and how long confirmations wait
 
 
-def wave_parts(wave: list[Unit], parallel: int) -> list[list[Unit]]:
-    """Pure: the order a wave is opened and sent in. A long wave goes in two parts: its first
-    ``parallel`` segments start uploading while the rest are opened (decrypting and verifying a
-    bundle, and folding its log where the manifest kept no facts of it, up to ~0.1 s of this
-    process's CPU each, time the server would otherwise sit idle); a short one goes whole.
-    (With the facts kept, one part for the whole wave measured the same: 1.00 and 1.04 against
-    1.04, 50 runs.)"""
-    if len(wave) <= 2 * parallel:
-        return [wave]
-    return [wave[:parallel], wave[parallel:]]
+def wave_parts(wave: list[Unit], size: int | None = None) -> list[list[Unit]]:
+    """Pure: the order a wave is opened and sent in, in parts of at most one upload's runs. The
+    first part is sent by the ``wandb sync`` started ahead, once it is open (opening a bundle
+    costs a fraction of what that process's start-up does, beside it); each later part is opened
+    while the earlier ones upload. A wave of one upload goes whole: split, its second part needed
+    a second ``wandb sync`` started cold, whose start-up (about a second of CPU) ran beside the
+    first part's uploads on the same cores, and delivered 50 runs more slowly than one part
+    (``benchmarks/bench_sync.py``). ``size``: runs per part (default ``BATCH_MAX``)."""
+    size = max(1, size or BATCH_MAX)
+    return [wave[i:i + size] for i in range(0, len(wave), size)]
 
 
 def deliver_waves(settler: Settler, to_send: list[Unit], report) -> Iterator[Outcome]:
@@ -58,7 +58,7 @@ def deliver_wave(settler: Settler, wave: list[Unit], pool: ThreadPoolExecutor) -
     with ThreadPoolExecutor(max_workers=settler.settings.max_parallel, thread_name_prefix="send") as senders:
         asking = senders.submit(settler.ask_ahead, wave)  # while the first part is opened
         sending = []
-        for n, part in enumerate(wave_parts(wave, settler.settings.max_parallel)):
+        for n, part in enumerate(wave_parts(wave)):
             if upload.stopping.is_set():
                 break
             if n == 0:

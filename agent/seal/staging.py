@@ -29,12 +29,27 @@ class Staging:
         self.path = root / f"{STAGING_TMP}{os.getpid()}-{uuid.uuid4().hex}"
         os.mkdir(self.path, 0o700)
         self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        # The directory the last file was created in, still open: a bundle's members come
+        # directory by directory, and walking each member's path again from the top was most
+        # of what opening a small bundle cost (a mkdir and an open per component, per file).
+        self._last_dir: tuple[str, int] | None = None
 
     def create(self, name: str) -> BinaryIO:
         parts = name.split("/")
+        dirpath = "/".join(parts[:-1])
+        fd = self._dir_fd(dirpath, parts[:-1])
+        ffd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o600, dir_fd=fd)
+        return os.fdopen(ffd, "wb")
+
+    def _dir_fd(self, dirpath: str, comps: list[str]) -> int:
+        """An open fd of directory ``dirpath`` under the staging directory, made if need be (kept
+        open until the next member names another directory, or ``close``)."""
+        if self._last_dir is not None and self._last_dir[0] == dirpath:
+            return self._last_dir[1]
         fd = os.dup(self._fd)
         try:
-            for comp in parts[:-1]:
+            for comp in comps:
                 try:
                     os.mkdir(comp, 0o700, dir_fd=fd)
                 except FileExistsError:
@@ -42,11 +57,17 @@ class Staging:
                 nfd = os.open(comp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
                 os.close(fd)
                 fd = nfd
-            ffd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                          0o600, dir_fd=fd)
-        finally:
+        except BaseException:
             os.close(fd)
-        return os.fdopen(ffd, "wb")
+            raise
+        self._forget_dir()
+        self._last_dir = (dirpath, fd)
+        return fd
+
+    def _forget_dir(self) -> None:
+        if self._last_dir is not None:
+            os.close(self._last_dir[1])
+            self._last_dir = None
 
     def commit(self, final_name: str) -> Path:
         """Make the extraction durable, then give it its final name in one rename. (A directory
@@ -67,6 +88,7 @@ class Staging:
         shutil.rmtree(self.path, ignore_errors=True)
 
     def close(self) -> None:
+        self._forget_dir()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
