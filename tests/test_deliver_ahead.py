@@ -186,10 +186,11 @@ def test_a_long_waves_first_part_is_sent_by_the_process_started_ahead(tmp_path: 
     """A wave of more than one upload's runs goes in parts (``waves.wave_parts``; here two runs
     per upload): the first part's upload is the process the round started before its probe
     (claimed when the batch is handed to its sender thread), the second part's is started once
-    its runs are ready (``upload.start``, wrapped here to count its calls: it still runs). Every
-    row arrives once, and no process or directory is left, nor anything in the temporary
-    directory."""
-    from tfwb_agent.deliver import upload, waves
+    its runs are ready (``upload.start``, wrapped here to count its calls: it still runs). The
+    server is asked about the whole wave once before sending: the second part is not asked
+    again. Every row arrives once, and no process or directory is left, nor anything in the
+    temporary directory."""
+    from tfwb_agent.deliver import confirm, upload, waves
 
     monkeypatch.setattr(waves, "BATCH_MAX", 2)
     with _online(tmp_path, corpus, monkeypatch, n_runs=3, sync="max_parallel = 1\n") as (s, server, runs, tmp):
@@ -207,11 +208,19 @@ def test_a_long_waves_first_part_is_sent_by_the_process_started_ahead(tmp_path: 
             if w is not None:
                 warmed.append(w)
             return w
+        asked_before: list[int] = []
+        fetch_rows = confirm.fetch_rows
+
+        def counted_rows(base_url, api_key, wanted, *args, **kwargs):
+            asked_before.append(len(wanted))
+            return fetch_rows(base_url, api_key, wanted, *args, **kwargs)
         monkeypatch.setattr(upload, "start", counted_start)
         monkeypatch.setattr(upload, "warm", counted_warm)
+        monkeypatch.setattr(confirm, "fetch_rows", counted_rows)
         with _ledger(s) as ledger:
             rr = deliver_round(ledger, s.config(), "local", force_probe=True, wait_for_others=True)
         assert [o.state for o in rr.outcomes] == ["confirmed"] * 3, rr
+        assert asked_before == [3], asked_before  # the whole wave, once, before either part went
         assert len(warmed) == 1 and warmed[0].proc.returncode == 0, "the process started ahead was not an upload"
         assert cold == [sorted(r.name for r in runs[2:])], cold  # the second part, in one upload
         _arrived_once(server, runs)
