@@ -190,7 +190,7 @@ def test_a_long_waves_first_part_is_sent_by_the_process_started_ahead(tmp_path: 
     server is asked about the whole wave once before sending: the second part is not asked
     again. Every row arrives once, and no process or directory is left, nor anything in the
     temporary directory."""
-    from tfwb_agent.deliver import confirm, upload, waves
+    from tfwb_agent.deliver import confirm, run_lists, upload, waves
 
     monkeypatch.setattr(waves, "BATCH_MAX", 2)
     with _online(tmp_path, corpus, monkeypatch, n_runs=3, sync="max_parallel = 1\n") as (s, server, runs, tmp):
@@ -208,19 +208,26 @@ def test_a_long_waves_first_part_is_sent_by_the_process_started_ahead(tmp_path: 
             if w is not None:
                 warmed.append(w)
             return w
-        asked_before: list[int] = []
-        fetch_rows = confirm.fetch_rows
+        asked_before: list[tuple[str, int]] = []
+        fetch_rows, absent_runs = confirm.fetch_rows, run_lists.absent_runs
 
         def counted_rows(base_url, api_key, wanted, *args, **kwargs):
-            asked_before.append(len(wanted))
+            asked_before.append(("by name", len(wanted)))
             return fetch_rows(base_url, api_key, wanted, *args, **kwargs)
+
+        def counted_lists(base_url, api_key, wanted, *args, **kwargs):
+            asked_before.append(("run lists", len(wanted)))
+            return absent_runs(base_url, api_key, wanted, *args, **kwargs)
         monkeypatch.setattr(upload, "start", counted_start)
         monkeypatch.setattr(upload, "warm", counted_warm)
         monkeypatch.setattr(confirm, "fetch_rows", counted_rows)
+        monkeypatch.setattr(run_lists, "absent_runs", counted_lists)
         with _ledger(s) as ledger:
             rr = deliver_round(ledger, s.config(), "local", force_probe=True, wait_for_others=True)
         assert [o.state for o in rr.outcomes] == ["confirmed"] * 3, rr
-        assert asked_before == [3], asked_before  # the whole wave, once, before either part went
+        # The whole wave, once, before either part went: the project's run list proves all three
+        # new runs absent, and none is asked about by name.
+        assert asked_before == [("run lists", 3)], asked_before
         assert len(warmed) == 1 and warmed[0].proc.returncode == 0, "the process started ahead was not an upload"
         assert cold == [sorted(r.name for r in runs[2:])], cold  # the second part, in one upload
         _arrived_once(server, runs)
