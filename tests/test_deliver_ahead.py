@@ -1,6 +1,7 @@
 """`sync` starts its `wandb sync` ahead (``deliver/ahead.py``), before it loads the engine. What
 must hold: it starts one only where the first round will most likely send (an idle `sync --once`
-timer, a dry run, a target offline at its last probe, a segment policy holds: no process at all);
+timer, a dry run, a target offline at its last probe, a segment policy holds: no process at all;
+a target never probed yet: one);
 the round discards one it cannot use (the target offline now, nothing left to send); a stopped
 sync kills it; and none outlives the command, nor its wandb service, nor its directory.
 
@@ -104,19 +105,15 @@ def _confirm_all(site) -> None:
 
 
 @pytest.mark.parametrize("case", ["nothing sealed", "all confirmed", "dry run", "offline at last probe",
-                                  "never probed", "policy lets nothing go", "another run only"])
+                                  "policy lets nothing go", "another run only"])
 def test_no_wandb_sync_starts_where_the_round_would_send_nothing(site, case: str) -> None:
     if case != "nothing sealed":
         seal_dirs(site, site.runs[:1])
     if case == "all confirmed":
         _confirm_all(site)
-    if case in ("offline at last probe", "never probed"):
+    if case == "offline at last probe":
         with _ledger(site) as ledger:
-            if case == "never probed":
-                ledger.db.execute("DELETE FROM targets")
-                ledger.db.commit()
-            else:
-                ledger.record_target("local", "offline", "connection refused", 1, time.time() + 60, time.time())
+            ledger.record_target("local", "offline", "connection refused", 1, time.time() + 60, time.time())
     if case == "policy lets nothing go":  # held until someone approves the run
         site.cfg.write_text(site.cfg.read_text().replace('targets = ["local"]\n', 'targets = ["local"]\nhold = true\n'))
         assert "hold = true" in site.cfg.read_text()
@@ -127,8 +124,13 @@ def test_no_wandb_sync_starts_where_the_round_would_send_nothing(site, case: str
     assert not (site.config().state_dir / "work").exists() or not any((site.config().state_dir / "work").iterdir())
 
 
-def test_pending_work_starts_one_and_finish_ends_it_its_service_and_its_directory(site) -> None:
+@pytest.mark.parametrize("probed", ["online at last probe", "never probed"])
+def test_pending_work_starts_one_and_finish_ends_it_its_service_and_its_directory(site, probed: str) -> None:
     seal_dirs(site, site.runs[:1])
+    if probed == "never probed":  # a target just set up: its first sync most likely sends
+        with _ledger(site) as ledger:
+            ledger.db.execute("DELETE FROM targets")
+            ledger.db.commit()
     work = site.config().state_dir / "work"
     killed = work / f"p{2 ** 22 + 1}-1" / "sync-ahead"  # a SIGKILLed sync's (no such pid: pid_max is 2**22)
     (killed / "wandb-home").mkdir(parents=True)

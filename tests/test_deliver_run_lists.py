@@ -107,7 +107,7 @@ def test_the_list_query_names_each_project_under_its_own_alias() -> None:
     ("nonsense", ["a"], set()),
 ])
 def test_what_one_projects_answer_proves(node: Any, names: list[str], absent: set[str]) -> None:
-    assert run_lists.proven_absent("e", "p", names, node) == absent
+    assert run_lists.proven_absent(names, node) == absent
 
 
 # --- stubs for what OpenWandb cannot be made to answer ---------------------------------------------
@@ -158,16 +158,22 @@ def test_a_server_that_honours_the_filter_proves_the_missing_ones_absent() -> No
 
 
 def test_an_error_about_one_project_proves_nothing_about_it_and_a_refused_query_nothing_at_all() -> None:
-    mode = {"refuse": False}
+    """Nor does an answer that leaves a project out: only a project named and null is one the
+    server does not have."""
+    mode = {"refuse": False, "leave_out": False}
 
     def answer(body):
         if mode["refuse"]:
             return 200, {"errors": [{"message": "Unknown argument 'filters' on field 'Project.runs'"}], "data": None}
+        if mode["leave_out"]:
+            return 200, {"data": {"q1": None}}
         return 200, {"data": {"q0": None, "q1": {"runs": {"edges": []}}},
                      "errors": [{"message": "permission denied", "path": ["q0"]}]}
     httpd, url, _seen = _stub(answer)
     try:
         wanted = [W("e", "denied", "r1"), W("e", "open", "r2")]
+        assert run_lists.absent_runs(url, "stub-key", wanted) == {1}
+        mode["leave_out"] = True
         assert run_lists.absent_runs(url, "stub-key", wanted) == {1}
         mode["refuse"] = True
         assert run_lists.absent_runs(url, "stub-key", wanted) == set()
@@ -181,3 +187,24 @@ def test_more_names_than_one_batch_go_in_lists_of_at_most_a_batch(openwandb) -> 
     assert run_lists.absent_runs(openwandb.url, openwandb.api_key, wanted) == set(range(len(names)))
     groups = run_lists._groups(wanted)
     assert [len(g[2]) for g in groups] == [confirm.BATCH, 3]
+
+
+def test_a_later_segments_run_is_asked_about_by_name_only(openwandb, monkeypatch) -> None:
+    """Its earlier segments went first, so its run is on the server: the list could prove
+    nothing about it and is not asked (the 10 % delta's round makes one request, not two)."""
+    _create_runs(openwandb, "rl-later", ["grown"])
+    listed: list[list[str]] = []
+    absent_runs = run_lists.absent_runs
+
+    def counted(base_url, api_key, wanted, *args, **kwargs):
+        listed.append([w.run_id for w in wanted])
+        return absent_runs(base_url, api_key, wanted, *args, **kwargs)
+    monkeypatch.setattr(run_lists, "absent_runs", counted)
+    t = Target("local", openwandb.url, ("file", "unused"), timeout=10, entity="admin")
+    grown = Unit("grown", 1, "cg", "bg", "outbox", Path("/b/grown"), 0, project="rl-later")
+    ans = questions.ahead(t, openwandb.api_key, [grown])
+    assert listed == [] and [r.exists for r in ans.values()] == [True]
+    ans = questions.ahead(t, openwandb.api_key, [grown, Unit("fresh", 0, "cf", "bf", "outbox", Path("/b/f"), 0,
+                                                             project="rl-later")])
+    assert listed == [["fresh"]]
+    assert {k[0]: r.exists for k, r in ans.items()} == {"grown": True, "fresh": False}

@@ -10,8 +10,8 @@ run (strace), the round's own early start came 0.4-0.6 s after the command began
 
 Only where a round would most likely use it: not for a dry run, a target with a wandb client of
 its own, a target not online at its last probe (the round would not send, or would wait out a
-back-off), or when nothing this host holds may go to the target now (an idle `sync --once`
-timer pays nothing). The round discards it where it turns out unneeded after all; ``finish``
+back-off; a target never probed gets one: a first sync to a target just set up), or when
+nothing this host holds may go to the target now (an idle `sync --once` timer pays nothing). The round discards it where it turns out unneeded after all; ``finish``
 is the command's last word on it, whatever happened.
 """
 from __future__ import annotations
@@ -60,8 +60,8 @@ def start(ledger: Ledger, cfg: config_mod.Config, target_name: str, *, only_run:
     if t is None or t.wandb is not None:
         return None
     row = ledger.target(target_name)
-    if not row or row["status"] != probe.ONLINE:
-        return None
+    if row and row["status"] != probe.ONLINE:
+        return None  # never probed: most likely a target just set up, and a first sync to it
     if not would_send(ledger, cfg, target_name, only_run=only_run, retry_failed=retry_failed, now=time.time()):
         return None
     key, missing = read_key(target_name, t)

@@ -123,11 +123,11 @@ def _sweep_leftovers(ledger: Ledger, cfg: config_mod.Config, target_name: str) -
 def _warm_early(cfg: config_mod.Config, target_name: str, t: Target, row: dict[str, Any] | None,
                 ahead: upload.Warm | None) -> upload.Warm | None:
     """A ``wandb sync`` started before the probe, to import wandb while it runs: only for a
-    target that was online when last probed and sends with the agent's own wandb (ended
-    unused if the probe says otherwise now). The caller's, where it started one ahead."""
+    target that was online when last probed (or never was) and sends with the agent's own
+    wandb (ended unused if the probe says otherwise now). The caller's, where it started one ahead."""
     if ahead is not None:
         return ahead
-    if t.wandb is not None or not row or row["status"] != probe.ONLINE:
+    if t.wandb is not None or (row and row["status"] != probe.ONLINE):
         return None
     key, missing = read_key(target_name, t)
     if missing is not None:

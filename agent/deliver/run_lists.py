@@ -48,7 +48,7 @@ def _groups(wanted: Sequence[Wanted]) -> list[tuple[str | None, str, list[int]]]
     return out
 
 
-def proven_absent(entity: str | None, project: str, names: Sequence[str], node: Any) -> set[str]:
+def proven_absent(names: Sequence[str], node: Any) -> set[str]:
     """Pure: the ``names`` one project's answer (``node``: the aliased ``project``) proves the
     server does not hold; ``first`` was ``len(set(names))``. A project the server says is not
     there holds none of them."""
@@ -84,10 +84,10 @@ def absent_runs(base_url: str, api_key: str, wanted: Sequence[Wanted], timeout: 
         log.info("%s did not list runs by name (%s); asking about each run", target or base_url, exc)
         return set()
     out: set[int] = set()
-    for i, (entity, project, idx) in enumerate(groups):
+    for i, (_entity, _project, idx) in enumerate(groups):
         alias = f"q{i}"
-        if ans.errors_for(alias) or (alias not in ans.data and ans.errors):
-            continue
-        gone = proven_absent(entity, project, [wanted[j].run_id for j in idx], ans.data.get(alias))
+        if ans.errors_for(alias) or alias not in ans.data:
+            continue  # an error, or no word about this project at all (not a null project)
+        gone = proven_absent([wanted[j].run_id for j in idx], ans.data[alias])
         out.update(j for j in idx if wanted[j].run_id in gone)
     return out
