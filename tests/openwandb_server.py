@@ -285,9 +285,12 @@ def _answer_retries_once() -> None:
                 con.executemany("INSERT INTO metrics (run_id, key, step, value, wall_time) VALUES (?,?,?,?,?)",
                                 [(rid, m["key"], m["step"], m["value"], m["wall_time"]) for m in rows])
             con.execute("INSERT OR IGNORE INTO test_stream_chunks VALUES (?, ?, ?)", (run_id, digest, boot))
-        stored[0] += 1
-        if stored[0] == die_after:  # stored, not answered: the client can only send it again
-            os.kill(os.getpid(), signal.SIGKILL)
+        # A chunk of rows: a chunk of console output or system metrics alone does not count
+        # (which runs a wandb sync starts with is its own choice, and some begin with those).
+        if any(rows for _rid, rows in held):
+            stored[0] += 1
+            if stored[0] == die_after:  # stored, not answered: the client can only send it again
+                os.kill(os.getpid(), signal.SIGKILL)
         return answer
 
     def upsert_forgetting(project_id, run_id, *args, **kwargs):

@@ -129,13 +129,17 @@ class Settler:
         return questions.ahead(self.t, self.key, units)
 
     def base_rows(self, u: Unit) -> int:
-        """History rows the server holds of this run before a separate part begins: what the
-        earlier segments, confirmed in order, brought."""
-        if not u.separate_part:
+        """History rows the server holds of this run before the part of ``u`` begins (a restarted
+        job's own run directory): what the segments before the part, confirmed in order,
+        brought. A live cut of that part counts from the same base as the part's first segment
+        (counted from 0, a cut whose rows the server held fewer of than the whole run was taken
+        for already there, and its last rows were never sent)."""
+        first = u.segment if u.separate_part else self.ledger.part_start(u.run_id, u.segment)
+        if first == 0:
             return 0
-        prev = self.ledger.delivery(u.run_id, u.segment - 1, self.t.name)
+        prev = self.ledger.delivery(u.run_id, first - 1, self.t.name)
         if not prev or prev["state"] != "confirmed" or prev["server_rows"] is None:
-            raise NotYet(f"segment {u.segment - 1} of {u.run_id} is not confirmed on {self.t.name} yet")
+            raise NotYet(f"segment {first - 1} of {u.run_id} is not confirmed on {self.t.name} yet")
         return int(prev["server_rows"])
 
     def open(self, u: Unit) -> Prepared | Outcome:

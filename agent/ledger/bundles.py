@@ -57,6 +57,16 @@ class BundlesTable:
                         "AND state != 'quarantined' LIMIT 1", (bundle_id, bundle_id))
         return dict(row) if row else None
 
+    def part_start(self, run_id: str, segment: int) -> int:
+        """The first segment of the part of ``run_id`` that ``segment`` belongs to: the latest
+        segment up to it whose log starts afresh (a restarted job's own run directory, no
+        ``byte_start``); 0 for the run's first part. A live cut of a later part continues that
+        part's log, and its rows add to what the parts before it brought, as the part's first
+        segment's do."""
+        row = self._one("SELECT MAX(segment) FROM bundles WHERE run_id = ? AND segment > 0 AND segment <= ? "
+                        "AND COALESCE(byte_start, 0) = 0", (run_id, segment))
+        return int(row[0]) if row and row[0] is not None else 0
+
     def knows_run_id(self, run_id: str) -> bool:
         return self._one("SELECT 1 FROM bundles WHERE run_id = ? UNION SELECT 1 FROM runs WHERE run_id = ?",
                          (run_id, run_id)) is not None
