@@ -43,6 +43,19 @@ def _create_runs(server, project: str, names: list[str]) -> None:
     assert all(r.exists for r in held), "the runs were not made"
 
 
+def _calls(monkeypatch, module, name: str) -> list[list[str]]:
+    """The run ids of every call of ``module.name(base_url, api_key, wanted, ...)`` from now on
+    (it still runs)."""
+    calls: list[list[str]] = []
+    real = getattr(module, name)
+
+    def counted(base_url, api_key, wanted, *args, **kwargs):
+        calls.append([w.run_id for w in wanted])
+        return real(base_url, api_key, wanted, *args, **kwargs)
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
 def test_a_fresh_project_proves_every_run_absent_in_one_request(openwandb) -> None:
     wanted = [W("admin", "rl-fresh", f"new{i}") for i in range(5)]
     assert run_lists.absent_runs(openwandb.url, openwandb.api_key, wanted) == set(range(5))
@@ -66,13 +79,7 @@ def test_ahead_takes_the_list_for_absence_and_asks_the_rest_by_name(openwandb, m
     """``questions.ahead``: the runs the list proves absent are not asked about by name; a run
     the server holds is, and its rows are read."""
     _create_runs(openwandb, "rl-ahead", ["there"])
-    asked: list[list[str]] = []
-    fetch_rows = confirm.fetch_rows
-
-    def counted(base_url, api_key, wanted, *args, **kwargs):
-        asked.append([w.run_id for w in wanted])
-        return fetch_rows(base_url, api_key, wanted, *args, **kwargs)
-    monkeypatch.setattr(confirm, "fetch_rows", counted)
+    asked = _calls(monkeypatch, confirm, "fetch_rows")
     t = Target("local", openwandb.url, ("file", "unused"), timeout=10, entity="admin")
     units = [Unit(r, 0, f"c{r}", f"b{r}", "outbox", Path(f"/b/{r}"), 0, project="rl-ahead")
              for r in ("there", "new1", "new2")]
@@ -193,13 +200,7 @@ def test_a_later_segments_run_is_asked_about_by_name_only(openwandb, monkeypatch
     """Its earlier segments went first, so its run is on the server: the list could prove
     nothing about it and is not asked (the 10 % delta's round makes one request, not two)."""
     _create_runs(openwandb, "rl-later", ["grown"])
-    listed: list[list[str]] = []
-    absent_runs = run_lists.absent_runs
-
-    def counted(base_url, api_key, wanted, *args, **kwargs):
-        listed.append([w.run_id for w in wanted])
-        return absent_runs(base_url, api_key, wanted, *args, **kwargs)
-    monkeypatch.setattr(run_lists, "absent_runs", counted)
+    listed = _calls(monkeypatch, run_lists, "absent_runs")
     t = Target("local", openwandb.url, ("file", "unused"), timeout=10, entity="admin")
     grown = Unit("grown", 1, "cg", "bg", "outbox", Path("/b/grown"), 0, project="rl-later")
     ans = questions.ahead(t, openwandb.api_key, [grown])

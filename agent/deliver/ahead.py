@@ -11,8 +11,9 @@ run (strace), the round's own early start came 0.4-0.6 s after the command began
 Only where a round would most likely use it: not for a dry run, a target with a wandb client of
 its own, a target not online at its last probe (the round would not send, or would wait out a
 back-off; a target never probed gets one: a first sync to a target just set up), or when
-nothing this host holds may go to the target now (an idle `sync --once` timer pays nothing). The round discards it where it turns out unneeded after all; ``finish``
-is the command's last word on it, whatever happened.
+nothing this host holds may go to the target now (an idle `sync --once` timer pays nothing).
+The round discards it where it turns out unneeded after all; ``finish`` is the command's last
+word on it, whatever happened.
 """
 from __future__ import annotations
 

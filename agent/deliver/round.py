@@ -124,7 +124,8 @@ def _warm_early(cfg: config_mod.Config, target_name: str, t: Target, row: dict[s
                 ahead: upload.Warm | None) -> upload.Warm | None:
     """A ``wandb sync`` started before the probe, to import wandb while it runs: only for a
     target that was online when last probed (or never was) and sends with the agent's own
-    wandb (ended unused if the probe says otherwise now). The caller's, where it started one ahead."""
+    wandb (ended unused if the probe says otherwise now). The caller's, where it started one
+    ahead."""
     if ahead is not None:
         return ahead
     if t.wandb is not None or (row and row["status"] != probe.ONLINE):
