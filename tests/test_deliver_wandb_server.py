@@ -282,7 +282,7 @@ def test_a_wave_is_asked_about_once_before_it_is_sent(tmp_path, corpus):
         sync(first)
         _assert_exactly_once(server, {there: want[there]})
         door.seen.clear()
-        site = make_deliver_site(tmp_path / "site", door.url, server.api_key, sync="max_parallel = 1\n")
+        site = make_deliver_site(tmp_path / "site", door.url, server.api_key)
         seal_dirs(site, dirs)
         sync(site)
         _assert_exactly_once(server, want)
