@@ -20,12 +20,13 @@ from __future__ import annotations
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from .. import config as config_mod
 from .. import statedir
 from ..ledger import Ledger
 from . import policy, probe, upload
-from .settings import policies, targets
+from .settings import Target, policies, targets
 from .target_status import read_key
 from .work import pending_units, settled
 
@@ -58,23 +59,33 @@ def start(ledger: Ledger, cfg: config_mod.Config, target_name: str, *, only_run:
         t = targets(cfg).get(target_name)
     except config_mod.ConfigError:
         return None  # the round says what is wrong
-    if t is None or t.wandb is not None:
+    if t is None or not worth_warming(t, ledger.target(target_name)):
         return None
-    row = ledger.target(target_name)
-    if row and row["status"] != probe.ONLINE:
-        return None  # never probed: most likely a target just set up, and a first sync to it
     if not would_send(ledger, cfg, target_name, only_run=only_run, retry_failed=retry_failed, now=time.time()):
-        return None
-    key, missing = read_key(target_name, t)
-    if missing is not None:
         return None
     # A SIGKILLed sync leaves its directory behind (its warm process ends by itself, stdin
     # closed); a gateway may run no daemon to sweep work/, so the next one started ahead does.
     try:
         statedir.sweep_work(cfg)
-        return upload.warm(t.base_url, key, statedir.work_for(cfg, _DIR), t.ca_file)
+        return warm_for(target_name, t, statedir.work_for(cfg, _DIR))
     except OSError:
         return None  # only a head start: the round starts its own, or says what is wrong
+
+
+def worth_warming(t: Target, row: dict[str, Any] | None) -> bool:
+    """Whether a ``wandb sync`` started before the probe would most likely be used: the agent's
+    own wandb sends to this target, and it was online at its last probe, or was never probed
+    (a target just set up, and a first sync to it)."""
+    return t.wandb is None and (row is None or row["status"] == probe.ONLINE)
+
+
+def warm_for(target_name: str, t: Target, root: Path) -> upload.Warm | None:
+    """A ``wandb sync`` for ``t`` waiting for its runs in ``root``; None without the key (the
+    probe says where it goes)."""
+    key, missing = read_key(target_name, t)
+    if missing is not None:
+        return None
+    return upload.warm(t.base_url, key, root, t.ca_file)
 
 
 def finish(w: upload.Warm | None) -> None:

@@ -29,11 +29,12 @@ from typing import Any, Callable, ContextManager, Iterator
 from .. import config as config_mod
 from .. import ids, procs, statedir
 from ..ledger import Ledger
+from . import ahead as ahead_mod
 from . import policy, probe, upload
 from .outcomes import Outcome, RoundReport, delivery, set_state
 from .settings import Target, policies, sync_settings, targets
 from .settle import Reporter, Settler
-from .target_status import probe_target, read_key, target_row
+from .target_status import probe_target, target_row
 from .waves import deliver_waves
 from .work import NO_IDENTITY, Unit, pending_units, settled
 
@@ -128,13 +129,9 @@ def _warm_early(cfg: config_mod.Config, target_name: str, t: Target, row: dict[s
     ahead."""
     if ahead is not None:
         return ahead
-    if t.wandb is not None or (row and row["status"] != probe.ONLINE):
+    if not ahead_mod.worth_warming(t, row):
         return None
-    key, missing = read_key(target_name, t)
-    if missing is not None:
-        return None
-    root = statedir.deliver_target(cfg, target_name) / f"sync-warm-{os.getpid()}-0"
-    return upload.warm(t.base_url, key, root, t.ca_file)
+    return ahead_mod.warm_for(target_name, t, statedir.deliver_target(cfg, target_name) / f"sync-warm-{os.getpid()}-0")
 
 
 def _choose(ledger: Ledger, cfg: config_mod.Config, target_name: str, rr: RoundReport, *, only_run: str | None,
