@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from deliver_helpers import RestartableServer
 
@@ -209,3 +211,23 @@ def test_a_later_segments_run_is_asked_about_by_name_only(openwandb, monkeypatch
                                                              project="rl-later")])
     assert listed == [["fresh"]]
     assert {k[0]: r.exists for k, r in ans.items()} == {"grown": True, "fresh": False}
+
+
+@settings(max_examples=300, deadline=None)
+@given(held=st.lists(st.sampled_from([f"r{i}" for i in range(12)]), unique=True),
+       asked=st.lists(st.sampled_from([f"r{i}" for i in range(12)]), min_size=1, max_size=8),
+       shape=st.sampled_from(["honours the filter", "ignores it, newest first", "ignores it and first",
+                              "honours it, each run twice", "honours it, names not asked too"]))
+def test_no_server_shape_gets_a_held_run_called_absent(held, asked, shape) -> None:
+    """Whatever a server does with the filter and ``first`` (within W&B's rule that a list is
+    cut at ``first`` and no sooner), a run it holds is never among those proven absent."""
+    first = len(set(asked))
+    match = [n for n in reversed(held) if n in asked]          # newest first, as OpenWandb lists
+    names = {"honours the filter": match[:first],
+             "ignores it, newest first": list(reversed(held))[:first],
+             "ignores it and first": list(reversed(held)),
+             "honours it, each run twice": [n for n in match for _ in range(2)][:first],
+             "honours it, names not asked too": (match + [n for n in reversed(held) if n not in asked])[:first],
+             }[shape]
+    node = {"runs": {"edges": [{"node": {"name": n}} for n in names]}}
+    assert not run_lists.proven_absent(asked, node) & set(held)
