@@ -418,3 +418,21 @@ def test_a_line_a_crash_cut_loses_its_last_word_and_a_finished_runs_keeps_it():
         out += stream.close(finished)
         assert out.startswith("step 3 ok\nresuming with key ")
         assert (half in out) is kept, out
+
+
+_KEYISH_STARTS = ["pwd", "PwD", "pass", "Secret", "token", "Tok", "apikey", "credential", "auth", "x", ""]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(form=st.sampled_from([" password={s}: ", "password: {s}: ok", "password={s}:", "DB_PASSWORD={s}:",
+                             "api_key: {s}: ", "--password {s}: ", "token={s}= ", "secret: {s}:\n"]),
+       start=st.sampled_from(_KEYISH_STARTS),
+       tail=st.text(alphabet=st.sampled_from(ALNUM), min_size=8, max_size=16))
+def test_a_value_that_looks_like_a_key_before_a_colon_still_goes(form, start, tail):
+    """A value with ":" after it may be taken for a nested key (``db_password:\\n  value: X``)
+    and skipped. A random value can start with a credential's word (``PwD2EF…``, CI drew one)
+    or be letters alone: with nothing after its ":" it is the value, and it goes."""
+    s = start + tail
+    text = form.format(s=s)
+    for out in (_scrubber().scrub(text)[0], _console(text if text.endswith("\n") else text + "\n")):
+        assert tail not in out, (text, out)

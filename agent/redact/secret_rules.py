@@ -110,11 +110,13 @@ _SEP = r"(?:[^\S\n]+|[^\S\n]*\n[^\S\n]*)"     # blanks, or one line break (and b
 # its line break, an anchor ``&pw``, a tag ``!!str``), and so is the opening of a triple-quoted
 # string (its line break too: TOML's ``password = '''`` and the value below); so is a list's
 # dash or a mapping's key on the next line (``passwords:\n  - X``, ``db_password:\n  value: X``:
-# the value is below its key, and neither "-" nor "value:" is it (a key of letters alone: a
-# value with a digit and a ":" after it, ``password=2yW4…: ``, is the value); a number or a special token
-# there is none, ``token_stats:\n  mean: 512.3``, ``special_tokens:\n  - <pad>``); a value that is itself a
-# secret-looking key (``secret: password: X``: the second key's value goes) or a literal
-# (``use_auth_token=True``) is none, and nor is punctuation alone (``**`` closing Markdown's
+# the value is below its key, and neither "-" nor "value:" is it (a key of letters alone, with a
+# value after it: a value with a digit and a ":" after it, ``password=2yW4…: ``, is the value, and
+# so is one of letters with nothing after its ":"); a number or a special token there is none,
+# ``token_stats:\n  mean: 512.3``, ``special_tokens:\n  - <pad>``); a value that is itself a
+# secret-looking key with a value of its own (``secret: password: X``: the second key's value
+# goes; a random value that happens to start with "pwd", ``password=PwD2…: ``, is no key) or a
+# literal (``use_auth_token=True``) is none, and nor is punctuation alone (``**`` closing Markdown's
 # emphasis, ``>`` of a ``=>``).
 _NOT_NUMBER_OR_SPECIAL = r"""(?![-+]?\d[\d.,eE+-]*(?:\s|$)|</?\|?[\w.-]{0,100}\|?>|\[[A-Z][A-Z0-9_]{0,100}\])"""
 _YAML_PREFIX = (r"""(?:(?<![\w"'])(?:[|>][-+0-9]*[^\S\n]*\n[^\S\n]*|&[\w-]+[^\S\n]+|!!?[\w-]{0,100}[^\S\n]+"""
@@ -122,8 +124,8 @@ _YAML_PREFIX = (r"""(?:(?<![\w"'])(?:[|>][-+0-9]*[^\S\n]*\n[^\S\n]*|&[\w-]+[^\S\
                 rf"""|\n[^\S\n]*(?:-[^\S\n]+|[A-Za-z_.-]{{1,100}}:[^\S\n]+){_NOT_NUMBER_OR_SPECIAL})""")
 _VALUE = (r"""(?!(?:True|False|None|true|false|null)\b)"""
           rf"""{_YAML_PREFIX}?(?![*_>=~`-]{{1,4}}(?:\s|$)|>|&(?:quot|apos|#x?0*[0-9a-fA-F]{{2}});)(?:(?<=")(?:[^"\\\n]|\\.)*|(?<=')(?:[^'\\\n]|\\.)*|(?<!["'])[{{\[][^\n]*"""
-          rf"""|(?<!["'])(?![\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}+["']?[:=]\s)"""
-          rf"""(?!-[^\S\n]|[A-Za-z_.-]{{1,100}}:[^\S\n])[^\s"']*[^\s"',;])""")
+          rf"""|(?<!["'])(?![\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}+["']?[:=][^\S\n]*+\S)"""
+          rf"""(?!-[^\S\n]|[A-Za-z_.-]{{1,100}}:[^\S\n]++\S)[^\s"']*[^\s"',;])""")
 # A key whose last word is "key" names a credential (``api_key``, ``encryption_key``,
 # ``Ocp-Apim-Subscription-Key``) unless the word before says it is another kind of key: an
 # unknown one fails closed.
