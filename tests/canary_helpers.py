@@ -102,8 +102,11 @@ class CanaryRun:
 def _writer_env(home: Path, host: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "TFWB_RUN_ID"}
     user = "cnry" + rnd(10)         # getpass (what wandb records as the user name) reads LOGNAME first
+    # wandb 0.15 writes ``debug-cli.<user>.log`` in the temporary directory: the canary user's
+    # name would be left in the machine's /tmp, one file per suite run.
+    (home / "tmp").mkdir(exist_ok=True)
     env.update(TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1", HOME=str(home),
-               LOGNAME=user, USER=user)
+               LOGNAME=user, USER=user, TMPDIR=str(home / "tmp"))
     if host:
         env["CANARY_HOST"] = host
     return env
