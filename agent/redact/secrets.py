@@ -41,11 +41,22 @@ def _entropy(s: str) -> float:
     return -sum(c / n * math.log2(c / n) for c in Counter(s).values())
 
 
+_HOME_IN_TOKEN = re.compile(r"[/_](?:home|Users)[/_]")
+
+
 def _high_entropy(token: str) -> bool:
     """Random-looking: lower, upper and digits, and characters spread like random ones. A long
     CamelCase metric or checkpoint name repeats its letters (about 4.2 bits a character);
     random base64 of 32 characters has 4.3 or more 95 times in 100, of 40 about 4.8."""
     body = token.rstrip("=")
+    # A home's path inside the token (``val//home/alice/…/ct_001``, a media key built from a
+    # path) is the path rule's to take, from its "/": what comes before it is judged alone, so
+    # a key's readable start (``val/``) is not taken with it when the user's name is random.
+    home = _HOME_IN_TOKEN.search(body)
+    if home:
+        body = body[:home.start()]
+        if len(body) < 32:   # the rule's least length
+            return False
     if not (any(c.islower() for c in body) and any(c.isupper() for c in body) and any(c.isdigit() for c in body)):
         return False
     return _entropy(body) >= min(4.5, math.log2(len(body)) - 0.7)
@@ -59,6 +70,9 @@ def _names_a_credential(m: re.Match[str]) -> bool:
 # A rule that needs more than its regex to decide: match -> keep it as a secret?
 _CHECKS: dict[str, Callable[[re.Match[str]], bool]] = {
     "high_entropy_token": lambda m: _high_entropy(m.group(0)),
+    # 40 characters of base64 may be a path's (``val//home/alice01/data/P1234567/ct``): the path
+    # rule takes it from its "/", not with the key's start.
+    "aws_secret_access_key": lambda m: not _HOME_IN_TOKEN.search(m.group(0)),
     "secret_key_name": _names_a_credential,       # the key's words, as a config's keys are read
 }
 
