@@ -69,6 +69,9 @@ FORMS = [
     "machine api.wandb.ai\n  login user\n  password {s}\n",
     # a pandas Series, a pydantic validation error, a parameter encoded twice
     "password    {s}\nuser        ml\ndtype: object",
+    # a frame of keys and values, as pandas prints it (its row numbers first)
+    "           key     value\n0           lr     0.001\n1  db_password  {s}\n",
+    "      name  value\n0     user     ml\n12  api_key  {s}\n",
     "1 validation error for Settings\npassword\n  String should have at least 20 characters "
     "[type=string_too_short, input_value='{s}', input_type=str]",
     "redirect=https%3A%2F%2Fh%2Fcb%253Ftoken%253D{s}",

@@ -258,9 +258,10 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     # 'X'}``, or in YAML on two lines), a .NET setting (``<add key="Password" value="X"/>``).
     ("key_value", rf"""(?i)\b(?:name|key)["']?\s*[:=]\s*["']?[\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}+["']?\s*,?"""
                   rf"""\s*(?:-\s+)?["']?value["']?\s*[:=]\s*["']?(?P<v>{_VALUE})"""),
-    # A column-aligned listing (a pandas Series, ``to_string()``): the key first on its line, the
-    # value after two blanks or more (not Python's ``pass  # comment``, nor prose after a full stop).
-    ("key_value", rf"(?im)^[^\S\n]*(?!pass\b)[\w.-]{{0,100}}(?:{SECRET_KEYWORDS})[\w-]{{0,100}}+[^\S\n]{{2,}}(?=\w)"
+    # A column-aligned listing (a pandas Series, ``to_string()``): the key first on its line (after
+    # a frame's row number: ``0  db_password  X``, a frame of keys and values), the value after two
+    # blanks or more (not Python's ``pass  # comment``, nor prose after a full stop).
+    ("key_value", rf"(?im)^[^\S\n]*(?:\d{{1,9}}[^\S\n]+)?(?!pass\b)[\w.-]{{0,100}}(?:{SECRET_KEYWORDS})[\w-]{{0,100}}+[^\S\n]{{2,}}(?=\w)"
                   rf"(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
     # A key that ends in a credential's word first on its line, then ":" and a blank (YAML, a log
     # line): the value is the rest of the line, blanks and all (a passphrase, ``correct horse X``),
