@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from redact_helpers import WRITER_PREAMBLE, site_tag
 from tfwb_agent.redact.console import TextStream
@@ -437,7 +437,81 @@ def test_a_value_that_looks_like_a_key_before_a_colon_still_goes(form, start, ta
     and skipped. A random value can start with a credential's word (``PwD2EF…``, CI drew one)
     or be letters alone: with nothing after its ":" it is the value, and it goes."""
     s = start + tail
+    assume(tail not in form.format(s=""))   # (``password`` is in the form's own key)
     text = form.format(s=s)
     for out in (_scrubber().scrub(text)[0], _console(text if text.endswith("\n") else text + "\n")):
         # (the markers put in its place are no leak: a tail may be "redacted" or a tag's hex)
         assert tail not in re.sub(r"\[redacted:[\w-]+:[0-9a-f]{16}\]", "", out), (text, out)
+
+
+# -- value shapes a fuzzer found: one form, a value of an unlucky shape ------------------------
+_MARKERS = re.compile(r"\[redacted:[\w-]+:[0-9a-f]{16}\]")
+
+
+def _survives(value: str, out: str) -> bool:
+    """Any 8 characters of ``value`` left in ``out`` outside the markers put in its place."""
+    rest = _MARKERS.sub("", out)
+    return any(value[i:i + 8] in rest for i in range(len(value) - 7))
+
+
+@pytest.mark.parametrize("form,value,kept", [
+    # a glued short flag whose value holds "pwd": the next word is no value of a flag "-p…pwd…"
+    ("7z a -p{s} out.7z data", "PwdVz11pXJf3FWAy", "out.7z"),
+    ("mysql -u root -p{s} -h db", "ZqbD8lijD6EKbpWDQOSQ4sk5", "-h db"),
+    ("sshpass -p{s} scp a b", "ZqHcOXRpPwdqILRQWVyMekDd", "scp a b"),
+    # capitals first, then "/", "+" or "-": base64 and urlsafe tokens, not argparse metavars
+    ("python train.py --password {s} --lr 1", "Y/zyCyePp+9hUW1QOjZ3jQ==", "--lr 1"),
+    ("token={s}", "X+gW68qpXunnYhMReYCZ+g==", None),
+    ("│ db_password │ {s} │", "T+5RoIKuPGEmDyYTtPsscA==", None),
+    ("export HF_TOKEN={s}", "F-R8Tj64RlnmSqQJGF5rRQ", None),
+    ("--db-password {s}", "QWERTY-7f9a2bk1", None),
+    # a digit first, then "/" or a lower-case "unit": no metric
+    ("pw={s}", "5/fxqgAmYfMgY8IjixNsHg==", None),
+    ("db_password,{s}", "7g/8gAKnPPC245DaLNXuoQ==", None),
+    ("│ db_password │ {s} │", "4/Qx8KzP2mWw8s1TtQ7A==", None),
+    # a credential's word inside, then base64's padding: no nested key
+    ("password={s}", "0V8RHJF8079pWDHlzxw92w==", None),
+    ("DB_PASSWORD={s}", "a8Secretx2mWw8s1TtQ7==", None),
+    ("--password {s}", "abTokenQ7x9==", None),
+    # a literal's word first, then more: no literal
+    ("password={s}", "null-VGYbHeXGU1qpvTN", None),
+    ("--password {s}", "false-x8KzP2mWw8s1", None),
+    ('{{"password": "{s}"}}', "None:x8KzP2mWw8s1", None),
+    ("{{'host': 'db', 'password': b'{s}'}}", "False-xO0OvSioT3ghL", None),
+    # a DSN's password with "/" (openssl rand -base64)
+    ("ml:{s}@tcp(db:3306)/feats", "ahg/hrFOjm5hTHDF", "tcp(db:3306)/feats"),
+    ("connecting to ml:{s}@db.internal:5432/feats", "Qx8KzP2mWw/s1", "db.internal:5432/feats"),
+])
+def test_a_value_of_an_unlucky_shape_still_goes_and_its_neighbours_stay(form, value, kept):
+    text = form.format(s=value)
+    for out in (_scrubber().scrub(text)[0], _console(text + "\n")):
+        assert not _survives(value, out), out
+        assert kept is None or kept in out, out
+
+
+@pytest.mark.parametrize("text", [
+    "pip install git+https://github.com/org/repo2@v1.0", "see host:8080/users2@foo.bar",
+    "progress 3/10 tokens_per_sec=6318.0/s", "--token TOKEN, --hf-token HF_TOKEN",
+    "use_auth_token=None, trust_remote_code=False",
+])
+def test_what_those_shapes_resemble_stays(text):
+    assert _scrubber().scrub(text)[0] == text
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(form=st.sampled_from(["--password {s}", "--db-password {s} --lr 1", "password={s}", "DB_PASSWORD={s}",
+                             "token={s}", "export HF_TOKEN={s}", "pw={s}", "│ db_password │ {s} │",
+                             "ml:{s}@tcp(db:3306)/feats", "'password': '{s}'"]),
+       raw=st.binary(min_size=9, max_size=24), urlsafe=st.booleans())
+def test_any_base64_password_goes(form, raw, urlsafe):
+    """``openssl rand -base64 N`` and ``secrets.token_urlsafe(N)``: random bytes, whatever they
+    make the value's first characters look like (a number, a metavar, a literal, a key)."""
+    import base64
+    s = (base64.urlsafe_b64encode(raw).decode().rstrip("=") if urlsafe else base64.b64encode(raw).decode())
+    assume(any(c.islower() or c.isdigit() for c in s) and not s.rstrip("=").isdigit())   # (all capitals: a metavar)
+    # (In a DSN, letters alone are a name, ``ml:name@db``; "//" first is a URL's, digits and "/"
+    # a port's, ``host:8080/a@b``.)
+    assume(not form.startswith("ml:") or not (s.isalpha() or s.startswith("//") or re.match(r"\d{2,5}/", s)))
+    text = form.format(s=s)
+    for out in (_scrubber().scrub(text)[0], _console(text + "\n")):
+        assert not _survives(s, out), (text, out)

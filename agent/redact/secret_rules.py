@@ -59,8 +59,11 @@ EXTRA_TOKEN_RULES: tuple[tuple[str, str], ...] = (
     ("url_credentials", r"\b[a-z][a-z0-9+.-]{0,30}:__[^\s:@]{0,256}:[^\s@]{1,256}@"),
     # A user and password with no scheme (a Go or MySQL DSN ``ml:X@tcp(db:3306)/x``, ``ml:X@db.internal``):
     # the host a DSN's, a dotted name, ``localhost`` or a name and port (not ``repo:tag@sha256:…``).
+    # The password may hold "/" (``openssl rand -base64``), but is no port and path
+    # (``host:8080/a@b``) and no URL's (``git+https://github.com/o/r2@v1``); "/", "-" and "_"
+    # count as symbols (``GqkJxwU/yYQO``, ``token_urlsafe``).
     ("dsn_credentials", r"(?<![\w:@.-])(?!(?:mailto|e-?mail|mail|contact|cuda|rank)\b)[A-Za-z][\w.-]{0,63}:"
-                        r"(?P<v>(?![\d.]+@)(?=[^\s:@/\"'`<>;]{0,255}[\d!#$%^&*+=?~])[^\s:@/\"'`<>;]{1,256})@(?=(?:tcp|unix|udp)\(|(?!sha\d|md5|blake)"
+                        r"(?P<v>(?![\d.]+@|\d{2,5}/|//)(?=[^\s:@\"'`<>;]{0,255}[\d!#$%^&*+=?~/_-])[^\s:@\"'`<>;]{1,256})@(?=(?:tcp|unix|udp)\(|(?!sha\d|md5|blake)"
                         r"[\w-]{1,63}(?:(?:\.[\w-]{1,63})+|:\d{1,5}\b|\b(?![.:@]))|localhost\b)"),
     # A token as a URL's user (``https://<token>@git.example/…``): no user name is that long.
     ("url_token_user", r"(?<=://)[^\s/:@]{20,}(?=@)"),
@@ -115,16 +118,17 @@ _SEP = r"(?:[^\S\n]+|[^\S\n]*\n[^\S\n]*)"     # blanks, or one line break (and b
 # so is one of letters with nothing after its ":"); a number or a special token there is none,
 # ``token_stats:\n  mean: 512.3``, ``special_tokens:\n  - <pad>``); a value that is itself a
 # secret-looking key with a value of its own (``secret: password: X``: the second key's value
-# goes; a random value that happens to start with "pwd", ``password=PwD2…: ``, is no key) or a
-# literal (``use_auth_token=True``) is none, and nor is punctuation alone (``**`` closing Markdown's
+# goes; a random value that happens to start with "pwd", ``password=PwD2…: ``, is no key, nor is
+# base64's padding a key's "=") or a literal (``use_auth_token=True``; ``null-VGYb…`` is no
+# literal) is none, and nor is punctuation alone (``**`` closing Markdown's
 # emphasis, ``>`` of a ``=>``).
 _NOT_NUMBER_OR_SPECIAL = r"""(?![-+]?\d[\d.,eE+-]*(?:\s|$)|</?\|?[\w.-]{0,100}\|?>|\[[A-Z][A-Z0-9_]{0,100}\])"""
 _YAML_PREFIX = (r"""(?:(?<![\w"'])(?:[|>][-+0-9]*[^\S\n]*\n[^\S\n]*|&[\w-]+[^\S\n]+|!!?[\w-]{0,100}[^\S\n]+"""
                 rf"""|[A-Za-z_.-]{{1,100}}:[^\S\n]+{_NOT_NUMBER_OR_SPECIAL})|(?<=["'])(?:""|'')(?:[^\S\n]*\n)?"""
                 rf"""|\n[^\S\n]*(?:-[^\S\n]+|[A-Za-z_.-]{{1,100}}:[^\S\n]+){_NOT_NUMBER_OR_SPECIAL})""")
-_VALUE = (r"""(?!(?:True|False|None|true|false|null)\b)"""
+_VALUE = (r"""(?!(?:True|False|None|true|false|null)(?![\w/+=:-]))"""
           rf"""{_YAML_PREFIX}?(?![*_>=~`-]{{1,4}}(?:\s|$)|>|&(?:quot|apos|#x?0*[0-9a-fA-F]{{2}});)(?:(?<=")(?:[^"\\\n]|\\.)*|(?<=')(?:[^'\\\n]|\\.)*|(?<!["'])[{{\[][^\n]*"""
-          rf"""|(?<!["'])(?![\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}+["']?[:=][^\S\n]*+\S)"""
+          rf"""|(?<!["'])(?![\w.-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w.-]{{0,100}}+["']?[:=](?!=)[^\S\n]*+[^\s=])"""
           rf"""(?!-[^\S\n]|[A-Za-z_.-]{{1,100}}:[^\S\n]++\S)[^\s"']*[^\s"',;])""")
 # A key whose last word is "key" names a credential (``api_key``, ``encryption_key``,
 # ``Ocp-Apim-Subscription-Key``) unless the word before says it is another kind of key: an
@@ -171,14 +175,17 @@ _KEY_TO_VALUE = (r"""(?:\\(?:x1b|u001b|033|e)\[[0-9;]{0,20}m){0,4}(?:\\{0,7}["']
                  r"""(?:\s|\\[nrt])*(?:b(?=["']))?(?:\\{0,7}["']|&quot;|&apos;|&#x?0*(?:27|39|22|34);|`)?""")
 # A number as metrics are printed (``-1.2e-05``, ``nan``, ``85%``, ``5.2B``, a version ``==2.4.1``),
 # up to where a value ends (a blank, a quote, a separator, a closing bracket: ``tokens_per_sec=
-# 6318.0]`` in a progress bar).
-_NOT_A_NUMBER = (r"""(?!=?[-+]?(?:\d+(?:[.,]\d+)*(?:[eE][-+]?\d+)?|nan|inf)(?:%|[kKMBGT]|x)?"""
-                 r"""(?:[\s"',;\])}|/&`]|$))""")
+# 6318.0]`` in a progress bar; a "/" before a number that ends it, or a unit: ``3/10``,
+# ``6318.0/s``). A unit's letter as printed (``5.2B``, not ``7g``), and a "/" before more:
+# ``5/fxqgAm…``, ``6/3txik…`` (base64) are no numbers.
+_NOT_A_NUMBER = (r"""(?!=?[-+]?(?:\d+(?:[.,]\d+)*(?:[eE][-+]?\d+)?|nan|inf)(?:%|(?-i:[kKMBGT])|x)?"""
+                 r"""(?:[\s"',;\])}|&`]|/(?=\d+(?:\.\d+)?(?:[\s"',;\])}|&`]|$)|[A-Za-z]{1,4}(?![\w/+=]))|$))""")
 # A tokenizer's special token (``eos_token: </s>``, ``<|im_end|>``, ``[PAD]``) or an argparse metavar
 # (``--hub_token HUB_TOKEN``, ``[INCLUDE_TOKENS_PER_SECOND]``) is no secret.
-# (A metavar has a digit only beside an underscore, ``S3_PATH``: ``FUURN83S`` is a password.)
+# (A metavar has a digit only beside an underscore, ``S3_PATH``: ``FUURN83S`` is a password. It
+# ends where the value does: ``Y/zyCy…``, ``QWERTY-7f9a…`` are base64 and urlsafe tokens.)
 _NOT_A_PLACEHOLDER = (r"""(?!["'`]?(?:</?\|?[\w.-]{0,100}\|?>|\[[A-Z][A-Z0-9_]{0,100}\]"""
-                      r"""|(?:[A-Z][A-Z_]{0,100}|[A-Z][A-Z0-9]{0,100}_[A-Z0-9_]{0,100})\b(?![a-z0-9])))""")
+                      r"""|(?:[A-Z][A-Z_]{0,100}|[A-Z][A-Z0-9]{0,100}_[A-Z0-9_]{0,100})\b(?![a-z0-9/+=@~-])))""")
 # A key that ends on a credential's word, whatever its value (``db_password``, ``api_key``; not
 # ``pass_rate``, ``max_tokens``): for shapes where a number or a word is as likely a metric.
 _ENDS_CREDENTIAL = (r"""[\w.-]{0,100}(?:pass(?:word|wd|phrase)|pwd|secret|api[-_]?key|apikey|access[-_]?key"""
@@ -189,8 +196,11 @@ _PROSE_LEAD = (r"""(?i)(?<![\w.-])(?:pass(?:word|wd|phrase)|pwd|secret(?:[ _-]?k
                r"""|for[^\S\n]+[\w.@-]{1,64}+(?:[^\S\n]+is)?:?|:)[^\S\n]++)?["'`]?""")
 # The value after a secret-looking key or flag. Group ``v`` is what goes.
 CONTEXT_RULES: tuple[tuple[str, str], ...] = (
-    # (``--password-stdin`` takes no value: the password comes on standard input.)
-    ("flag_value", rf"(?i)(?<![\w-])--?(?!-)(?:[\w-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w-]{{0,100}}+(?<!-stdin)|(?:{_FLAG_WORDS}"
+    # (``--password-stdin`` takes no value: the password comes on standard input. A single-dash
+    # "flag" with two capitals, or a capital and a digit, is a value glued to a short flag:
+    # ``-pZqHcOXRpPwdq…`` is mysql's ``-p`` and a password that holds "pwd", not a flag that
+    # takes the next word, ``-h``.)
+    ("flag_value", rf"(?i)(?<![\w-])(?:--|-(?-i:(?![a-z0-9_-]{{0,100}}+[A-Z][a-z_-]{{0,100}}+[A-Z0-9]|[A-Za-z_-]{{0,100}}+\d[a-z0-9_-]{{0,100}}+[A-Z])))(?!-)(?:[\w-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w-]{{0,100}}+(?<!-stdin)|(?:{_FLAG_WORDS}"
                    rf"|(?!(?:{_PLAIN_KINDS})[-_]key(?![\w-]))[\w-]{{0,100}}[-_]key)(?![\w-]))(?:=|\s+)(?-i:{_NOT_A_PLACEHOLDER})"
                    rf"[\"']?(?P<v>{_VALUE})"),
     # A key that ends on a credential's word: its value goes whatever it is (``password: 1234``);
