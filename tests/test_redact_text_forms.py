@@ -86,6 +86,15 @@ def _scrubber() -> Scrubber:
     return Scrubber(compile_patterns(), site_tag, True)
 
 
+_MARKERS = re.compile(r"\[redacted:[\w-]+:[0-9a-f]{16}\]")
+
+
+def _survives(value: str, out: str) -> bool:
+    """Any 8 characters of ``value`` left in ``out`` outside the markers put in its place."""
+    rest = _MARKERS.sub("", out)
+    return any(value[i:i + 8] in rest for i in range(len(value) - 7))
+
+
 def _console(text: str) -> str:
     """``text`` fed line by line, as wandb 0.31 writes a printed block's console records."""
     scrubber = _scrubber()
@@ -441,19 +450,10 @@ def test_a_value_that_looks_like_a_key_before_a_colon_still_goes(form, start, ta
     text = form.format(s=s)
     for out in (_scrubber().scrub(text)[0], _console(text if text.endswith("\n") else text + "\n")):
         # (the markers put in its place are no leak: a tail may be "redacted" or a tag's hex)
-        assert tail not in re.sub(r"\[redacted:[\w-]+:[0-9a-f]{16}\]", "", out), (text, out)
+        assert tail not in _MARKERS.sub("", out), (text, out)
 
 
 # -- value shapes a fuzzer found: one form, a value of an unlucky shape ------------------------
-_MARKERS = re.compile(r"\[redacted:[\w-]+:[0-9a-f]{16}\]")
-
-
-def _survives(value: str, out: str) -> bool:
-    """Any 8 characters of ``value`` left in ``out`` outside the markers put in its place."""
-    rest = _MARKERS.sub("", out)
-    return any(value[i:i + 8] in rest for i in range(len(value) - 7))
-
-
 @pytest.mark.parametrize("form,value,kept", [
     # a glued short flag whose value holds "pwd": the next word is no value of a flag "-p…pwd…"
     ("7z a -p{s} out.7z data", "PwdVz11pXJf3FWAy", "out.7z"),
