@@ -481,6 +481,10 @@ def test_a_value_that_looks_like_a_key_before_a_colon_still_goes(form, start, ta
     # a DSN's password with "/" (openssl rand -base64)
     ("ml:{s}@tcp(db:3306)/feats", "ahg/hrFOjm5hTHDF", "tcp(db:3306)/feats"),
     ("connecting to ml:{s}@db.internal:5432/feats", "Qx8KzP2mWw/s1", "db.internal:5432/feats"),
+    # "auth" as a key in text: YAML, a JSON string, a Hydra override (as config's own keys read it)
+    ("db:\n  auth: {s}\n", "RXx2nznYZEG9", "db:"),
+    ('{{"db": {{"auth": "{s}"}}}}', "Rc_tklkj1D9zWwM=", '"auth"'),
+    ("['train.py', 'db.auth={s}']", "XSlmF4x9QaZ", "db.auth="),
 ])
 def test_a_value_of_an_unlucky_shape_still_goes_and_its_neighbours_stay(form, value, kept):
     text = form.format(s=value)
@@ -492,10 +496,23 @@ def test_a_value_of_an_unlucky_shape_still_goes_and_its_neighbours_stay(form, va
 @pytest.mark.parametrize("text", [
     "pip install git+https://github.com/org/repo2@v1.0", "see host:8080/users2@foo.bar",
     "progress 3/10 tokens_per_sec=6318.0/s", "--token TOKEN, --hf-token HF_TOKEN",
-    "use_auth_token=None, trust_remote_code=False",
+    "use_auth_token=None, trust_remote_code=False", "auth: None", "auth_type: basic", "proxy_auth=self.auth",
+    # counts after a flag that goes on past its credential's word
+    "python train.py --max-tokens 4096 --num-tokens 512 --pad-token-id 0 --pass-rate 0.9 --tokens 512",
+    "--max-tokens=4096 --token-budget=100000",
 ])
 def test_what_those_shapes_resemble_stays(text):
     assert _scrubber().scrub(text)[0] == text
+
+
+def test_a_count_in_argv_stays_however_it_is_written_and_a_password_goes():
+    from redact_helpers import default_outgoing
+    from tfwb_agent.redact.report import RedactionReport
+    argv = ["train.py", "--max-tokens=4096", "--max-tokens", "4096", "--pad-token-id=0", "--password=1234",
+            "--api-key", "98765"]
+    out = default_outgoing(RedactionReport()).value(argv, "config")
+    assert out[:5] == argv[:5], out
+    assert "1234" not in _MARKERS.sub("", out[5]) and "98765" not in _MARKERS.sub("", out[7]), out
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -194,15 +194,22 @@ _ENDS_CREDENTIAL = (r"""[\w.-]{0,100}(?:pass(?:word|wd|phrase)|pwd|secret|api[-_
 _PROSE_LEAD = (r"""(?i)(?<![\w.-])(?:pass(?:word|wd|phrase)|pwd|secret(?:[ _-]?key)?|token|api[ _-]?key|access[ _-]?key"""
                r"""|credentials?)(?![A-Za-z])[^\S\n]++(?:(?:is|was|of|now|to|set[^\S\n]+to"""
                r"""|for[^\S\n]+[\w.@-]{1,64}+(?:[^\S\n]+is)?:?|:)[^\S\n]++)?["'`]?""")
+# A flag's dashes (``--password-stdin`` takes no value: the password comes on standard input. A
+# single-dash "flag" with two capitals, or a capital and a digit, is a value glued to a short
+# flag: ``-pZqHcOXRpPwdq…`` is mysql's ``-p`` and a password that holds "pwd", not a flag that
+# takes the next word, ``-h``.)
+_FLAG_START = (r"(?<![\w-])(?:--|-(?-i:(?![a-z0-9_-]{0,100}+[A-Z][a-z_-]{0,100}+[A-Z0-9]"
+               r"|[A-Za-z_-]{0,100}+\d[a-z0-9_-]{0,100}+[A-Z])))(?!-)")
 # The value after a secret-looking key or flag. Group ``v`` is what goes.
 CONTEXT_RULES: tuple[tuple[str, str], ...] = (
-    # (``--password-stdin`` takes no value: the password comes on standard input. A single-dash
-    # "flag" with two capitals, or a capital and a digit, is a value glued to a short flag:
-    # ``-pZqHcOXRpPwdq…`` is mysql's ``-p`` and a password that holds "pwd", not a flag that
-    # takes the next word, ``-h``.)
-    ("flag_value", rf"(?i)(?<![\w-])(?:--|-(?-i:(?![a-z0-9_-]{{0,100}}+[A-Z][a-z_-]{{0,100}}+[A-Z0-9]|[A-Za-z_-]{{0,100}}+\d[a-z0-9_-]{{0,100}}+[A-Z])))(?!-)(?:[\w-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w-]{{0,100}}+(?<!-stdin)|(?:{_FLAG_WORDS}"
-                   rf"|(?!(?:{_PLAIN_KINDS})[-_]key(?![\w-]))[\w-]{{0,100}}[-_]key)(?![\w-]))(?:=|\s+)(?-i:{_NOT_A_PLACEHOLDER})"
+    # A flag that ends on its word takes any value (``--password 1234``); one that goes on past
+    # it names something about one, and a number there stays (``--max-tokens 4096``,
+    # ``--pad-token-id=0``, ``--pass-rate 0.9``).
+    ("flag_value", rf"(?i){_FLAG_START}(?:[\w-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})|(?:{_FLAG_WORDS}"
+                   rf"|(?!(?:{_PLAIN_KINDS})[-_]key(?![\w-]))[\w-]{{0,100}}[-_]key))(?![\w-])(?:=|\s+)(?-i:{_NOT_A_PLACEHOLDER})"
                    rf"[\"']?(?P<v>{_VALUE})"),
+    ("flag_value", rf"(?i){_FLAG_START}[\w-]{{0,100}}(?:{SECRET_KEYWORDS}|{_TOKEN})[\w-]{{1,100}}+(?<!-stdin)(?:=|\s+)"
+                   rf"(?-i:{_NOT_A_PLACEHOLDER})[\"']?(?P<v>{_NOT_A_NUMBER}{_VALUE})"),
     # A key that ends on a credential's word: its value goes whatever it is (``password: 1234``);
     # one that goes on past it names something about one (``pass_rate``, ``password_reset_rate``):
     # a number there stays.
@@ -224,9 +231,12 @@ CONTEXT_RULES: tuple[tuple[str, str], ...] = (
     # ``{'MONGO_AUTH': 'user:pw'}`` printed from os.environ.)
     ("key_value", rf"(?<![\w.-])[A-Z0-9_]{{0,100}}_(?:(?:KEY|PAT|AUTH|CREDS?):|(?:AUTH|CREDS?)(?:=|[\"']:[^\S\n]*[\"']))[^\S\n]*"
                   rf"(?P<v>(?=[^\s\"']{{0,255}}\d|[^\s\"']{{16}}){_NOT_A_NUMBER}{_VALUE})"),
-    # (In lower case, ``gcs_creds=…`` in a log line, a value with a digit: ``proxy_auth=self.auth``
-    # in a traceback's source line is code.)
-    ("key_value", rf"(?<![\w.-])[a-z0-9_]{{0,100}}_(?:auth|creds?)(?:=|[\"']:[^\S\n]*[\"'])[^\S\n]*"
+    # (In lower case, ``gcs_creds=…`` in a log line, ``"auth": "X"``, a Hydra override
+    # ``db.auth=X``, and a bare ``auth: X`` in YAML: a value with a digit. ``proxy_auth=self.auth``
+    # in a traceback's source line is code, ``auth: None`` and ``proxy_auth: kerberos5`` no
+    # credentials.)
+    ("key_value", rf"(?<![\w.-])(?:(?:[a-z0-9_.]{{0,100}}[_.])?(?:auth|creds?)(?:=|[\"']:[^\S\n]*[\"'])"
+                  rf"|(?:auth|creds?):[^\S\n]+)[^\S\n]*"
                   rf"(?P<v>(?=[^\s\"'(]{{0,255}}\d){_NOT_A_NUMBER}{_VALUE})"),
     # Oracle's Easy Connect, ``user/password@host:1521/service`` or ``@db.example.org/service``
     # (oracledb, sqlplus).
