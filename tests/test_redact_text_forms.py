@@ -329,7 +329,8 @@ def test_ordinary_training_output_stays(text):
     ("max_new_tokens", ""),
     # still credentials
     ("db_password", "any"), ("smtp_pw", "any"), ("api_key", "any"), ("encryption_key", "any"),
-    ("patient_key", "any"), ("hub_token", "text"), ("HF_TOKEN", "text"),
+    ("patient_key", "any"), ("hub_token", "any"), ("HF_TOKEN", "any"), ("access_token", "any"),
+    ("use_auth_token", "text"), ("tokens", "text"),
 ])
 def test_what_a_keys_name_says_of_its_value(key, secrecy):
     from tfwb_agent.redact.secret_rules import key_secrecy

@@ -467,6 +467,12 @@ CREDENTIAL_WORDS = frozenset({"password", "passwd", "passphrase", "passcode", "p
 # Words that name one when the value is text: a number under them is a count or a setting
 # (``tokens``, ``auth_retries``, ``pass_rate``, ``pass@1``).
 # ``pat``: a personal access token (``GITHUB_PAT``, ``hub.pat``).
+# A token that the word before names as a credential (``access_token``, ``HF_TOKEN``): no count,
+# no vocabulary's column; the value under it goes whatever it is (``max_tokens``, ``pad_token``
+# are other words).
+CREDENTIAL_TOKEN_KINDS = frozenset({"access", "auth", "refresh", "bearer", "api", "hf", "hub", "huggingface", "github",
+                                    "gh", "gitlab", "slack", "session", "oauth", "personal", "bot", "wandb",
+                                    "registry", "npm", "pypi", "vault", "service"})
 TEXT_SECRET_WORDS = frozenset({"pass", "auth", "authorization", "bearer", "cookie", "cookies", "signature", "sig", "token",
                                "tokens", "pat"})
 
@@ -480,6 +486,8 @@ def key_secrecy(key: str) -> str:
         return ""
     if words[-1] in CREDENTIAL_WORDS:
         return "any"
+    if words[-1] == "token" and len(words) > 1 and words[-2] in CREDENTIAL_TOKEN_KINDS and words[0] != "use":
+        return "any"   # (``use_auth_token: True`` is a switch)
     if words[-1] in ("key", "keys") and len(words) > 1 and words[-2] not in PLAIN_KEY_KINDS \
             and not (len(words) > 2 and words[-2].isdigit() and words[-3] + words[-2] in PLAIN_KEY_KINDS):  # s3_key
         return "any"
