@@ -441,3 +441,15 @@ def test_a_credential_token_as_a_pair_key_or_a_column_loses_its_value_and_counts
     plain = {"max_tokens": 4096, "pad_token": "<pad>", "use_auth_token": True, "tokens": 512,
              "vocab": [["token", "count"], ["the", "10"]]}
     assert default_outgoing(RedactionReport()).value(plain, "config") == plain
+
+
+def test_a_value_that_starts_with_two_dashes_is_no_flag_after_a_secret_one():
+    """A flag that takes no value keeps the next flag (``--password --lr 0.1``), but a value
+    that starts with "--" (1 in 4,096 urlsafe tokens) is a value, not a flag."""
+    o = default_outgoing(RedactionReport())
+    for value in (["train.py", "--password", "--6eNas8CsYZxik39Q=="], ["PGPASSWORD", "--K4ynsZg5ZbhKV"],
+                  [["user", "ml"], ["password", "--K4ynsZg5ZbhKV"]]):
+        out = json.dumps(o.value(value, "config"))
+        assert "6eNas8CsYZ" not in out and "K4ynsZg5Zb" not in out, out
+    plain = ["train.py", "--password-stdin", "--lr", "0.1", "--TRAIN.LR", "0.2"]
+    assert o.value(plain, "config") == plain

@@ -76,6 +76,11 @@ def command_tool(command: list) -> str:
     return ""
 
 
+# A flag's name, in one case (``--lr``, ``--max-tokens=4``, ``--TRAIN.LR``): a value that starts
+# with "--" (``--6eNas8CsYZx…``, ``--K4ynsZg5…``: 1 in 4,096 urlsafe tokens) is no flag.
+_FLAG_NAME = re.compile(r"--(?:[a-z][a-z0-9_.-]*|[A-Z][A-Z0-9_.-]*)(?:=|$)")
+
+
 def secret_positions(items: list, secret_key: Callable[[str], bool] = lambda k: False) -> list[bool]:
     """For each item of a list (a command line, a list in a config): whether what stands before
     it makes it a credential. The one reading of a command line, for a run's argv and for a
@@ -89,7 +94,7 @@ def secret_positions(items: list, secret_key: Callable[[str], bool] = lambda k: 
     after = ""      # the flag or key the item after names, if it names a credential
     holds = ""      # what a tool's flag's value holds when it carries a password
     for i, x in enumerate(items):
-        if after and isinstance(x, str) and x.startswith("--") and len(x) > 2:
+        if after and isinstance(x, str) and _FLAG_NAME.match(x):
             after = ""   # the flag took no value: another flag follows it
         scalar = isinstance(x, (str, int, float)) and not isinstance(x, bool) and x != ""
         goes = bool(after) and scalar and (key_secrecy(after) == "any" or not count_or_special(x)) and holds in str(x)
