@@ -429,13 +429,15 @@ def test_a_random_token_glued_to_a_home_path_still_goes():
 
 def test_a_credential_token_as_a_pair_key_or_a_column_loses_its_value_and_counts_stay():
     """``hf_token``, ``access_token``: a token the word before names as a credential, whatever
-    its case and shape (a fuzzer found the lower-case pair and column forms kept). A number under
-    one goes too; ``max_tokens``, ``pad_token``, ``use_auth_token`` and a vocabulary's ``token``
+    its case and shape (a fuzzer found the lower-case pair and column forms kept); so does a
+    password's word past a number or glued to another (``password_2``, ``PGPASSWORD``). A number
+    under one goes too; ``max_tokens``, ``pad_token``, ``use_auth_token`` and a vocabulary's ``token``
     column are other words."""
     x = "rIReqOx8R3+Lr02Dk7bfohw"
     for value in ([["user", "ml"], ["hf_token", x]], [["user", "access_token"], ["ml", x]], ["auth_token", x],
                   {"columns": ["user", "hf_token"], "data": [["ml", x]]}, {"HF_TOKEN": 48213377091},
-                  {"hub": {"access_token": 48213377091}}):
+                  {"hub": {"access_token": 48213377091}}, {"PGPASSWORD": 48213377091}, ["PGPASSWORD", 48213377091],
+                  {"db": {"password_2": 48213377091}}, [["user", "password_2"], ["ml", x]]):
         out = json.dumps(default_outgoing(RedactionReport()).value(value, "config"))
         assert x not in out and "48213377091" not in out, (value, out)
     plain = {"max_tokens": 4096, "pad_token": "<pad>", "use_auth_token": True, "tokens": 512,

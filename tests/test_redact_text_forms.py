@@ -331,6 +331,9 @@ def test_ordinary_training_output_stays(text):
     ("db_password", "any"), ("smtp_pw", "any"), ("api_key", "any"), ("encryption_key", "any"),
     ("patient_key", "any"), ("hub_token", "any"), ("HF_TOKEN", "any"), ("access_token", "any"),
     ("use_auth_token", "text"), ("tokens", "text"),
+    # the word past a number, or glued to the word before it
+    ("PGPASSWORD", "any"), ("password_2", "any"), ("dbpassword", "any"), ("DB.PASSWORD_2", "any"),
+    ("client_secret", "any"), ("secret_sharing_parties_2", "text"),
 ])
 def test_what_a_keys_name_says_of_its_value(key, secrecy):
     from tfwb_agent.redact.secret_rules import key_secrecy

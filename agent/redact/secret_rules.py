@@ -477,6 +477,9 @@ TEXT_SECRET_WORDS = frozenset({"pass", "auth", "authorization", "bearer", "cooki
                                "tokens", "pat"})
 
 
+_GLUED_CREDENTIAL_ENDS = ("password", "passwd", "passphrase", "secret")
+
+
 @functools.lru_cache(maxsize=65536)
 def key_secrecy(key: str) -> str:
     """What a key's name says of the value under it: ``"any"`` (it names a credential: the
@@ -484,7 +487,10 @@ def key_secrecy(key: str) -> str:
     words = [w.lower() for w in _KEY_WORD.findall(key)]
     if not words:
         return ""
-    if words[-1] in CREDENTIAL_WORDS:
+    # The last word, past a number (``password_2``), or glued to a word before (``PGPASSWORD``,
+    # ``dbpassword``).
+    last = next((w for w in reversed(words) if not w.isdigit()), "")
+    if last in CREDENTIAL_WORDS or last.endswith(_GLUED_CREDENTIAL_ENDS):
         return "any"
     if words[-1] == "token" and len(words) > 1 and words[-2] in CREDENTIAL_TOKEN_KINDS and words[0] != "use":
         return "any"   # (``use_auth_token: True`` is a switch)
