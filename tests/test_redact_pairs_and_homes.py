@@ -455,3 +455,16 @@ def test_a_value_that_starts_with_two_dashes_is_no_flag_after_a_secret_one():
         assert "6eNas8CsYZ" not in out and "K4ynsZg5Zb" not in out, out
     plain = ["train.py", "--password-stdin", "--lr", "0.1", "--TRAIN.LR", "0.2"]
     assert o.value(plain, "config") == plain
+
+
+def test_a_number_written_as_a_string_is_read_as_a_number():
+    """A Kubernetes env entry's value is always a string, and so is a setting read from the
+    environment: ``"4096"`` under ``MAX_TOKENS`` is the count ``4096`` is (the ``*token*`` glob
+    took it), and under a key that names a credential it goes as ``1234`` does."""
+    o = default_outgoing(RedactionReport())
+    plain = {"env": [{"name": "MAX_TOKENS", "value": "4096"}], "max_new_tokens": "256", "pass_rate": "0.9",
+             "token_budget": "1e5"}
+    assert o.value(plain, "config") == plain
+    for value in ({"db_password": "1234"}, [{"name": "DB_PASSWORD", "value": "4096"}], {"HF_TOKEN": "98765"}):
+        out = json.dumps(o.value(value, "config"))
+        assert "1234" not in out and "4096" not in out and "98765" not in out, out

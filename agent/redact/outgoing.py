@@ -29,7 +29,7 @@ from typing import Any
 
 from .console import unfold
 from .console_render import SHOWN_DIFFERENTLY, shown
-from .policy import Policy
+from .policy import Policy, is_number_text
 from .report import RedactionReport
 from .json_neighbours import ENTRY_VALUE_KEYS, entry_label, is_table, secret_positions
 from .secret_rules import key_secrecy
@@ -76,7 +76,7 @@ class Outgoing(MessageWalk):
         # counted, so meeting it again can skip the parse (wandb repeats the same small values,
         # "png", a media type, in every record).
         self._same_json: set[tuple[str, str, str]] = set()
-        self._secret_keys: dict[str, bool] = {}
+        self._secret_keys: dict[tuple[str, bool], bool] = {}
         # (raw JSON, place, key) -> the JSON ``reencoded`` gave, when the scrub left it as it was.
         self._reencoded: dict[tuple[str, str, str], str] = {}
         self._path_names: dict[tuple[str, ...], tuple[str, ...]] = {}
@@ -104,12 +104,12 @@ class Outgoing(MessageWalk):
         self._same_json.clear()
         self._reencoded.clear()
 
-    def _secret_key(self, key: str) -> bool:
-        hit = self._secret_keys.get(key)
+    def _secret_key(self, key: str, number: bool = False) -> bool:
+        hit = self._secret_keys.get((key, number))
         if hit is None:
-            hit = self.policy.config_key_redacted(key)
+            hit = self.policy.config_key_redacted(key, number)
             if len(self._secret_keys) < _CACHE_LIMIT:
-                self._secret_keys[key] = hit
+                self._secret_keys[key, number] = hit
         return hit
 
     @staticmethod
@@ -317,7 +317,7 @@ class Outgoing(MessageWalk):
         if isinstance(v, str):
             if v in self.produced:
                 return v
-            if key and self._secret_key(key):
+            if key and self._secret_key(key, is_number_text(v)):
                 return self.secret_value(v, place)
             if key == "commit" and COMMIT.fullmatch(v):
                 return v     # a git commit id: understood, and what the dashboard links to
