@@ -460,10 +460,11 @@ def test_a_value_that_starts_with_two_dashes_is_no_flag_after_a_secret_one():
 def test_a_number_written_as_a_string_is_read_as_a_number():
     """A Kubernetes env entry's value is always a string, and so is a setting read from the
     environment: ``"4096"`` under ``MAX_TOKENS`` is the count ``4096`` is (the ``*token*`` glob
-    took it), and under a key that names a credential it goes as ``1234`` does."""
+    took it), ``"none"`` under ``auth`` the literal; under a key that names a credential they go
+    as ``1234`` does."""
     o = default_outgoing(RedactionReport())
     plain = {"env": [{"name": "MAX_TOKENS", "value": "4096"}], "max_new_tokens": "256", "pass_rate": "0.9",
-             "token_budget": "1e5"}
+             "token_budget": "1e5", "auth": "none", "use_auth_token": "true"}
     assert o.value(plain, "config") == plain
     for value in ({"db_password": "1234"}, [{"name": "DB_PASSWORD", "value": "4096"}], {"HF_TOKEN": "98765"}):
         out = json.dumps(o.value(value, "config"))

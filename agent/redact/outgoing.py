@@ -29,7 +29,7 @@ from typing import Any
 
 from .console import unfold
 from .console_render import SHOWN_DIFFERENTLY, shown
-from .policy import Policy, is_number_text
+from .policy import Policy, is_plain_text
 from .report import RedactionReport
 from .json_neighbours import ENTRY_VALUE_KEYS, entry_label, is_table, secret_positions
 from .secret_rules import key_secrecy
@@ -104,12 +104,12 @@ class Outgoing(MessageWalk):
         self._same_json.clear()
         self._reencoded.clear()
 
-    def _secret_key(self, key: str, number: bool = False) -> bool:
-        hit = self._secret_keys.get((key, number))
+    def _secret_key(self, key: str, plain: bool = False) -> bool:
+        hit = self._secret_keys.get((key, plain))
         if hit is None:
-            hit = self.policy.config_key_redacted(key, number)
+            hit = self.policy.config_key_redacted(key, plain)
             if len(self._secret_keys) < _CACHE_LIMIT:
-                self._secret_keys[key, number] = hit
+                self._secret_keys[key, plain] = hit
         return hit
 
     @staticmethod
@@ -317,7 +317,7 @@ class Outgoing(MessageWalk):
         if isinstance(v, str):
             if v in self.produced:
                 return v
-            if key and self._secret_key(key, is_number_text(v)):
+            if key and self._secret_key(key, is_plain_text(v)):
                 return self.secret_value(v, place)
             if key == "commit" and COMMIT.fullmatch(v):
                 return v     # a git commit id: understood, and what the dashboard links to

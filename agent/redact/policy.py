@@ -86,19 +86,19 @@ class Policy:
             return Decision("hash", "sensitive", tuple((c, "hash" if a == "keep" else a) for c, a in decision.columns), "hash")
         return decision
 
-    def config_key_redacted(self, key: str, number: bool = False) -> bool:
+    def config_key_redacted(self, key: str, plain: bool = False) -> bool:
         """A string under ``key`` goes whole (``config_value_redacted`` of a text value; with
-        ``number``, of a number written as a string, ``"4096"``)."""
-        return self.config_value_redacted(key, 0 if number else "")
+        ``plain``, of a number or a literal written as a string, ``"4096"``, ``"none"``)."""
+        return self.config_value_redacted(key, 0 if plain else "")
 
     def config_value_redacted(self, key: str, value: Any) -> bool:
         """A config entry's value goes whole: a key the site's globs name exactly, whatever it is;
         a key a glob with a wildcard matches, unless it is a number, true/false or null
         (``*token*`` names ``num_tokens: 512``, a setting, not a credential); a key whose words
         name a credential, whatever it is; a key whose words may name one, unless it is a number."""
-        # (A number written as a string is one too: a Kubernetes env entry's value always is,
-        # ``{"name": "MAX_TOKENS", "value": "4096"}``.)
-        plain = value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str) and is_number_text(value))
+        # (A number or a literal written as a string is one too: a Kubernetes env entry's value
+        # always is, ``{"name": "MAX_TOKENS", "value": "4096"}``; ``{"auth": "none"}``.)
+        plain = value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str) and is_plain_text(value))
         globs = _lowered(self.config_keys)
         lowered = key.lower()
         if _key_matches(lowered, globs) and (not plain or lowered in globs):
@@ -134,9 +134,9 @@ _DEFAULT_KEYS = frozenset(_lowered(DEFAULT_CONFIG_KEYS))
 _NUMBER_TEXT = re.compile(r"[-+]?\d{1,30}(?:\.\d{1,30})?(?:[eE][-+]?\d{1,3})?")
 
 
-def is_number_text(text: str) -> bool:
-    """``"4096"``, ``"0.9"``, ``"1e-3"``: a number written as a string."""
-    return _NUMBER_TEXT.fullmatch(text) is not None
+def is_plain_text(text: str) -> bool:
+    """``"4096"``, ``"0.9"``, ``"1e-3"``, ``"none"``: a number or a literal written as a string."""
+    return _NUMBER_TEXT.fullmatch(text) is not None or text.lower() in ("none", "null", "true", "false")
 
 
 @functools.lru_cache(maxsize=65536)
