@@ -467,16 +467,16 @@ CREDENTIAL_WORDS = frozenset({"password", "passwd", "passphrase", "passcode", "p
 # Words that name one when the value is text: a number under them is a count or a setting
 # (``tokens``, ``auth_retries``, ``pass_rate``, ``pass@1``).
 # ``pat``: a personal access token (``GITHUB_PAT``, ``hub.pat``).
+TEXT_SECRET_WORDS = frozenset({"pass", "auth", "authorization", "bearer", "cookie", "cookies", "signature", "sig", "token",
+                               "tokens", "pat"})
+
 # A token that the word before names as a credential (``access_token``, ``HF_TOKEN``): no count,
 # no vocabulary's column; the value under it goes whatever it is (``max_tokens``, ``pad_token``
 # are other words).
 CREDENTIAL_TOKEN_KINDS = frozenset({"access", "auth", "refresh", "bearer", "api", "hf", "hub", "huggingface", "github",
                                     "gh", "gitlab", "slack", "session", "oauth", "personal", "bot", "wandb",
                                     "registry", "npm", "pypi", "vault", "service"})
-TEXT_SECRET_WORDS = frozenset({"pass", "auth", "authorization", "bearer", "cookie", "cookies", "signature", "sig", "token",
-                               "tokens", "pat"})
-
-
+# A credential's word glued to the word before it (``PGPASSWORD``, ``dbpassword``).
 _GLUED_CREDENTIAL_ENDS = ("password", "passwd", "passphrase", "secret")
 
 
