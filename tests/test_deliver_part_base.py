@@ -9,10 +9,12 @@ rows (38 of the first part, 11 of the first cut), took itself for already there,
 9 rows were never sent. Real ledger and settler; the server is not asked."""
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from types import SimpleNamespace
 
 from deliver_helpers import make_deliver_site
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tfwb_agent.deliver import confirm
 from tfwb_agent.deliver.outcomes import set_state
@@ -34,7 +36,7 @@ def _units(site) -> dict[int, Unit]:
             led.record_sealed(bundle_id=f"b{seg}", run_key=None, run_id="run1", segment=seg, name=path.name,
                               path=str(path), content_id=f"c{seg}", byte_start=start, byte_end=start or 0 + 10,
                               project="p", entity="e", audit={"kind": "sealed", "bundle_id": f"b{seg}"})
-            units[seg] = Unit("run1", seg, f"c{seg}", f"b{seg}", "outbox", path, 0, "p", "e", start or 0)
+            units[seg] = Unit("run1", seg, f"c{seg}", f"b{seg}", "outbox", path, 0, "p", "e")
         return units
     finally:
         led.close()
@@ -58,5 +60,49 @@ def test_every_segment_of_a_later_part_counts_from_the_parts_base(tmp_path: Path
         server = confirm.ServerRun(True, "running", {}, 49)
         assert confirm.judge(cut, server, settler.base_rows(units[3])).kind == confirm.PARTIAL
         assert confirm.judge(cut, server, 0).kind == confirm.COMPLETE  # what base 0 said
+    finally:
+        led.close()
+
+
+_SITE: dict = {}
+_RUN_NUMBERS = itertools.count()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(starts=st.lists(st.one_of(st.just(0), st.integers(1, 10 ** 6)), min_size=1, max_size=8),
+       grows=st.lists(st.integers(1, 50), min_size=9, max_size=9))
+def test_any_layout_of_parts_and_cuts_counts_each_segment_from_its_parts_base(tmp_path_factory, starts, grows):
+    """Parts and live cuts in any order (a byte start of 0 begins a part: a restarted job's own
+    run directory), each segment confirmed in order with the server's running row count: every
+    segment's base is the count after the segment before its part began, as a plain walk over
+    the segments says (not the ledger's query)."""
+    if "site" not in _SITE:
+        _SITE["site"] = make_deliver_site(tmp_path_factory.mktemp("layouts") / "site", "http://127.0.0.1:9", "k" * 40)
+    site = _SITE["site"]
+    run_id = f"run{next(_RUN_NUMBERS)}"         # a run of its own in the one ledger, each example
+    layout = [None] + starts                     # segment 0, then the later segments' byte starts
+    through, total = [], 0
+    for g in grows[:len(layout)]:
+        total += g
+        through.append(total)                    # rows the server holds once the segment is confirmed
+    want, base = [], 0
+    for seg, start in enumerate(layout):
+        if seg > 0 and start == 0:
+            base = through[seg - 1]
+        want.append(base)
+    cfg = site.config()
+    led = site.ledger()
+    try:
+        units = []
+        for seg, start in enumerate(layout):
+            path = site.cfg.parent / f"{run_id}-{seg}.tar.zst.age"
+            led.record_sealed(bundle_id=f"{run_id}b{seg}", run_key=None, run_id=run_id, segment=seg, name=path.name,
+                              path=str(path), content_id=f"{run_id}c{seg}", byte_start=start, byte_end=(start or 0) + 10,
+                              project="p", entity="e", audit={"kind": "sealed", "bundle_id": f"{run_id}b{seg}"})
+            units.append(Unit(run_id, seg, f"{run_id}c{seg}", f"{run_id}b{seg}", "outbox", path, 0, "p", "e"))
+        for u, rows in zip(units, through):
+            set_state(led, u, "local", "confirmed", server_rows=rows)
+        settler = Settler(led, cfg, targets(cfg)["local"], "k" * 40, sync_settings(cfg), lambda *a, **k: None)
+        assert [settler.base_rows(u) for u in units] == want, (layout, through)
     finally:
         led.close()

@@ -134,7 +134,7 @@ class Settler:
         brought. A live cut of that part counts from the same base as the part's first segment
         (counted from 0, a cut whose rows the server held fewer of than the whole run was taken
         for already there, and its last rows were never sent)."""
-        first = u.segment if u.separate_part else self.ledger.part_start(u.run_id, u.segment)
+        first = self.ledger.part_start(u.run_id, u.segment)
         if first == 0:
             return 0
         prev = self.ledger.delivery(u.run_id, first - 1, self.t.name)

@@ -28,14 +28,7 @@ class Unit:
     created: float
     project: str | None = None
     entity: str | None = None
-    byte_start: int = 0
     identity_known: bool = True  # False: an older ledger's row that never kept its project and entity
-
-    @property
-    def separate_part(self) -> bool:
-        """A later segment whose log starts afresh (a restarted job's own run directory), not a
-        longer prefix of the same log (a live run's next cut): its rows add to the earlier ones."""
-        return self.segment > 0 and not self.byte_start
 
 
 NO_IDENTITY = ("the ledger does not know this bundle's project and entity (recorded by an older agent, which did "
@@ -51,7 +44,7 @@ def pending_units(ledger: Ledger) -> list[Unit]:
     for r in ledger.deliverable():
         source = "staged" if r["state"] == "imported" else "outbox"
         u = Unit(r["run_id"], r["segment"], r["content_id"], r["bundle_id"], source, Path(r["path"]), r["created"],
-                 r["run_project"], r["run_entity"], r["byte_start"] or 0, bool(r["identity_known"]))
+                 r["run_project"], r["run_entity"], bool(r["identity_known"]))
         units[(u.run_id, u.segment)] = u  # a newer bundle of the same segment replaces an older one
     # Dropped after the newest bundle of each segment is chosen: an older bundle of a segment
     # whose newest was pruned is older content, not something to deliver in its place.
