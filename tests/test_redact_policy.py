@@ -44,8 +44,8 @@ columns = {{ "patient_id" = "hash", "email" = "drop" }}
     assert pol.decide("other", "image").action == "hash"
     t = pol.decide("predictions", "table")
     assert (t.action, dict(t.columns), t.rest) == ("hash", {"patient_id": "hash", "email": "drop"}, "keep")
-    assert pol.config_key_redacted("hf_token") and pol.config_key_redacted("data_dir")
-    assert not pol.config_key_redacted("lr")
+    assert pol.config_value_redacted("hf_token", "") and pol.config_value_redacted("data_dir", "")
+    assert not pol.config_value_redacted("lr", "")
 
 
 @pytest.mark.parametrize("raw, key", [
@@ -66,8 +66,8 @@ def test_default_policy_is_the_safe_one() -> None:
     assert DEFAULT_POLICY.console == "scrub" and DEFAULT_POLICY.metadata == "redact"
     for kind in ("image", "audio", "video", "html", "table", "object3d", "molecule", "any"):
         assert DEFAULT_POLICY.decide("anything", kind).action == "hash"
-    assert DEFAULT_POLICY.config_key_redacted("HF_TOKEN") and DEFAULT_POLICY.config_key_redacted("db_password")
-    assert DEFAULT_POLICY.config_key_redacted("wandb_api_key") and not DEFAULT_POLICY.config_key_redacted("epochs")
+    assert DEFAULT_POLICY.config_value_redacted("HF_TOKEN", "") and DEFAULT_POLICY.config_value_redacted("db_password", "")
+    assert DEFAULT_POLICY.config_value_redacted("wandb_api_key", "") and not DEFAULT_POLICY.config_value_redacted("epochs", "")
 
 
 def test_sensitive_keys_are_never_kept() -> None:

@@ -76,7 +76,7 @@ class Outgoing(MessageWalk):
         # counted, so meeting it again can skip the parse (wandb repeats the same small values,
         # "png", a media type, in every record).
         self._same_json: set[tuple[str, str, str]] = set()
-        self._secret_keys: dict[tuple[str, bool], bool] = {}
+        self._secret_keys: dict[tuple[str, bool], bool] = {}   # (key, asked of a plain text) -> goes
         # (raw JSON, place, key) -> the JSON ``reencoded`` gave, when the scrub left it as it was.
         self._reencoded: dict[tuple[str, str, str], str] = {}
         self._path_names: dict[tuple[str, ...], tuple[str, ...]] = {}
@@ -104,10 +104,20 @@ class Outgoing(MessageWalk):
         self._same_json.clear()
         self._reencoded.clear()
 
-    def _secret_key(self, key: str, plain: bool = False) -> bool:
+    def _secret_key(self, key: str, text: str = "") -> bool:
+        """Whether ``text`` (a string, or "" for what holds one) under ``key`` goes whole: the
+        policy's ``config_value_redacted``, kept per key. A number or a literal written as a
+        string (``"4096"``) is asked apart, and only under a key that takes text."""
+        hit = self._asked(key, "")
+        return self._asked(key, text) if hit and text and is_plain_text(text) else hit
+
+    def _asked(self, key: str, text: str) -> bool:
+        """The policy's answer for ``key`` and ``text``: "" (any string), or a plain text (the
+        answer is the same for every plain text, so one is kept per key for each)."""
+        plain = bool(text)
         hit = self._secret_keys.get((key, plain))
         if hit is None:
-            hit = self.policy.config_key_redacted(key, plain)
+            hit = self.policy.config_value_redacted(key, text)
             if len(self._secret_keys) < _CACHE_LIMIT:
                 self._secret_keys[key, plain] = hit
         return hit
@@ -317,7 +327,7 @@ class Outgoing(MessageWalk):
         if isinstance(v, str):
             if v in self.produced:
                 return v
-            if key and self._secret_key(key, is_plain_text(v)):
+            if key and self._secret_key(key, v):
                 return self.secret_value(v, place)
             if key == "commit" and COMMIT.fullmatch(v):
                 return v     # a git commit id: understood, and what the dashboard links to

@@ -86,11 +86,6 @@ class Policy:
             return Decision("hash", "sensitive", tuple((c, "hash" if a == "keep" else a) for c, a in decision.columns), "hash")
         return decision
 
-    def config_key_redacted(self, key: str, plain: bool = False) -> bool:
-        """A string under ``key`` goes whole (``config_value_redacted`` of a text value; with
-        ``plain``, of a number or a literal written as a string, ``"4096"``, ``"none"``)."""
-        return self.config_value_redacted(key, 0 if plain else "")
-
     def config_value_redacted(self, key: str, value: Any) -> bool:
         """A config entry's value goes whole: a key the site's globs name exactly, whatever it is;
         a key a glob with a wildcard matches, unless it is a number, true/false or null
@@ -131,7 +126,7 @@ def _lowered(globs: tuple[str, ...]) -> tuple[str, ...]:
 
 
 _DEFAULT_KEYS = frozenset(_lowered(DEFAULT_CONFIG_KEYS))
-_NUMBER_TEXT = re.compile(r"[-+]?\d{1,30}(?:\.\d{1,30})?(?:[eE][-+]?\d{1,3})?")
+_NUMBER_TEXT = re.compile(r"[-+]?[0-9]{1,30}(?:\.[0-9]{1,30})?(?:[eE][-+]?[0-9]{1,3})?")   # (not "١٢٣")
 
 
 def is_plain_text(text: str) -> bool:

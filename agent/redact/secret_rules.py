@@ -178,8 +178,9 @@ _KEY_TO_VALUE = (r"""(?:\\(?:x1b|u001b|033|e)\[[0-9;]{0,20}m){0,4}(?:\\{0,7}["']
 # 6318.0]`` in a progress bar; a "/" before a number that ends it, or a unit: ``3/10``,
 # ``6318.0/s``). A unit's letter as printed (``5.2B``, not ``7g``), and a "/" before more:
 # ``5/fxqgAm…``, ``6/3txik…`` (base64) are no numbers.
-_NOT_A_NUMBER = (r"""(?!=?[-+]?(?:\d+(?:[.,]\d+)*(?:[eE][-+]?\d+)?|nan|inf)(?:%|(?-i:[kKMBGT])|x)?"""
-                 r"""(?:[\s"',;\])}|&`]|/(?=\d+(?:\.\d+)?(?:[\s"',;\])}|&`]|$)|[A-Za-z]{1,4}(?![\w/+=]))|$))""")
+_NUMBER_END = r"""(?:[\s"',;\])}|&`]|$)"""
+_NOT_A_NUMBER = (rf"""(?!=?[-+]?(?:\d+(?:[.,]\d+)*(?:[eE][-+]?\d+)?|nan|inf)(?:%|(?-i:[kKMBGT])|x)?"""
+                 rf"""(?:{_NUMBER_END}|/(?=\d+(?:\.\d+)?{_NUMBER_END}|[A-Za-z]{{1,4}}(?![\w/+=]))))""")
 # A tokenizer's special token (``eos_token: </s>``, ``<|im_end|>``, ``[PAD]``) or an argparse metavar
 # (``--hub_token HUB_TOKEN``, ``[INCLUDE_TOKENS_PER_SECOND]``) is no secret.
 # (A metavar has a digit only beside an underscore, ``S3_PATH``: ``FUURN83S`` is a password. It
