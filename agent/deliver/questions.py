@@ -47,7 +47,7 @@ def ahead(t: Target, api_key: str, units: Sequence[Unit]) -> Ahead:
         # list could not prove it absent, only cost a request more.
         new = [i for i, (k, _) in enumerate(keyed) if k[1] == 0]
         absent = {new[j] for j in run_lists.absent_runs(t.base_url, api_key, [wanted[i] for i in new], t.timeout,
-                                                         ca_file=t.ca_file, target=t.name)}
+                                                         ca_file=t.ca_file, target=t.name)} if new else set()
         rest = [i for i in range(len(keyed)) if i not in absent]
         found = confirm.fetch_rows(t.base_url, api_key, [wanted[i] for i in rest], t.timeout, ca_file=t.ca_file,
                                    target=t.name) if rest else []
